@@ -1,0 +1,67 @@
+"""All on-disk formats ckptkit reads, registered in one place, and `open_checkpoint`.
+
+To add a format: write a module with a class implementing `ckptkit.formats.base.Format` and
+append an instance to FILE_FORMATS or FOLDER_FORMATS. Order matters only where two sniffers
+could both say yes: the more specific comes first.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ckptkit.checkpoint import Checkpoint
+from ckptkit.errors import CkptkitError, MissingFileError, NotACheckpointError
+from ckptkit.formats.base import HEAD_BYTES, Format
+from ckptkit.formats.pickle_file import PickleFormat
+from ckptkit.formats.safetensors_file import SafetensorsFormat
+from ckptkit.formats.torch_legacy import TorchLegacyFormat
+from ckptkit.formats.torch_zip import TorchZipFormat
+
+FILE_FORMATS: list[Format] = [TorchZipFormat(), TorchLegacyFormat(), SafetensorsFormat(), PickleFormat()]
+FOLDER_FORMATS: list[Format] = []
+
+
+def detect_format(path: str | os.PathLike[str]) -> Format:
+    """The format of the checkpoint at `path`, from its content; raises CkptkitError if none."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(path, "no such file or folder")
+    if path.is_dir():
+        for fmt in FOLDER_FORMATS:
+            if fmt.sniff(path, b""):
+                return fmt
+        raise NotACheckpointError(path, "a folder, but no checkpoint format ckptkit knows "
+                                  "(use `ckptkit ls` to find checkpoints below it)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:
+        raise MissingFileError(path, f"cannot be read: {exc.strerror}") from None
+    if not head:
+        raise NotACheckpointError(path, "empty file (0 bytes): the save was interrupted before "
+                                  "anything was written")
+    for fmt in FILE_FORMATS:
+        if fmt.sniff(path, head):
+            return fmt
+    raise NotACheckpointError(path, f"not a checkpoint ckptkit knows ({_describe_head(head)})")
+
+
+def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint's index safely (no code from the file runs, no tensor bytes are read)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    try:
+        return fmt.read(path)
+    except CkptkitError:
+        raise
+    except OSError as exc:
+        raise MissingFileError(path, f"cannot be read: {exc.strerror or exc}") from None
+
+
+def _describe_head(head: bytes) -> str:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"unknown binary content starting {head[:8].hex(' ')}"
+    first = text.strip().splitlines()[0][:40] if text.strip() else ""
+    return f"a text file starting {first!r}"

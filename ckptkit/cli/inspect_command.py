@@ -1,0 +1,109 @@
+"""`ckptkit inspect PATH`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, main
+from ckptkit.cli.render import emit_json, heading, human_bytes, number, render_findings, table
+from ckptkit.inspection import Inspection, inspect_checkpoint
+from ckptkit.jsonable import summarize, to_jsonable
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--tensors", is_flag=True, help="List every model tensor with its shape and dtype.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON (schema in README).")
+def inspect_command(path: Path, tensors: bool, as_json: bool) -> None:
+    """Show what is in a checkpoint: format, progress in plain words, model, optimizer,
+    scheduler, AMP scaler, RNG, metrics, config, and security findings.
+
+    Reads only the checkpoint's index, never its tensor bytes, and never runs code from the
+    file. Exit 0 when it was read (security findings are shown, not fatal), 2 when unusable.
+
+    \b
+    Examples:
+      ckptkit inspect checkpoints/best_model.pt
+      ckptkit inspect checkpoint-recent.pth.final --tensors
+      ckptkit inspect model.safetensors --json | jq .progress
+    """
+    report = inspect_checkpoint(path)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        click.echo(render_inspection(report, tensors))
+    # A file that tried to run code is read fine but is not fit for use: exit 2 says so.
+    dangerous = any(f.code == "security.dangerous-global" for f in report.findings)
+    raise SystemExit(EXIT_ERROR if dangerous else EXIT_CLEAN)
+
+
+def render_inspection(r: Inspection, show_tensors: bool) -> str:
+    out = [heading(r.path),
+           f"  format    {r.format}",
+           f"  layout    {r.family}",
+           f"  size      {human_bytes(r.size_bytes)} ({r.size_bytes:,} bytes)",
+           f"  progress  {r.progress.describe()}"]
+    out += [f"            {field}: {source}" for field, source in r.progress.sources.items()]
+    out += [f"            note: {note}" for note in r.progress.notes]
+    out += _model(r, show_tensors) + _optimizer(r)
+    for title, section in (("Scheduler", r.scheduler), ("AMP scaler", r.scaler)):
+        if section is not None:
+            out += ["", heading(title)] + [f"  {k}: {summarize(v, 70)}" for k, v in section.items()]
+    if r.rng is not None:
+        out += ["", heading("RNG state")] + [f"  {entry}" for entry in r.rng]
+    if r.metrics:
+        out += ["", heading("Metrics"), table([(k, number(v)) for k, v in r.metrics.items()], ["name", "value"])]
+    if r.histories:
+        out += ["", heading("Histories"), table([(h.name, h.length, _cell(h.last), _cell(h.best))
+                                                  for h in r.histories], ["name", "length", "last", "best"])]
+    if r.config is not None:
+        out += ["", heading("Config")] + _config_lines(r.config)
+    if r.other_keys:
+        out += ["", heading("Other keys")] + [f"  {k}: {v}" for k, v in r.other_keys.items()]
+    if r.metadata:
+        out += ["", heading("Format metadata")] + [f"  {k}: {summarize(v, 70)}" for k, v in r.metadata.items()]
+    out += ["", heading("Security")]
+    out += [render_findings(r.findings)] if r.findings else ["  no findings: only known-safe globals"]
+    return "\n".join(out)
+
+
+def _model(r: Inspection, show_tensors: bool) -> list[str]:
+    m = r.model
+    if m is None:
+        return ["", heading("Model"), "  no model state found"]
+    dtypes = ", ".join(f"{d} x{n}" for d, n in m.dtypes.items())
+    out = ["", heading(f"Model ({m.source})"),
+           f"  {m.tensors} tensors, {number(m.parameters)} parameters, {human_bytes(m.bytes)}, {dtypes}",
+           table([(row.prefix, row.tensors, number(row.parameters), row.dtypes) for row in m.modules],
+                 ["module", "tensors", "parameters", "dtypes"])]
+    if show_tensors:
+        out += ["", table([(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", number(t.parameters))
+                           for t in m.tensor_list], ["tensor", "dtype", "shape", "elements"])]
+    return out
+
+
+def _optimizer(r: Inspection) -> list[str]:
+    o = r.optimizer
+    if o is None:
+        return []
+    step = f", step {o.step}" if o.step is not None else ""
+    return ["", heading(f"Optimizer ({o.source})"),
+            f"  {o.kind}, {len(o.groups)} param groups, {o.state_entries} state entries{step}",
+            table([(g.index, g.params, _cell(g.lr), _cell(g.weight_decay), _cell(g.betas), _cell(g.momentum))
+                   for g in o.groups], ["group", "params", "lr", "weight_decay", "betas", "momentum"])]
+
+
+def _config_lines(config: Any) -> list[str]:
+    if isinstance(config, dict):
+        return [f"  {k}: {summarize(to_jsonable(v), 70)}" for k, v in config.items()]
+    return [f"  {summarize(config, 70)}"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_cell(v) for v in value) + ")"
+    return number(value)

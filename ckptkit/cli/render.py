@@ -1,0 +1,49 @@
+"""Shared rendering for commands: JSON output, tables, sizes, findings."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+from tabulate import tabulate
+
+from ckptkit.checkpoint import Finding
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], indent: str = "  ",
+          widths: Sequence[int | None] | None = None) -> str:
+    text = tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True,
+                    maxcolwidths=list(widths) if widths else None)
+    return "\n".join(indent + line for line in text.splitlines())
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def number(n: Any) -> str:
+    if isinstance(n, float):
+        return f"{n:.6g}"
+    if isinstance(n, int) and not isinstance(n, bool):
+        return f"{n:,}"
+    return str(n)
+
+
+def heading(text: str) -> str:
+    return click.style(text, bold=True)
+
+
+def render_findings(findings: list[Finding]) -> str:
+    rows = [(f.severity.value, f.code, f.where, f.message + (f"\n-> fix: {f.fix}" if f.fix else ""))
+            for f in findings]
+    return table(rows, ["severity", "code", "where", "message"], widths=[None, None, 32, 72])

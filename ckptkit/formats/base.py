@@ -1,0 +1,68 @@
+"""The interface every on-disk format module implements, and the shared pickle plumbing.
+
+A format module exposes one object with `name`, `description`, `sniff(path, head)` and
+`read(path) -> Checkpoint`. Sniffing looks at content (magic bytes, zip members, marker files),
+never at the file name alone: the seeds use names like `checkpoint-recent.pth.final`.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Protocol
+
+from ckptkit.checkpoint import Checkpoint, Finding, Severity
+from ckptkit.errors import CorruptCheckpointError
+from ckptkit.safe_pickle import GlobalRef, UnpickleResult
+
+HEAD_BYTES = 64
+
+
+class Format(Protocol):
+    name: str
+    description: str
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        """True when `path` holds this format. `head` is the first HEAD_BYTES of a file (b"" for folders)."""
+
+    def read(self, path: Path) -> Checkpoint:
+        """Read the index of the checkpoint (never tensor bytes) and recognise its parts."""
+
+
+def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list[Finding]:
+    """One finding per global a pickle named that is not on the known-safe list."""
+    findings = []
+    for g in globals_:
+        if g.kind == "dangerous":
+            findings.append(Finding(
+                "security.dangerous-global", Severity.ERROR, where,
+                f"the pickle calls {g.qualified_name}: loading it with torch.load(weights_only=False) "
+                f"would run that code; ckptkit did not run it. Do not load this file with "
+                f"weights_only=False", "ckptkit convert --weights-only"))
+        elif g.kind == "class":
+            findings.append(Finding(
+                "security.pickled-class", Severity.WARNING, where,
+                f"the pickle holds an instance of {g.qualified_name}: torch.load(weights_only=True) "
+                f"refuses it, and weights_only=False would import and run module {g.module!r}",
+                f"ckptkit repair {path} --fix security.pickled-class"))
+    return findings
+
+
+def unpickle_or_raise(path: Path, what: str, load: Any) -> UnpickleResult:
+    """Run an unpickling callable, turning any failure into one CorruptCheckpointError line."""
+    try:
+        return load()
+    except RecursionError:
+        raise CorruptCheckpointError(path, f"{what}: pickle nests too deeply to be a checkpoint") from None
+    except MemoryError:
+        raise CorruptCheckpointError(path, f"{what}: pickle asks for more memory than the machine has") from None
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise CorruptCheckpointError(path, f"{what} is damaged: {_first_line(exc) or 'pickle data ends early'}") from None
+    except CorruptCheckpointError:
+        raise
+    except Exception as exc:  # any other exception from the unpickler means the bytes are wrong
+        raise CorruptCheckpointError(path, f"{what} is damaged: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""

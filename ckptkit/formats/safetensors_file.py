@@ -1,0 +1,78 @@
+"""`.safetensors` files: 8-byte header length, JSON header, then the tensors' bytes.
+
+Parsed here directly (the header is plain JSON), so reading needs neither torch nor the
+safetensors package. Every tensor gets its own storage record (safetensors has no sharing).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef, make_tensor
+from ckptkit.dtypes import BY_SAFETENSORS
+from ckptkit.errors import CorruptCheckpointError
+
+MAX_HEADER = 100 * 1024 * 1024   # safetensors' own limit
+
+
+class SafetensorsFormat:
+    name = "safetensors"
+    description = "safetensors file (.safetensors; format of huggingface/safetensors)"
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        if len(head) < 9:
+            return False
+        n = struct.unpack("<Q", head[:8])[0]
+        return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+
+    def read(self, path: Path) -> Checkpoint:
+        from ckptkit.families import build_checkpoint
+
+        tensors, metadata = read_safetensors_header(path)
+        ckpt = build_checkpoint(path, self.name, tensors, [])
+        ckpt.metadata.update(metadata)
+        return ckpt
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        raw = f.read(n)
+    if 8 + n > size or len(raw) < n:
+        raise CorruptCheckpointError(path, f"safetensors header says {n} bytes but the file has "
+                                     f"{max(0, size - 8)} after the length: truncated")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpointError(path, f"safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(path, "safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + n
+    tensors: dict[str, Any] = {}
+    for name, info in header.items():
+        tensors[name] = _tensor(path, name, info, data_start, size)
+    return tensors, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any:
+    try:
+        code, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        dtype = BY_SAFETENSORS[code]
+    except (KeyError, TypeError, ValueError):
+        raise CorruptCheckpointError(path, f"tensor {name!r}: header entry is damaged ({str(info)[:80]})") from None
+    numel = 1
+    for d in shape:
+        numel *= d
+    if end - begin != numel * dtype.itemsize or begin > end:
+        raise CorruptCheckpointError(path, f"tensor {name!r}: {dtype.name}{shape} needs {numel * dtype.itemsize} "
+                                     f"bytes but its offsets span {end - begin}")
+    if data_start + end > size:
+        raise CorruptCheckpointError(path, f"tensor {name!r} ends at byte {data_start + end} but the file has "
+                                     f"{size}: truncated")
+    where = ByteRange(path, data_start + begin, end - begin)
+    storage = StorageRef(name, dtype, numel, "cpu", locate=lambda: where, stored_nbytes=end - begin)
+    return make_tensor(dtype.name, tuple(shape), storage)

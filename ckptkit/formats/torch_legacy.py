@@ -1,0 +1,98 @@
+"""Legacy (pre-zip) `torch.save` files: a stream of pickles followed by raw storage records.
+
+Layout: magic-number pickle, protocol-version pickle, sys-info pickle, the object pickle (with
+persistent ids for storages), a pickle listing storage keys, then for each key in that order an
+8-byte little-endian element count followed by the storage's bytes. Reading walks the record
+headers with seeks only; no tensor byte is read.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef
+from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.formats.base import unpickle_or_raise
+from ckptkit.safe_pickle import StorageType, safe_load_stream
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+# protocol-2 pickle of MAGIC_NUMBER: PROTO 2, LONG1 10 bytes
+MAGIC_PREFIX = b"\x80\x02\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
+
+
+class TorchLegacyFormat:
+    name = "torch-legacy"
+    description = "legacy torch.save file (pre-zip; _use_new_zipfile_serialization=False)"
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        return head.startswith(MAGIC_PREFIX)
+
+    def read(self, path: Path) -> Checkpoint:
+        from ckptkit.families import build_checkpoint
+
+        tree, globals_, records = read_legacy(path)
+        ckpt = build_checkpoint(path, self.name, tree, globals_)
+        ckpt.metadata["storage_records"] = str(records)
+        return ckpt
+
+
+def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
+    size = path.stat().st_size
+    storages: dict[str, StorageRef] = {}
+    ranges: dict[str, ByteRange] = {}
+
+    def locate(key: str) -> ByteRange:
+        if key not in ranges:
+            raise CorruptCheckpointError(path, f"storage {key!r} has no record in the file")
+        return ranges[key]
+
+    def persistent_load(pid: Any) -> StorageRef:
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) == 6):
+            kind = pid[0] if isinstance(pid, tuple) and pid else pid
+            raise UnsupportedFeatureError(path, f"legacy persistent id {str(kind)[:40]!r} (whole pickled "
+                                          "modules are not supported; save a state_dict instead)")
+        _, stype, key, location, numel, view = pid
+        if not isinstance(stype, StorageType):
+            raise CorruptCheckpointError(path, f"storage {key!r} has an unknown storage type")
+        if view is not None:
+            raise UnsupportedFeatureError(path, "storage views from torch < 0.4 are not supported")
+        key = str(key)
+        if key not in storages:
+            storages[key] = StorageRef(key, stype.dtype, int(numel), str(location),
+                                       locate=lambda k=key: locate(k))
+        return storages[key]
+
+    with open(path, "rb") as raw:
+        f = io.BufferedReader(raw)
+        header = [unpickle_or_raise(path, f"header pickle {i + 1}", lambda: safe_load_stream(f))
+                  for i in range(3)]
+        if header[0].value != MAGIC_NUMBER:
+            raise CorruptCheckpointError(path, "legacy torch file with a wrong magic number")
+        sys_info = header[2].value if isinstance(header[2].value, dict) else {}
+        if sys_info.get("little_endian") is False:
+            raise UnsupportedFeatureError(path, "tensor data is big-endian; ckptkit reads little-endian only")
+        main = unpickle_or_raise(path, "object pickle", lambda: safe_load_stream(f, persistent_load))
+        keys = unpickle_or_raise(path, "storage key list", lambda: safe_load_stream(f)).value
+        offset = f.tell()
+        if not isinstance(keys, list):
+            raise CorruptCheckpointError(path, "storage key list is damaged")
+        for key in map(str, keys):
+            storage = storages.get(key)
+            if storage is None:
+                raise CorruptCheckpointError(path, f"storage key {key!r} is listed but no tensor uses it")
+            raw.seek(offset)
+            count = raw.read(8)
+            if len(count) < 8:
+                raise CorruptCheckpointError(path, f"file ends before storage record {key!r}: truncated")
+            numel = struct.unpack("<q", count)[0]
+            length = numel * storage.dtype.itemsize
+            storage.stored_nbytes = min(length, max(0, size - offset - 8))
+            ranges[key] = ByteRange(path, offset + 8, length)
+            offset += 8 + length
+            if offset > size:
+                raise CorruptCheckpointError(
+                    path, f"storage record {key!r} needs {length} bytes but the file ends "
+                          f"{offset - size} bytes early: truncated")
+    return main.value, [g for h in header for g in h.globals] + main.globals, len(keys)

@@ -1,0 +1,227 @@
+"""`inspect`: what is in a checkpoint, as one dataclass the CLI renders as tables or JSON."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import Checkpoint, Finding, Progress, TensorRef
+from ckptkit.formats import open_checkpoint
+from ckptkit.jsonable import summarize, to_jsonable
+from ckptkit.safe_pickle import PickledObject
+from ckptkit import sections as S
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ModuleRow:
+    prefix: str
+    tensors: int
+    parameters: int
+    dtypes: str
+
+
+@dataclass
+class TensorRow:
+    name: str
+    dtype: str
+    shape: list[int]
+    parameters: int
+
+
+@dataclass
+class ModelSummary:
+    source: str
+    tensors: int
+    parameters: int
+    bytes: int
+    dtypes: dict[str, int]
+    modules: list[ModuleRow]
+    tensor_list: list[TensorRow]
+
+
+@dataclass
+class GroupRow:
+    index: int
+    params: int
+    lr: Any = None
+    weight_decay: Any = None
+    betas: Any = None
+    momentum: Any = None
+
+
+@dataclass
+class OptimizerSummary:
+    source: str
+    kind: str
+    groups: list[GroupRow]
+    state_entries: int
+    step: Any
+
+
+@dataclass
+class HistoryRow:
+    name: str
+    length: int
+    last: Any
+    best: Any
+
+
+@dataclass
+class Inspection:
+    path: str
+    format: str
+    family: str
+    size_bytes: int
+    progress: Progress
+    model: ModelSummary | None
+    optimizer: OptimizerSummary | None
+    scheduler: dict[str, Any] | None
+    scaler: dict[str, Any] | None
+    rng: list[str] | None
+    metrics: dict[str, Any]
+    histories: list[HistoryRow]
+    config: Any
+    other_keys: dict[str, str]
+    metadata: dict[str, str]
+    findings: list[Finding] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION, "path": self.path, "format": self.format, "family": self.family,
+            "size_bytes": self.size_bytes, "progress": self.progress.to_json(),
+            "model": asdict(self.model) if self.model else None,
+            "optimizer": to_jsonable(asdict(self.optimizer)) if self.optimizer else None,
+            "scheduler": to_jsonable(self.scheduler), "scaler": to_jsonable(self.scaler), "rng": self.rng,
+            "metrics": to_jsonable(self.metrics), "histories": to_jsonable([asdict(h) for h in self.histories]),
+            "config": to_jsonable(self.config), "other_keys": self.other_keys, "metadata": self.metadata,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
+    """Read `path` safely and summarise everything in it."""
+    return summarize_checkpoint(open_checkpoint(path))
+
+
+def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
+    return Inspection(
+        path=str(ckpt.path), format=ckpt.format, family=ckpt.family, size_bytes=ckpt.size_bytes,
+        progress=ckpt.progress,
+        model=model_summary(ckpt.model, ckpt.sources.get("model", "")) if ckpt.model else None,
+        optimizer=optimizer_summary(ckpt.optimizer, ckpt.sources.get("optimizer", "")),
+        scheduler=_plain_section(ckpt.scheduler), scaler=_plain_section(ckpt.scaler),
+        rng=_rng_entries(ckpt.rng), metrics=dict(ckpt.metrics),
+        histories=[_history_row(k, v) for k, v in ckpt.histories.items()],
+        config=ckpt.config, other_keys={k: summarize(v) for k, v in ckpt.extra.items()},
+        metadata=dict(ckpt.metadata), findings=list(ckpt.findings))
+
+
+def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
+    rows = [TensorRow(name, t.dtype.name, list(t.shape), t.numel) for name, t in model.items()]
+    return ModelSummary(
+        source=source, tensors=len(rows), parameters=sum(r.parameters for r in rows),
+        bytes=sum(t.nbytes for t in model.values()),
+        dtypes=dict(Counter(t.dtype.name for t in model.values())),
+        modules=_module_rows(model), tensor_list=rows)
+
+
+def _module_rows(model: dict[str, TensorRef]) -> list[ModuleRow]:
+    """Group tensors by leading name components, one level deeper while there is only one group."""
+    depth = 1
+    while depth < 4:
+        prefixes = {".".join(k.split(".")[:depth]) for k in model}
+        if len(prefixes) > 1 or all(k.count(".") < depth for k in model):
+            break
+        depth += 1
+    groups: dict[str, list[TensorRef]] = {}
+    for name, t in model.items():
+        groups.setdefault(".".join(name.split(".")[:depth]), []).append(t)
+    return [ModuleRow(p, len(ts), sum(t.numel for t in ts), ",".join(sorted({t.dtype.name for t in ts})))
+            for p, ts in groups.items()]
+
+
+_STATE_KINDS = [({"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, "Adam/AdamW (amsgrad)"),
+                ({"exp_avg_sq_row"}, "Adafactor"), ({"exp_avg", "exp_avg_sq"}, "Adam/AdamW"),
+                ({"momentum_buffer"}, "SGD (momentum)"), ({"square_avg", "acc_delta"}, "Adadelta"),
+                ({"square_avg"}, "RMSprop"), ({"sum"}, "Adagrad"), ({"prev", "step_size"}, "Rprop"),
+                ({"exp_avg"}, "Lion-like (exp_avg only)")]
+
+
+def optimizer_kind(opt: dict[str, Any]) -> str:
+    state_keys: set[str] = set()
+    for entry in (opt.get("state") or {}).values():
+        if isinstance(entry, dict):
+            state_keys |= set(map(str, entry))
+    groups = [g for g in opt.get("param_groups") or [] if isinstance(g, dict)]
+    for keys, kind in _STATE_KINDS:
+        if keys <= state_keys:
+            if kind.startswith("Adam/AdamW") and groups:
+                if groups[0].get("decoupled_weight_decay") is True:
+                    return kind.replace("Adam/AdamW", "AdamW")
+                if groups[0].get("decoupled_weight_decay") is False:
+                    return kind.replace("Adam/AdamW", "Adam")
+            return kind
+    if groups and "betas" in groups[0]:
+        return "Adam-family (no state yet)"
+    if groups and "nesterov" in groups[0]:
+        return "SGD"
+    return "unknown"
+
+
+def optimizer_summary(opt: Any, source: str) -> OptimizerSummary | None:
+    if not S.is_optimizer_state(opt):
+        return None
+    groups = [GroupRow(i, len(g.get("params", [])), g.get("lr"), g.get("weight_decay"),
+                       g.get("betas"), g.get("momentum"))
+              for i, g in enumerate(opt["param_groups"]) if isinstance(g, dict)]
+    state = opt["state"] if isinstance(opt["state"], dict) else {}
+    return OptimizerSummary(source, optimizer_kind(opt), groups, len(state), _optimizer_step(state))
+
+
+def _optimizer_step(state: dict[Any, Any]) -> Any:
+    for entry in state.values():
+        if isinstance(entry, dict) and "step" in entry:
+            step = entry["step"]
+            value = step.scalar_value() if isinstance(step, TensorRef) else step
+            return int(value) if isinstance(value, float) and value.is_integer() else value
+    return None
+
+
+def _plain_section(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if isinstance(value, PickledObject):
+        return {"pickled": value.qualified_name, **value.fields()}
+    if isinstance(value, dict):
+        return {str(k): (v.scalar_value() if isinstance(v, TensorRef) and v.numel == 1 else v)
+                for k, v in value.items()}
+    return {"value": value}
+
+
+def _rng_entries(rng: Any) -> list[str] | None:
+    if rng is None:
+        return None
+    if isinstance(rng, dict):
+        return [f"{k}: {summarize(v, 50)}" for k, v in rng.items()]
+    return [summarize(rng)]
+
+
+def _history_row(name: str, values: list[Any]) -> HistoryRow:
+    numbers = [v for v in values if S.is_number(v)]
+    last = values[-1] if values else None
+    if not numbers:
+        return HistoryRow(name, len(values), summarize(last, 50) if last is not None else None, None)
+    return HistoryRow(name, len(values), last, max(numbers) if higher_is_better(name) else min(numbers))
+
+
+_HIGHER_IS_BETTER = ("acc", "recall", "f1", "precision", "auc", "score", "map", "ndcg", "hit", "bleu", "rouge")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy-like names improve upwards; losses, perplexities and unnamed histories downwards."""
+    name = metric.lower()
+    return any(word in name for word in _HIGHER_IS_BETTER) and "loss" not in name

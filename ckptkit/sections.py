@@ -1,0 +1,93 @@
+"""Finding the parts of a training checkpoint in a decoded tree, whatever the layout calls them.
+
+Key names are documented constants, searched in order; the first present wins and the key used
+is recorded, so every message can name it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ckptkit.checkpoint import TensorRef
+from ckptkit.safe_pickle import PickledObject
+
+MODEL_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "weights")
+OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states", "optim", "opt")
+SCHEDULER_KEYS = ("scheduler_state_dict", "scheduler", "lr_scheduler", "lr_schedulers", "sched")
+SCALER_KEYS = ("scaler_state_dict", "scaler", "grad_scaler", "amp_scaler", "amp")
+RNG_KEYS = ("rng_state", "rng_states", "random_state", "rng")
+CONFIG_KEYS = ("config", "hyper_parameters", "hparams", "model_args", "args", "training_args", "cfg")
+# Progress counters are reported through Progress, not as metrics.
+COUNTER_KEYS = frozenset({"epoch", "global_step", "step", "iter_num", "iteration", "total_batches",
+                          "steps_per_epoch", "max_steps", "micro_step"})
+
+
+def flatten_state_dict(value: Any, prefix: str = "", strict: bool = False) -> dict[str, TensorRef] | None:
+    """A model state dict as {dotted name: tensor}, or None when `value` is not one.
+
+    Nested dicts of tensors flatten with '.'. Under a known model key, non-tensor leaves (e.g.
+    `_extra_state`) are skipped; with `strict` (recognising a bare state dict at the top of a
+    file) any non-tensor leaf means "not a state dict". At least one tensor is required.
+    """
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, TensorRef] = {}
+    for k, v in value.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, TensorRef):
+            out[name] = v
+        elif isinstance(v, dict):
+            nested = flatten_state_dict(v, name + ".", strict)
+            if nested is None:
+                return None
+            out.update(nested)
+        elif strict:
+            return None
+    return out or None
+
+
+def is_optimizer_state(value: Any) -> bool:
+    return isinstance(value, dict) and "param_groups" in value and "state" in value
+
+
+def first_present(tree: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
+    for key in keys:
+        if key in tree:
+            return key, tree[key]
+    return None, None
+
+
+def unwrap_single(value: Any) -> Any:
+    """Lightning keeps optimizer/scheduler states in lists; a list of one is that one."""
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
+def config_fields(value: Any) -> Any:
+    """A config as a plain value: a pickled dataclass/Namespace shows its fields."""
+    if isinstance(value, PickledObject):
+        return {k: config_fields(v) for k, v in value.fields().items()}
+    if isinstance(value, dict):
+        return {str(k): config_fields(v) for k, v in value.items()}
+    return value
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_history(value: Any) -> bool:
+    """A list of numbers or of per-step dicts: a loss curve, a metric history, a log."""
+    return isinstance(value, list) and all(is_number(v) or isinstance(v, dict) for v in value)
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, TensorRef):
+        return None
+    return None
