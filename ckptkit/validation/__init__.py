@@ -1,0 +1,90 @@
+"""`validate`: run every check on a checkpoint and return all findings at once.
+
+A check is a function `(ValidationContext) -> Iterable[Finding]`, registered in CHECKS below
+(one module per group of checks under `ckptkit/validation/`). Checks never raise for a problem
+they find; they describe it as a Finding with a stable code, a severity, where it is (file and
+key), expected vs found in plain words, and the ckptkit command that fixes it when there is one.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import Checkpoint, Finding, Severity
+from ckptkit.formats import open_checkpoint
+
+
+@dataclass
+class ValidationContext:
+    """What a check may look at. `reference` is the --against checkpoint, if any."""
+
+    ckpt: Checkpoint
+    deep: bool = False
+    reference: Checkpoint | None = None
+    siblings: bool = True          # look at the rest of the run directory (run-level checks)
+    progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
+
+
+Check = Callable[[ValidationContext], Iterable[Finding]]
+
+
+@dataclass
+class ValidationReport:
+    path: str
+    format: str
+    family: str
+    findings: list[Finding] = field(default_factory=list)
+    checks_run: list[str] = field(default_factory=list)
+    deep: bool = False
+
+    def worst(self) -> Severity | None:
+        return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
+
+    def fails(self, threshold: Severity) -> bool:
+        return any(f.severity.rank >= threshold.rank for f in self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        worst = self.worst()
+        return {"path": self.path, "format": self.format, "family": self.family, "deep": self.deep,
+                "worst": worst.value if worst else None, "checks_run": self.checks_run,
+                "findings": [f.to_json() for f in self.findings]}
+
+
+def _read_findings(ctx: ValidationContext) -> Iterable[Finding]:
+    """Findings the reader already made (security), and progress notes worth a warning."""
+    yield from ctx.ckpt.findings
+
+
+CHECKS: list[tuple[str, Check]] = [
+    ("read", _read_findings),
+]
+
+
+def validate_checkpoint(ckpt: Checkpoint, *, deep: bool = False, reference: Checkpoint | None = None,
+                        siblings: bool = True,
+                        progress_callback: Callable[[int, int], None] | None = None) -> ValidationReport:
+    """Run every registered check on an opened checkpoint."""
+    ctx = ValidationContext(ckpt, deep, reference, siblings, progress_callback)
+    report = ValidationReport(str(ckpt.path), ckpt.format, ckpt.family, deep=deep)
+    seen: set[tuple[str, str, str]] = set()
+    for name, check in CHECKS:
+        report.checks_run.append(name)
+        for finding in check(ctx):
+            key = (finding.code, finding.where, finding.message)
+            if key not in seen:
+                seen.add(key)
+                report.findings.append(finding)
+    report.findings.sort(key=lambda f: -f.severity.rank)
+    return report
+
+
+def validate_path(path: str | os.PathLike[str], *, deep: bool = False,
+                  against: str | os.PathLike[str] | None = None, siblings: bool = True,
+                  progress_callback: Callable[[int, int], None] | None = None) -> ValidationReport:
+    """Open `path` (and `against`) and validate; raises CkptkitError when input is unusable."""
+    reference = open_checkpoint(Path(against)) if against is not None else None
+    return validate_checkpoint(open_checkpoint(Path(path)), deep=deep, reference=reference,
+                               siblings=siblings, progress_callback=progress_callback)
