@@ -62,10 +62,13 @@ class PickledObject:
         obj.__dict__["kwargs"] = kwargs
         obj.__dict__["state"] = None
         obj.__dict__["items"] = []
+        obj.__dict__["called"] = False
         return obj
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        # Reached only through REDUCE (cls(*args)); NEWOBJ calls __new__ alone. The pickle
+        # writer re-emits the same opcode, so a rewritten file means what the original meant.
+        self.__dict__["called"] = True
 
     def __setstate__(self, state: Any) -> None:
         self.__dict__["state"] = state

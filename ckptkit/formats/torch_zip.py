@@ -91,3 +91,47 @@ def _locate(path: Path, info: zipfile.ZipInfo | None, key: str) -> ByteRange:
     name_len, extra_len = _LOCAL_HEADER.unpack(raw)[-2:]
     offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
     return ByteRange(path, offset, info.file_size)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+ALIGNMENT = 64                      # torch aligns storage records so they can be mmap'd
+_PADDING_TAG = 0x4246               # "FB": the extra-field id torch's own writer pads with
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed, so equal content gives equal bytes
+
+
+def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: int = 16 << 20) -> None:
+    """Write `tree` as a torch.save zip archive to the binary file `out`.
+
+    Tensors are written from their StorageRefs: each storage record is copied byte for byte from
+    where it lies now (one chunk in memory at a time); only data.pkl is produced anew.
+    """
+    from ckptkit.pickle_writer import dumps_tree
+
+    data_pkl, storages = dumps_tree(tree)
+    with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        _write_member(zf, out, f"{prefix}/data.pkl", [data_pkl], len(data_pkl))
+        for name, text in ((".format_version", b"1"), (".storage_alignment", b"64"), ("byteorder", b"little")):
+            _write_member(zf, out, f"{prefix}/{name}", [text], len(text))
+        for key, storage in storages.items():
+            length = storage.byte_range().length
+            if length != storage.nbytes:
+                raise CorruptCheckpointError(storage.byte_range().path, f"storage {key!r}: record holds "
+                                             f"{length} bytes, its tensors need {storage.nbytes}")
+            _write_member(zf, out, f"{prefix}/data/{key}", storage.iter_chunks(chunk_size), length)
+        _write_member(zf, out, f"{prefix}/version", [b"3\n"], 2)
+        _write_member(zf, out, f"{prefix}/.data/serialization_id", [b"0" * 40], 40)
+
+
+def _write_member(zf: zipfile.ZipFile, out: Any, name: str, chunks: Any, length: int) -> None:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_STORED
+    zip64 = length >= 0x7FFFFFFF
+    # The local header is 30 bytes + name + extra (+ 20 for the zip64 extra); pad it so the
+    # data starts on an ALIGNMENT boundary, as torch's own writer does.
+    header = _LOCAL_HEADER.size + len(name.encode()) + 4 + (20 if zip64 else 0)
+    pad = (-(out.tell() + header)) % ALIGNMENT
+    info.extra = struct.pack("<HH", _PADDING_TAG, pad) + b"Z" * pad
+    with zf.open(info, mode="w", force_zip64=zip64) as member:
+        for chunk in chunks:
+            member.write(chunk)
