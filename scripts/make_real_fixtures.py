@@ -341,7 +341,8 @@ def make_save_pretrained_training_state() -> None:
 README_HEAD = """# Real checkpoints (generated; do not edit by hand)
 
 Written by `scripts/make_real_fixtures.py` (run it to regenerate; it wipes this folder).
-Tiny randomly initialised models, synthetic data, CPU, fixed seeds. The facts readers rely on
+Tiny randomly initialised models, synthetic data, CPU, fixed seeds: tensors are byte-identical
+from run to run; timings in `log_history` and DCP's `save_id` (a uuid) are not. The facts readers rely on
 are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.py`.
 
 | fixture | written by |
@@ -351,8 +352,8 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `hf_sharded/` | `GPT2LMHeadModel.save_pretrained(max_shard_size="20KB")`: `model.safetensors.index.json` + shards |
 | `hf_lora/checkpoint-{4,8,10}/` | transformers `Trainer` + peft LoRA (r=4 on `c_attn`), same schedule as `hf_full`, fp32 |
 | `hf_lora_bin/` | `PeftModel.save_pretrained(safe_serialization=False)`: `adapter_model.bin` + `adapter_config.json` |
-| `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` after 3 optimizer steps (model, AdamW, StepLR, RNG) |
-| `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)` + `ModelCheckpoint(save_top_k=-1, save_last=True)`: `epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt` |
+| `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
+| `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | seed 003's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
 
