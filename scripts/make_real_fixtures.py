@@ -1,0 +1,391 @@
+"""Regenerate tests/fixtures/real/: small checkpoints written by the real training libraries.
+
+ckptkit must read what transformers, peft, accelerate, Lightning and torch.distributed.checkpoint
+actually write, not what we believe they write. This script builds tiny randomly initialised
+models from configs (nothing is downloaded), trains them for a few steps on synthetic token data
+on the CPU, and lets each library save its checkpoints in its own way.
+
+Usage (test-only extras; never let pip change torch):
+
+    pip install transformers peft lightning accelerate "torch==2.13.0"
+    python scripts/make_real_fixtures.py            # wipes and rewrites tests/fixtures/real/
+
+It runs in well under a minute on 2 CPU cores. Seeds are fixed, so tensors, counters and file
+lists are reproducible; a few logged values (train_runtime, samples per second) are wall-clock
+measurements and change from run to run. The library versions used are printed and written into
+tests/fixtures/real/README.md.
+
+Every path stored inside a fixture (TrainingArguments.output_dir, best_model_checkpoint, ...) is
+relative to tests/fixtures/real/, because the script works from that directory.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "real"
+SEED = 1234
+
+# Tiny GPT-2: about 9k parameters, so every checkpoint stays in the tens of kilobytes.
+GPT2_SIZES = dict(n_embd=16, n_layer=2, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+SEQ_LEN = 16
+# 18 sequences, micro-batch 2 -> 9 micro-batches per epoch; with gradient accumulation 2 that is
+# 4 full optimizer steps plus one step from the odd micro-batch: 5 optimizer steps per epoch.
+NUM_SEQUENCES = 18
+MICRO_BATCH = 2
+GRAD_ACCUM = 2
+
+
+def seed_everything(seed: int = SEED) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import lightning
+    import peft
+    import safetensors
+    import transformers
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "lightning": lightning.__version__,
+    }
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Synthetic causal-LM data: random token ids, labels equal to the inputs."""
+
+    def __init__(self, n: int = NUM_SEQUENCES, seq_len: int = SEQ_LEN, vocab: int = 64) -> None:
+        generator = torch.Generator().manual_seed(SEED)
+        self.ids = torch.randint(0, vocab, (n, seq_len), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def tiny_gpt2() -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    seed_everything()
+    return GPT2LMHeadModel(GPT2Config(**GPT2_SIZES))
+
+
+def trainer_args(output_dir: str, **overrides: Any) -> Any:
+    from transformers import TrainingArguments
+
+    args: dict[str, Any] = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=MICRO_BATCH,
+        per_device_eval_batch_size=MICRO_BATCH,
+        gradient_accumulation_steps=GRAD_ACCUM,
+        num_train_epochs=2,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        lr_scheduler_type="linear",
+        logging_steps=2,
+        save_strategy="steps",
+        save_steps=4,
+        eval_strategy="steps",
+        eval_steps=4,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        fp16=False,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=SEED,
+        data_seed=SEED,
+    )
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+def run_trainer(model: Any, output_dir: str, **overrides: Any) -> Any:
+    from transformers import Trainer
+
+    trainer = Trainer(
+        model=model,
+        args=trainer_args(output_dir, **overrides),
+        train_dataset=TokenDataset(),
+        eval_dataset=TokenDataset(n=4),
+    )
+    trainer.train()
+    return trainer
+
+
+def make_hf_full() -> None:
+    """Full fine-tune: checkpoint-4 (epoch 8/9), checkpoint-8 (epoch 1 + 6/9), checkpoint-10 (final, epoch 2.0)."""
+    run_trainer(tiny_gpt2(), "hf_full")
+
+
+def make_hf_full_bin() -> None:
+    """A Trainer checkpoint whose weights are pytorch_model.bin instead of model.safetensors.
+
+    transformers 5 removed both TrainingArguments(save_safetensors=False) and
+    save_pretrained(safe_serialization=False), so no current Trainer writes pytorch_model.bin.
+    Older versions (4.x) wrote it with torch.save(state_dict, "pytorch_model.bin"); we reproduce
+    exactly that next to the other files of a real Trainer checkpoint, so readers meet the layout
+    users still have on disk. The README marks this fixture as emulated.
+    """
+    source = Path("hf_full") / "checkpoint-4"
+    target = Path("hf_full_bin") / "checkpoint-4"
+    shutil.copytree(source, target)
+    from safetensors.torch import load_file
+
+    state_dict = load_file(str(target / "model.safetensors"))
+    (target / "model.safetensors").unlink()
+    torch.save(state_dict, target / "pytorch_model.bin")
+
+
+def make_hf_sharded() -> None:
+    """save_pretrained with a small max_shard_size: an index json plus numbered shards."""
+    tiny_gpt2().save_pretrained("hf_sharded", max_shard_size="20KB")
+
+
+def tiny_lora_model() -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["c_attn"],
+        fan_in_fan_out=True,  # GPT-2 uses Conv1D, whose weight is stored transposed.
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(tiny_gpt2(), config)
+
+
+def make_hf_lora() -> None:
+    """LoRA through the Trainer (gradient accumulation 2, fp32 on CPU), plus a .bin adapter."""
+    trainer = run_trainer(tiny_lora_model(), "hf_lora")
+    trainer.model.save_pretrained("hf_lora_bin", safe_serialization=False)
+
+
+class RunCounters:
+    """A user object registered with accelerate, as people do to checkpoint their own counters."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.global_step = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "global_step": self.global_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+
+
+def make_accelerate() -> None:
+    """Accelerator.save_state mid-epoch: 3 optimizer steps (6 of 8 micro-batches, accumulation 2)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    set_seed(SEED)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=GRAD_ACCUM)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 8), torch.randint(0, 2, (32,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    counters = RunCounters()
+    accelerator.register_for_checkpointing(counters)
+    for micro_batch, (x, y) in enumerate(loader, start=1):
+        with accelerator.accumulate(model):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            counters.global_step += 1
+        if micro_batch == 6:
+            break
+    accelerator.save_state("accelerate")
+
+
+def make_lightning() -> None:
+    """Two epochs of a tiny LightningModule (3 batches per epoch).
+
+    Two ModelCheckpoint callbacks, as real projects often combine them: one at every epoch end
+    (plus last.ckpt) and one every 2 optimizer steps into mid_epoch/, so one file is mid-epoch.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class TinyClassifier(L.LightningModule):
+        def __init__(self, hidden: int = 8, lr: float = 0.05) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2))
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    L.seed_everything(SEED, verbose=False)
+    data = torch.utils.data.TensorDataset(torch.randn(12, 4), torch.randint(0, 2, (12,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    per_epoch = ModelCheckpoint(dirpath="lightning", filename="{epoch}-{step}", save_top_k=-1, save_last=True)
+    per_steps = ModelCheckpoint(
+        dirpath="lightning/mid_epoch", filename="{epoch}-{step}", save_top_k=-1, every_n_train_steps=2
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[per_epoch, per_steps],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir="lightning",
+    )
+    trainer.fit(TinyClassifier(), loader)
+
+
+def make_dcp() -> None:
+    """torch.distributed.checkpoint.save from one process with no process group."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    seed_everything()
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = model(torch.randn(4, 8)).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    # "step" and "extra" are non-tensor values: DCP stores them as torch.save'd byte items.
+    state = {"model": model_state, "optim": optimizer_state, "step": 3, "extra": {"note": "tiny"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no process group" warning: single process on purpose
+        dcp.save(state, checkpoint_id="dcp")
+
+
+def make_save_pretrained_training_state() -> None:
+    """Seed 003's last_checkpoint/: save_pretrained model + training_state.pth, saved mid-epoch.
+
+    The seed's trainer saves every save_steps batches with step=(step + 1) and at the end of an
+    epoch with step=0; best_val_f1 comes from sklearn's f1_score (a numpy.float64) in such code,
+    so we store it as numpy.float64 to exercise numpy scalars in the pickle.
+    """
+    from transformers import RobertaConfig, RobertaForSequenceClassification, get_linear_schedule_with_warmup
+
+    seed_everything()
+    config = RobertaConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=40, num_labels=2,
+    )
+    model = RobertaForSequenceClassification(config)
+    total_batches, epochs, steps_done = 6, 3, 4
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 1, total_batches * epochs)
+    ids = torch.randint(3, 64, (steps_done, 2, SEQ_LEN))
+    labels = torch.randint(0, 2, (steps_done, 2))
+    for step in range(steps_done):
+        model(input_ids=ids[step], labels=labels[step]).loss.backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    save_path = Path("save_pretrained_training_state") / "last_checkpoint"
+    model.save_pretrained(str(save_path))
+    state_dict = {
+        "epoch": 1,
+        "step": steps_done,
+        "total_batches": total_batches,
+        "best_val_f1": np.float64(0.0667),
+        "best_val_acc": 0.5,
+        "optimizer_state_dict": optimizer.state_dict(),
+        "scheduler_state_dict": scheduler.state_dict(),
+    }
+    torch.save(state_dict, save_path / "training_state.pth")
+
+
+README_HEAD = """# Real checkpoints (generated; do not edit by hand)
+
+Written by `scripts/make_real_fixtures.py` (run it to regenerate; it wipes this folder).
+Tiny randomly initialised models, synthetic data, CPU, fixed seeds: tensors are byte-identical
+from run to run; timings in `log_history` and DCP's `save_id` (a uuid) are not. The facts readers rely on
+are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.py`.
+
+| fixture | written by |
+|---|---|
+| `hf_full/checkpoint-{4,8,10}/` | transformers `Trainer`, full fine-tune of a tiny GPT-2, gradient_accumulation_steps=2, 9 micro-batches per epoch (5 optimizer steps per epoch), 2 epochs, save/eval every 4 steps, metric_for_best_model=eval_loss |
+| `hf_full_bin/checkpoint-4/` | EMULATED: copy of `hf_full/checkpoint-4` with `model.safetensors` replaced by `pytorch_model.bin` written with `torch.save(state_dict)`, as transformers 4.x did with `save_safetensors=False` (transformers 5 removed that option) |
+| `hf_sharded/` | `GPT2LMHeadModel.save_pretrained(max_shard_size="20KB")`: `model.safetensors.index.json` + shards |
+| `hf_lora/checkpoint-{4,8,10}/` | transformers `Trainer` + peft LoRA (r=4 on `c_attn`), same schedule as `hf_full`, fp32 |
+| `hf_lora_bin/` | `PeftModel.save_pretrained(safe_serialization=False)`: `adapter_model.bin` + `adapter_config.json` |
+| `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
+| `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
+| `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
+| `save_pretrained_training_state/last_checkpoint/` | seed 003's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
+
+## Library versions used
+
+"""
+
+
+def write_readme(versions: dict[str, str]) -> None:
+    lines = [f"- {name} {version}" for name, version in versions.items()]
+    Path("README.md").write_text(README_HEAD + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    versions = library_versions()
+    for name, version in versions.items():
+        print(f"{name:13s} {version}")
+    if FIXTURES.exists():
+        shutil.rmtree(FIXTURES)
+    FIXTURES.mkdir(parents=True)
+    os.chdir(FIXTURES)  # every path recorded inside a fixture stays relative
+    torch.set_num_threads(1)
+    for make in (
+        make_hf_full, make_hf_full_bin, make_hf_sharded, make_hf_lora,
+        make_accelerate, make_lightning, make_dcp, make_save_pretrained_training_state,
+    ):
+        print(f"-- {make.__name__}", flush=True)
+        make()
+    write_readme(versions)
+    total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
+    print(f"wrote {FIXTURES} ({total / 1024:.0f} KiB)")
+
+
+if __name__ == "__main__":
+    main()
