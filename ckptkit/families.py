@@ -117,13 +117,21 @@ def _nanogpt_progress(tree: Tree, path: Path) -> Progress:
 def _lightning_progress(tree: Tree, path: Path) -> Progress:
     p = Progress(global_step=S.as_int(tree.get("global_step")))
     p.sources["global_step"] = f"key 'global_step' = {p.global_step}"
-    completed = _dig(tree, "loops", "fit_loop", "epoch_progress", "current", "completed")
-    if S.as_int(completed) is not None:
-        p.epochs_completed = S.as_int(completed)
-        p.sources["epochs_completed"] = "loops.fit_loop.epoch_progress.current.completed"
-        batches = _dig(tree, "loops", "fit_loop", "epoch_loop.batch_progress", "current", "completed")
-        p.step_in_epoch = S.as_int(batches)
-        p.epoch_complete = not p.step_in_epoch
+    # `epoch` is the 0-based epoch being run. Whether it is finished shows in the batch loop's
+    # is_last_batch: the epoch counters are bumped at different moments for step-triggered and
+    # epoch-end saves (checked against real Lightning 2.6 checkpoints), is_last_batch is not.
+    epoch = S.as_int(tree.get("epoch"))
+    batch = _dig(tree, "loops", "fit_loop", "epoch_loop.batch_progress")
+    if epoch is not None and isinstance(batch, dict):
+        done_in_epoch = S.as_int(_dig(batch, "current", "processed")) or 0
+        if batch.get("is_last_batch"):
+            p.epochs_completed, p.step_in_epoch, p.epoch_complete = epoch + 1, 0, True
+        else:
+            p.epochs_completed, p.step_in_epoch = epoch, done_in_epoch
+            p.epoch_complete = done_in_epoch == 0
+        p.sources["epochs_completed"] = (f"key 'epoch' = {epoch} (0-based epoch being run) with "
+                                         f"loops.fit_loop batch progress ({done_in_epoch} batches, "
+                                         f"is_last_batch={bool(batch.get('is_last_batch'))})")
     elif S.as_int(tree.get("epoch")) is not None:
         p.epochs_completed = S.as_int(tree.get("epoch"))
         p.sources["epochs_completed"] = f"key 'epoch' = {p.epochs_completed} (Lightning's current_epoch)"
