@@ -283,6 +283,34 @@ class Progress:
                 "summary": self.describe(), "sources": dict(self.sources), "notes": list(self.notes)}
 
 
+@dataclass(frozen=True)
+class MemberFile:
+    """One file of a folder checkpoint, and what it holds."""
+
+    name: str                 # path relative to the folder, e.g. "optimizer.pt"
+    size_bytes: int
+    role: str                 # "model weights", "optimizer", "trainer state", ...
+    format: str | None = None  # format ckptkit read it as; None when not read (unknown, unreadable)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size_bytes": self.size_bytes, "role": self.role, "format": self.format}
+
+
+@dataclass(frozen=True)
+class TensorChunk:
+    """One stored piece of a tensor that is saved in chunks (torch.distributed.checkpoint)."""
+
+    offsets: tuple[int, ...]   # where the chunk starts in the global tensor, per dimension
+    sizes: tuple[int, ...]
+    file: str                  # member file holding its bytes
+    byte_offset: int           # where its stored item starts in that file
+    length: int                # bytes of the stored item (a torch.save archive, or raw bytes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offsets": list(self.offsets), "sizes": list(self.sizes), "file": self.file,
+                "byte_offset": self.byte_offset, "length": self.length}
+
+
 @dataclass
 class Checkpoint:
     """A read checkpoint: the decoded tree plus its recognised parts.
@@ -310,6 +338,8 @@ class Checkpoint:
     sources: dict[str, str] = field(default_factory=dict)   # section -> key or member file it came from
     files: list[Path] = field(default_factory=list)         # every file the checkpoint consists of
     metadata: dict[str, str] = field(default_factory=dict)  # format-level metadata (safetensors __metadata__)
+    members: list[MemberFile] = field(default_factory=list)  # folder formats: every member file
+    chunks: dict[str, list[TensorChunk]] = field(default_factory=dict)  # chunked tensors (DCP): key -> chunks
 
     def tensors(self) -> Iterator[tuple[str, TensorRef]]:
         """Every tensor in the checkpoint with its dotted key path, model and optimizer alike."""

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, Finding, Progress, TensorRef
+from ckptkit.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
 from ckptkit.formats import open_checkpoint
 from ckptkit.jsonable import summarize, to_jsonable
 from ckptkit.safe_pickle import PickledObject
@@ -88,6 +88,8 @@ class Inspection:
     other_keys: dict[str, str]
     metadata: dict[str, str]
     findings: list[Finding] = field(default_factory=list)
+    members: list[MemberFile] = field(default_factory=list)          # folder formats
+    chunks: dict[str, list[TensorChunk]] = field(default_factory=dict)  # chunked tensors (DCP)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,6 +101,8 @@ class Inspection:
             "metrics": to_jsonable(self.metrics), "histories": to_jsonable([asdict(h) for h in self.histories]),
             "config": to_jsonable(self.config), "other_keys": self.other_keys, "metadata": self.metadata,
             "findings": [f.to_json() for f in self.findings],
+            "members": [m.to_json() for m in self.members],
+            "chunks": {k: [c.to_json() for c in cs] for k, cs in self.chunks.items()},
         }
 
 
@@ -117,7 +121,8 @@ def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
         rng=_rng_entries(ckpt.rng), metrics=dict(ckpt.metrics),
         histories=[_history_row(k, v) for k, v in ckpt.histories.items()],
         config=ckpt.config, other_keys={k: summarize(v) for k, v in ckpt.extra.items()},
-        metadata=dict(ckpt.metadata), findings=list(ckpt.findings))
+        metadata=dict(ckpt.metadata), findings=list(ckpt.findings), members=list(ckpt.members),
+        chunks=dict(ckpt.chunks))
 
 
 def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:

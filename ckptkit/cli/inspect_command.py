@@ -47,7 +47,7 @@ def render_inspection(r: Inspection, show_tensors: bool) -> str:
            f"  progress  {r.progress.describe()}"]
     out += [f"            {field}: {source}" for field, source in r.progress.sources.items()]
     out += [f"            note: {note}" for note in r.progress.notes]
-    out += _model(r, show_tensors) + _optimizer(r)
+    out += _members(r) + _model(r, show_tensors) + _chunks(r, show_tensors) + _optimizer(r)
     for title, section in (("Scheduler", r.scheduler), ("AMP scaler", r.scaler)):
         if section is not None:
             out += ["", heading(title)] + [f"  {k}: {summarize(v, 70)}" for k, v in section.items()]
@@ -64,7 +64,7 @@ def render_inspection(r: Inspection, show_tensors: bool) -> str:
         out += ["", heading("Other keys")] + [f"  {k}: {v}" for k, v in r.other_keys.items()]
     if r.metadata:
         out += ["", heading("Format metadata")] + [f"  {k}: {summarize(v, 70)}" for k, v in r.metadata.items()]
-    out += ["", heading("Security")]
+    out += ["", heading("Findings" if r.members else "Security")]
     out += [render_findings(r.findings)] if r.findings else ["  no findings: only known-safe globals"]
     return "\n".join(out)
 
@@ -81,6 +81,29 @@ def _model(r: Inspection, show_tensors: bool) -> list[str]:
     if show_tensors:
         out += ["", table([(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", number(t.parameters))
                            for t in m.tensor_list], ["tensor", "dtype", "shape", "elements"])]
+    return out
+
+
+def _members(r: Inspection) -> list[str]:
+    if not r.members:
+        return []
+    return ["", heading(f"Files ({len(r.members)})"),
+            table([(m.name, human_bytes(m.size_bytes), m.role, m.format or "-") for m in r.members],
+                  ["file", "size", "holds", "read as"])]
+
+
+def _chunks(r: Inspection, show_tensors: bool) -> list[str]:
+    if not r.chunks:
+        return []
+    files = sorted({c.file for cs in r.chunks.values() for c in cs})
+    pieces = sum(len(cs) for cs in r.chunks.values())
+    out = ["", heading("Tensor chunks"),
+           f"  {len(r.chunks)} tensors in {pieces} chunks across {len(files)} files ({', '.join(files[:4])}"
+           f"{', ...' if len(files) > 4 else ''})" + ("" if show_tensors else "; --tensors lists them")]
+    if show_tensors:
+        rows = [(name, len(cs), "; ".join(f"{c.file}@{c.byte_offset}+{c.length} at {list(c.offsets)}" for c in cs[:3])
+                 + (" ..." if len(cs) > 3 else "")) for name, cs in r.chunks.items()]
+        out.append(table(rows, ["tensor", "chunks", "stored at (file@offset+length at offsets)"]))
     return out
 
 

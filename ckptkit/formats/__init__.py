@@ -11,14 +11,19 @@ from pathlib import Path
 
 from ckptkit.checkpoint import Checkpoint
 from ckptkit.errors import CkptkitError, MissingFileError, NotACheckpointError
+from ckptkit.formats.accelerate_state import AccelerateFormat
 from ckptkit.formats.base import HEAD_BYTES, Format
+from ckptkit.formats.dcp import DcpFormat
+from ckptkit.formats.hf_trainer import HFTrainerFormat
 from ckptkit.formats.pickle_file import PickleFormat
 from ckptkit.formats.safetensors_file import SafetensorsFormat
+from ckptkit.formats.save_pretrained import SavePretrainedFormat
 from ckptkit.formats.torch_legacy import TorchLegacyFormat
 from ckptkit.formats.torch_zip import TorchZipFormat
 
 FILE_FORMATS: list[Format] = [TorchZipFormat(), TorchLegacyFormat(), SafetensorsFormat(), PickleFormat()]
-FOLDER_FORMATS: list[Format] = []
+# Folders: strongest markers first; save_pretrained (config + weights) is what the others also contain.
+FOLDER_FORMATS: list[Format] = [DcpFormat(), HFTrainerFormat(), AccelerateFormat(), SavePretrainedFormat()]
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:

@@ -69,7 +69,7 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
             member = infos.get(f"{prefix}data/{key}")
             storages[key] = StorageRef(
                 key, stype.dtype, int(numel), str(location),
-                locate=lambda m=member, k=key: _locate(path, m, k),
+                locate=lambda m=member, k=key: locate_record(path, m, k),
                 stored_nbytes=member.file_size if member is not None else None)
         return storages[key]
 
@@ -78,18 +78,20 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
     return result.value, result.globals, members
 
 
-def _locate(path: Path, info: zipfile.ZipInfo | None, key: str) -> ByteRange:
+def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0) -> ByteRange:
+    """Where storage record `key` lies in `path`; `base`: where the archive starts in the file
+    (DCP `.distcp` files concatenate whole torch.save archives)."""
     if info is None:
         raise CorruptCheckpointError(path, f"storage record data/{key} is missing from the archive")
     if info.compress_type != zipfile.ZIP_STORED:
         raise UnsupportedFeatureError(path, f"storage record data/{key} is compressed; torch never writes that")
     with open(path, "rb") as f:
-        f.seek(info.header_offset)
+        f.seek(base + info.header_offset)
         raw = f.read(_LOCAL_HEADER.size)
     if len(raw) < _LOCAL_HEADER.size or raw[:4] != ZIP_MAGIC:
         raise CorruptCheckpointError(path, f"storage record data/{key}: local zip header is damaged")
     name_len, extra_len = _LOCAL_HEADER.unpack(raw)[-2:]
-    offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    offset = base + info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
     return ByteRange(path, offset, info.file_size)
 
 

@@ -1,0 +1,205 @@
+"""Hugging Face Trainer `checkpoint-{step}/` folders (seed 002), full fine-tunes and LoRA adapters.
+
+Members (transformers `Trainer._save_checkpoint`): weights (`model.safetensors`,
+`pytorch_model.bin`, a sharded `*.index.json`, or peft's `adapter_model.*` +
+`adapter_config.json`), `optimizer.pt` (or `optimizer.bin`), `scheduler.pt`, `scaler.pt` (fp16
+AMP), `rng_state.pth` / `rng_state_{rank}.pth`, `trainer_state.json`, `training_args.bin`.
+Progress lives in `trainer_state.json`: `global_step` counts optimizer updates, the float
+`epoch` counts micro-batches (so with gradient accumulation it is not global_step / steps per
+epoch), `max_steps` is the planned total. Without that file a resume restarts at step 0.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import Checkpoint, Progress, Severity
+from ckptkit.errors import NotACheckpointError
+from ckptkit.formats.folder import FolderReading, has_weights, member_names
+from ckptkit import sections as S
+
+TRAINER_STATE = "trainer_state.json"
+TRAINING_ARGS = "training_args.bin"
+OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+SCHEDULER_FILE = "scheduler.pt"
+SCALER_FILE = "scaler.pt"
+RNG_FILE = re.compile(r"rng_state(_\d+)?\.pth$")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class HFTrainerFormat:
+    name = "hf-trainer"
+    description = "Hugging Face Trainer checkpoint-N/ folder (trainer_state.json, optimizer.pt, weights)"
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        names = member_names(path)
+        if TRAINER_STATE in names or TRAINING_ARGS in names:
+            return True
+        # A checkpoint whose trainer_state.json was lost is still one: weights plus training state.
+        training = any(n in names for n in ("optimizer.pt", SCHEDULER_FILE)) or any(map(RNG_FILE.match, names))
+        return training and has_weights(names)
+
+    def read(self, path: Path) -> Checkpoint:
+        names = member_names(path)
+        if not names:
+            raise NotACheckpointError(path, "empty folder")
+        reading = FolderReading(path)
+        model = reading.read_weights(names)
+        if not model and not reading.findings:
+            reading.add_finding("folder.missing-weights", Severity.ERROR, "",
+                                "no model or adapter weights (model.safetensors, pytorch_model.bin, "
+                                "adapter_model.*, or a sharded index): a resume cannot load the model")
+        state = _trainer_state(reading, names)
+        args = _training_args(reading, names)
+        sections = read_training_state(reading, names)
+        adapter = reading.read_json(ADAPTER_CONFIG, "LoRA adapter config") if ADAPTER_CONFIG in names else None
+        ckpt = reading.finish(self.name, "lora-adapter" if ADAPTER_CONFIG in names else "full-model",
+                              hf_progress(state, args))
+        ckpt.model = model
+        for attr, value in sections.items():
+            setattr(ckpt, attr, value)
+        if adapter is not None:
+            ckpt.extra["adapter_config"] = adapter
+        if args is not None:
+            ckpt.config, ckpt.sources["config"] = args, TRAINING_ARGS
+        if isinstance(state, dict):
+            _fill_trainer_state(ckpt, state)
+        return ckpt
+
+
+def _trainer_state(reading: FolderReading, names: set[str]) -> dict[str, Any] | None:
+    if TRAINER_STATE not in names:
+        reading.add_finding("folder.missing-trainer-state", Severity.ERROR, TRAINER_STATE,
+                            "no trainer_state.json: resume would restart at step 0 (global_step, epoch, "
+                            "log_history and the best metric are lost), although the weights and optimizer "
+                            "are from later in training")
+        return None
+    state = reading.read_json(TRAINER_STATE, "trainer state")
+    if state is not None and not isinstance(state, dict):
+        reading.add_finding("folder.unreadable-member", Severity.ERROR, TRAINER_STATE,
+                            "trainer state is not a JSON object: resume would restart at step 0")
+        return None
+    return state
+
+
+def _training_args(reading: FolderReading, names: set[str]) -> dict[str, Any] | None:
+    if TRAINING_ARGS not in names:
+        return None
+    member = reading.open_member(TRAINING_ARGS, "training arguments", classes_expected=True)
+    if member is None:
+        return None
+    fields = S.config_fields(member.tree)
+    return fields if isinstance(fields, dict) else None
+
+
+def read_training_state(reading: FolderReading, names: set[str]) -> dict[str, Any]:
+    """Optimizer, scheduler, scaler and RNG members -> {section: content}; sources noted on `reading`."""
+    sections: dict[str, Any] = {}
+    opt_file = next((n for n in OPTIMIZER_FILES if n in names), None)
+    if opt_file is not None:
+        member = reading.open_member(opt_file, "optimizer")
+        if member is not None:
+            sections["optimizer"], reading.sources["optimizer"] = member.tree, opt_file
+    else:
+        reading.add_finding("folder.missing-optimizer", Severity.WARNING, "optimizer.pt",
+                            "no optimizer.pt: a resume starts the optimizer from scratch (Adam moments lost)")
+    for attr, name, role in (("scheduler", SCHEDULER_FILE, "scheduler"), ("scaler", SCALER_FILE, "AMP scaler")):
+        if name in names:
+            member = reading.open_member(name, role)
+            if member is not None:
+                sections[attr], reading.sources[attr] = member.tree, name
+    rng_files = sorted(n for n in names if RNG_FILE.match(n))
+    rng = {}
+    for name in rng_files:
+        member = reading.open_member(name, "RNG state")
+        if member is not None:
+            rng[name] = member.tree
+    if rng:
+        sections["rng"] = rng[rng_files[0]] if len(rng) == 1 else rng
+        reading.sources["rng"] = ", ".join(rng)
+    else:
+        reading.add_finding("folder.missing-rng", Severity.INFO, "rng_state.pth",
+                            "no rng_state.pth: a resume will not reproduce the data order and dropout exactly")
+    return sections
+
+
+def _fill_trainer_state(ckpt: Checkpoint, state: dict[str, Any]) -> None:
+    for key in ("best_metric", "best_global_step", "total_flos", "num_input_tokens_seen"):
+        if S.is_number(state.get(key)):
+            ckpt.metrics[key] = state[key]
+    if state.get("best_model_checkpoint"):
+        ckpt.extra["best_model_checkpoint"] = state["best_model_checkpoint"]
+    if isinstance(state.get("log_history"), list):
+        ckpt.histories["log_history"] = state["log_history"]
+
+
+def hf_progress(state: dict[str, Any] | None, args: dict[str, Any] | None) -> Progress:
+    """trainer_state.json (and training_args.bin, when present) -> Progress."""
+    p = Progress()
+    if state is None:
+        p.notes.append("no trainer_state.json: a resume would restart at global step 0")
+        return p
+    p.global_step = S.as_int(state.get("global_step"))
+    if p.global_step is not None:
+        p.sources["global_step"] = f"trainer_state.json global_step = {p.global_step} (optimizer updates)"
+    epoch = state.get("epoch")
+    if S.is_number(epoch):
+        p.epoch_float = float(epoch)
+        p.sources["epoch_float"] = f"trainer_state.json epoch = {epoch:g} (counts micro-batches)"
+    p.max_steps = S.as_int(state.get("max_steps")) or None
+    if p.max_steps is not None:
+        p.sources["max_steps"] = f"trainer_state.json max_steps = {p.max_steps}"
+    p.steps_per_epoch = _steps_per_epoch(state, args, p)
+    _place_in_epoch(p)
+    stop = _should_training_stop(state)
+    if p.global_step is not None and p.max_steps is not None:
+        p.training_finished = p.global_step >= p.max_steps or bool(stop)
+    elif stop is not None:
+        p.training_finished = stop
+    return p
+
+
+def _steps_per_epoch(state: dict[str, Any], args: dict[str, Any] | None, p: Progress) -> int | None:
+    # 1. A log entry at an exact epoch boundary gives updates per epoch directly.
+    for entry in state.get("log_history") or []:
+        if isinstance(entry, dict) and S.is_number(entry.get("epoch")) and S.as_int(entry.get("step")):
+            ep = float(entry["epoch"])
+            if ep >= 1 and ep.is_integer():
+                spe = S.as_int(entry["step"]) // int(ep)
+                p.sources["steps_per_epoch"] = (f"trainer_state.json log_history: step {entry['step']} "
+                                                f"logged at epoch {ep:g}")
+                return spe
+    # 2. max_steps / num_train_epochs, when the user did not set max_steps (it was derived from epochs).
+    epochs = S.as_int(state.get("num_train_epochs"))
+    user_max = S.as_int(args.get("max_steps")) if args else None
+    if p.max_steps and epochs and p.max_steps % epochs == 0 and (args is None or (user_max or 0) <= 0):
+        p.sources["steps_per_epoch"] = (f"max_steps {p.max_steps} / num_train_epochs {epochs}"
+                                        + ("" if args else " (assuming max_steps was derived from epochs)"))
+        return p.max_steps // epochs
+    return None
+
+
+def _place_in_epoch(p: Progress) -> None:
+    if p.epoch_float is None:
+        return
+    # The float epoch is a sum of fractions; 1.9999999 is the end of epoch 2, not inside it.
+    rounded = round(p.epoch_float)
+    near_boundary = math.isclose(p.epoch_float, rounded, abs_tol=1e-6)
+    p.epochs_completed = rounded if near_boundary else math.floor(p.epoch_float)
+    p.epoch_complete = near_boundary
+    p.sources["epochs_completed"] = f"whole part of trainer_state.json epoch {p.epoch_float:g}"
+    if near_boundary:
+        p.step_in_epoch = 0
+    elif p.steps_per_epoch and p.global_step is not None:
+        p.step_in_epoch = p.global_step - p.epochs_completed * p.steps_per_epoch
+        p.sources["step_in_epoch"] = "global_step - epochs completed x steps per epoch"
+
+
+def _should_training_stop(state: dict[str, Any]) -> bool | None:
+    control = (state.get("stateful_callbacks") or {}).get("TrainerControl")
+    if isinstance(control, dict) and isinstance(control.get("args"), dict):
+        value = control["args"].get("should_training_stop")
+        return value if isinstance(value, bool) else None
+    return None
