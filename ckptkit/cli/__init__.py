@@ -50,12 +50,15 @@ def main() -> None:
     \b
     Start here:
       ckptkit inspect CHECKPOINT      what is in it, progress in plain words
+      ckptkit ls RUN_DIR              every checkpoint of a run, ordered by progress
+      ckptkit latest RUN_DIR          the path to resume from
     """
 
 
 def _register() -> None:
     # Imported for their side effect of adding a command to `main`; one line per command.
     from ckptkit.cli import inspect_command  # noqa: F401
+    from ckptkit.cli import ls_command  # noqa: F401  (ls and latest)
 
 
 _register()

@@ -58,8 +58,18 @@ def _read_findings(ctx: ValidationContext) -> Iterable[Finding]:
     yield from ctx.ckpt.findings
 
 
+def _run_findings(ctx: ValidationContext) -> Iterable[Finding]:
+    """Traps of the run the checkpoint belongs to (stale 'last', best-not-latest, temporaries...)."""
+    if not ctx.siblings:
+        return []
+    from ckptkit.runs import run_findings_for   # runs uses validation for its health column
+
+    return run_findings_for(ctx.ckpt.path)
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("read", _read_findings),
+    ("run", _run_findings),
 ]
 
 

@@ -1,0 +1,84 @@
+"""`ckptkit ls RUN_DIR` and `ckptkit latest RUN_DIR`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ckptkit.checkpoint import Severity
+from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
+from ckptkit.cli.render import emit_json, human_bytes, render_findings, table
+from ckptkit.runs import Run, RunEntry, scan_run
+
+
+@main.command("ls")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON (schema in README).")
+def ls_command(run_dir: Path, as_json: bool) -> None:
+    """List every checkpoint below RUN_DIR, whatever its format, ordered by training progress
+    (never by file name or time), with size, a quick health status and markers:
+    latest (furthest progress), best, final (training finished), resume (what
+    `ckptkit latest` picks). Run-level traps are listed under the table.
+
+    Exit 0 when every checkpoint is ok and no trap was found, 1 otherwise, 2 when RUN_DIR
+    cannot be read.
+
+    \b
+    Examples:
+      ckptkit ls checkpoints/
+      ckptkit ls experiments/llm/beauty/checkpoints --json | jq '.checkpoints[].path'
+    """
+    run = scan_run(run_dir)
+    if as_json:
+        emit_json(run.to_json())
+    else:
+        click.echo(render_run(run))
+    problems = any(e.health.status != "ok" for e in run.entries) or not run.entries or any(
+        f.severity.rank >= Severity.WARNING.rank for f in run.findings)
+    raise SystemExit(EXIT_FINDINGS if problems else EXIT_CLEAN)
+
+
+def render_run(run: Run) -> str:
+    if not run.entries:
+        return f"no checkpoints found below {run.root}"
+    rows = [(e.relative + ("/" if e.is_folder else ""), e.format or "?", e.progress.describe(),
+             human_bytes(e.size_bytes), _health(e), ", ".join(e.markers)) for e in run.entries]
+    out = [table(rows, ["checkpoint", "format", "progress", "size", "health", "markers"],
+                 widths=[56, None, 44, None, 48, None], indent="")]
+    if run.findings:
+        out += ["", f"Run findings ({len(run.findings)})", render_findings(run.findings)]
+    return "\n".join(out)
+
+
+def _health(entry: RunEntry) -> str:
+    """Broken rows say why (that is what the reader needs); warnings name their codes (details: validate)."""
+    h = entry.health
+    if h.status == "broken":
+        reason = h.reason or ""
+        return f"broken: {reason[:117] + '...' if len(reason) > 120 else reason}"
+    if h.status == "warnings":
+        return f"warnings ({', '.join(h.codes)})"
+    return h.status
+
+
+@main.command("latest")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def latest_command(run_dir: Path) -> None:
+    """Print only the path of the most advanced checkpoint below RUN_DIR that is whole and
+    consistent (readable, no error findings, not a leftover temporary, progress known).
+
+    Exit 1 with a message on stderr when none qualifies.
+
+    \b
+    Example:
+      python train.py --resume_from_checkpoint "$(ckptkit latest runs/x)"
+    """
+    run = scan_run(run_dir)
+    if run.resume is None:
+        broken = sum(e.health.status == "broken" for e in run.entries)
+        click.echo(f"ckptkit: no whole and consistent checkpoint below {run_dir} ({len(run.entries)} found, "
+                   f"{broken} broken; see `ckptkit ls {run_dir}`)", err=True)
+        sys.exit(EXIT_FINDINGS)
+    click.echo(str(run.resume.path))
+    raise SystemExit(EXIT_CLEAN)
