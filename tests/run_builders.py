@@ -1,0 +1,48 @@
+"""Building checkpoint folders and run directories for tests, from the real fixtures."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+HF_FULL = REAL / "hf_full" / "checkpoint-4"
+
+
+def hf_checkpoint(dest: Path, global_step: int, epoch: float, max_steps: int = 2000, **state: Any) -> Path:
+    """A copy of a real Trainer checkpoint whose trainer_state.json says `global_step` and `epoch`."""
+    shutil.copytree(HF_FULL, dest)
+    trainer_state = json.loads((dest / "trainer_state.json").read_text())
+    trainer_state.update(global_step=global_step, epoch=epoch, max_steps=max_steps, log_history=[], **state)
+    (dest / "trainer_state.json").write_text(json.dumps(trainer_state))
+    return dest
+
+
+def write_dcp(dest: Path, state: dict[str, Any]) -> Path:
+    """torch.distributed.checkpoint.save in this process (no process group needed)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(state, checkpoint_id=str(dest))
+    return dest
+
+
+def seed003_folder(dest: Path, epoch: int, step: int, total_batches: int = 1270) -> Path:
+    """Seed 003's last_checkpoint layout (save_pretrained + training_state.pth) at epoch/step."""
+    import torch
+
+    shutil.copytree(REAL / "save_pretrained_training_state" / "last_checkpoint", dest)
+    torch.save({"epoch": epoch, "step": step, "total_batches": total_batches, "best_val_f1": 0.5,
+                "best_val_acc": 0.5}, dest / "training_state.pth")
+    return dest
+
+
+def experiment_file(dest: Path, global_step: int) -> Path:
+    """Seed 004's experiment .pt dict (no pickled config class, so it reads clean)."""
+    import torch
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_state_dict": {"w": torch.ones(2, 2)}, "optimizer_state_dict": {"state": {}, "param_groups": []},
+                "global_step": global_step, "epoch": 0, "best_val_loss": 0.4,
+                "train_history": [1.0, 0.5], "val_history": []}, dest)
+    return dest
