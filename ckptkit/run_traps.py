@@ -42,7 +42,7 @@ def best_behind_latest(run: Run) -> Iterator[tuple[list[Path], Finding]]:
         if later is not None:
             yield [entry.path], Finding(
                 "run.best-not-latest", Severity.WARNING, entry.relative,
-                f"{entry.relative} is the best model, at {entry.progress.describe()}; {later.relative} is further "
+                f"{entry.relative} is the best model ({entry.progress.describe()}); {later.relative} is further "
                 f"({later.progress.describe()}). Resuming from the best model repeats the training after it and "
                 f"drops the later optimizer/scheduler state: resume from {later.relative}", _latest_fix(run))
 
