@@ -250,6 +250,8 @@ class Progress:
                                  f"{self.steps_per_epoch} batches ({pct:.1f}%)")
                 else:
                     parts.append(f"epoch {current} INCOMPLETE: {self.step_in_epoch} batches done")
+            elif self.epoch_complete is False:
+                parts.append(f"epoch {self.epochs_completed + 1} INCOMPLETE (position in it unknown)")
             elif self.epoch_complete is None:
                 parts.append(f"{self.epochs_completed} epochs completed (boundary unknown)"
                              if self.epochs_completed else "in epoch 1 (boundary unknown)")

@@ -20,10 +20,7 @@ from ckptkit.errors import CkptkitError, MissingFileError, NotACheckpointError
 from ckptkit.formats import FILE_FORMATS, FOLDER_FORMATS, open_checkpoint
 from ckptkit.formats.base import HEAD_BYTES
 
-try:
-    from ckptkit.atomic import TEMP_MARKER
-except ImportError:  # atomic.py lands with the training work; the marker is fixed either way
-    TEMP_MARKER = ".ckptkit-tmp-"
+from ckptkit.atomic import TEMP_MARKER
 
 HF_CHECKPOINT = re.compile(r"checkpoint-\d+$")
 HF_TEMP = re.compile(r"tmp-checkpoint-\d+$")
@@ -162,7 +159,7 @@ def _is_checkpoint_file(path: Path) -> bool:
 
 
 def _entry(root: Path, path: Path, is_folder: bool) -> RunEntry:
-    relative = "." if path == root else str(path.relative_to(root))
+    relative = path.name if path == root and not is_folder else "." if path == root else str(path.relative_to(root))
     temporary = TEMP_MARKER in path.name or bool(HF_TEMP.match(path.name))
     try:
         ckpt = open_checkpoint(path)
@@ -199,6 +196,9 @@ def _one_line(finding: Finding) -> str:
 
 def _unreadable_reason(exc: CkptkitError, path: Path) -> str:
     if isinstance(exc, NotACheckpointError) and path.is_dir():
+        if any(p.suffix == ".distcp" for p in path.iterdir()):
+            # DCP's coordinator writes .metadata last, after every rank's data files.
+            return "DCP data files without .metadata: the save did not finish"
         return "not a checkpoint folder ckptkit knows (no trainer_state.json, .metadata, weights + config...)"
     return exc.message
 

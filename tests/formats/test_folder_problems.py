@@ -103,3 +103,23 @@ def test_trainer_state_that_is_not_json_is_an_error_finding(tmp_path: Path) -> N
     [finding] = [f for f in ckpt.findings if f.code == "folder.unreadable-member"]
     assert finding.where == "checkpoint-4/trainer_state.json"
     assert not ckpt.progress.known
+
+
+def test_hf_progress_without_a_way_to_count_steps_per_epoch_says_the_epoch_is_incomplete(tmp_path: Path) -> None:
+    # max_steps is not a multiple of num_train_epochs and no log entry falls on an epoch boundary.
+    folder = hf_checkpoint(tmp_path / "checkpoint-7", 7, 1.4, max_steps=21, num_train_epochs=2)
+    ckpt = open_checkpoint(folder)
+    p = ckpt.progress
+    assert (p.epochs_completed, p.epoch_complete, p.steps_per_epoch, p.step_in_epoch) == (1, False, None, None)
+    assert p.describe() == "epoch 2 INCOMPLETE (position in it unknown), global step 7/21"
+
+
+def test_multi_rank_rng_files_and_an_amp_scaler_are_read_as_sections(tmp_path: Path) -> None:
+    folder = hf_checkpoint(tmp_path / "checkpoint-4", 4, 0.8)
+    (folder / "rng_state.pth").rename(folder / "rng_state_0.pth")
+    shutil.copy(folder / "rng_state_0.pth", folder / "rng_state_1.pth")
+    torch.save({"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                "_growth_tracker": 3}, folder / "scaler.pt")
+    ckpt = open_checkpoint(folder)
+    assert sorted(ckpt.rng) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert ckpt.scaler["scale"] == 65536.0 and ckpt.sources["scaler"] == "scaler.pt"
