@@ -35,7 +35,8 @@ def _tensors(total_bytes: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def _adam_state(model: dict[str, torch.Tensor]) -> dict[str, object]:
-    state = {i: {"step": torch.tensor(float(i)), "exp_avg": t, "exp_avg_sq": t} for i, t in enumerate(model.values())}
+    state = {i: {"step": torch.tensor(float(i)), "exp_avg": t, "exp_avg_sq": t.clone()}
+             for i, t in enumerate(model.values())}
     return {"state": state, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": list(state)}]}
 
 

@@ -74,6 +74,7 @@ class DcpLayout:
         self.path, self.reading, self.locations = path, reading, locations
         self.chunks: dict[str, list[TensorChunk]] = {}
         self._missing_files: set[str] = set()
+        self._sizes: dict[str, int | None] = {}
 
     def build_tree(self, state_meta: Any, planner: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(state_meta, dict):
@@ -136,8 +137,10 @@ class DcpLayout:
         return result.value
 
     def _check_file(self, loc: Location, fqn: str) -> bool:
-        file = self.path / loc[0]
-        size = file.stat().st_size if file.is_file() else None
+        if loc[0] not in self._sizes:
+            file = self.path / loc[0]
+            self._sizes[loc[0]] = file.stat().st_size if file.is_file() else None
+        size = self._sizes[loc[0]]
         if size is None:
             if loc[0] not in self._missing_files:
                 self._missing_files.add(loc[0])
