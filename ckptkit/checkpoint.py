@@ -307,6 +307,7 @@ class TensorChunk:
     file: str                  # member file holding its bytes
     byte_offset: int           # where its stored item starts in that file
     length: int                # bytes of the stored item (a torch.save archive, or raw bytes)
+    tensor: TensorRef | None = field(default=None, compare=False, repr=False)   # the chunk's values, lazily
 
     def to_json(self) -> dict[str, Any]:
         return {"offsets": list(self.offsets), "sizes": list(self.sizes), "file": self.file,

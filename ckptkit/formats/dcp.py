@@ -94,30 +94,31 @@ class DcpLayout:
         chunks: list[TensorChunk] = []
         for chunk in f.get("chunks") or []:
             c = chunk.fields() if isinstance(chunk, PickledObject) else {}
-            offsets, sizes = tuple(c.get("offsets") or ()), tuple(c.get("sizes") or ())
+            offsets, sizes = tuple(c.get("offsets") or ()), tuple(int(d) for d in c.get("sizes") or ())
             loc = self.locations.get((fqn, offsets))
             if loc is None:
                 self.reading.add_finding("dcp.missing-chunk", Severity.ERROR, METADATA,
                                          f"tensor {fqn!r}: chunk at offsets {list(offsets)} has no storage entry")
                 continue
             self._check_file(loc, fqn)
-            chunks.append(TensorChunk(offsets, sizes, loc[0], loc[1], loc[2]))
+            storage = StorageRef(f"{fqn}@{list(offsets)}", dtype, _numel(sizes), "cpu",
+                                 locate=lambda loc=loc, n=_numel(sizes) * dtype.itemsize: self._locate(fqn, loc, n))
+            chunks.append(TensorChunk(offsets, sizes, loc[0], loc[1], loc[2], make_tensor(dtype.name, sizes, storage)))
         self.chunks[fqn] = chunks
-        whole = len(chunks) == 1 and chunks[0].sizes == shape
-        numel = _numel(shape)
-        item = chunks[0] if whole else None
-        storage = StorageRef(fqn, dtype, numel, "cpu",
-                             locate=lambda: self._locate(fqn, item, len(chunks), dtype.itemsize * numel))
-        return make_tensor(dtype.name, shape, storage)
+        if len(chunks) == 1 and chunks[0].sizes == shape and chunks[0].tensor is not None:
+            return chunks[0].tensor
+        count = len(chunks)
 
-    def _locate(self, fqn: str, chunk: TensorChunk | None, count: int, nbytes: int) -> ByteRange:
-        if chunk is None:
-            raise UnsupportedFeatureError(self.path, f"tensor {fqn!r} is stored in {count} chunks; reading its "
-                                          "values needs the chunks assembled (not supported yet)")
-        file = self.path / chunk.file
-        if chunk.length == nbytes and _peek(file, chunk.byte_offset) != ZIP_MAGIC:
-            return ByteRange(file, chunk.byte_offset, chunk.length)   # SAFETENSORS serialization: raw bytes
-        return _item_tensor_range(file, chunk.byte_offset, chunk.length, fqn)
+        def split() -> ByteRange:
+            raise UnsupportedFeatureError(self.path, f"tensor {fqn!r} is stored in {count} chunks; read them "
+                                          "one by one (Checkpoint.chunks) or assemble them first")
+        return make_tensor(dtype.name, shape, StorageRef(fqn, dtype, _numel(shape), "cpu", locate=split))
+
+    def _locate(self, fqn: str, loc: Location, nbytes: int) -> ByteRange:
+        file = self.path / loc[0]
+        if loc[2] == nbytes and _peek(file, loc[1]) != ZIP_MAGIC:
+            return ByteRange(file, loc[1], loc[2])   # SAFETENSORS serialization: the raw bytes
+        return _item_tensor_range(file, loc[1], loc[2], fqn)
 
     def _value(self, fqn: str) -> Any:
         loc = self.locations.get((fqn, None))

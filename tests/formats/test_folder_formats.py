@@ -137,3 +137,32 @@ def test_dcp_chunk_bytes_are_located_inside_the_distcp_items() -> None:
     expected = torch.load(io.BytesIO(blob), weights_only=True)
     assert torch.equal(ckpt.model["0.weight"].to_torch(), expected)
     assert ckpt.optimizer["state"]["0.weight"]["step"].scalar_value() == 3.0
+
+
+TWO_RANKS = Path(__file__).parent.parent / "fixtures" / "dcp_two_ranks"   # scripts/make_sharded_dcp_fixture.py
+
+
+def test_dcp_tensor_sharded_over_two_ranks_lists_one_chunk_per_rank_file() -> None:
+    ckpt = open_checkpoint(TWO_RANKS)
+    assert [(c.offsets, c.sizes, c.file) for c in ckpt.chunks["model.w"]] == [
+        ((0, 0), (3, 4), "__0_0.distcp"), ((3, 0), (3, 4), "__1_0.distcp")]
+    assert ckpt.model["w"].describe() == "float32[6, 4]"          # the global shape
+    assert [(c.offsets, c.file) for c in ckpt.chunks["model.b"]] == [((0,), "__1_0.distcp")]
+    assert sorted(m.name for m in ckpt.members) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert ckpt.progress.global_step == 7
+
+
+def test_each_dcp_chunk_reads_its_own_part_of_the_global_tensor() -> None:
+    ckpt = open_checkpoint(TWO_RANKS)
+    top, bottom = (c.tensor.to_torch() for c in ckpt.chunks["model.w"])
+    full = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    assert torch.equal(top, full[:3]) and torch.equal(bottom, full[3:])
+    assert torch.equal(ckpt.model["b"].to_torch(), torch.arange(5, dtype=torch.float32))
+
+
+def test_a_chunked_tensor_says_to_read_its_chunks_instead_of_pretending_to_be_whole() -> None:
+    from ckptkit.errors import UnsupportedFeatureError
+
+    ckpt = open_checkpoint(TWO_RANKS)
+    with pytest.raises(UnsupportedFeatureError, match="'model.w' is stored in 2 chunks"):
+        ckpt.model["w"].read_bytes()
