@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ckptkit.runs import run_findings_for, scan_run
 from ckptkit.validation import validate_path
@@ -141,3 +143,16 @@ def test_real_hf_run_marks_the_best_checkpoint_from_the_newest_trainer_state() -
     run = scan_run(REAL / "hf_full")
     assert rows(run) == [("checkpoint-4", "ok", ""), ("checkpoint-8", "ok", ""),
                          ("checkpoint-10", "ok", "latest,best,final,resume")]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.integers(1, 10**6), min_size=2, max_size=6, unique=True), data=st.data())
+def test_order_follows_global_step_whatever_the_folder_names(tmp_path_factory, steps: list[int], data) -> None:
+    root = tmp_path_factory.mktemp("run")
+    names = data.draw(st.permutations([f"checkpoint-{i}" for i in range(len(steps))]))
+    for name, step in zip(names, steps):
+        (root / name).mkdir()
+        (root / name / "trainer_state.json").write_text(f'{{"global_step": {step}, "epoch": 0.5}}')
+    run = scan_run(root)
+    assert [e.progress.global_step for e in run.entries] == sorted(steps)
+    assert run.entries[-1].markers[0] == "latest"
