@@ -109,7 +109,7 @@ def find_checkpoints(root: Path) -> list[tuple[Path, bool]]:
 
 def _walk(directory: Path, found: list[tuple[Path, bool]], is_root: bool = False) -> None:
     recognised = _recognised_folder(directory)
-    partial = not recognised and not is_root and _has_partial_markers(directory)
+    partial = not recognised and _has_partial_markers(directory)
     if recognised or partial:
         found.append((directory, True))
     before = len(found)
