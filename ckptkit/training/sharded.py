@@ -28,6 +28,7 @@ from ckptkit.atomic import atomic_write_dir
 from ckptkit.errors import WriteVerificationError
 from ckptkit.manifest import Manifest, describe_files, manifest_path, write_manifest
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, TrainingState, build_checkpoint
+from ckptkit.training.snapshot import StagingArea
 
 
 def save_sharded(
@@ -43,7 +44,10 @@ def save_sharded(
         dcp.save(tensors, checkpoint_id=received[0])
         dist.barrier()
         return
-    trainer_state = build_checkpoint(state, rng_state, kind, world_size=world_size, sharded=True)
+    # Through a snapshot for its canonical (interned) strings: equal states, byte-equal files.
+    trainer_state = StagingArea(pin_memory=False).snapshot(
+        build_checkpoint(state, rng_state, kind, world_size=world_size, sharded=True)
+    )
 
     def populate(tmp: Path) -> None:
         dist.broadcast_object_list([str(tmp)], src=0)

@@ -130,6 +130,8 @@ class LMRun:
                     status = "interrupted"
                     break
         self.display.close()
+        if self.world_size > 1:
+            dist.barrier()  # rank 0's last write is on disk before any rank goes on (to resume from it)
         return TrainResult(status, p.global_step, p.position, saved, p.train_history, p.val_history)
 
     def _micro_step(self, batch: Any) -> None:
