@@ -101,6 +101,11 @@ class CheckpointManager:
         """Block until the save in flight is on disk with its manifest (re-raises its error)."""
         self._writer.wait()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a background write is still in flight."""
+        return self._writer.busy
+
     def close(self) -> None:
         self._writer.close()
 

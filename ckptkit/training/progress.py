@@ -18,8 +18,8 @@ from ckptkit.training.sampler import DataPosition
 
 def render_progress(position: DataPosition, global_step: int, max_steps: int, loss: float | None = None) -> str:
     """``epoch 2 | batch 1000/1270 (78.7%) | step 3540/12700 | loss 2.3150``: the true position."""
-    done = min(position.batch_in_epoch, position.steps_per_epoch)
-    pct = 100.0 * done / position.steps_per_epoch if position.steps_per_epoch else 100.0
+    done = position.batch_in_epoch
+    pct = 100.0 * done / position.steps_per_epoch if position.steps_per_epoch else 0.0
     parts = [
         f"epoch {position.epoch}",
         f"batch {done}/{position.steps_per_epoch} ({pct:.1f}%)",

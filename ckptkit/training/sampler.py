@@ -9,13 +9,14 @@ replaying the skipped ones and without touching any global RNG.
 
 Vocabulary (also the checkpoint's ``data_position`` dict):
 
-* ``epoch``: the epoch the last consumed batch came from (0-based); 0 before training.
-* ``batch_in_epoch``: batches of that epoch consumed so far, ``0..steps_per_epoch``;
-  ``batch_in_epoch == steps_per_epoch`` means the epoch is complete (the next batch is
-  batch 0 of ``epoch + 1``).
+* ``epoch``: epochs completed, which is also the 0-based index of the epoch in progress
+  (seed 004's top-level ``epoch`` key holds the same value).
+* ``batch_in_epoch``: batches of epoch ``epoch`` consumed so far, ``0..steps_per_epoch-1``.
+  ``0`` means no partial epoch: at an epoch's end the position is ``(epoch + 1, 0)``.
 * ``steps_per_epoch``: batches (micro-batches, data-loader steps) per epoch, like seed 003's
   ``total_batches``. Optimizer steps per epoch are ``steps_per_epoch / grad_accum``.
-* ``micro_step``: batches already accumulated into the optimizer step in progress, ``0..grad_accum-1``.
+* ``micro_step``: batches already accumulated into the optimizer step in progress,
+  ``0..grad_accum-1``; non-zero only for a checkpoint taken inside an accumulation window.
 """
 from __future__ import annotations
 
@@ -39,27 +40,19 @@ class DataPosition:
     world_size: int = 1
 
     @property
-    def epoch_complete(self) -> bool:
-        return self.batch_in_epoch >= self.steps_per_epoch
-
-    @property
     def batches_consumed(self) -> int:
         """Batches consumed since the start of training (all epochs)."""
         return self.epoch * self.steps_per_epoch + self.batch_in_epoch
 
-    def next_batch(self) -> tuple[int, int]:
-        """(epoch, index in epoch) of the batch a resumed run draws first."""
-        if self.epoch_complete:
-            return self.epoch + 1, 0
-        return self.epoch, self.batch_in_epoch
-
     def advanced(self) -> DataPosition:
         """The position after consuming one more batch."""
-        epoch, index = self.next_batch()
-        return replace(self, epoch=epoch, batch_in_epoch=index + 1, micro_step=(self.micro_step + 1) % self.grad_accum)
+        epoch, batch = self.epoch, self.batch_in_epoch + 1
+        if batch >= self.steps_per_epoch:
+            epoch, batch = epoch + 1, 0
+        return replace(self, epoch=epoch, batch_in_epoch=batch, micro_step=(self.micro_step + 1) % self.grad_accum)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "epoch_complete": self.epoch_complete}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataPosition:
@@ -109,7 +102,7 @@ class ResumableSampler:
 
     def iterate_from(self, position: DataPosition) -> Iterator[SampledBatch]:
         """Endless stream of this rank's batches, starting with the first not yet consumed."""
-        epoch, index = position.next_batch()
+        epoch, index = position.epoch, position.batch_in_epoch
         while True:
             perm = self.permutation(epoch)
             for i in range(index, self.steps_per_epoch):

@@ -47,11 +47,11 @@ def _assert_same_run(reference: Path, resumed: Path) -> None:
 @pytest.mark.parametrize(
     ("stop_at", "saved_as", "position"),
     [
-        pytest.param(6, "checkpoint_step_3.pt", (0, 6, 0), id="inside-an-epoch"),
+        pytest.param(6, "checkpoint_step_3.pt", (0, 6, 0), id="inside-the-first-epoch-before-it-ends"),
         pytest.param(7, "checkpoint_step_3_micro_1.pt", (0, 7, 1), id="inside-an-accumulation-window"),
-        pytest.param(11, "checkpoint_step_5_micro_1.pt", (0, 11, 1), id="at-the-end-of-an-epoch-inside-a-window"),
+        pytest.param(11, "checkpoint_step_5_micro_1.pt", (1, 0, 1), id="at-the-end-of-an-epoch-inside-a-window"),
         pytest.param(12, "checkpoint_step_6.pt", (1, 1, 0), id="after-the-first-batch-of-an-epoch"),
-        pytest.param(22, "checkpoint_step_11.pt", (1, 11, 0), id="between-epochs-before-epoch-2"),
+        pytest.param(22, "checkpoint_step_11.pt", (2, 0, 0), id="at-the-end-of-an-epoch-before-the-next"),
     ],
 )
 def test_an_interrupted_run_resumed_from_its_interrupt_checkpoint_equals_the_uninterrupted_run(

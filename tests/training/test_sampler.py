@@ -41,12 +41,12 @@ def test_ranks_draw_disjoint_samples_from_the_same_permutation() -> None:
     assert first[0] + first[1] == ranks[0].permutation(0)[:6].tolist()
 
 
-def test_a_completed_epoch_resumes_at_batch_zero_of_the_next_epoch() -> None:
+def test_the_last_batch_of_an_epoch_moves_the_position_to_batch_zero_of_the_next() -> None:
     sampler = ResumableSampler(num_samples=12, batch_size=4, seed=3)
-    position = DataPosition(epoch=1, batch_in_epoch=3, steps_per_epoch=3, micro_step=0, grad_accum=1,
-                            sampler_seed=3, batch_size=4)
-    assert position.epoch_complete
-    batch = next(sampler.iterate_from(position))
+    end_of_epoch_1 = DataPosition(epoch=1, batch_in_epoch=2, steps_per_epoch=3, micro_step=0, grad_accum=1,
+                                  sampler_seed=3, batch_size=4).advanced()
+    assert (end_of_epoch_1.epoch, end_of_epoch_1.batch_in_epoch) == (2, 0)
+    batch = next(sampler.iterate_from(end_of_epoch_1))
     assert (batch.epoch, batch.index) == (2, 0)
     assert batch.sample_ids.tolist() == sampler.permutation(2)[:4].tolist()
 
@@ -58,14 +58,15 @@ def test_advancing_counts_micro_steps_within_the_accumulation_window_across_epoc
     for _ in range(5):
         position = position.advanced()
         seen.append((position.epoch, position.batch_in_epoch, position.micro_step))
-    assert seen == [(0, 1, 1), (0, 2, 0), (0, 3, 1), (1, 1, 0), (1, 2, 1)]
+    assert seen == [(0, 1, 1), (0, 2, 0), (1, 0, 1), (1, 1, 0), (1, 2, 1)]
     assert position.batches_consumed == 5
 
 
 def test_data_position_survives_its_dict_form() -> None:
     position = DataPosition(2, 5, 11, 1, 2, 1337, 4, world_size=2)
     data = position.to_dict()
-    assert data["epoch_complete"] is False
+    assert data == {"epoch": 2, "batch_in_epoch": 5, "steps_per_epoch": 11, "micro_step": 1, "grad_accum": 2,
+                    "sampler_seed": 1337, "batch_size": 4, "world_size": 2}
     assert DataPosition.from_dict(data) == position
 
 

@@ -157,7 +157,8 @@ class LMRun:
         p.global_step += 1
         loss = self._mean_over_ranks(p.window_loss_sum / cfg.grad_accum)
         p.window_loss_sum = 0.0
-        p.train_history.append({"step": p.global_step, "loss": loss, "lr": lr, "epoch": p.position.epoch})
+        epoch = round(p.position.batches_consumed / p.position.steps_per_epoch, 4)  # float, as HF's log_history
+        p.train_history.append({"step": p.global_step, "loss": loss, "lr": lr, "epoch": epoch})
         if p.global_step % cfg.log_interval == 0:
             self.log(f"step {p.global_step}/{cfg.max_steps} | epoch {p.position.epoch} "
                      f"batch {p.position.batch_in_epoch}/{p.position.steps_per_epoch} | loss {loss:.4f} | lr {lr:.2e}")
