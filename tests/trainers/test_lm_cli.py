@@ -113,3 +113,11 @@ def test_sigterm_saves_an_interrupt_checkpoint_at_the_current_micro_step_and_exi
         loop.LMRun._micro_step = original
     saved = torch.load(run / "checkpoint_step_4_micro_1.pt", weights_only=True)
     assert saved["data_position"]["batch_in_epoch"] == 9 and saved["accumulation"]["micro_step"] == 1
+
+
+def test_a_checkpoint_from_another_trainer_is_refused_by_name(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "best_model.pt"
+    torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "global_step": 3, "config": {"d_model": 64},
+                "ckptkit": {"version": 1, "trainer": "recsys"}}, path)
+    assert main(["--resume", str(path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("was written by the 'recsys' trainer, not the LM trainer")

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = render_progress(result.position, result.global_step, cfg.max_steps)
         run.log(f"interrupted at {where}; saved {', '.join(p.name for p in result.checkpoints) or 'on rank 0'}")
         run.log(f"resume with: python -m trainers.lm --resume {options.out}")
-        return EXIT_OK if args.stop_at_micro_step is not None and not run.stop_requested else 128 + signal.SIGTERM
+        return 128 + run.stop_signal if run.stop_signal is not None else EXIT_OK  # 130 Ctrl+C, 143 SIGTERM
     run.log(f"finished: step {result.global_step}; final checkpoint {options.out / 'final_model.pt'}")
     return EXIT_OK
 
@@ -103,9 +103,12 @@ def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[LMCon
 
 def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[LMConfig, list[str]]:
     """The checkpoint's config wins; schedule flags may change it; --extend-steps raises max_steps."""
-    if not point.config:
-        raise CkptkitError(point.path, "has no config dict; the LM trainer cannot rebuild its model")
-    saved = LMConfig.from_dict(point.config)
+    if point.trainer not in (None, "lm"):
+        raise CkptkitError(point.path, f"was written by the '{point.trainer}' trainer, not the LM trainer")
+    try:
+        saved = LMConfig.from_dict(point.config)
+    except TypeError as exc:  # missing fields: not this trainer's config (or none at all)
+        raise CkptkitError(point.path, f"its config is not an LM trainer config ({exc}); cannot rebuild the model") from exc
     cfg, notes = saved, []
     if args.config is not None and args.config != saved.name:
         notes.append(f"--config {args.config} ignored: this run is '{saved.name}' (the config comes from the checkpoint)")

@@ -32,7 +32,7 @@ from ckptkit.training import (
     TrainingState,
 )
 from trainers.lm.config import LMConfig
-from trainers.lm.data import VOCAB_SIZE, TextWindows, train_and_val
+from trainers.lm.data import VOCAB_SIZE, train_and_val
 from trainers.lm.model import GPT
 
 TRAINER_NAME = "lm"
@@ -98,6 +98,7 @@ class LMRun:
             self.train_set.num_samples, cfg.batch_size, cfg.seed, world_size=self.world_size, rank=self.rank
         )
         self.stop_requested = False
+        self.stop_signal: int | None = None  # SIGINT/SIGTERM that asked for the stop, if any
         self.progress = self._restore(resume) if resume else RestoredProgress(
             global_step=0, position=self.sampler.start_position(cfg.grad_accum),
             best_val_loss=math.inf, train_history=[], val_history=[],
@@ -315,6 +316,6 @@ def on_signal(run_getter: Callable[[], LMRun | None]) -> Callable[[int, Any], No
         run = run_getter()
         if run is None or run.stop_requested:
             raise KeyboardInterrupt  # a second Ctrl+C: stop now (the last checkpoint is intact)
-        run.stop_requested = True
+        run.stop_requested, run.stop_signal = True, signum
 
     return handler
