@@ -1,0 +1,154 @@
+"""Completion manifests: ``<checkpoint>.manifest.json`` beside a checkpoint file or folder.
+
+A manifest is written last, atomically, after the checkpoint itself is in place; its presence
+is the commit marker ("this checkpoint was written completely"), and its sizes and CRC-32s let
+a reader detect truncation and flipped bits without unpickling anything. It also records the
+checkpoint's progress and metric, so a run directory can be ordered and pruned by reading
+small JSON files instead of multi-GB checkpoints. No torch import here: ``ls`` reads these.
+
+CRC-32 and not SHA-256: the manifest guards against damage, not tampering, and zlib's CRC-32
+runs at ~6 GB/s against ~1.8 GB/s, which matters when a 4 GB state is written in the background.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ckptkit.atomic import atomic_write_file
+from ckptkit.errors import CorruptCheckpointError
+
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = "ckptkit-manifest"
+MANIFEST_VERSION = 1
+_CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One file of a checkpoint; ``path`` is relative to the manifest's directory."""
+
+    path: str
+    size: int
+    crc32: str  # 8 lowercase hex digits
+
+
+@dataclass(frozen=True)
+class Manifest:
+    checkpoint: str  # the file or folder name this manifest completes
+    files: tuple[ManifestFile, ...]
+    kind: str = "periodic"  # periodic | best | final | interrupt
+    global_step: int | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    metric: dict[str, Any] | None = None  # {"name": "val_loss", "value": 2.1, "mode": "min"}
+    trainer: str | None = None
+    version: int = MANIFEST_VERSION
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class ChecksumWriter:
+    """Wraps a binary file: counts bytes and keeps a running CRC-32 of everything written."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.size = 0
+        self._crc = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._crc = zlib.crc32(data, self._crc)
+        self.size += memoryview(data).nbytes
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    @property
+    def crc32(self) -> str:
+        return f"{self._crc:08x}"
+
+
+def manifest_path(checkpoint: Path) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + MANIFEST_SUFFIX)
+
+
+def is_manifest(path: Path) -> bool:
+    return Path(path).name.endswith(MANIFEST_SUFFIX)
+
+
+def file_crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def describe_files(checkpoint: Path) -> tuple[ManifestFile, ...]:
+    """Sizes and CRC-32s of a checkpoint file, or of every file below a checkpoint folder."""
+    checkpoint = Path(checkpoint)
+    base = checkpoint.parent
+    paths = sorted(p for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() else [checkpoint]
+    return tuple(
+        ManifestFile(p.relative_to(base).as_posix(), p.stat().st_size, file_crc32(p)) for p in paths
+    )
+
+
+def write_manifest(checkpoint: Path, manifest: Manifest) -> Path:
+    """Atomically write the manifest that marks ``checkpoint`` complete; returns its path."""
+    body = asdict(manifest)
+    body = {"format": MANIFEST_FORMAT, **body}
+    data = (json.dumps(body, indent=1, sort_keys=False) + "\n").encode()
+    target = manifest_path(checkpoint)
+    atomic_write_file(target, lambda f: f.write(data))
+    return target
+
+
+def read_manifest(checkpoint: Path) -> Manifest | None:
+    """The manifest of ``checkpoint``, or None when there is none (an incomplete or foreign write)."""
+    path = manifest_path(checkpoint)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpointError(path, f"manifest is not valid JSON ({exc})") from exc
+    if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
+        raise CorruptCheckpointError(path, f"not a {MANIFEST_FORMAT} file")
+    try:
+        files = tuple(ManifestFile(str(f["path"]), int(f["size"]), str(f["crc32"])) for f in body["files"])
+        return Manifest(
+            checkpoint=str(body["checkpoint"]),
+            files=files,
+            kind=str(body.get("kind", "periodic")),
+            global_step=body.get("global_step"),
+            progress=dict(body.get("progress") or {}),
+            metric=body.get("metric"),
+            trainer=body.get("trainer"),
+            version=int(body.get("version", MANIFEST_VERSION)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptCheckpointError(path, f"manifest field missing or malformed: {exc}") from exc
+
+
+def manifest_problems(checkpoint: Path, manifest: Manifest, *, checksums: bool = True) -> list[str]:
+    """Every disagreement between the files on disk and their manifest (empty: intact)."""
+    base = Path(checkpoint).parent
+    problems = []
+    for entry in manifest.files:
+        path = base / entry.path
+        if not path.is_file():
+            problems.append(f"{entry.path}: missing (the manifest lists {entry.size} bytes)")
+            continue
+        size = os.stat(path).st_size
+        if size != entry.size:
+            problems.append(f"{entry.path}: {size} bytes on disk, the manifest says {entry.size} (truncated or overwritten)")
+        elif checksums and (crc := file_crc32(path)) != entry.crc32:
+            problems.append(f"{entry.path}: CRC-32 {crc} on disk, the manifest says {entry.crc32} (bytes damaged)")
+    return problems

@@ -1,0 +1,54 @@
+"""ckptkit's library API for resumable training, used by every bundled trainer.
+
+Saving: :class:`CheckpointManager` (atomic, verified, asynchronous, manifests, retention) fed a
+:class:`TrainingState`. Data: :class:`ResumableSampler` and :class:`DataPosition`. Resuming:
+:func:`load_for_resume` -> :class:`ResumePoint` -> ``restore(...)`` -> :class:`RestoredProgress`,
+gated by :func:`verify_for_resume`. Progress display: :class:`ProgressLine`.
+"""
+from __future__ import annotations
+
+from ckptkit.training.layout import TrainingState, build_checkpoint, checkpoint_name, unwrap_model
+from ckptkit.training.manager import CheckpointManager, rank_and_world_size, write_checkpoint_file
+from ckptkit.training.progress import ProgressLine, render_progress
+from ckptkit.training.resume import (
+    RestoredProgress,
+    ResumePoint,
+    load_for_resume,
+    resolve_checkpoint,
+    verify_for_resume,
+)
+from ckptkit.training.retention import CheckpointRecord, list_checkpoints, select_for_deletion
+from ckptkit.training.rng import (
+    capture_rng_state,
+    capture_rng_states_all_ranks,
+    restore_rng_state,
+    restore_rng_states_all_ranks,
+)
+from ckptkit.training.sampler import DataPosition, ResumableSampler, SampledBatch
+
+__all__ = [
+    "CheckpointManager",
+    "CheckpointRecord",
+    "DataPosition",
+    "ProgressLine",
+    "ResumableSampler",
+    "RestoredProgress",
+    "ResumePoint",
+    "SampledBatch",
+    "TrainingState",
+    "build_checkpoint",
+    "capture_rng_state",
+    "capture_rng_states_all_ranks",
+    "checkpoint_name",
+    "list_checkpoints",
+    "load_for_resume",
+    "rank_and_world_size",
+    "render_progress",
+    "resolve_checkpoint",
+    "restore_rng_state",
+    "restore_rng_states_all_ranks",
+    "select_for_deletion",
+    "unwrap_model",
+    "verify_for_resume",
+    "write_checkpoint_file",
+]

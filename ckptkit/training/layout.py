@@ -1,0 +1,142 @@
+"""Seed 004's checkpoint layout, as ckptkit's training manager writes it.
+
+File names: ``checkpoint_step_{N}.pt`` (periodic), ``best_model.pt``, ``final_model.pt``, and
+``checkpoint_step_{N}_micro_{k}.pt`` for a checkpoint taken inside a gradient-accumulation
+window (an interrupted run). Sharded (FSDP) runs use the same names without ``.pt`` for
+folders. Each checkpoint is a plain dict that ``torch.load(weights_only=True)`` accepts::
+
+    model_state_dict, optimizer_state_dict, scheduler_state_dict,   # seed 004
+    global_step, epoch, best_val_loss, config (plain dict),         # seed 004
+    train_history, val_history,                                     # seed 004
+    scaler_state_dict (AMP GradScaler, only when enabled),
+    rng_state   {"world_size": W, "ranks": [...]}  (see ckptkit.training.rng),
+    data_position  (see ckptkit.training.sampler.DataPosition),
+    accumulation   {"micro_step", "loss_sum", "grads": {param name: tensor}} (only mid-window),
+    ckptkit     {"version": 1, "trainer": "lm", "kind": "periodic", "world_size": W, "sharded": bool}
+
+Nothing time- or host-dependent is stored, so two runs that reach the same state write
+byte-identical files.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckptkit.training.sampler import DataPosition
+
+MODEL = "model_state_dict"
+OPTIMIZER = "optimizer_state_dict"
+SCHEDULER = "scheduler_state_dict"
+SCALER = "scaler_state_dict"
+GLOBAL_STEP = "global_step"
+EPOCH = "epoch"
+BEST_VAL_LOSS = "best_val_loss"
+CONFIG = "config"
+TRAIN_HISTORY = "train_history"
+VAL_HISTORY = "val_history"
+RNG_STATE = "rng_state"
+DATA_POSITION = "data_position"
+ACCUMULATION = "accumulation"
+CKPTKIT = "ckptkit"
+REQUIRED_KEYS = (MODEL, OPTIMIZER, GLOBAL_STEP)
+
+FORMAT_VERSION = 1
+BEST_NAME = "best_model"
+FINAL_NAME = "final_model"
+KINDS = ("periodic", "best", "final", "interrupt")
+# Sharded (FSDP) checkpoints are folders: torch.distributed.checkpoint files plus this one.
+TRAINING_STATE_FILE = "ckptkit_training_state.pt"
+DCP_METADATA_FILE = ".metadata"
+_PERIODIC_RE = re.compile(r"^checkpoint_step_(\d+)(?:_micro_(\d+))?(\.pt)?$")
+
+
+@dataclass
+class TrainingState:
+    """Everything a trainer hands to :meth:`CheckpointManager.save` (live objects, not copies)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    config: dict[str, Any]
+    position: DataPosition
+    global_step: int = 0
+    scheduler: Any = None  # torch.optim.lr_scheduler.LRScheduler
+    scaler: Any = None  # torch.amp.GradScaler; saved only when enabled
+    best_val_loss: float = math.inf
+    last_val_loss: float | None = None  # the metric retention keeps the best of
+    train_history: list[dict[str, Any]] = field(default_factory=list)
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+    window_loss_sum: float = 0.0  # losses of the micro-batches accumulated so far (mid-window)
+    trainer: str = "lm"
+
+
+def checkpoint_name(kind: str, global_step: int, micro_step: int = 0, *, sharded: bool = False) -> str:
+    if kind == "best":
+        stem = BEST_NAME
+    elif kind == "final":
+        stem = FINAL_NAME
+    elif kind in ("periodic", "interrupt"):
+        stem = f"checkpoint_step_{global_step}" + (f"_micro_{micro_step}" if micro_step else "")
+    else:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {KINDS}")
+    return stem if sharded else stem + ".pt"
+
+
+def is_periodic_name(name: str) -> bool:
+    return _PERIODIC_RE.match(name) is not None
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / DCP_METADATA_FILE).is_file()
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def build_checkpoint(
+    state: TrainingState, rng_state: dict[str, Any], kind: str, *, world_size: int = 1, sharded: bool = False
+) -> dict[str, Any]:
+    """The checkpoint dict; model/optimizer entries are left out for sharded checkpoints."""
+    model = unwrap_model(state.model)
+    ckpt: dict[str, Any] = {}
+    if not sharded:
+        ckpt[MODEL] = model.state_dict()
+        ckpt[OPTIMIZER] = state.optimizer.state_dict()
+    ckpt[SCHEDULER] = state.scheduler.state_dict() if state.scheduler is not None else None
+    ckpt[GLOBAL_STEP] = state.global_step
+    ckpt[EPOCH] = state.position.epoch
+    ckpt[BEST_VAL_LOSS] = state.best_val_loss
+    ckpt[CONFIG] = state.config
+    ckpt[TRAIN_HISTORY] = state.train_history
+    ckpt[VAL_HISTORY] = state.val_history
+    if state.scaler is not None and state.scaler.is_enabled():
+        ckpt[SCALER] = state.scaler.state_dict()
+    ckpt[RNG_STATE] = rng_state
+    ckpt[DATA_POSITION] = state.position.to_dict()
+    if state.position.micro_step and not sharded:
+        ckpt[ACCUMULATION] = {
+            "micro_step": state.position.micro_step,
+            "loss_sum": state.window_loss_sum,
+            "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+        }
+    ckpt[CKPTKIT] = {
+        "version": FORMAT_VERSION,
+        "trainer": state.trainer,
+        "kind": kind,
+        "world_size": world_size,
+        "sharded": sharded,
+    }
+    return ckpt

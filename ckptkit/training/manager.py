@@ -1,0 +1,190 @@
+"""CheckpointManager: atomic, verified, asynchronous checkpoints with manifests and retention.
+
+One call per save point, from every rank::
+
+    with CheckpointManager(run_dir, keep_last=3) as manager:
+        ...
+        manager.save(state, ["periodic"])           # or ["best", "periodic"], ["final"], ["interrupt"]
+
+What the loop pays: gathering RNG states and copying the state into reusable CPU buffers
+(pinned on CUDA). A worker thread then, for each file: removes the stale manifest, writes the
+file beside its target through a CRC-32 counting writer, fsyncs, reads it back with
+``torch.load(weights_only=True, mmap=True)``, renames it into place, writes the new manifest
+(the commit marker), and finally prunes old periodic checkpoints. A new save waits for the
+previous write; ``close()`` (or leaving the ``with`` block) waits for the last one.
+
+Crash at any moment: the target name holds the previous complete file or the new one; a file
+without a manifest is "unconfirmed" and resume skips it; the newest confirmed checkpoint is
+never touched by the write of the next one.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ckptkit.atomic import atomic_write_file
+from ckptkit.errors import WriteVerificationError
+from ckptkit.manifest import ChecksumWriter, Manifest, ManifestFile, manifest_path, write_manifest
+from ckptkit.training import layout
+from ckptkit.training.layout import TrainingState, build_checkpoint, checkpoint_name
+from ckptkit.training.retention import delete_checkpoint, list_checkpoints, select_for_deletion
+from ckptkit.training.rng import capture_rng_states_all_ranks
+from ckptkit.training.snapshot import BackgroundWriter, StagingArea
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class CheckpointManager:
+    """Saves seed-004-layout checkpoints into ``run_dir``; see the module docstring."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        keep_last: int | None = 3,
+        keep_best: bool = True,
+        metric_name: str = "val_loss",
+        metric_mode: str = "min",
+        asynchronous: bool = True,
+        sharded: bool = False,
+    ) -> None:
+        if keep_last is not None and keep_last < 1:
+            raise ValueError("keep_last must be at least 1 (or None to keep every checkpoint)")
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self.metric_name = metric_name
+        self.metric_mode = metric_mode
+        self.sharded = sharded
+        self.rank, self.world_size = rank_and_world_size()
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._staging = StagingArea()
+        self._writer = BackgroundWriter(asynchronous=asynchronous and not sharded)
+
+    def save(self, state: TrainingState, kinds: Sequence[str]) -> list[Path]:
+        """Checkpoint ``state`` under one name per kind; collective: every rank must call it.
+
+        Returns the paths that will hold the checkpoint once written (rank 0; other ranks
+        of a non-sharded run get an empty list). Raises the error of a previous failed write.
+        """
+        names = [checkpoint_name(k, state.global_step, state.position.micro_step, sharded=self.sharded) for k in kinds]
+        targets = [(kind, self.run_dir / name) for kind, name in zip(kinds, names)]
+        rng_state = capture_rng_states_all_ranks()
+        if self.sharded:
+            from ckptkit.training.sharded import save_sharded  # torch.distributed.checkpoint is heavy
+
+            for kind, path in targets:
+                save_sharded(path, state, rng_state, kind, self._manifest_fields(state, kind), self.world_size)
+            if self.rank == 0:
+                self._prune()
+            return [p for _, p in targets]
+        if self.rank != 0:
+            return []
+        self._writer.wait()
+        checkpoint = build_checkpoint(state, rng_state, kinds[0], world_size=self.world_size)
+        snapshot = self._staging.snapshot(checkpoint)
+        fields = {kind: self._manifest_fields(state, kind) for kind in kinds}
+        self._writer.submit(lambda: self._write_all(snapshot, targets, fields))
+        return [p for _, p in targets]
+
+    def wait(self) -> None:
+        """Block until the save in flight is on disk with its manifest (re-raises its error)."""
+        self._writer.wait()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a background write is still in flight."""
+        return self._writer.busy
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _manifest_fields(self, state: TrainingState, kind: str) -> dict[str, Any]:
+        metric = None
+        if state.last_val_loss is not None:
+            metric = {"name": self.metric_name, "value": float(state.last_val_loss), "mode": self.metric_mode}
+        return {
+            "kind": kind,
+            "global_step": state.global_step,
+            "progress": state.position.to_dict(),
+            "metric": metric,
+            "trainer": state.trainer,
+        }
+
+    def _write_all(self, snapshot: dict[str, Any], targets: list[tuple[str, Path]], fields: dict[str, dict[str, Any]]) -> None:
+        for kind, path in targets:
+            snapshot[layout.CKPTKIT] = {**snapshot[layout.CKPTKIT], "kind": kind}
+            write_checkpoint_file(path, snapshot, fields[kind])
+        self._prune()
+
+    def _prune(self) -> None:
+        if self.keep_last is None:
+            return
+        for record in select_for_deletion(list_checkpoints(self.run_dir), self.keep_last, self.keep_best):
+            delete_checkpoint(record.path)
+
+
+def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_fields: dict[str, Any]) -> Manifest:
+    """torch.save ``checkpoint`` to ``path`` atomically, verify it, then commit it with a manifest."""
+    path = Path(path)
+    old_manifest = _take_manifest(path)
+    written: dict[str, ChecksumWriter] = {}
+
+    def write(f: Any) -> None:
+        writer = written["w"] = ChecksumWriter(f)
+        torch.save(checkpoint, writer)
+
+    def verify(tmp: Path) -> None:
+        _verify_written(path, tmp, written["w"].size, set(checkpoint))
+
+    try:
+        atomic_write_file(path, write, verify=verify)
+    except BaseException:
+        if old_manifest is not None:  # the old file is still in place, and still vouched for
+            atomic_write_file(manifest_path(path), lambda f: f.write(old_manifest))
+        raise
+    manifest = Manifest(checkpoint=path.name, files=(ManifestFile(path.name, written["w"].size, written["w"].crc32),), **manifest_fields)
+    write_manifest(path, manifest)
+    return manifest
+
+
+def _take_manifest(path: Path) -> bytes | None:
+    """Remove the manifest of the file about to be replaced: a stale manifest must never vouch
+    for new bytes, not even for an instant. Returns its bytes, to put back if the write fails."""
+    target = manifest_path(path)
+    try:
+        old = target.read_bytes()
+        os.unlink(target)
+    except FileNotFoundError:
+        return None
+    return old
+
+
+def _verify_written(target: Path, tmp: Path, size: int, keys: set[str]) -> None:
+    on_disk = tmp.stat().st_size
+    if on_disk != size:
+        raise WriteVerificationError(target, f"{on_disk} bytes on disk after writing {size}; the old file was kept")
+    try:
+        loaded = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # any failure to load back means we must not replace the old file
+        raise WriteVerificationError(target, f"the new file does not load back with torch.load(weights_only=True): {exc}") from exc
+    found = set(loaded) if isinstance(loaded, dict) else set()
+    del loaded
+    if found != keys:
+        raise WriteVerificationError(target, f"read back keys {sorted(found)}, wrote {sorted(keys)}; the old file was kept")

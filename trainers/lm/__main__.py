@@ -1,0 +1,5 @@
+import sys
+
+from trainers.lm.cli import main
+
+sys.exit(main())
