@@ -58,6 +58,8 @@ def main() -> None:
 def _register() -> None:
     # Imported for their side effect of adding a command to `main`; one line per command.
     from ckptkit.cli import inspect_command  # noqa: F401
+    from ckptkit.cli import resume_command  # noqa: F401
+    from ckptkit.cli import demo_command  # noqa: F401
     from ckptkit.cli import ls_command  # noqa: F401  (ls and latest)
 
 
