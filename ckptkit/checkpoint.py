@@ -98,6 +98,22 @@ def _mapped(path: Path) -> memoryview:
     return memoryview(_MAPS[path])
 
 
+def release_mapped_pages(where: ByteRange) -> None:
+    """Unmap the pages of `where` from this process (the OS page cache keeps them).
+
+    Mapped pages a process has touched count in its RSS until unmapped; streaming readers
+    (diffs, deep checks) call this after each chunk so that memory stays bounded whatever
+    the checkpoint's size. A later read of the same bytes simply maps them in again.
+    """
+    m = _MAPS.get(where.path)
+    if m is None or where.length <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = where.offset - where.offset % mmap.PAGESIZE
+    end = min(len(m), where.offset + where.length)
+    if end > start:
+        m.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
 def release_mapped_files() -> None:
     """Drop cached maps (before a file is replaced in place, or in long-lived processes)."""
     for m in _MAPS.values():

@@ -10,6 +10,7 @@ from typing import Any
 from ckptkit.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
 from ckptkit.formats import open_checkpoint
 from ckptkit.jsonable import summarize, to_jsonable
+from ckptkit.keys import module_prefixes
 from ckptkit.safe_pickle import PickledObject
 from ckptkit import sections as S
 
@@ -135,16 +136,9 @@ def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
 
 
 def _module_rows(model: dict[str, TensorRef]) -> list[ModuleRow]:
-    """Group tensors by leading name components, one level deeper while there is only one group."""
-    depth = 1
-    while depth < 4:
-        prefixes = {".".join(k.split(".")[:depth]) for k in model}
-        if len(prefixes) > 1 or all(k.count(".") < depth for k in model):
-            break
-        depth += 1
     groups: dict[str, list[TensorRef]] = {}
-    for name, t in model.items():
-        groups.setdefault(".".join(name.split(".")[:depth]), []).append(t)
+    for name, prefix in module_prefixes(model).items():
+        groups.setdefault(prefix, []).append(model[name])
     return [ModuleRow(p, len(ts), sum(t.numel for t in ts), ",".join(sorted({t.dtype.name for t in ts})))
             for p, ts in groups.items()]
 

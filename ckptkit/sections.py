@@ -91,3 +91,49 @@ def as_int(value: Any) -> int | None:
     if isinstance(value, TensorRef):
         return None
     return None
+
+
+# Buffers a state dict holds between parameters; the optimizer never has state for them.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def optimizer_param_order(opt: dict[str, Any]) -> list[Any]:
+    """The optimizer's parameter indices in the order of its param groups (= model order)."""
+    order: list[Any] = []
+    for group in opt.get("param_groups") or []:
+        if isinstance(group, dict):
+            order.extend(group.get("params") or [])
+    return order
+
+
+def optimizer_param_names(opt: Any, model: dict[str, TensorRef]) -> dict[Any, str]:
+    """{optimizer state index: model key}, matched by order and shape.
+
+    Optimizers number parameters in `model.parameters()` order, which is the state dict's order
+    minus buffers. A parameter with state is matched to the next model tensor of its state's
+    shape; one without state to the next non-buffer tensor. Unnamed when the model runs out.
+    """
+    if not is_optimizer_state(opt) or not model:
+        return {}
+    state = opt["state"] if isinstance(opt["state"], dict) else {}
+    candidates = [(k, t) for k, t in model.items() if not k.endswith(BUFFER_SUFFIXES)]
+    names: dict[Any, str] = {}
+    pos = 0
+    for index in optimizer_param_order(opt):
+        shape = _state_shape(state.get(index))
+        while pos < len(candidates) and shape is not None and candidates[pos][1].shape != shape:
+            pos += 1
+        if pos >= len(candidates):
+            break
+        names[index] = candidates[pos][0]
+        pos += 1
+    return names
+
+
+def _state_shape(entry: Any) -> tuple[int, ...] | None:
+    """The parameter's shape as its state's moment tensors have it (not the scalar `step`)."""
+    if isinstance(entry, dict):
+        for value in entry.values():
+            if isinstance(value, TensorRef) and (value.numel != 1 or value.shape):
+                return tuple(value.shape)
+    return None

@@ -52,6 +52,7 @@ def main() -> None:
       ckptkit inspect CHECKPOINT      what is in it, progress in plain words
       ckptkit ls RUN_DIR              every checkpoint of a run, ordered by progress
       ckptkit latest RUN_DIR          the path to resume from
+      ckptkit diff A B                what changed between two checkpoints
     """
 
 
@@ -61,6 +62,7 @@ def _register() -> None:
     from ckptkit.cli import resume_command  # noqa: F401
     from ckptkit.cli import demo_command  # noqa: F401
     from ckptkit.cli import ls_command  # noqa: F401  (ls and latest)
+    from ckptkit.cli import diff_command  # noqa: F401
 
 
 _register()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,9 +18,17 @@ def emit_json(data: Any) -> None:
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], indent: str = "  ",
           widths: Sequence[int | None] | None = None) -> str:
-    text = tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True,
-                    maxcolwidths=list(widths) if widths else None)
+    rows = [[_wrap(str(cell), width) for cell, width in zip(row, widths)] for row in rows] if widths else list(rows)
+    # Wrapped here, not with tabulate's maxcolwidths: that re-parses cells as numbers even with
+    # disable_numparse and fails on "1,000".
+    text = tabulate(rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
     return "\n".join(indent + line for line in text.splitlines())
+
+
+def _wrap(text: str, width: int | None) -> str:
+    if width is None:
+        return text
+    return "\n".join(textwrap.fill(line, width) if line else line for line in text.splitlines())
 
 
 def human_bytes(n: int) -> str:

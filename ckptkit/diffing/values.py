@@ -1,0 +1,182 @@
+"""Comparing the values of two tensors, streaming: bounded memory whatever the tensor's size.
+
+Equal bytes (same dtype, both contiguous) mean identical values without decoding anything, so
+the bytes are compared first, chunk by chunk, straight from the mapped file. Only when they
+differ (or the dtypes do) are elements decoded, with numpy (cheap to import, unlike torch),
+upcast to float64 (complex128 for complex tensors), a chunk at a time. After each chunk the
+mapped pages are released, so the process's RSS does not grow with the checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ckptkit.checkpoint import ByteRange, TensorRef, release_mapped_pages
+from ckptkit.dtypes import DType
+
+COMPARE_CHUNK_BYTES = 16 << 20
+DECODE_CHUNK_ELEMENTS = 1 << 20
+
+# Element layouts numpy can read directly; quantized storages are compared as their raw integers.
+_NUMPY_DTYPES = {
+    "float64": "<f8", "float32": "<f4", "float16": "<f2", "complex128": "<c16", "complex64": "<c8",
+    "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint64": "<u8", "uint32": "<u4",
+    "uint16": "<u2", "uint8": "u1", "bool": "?", "qint8": "i1", "quint8": "u1", "qint32": "<i4",
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Elements a, b are equal when |a - b| <= atol + rtol * |b| (numpy.isclose's rule)."""
+
+    atol: float = 0.0
+    rtol: float = 0.0
+
+
+@dataclass
+class ValueStats:
+    """How the values of two same-shaped tensors differ. `rel_l2_diff` = ||a - b|| / ||a||."""
+
+    numel: int
+    identical_bytes: bool
+    max_abs_diff: float
+    rel_l2_diff: float
+    changed_elements: int       # elements outside the tolerance
+    diff_sq_sum: float          # ||a - b||^2 and ||a||^2, kept to aggregate modules
+    ref_sq_sum: float
+
+    @property
+    def changed_fraction(self) -> float:
+        return self.changed_elements / self.numel if self.numel else 0.0
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.changed_elements == 0
+
+    @classmethod
+    def identical(cls, numel: int) -> ValueStats:
+        # ||a||^2 is not computed (that would mean decoding): 0 marks "not needed".
+        return cls(numel, True, 0.0, 0.0, 0, 0.0, 0.0)
+
+
+def compare_values(a: TensorRef, b: TensorRef, tol: Tolerance) -> ValueStats:
+    """Compare two tensors with the same number of elements, in row-major element order."""
+    if a.numel != b.numel:
+        raise ValueError(f"cannot compare {a.describe()} with {b.describe()}: element counts differ")
+    if a.dtype == b.dtype and a.is_contiguous() and b.is_contiguous() and bytes_equal(a, b):
+        return ValueStats.identical(a.numel)
+    acc = _Accumulator(tol)
+    for xa, xb in zip(decoded_chunks(a), decoded_chunks(b)):
+        acc.add(*_common_type(xa, xb))
+    return acc.result(a.numel)
+
+
+def bytes_equal(a: TensorRef, b: TensorRef) -> bool:
+    """Whether two contiguous tensors hold the same bytes; stops at the first differing chunk."""
+    for (ra, wa), (rb, wb) in zip(_byte_chunks(a, COMPARE_CHUNK_BYTES), _byte_chunks(b, COMPARE_CHUNK_BYTES)):
+        same = _chunk_equal(ra, rb)
+        release_mapped_pages(wa)
+        release_mapped_pages(wb)
+        if not same:
+            return False
+    return True
+
+
+def _chunk_equal(x: memoryview, y: memoryview) -> bool:
+    if len(x) != len(y):
+        return False
+    # Eight bytes at a time: numpy compares those at memory speed, a memoryview `==` does not.
+    bulk = len(x) - len(x) % 8
+    if not np.array_equal(np.frombuffer(x[:bulk], "<u8"), np.frombuffer(y[:bulk], "<u8")):
+        return False
+    return bytes(x[bulk:]) == bytes(y[bulk:])
+
+
+def _byte_chunks(t: TensorRef, size: int) -> Iterator[tuple[memoryview, ByteRange]]:
+    """The tensor's bytes in chunks of at most `size`, each with where it lies in the file."""
+    raw = t.read_bytes()
+    where = t.storage.byte_range()
+    base = where.offset + t.element_span()[0] * t.dtype.itemsize
+    for start in range(0, len(raw), size):
+        chunk = raw[start: start + size]
+        yield chunk, ByteRange(where.path, base + start, len(chunk))
+
+
+def decoded_chunks(t: TensorRef) -> Iterator[np.ndarray]:
+    """The tensor's elements in row-major order, DECODE_CHUNK_ELEMENTS at a time, upcast."""
+    if t.numel == 0:
+        return
+    if t.is_contiguous():
+        step = DECODE_CHUNK_ELEMENTS * t.dtype.itemsize
+        for raw, where in _byte_chunks(t, step):
+            values = decode(raw, t.dtype)
+            release_mapped_pages(where)
+            yield values
+        return
+    # A view (strided) tensor: decode its span once; its size is bounded by its storage.
+    lo, _ = t.element_span()
+    span = decode(t.read_bytes(), t.dtype)
+    strides = tuple(s * span.itemsize for s in t.stride)
+    flat = np.lib.stride_tricks.as_strided(span[t.storage_offset - lo:], t.shape, strides).reshape(-1)
+    for start in range(0, flat.size, DECODE_CHUNK_ELEMENTS):
+        yield flat[start: start + DECODE_CHUNK_ELEMENTS]
+
+
+def decode(raw: memoryview, dtype: DType) -> np.ndarray:
+    """Raw little-endian elements as float64 (complex128 for complex dtypes)."""
+    if dtype.name == "bfloat16":   # the high half of a float32
+        return (np.frombuffer(raw, "<u2").astype("<u4") << 16).view("<f4").astype(np.float64)
+    code = _NUMPY_DTYPES.get(dtype.name)
+    if code is None:
+        return _decode_with_torch(raw, dtype)
+    values = np.frombuffer(raw, code)
+    return values.astype(np.complex128 if values.dtype.kind == "c" else np.float64)
+
+
+def _decode_with_torch(raw: memoryview, dtype: DType) -> np.ndarray:
+    # float8 has no numpy dtype; torch (imported only here) does.
+    import torch
+
+    values = torch.frombuffer(bytearray(raw), dtype=getattr(torch, dtype.name))
+    return values.to(torch.float64).numpy()
+
+
+def _common_type(xa: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if xa.dtype != xb.dtype:
+        return xa.astype(np.complex128), xb.astype(np.complex128)
+    return xa, xb
+
+
+class _Accumulator:
+    """Running max |a-b|, sums of squares and changed counts over chunks."""
+
+    def __init__(self, tol: Tolerance) -> None:
+        self.tol = tol
+        self.max_abs = 0.0
+        self.diff_sq = 0.0
+        self.ref_sq = 0.0
+        self.changed = 0
+
+    def add(self, xa: np.ndarray, xb: np.ndarray) -> None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            same = (xa == xb) | (np.isnan(xa) & np.isnan(xb))
+            diff = np.where(same, 0.0, np.abs(xa - xb))
+            diff = np.where(np.isnan(diff), np.inf, diff)   # NaN against a number: infinitely far
+            self.changed += int(np.count_nonzero(diff > self.tol.atol + self.tol.rtol * np.abs(xb)))
+            if diff.size:
+                self.max_abs = max(self.max_abs, float(diff.max()))
+            self.diff_sq += float(np.sum(diff * diff))
+            magnitude = np.abs(xa)
+            self.ref_sq += float(np.sum(np.where(np.isfinite(magnitude), magnitude, 0.0) ** 2))
+
+    def result(self, numel: int) -> ValueStats:
+        if self.diff_sq == 0.0:
+            rel = 0.0
+        elif self.ref_sq == 0.0 or math.isinf(self.diff_sq):
+            rel = math.inf
+        else:
+            rel = math.sqrt(self.diff_sq) / math.sqrt(self.ref_sq)
+        return ValueStats(numel, False, self.max_abs, rel, self.changed, self.diff_sq, self.ref_sq)
