@@ -165,7 +165,9 @@ class _Accumulator:
             same = (xa == xb) | (np.isnan(xa) & np.isnan(xb))
             diff = np.where(same, 0.0, np.abs(xa - xb))
             diff = np.where(np.isnan(diff), np.inf, diff)   # NaN against a number: infinitely far
-            self.changed += int(np.count_nonzero(diff > self.tol.atol + self.tol.rtol * np.abs(xb)))
+            # `not <=` rather than `>`: a NaN in B makes the bound NaN, and that must count as changed.
+            close = diff <= self.tol.atol + self.tol.rtol * np.abs(xb)
+            self.changed += int(diff.size - np.count_nonzero(close | same))
             if diff.size:
                 self.max_abs = max(self.max_abs, float(diff.max()))
             self.diff_sq += float(np.sum(diff * diff))

@@ -1,0 +1,194 @@
+"""diff as a library: model values, structure, optimizer, scheduler and metadata (ckptkit/diffing/)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ckptkit.diffing import DiffOptions, diff_paths
+from ckptkit.diffing import values as V
+from ckptkit.diffing.report import CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SHAPE_CHANGED
+from ckptkit.sections import optimizer_param_names
+from ckptkit.formats import open_checkpoint
+
+
+def _training_state(seed: int = 0) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+    model(torch.randn(2, 8)).sum().backward()
+    opt.step()
+    sched.step()
+    return {"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
+            "scheduler_state_dict": sched.state_dict(), "epoch": 4}
+
+
+def _save(state: Any, path: Path) -> Path:
+    torch.save(state, path)
+    return path
+
+
+def test_a_checkpoint_saved_twice_is_equal_with_every_tensor_identical(tmp_path: Path) -> None:
+    a = _save(_training_state(), tmp_path / "a.pth")
+    b = _save(_training_state(), tmp_path / "b.pth")
+    result = diff_paths(a, b)
+    assert result.equal and result.difference_count == 0
+    assert {t.status for t in result.tensors} == {IDENTICAL}
+    assert len([t for t in result.tensors if t.section == "model"]) == 4
+    assert len([t for t in result.tensors if t.section == "optimizer"]) == 12
+
+
+def test_one_changed_weight_is_reported_with_its_exact_statistics(tmp_path: Path) -> None:
+    state = _training_state()
+    a = _save(state, tmp_path / "a.pth")
+    old = state["model_state_dict"]["2.weight"].clone()
+    state["model_state_dict"]["2.weight"][1, 3] += 0.5
+    b = _save(state, tmp_path / "b.pth")
+    result = diff_paths(a, b, DiffOptions(sections=("model",)))
+    [changed] = result.differing_tensors
+    assert (changed.name, changed.status) == ("2.weight", CHANGED)
+    assert changed.values is not None
+    assert changed.values.changed_elements == 1 and changed.values.numel == 64
+    delta = (state["model_state_dict"]["2.weight"].double() - old.double())
+    assert changed.values.max_abs_diff == pytest.approx(delta.abs().max().item())
+    assert changed.values.rel_l2_diff == pytest.approx((delta.norm() / old.double().norm()).item())
+    assert [t.name for t in result.top] == ["2.weight"]
+    assert [(g.group, g.differing) for g in result.groups] == [("0", 0), ("2", 1)]
+
+
+def test_a_change_within_atol_counts_as_equal_but_not_identical(tmp_path: Path) -> None:
+    state = _training_state()
+    a = _save(state, tmp_path / "a.pth")
+    state["model_state_dict"]["0.bias"][0] += 1e-4
+    b = _save(state, tmp_path / "b.pth")
+    assert not diff_paths(a, b, DiffOptions(sections=("model",))).equal
+    result = diff_paths(a, b, DiffOptions(atol=1e-3, sections=("model",)))
+    assert result.equal
+    assert [t.status for t in result.tensors if t.name == "0.bias"] == [EQUAL]
+
+
+def test_bf16_copy_reports_the_dtype_change_and_the_rounding_error(tmp_path: Path) -> None:
+    weights = {"w": torch.randn(300, 7), "b": torch.tensor([1.0, 2.0, 3.0])}
+    a = _save(weights, tmp_path / "a.pth")
+    b = tmp_path / "b.safetensors"
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(b))
+    result = diff_paths(a, b)
+    by_name = {t.name: t for t in result.tensors}
+    assert by_name["w"].dtype_changed and (by_name["w"].dtype_a, by_name["w"].dtype_b) == ("float32", "bfloat16")
+    expected = (weights["w"] - weights["w"].to(torch.bfloat16).float()).abs().max().item()
+    assert by_name["w"].values is not None and by_name["w"].values.max_abs_diff == pytest.approx(expected)
+    # 1, 2, 3 are exact in bf16: values equal after upcasting, only the dtype changed.
+    assert by_name["b"].status == EQUAL and by_name["b"].differs
+
+
+def test_a_pth_and_its_safetensors_conversion_have_equal_models(tmp_path: Path) -> None:
+    state = _training_state()
+    a = _save(state, tmp_path / "a.pth")
+    b = tmp_path / "model.safetensors"
+    save_file(state["model_state_dict"], str(b))
+    assert diff_paths(a, b, DiffOptions(sections=("model",))).equal
+    whole = diff_paths(a, b)
+    assert [(c.section, c.key, c.kind) for c in whole.changes if c.section != "meta"] == [
+        ("optimizer", "(section)", ONLY_A), ("scheduler", "(section)", ONLY_A)]
+
+
+def test_a_ddp_prefix_is_reported_as_renames_with_identical_values(tmp_path: Path) -> None:
+    state = _training_state()["model_state_dict"]
+    a = _save(state, tmp_path / "a.pth")
+    b = _save({f"module.{k}": v for k, v in state.items()}, tmp_path / "b.pth")
+    result = diff_paths(a, b)
+    assert [(r.a, r.b) for r in result.renamed][:1] == [("0.weight", "module.0.weight")]
+    assert len(result.renamed) == 4 and result.difference_count == 4
+    assert all(t.status == IDENTICAL and t.renamed for t in result.tensors)
+
+
+def test_keys_only_on_one_side_and_reshaped_tensors_are_listed(tmp_path: Path) -> None:
+    a = _save({"x": torch.zeros(3), "gone": torch.ones(2), "r": torch.ones(2, 3)}, tmp_path / "a.pth")
+    b = _save({"x": torch.zeros(3), "new": torch.ones(1), "r": torch.ones(3, 2)}, tmp_path / "b.pth")
+    statuses = {t.name: t.status for t in diff_paths(a, b).tensors}
+    assert statuses == {"x": IDENTICAL, "gone": ONLY_A, "new": ONLY_B, "r": SHAPE_CHANGED}
+
+
+def test_optimizer_state_is_named_after_the_parameter_it_belongs_to(tmp_path: Path) -> None:
+    state = _training_state()
+    a = _save(state, tmp_path / "a.pth")
+    state["optimizer_state_dict"]["state"][2]["exp_avg"][0, 0] += 1.0
+    b = _save(state, tmp_path / "b.pth")
+    [changed] = diff_paths(a, b).differing_tensors
+    assert (changed.section, changed.name, changed.label) == ("optimizer", "state.2.exp_avg", "2.weight")
+
+
+def test_param_names_skip_batchnorm_buffers_by_name() -> None:
+    ckpt_model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4))
+    opt = torch.optim.SGD(ckpt_model.parameters(), lr=0.1, momentum=0.9)
+    ckpt_model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    import io
+    buf = io.BytesIO()
+    torch.save({"model": ckpt_model.state_dict(), "optimizer": opt.state_dict()}, buf)
+    path = Path(__import__("tempfile").mkdtemp()) / "bn.pt"
+    path.write_bytes(buf.getvalue())
+    ckpt = open_checkpoint(path)
+    assert optimizer_param_names(ckpt.optimizer, ckpt.model) == {
+        0: "0.weight", 1: "0.bias", 2: "1.weight", 3: "1.bias", 4: "2.weight", 5: "2.bias"}
+
+
+def test_learning_rate_and_scheduler_changes_are_reported_once_each(tmp_path: Path) -> None:
+    state = _training_state()
+    a = _save(state, tmp_path / "a.pth")
+    state["optimizer_state_dict"]["param_groups"][0]["lr"] = 5e-4
+    state["scheduler_state_dict"]["last_epoch"] = 7
+    state["epoch"] = 5
+    b = _save(state, tmp_path / "b.pth")
+    changes = {(c.section, c.key): (c.a, c.b) for c in diff_paths(a, b).changes}
+    assert changes == {("meta", "learning_rates"): ([1e-3], [5e-4]), ("scheduler", "last_epoch"): (1, 7),
+                       ("meta", "progress.epochs_completed"): (4, 5)}
+
+
+def test_histories_report_their_lengths_and_where_they_diverge(tmp_path: Path) -> None:
+    base = {"model_state_dict": {"w": torch.ones(2)}, "global_step": 10, "best_val_loss": 0.5}
+    a = _save({**base, "train_history": [1.0, 0.9, 0.8]}, tmp_path / "a.pt")
+    b = _save({**base, "train_history": [1.0, 0.7, 0.8, 0.6]}, tmp_path / "b.pt")
+    [change] = diff_paths(a, b).changes
+    assert change.key == "histories.train_history"
+    assert change.note == ("length 3 -> 4, first differs at index 1 (0.9 vs 0.7); "
+                           "1 of 3 shared entries differ")
+
+
+def test_nan_in_the_same_place_is_equal_and_nan_against_a_number_is_infinitely_far(tmp_path: Path) -> None:
+    a = _save({"w": torch.tensor([1.0, float("nan"), 3.0])}, tmp_path / "a.pth")
+    b = _save({"w": torch.tensor([1.0, float("nan"), 3.0])}, tmp_path / "b.pth")
+    c = _save({"w": torch.tensor([1.0, 2.0, float("nan")])}, tmp_path / "c.pth")
+    assert diff_paths(a, b).equal
+    [t] = diff_paths(a, c).tensors
+    assert t.values is not None
+    assert t.values.changed_elements == 2 and math.isinf(t.values.max_abs_diff)
+
+
+def test_values_are_streamed_in_chunks_with_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(1000, 33)
+    y = x.clone()
+    y[::7, 5] += torch.linspace(0.1, 2.0, len(y[::7, 5]))
+    a, b = _save({"x": x}, tmp_path / "a.pth"), _save({"x": y}, tmp_path / "b.pth")
+    whole = diff_paths(a, b).tensors[0].values
+    monkeypatch.setattr(V, "DECODE_CHUNK_ELEMENTS", 1000)
+    monkeypatch.setattr(V, "COMPARE_CHUNK_BYTES", 4096)
+    chunked = diff_paths(a, b).tensors[0].values
+    assert whole is not None and chunked is not None
+    assert chunked.changed_elements == whole.changed_elements == len(y[::7, 5])
+    assert chunked.max_abs_diff == pytest.approx(2.0, rel=1e-6)
+    assert chunked.rel_l2_diff == pytest.approx(whole.rel_l2_diff)
+
+
+def test_a_strided_view_is_compared_in_its_logical_element_order(tmp_path: Path) -> None:
+    base = torch.arange(12.0).reshape(3, 4)
+    a = _save({"t": base.t()}, tmp_path / "a.pth")           # saved as a transposed view
+    b = _save({"t": base.t().contiguous()}, tmp_path / "b.pth")
+    [t] = diff_paths(a, b).tensors
+    assert t.status == EQUAL and t.values is not None and t.values.max_abs_diff == 0.0
