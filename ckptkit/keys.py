@@ -11,8 +11,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+
+@dataclass(frozen=True)
+class Wrapper:
+    """A wrapper that saves a model's keys under a prefix."""
+
+    prefix: str
+    name: str       # short and stable, for finding codes: "compat.{name}-prefix"
+    origin: str     # what saved it, in words
+
+
 # Longest first: `base_model.model.` must win over `model.`.
-KNOWN_PREFIXES: tuple[str, ...] = ("base_model.model.", "_orig_mod.", "module.", "model.")
+WRAPPERS: tuple[Wrapper, ...] = (
+    Wrapper("base_model.model.", "peft", "a peft PeftModel"),
+    Wrapper("_orig_mod.", "compile", "a torch.compile'd module"),
+    Wrapper("module.", "module", "a DistributedDataParallel/DataParallel wrapper"),
+    Wrapper("model.", "lightning", "a LightningModule (self.model)"),
+)
+KNOWN_PREFIXES: tuple[str, ...] = tuple(w.prefix for w in WRAPPERS)
 
 
 def split_known_prefix(key: str) -> tuple[str, str]:

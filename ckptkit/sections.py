@@ -93,8 +93,9 @@ def as_int(value: Any) -> int | None:
     return None
 
 
-# Buffers a state dict holds between parameters; the optimizer never has state for them.
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+# Buffers a state dict holds between parameters; they are never handed to an optimizer.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "position_ids",
+                   "inv_freq", "attn.bias", "attn.masked_bias", "_float_tensor")
 
 
 def optimizer_param_order(opt: dict[str, Any]) -> list[Any]:
@@ -116,7 +117,7 @@ def optimizer_param_names(opt: Any, model: dict[str, TensorRef]) -> dict[Any, st
     if not is_optimizer_state(opt) or not model:
         return {}
     state = opt["state"] if isinstance(opt["state"], dict) else {}
-    candidates = [(k, t) for k, t in model.items() if not k.endswith(BUFFER_SUFFIXES)]
+    candidates = [(k, t) for k, t in model.items() if t.dtype.is_floating and not k.endswith(BUFFER_SUFFIXES)]
     names: dict[Any, str] = {}
     pos = 0
     for index in optimizer_param_order(opt):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,9 +21,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_common import run_measured  # noqa: E402
+from scripts.bench_common import Measured, run_measured, warm_page_cache, width_for  # noqa: E402
 
 PERTURBED_LAYERS = (3, 11, 20)
+
+# B is A with a few tensors nudged: three weights (a slice of row 0) and their exp_avg.
+PERTURB = """
+import sys, torch
+state = torch.load(sys.argv[1], weights_only=True)
+for layer in map(int, sys.argv[3].split(",")):
+    w = state["model_state_dict"][f"{layer}.weight"]
+    w[0, : max(1, w.shape[1] // 8)] += 1e-3
+    state["optimizer_state_dict"]["state"][2 * layer]["exp_avg"][0, 0] += 1e-3
+torch.save(state, sys.argv[2])
+"""
 
 BASELINE = """
 import sys, torch
@@ -54,33 +66,36 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         a, b = Path(tmp) / "a.pth", Path(tmp) / "b.pth"
-        # Written by a child process: this one must stay small, because a child's peak RSS
+        # Written by child processes: this one must stay small, because a child's peak RSS
         # (ru_maxrss) starts from the size of the process it was forked from.
         write = (f"from pathlib import Path; from scripts.bench_common import write_big_pth; "
-                 f"write_big_pth(Path({str(a)!r}), 0, {args.size_mb}); "
-                 f"write_big_pth(Path({str(b)!r}), 0, {args.size_mb}, perturb={PERTURBED_LAYERS})")
+                 f"write_big_pth(Path({str(a)!r}), width={width_for(args.size_mb)})")
         subprocess.run([sys.executable, "-c", write], cwd=ROOT, check=True)
+        layers = ",".join(map(str, PERTURBED_LAYERS))
+        subprocess.run([sys.executable, "-c", PERTURB, str(a), str(b), layers], cwd=ROOT, check=True)
+        for path in (a, b):
+            warm_page_cache(path)
         print(f"checkpoints: 2 x {a.stat().st_size / 1e9:.2f} GB; {len(PERTURBED_LAYERS)} weights and "
               f"{len(PERTURBED_LAYERS)} exp_avg tensors differ")
-        ours = [run_measured([sys.executable, "-m", "ckptkit", "diff", str(a), str(b), "--json"], cwd=ROOT)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}    # this checkout's ckptkit, from any directory
+        ours = [run_measured([sys.executable, "-m", "ckptkit", "diff", str(a), str(b), "--json"], env=env)
                 for _ in range(args.repeat)]
-        base = [run_measured([sys.executable, "-c", BASELINE, str(a), str(b)], cwd=ROOT)
-                for _ in range(args.repeat)]
+        base = [run_measured([sys.executable, "-c", BASELINE, str(a), str(b)]) for _ in range(args.repeat)]
     report(ours, base)
 
 
-def report(ours: list[tuple[float, int, int, str]], base: list[tuple[float, int, int, str]]) -> None:
-    t_ours, t_base = min(r[0] for r in ours), min(r[0] for r in base)
-    rss_ours, rss_base = max(r[1] for r in ours), max(r[1] for r in base)
-    result = json.loads(ours[0][3])
+def report(ours: list[Measured], base: list[Measured]) -> None:
+    t_ours, t_base = min(r.seconds for r in ours), min(r.seconds for r in base)
+    rss_ours, rss_base = max(r.peak_rss_bytes for r in ours), max(r.peak_rss_bytes for r in base)
+    result = json.loads(ours[0].stdout)
     differing = sorted(t["name"] for t in result["tensors"] if t["differs"])
     expected = sorted([f"{i}.weight" for i in PERTURBED_LAYERS] + [f"state.{2 * i}.exp_avg" for i in PERTURBED_LAYERS])
     mib = 1024 * 1024
-    print(f"ckptkit diff          {t_ours:7.2f} s   peak RSS {rss_ours / mib:7.0f} MiB   exit {ours[0][2]}")
-    print(f"torch.load + compare  {t_base:7.2f} s   peak RSS {rss_base / mib:7.0f} MiB   exit {base[0][2]}")
+    print(f"ckptkit diff          {t_ours:7.2f} s   peak RSS {rss_ours / mib:7.0f} MiB   exit {ours[0].returncode}")
+    print(f"torch.load + compare  {t_base:7.2f} s   peak RSS {rss_base / mib:7.0f} MiB   exit {base[0].returncode}")
     print(f"speed-up {t_base / t_ours:.2f}x (target >= 2x: {'met' if t_base / t_ours >= 2 else 'NOT met'}); "
           f"peak RSS {rss_ours / mib:.0f} MiB (target <= 512 MiB: {'met' if rss_ours <= 512 * mib else 'NOT met'})")
-    print(f"differences found: {differing == expected and 'exactly the perturbed tensors' or differing}")
+    print("differences found: " + ("exactly the perturbed tensors" if differing == expected else str(differing)))
 
 
 if __name__ == "__main__":
