@@ -64,13 +64,16 @@ class KeyRename:
         return split_known_prefix(self.b)[0]
 
     def describe(self) -> str:
-        """In words: "prefix 'module.' in A only", "prefix 'model.' in A, '_orig_mod.' in B"."""
+        """In words: "prefix 'module.' in B only (a DistributedDataParallel/DataParallel wrapper)"."""
         pa, pb = self.prefix_a, self.prefix_b
         if pa.endswith(pb):
-            return f"prefix {pa[: len(pa) - len(pb)]!r} in A only"
-        if pb.endswith(pa):
-            return f"prefix {pb[: len(pb) - len(pa)]!r} in B only"
-        return f"prefix {pa!r} in A, {pb!r} in B"
+            extra, side = pa[: len(pa) - len(pb)], "A"
+        elif pb.endswith(pa):
+            extra, side = pb[: len(pb) - len(pa)], "B"
+        else:
+            return f"prefix {pa!r} in A, {pb!r} in B"
+        origin = next((w.origin for w in WRAPPERS if w.prefix == extra), None)
+        return f"prefix {extra!r} in {side} only" + (f" ({origin})" if origin else "")
 
 
 @dataclass

@@ -18,7 +18,8 @@ def test_keys_renamed_by_a_ddp_prefix_are_paired_not_missing() -> None:
     match = match_keys(["fc.weight", "fc.bias"], ["module.fc.weight", "module.fc.bias"])
     assert match.pairs == [("fc.weight", "module.fc.weight"), ("fc.bias", "module.fc.bias")]
     assert match.only_a == [] and match.only_b == []
-    assert match.rename_summary() == {"prefix 'module.' in B only": 2}
+    assert match.rename_summary() == {
+        "prefix 'module.' in B only (a DistributedDataParallel/DataParallel wrapper)": 2}
 
 
 def test_equal_keys_win_over_prefix_matches() -> None:
@@ -35,7 +36,9 @@ def test_ambiguous_prefix_matches_stay_unpaired() -> None:
 
 
 def test_renames_are_described_by_the_prefix_that_differs() -> None:
-    assert KeyRename("module._orig_mod.w", "_orig_mod.w").describe() == "prefix 'module.' in A only"
+    assert KeyRename("module._orig_mod.w", "_orig_mod.w").describe() == (
+        "prefix 'module.' in A only (a DistributedDataParallel/DataParallel wrapper)")
+    assert KeyRename("w", "module._orig_mod.w").describe() == "prefix 'module._orig_mod.' in B only"
     assert KeyRename("model.w", "_orig_mod.w").describe() == "prefix 'model.' in A, '_orig_mod.' in B"
 
 

@@ -15,7 +15,8 @@ def diff_meta(ctx: DiffContext, a: Checkpoint, b: Checkpoint) -> None:
     _diff_progress(ctx, a.progress, b.progress)
     lr_a, lr_b = learning_rates(a.optimizer), learning_rates(b.optimizer)
     if not values_equal(lr_a, lr_b):
-        note = sequence_divergence(lr_a, lr_b) if lr_a is not None and lr_b is not None else ""
+        several = lr_a is not None and lr_b is not None and max(len(lr_a), len(lr_b)) > 1
+        note = sequence_divergence(lr_a, lr_b) if several else ""
         ctx.changes.append(Change("meta", "learning_rates", "changed", lr_a, lr_b, note))
     diff_dicts(ctx, "meta", "metrics", a.metrics, b.metrics)
     if a.config is not None or b.config is not None:

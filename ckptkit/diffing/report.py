@@ -46,8 +46,13 @@ class TensorDiff:
         return self.name_b is not None and self.name_b != self.name
 
     @property
+    def differs_in_content(self) -> bool:
+        """Differs in more than its key: values, shape, dtype, or present on one side only."""
+        return self.status not in (IDENTICAL, EQUAL) or self.dtype_changed
+
+    @property
     def differs(self) -> bool:
-        return self.status not in (IDENTICAL, EQUAL) or self.dtype_changed or self.renamed
+        return self.differs_in_content or self.renamed
 
     def to_json(self) -> dict[str, Any]:
         v = self.values
@@ -86,8 +91,8 @@ class GroupSummary:
     section: str
     group: str
     tensors: int
-    identical: int
-    differing: int
+    identical: int            # same bytes (whatever their key)
+    differing: int            # values, shape or dtype differ, or only on one side (renames aside)
     max_abs_diff: float
     elements: int
     changed_elements: int     # outside the tolerance, over the group's compared tensors
@@ -160,8 +165,8 @@ def summarize_groups(section: str, diffs: list[TensorDiff], group_of: dict[str, 
 def _group_row(section: str, group: str, members: list[TensorDiff]) -> GroupSummary:
     stats = [m.values for m in members if m.values is not None]
     return GroupSummary(section, group, len(members),
-                        identical=sum(1 for m in members if m.status == IDENTICAL and not m.differs),
-                        differing=sum(1 for m in members if m.differs),
+                        identical=sum(1 for m in members if m.status == IDENTICAL),
+                        differing=sum(1 for m in members if m.differs_in_content),
                         max_abs_diff=max((s.max_abs_diff for s in stats), default=0.0),
                         elements=sum(s.numel for s in stats),
                         changed_elements=sum(s.changed_elements for s in stats))

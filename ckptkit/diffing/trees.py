@@ -136,7 +136,7 @@ def sequence_divergence(a: Any, b: Any) -> str:
         parts.append(f"first differs at index {i} ({summarize(to_jsonable(a[i]), 40)} vs "
                      f"{summarize(to_jsonable(b[i]), 40)}); {len(differing)} of {common} shared entries differ")
     else:
-        parts.append(f"the first {common} entries are equal")
+        parts.append(f"the shorter is the start of the longer")
     return ", ".join(parts)
 
 
@@ -174,4 +174,6 @@ def brief(value: Any) -> Any:
     """A JSON-ready value, or a short description when the value is large."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return to_jsonable(value)
+    if isinstance(value, (list, tuple)) and len(value) > 4:
+        return f"list of {len(value)}"
     return summarize(to_jsonable(value) if not isinstance(value, TensorRef) else value, 60)
