@@ -80,10 +80,22 @@ def render_diff(r: CheckpointDiff) -> str:
     if "optimizer" in r.sections:
         out += _optimizer(r)
     out += _other_tensors(r) + _changes(r)
-    verdict = ("equal within tolerance" if r.equal else
-               f"{r.difference_count} difference{'s' if r.difference_count != 1 else ''}")
+    verdict = "equal within tolerance" if r.equal else _breakdown(r)
     out += ["", heading(f"Result: {verdict}")]
     return "\n".join(out)
+
+
+def _breakdown(r: CheckpointDiff) -> str:
+    content = sum(1 for t in r.tensors if t.differs_in_content)
+    renamed_only = sum(1 for t in r.tensors if t.differs and not t.differs_in_content)
+    parts = [_plural(content, "tensor differs", "tensors differ"),
+             _plural(renamed_only, "tensor only renamed", "tensors only renamed"),
+             _plural(len(r.changes), "other change", "other changes")]
+    return f"{_plural(r.difference_count, 'difference', 'differences')} ({', '.join(p for p in parts if p)})"
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return "" if n == 0 else f"{n} {one if n == 1 else many}"
 
 
 def _model(r: CheckpointDiff) -> list[str]:
