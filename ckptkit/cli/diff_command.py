@@ -10,8 +10,8 @@ import click
 
 from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
 from ckptkit.cli.render import emit_json, heading, number, table
-from ckptkit.diffing import SECTIONS, CheckpointDiff, DiffOptions, TensorDiff, bytes_to_compare, diff_checkpoints
-from ckptkit.diffing.report import CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SHAPE_CHANGED
+from ckptkit.diffing.report import (CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SECTIONS, SHAPE_CHANGED,
+                                    CheckpointDiff, DiffOptions, TensorDiff)
 from ckptkit.formats import open_checkpoint
 from ckptkit.keys import summarize_renames
 
@@ -44,6 +44,8 @@ def diff_command(a: Path, b: Path, atol: float, rtol: float, only: tuple[str, ..
       ckptkit diff model.pth model.safetensors --only model --atol 1e-3
       ckptkit diff resumed.pt uninterrupted.pt --json | jq .top
     """
+    from ckptkit.diffing import bytes_to_compare, diff_checkpoints   # numpy: only when diffing
+
     options = DiffOptions(atol=atol, rtol=rtol, sections=only or SECTIONS, top=top)
     ckpt_a, ckpt_b = open_checkpoint(a), open_checkpoint(b)
     show_bar = not as_json and sys.stderr.isatty()

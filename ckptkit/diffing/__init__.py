@@ -14,29 +14,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ckptkit.checkpoint import Checkpoint, iter_tensors
 from ckptkit.diffing.meta import diff_meta
-from ckptkit.diffing.report import (SECTIONS, Change, CheckpointDiff, GroupSummary, SideInfo, TensorDiff,
-                                    most_changed, summarize_groups)
+from ckptkit.diffing.report import (SECTIONS, Change, CheckpointDiff, DiffOptions, GroupSummary, SideInfo,
+                                    TensorDiff, Tolerance, ValueStats, most_changed, summarize_groups)
 from ckptkit.diffing.state import diff_optimizer, diff_section
 from ckptkit.diffing.trees import DiffContext, diff_tensor_maps
-from ckptkit.diffing.values import Tolerance, ValueStats
 from ckptkit.formats import open_checkpoint
 from ckptkit.keys import module_prefixes, strip_known_prefix
 
 __all__ = ["SECTIONS", "Change", "CheckpointDiff", "DiffOptions", "GroupSummary", "TensorDiff", "Tolerance",
            "ValueStats", "diff_checkpoints", "diff_paths", "bytes_to_compare"]
-
-
-@dataclass(frozen=True)
-class DiffOptions:
-    atol: float = 0.0
-    rtol: float = 0.0
-    sections: tuple[str, ...] = SECTIONS
-    top: int = 10
 
 
 def diff_paths(a: str | os.PathLike[str], b: str | os.PathLike[str], options: DiffOptions = DiffOptions(),

@@ -1,10 +1,12 @@
-"""What `diff` returns: dataclasses the CLI renders as tables or JSON, nothing printed here."""
+"""What `diff` takes and returns: dataclasses the CLI renders as tables or JSON.
+
+Free of numpy and torch, so the CLI can build its options without importing either.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.diffing.values import Tolerance, ValueStats
 from ckptkit.jsonable import to_jsonable
 from ckptkit.keys import KeyRename
 
@@ -18,6 +20,48 @@ CHANGED = "changed"            # some values outside tolerance
 SHAPE_CHANGED = "shape-changed"
 ONLY_A = "only-in-a"
 ONLY_B = "only-in-b"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Elements a, b are equal when |a - b| <= atol + rtol * |b| (numpy.isclose's rule)."""
+
+    atol: float = 0.0
+    rtol: float = 0.0
+
+
+@dataclass
+class ValueStats:
+    """How the values of two same-shaped tensors differ. `rel_l2_diff` = ||a - b|| / ||a||."""
+
+    numel: int
+    identical_bytes: bool
+    max_abs_diff: float
+    rel_l2_diff: float
+    changed_elements: int       # elements outside the tolerance
+    diff_sq_sum: float          # ||a - b||^2 and ||a||^2, kept to aggregate modules
+    ref_sq_sum: float
+
+    @property
+    def changed_fraction(self) -> float:
+        return self.changed_elements / self.numel if self.numel else 0.0
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.changed_elements == 0
+
+    @classmethod
+    def identical(cls, numel: int) -> ValueStats:
+        # ||a||^2 is not computed (that would mean decoding): 0 marks "not needed".
+        return cls(numel, True, 0.0, 0.0, 0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class DiffOptions:
+    atol: float = 0.0
+    rtol: float = 0.0
+    sections: tuple[str, ...] = SECTIONS
+    top: int = 10
 
 
 @dataclass

@@ -5,17 +5,21 @@ the bytes are compared first, chunk by chunk, straight from the mapped file. Onl
 differ (or the dtypes do) are elements decoded, with numpy (cheap to import, unlike torch),
 upcast to float64 (complex128 for complex tensors), a chunk at a time. After each chunk the
 mapped pages are released, so the process's RSS does not grow with the checkpoint.
+numpy is imported inside the functions that use it: every CLI command imports this package,
+and only a diff of values should pay for numpy.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ckptkit.checkpoint import ByteRange, TensorRef, release_mapped_pages
+from ckptkit.diffing.report import Tolerance, ValueStats
 from ckptkit.dtypes import DType
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COMPARE_CHUNK_BYTES = 16 << 20
 DECODE_CHUNK_ELEMENTS = 1 << 20
@@ -26,40 +30,6 @@ _NUMPY_DTYPES = {
     "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint64": "<u8", "uint32": "<u4",
     "uint16": "<u2", "uint8": "u1", "bool": "?", "qint8": "i1", "quint8": "u1", "qint32": "<i4",
 }
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Elements a, b are equal when |a - b| <= atol + rtol * |b| (numpy.isclose's rule)."""
-
-    atol: float = 0.0
-    rtol: float = 0.0
-
-
-@dataclass
-class ValueStats:
-    """How the values of two same-shaped tensors differ. `rel_l2_diff` = ||a - b|| / ||a||."""
-
-    numel: int
-    identical_bytes: bool
-    max_abs_diff: float
-    rel_l2_diff: float
-    changed_elements: int       # elements outside the tolerance
-    diff_sq_sum: float          # ||a - b||^2 and ||a||^2, kept to aggregate modules
-    ref_sq_sum: float
-
-    @property
-    def changed_fraction(self) -> float:
-        return self.changed_elements / self.numel if self.numel else 0.0
-
-    @property
-    def within_tolerance(self) -> bool:
-        return self.changed_elements == 0
-
-    @classmethod
-    def identical(cls, numel: int) -> ValueStats:
-        # ||a||^2 is not computed (that would mean decoding): 0 marks "not needed".
-        return cls(numel, True, 0.0, 0.0, 0, 0.0, 0.0)
 
 
 def compare_values(a: TensorRef, b: TensorRef, tol: Tolerance) -> ValueStats:
@@ -86,6 +56,8 @@ def bytes_equal(a: TensorRef, b: TensorRef) -> bool:
 
 
 def _chunk_equal(x: memoryview, y: memoryview) -> bool:
+    import numpy as np
+
     if len(x) != len(y):
         return False
     # Eight bytes at a time: numpy compares those at memory speed, a memoryview `==` does not.
@@ -107,6 +79,8 @@ def _byte_chunks(t: TensorRef, size: int) -> Iterator[tuple[memoryview, ByteRang
 
 def decoded_chunks(t: TensorRef) -> Iterator[np.ndarray]:
     """The tensor's elements in row-major order, DECODE_CHUNK_ELEMENTS at a time, upcast."""
+    import numpy as np
+
     if t.numel == 0:
         return
     if t.is_contiguous():
@@ -127,6 +101,8 @@ def decoded_chunks(t: TensorRef) -> Iterator[np.ndarray]:
 
 def decode(raw: memoryview, dtype: DType) -> np.ndarray:
     """Raw little-endian elements as float64 (complex128 for complex dtypes)."""
+    import numpy as np
+
     if dtype.name == "bfloat16":   # the high half of a float32
         return (np.frombuffer(raw, "<u2").astype("<u4") << 16).view("<f4").astype(np.float64)
     code = _NUMPY_DTYPES.get(dtype.name)
@@ -145,6 +121,8 @@ def _decode_with_torch(raw: memoryview, dtype: DType) -> np.ndarray:
 
 
 def _common_type(xa: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     if xa.dtype != xb.dtype:
         return xa.astype(np.complex128), xb.astype(np.complex128)
     return xa, xb
@@ -161,6 +139,8 @@ class _Accumulator:
         self.changed = 0
 
     def add(self, xa: np.ndarray, xb: np.ndarray) -> None:
+        import numpy as np
+
         with np.errstate(invalid="ignore", over="ignore"):
             same = (xa == xb) | (np.isnan(xa) & np.isnan(xb))
             diff = np.where(same, 0.0, np.abs(xa - xb))
