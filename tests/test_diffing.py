@@ -192,3 +192,29 @@ def test_a_strided_view_is_compared_in_its_logical_element_order(tmp_path: Path)
     b = _save({"t": base.t().contiguous()}, tmp_path / "b.pth")
     [t] = diff_paths(a, b).tensors
     assert t.status == EQUAL and t.values is not None and t.values.max_abs_diff == 0.0
+
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+
+
+def test_real_hf_safetensors_and_its_pytorch_model_bin_twin_are_equal() -> None:
+    result = diff_paths(REAL / "hf_full/checkpoint-4/model.safetensors",
+                        REAL / "hf_full_bin/checkpoint-4/pytorch_model.bin")
+    assert result.equal
+    assert len(result.tensors) == 28 and {t.status for t in result.tensors} == {IDENTICAL}
+
+
+def test_real_trainer_optimizer_from_step_4_to_8_moves_every_moment_and_step() -> None:
+    result = diff_paths(REAL / "hf_full/checkpoint-4/optimizer.pt", REAL / "hf_full/checkpoint-8/optimizer.pt")
+    steps = [(t.value_a, t.value_b) for t in result.tensors if t.name.endswith(".step")]
+    assert steps == [(4.0, 8.0)] * 28
+    assert len(result.differing_tensors) == 84
+    assert [(c.key, c.a, c.b) for c in result.changes] == [
+        ("learning_rates", [0.00075, 0.00075], [0.00025, 0.00025])]
+
+
+def test_real_lightning_epoch_checkpoints_differ_in_progress_in_one_language() -> None:
+    result = diff_paths(REAL / "lightning/epoch=0-step=3.ckpt", REAL / "lightning/epoch=1-step=6.ckpt")
+    progress = {c.key: (c.a, c.b) for c in result.changes if c.key.startswith("progress.")}
+    assert progress == {"progress.epochs_completed": (1, 2), "progress.global_step": (3, 6)}
+    assert {t.section for t in result.differing_tensors} == {"model", "optimizer"}

@@ -102,6 +102,8 @@ def _plural(n: int, one: str, many: str) -> str:
 
 def _model(r: CheckpointDiff) -> list[str]:
     model = [t for t in r.tensors if t.section == "model"]
+    if not model:
+        return []
     out = ["", heading("Model"), "  " + _counts(model)]
     for how, count in summarize_renames(r.renamed).items():
         first = next(x for x in r.renamed if x.describe() == how)
@@ -130,11 +132,20 @@ def _optimizer(r: CheckpointDiff) -> list[str]:
         out += ["", table([(g.group, g.tensors, g.identical, g.differing, _num(g.max_abs_diff),
                             _pct(g.changed_fraction)) for g in groups],
                           ["state", "tensors", "identical", "differing", "max |a-b|", "elements changed"])]
-    scalars = [t for t in state if t.value_a is not None and t.differs]
-    if scalars:
-        out += ["", table([(t.name, t.label or "-", number(t.value_a), number(t.value_b)) for t in scalars],
-                          ["state", "parameter", "A", "B"])]
+    out += _scalar_changes(state)
     return out
+
+
+def _scalar_changes(state: list[TensorDiff]) -> list[str]:
+    """One row per kind of one-element state and change: "step  4 -> 8  28 parameters"."""
+    rows: dict[tuple[str, str, str], int] = {}
+    for t in state:
+        if t.value_a is not None and t.differs:
+            key = (t.name.rsplit(".", 1)[-1], number(t.value_a), number(t.value_b))
+            rows[key] = rows.get(key, 0) + 1
+    if not rows:
+        return []
+    return ["", table([(kind, a, b, n) for (kind, a, b), n in rows.items()], ["state", "A", "B", "parameters"])]
 
 
 def _other_tensors(r: CheckpointDiff) -> list[str]:
