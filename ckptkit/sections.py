@@ -108,26 +108,35 @@ def optimizer_param_order(opt: dict[str, Any]) -> list[Any]:
 
 
 def optimizer_param_names(opt: Any, model: dict[str, TensorRef]) -> dict[Any, str]:
-    """{optimizer state index: model key}, matched by order and shape.
+    """{optimizer state index: model key}, matched by order and shape; {} when that is not sound.
 
-    Optimizers number parameters in `model.parameters()` order, which is the state dict's order
-    minus buffers. A parameter with state is matched to the next model tensor of its state's
-    shape; one without state to the next non-buffer tensor. Unnamed when the model runs out.
+    Optimizers number parameters group after group, each group in `model.parameters()` order,
+    which is the state dict's order minus buffers. Within each group, a parameter with state
+    takes the next unused floating, non-buffer model tensor of its state's shape; one without
+    state the next unused one. Nothing is named when a parameter with state finds no tensor,
+    or when the model's keys are sorted: safetensors files (and state dicts rebuilt from them)
+    store keys alphabetically, which loses the parameter order ("layers.10" before "layers.2").
     """
-    if not is_optimizer_state(opt) or not model:
+    if not is_optimizer_state(opt) or not model or list(model) == sorted(model):
         return {}
     state = opt["state"] if isinstance(opt["state"], dict) else {}
     candidates = [(k, t) for k, t in model.items() if t.dtype.is_floating and not k.endswith(BUFFER_SUFFIXES)]
+    used: set[str] = set()
     names: dict[Any, str] = {}
-    pos = 0
-    for index in optimizer_param_order(opt):
-        shape = _state_shape(state.get(index))
-        while pos < len(candidates) and shape is not None and candidates[pos][1].shape != shape:
+    for group in opt.get("param_groups") or []:
+        pos = 0
+        for index in (group.get("params") or []) if isinstance(group, dict) else []:
+            shape = _state_shape(state.get(index))
+            while pos < len(candidates) and (candidates[pos][0] in used or
+                                             (shape is not None and candidates[pos][1].shape != shape)):
+                pos += 1
+            if pos >= len(candidates):
+                if shape is not None:
+                    return {}
+                break
+            names[index] = candidates[pos][0]
+            used.add(candidates[pos][0])
             pos += 1
-        if pos >= len(candidates):
-            break
-        names[index] = candidates[pos][0]
-        pos += 1
     return names
 
 

@@ -218,3 +218,23 @@ def test_real_lightning_epoch_checkpoints_differ_in_progress_in_one_language() -
     progress = {c.key: (c.a, c.b) for c in result.changes if c.key.startswith("progress.")}
     assert progress == {"progress.epochs_completed": (1, 2), "progress.global_step": (3, 6)}
     assert {t.section for t in result.differing_tensors} == {"model", "optimizer"}
+
+
+def test_param_names_follow_each_group_for_decay_and_no_decay_splits(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    decay = [p for n, p in model.named_parameters() if n in ("0.weight", "2.weight")]
+    rest = [p for n, p in model.named_parameters() if n not in ("0.weight", "2.weight")]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}])
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    ckpt = open_checkpoint(_save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "g.pt"))
+    assert optimizer_param_names(ckpt.optimizer, ckpt.model) == {
+        0: "0.weight", 1: "2.weight", 2: "0.bias", 3: "1.weight", 4: "1.bias", 5: "2.bias"}
+
+
+def test_param_names_are_not_guessed_from_alphabetically_sorted_keys() -> None:
+    ckpt = open_checkpoint(REAL / "hf_full/checkpoint-4/optimizer.pt")
+    model = open_checkpoint(REAL / "hf_full/checkpoint-4/model.safetensors").model
+    assert list(model) == sorted(model)
+    assert optimizer_param_names(ckpt.optimizer, model) == {}
