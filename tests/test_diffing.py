@@ -123,17 +123,12 @@ def test_optimizer_state_is_named_after_the_parameter_it_belongs_to(tmp_path: Pa
     assert (changed.section, changed.name, changed.label) == ("optimizer", "state.2.exp_avg", "2.weight")
 
 
-def test_param_names_skip_batchnorm_buffers_by_name() -> None:
-    ckpt_model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4))
-    opt = torch.optim.SGD(ckpt_model.parameters(), lr=0.1, momentum=0.9)
-    ckpt_model(torch.randn(3, 4)).sum().backward()
+def test_param_names_skip_batchnorm_buffers_by_name(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(3, 4)).sum().backward()
     opt.step()
-    import io
-    buf = io.BytesIO()
-    torch.save({"model": ckpt_model.state_dict(), "optimizer": opt.state_dict()}, buf)
-    path = Path(__import__("tempfile").mkdtemp()) / "bn.pt"
-    path.write_bytes(buf.getvalue())
-    ckpt = open_checkpoint(path)
+    ckpt = open_checkpoint(_save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "bn.pt"))
     assert optimizer_param_names(ckpt.optimizer, ckpt.model) == {
         0: "0.weight", 1: "0.bias", 2: "1.weight", 3: "1.bias", 4: "2.weight", 5: "2.bias"}
 
