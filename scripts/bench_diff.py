@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_common import Measured, run_measured, warm_page_cache, width_for  # noqa: E402
+from scripts.bench_common import FULL_WIDTH, Measured, run_measured, warm_page_cache, width_for  # noqa: E402
 
 PERTURBED_LAYERS = (3, 11, 20)
 
@@ -61,26 +61,37 @@ sys.exit(1 if changed or a.keys() != b.keys() else 0)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=1200.0, help="size of each checkpoint (default 1200)")
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the checkpoints (default: a temp dir)")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="keep the checkpoints in DIR and reuse them on the next run (default: a temp dir)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each side; the fastest counts")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        a, b = Path(tmp) / "a.pth", Path(tmp) / "b.pth"
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        bench(args.dir, args.size_mb, args.repeat)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench(Path(tmp), args.size_mb, args.repeat)
+
+
+def bench(folder: Path, size_mb: float, repeat: int) -> None:
+    a, b = folder / f"a-{size_mb:g}MB.pth", folder / f"b-{size_mb:g}MB.pth"
+    width = FULL_WIDTH if size_mb >= 1200 else width_for(size_mb)    # the 24 x Linear(2048, 2048)
+    if not (a.exists() and b.exists()):
         # Written by child processes: this one must stay small, because a child's peak RSS
         # (ru_maxrss) starts from the size of the process it was forked from.
         write = (f"from pathlib import Path; from scripts.bench_common import write_big_pth; "
-                 f"write_big_pth(Path({str(a)!r}), width={width_for(args.size_mb)})")
+                 f"write_big_pth(Path({str(a)!r}), width={width})")
         subprocess.run([sys.executable, "-c", write], cwd=ROOT, check=True)
         layers = ",".join(map(str, PERTURBED_LAYERS))
         subprocess.run([sys.executable, "-c", PERTURB, str(a), str(b), layers], cwd=ROOT, check=True)
-        for path in (a, b):
-            warm_page_cache(path)
-        print(f"checkpoints: 2 x {a.stat().st_size / 1e9:.2f} GB; {len(PERTURBED_LAYERS)} weights and "
-              f"{len(PERTURBED_LAYERS)} exp_avg tensors differ")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}    # this checkout's ckptkit, from any directory
-        ours = [run_measured([sys.executable, "-m", "ckptkit", "diff", str(a), str(b), "--json"], env=env)
-                for _ in range(args.repeat)]
-        base = [run_measured([sys.executable, "-c", BASELINE, str(a), str(b)]) for _ in range(args.repeat)]
+    for path in (a, b):
+        warm_page_cache(path)
+    print(f"checkpoints: 2 x {a.stat().st_size / 1e9:.2f} GB; {len(PERTURBED_LAYERS)} weights and "
+          f"{len(PERTURBED_LAYERS)} exp_avg tensors differ")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}    # this checkout's ckptkit, from any directory
+    ours = [run_measured([sys.executable, "-m", "ckptkit", "diff", str(a), str(b), "--json"], env=env)
+            for _ in range(repeat)]
+    base = [run_measured([sys.executable, "-c", BASELINE, str(a), str(b)]) for _ in range(repeat)]
     report(ours, base)
 
 
