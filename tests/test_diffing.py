@@ -233,3 +233,11 @@ def test_param_names_are_not_guessed_from_alphabetically_sorted_keys() -> None:
     model = open_checkpoint(REAL / "hf_full/checkpoint-4/model.safetensors").model
     assert list(model) == sorted(model)
     assert optimizer_param_names(ckpt.optimizer, model) == {}
+
+
+def test_int64_values_beyond_float64_precision_still_count_as_changed(tmp_path: Path) -> None:
+    big = 2**60
+    a = _save({"ids": torch.tensor([big, 7])}, tmp_path / "a.pt")
+    b = _save({"ids": torch.tensor([big + 1, 7])}, tmp_path / "b.pt")
+    [t] = diff_paths(a, b).tensors
+    assert t.status == CHANGED and t.values is not None and t.values.changed_elements == 1

@@ -109,6 +109,9 @@ def decode(raw: memoryview, dtype: DType) -> np.ndarray:
     if code is None:
         return _decode_with_torch(raw, dtype)
     values = np.frombuffer(raw, code)
+    if values.dtype.kind in "iub":
+        # Integers stay exact (an int64 above 2**53 would not survive float64); bools become 0/1.
+        return values.astype(np.uint64 if values.dtype == np.uint64 else np.int64)
     return values.astype(np.complex128 if values.dtype.kind == "c" else np.float64)
 
 
@@ -123,9 +126,20 @@ def _decode_with_torch(raw: memoryview, dtype: DType) -> np.ndarray:
 def _common_type(xa: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import numpy as np
 
-    if xa.dtype != xb.dtype:
+    if xa.dtype == xb.dtype:
+        return xa, xb
+    if xa.dtype.kind == "c" or xb.dtype.kind == "c":
         return xa.astype(np.complex128), xb.astype(np.complex128)
-    return xa, xb
+    if xa.dtype == np.int64 and xb.dtype == np.int64:
+        return xa, xb
+    return xa.astype(np.float64), xb.astype(np.float64)
+
+
+def _inexact(x: np.ndarray) -> np.ndarray:
+    """Values for arithmetic: integers as float64, so differences and squares cannot overflow."""
+    import numpy as np
+
+    return x.astype(np.float64) if x.dtype.kind in "iub" else x
 
 
 class _Accumulator:
@@ -145,11 +159,13 @@ class _Accumulator:
             # Most elements of a changed tensor are often still equal: do the arithmetic on the
             # differing ones only.
             differ = np.flatnonzero(~((xa == xb) | (np.isnan(xa) & np.isnan(xb))))
-            da, db = xa[differ], xb[differ]
+            da, db = _inexact(xa[differ]), _inexact(xb[differ])
             diff = np.abs(da - db)
             diff[np.isnan(diff)] = np.inf     # NaN against a number: infinitely far
             # `not <=` rather than `>`: a NaN in B makes the bound NaN, and that must count as changed.
-            close = diff <= self.tol.atol + self.tol.rtol * np.abs(db)
+            # A zero bound means exact: these elements differ even where float64 rounds diff to 0.
+            bound = self.tol.atol + self.tol.rtol * np.abs(db)
+            close = (diff <= bound) & (bound > 0)
             self.changed += int(diff.size - np.count_nonzero(close))
             if diff.size:
                 self.max_abs = max(self.max_abs, float(diff.max()))
@@ -170,6 +186,7 @@ def _sum_of_squares(x: np.ndarray) -> float:
     """||x||^2 over the finite elements (a dot product when all are finite, the usual case)."""
     import numpy as np
 
+    x = _inexact(x)
     total = float(np.vdot(x, x).real)
     if math.isfinite(total):
         return total
