@@ -241,3 +241,10 @@ def test_int64_values_beyond_float64_precision_still_count_as_changed(tmp_path: 
     b = _save({"ids": torch.tensor([big + 1, 7])}, tmp_path / "b.pt")
     [t] = diff_paths(a, b).tensors
     assert t.status == CHANGED and t.values is not None and t.values.changed_elements == 1
+
+
+def test_a_step_stored_as_a_number_against_a_tensor_compares_the_values(tmp_path: Path) -> None:
+    a = _save({"epoch": 1, "counters": {"step": 4.0}}, tmp_path / "a.pt")
+    b = _save({"epoch": 1, "counters": {"step": torch.tensor(4.0)}}, tmp_path / "b.pt")
+    [change] = diff_paths(a, b).changes
+    assert (change.key, change.a, change.b, change.note) == ("extra.counters.step", 4.0, 4.0, "stored as a tensor in B")

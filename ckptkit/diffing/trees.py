@@ -84,8 +84,25 @@ def diff_tree(ctx: DiffContext, section: str, key: str, a: Any, b: Any) -> None:
         diff_dicts(ctx, section, key, a, b)
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         _diff_sequences(ctx, section, key, a, b)
+    elif _scalar_tensor(a) or _scalar_tensor(b):
+        _diff_scalar_forms(ctx, section, key, a, b)
     elif not values_equal(a, b):
         ctx.changes.append(Change(section, key, "changed", brief(a), brief(b)))
+
+
+def _scalar_tensor(v: Any) -> bool:
+    return isinstance(v, TensorRef) and v.numel == 1
+
+
+def _diff_scalar_forms(ctx: DiffContext, section: str, key: str, a: Any, b: Any) -> None:
+    """A number on one side, a one-element tensor on the other (torch >= 1.12 stores the
+    optimizer's `step` as a tensor): compare the values, and say the storage form changed."""
+    va = a.scalar_value() if isinstance(a, TensorRef) else a
+    vb = b.scalar_value() if isinstance(b, TensorRef) else b
+    form = "tensor" if isinstance(b, TensorRef) else "plain number"
+    note = f"stored as a {form} in B"
+    ctx.changes.append(Change(section, key, "changed", brief(va), brief(vb),
+                              note if values_equal(va, vb) else f"{note}; value changed"))
 
 
 def diff_dicts(ctx: DiffContext, section: str, key: str, a: dict[Any, Any], b: dict[Any, Any],
