@@ -248,3 +248,30 @@ def test_a_step_stored_as_a_number_against_a_tensor_compares_the_values(tmp_path
     b = _save({"epoch": 1, "counters": {"step": torch.tensor(4.0)}}, tmp_path / "b.pt")
     [change] = diff_paths(a, b).changes
     assert (change.key, change.a, change.b, change.note) == ("extra.counters.step", 4.0, 4.0, "stored as a tensor in B")
+
+
+def test_real_hf_trainer_folders_step_4_to_8_report_progress_scheduler_and_history() -> None:
+    result = diff_paths(REAL / "hf_full/checkpoint-4", REAL / "hf_full/checkpoint-8")
+    changes = {c.key: (c.a, c.b) for c in result.changes}
+    assert changes["progress.global_step"] == (4, 8)
+    assert changes["last_epoch"] == (4, 8)
+    assert changes["learning_rates"] == ([0.00075, 0.00075], [0.00025, 0.00025])
+    assert [c.note for c in result.changes if c.key == "histories.log_history"] == [
+        "length 3 -> 6, the shorter is the start of the longer"]
+    assert len([t for t in result.differing_tensors if t.section == "model"]) == 28
+
+
+def test_real_hf_folder_against_its_pytorch_model_bin_has_equal_models() -> None:
+    folder_vs_bin = diff_paths(REAL / "hf_full/checkpoint-4", REAL / "hf_full_bin/checkpoint-4/pytorch_model.bin",
+                               DiffOptions(sections=("model",)))
+    assert folder_vs_bin.equal and len(folder_vs_bin.tensors) == 28
+    assert diff_paths(REAL / "hf_full/checkpoint-4", REAL / "hf_full_bin/checkpoint-4").equal
+
+
+@pytest.mark.parametrize("fixture", ["hf_full/checkpoint-4", "hf_lora/checkpoint-8", "hf_sharded", "hf_lora_bin",
+                                     "accelerate", "dcp", "save_pretrained_training_state/last_checkpoint",
+                                     "lightning/last.ckpt"])
+def test_every_real_checkpoint_equals_itself(fixture: str) -> None:
+    result = diff_paths(REAL / fixture, REAL / fixture)
+    assert result.equal and result.changes == []
+    assert result.tensors and all(t.status == IDENTICAL for t in result.tensors)
