@@ -212,10 +212,8 @@ from pathlib import Path
 from ckptkit.atomic import atomic_write_file, atomic_write_dir
 target, mode, size = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 payloads = [b"A" * size, b"B" * size]
-print("ready", flush=True)
-i = 1
-while True:
-    data = payloads[i % 2]
+
+def write(data):
     if mode == "file":
         atomic_write_file(target, lambda f: [f.write(data[k:k + 65536]) for k in range(0, size, 65536)])
     else:
@@ -223,6 +221,14 @@ while True:
             for n in range(4):
                 (d / f"part{n}.bin").write_bytes(data)
         atomic_write_dir(target, populate)
+
+# Ready only once the write loop is running: a kill during interpreter start-up (slow on a loaded
+# machine) would test nothing. From here on, the process spends nearly all its time mid-write.
+write(payloads[1])
+print("ready", flush=True)
+i = 0
+while True:
+    write(payloads[i % 2])
     i += 1
 """
 
