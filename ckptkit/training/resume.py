@@ -150,6 +150,7 @@ def verify_for_resume(path: Path) -> list[str]:
         warnings.append("no manifest: nothing confirms this checkpoint was written completely")
     elif problems := manifest_problems(path, manifest):
         raise ResumeRefusedError(path, "does not match its manifest: " + "; ".join(problems))
+    warnings += _validator_warnings(path)
     checkpoint = _load_checkpoint_dict(path)
     required = (layout.GLOBAL_STEP,) if is_sharded_checkpoint(path) else layout.REQUIRED_KEYS
     if missing := [k for k in required if k not in checkpoint]:
@@ -159,6 +160,22 @@ def verify_for_resume(path: Path) -> list[str]:
     if layout.RNG_STATE not in checkpoint:
         warnings.append("no rng_state: random streams (dropout, sampling) will differ from the original run")
     return warnings
+
+
+def _validator_warnings(path: Path) -> list[str]:
+    """ckptkit's own validation, the same as `ckptkit validate PATH`: errors refuse the resume."""
+    from ckptkit.checkpoint import Severity
+    from ckptkit.validation import validate_path
+
+    try:
+        report = validate_path(path, siblings=False)
+    except CkptkitError as exc:
+        raise ResumeRefusedError(path, exc.message) from exc
+    errors = [f for f in report.findings if f.severity is Severity.ERROR]
+    if errors:
+        listed = "; ".join(f"{f.code}: {f.message}" for f in errors[:3])
+        raise ResumeRefusedError(path, f"validation found {len(errors)} error(s): {listed}")
+    return [f"{f.code}: {f.message}" for f in report.findings if f.severity is Severity.WARNING]
 
 
 def _load_checkpoint_dict(path: Path) -> dict[str, Any]:
