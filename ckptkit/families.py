@@ -20,12 +20,23 @@ from ckptkit import sections as S
 Tree = dict[str, Any]
 
 
+KeyPath = tuple[str, ...]
+CounterValues = dict[KeyPath, Any]
+
+
+class UnrepresentableProgress(ValueError):
+    """A family's counters cannot express the requested progress (e.g. mid-epoch for recsys)."""
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
     description: str
     matches: Callable[[Tree], bool]
     progress: Callable[[Tree, Path], Progress]
+    # The inverse of `progress`: the stored counter values (by key path) that make `progress`
+    # read back (epochs_completed, step_in_epoch). None: the family cannot record an epoch.
+    record: Callable[[Tree, int, int], CounterValues] | None = None
 
 
 def _recsys_progress(tree: Tree, path: Path) -> Progress:
@@ -43,6 +54,11 @@ def _recsys_progress(tree: Tree, path: Path) -> Progress:
     return p
 
 
+def _recsys_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    _whole_epochs_only(step, "this layout saves at epoch ends only ('epoch' = index of the last finished epoch)")
+    return {("epoch",): epochs - 1}
+
+
 def _retrieval_progress(tree: Tree, path: Path) -> Progress:
     p = Progress()
     epoch = S.as_int(tree.get("epoch"))
@@ -54,6 +70,11 @@ def _retrieval_progress(tree: Tree, path: Path) -> Progress:
     else:
         p.notes.append("no 'epoch' key: a resume would restart at epoch 0")
     return p
+
+
+def _retrieval_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    _whole_epochs_only(step, "this layout stores finished epochs only ('epoch' = epochs completed, as epoch+1)")
+    return {("epoch",): epochs}
 
 
 def _experiment_progress(tree: Tree, path: Path) -> Progress:
@@ -81,6 +102,17 @@ def _experiment_progress(tree: Tree, path: Path) -> Progress:
     return p
 
 
+def _experiment_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    position = tree.get("data_position")
+    if isinstance(position, dict) and S.as_int(position.get("epoch")) is not None:
+        values: CounterValues = {("data_position", "epoch"): epochs, ("data_position", "batch_in_epoch"): step}
+        if "epoch" in tree:
+            values[("epoch",)] = epochs
+        return values
+    _whole_epochs_only(step, "this layout stores no position inside an epoch (no 'data_position')")
+    return {("epoch",): epochs}
+
+
 def _training_state_progress(tree: Tree, path: Path) -> Progress:
     """Seed 003: epoch is 1-based; step counts batches done in it, and step 0 marks its end."""
     p = Progress()
@@ -106,6 +138,16 @@ def _training_state_progress(tree: Tree, path: Path) -> Progress:
         p.sources["epochs_completed"] = f"key 'epoch' = {epoch} (1-based) with 'step' = {step}: epoch {epoch} in progress"
         p.sources["step_in_epoch"] = f"key 'step' = {step}"
     return p
+
+
+def _training_state_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    total = S.as_int(tree.get("total_batches"))
+    if step == 0:
+        return {("epoch",): epochs, ("step",): 0}
+    if total is not None and step >= total:
+        raise UnrepresentableProgress(f"step {step} is not inside an epoch of total_batches = {total} "
+                                      "batches; record a finished epoch with --complete instead")
+    return {("epoch",): epochs + 1, ("step",): step}
 
 
 def _nanogpt_progress(tree: Tree, path: Path) -> Progress:
@@ -138,6 +180,18 @@ def _lightning_progress(tree: Tree, path: Path) -> Progress:
     return p
 
 
+def _lightning_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    batch = _dig(tree, "loops", "fit_loop", "epoch_loop.batch_progress")
+    if not isinstance(batch, dict) or not isinstance(batch.get("current"), dict):
+        _whole_epochs_only(step, "this checkpoint has no loops.fit_loop batch progress")
+        return {("epoch",): epochs}
+    where = ("loops", "fit_loop", "epoch_loop.batch_progress")
+    if step == 0 and epochs > 0:      # as Lightning writes at an epoch's end: last batch of epoch-1
+        return {("epoch",): epochs - 1, where + ("is_last_batch",): True}
+    return {("epoch",): epochs, where + ("is_last_batch",): False,
+            where + ("current", "processed"): step}
+
+
 def _generic_progress(tree: Tree, path: Path) -> Progress:
     p = Progress()
     for key in ("global_step", "iter_num", "iteration", "step"):
@@ -150,6 +204,17 @@ def _generic_progress(tree: Tree, path: Path) -> Progress:
         p.sources["epochs_completed"] = (f"key 'epoch' = {p.epochs_completed} (meaning not known for this "
                                          "layout: taken as epochs completed)")
     return p
+
+
+def _generic_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    _whole_epochs_only(step, "this layout's 'epoch' is read as epochs completed and no position inside "
+                             "an epoch is stored")
+    return {("epoch",): epochs}
+
+
+def _whole_epochs_only(step: int, why: str) -> None:
+    if step:
+        raise UnrepresentableProgress(f"cannot record a position inside an epoch: {why}; use --complete")
 
 
 def _dig(tree: Any, *keys: str) -> Any:
@@ -173,21 +238,22 @@ _RECSYS_KEYS = {"model_state_dict", "optimizer_state_dict", "epoch"}
 FAMILIES: list[Family] = [
     Family("lightning", "PyTorch Lightning .ckpt",
            lambda t: "pytorch-lightning_version" in t or _has("state_dict", "optimizer_states", "loops")(t),
-           _lightning_progress),
+           _lightning_progress, _lightning_record),
     Family("nanogpt", "nanoGPT-style dict (model, optimizer, model_args, iter_num)",
            _has("model_args", "iter_num"), _nanogpt_progress),
     Family("experiment", "experiment .pt (global_step, epoch, best_val_loss, config, histories)",
            lambda t: "global_step" in t and _any("best_val_loss", "train_history", "val_history")(t),
-           _experiment_progress),
+           _experiment_progress, _experiment_record),
     Family("retrieval", "retrieval .pt (epoch stored as epoch+1, loss, recall_at_10, histories)",
-           _any("recall_at_10", "val_recalls", "train_losses"), _retrieval_progress),
+           _any("recall_at_10", "val_recalls", "train_losses"), _retrieval_progress, _retrieval_record),
     Family("training-state", "training_state.pth (epoch, step with 0 = end of epoch, total_batches)",
            lambda t: "total_batches" in t or (_has("epoch", "step")(t) and _any("best_val_f1", "best_val_acc")(t)),
-           _training_state_progress),
+           _training_state_progress, _training_state_record),
     Family("recsys", "recsys .pth (model_state_dict, optimizer_state_dict, epoch)",
-           lambda t: "model_state_dict" in t and set(t) <= _RECSYS_KEYS, _recsys_progress),
+           lambda t: "model_state_dict" in t and set(t) <= _RECSYS_KEYS, _recsys_progress, _recsys_record),
 ]
-GENERIC = Family("generic", "dict with a model and training state", lambda t: True, _generic_progress)
+GENERIC = Family("generic", "dict with a model and training state", lambda t: True, _generic_progress,
+                 _generic_record)
 
 
 def recognise(tree: Any) -> Family | None:
@@ -257,3 +323,8 @@ def _fill_sections(ckpt: Checkpoint, tree: Tree) -> None:
 
 
 RETRIEVAL_NAME = re.compile(r"epoch_(?P<epoch>\d+)_recall_(?P<recall>\d+(?:\.\d+)?)")
+
+
+def family_named(name: str) -> Family | None:
+    """The family called `name` (as stored in `Checkpoint.family`), or None."""
+    return next((f for f in [*FAMILIES, GENERIC] if f.name == name), None)

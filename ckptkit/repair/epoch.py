@@ -1,0 +1,153 @@
+"""`fix-epoch`: record how far training got, in the checkpoint family's own convention.
+
+`epoch` is human numbering: `epoch=2, complete=True` means two whole epochs are done;
+`epoch=2, step=S` means the second epoch is in progress with S batches of it trained. The stored
+values come from the family's `record` function, the inverse of the `progress` function that
+reads them (`ckptkit.families`), and the plan is checked by reading it back through `progress`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ckptkit import sections as S
+from ckptkit.atomic import default_backup_path
+from ckptkit.checkpoint import Checkpoint, Progress, TensorRef
+from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.families import RETRIEVAL_NAME, UnrepresentableProgress, family_named, recognise
+from ckptkit.formats import open_checkpoint
+from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
+from ckptkit.repair.rewrite import check_rewritable, rewrite_file, rewrite_note
+
+
+def target_position(epoch: int, step: int | None) -> tuple[int, int]:
+    """(epochs completed, batches into the next epoch) for human `--epoch N [--step S]`."""
+    if epoch < 0:
+        raise ValueError(f"--epoch must be 0 or more, got {epoch}")
+    if step is None:
+        return epoch, 0
+    if epoch < 1 or step < 1:
+        raise ValueError("--step S means S batches of epoch N are done: needs N >= 1 and S >= 1 "
+                         "(for a finished epoch use --complete)")
+    return epoch - 1, step
+
+
+def describe_action(epoch: int, step: int | None) -> str:
+    return f"fix-epoch --epoch {epoch} " + ("--complete" if step is None else f"--step {step}")
+
+
+def fix_epoch(path: str | os.PathLike[str], epoch: int, *, step: int | None = None, dry_run: bool = False,
+              backup: str | os.PathLike[str] | None = None, keep_backup: bool = True) -> RepairResult:
+    """Set the recorded progress of the checkpoint at `path`; see the module docstring.
+
+    Writes nothing when the checkpoint already says so (running twice == running once) or when
+    `dry_run`. Raises CkptkitError (nothing modified) when the family cannot record it.
+    """
+    path = Path(path)
+    try:
+        epochs, within = target_position(epoch, step)
+    except ValueError as exc:
+        raise CkptkitError(path, str(exc)) from None
+    if path.is_dir():
+        from ckptkit.repair.hf_trainer import TRAINER_STATE, fix_epoch_hf
+
+        if (path / TRAINER_STATE).is_file():
+            return fix_epoch_hf(path, epoch, step, dry_run=dry_run, backup=backup, keep_backup=keep_backup)
+        if (path / "training_state.pth").is_file():   # seed 003's folder: progress lives in that file
+            path = path / "training_state.pth"
+    ckpt = open_checkpoint(path)
+    plan = plan_fix_epoch(ckpt, epochs, within, describe_action(epoch, step))
+    return carry_out(ckpt, plan, dry_run=dry_run, backup=backup, keep_backup=keep_backup)
+
+
+def plan_fix_epoch(ckpt: Checkpoint, epochs: int, within: int, action: str) -> RepairPlan:
+    """The changes (applied to `ckpt.tree` in memory) that make the checkpoint say `epochs`, `within`."""
+    check_rewritable(ckpt)
+    family = family_named(ckpt.family)
+    if family is None or family.record is None:
+        raise UnsupportedFeatureError(ckpt.path, f"a {ckpt.family} checkpoint has no epoch counter ckptkit "
+                                      "knows how to set (nanoGPT-style dicts count iterations only)")
+    try:
+        values = family.record(ckpt.tree, epochs, within)
+    except UnrepresentableProgress as exc:
+        raise UnsupportedFeatureError(ckpt.path, f"{ckpt.family} layout: {exc}") from None
+    plan = RepairPlan(str(ckpt.path), ckpt.format, ckpt.family, action,
+                      progress_before=ckpt.progress.describe())
+    plan.changes = plan_sets(ckpt.path.name, ckpt.tree, values)
+    apply_changes(ckpt.tree, plan.changes)
+    after = _read_back(ckpt, family.name, epochs, within)
+    plan.progress_after = after.describe()
+    if plan.changes:
+        plan.files = [str(ckpt.path)]
+        plan.cannot_fix = left_inconsistent(ckpt, epochs, within)
+        plan.notes = [n for n in [rewrite_note(ckpt)] if n]
+    return plan
+
+
+def _read_back(ckpt: Checkpoint, family: str, epochs: int, within: int) -> Progress:
+    """Reading and writing must agree: the family's reader sees exactly what was asked."""
+    found = recognise(ckpt.tree)
+    fam = family_named(family)
+    after = fam.progress(ckpt.tree, ckpt.path) if fam else Progress()
+    if found is None or found.name != family or (after.epochs_completed, after.step_in_epoch or 0) != (epochs, within):
+        raise CkptkitError(ckpt.path, f"internal error: the {family} counters written would read back as "
+                           f"'{after.describe()}'; nothing was written")
+    return after
+
+
+def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
+    """Counters ckptkit did not change because it cannot derive them, with how to proceed."""
+    out: list[str] = []
+    tree = ckpt.tree
+    sched = ckpt.scheduler
+    last = S.as_int(sched.get("last_epoch")) if isinstance(sched, dict) else None
+    if last is not None:
+        out.append(f"scheduler {ckpt.sources.get('scheduler', 'scheduler')}.last_epoch = {last} was left as is: "
+                   "it counts scheduler steps, which an epoch number does not determine. If the schedule "
+                   f"steps once per epoch it should be {epochs}; otherwise re-create the scheduler at resume "
+                   "and step it to the right position")
+    opt_step = optimizer_step(ckpt.optimizer)
+    if opt_step is not None:
+        out.append(f"optimizer step count = {opt_step} was left as is (Adam's bias correction uses it); "
+                   "it only matters if you also rewind the weights")
+    if ckpt.family == "experiment" and S.as_int(tree.get("global_step")) is not None:
+        out.append(f"global_step = {tree['global_step']} was left as is: it counts optimizer steps and is "
+                   "what this layout's trainer resumes from; the epoch alone does not determine it")
+    if ckpt.family == "lightning":
+        out.append("Lightning's global_step and loops.fit_loop.epoch_progress counters were left as is; "
+                   "the file name (epoch=E-step=S) is not renamed")
+    m = RETRIEVAL_NAME.search(ckpt.path.name)
+    if m and int(m.group("epoch")) != epochs:
+        out.append(f"the file name says epoch {m.group('epoch')} but the file now records {epochs} epochs: "
+                   f"rename it yourself (ckptkit never renames), e.g. mv '{ckpt.path.name}' "
+                   f"'{ckpt.path.name.replace(m.group(0), f'epoch_{epochs}_recall_' + m.group('recall'))}'")
+    for key, history in ckpt.histories.items():
+        if ckpt.family == "retrieval" and len(history) != epochs:
+            out.append(f"history '{key}' has {len(history)} entries for {epochs} recorded epochs; it was left as is")
+    return out
+
+
+def optimizer_step(optimizer: Any) -> int | None:
+    """The largest per-parameter `step` in an optimizer state dict (Adam-style), or None."""
+    state = optimizer.get("state") if S.is_optimizer_state(optimizer) else None
+    steps: list[int] = []
+    for entry in (state or {}).values():
+        value = entry.get("step") if isinstance(entry, dict) else None
+        if isinstance(value, TensorRef):
+            value = value.scalar_value()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            steps.append(int(value))
+    return max(steps) if steps else None
+
+
+def carry_out(ckpt: Checkpoint, plan: RepairPlan, *, dry_run: bool, backup: Any, keep_backup: bool) -> RepairResult:
+    """Write a planned (already applied in memory) single-file repair, unless there is nothing to do."""
+    result = RepairResult(plan, dry_run=dry_run)
+    if plan.nothing_to_do or dry_run:
+        return result
+    where = Path(backup) if backup is not None else default_backup_path(ckpt.path) if keep_backup else None
+    rewrite_file(ckpt, where)
+    result.written = True
+    result.backups = [str(where)] if where is not None else []
+    return result
