@@ -63,6 +63,8 @@ def _register() -> None:
     from ckptkit.cli import demo_command  # noqa: F401
     from ckptkit.cli import ls_command  # noqa: F401  (ls and latest)
     from ckptkit.cli import diff_command  # noqa: F401
+    from ckptkit.cli import fix_epoch_command  # noqa: F401
+    from ckptkit.cli import repair_command  # noqa: F401
 
 
 _register()
