@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.formats import open_checkpoint
+from ckptkit.repair import fix_epoch
+from ckptkit.validation import validate_path
+from tests.repair.conftest import REAL
+
+
+def _counters(path: Path, *keys: str) -> dict:
+    tree = torch.load(path, weights_only=True)
+    return {k: tree.get(k) for k in keys}
+
+
+def test_seed_003_epoch_1_complete_sets_step_to_0_and_keeps_total_batches(training_state: Path) -> None:
+    original = training_state.read_bytes()
+    result = fix_epoch(training_state, 1)
+    assert result.written and result.status == "written"
+    assert _counters(training_state, "epoch", "step", "total_batches") == {"epoch": 1, "step": 0, "total_batches": 1270}
+    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 1000, 0)]
+    assert result.plan.progress_before == "epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)"
+    assert result.plan.progress_after == "epoch 1 complete"
+    backup = training_state.with_name("training_state.pth.bak")
+    assert result.backups == [str(backup)] and backup.read_bytes() == original
+
+
+def test_running_fix_epoch_twice_writes_nothing_the_second_time(training_state: Path) -> None:
+    fix_epoch(training_state, 1)
+    after_first = training_state.read_bytes()
+    again = fix_epoch(training_state, 1)
+    assert not again.written and again.status == "already consistent, nothing written"
+    assert training_state.read_bytes() == after_first
+    assert not training_state.with_name("training_state.pth.bak.1").exists()
+
+
+def test_a_seed_003_folder_is_fixed_through_its_training_state_file(training_state: Path) -> None:
+    result = fix_epoch(training_state.parent, 2, step=300)
+    assert result.plan.path == str(training_state)
+    assert _counters(training_state, "epoch", "step") == {"epoch": 2, "step": 300}
+    assert open_checkpoint(training_state).progress.describe() == "epoch 2 INCOMPLETE: 300/1270 batches (23.6%)"
+
+
+def test_a_step_past_the_end_of_the_epoch_is_refused_and_nothing_is_written(training_state: Path) -> None:
+    before = training_state.read_bytes()
+    with pytest.raises(UnsupportedFeatureError, match="not inside an epoch of total_batches = 1270"):
+        fix_epoch(training_state, 2, step=1270)
+    assert training_state.read_bytes() == before
+    assert sorted(p.name for p in training_state.parent.iterdir()) == ["config.json", "model.safetensors",
+                                                                      "training_state.pth"]
+
+
+def test_recsys_stores_the_index_of_the_last_finished_epoch(samples: Path) -> None:
+    path = samples / "recsys" / "models" / "checkpoint-recent.pth"
+    fix_epoch(path, 3, keep_backup=False)
+    assert _counters(path, "epoch") == {"epoch": 2}
+    assert open_checkpoint(path).progress.epochs_completed == 3
+    assert not path.with_name("checkpoint-recent.pth.bak").exists()
+
+
+def test_recsys_refuses_a_mid_epoch_position(samples: Path) -> None:
+    with pytest.raises(UnsupportedFeatureError, match="saves at epoch ends only"):
+        fix_epoch(samples / "recsys" / "models" / "checkpoint-recent.pth", 3, step=10)
+
+
+def test_retrieval_stores_epoch_plus_one_and_says_the_file_name_is_now_wrong(samples: Path) -> None:
+    path = samples / "retrieval" / "checkpoints" / "optimized_model_epoch_10_recall_0.3456.pt"
+    result = fix_epoch(path, 9)
+    assert _counters(path, "epoch") == {"epoch": 9}
+    assert any("the file name says epoch 10 but the file now records 9 epochs" in t for t in result.plan.cannot_fix)
+    assert any("last_epoch = 2 was left as is" in t for t in result.plan.cannot_fix)
+
+
+def test_experiment_epoch_changes_and_global_step_is_reported_not_guessed(samples: Path) -> None:
+    path = samples / "experiment" / "checkpoints" / "checkpoint_step_1000.pt"
+    result = fix_epoch(path, 2)
+    tree = open_checkpoint(path).tree     # the pickled config keeps torch.load(weights_only=True) out
+    assert (tree["epoch"], tree["global_step"]) == (2, 1000)
+    assert any(t.startswith("global_step = 1000 was left as is") for t in result.plan.cannot_fix)
+
+
+def test_a_legacy_file_is_rewritten_as_a_zip_archive_with_the_same_tensors(samples: Path) -> None:
+    path = samples / "legacy" / "model_legacy.pt"
+    before = torch.load(path, weights_only=True)
+    result = fix_epoch(path, 7)
+    assert open_checkpoint(path).format == "torch-zip"
+    assert any("rewritten as a torch.save zip archive" in n for n in result.plan.notes)
+    after = torch.load(path, weights_only=True)
+    assert after["epoch"] == 6
+    for key, tensor in before["model_state_dict"].items():
+        assert torch.equal(after["model_state_dict"][key], tensor)
+
+
+def test_safetensors_files_are_refused_with_where_progress_lives(samples: Path) -> None:
+    path = samples / "enstack" / "checkpoints" / "codebert" / "last_checkpoint" / "model.safetensors"
+    with pytest.raises(UnsupportedFeatureError, match="no training progress"):
+        fix_epoch(path, 1)
+
+
+def test_dry_run_plans_the_change_and_writes_nothing(training_state: Path) -> None:
+    before = training_state.read_bytes()
+    result = fix_epoch(training_state, 1, dry_run=True)
+    assert result.status == "dry run, nothing written"
+    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 1000, 0)]
+    assert training_state.read_bytes() == before
+    assert not training_state.with_name("training_state.pth.bak").exists()
+
+
+def test_an_explicit_backup_path_is_used_and_never_overwritten(training_state: Path, tmp_path: Path) -> None:
+    backup = tmp_path / "kept.pth"
+    fix_epoch(training_state, 1, backup=backup)
+    assert torch.load(backup, weights_only=True)["step"] == 1000
+    with pytest.raises(CkptkitError, match="backup path already exists"):
+        fix_epoch(training_state, 3, backup=backup)
+    assert torch.load(training_state, weights_only=True)["epoch"] == 1
+
+
+def test_lightning_epoch_end_is_written_the_way_lightning_writes_it(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    shutil.copy(REAL / "lightning" / "mid_epoch" / "epoch=1-step=4.ckpt", path)
+    assert open_checkpoint(path).progress.describe().startswith("epoch 2 INCOMPLETE")
+    result = fix_epoch(path, 2)
+    tree = torch.load(path, weights_only=True)
+    assert tree["epoch"] == 1 and tree["loops"]["fit_loop"]["epoch_loop.batch_progress"]["is_last_batch"] is True
+    assert open_checkpoint(path).progress.epochs_completed == 2
+    assert any("Lightning's global_step" in t for t in result.plan.cannot_fix)
+
+
+def test_hf_trainer_folder_gets_float_epoch_and_global_step_and_the_folder_name_is_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(REAL / "hf_full" / "checkpoint-4", folder)
+    others = {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "trainer_state.json"}
+    result = fix_epoch(folder, 1)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    assert (state["epoch"], state["global_step"]) == (1.0, 5)
+    assert state["log_history"][0]["step"] == 2          # the rest of the file is kept
+    assert any("mv" in t and "checkpoint-5" in t for t in result.plan.cannot_fix)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()
+            if p.name not in ("trainer_state.json", "trainer_state.json.bak")} == others
+    assert fix_epoch(folder, 1).status == "already consistent, nothing written"
+
+
+def test_fixed_checkpoints_pass_validation_of_their_counters(training_state: Path) -> None:
+    fix_epoch(training_state, 1)
+    report = validate_path(training_state)
+    assert [f.code for f in report.findings if f.code.startswith("counters.") and f.severity.rank >= 1] == []
