@@ -6,10 +6,12 @@ resolved lazily, when somebody asks for the bytes.
 """
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
@@ -102,11 +104,18 @@ _PADDING_TAG = 0x4246               # "FB": the extra-field id torch's own write
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed, so equal content gives equal bytes
 
 
-def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: int = 16 << 20) -> None:
+def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: int = 16 << 20,
+                    known_crcs: dict[str, int] | None = None,
+                    record_written: Callable[[str, int, int], None] | None = None) -> None:
     """Write `tree` as a torch.save zip archive to the binary file `out`.
 
     Tensors are written from their StorageRefs: each storage record is copied byte for byte from
-    where it lies now (one chunk in memory at a time); only data.pkl is produced anew.
+    where it lies now (one chunk in memory at a time); only data.pkl is produced anew. Records
+    whose CRC32 is in `known_crcs` (a repair copying from an archive that already holds them)
+    are copied by the kernel (copy_file_range: no pass through this process's memory); the
+    caller must read them back to check them, as no CRC is computed here for those.
+    `record_written(key, offset, length)` is called as each such record lands in `out`, so the
+    caller can check it while the next one is copied.
     """
     from ckptkit.pickle_writer import dumps_tree
 
@@ -116,16 +125,24 @@ def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: in
         for name, text in ((".format_version", b"1"), (".storage_alignment", b"64"), ("byteorder", b"little")):
             _write_member(zf, out, f"{prefix}/{name}", [text], len(text))
         for key, storage in storages.items():
-            length = storage.byte_range().length
-            if length != storage.nbytes:
-                raise CorruptCheckpointError(storage.byte_range().path, f"storage {key!r}: record holds "
-                                             f"{length} bytes, its tensors need {storage.nbytes}")
-            _write_member(zf, out, f"{prefix}/data/{key}", storage.iter_chunks(chunk_size), length)
+            where = storage.byte_range()
+            if where.length != storage.nbytes:
+                raise CorruptCheckpointError(where.path, f"storage {key!r}: record holds "
+                                             f"{where.length} bytes, its tensors need {storage.nbytes}")
+            crc = (known_crcs or {}).get(key)
+            if crc is not None:
+                offset = _write_member(zf, out, f"{prefix}/data/{key}", None, where.length, copy=(where, crc))
+                if record_written is not None:
+                    record_written(key, offset, where.length)
+            else:
+                _write_member(zf, out, f"{prefix}/data/{key}", storage.iter_chunks(chunk_size), where.length)
         _write_member(zf, out, f"{prefix}/version", [b"3\n"], 2)
         _write_member(zf, out, f"{prefix}/.data/serialization_id", [b"0" * 40], 40)
 
 
-def _write_member(zf: zipfile.ZipFile, out: Any, name: str, chunks: Any, length: int) -> None:
+def _write_member(zf: zipfile.ZipFile, out: Any, name: str, chunks: Any, length: int,
+                  copy: tuple[ByteRange, int] | None = None) -> int:
+    """Write one stored member; returns the offset in `out` where its data starts."""
     info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
     info.compress_type = zipfile.ZIP_STORED
     zip64 = length >= 0x7FFFFFFF
@@ -135,5 +152,61 @@ def _write_member(zf: zipfile.ZipFile, out: Any, name: str, chunks: Any, length:
     pad = (-(out.tell() + header)) % ALIGNMENT
     info.extra = struct.pack("<HH", _PADDING_TAG, pad) + b"Z" * pad
     with zf.open(info, mode="w", force_zip64=zip64) as member:
-        for chunk in chunks:
+        start = out.tell()
+        if copy is not None and all(hasattr(member, a) for a in ("_file_size", "_compress_size", "_crc")):
+            where, crc = copy
+            _copy_range(where, out)
+            # zipfile fills the headers from these on close; the data went around its write().
+            member._file_size = member._compress_size = where.length
+            member._crc = crc
+            return start
+        for chunk in chunks if chunks is not None else _range_chunks(copy[0]):
             member.write(chunk)
+    return start
+
+
+def _copy_range(where: ByteRange, out: Any) -> None:
+    """Append `where`'s bytes to `out` at its position: in the kernel where it can, else by chunks."""
+    out.flush()
+    start = out.tell()
+    fd = os.open(where.path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < where.length:
+            try:
+                n = os.copy_file_range(fd, out.fileno(), where.length - done, where.offset + done, start + done)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+                    raise
+                n = _copy_by_chunks(fd, out.fileno(), where.offset + done, start + done, where.length - done)
+            if n == 0:
+                raise CorruptCheckpointError(where.path, "file ends inside a storage record (truncated)")
+            done += n
+    finally:
+        os.close(fd)
+    out.seek(start + where.length)
+
+
+def _copy_by_chunks(src: int, dst: int, src_offset: int, dst_offset: int, length: int) -> int:
+    buf = bytearray(min(length, 8 << 20))
+    view = memoryview(buf)
+    done = 0
+    while done < length:
+        n = os.preadv(src, [view[: min(len(buf), length - done)]], src_offset + done)
+        if n == 0:
+            break
+        os.pwrite(dst, view[:n], dst_offset + done)
+        done += n
+    return done
+
+
+def _range_chunks(where: ByteRange, chunk_size: int = 8 << 20) -> Any:
+    with open(where.path, "rb") as f:
+        f.seek(where.offset)
+        left = where.length
+        while left:
+            chunk = f.read(min(chunk_size, left))
+            if not chunk:
+                raise CorruptCheckpointError(where.path, "file ends inside a storage record (truncated)")
+            left -= len(chunk)
+            yield chunk

@@ -1,17 +1,22 @@
 """Writing a changed tree back over a single-file checkpoint: atomically, verified, with a backup.
 
 Only `data.pkl` is produced anew; every storage record is copied byte for byte from the file
-being replaced (pread in chunks, so memory stays at one chunk). Before the new file is renamed
-into place it is read back: its tree must equal the intended one and every storage record's CRC
-must equal the original record's (read from the original's zip directory, or computed for legacy
-files), checked against bytes read back from the new file.
+being replaced by the kernel (copy_file_range; chunked pread/pwrite where unsupported), so
+memory stays small whatever the checkpoint's size. Before the new file is renamed into place
+it is read back: every record's bytes must have the CRC32 of the original's record (from the
+original's zip directory, or computed for legacy files), the new directory must point at the
+records that were checked, and the tree must equal the intended one. Each record is read back
+in a second thread while the next one is copied, so the check costs little extra time.
 """
 from __future__ import annotations
 
+import os
+import queue
+import threading
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ckptkit.atomic import atomic_write_file
 from ckptkit.checkpoint import Checkpoint, StorageRef
@@ -46,6 +51,15 @@ def rewrite_file(ckpt: Checkpoint, backup: Path | None) -> None:
     path = ckpt.path
     prefix = ckpt.metadata.get("zip_prefix") or path.name.split(".")[0] or "archive"
     expected = original_crcs(ckpt)
+    checked: dict[str, tuple[int, int]] = {}
+
+    def write(f: BinaryIO) -> None:
+        checker = RecordChecker(path, Path(f.name), expected)
+        try:
+            write_torch_zip(f, ckpt.tree, prefix, CHUNK, known_crcs=expected, record_written=checker.submit)
+        finally:
+            checker.finish()
+        checked.update(checker.checked)
 
     def verify(tmp: Path) -> None:
         written = open_checkpoint(tmp)
@@ -53,10 +67,53 @@ def rewrite_file(ckpt: Checkpoint, backup: Path | None) -> None:
         if written.format != "torch-zip" or where is not None:
             raise WriteVerificationError(path, f"the rewritten file read back differently ({where}); "
                                          "nothing was replaced")
-        check_records(path, written, expected)
+        check_directory(path, written, expected, checked)
 
-    atomic_write_file(path, lambda f: write_torch_zip(f, ckpt.tree, prefix, CHUNK), verify=verify,
-                      backup=backup)
+    atomic_write_file(path, write, verify=verify, backup=backup)
+
+
+class RecordChecker:
+    """Reads each record back (CRC32 of the bytes in the new file) while the next one is copied.
+
+    The copy runs in the kernel and the check in this thread, so on two cores they overlap;
+    page-cache reads with pread into one reused buffer keep the resident set small.
+    """
+
+    def __init__(self, original: Path, new: Path, expected: dict[str, int]) -> None:
+        self.original, self.new, self.expected = original, new, expected
+        self.checked: dict[str, tuple[int, int]] = {}
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[tuple[str, int, int] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def submit(self, key: str, offset: int, length: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put((key, offset, length))
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        fd = os.open(self.new, os.O_RDONLY)
+        try:
+            while (item := self._queue.get()) is not None:
+                if self.error is None:
+                    key, offset, length = item
+                    if crc_of_range(fd, self.new, offset, length) != self.expected[key]:
+                        self.error = WriteVerificationError(self.original, f"storage record data/{key} read back "
+                                                            "with other bytes than the original record (the "
+                                                            "original may be damaged: run ckptkit validate "
+                                                            "--deep); nothing was replaced")
+                    self.checked[key] = (offset, length)
+        except BaseException as exc:   # reported to the writer on its next submit or at finish
+            self.error = exc
+        finally:
+            os.close(fd)
 
 
 def tree_storages(tree: Any) -> dict[str, StorageRef]:
@@ -79,27 +136,41 @@ def original_crcs(ckpt: Checkpoint) -> dict[str, int]:
 
 
 def record_crc(storage: StorageRef) -> int:
-    crc = 0
-    for chunk in storage.iter_chunks(CHUNK):
-        crc = zlib.crc32(chunk, crc)
+    where = storage.byte_range()
+    fd = os.open(where.path, os.O_RDONLY)
+    try:
+        return crc_of_range(fd, where.path, where.offset, where.length)
+    finally:
+        os.close(fd)
+
+
+def crc_of_range(fd: int, path: Path, offset: int, length: int) -> int:
+    """CRC32 of `length` bytes at `offset`, read with pread into one reused buffer (page-cache
+    pages read this way never count towards this process's resident set)."""
+    buf = bytearray(min(CHUNK, max(length, 1)))
+    view = memoryview(buf)
+    crc, done = 0, 0
+    while done < length:
+        n = os.preadv(fd, [view[: min(len(buf), length - done)]], offset + done)
+        if n == 0:
+            raise CorruptCheckpointError(path, f"file ends inside a storage record at byte {offset + done}")
+        crc = zlib.crc32(view[:n], crc)
+        done += n
     return crc
 
 
-def check_records(original: Path, written: Checkpoint, expected: dict[str, int]) -> None:
-    """Every record of the `written` archive holds the bytes of the original's record of that key."""
-    prefix = written.metadata.get("zip_prefix", "archive")
+def check_directory(original: Path, written: Checkpoint, expected: dict[str, int],
+                    checked: dict[str, tuple[int, int]]) -> None:
+    """The new archive's records are the ones that were read back, where its reader finds them."""
     storages = tree_storages(written.tree)
-    if set(storages) != set(expected):
+    if set(storages) != set(expected) or set(checked) != set(expected):
         raise WriteVerificationError(original, "the rewritten file refers to other storage records than "
                                      "the original; nothing was replaced")
+    prefix = written.metadata.get("zip_prefix", "archive")
     with zipfile.ZipFile(written.path) as zf:
         stored = {key: zf.getinfo(f"{prefix}/data/{key}").CRC for key in storages}
     for key, storage in storages.items():
-        if stored[key] != expected[key]:
-            # The writer computed this CRC from the bytes it read from the original.
-            raise CorruptCheckpointError(original, f"storage record data/{key} does not match its CRC in the "
-                                         "original file (the original is damaged; run ckptkit validate "
-                                         "--deep); nothing was replaced")
-        if record_crc(storage) != expected[key]:
-            raise WriteVerificationError(original, f"storage record data/{key} read back with other bytes "
-                                         "than were written (disk or filesystem fault); nothing was replaced")
+        where = storage.byte_range()
+        if stored[key] != expected[key] or (where.offset, where.length) != checked[key]:
+            raise WriteVerificationError(original, f"storage record data/{key}: the new archive's directory "
+                                         "does not match the record that was written; nothing was replaced")
