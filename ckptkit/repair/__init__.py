@@ -15,7 +15,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import Change, RepairPlan, RepairResult, apply_changes
 from ckptkit.repair.epoch import carry_out, fix_epoch
 from ckptkit.repair.fixes import ALL_CODES, FIXES, FOLDER_FIXES
-from ckptkit.repair.rewrite import check_rewritable, rewrite_note
+from ckptkit.repair.rewrite import check_rewritable, check_writable_tree, rewrite_note
 
 __all__ = ["ALL_CODES", "Change", "RepairPlan", "RepairResult", "fix_epoch", "repair"]
 
@@ -45,12 +45,14 @@ def repair(path: str | os.PathLike[str], fixes: list[str] | None = None, *, dry_
         plan.changes += fixed.changes
         plan.cannot_fix += fixed.cannot_fix
         plan.notes += fixed.notes
-    plan.action = "repair " + " ".join(f"--fix {c}" for c in plan.fixes or codes)
+    applied = plan.fixes if listing else codes
+    plan.action = "repair " + " ".join(f"--fix {c}" for c in applied) if applied else "repair (no fix applies)"
     for code in fixes or []:
         if code in FOLDER_FIXES:
             plan.notes.append(f"{code} applies to Hugging Face Trainer checkpoint-N folders only; not to this file")
     if plan.changes:
         check_rewritable(ckpt)
+        check_writable_tree(ckpt)
         plan.files = [str(path)]
         plan.notes += [n for n in [rewrite_note(ckpt)] if n]
     return carry_out(ckpt, plan, dry_run=dry_run or listing, backup=backup, keep_backup=keep_backup)

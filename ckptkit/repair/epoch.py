@@ -18,7 +18,7 @@ from ckptkit.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.families import RETRIEVAL_NAME, UnrepresentableProgress, family_named, recognise
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
-from ckptkit.repair.rewrite import check_rewritable, rewrite_file, rewrite_note
+from ckptkit.repair.rewrite import check_rewritable, check_writable_tree, rewrite_file, rewrite_note
 
 
 def target_position(epoch: int, step: int | None) -> tuple[int, int]:
@@ -79,6 +79,7 @@ def plan_fix_epoch(ckpt: Checkpoint, epochs: int, within: int, action: str) -> R
     after = _read_back(ckpt, family.name, epochs, within)
     plan.progress_after = after.describe()
     if plan.changes:
+        check_writable_tree(ckpt)
         plan.files = [str(ckpt.path)]
         plan.cannot_fix = left_inconsistent(ckpt, epochs, within)
         plan.notes = [n for n in [rewrite_note(ckpt)] if n]

@@ -79,6 +79,8 @@ def restore_missing_epoch(ckpt: Checkpoint) -> FixPlan:
     family = family_named(ckpt.family)
     if ckpt.progress.known or family is None or family.record is None or not isinstance(ckpt.tree, dict):
         return out
+    if ckpt.optimizer is None and ckpt.family != "retrieval":
+        return out      # weights or RNG state alone: no training position to restore (as validate says)
     evidence: dict[str, int] = {}
     m = RETRIEVAL_NAME.search(ckpt.path.name) or EPOCH_IN_NAME.search(ckpt.path.name)
     if m:
@@ -104,6 +106,10 @@ def restore_missing_epoch(ckpt: Checkpoint) -> FixPlan:
 def plain_config(ckpt: Checkpoint) -> FixPlan:
     """`security.pickled-class`: pickled objects (a config dataclass) become plain dicts of their fields."""
     out = FixPlan()
+    if isinstance(ckpt.tree, PickledObject):
+        out.cannot_fix.append(f"the whole file is one pickled {ckpt.tree.qualified_name} object, not a checkpoint "
+                              "holding a config: ckptkit leaves it (its fields show with ckptkit inspect)")
+        return out
     for path, obj in _pickled_objects(ckpt.tree, ()):
         if obj.is_dangerous:
             out.cannot_fix.append(f"{'.'.join(map(str, path)) or '(top level)'} calls {obj.qualified_name}: "

@@ -18,9 +18,9 @@ import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ckptkit.atomic import atomic_write_file
+from ckptkit.atomic import atomic_write_file, start_writeback
 from ckptkit.checkpoint import Checkpoint, StorageRef
-from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.torch_zip import write_torch_zip
 from ckptkit.repair.changes import first_difference
@@ -37,6 +37,16 @@ def check_rewritable(ckpt: Checkpoint) -> None:
                                       "file beside it, e.g. training_state.pth or trainer_state.json)")
     if ckpt.format not in REWRITABLE:
         raise UnsupportedFeatureError(ckpt.path, f"repairs write torch.save files only; this is {ckpt.format}")
+
+
+def check_writable_tree(ckpt: Checkpoint) -> None:
+    """Raise (naming the file) when the tree holds a value the pickle writer cannot re-emit."""
+    try:
+        tree_storages(ckpt.tree)
+    except CkptkitError as exc:
+        if exc.path is None:
+            raise type(exc)(ckpt.path, f"cannot be rewritten: {exc.message}") from None
+        raise
 
 
 def rewrite_note(ckpt: Checkpoint) -> str | None:
@@ -104,6 +114,7 @@ class RecordChecker:
             while (item := self._queue.get()) is not None:
                 if self.error is None:
                     key, offset, length = item
+                    start_writeback(fd, offset, length)   # the disk works while we read and copy on
                     if crc_of_range(fd, self.new, offset, length) != self.expected[key]:
                         self.error = WriteVerificationError(self.original, f"storage record data/{key} read back "
                                                             "with other bytes than the original record (the "

@@ -150,3 +150,29 @@ def test_fixed_checkpoints_pass_validation_of_their_counters(training_state: Pat
     fix_epoch(training_state, 1)
     report = validate_path(training_state)
     assert [f.code for f in report.findings if f.code.startswith("counters.") and f.severity.rank >= 1] == []
+
+
+def test_the_real_seed_003_file_with_numpy_scalars_is_fixed_and_loads_with_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "training_state.pth"
+    shutil.copy(REAL / "save_pretrained_training_state" / "last_checkpoint" / "training_state.pth", path)
+    result = fix_epoch(path, 1)
+    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 4, 0)]
+    tree = torch.load(path, weights_only=True)
+    assert (tree["epoch"], tree["step"], tree["total_batches"], tree["best_val_f1"]) == (1, 0, 6, 0.0667)
+
+
+def test_a_damaged_tensor_record_stops_the_rewrite_and_leaves_the_original(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "training_state.pth"
+    torch.save({"epoch": 1, "step": 3, "total_batches": 10, "best_val_f1": 0.1,
+                "model_state_dict": {"w": torch.arange(4096, dtype=torch.float32)}}, path)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("training_state/data/0")
+    raw = bytearray(path.read_bytes())
+    raw[info.header_offset + 200] ^= 0xFF        # a bit flip inside the record's data, CRC left stale
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CkptkitError, match="data/0 read back with other bytes than the original record"):
+        fix_epoch(path, 1)
+    assert path.read_bytes() == bytes(raw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]

@@ -106,3 +106,10 @@ def test_hf_folder_global_step_is_resynced_with_the_folder_name(tmp_path: Path) 
 def test_an_unknown_fix_code_is_refused(samples: Path) -> None:
     with pytest.raises(CkptkitError, match="no automatic fix for counters.nope"):
         repair(samples / "legacy" / "model_legacy.pt", ["counters.nope"])
+
+
+def test_a_file_that_is_one_pickled_object_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "training_args.bin"
+    shutil.copy(REAL / "hf_full" / "checkpoint-4" / "training_args.bin", path)
+    result = repair(path, ["security.pickled-class"])
+    assert not result.written and "one pickled transformers.training_args.TrainingArguments" in result.plan.cannot_fix[0]
