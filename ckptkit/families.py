@@ -106,6 +106,8 @@ def _experiment_record(tree: Tree, epochs: int, step: int) -> CounterValues:
     position = tree.get("data_position")
     if isinstance(position, dict) and S.as_int(position.get("epoch")) is not None:
         values: CounterValues = {("data_position", "epoch"): epochs, ("data_position", "batch_in_epoch"): step}
+        if "micro_step" in position:     # a new position starts on an optimizer-step boundary
+            values[("data_position", "micro_step")] = 0
         if "epoch" in tree:
             values[("epoch",)] = epochs
         return values

@@ -23,6 +23,7 @@ def repair_command(path: Path, fixes: tuple[str, ...], dry_run: bool, backup: Pa
     \b
     Codes:
       compat.module-prefix       strip module. / _orig_mod. from the model's keys
+      compat.compile-prefix      the same (validate's code for a torch.compile prefix)
       counters.missing-epoch     restore epoch from the file name or the per-epoch history
       counters.hf-step-mismatch  trainer_state.json global_step := the checkpoint-N folder's N
       security.pickled-class     pickled config objects -> plain dicts (weights_only=True loads)

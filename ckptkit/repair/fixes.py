@@ -157,7 +157,11 @@ def plain_value(value: Any) -> Any:
 
 
 FIXES: dict[str, Fix] = {fix.code: fix for fix in (
-    Fix("compat.module-prefix", "strip module. / _orig_mod. prefixes from the model's keys",
+    # validate names a DDP prefix compat.module-prefix and a torch.compile one compat.compile-prefix;
+    # either fix strips both, as a compiled DDP model carries both.
+    Fix("compat.module-prefix", "strip module. (DDP) / _orig_mod. (torch.compile) prefixes from the model's keys",
+        strip_wrapper_prefixes),
+    Fix("compat.compile-prefix", "strip _orig_mod. (torch.compile) / module. (DDP) prefixes from the model's keys",
         strip_wrapper_prefixes),
     Fix("counters.missing-epoch", "restore a missing epoch from the file name or the per-epoch history",
         restore_missing_epoch),

@@ -70,23 +70,31 @@ def fix_epoch_hf(folder: Path, epoch: int, step: int | None, *, dry_run: bool, b
 
 
 def plan_step_resync(folder: Path) -> RepairPlan:
-    """`counters.hf-step-mismatch`: trainer_state.json global_step := the step the folder is named for."""
+    """`counters.hf-step-mismatch`: trainer_state.json global_step := the step the folder is named for
+    (else, for a folder not named checkpoint-N, the last step its log_history reached)."""
     state = read_trainer_state(folder)
-    named = folder_step(folder)
     plan = RepairPlan(str(folder), "hf-trainer", "hf-trainer", "repair counters.hf-step-mismatch",
                       progress_before=_describe(state))
-    if named is None or state.get("global_step") == named:
-        return plan
-    values: dict[tuple[Any, ...], Any] = {("global_step",): named}
+    named = folder_step(folder)
     logged = [e.get("step") for e in state.get("log_history", []) if isinstance(e, dict)]
-    if logged and isinstance(logged[-1], int) and logged[-1] > named:
-        plan.cannot_fix.append(f"log_history goes up to step {logged[-1]}, past the folder's step {named}: "
+    last_logged = max((s for s in logged if isinstance(s, int)), default=None)
+    if named is not None and last_logged is not None and last_logged > named:
+        plan.cannot_fix.append(f"log_history goes up to step {last_logged}, past the folder's step {named}: "
                                "the folder name and the log disagree, so ckptkit does not guess; nothing changed")
         return plan
-    plan.changes = plan_sets(TRAINER_STATE, state, values)
+    target, why = ((named, f"the Trainer names the folder checkpoint-{{global_step}} when it saves, so the "
+                           f"folder name ({folder.name}) is taken as the true global step")
+                   if named is not None else
+                   (last_logged, f"log_history reaches step {last_logged}, and the Trainer logs only steps it "
+                                 "has taken"))
+    current = state.get("global_step")
+    if target is None or current == target or (named is None and isinstance(current, int) and current >= target):
+        return plan
+    plan.changes = plan_sets(TRAINER_STATE, state, {("global_step",): target})
     plan.files, plan.fixes = [str(folder / TRAINER_STATE)], ["counters.hf-step-mismatch"]
-    plan.notes.append(f"the Trainer names the folder checkpoint-{{global_step}} when it saves, so the folder "
-                      f"name ({folder.name}) is taken as the true global step")
+    plan.notes.append(why)
+    after = dict(state, global_step=target)
+    plan.progress_after = _describe(after)
     return plan
 
 

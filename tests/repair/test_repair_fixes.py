@@ -113,3 +113,22 @@ def test_a_file_that_is_one_pickled_object_is_left_alone(tmp_path: Path) -> None
     shutil.copy(REAL / "hf_full" / "checkpoint-4" / "training_args.bin", path)
     result = repair(path, ["security.pickled-class"])
     assert not result.written and "one pickled transformers.training_args.TrainingArguments" in result.plan.cannot_fix[0]
+
+
+def test_a_trainer_folder_not_named_by_step_takes_global_step_from_its_log(tmp_path: Path) -> None:
+    folder = tmp_path / "last"
+    shutil.copytree(REAL / "hf_full" / "checkpoint-8", folder)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    logged = max(e["step"] for e in state["log_history"])
+    state["global_step"] = logged - 2
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    result = repair(folder, ["counters.hf-step-mismatch"], keep_backup=False)
+    assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == logged
+    assert "log_history reaches step" in result.plan.notes[0]
+
+
+def test_the_compile_prefix_code_strips_orig_mod(tmp_path: Path) -> None:
+    path = tmp_path / "compiled.pth"
+    torch.save({"model_state_dict": {"_orig_mod.fc.weight": torch.ones(2, 2)}, "epoch": 0}, path)
+    repair(path, ["compat.compile-prefix"], keep_backup=False)
+    assert list(torch.load(path, weights_only=True)["model_state_dict"]) == ["fc.weight"]

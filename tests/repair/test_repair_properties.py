@@ -93,7 +93,8 @@ TREES = {
     "retrieval": {"epoch": 4, "model_state_dict": {}, "recall_at_10": 0.3, "train_losses": [1.0]},
     "experiment": {"global_step": 10, "epoch": 0, "best_val_loss": 0.4},
     "experiment-with-position": {"global_step": 10, "epoch": 0, "best_val_loss": 0.4,
-                                 "data_position": {"epoch": 0, "batch_in_epoch": 3, "steps_per_epoch": 10**6}},
+                                 "data_position": {"epoch": 0, "batch_in_epoch": 3, "steps_per_epoch": 10**6,
+                                                   "micro_step": 1}},
     "training-state": {"epoch": 2, "step": 5, "total_batches": 10**6, "best_val_f1": 0.1},
     "lightning": {"epoch": 1, "global_step": 6, "pytorch-lightning_version": "2.6.6", "loops": {"fit_loop": {
         "epoch_loop.batch_progress": {"current": {"processed": 3}, "is_last_batch": True}}}},
