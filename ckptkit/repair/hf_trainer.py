@@ -111,7 +111,9 @@ def _plan(folder: Path, state: dict[str, Any], values: dict[Any, Any], action: s
 
 
 def _describe(state: dict[str, Any]) -> str:
-    return f"epoch {state.get('epoch')!r}, global step {state.get('global_step')!r}"
+    epoch = state.get("epoch")
+    shown = f"{epoch:.4g}" if isinstance(epoch, float) else repr(epoch)
+    return f"epoch {shown} (trainer_state.json), global step {state.get('global_step')!r}"
 
 
 def _left_inconsistent(folder: Path, state: dict[str, Any], global_step: int) -> list[str]:

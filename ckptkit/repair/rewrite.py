@@ -36,7 +36,9 @@ def check_rewritable(ckpt: Checkpoint) -> None:
                                       "progress or config to repair (progress lives in the trainer-state "
                                       "file beside it, e.g. training_state.pth or trainer_state.json)")
     if ckpt.format not in REWRITABLE:
-        raise UnsupportedFeatureError(ckpt.path, f"repairs write torch.save files only; this is {ckpt.format}")
+        raise UnsupportedFeatureError(ckpt.path, f"a {ckpt.format} checkpoint cannot be repaired yet: ckptkit rewrites "
+                                      "torch.save files, Hugging Face Trainer checkpoint-N folders "
+                                      "(trainer_state.json) and folders holding training_state.pth")
 
 
 def check_writable_tree(ckpt: Checkpoint) -> None:
