@@ -82,3 +82,23 @@ def test_repair_of_a_clean_file_exits_0(samples: Path) -> None:
 def test_an_unknown_fix_code_is_a_usage_error(samples: Path) -> None:
     result = _run("repair", samples / "legacy" / "model_legacy.pt", "--fix", "nope")
     assert result.exit_code == 2 and "Invalid value for '--fix'" in result.output
+
+
+def test_backup_and_no_backup_together_are_a_usage_error(training_state: Path, tmp_path: Path) -> None:
+    result = _run("fix-epoch", training_state, "--epoch", "1", "--backup", tmp_path / "b", "--no-backup")
+    assert result.exit_code == 2 and "either --backup PATH or --no-backup" in result.output
+    assert torch.load(training_state, weights_only=True)["step"] == 1000
+
+
+def test_a_trainer_folder_dry_run_names_the_folder_rename_it_cannot_do(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.repair.conftest import REAL
+
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(REAL / "hf_full" / "checkpoint-4", folder)
+    result = _run("fix-epoch", folder, "--epoch", "1", "--dry-run")
+    assert result.exit_code == 0
+    assert "epoch 0.8889 (trainer_state.json), global step 4  ->  epoch 1 (trainer_state.json), global step 5" in result.output
+    assert "-global_step: 4\n+global_step: 5" in result.output
+    assert f"mv '{folder}' '{tmp_path / 'checkpoint-5'}'" in result.output

@@ -19,6 +19,7 @@ import torch
 
 from ckptkit.atomic import TEMP_MARKER, is_temporary
 from ckptkit.formats import open_checkpoint
+from ckptkit.validation import validate_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILLS = 8
@@ -80,6 +81,7 @@ def test_a_killed_fix_epoch_leaves_exactly_the_old_or_the_new_checkpoint(tmp_pat
         assert data in (old, new), f"kill {i}: the target is neither the old nor the new checkpoint"
         outcomes.append("new" if data == new else "old")
         assert open_checkpoint(target).progress.epochs_completed == (2 if data == new else 0)
+        assert [f.code for f in validate_path(target).findings if f.severity.rank >= 1] == []
         loaded = torch.load(target, weights_only=True)
         assert torch.equal(loaded["model_state_dict"]["layer7.weight"], model["layer7.weight"])
         leftovers = [n for n in os.listdir(work) if n != "training_state.pth"]
