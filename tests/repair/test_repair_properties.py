@@ -88,6 +88,37 @@ def test_stripping_prefixes_keeps_every_tensor_and_record_byte(model: Any, prefi
         assert _records(path) == records
 
 
+class DrawnConfig:
+    """A config class as trainers pickle them (instance __dict__ as BUILD state)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.__dict__.update(fields)
+
+
+config_values = st.recursive(
+    st.one_of(st.integers(-(2 ** 40), 2 ** 40), st.floats(allow_nan=False), st.text(max_size=8), st.booleans(),
+              st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+    max_leaves=8)
+
+
+@SETTINGS
+@given(model=state_dicts(), fields=st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), config_values,
+                                                   max_size=6))
+def test_a_pickled_config_becomes_its_fields_and_every_tensor_stays(model: Any, fields: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "best_model.pt"
+        torch.save({"model_state_dict": model, "global_step": 5, "best_val_loss": 0.5,
+                    "config": DrawnConfig(fields)}, path)
+        records = _records(path)
+        result = repair(path, ["security.pickled-class"], keep_backup=False)
+        assert result.written
+        loaded = torch.load(path, weights_only=True)
+        assert loaded["config"] == fields
+        _assert_same_tensors(loaded["model_state_dict"], model)
+        assert _records(path) == records
+
+
 TREES = {
     "recsys": {"model_state_dict": {}, "optimizer_state_dict": {}, "epoch": 4},
     "retrieval": {"epoch": 4, "model_state_dict": {}, "recall_at_10": 0.3, "train_losses": [1.0]},
