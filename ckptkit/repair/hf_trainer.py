@@ -73,7 +73,7 @@ def plan_step_resync(folder: Path) -> RepairPlan:
     """`counters.hf-step-mismatch`: trainer_state.json global_step := the step the folder is named for
     (else, for a folder not named checkpoint-N, the last step its log_history reached)."""
     state = read_trainer_state(folder)
-    plan = RepairPlan(str(folder), "hf-trainer", "hf-trainer", "repair counters.hf-step-mismatch",
+    plan = RepairPlan(str(folder), "hf-trainer", "hf-trainer", "repair --fix counters.hf-step-mismatch",
                       progress_before=_describe(state))
     named = folder_step(folder)
     logged = [e.get("step") for e in state.get("log_history", []) if isinstance(e, dict)]
