@@ -168,11 +168,15 @@ class TensorRef:
         return self.storage_offset, last + 1
 
     def fits_storage(self) -> bool:
-        lo, hi = self.element_span()
-        return lo >= 0 and hi <= self.storage.numel
+        if self.numel == 0:     # an empty view touches no element, whatever its offset
+            return self.storage_offset >= 0
+        lo, hi = self.element_span()   # in this tensor's elements; an untyped storage counts bytes
+        return lo >= 0 and hi * self.dtype.itemsize <= self.storage.nbytes
 
     def read_bytes(self) -> memoryview:
         """The raw bytes of the elements this tensor spans (its own bytes when contiguous)."""
+        if self.numel == 0:     # its offset may lie past the end of an empty storage
+            return memoryview(b"")
         lo, hi = self.element_span()
         size = self.dtype.itemsize
         return self.storage.read_bytes(lo * size, (hi - lo) * size)

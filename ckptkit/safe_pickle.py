@@ -18,8 +18,10 @@ import builtins
 import io
 import pickle
 import struct
+import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,11 +194,44 @@ class StorageType:
         self.dtype = dtype
 
 
-def _rebuild_tensor(storage: StorageRef, offset: int, size: Any, stride: Any, *_: Any) -> TensorRef:
+def _tensor_ref(dtype: DType, storage: Any, offset: Any, size: Any, stride: Any,
+                requires_grad: Any) -> TensorRef:
+    """A TensorRef from a rebuild call's arguments, refusing values no torch.save writes."""
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage record")
-    return TensorRef(storage.dtype, tuple(size), tuple(stride), storage, int(offset),
-                     requires_grad=bool(_[0]) if _ else False)
+    shape, strides = _int_tuple(size), _int_tuple(stride)
+    if shape is None or strides is None or len(shape) != len(strides) or not _is_count(offset):
+        raise pickle.UnpicklingError(f"tensor on storage {storage.key!r} has a damaged shape, stride or "
+                                     f"offset ({str(size)[:40]}, {str(stride)[:40]}, {str(offset)[:20]})")
+    return TensorRef(dtype, shape, strides, storage, offset, requires_grad=bool(requires_grad))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _int_tuple(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, (tuple, list)) or not all(_is_count(v) for v in value):
+        return None
+    return tuple(value)
+
+
+def _rebuild_tensor(storage: StorageRef, offset: int, size: Any, stride: Any, *rest: Any) -> TensorRef:
+    dtype = storage.dtype if isinstance(storage, StorageRef) else None
+    return _tensor_ref(dtype, storage, offset, size, stride, rest[0] if rest else False)  # type: ignore[arg-type]
+
+
+def _rebuild_tensor_v3(storage: StorageRef, offset: int, size: Any, stride: Any, requires_grad: Any,
+                       hooks: Any, dtype: Any, *_: Any) -> TensorRef:
+    """Newer dtypes (uint16/32/64, float8) are saved on an untyped byte storage plus a dtype.
+
+    The storage stays an untyped byte record (views of it may have other dtypes); offset and
+    stride are in the tensor's own elements, which is how TensorRef reads them.
+    """
+    if not isinstance(dtype, TorchDtypeValue):
+        name = dtype.qualified_name if isinstance(dtype, type) and issubclass(dtype, PickledObject) else dtype
+        raise pickle.UnpicklingError(f"tensor of dtype {name} (not a dtype ckptkit knows)")
+    return _tensor_ref(dtype_named(dtype.name), storage, offset, size, stride, requires_grad)
 
 
 def _rebuild_parameter(data: TensorRef, requires_grad: bool = True, *_: Any) -> TensorRef:
@@ -228,6 +263,7 @@ _KNOWN: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): _ordered_dict,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
@@ -317,14 +353,34 @@ def _is_dangerous(module: str, name: str) -> bool:
 
 def safe_loads(data: bytes, persistent_load: Callable[[Any], Any] | None = None) -> UnpickleResult:
     """Unpickle `data` without resolving any global from it. Raises pickle/Value/... errors as-is."""
-    unpickler = SafeUnpickler(io.BytesIO(data), persistent_load)
-    value = unpickler.load()
-    return UnpickleResult(value, list(unpickler.globals.values()))
+    return safe_load_stream(io.BytesIO(data), persistent_load)
 
 
 def safe_load_stream(file: io.BufferedIOBase,
                      persistent_load: Callable[[Any], Any] | None = None) -> UnpickleResult:
     """Unpickle one pickle from `file`, leaving the file positioned just after it."""
     unpickler = SafeUnpickler(file, persistent_load)
-    value = unpickler.load()
+    with _quiet_interpreter_reports():
+        value = unpickler.load()
     return UnpickleResult(value, list(unpickler.globals.values()))
+
+
+@contextmanager
+def _quiet_interpreter_reports() -> Iterator[None]:
+    """Keep CPython's own error reports off the user's terminal while unpickling.
+
+    When a damaged BYTEARRAY8 length makes the C unpickler fail, CPython (3.11) prints
+    "SystemError: deallocated bytearray object has exported buffers" through sys.excepthook
+    before raising the real error, which we turn into one line. Only that report is silenced.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not (kind is SystemError and "exported buffers" in str(exc)):
+            previous(kind, exc, tb)
+
+    sys.excepthook = hook
+    try:
+        yield
+    finally:
+        sys.excepthook = previous

@@ -87,6 +87,9 @@ def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
             if len(count) < 8:
                 raise CorruptCheckpointError(path, f"file ends before storage record {key!r}: truncated")
             numel = struct.unpack("<q", count)[0]
+            if numel != storage.numel:
+                raise CorruptCheckpointError(path, f"storage record {key!r} holds {numel} elements but the "
+                                             f"pickle declares {storage.numel}: the file is damaged")
             length = numel * storage.dtype.itemsize
             storage.stored_nbytes = min(length, max(0, size - offset - 8))
             ranges[key] = ByteRange(path, offset + 8, length)
