@@ -63,7 +63,13 @@ class StorageRef:
         if start < 0 or start + length > where.length:
             raise CorruptCheckpointError(where.path, f"storage {self.key!r}: bytes {start}..{start + length} "
                                          f"lie outside its record of {where.length} bytes")
-        return _mapped(where.path)[where.offset + start: where.offset + start + length]
+        if length == 0:
+            return memoryview(b"")
+        view = _mapped(where.path)[where.offset + start: where.offset + start + length]
+        if len(view) != length:
+            raise CorruptCheckpointError(where.path, f"storage {self.key!r}: the file ends {length - len(view)} "
+                                         "bytes before the storage's last byte: truncated")
+        return view
 
     def iter_chunks(self, chunk_size: int = 16 << 20) -> Iterator[bytes]:
         """The storage's bytes in chunks, read with pread: memory stays at one chunk, and
@@ -87,15 +93,21 @@ class StorageRef:
         return f"StorageRef({self.key!r}, {self.dtype.name}, numel={self.numel})"
 
 
-_MAPS: dict[Path, mmap.mmap] = {}
+_MAPS: dict[tuple[Path, int, int, int, int], mmap.mmap] = {}
 
 
 def _mapped(path: Path) -> memoryview:
-    """One read-only map per file for the life of the process; the OS pages bytes in and out."""
-    if path not in _MAPS:
+    """One read-only map per file version for the life of the process; the OS pages bytes in and out.
+
+    Keyed by the file's identity and change time too: a trainer that rewrites
+    `checkpoint-recent.pth` in place (rename over it) must not read the old file's map.
+    """
+    st = path.stat()
+    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _MAPS:
         with open(path, "rb") as f:
-            _MAPS[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return memoryview(_MAPS[path])
+            _MAPS[key] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return memoryview(_MAPS[key])
 
 
 def release_mapped_pages(where: ByteRange) -> None:

@@ -66,7 +66,9 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 def _describe_head(head: bytes) -> str:
     try:
         text = head.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:   # a character cut by the end of the head is still text
+        text = head[: exc.start].decode("utf-8") if exc.start >= max(1, len(head) - 3) else "\x00"
+    if any(ord(c) < 32 and c not in "\t\r\n" for c in text):   # NULs and control bytes: binary
         return f"unknown binary content starting {head[:8].hex(' ')}"
     first = text.strip().splitlines()[0][:40] if text.strip() else ""
     return f"a text file starting {first!r}"

@@ -51,6 +51,8 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]
     if not isinstance(header, dict):
         raise CorruptCheckpointError(path, "safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CorruptCheckpointError(path, "safetensors __metadata__ is not a JSON object")
     data_start = 8 + n
     tensors: dict[str, Any] = {}
     for name, info in header.items():
@@ -58,12 +60,18 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any:
     try:
-        code, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        code, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
         dtype = BY_SAFETENSORS[code]
     except (KeyError, TypeError, ValueError):
-        raise CorruptCheckpointError(path, f"tensor {name!r}: header entry is damaged ({str(info)[:80]})") from None
+        shape, begin, end, dtype = [], -1, -1, None
+    if dtype is None or not all(_is_count(v) for v in [*shape, begin, end]):
+        raise CorruptCheckpointError(path, f"tensor {name!r}: header entry is damaged ({str(info)[:80]})")
     numel = 1
     for d in shape:
         numel *= d
