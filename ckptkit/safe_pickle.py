@@ -14,6 +14,7 @@ imports anything. It answers with:
 """
 from __future__ import annotations
 
+import _compat_pickle
 import builtins
 import io
 import pickle
@@ -36,7 +37,7 @@ DANGEROUS_MODULES = frozenset({
     "_io", "operator", "functools", "types", "inspect", "pdb", "timeit", "tempfile", "glob",
     "pathlib", "zipimport", "threading", "_thread", "ftplib", "smtplib", "telnetlib",
 })
-SAFE_BUILTINS = frozenset({"set", "frozenset", "slice", "complex", "bytearray", "range",
+SAFE_BUILTINS = frozenset({"set", "frozenset", "slice", "complex", "bytearray", "range", "object",
                            "dict", "list", "tuple", "int", "float", "str", "bytes", "bool"})
 
 
@@ -180,6 +181,12 @@ def _numpy_reconstruct(cls: Any, shape: Any, typecode: Any) -> NumpyArray:
     return NumpyArray()
 
 
+def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> NumpyArray:
+    # Protocol 5 pickles arrays as _frombuffer(raw bytes, dtype, shape, order).
+    code = dtype.code if isinstance(dtype, NumpyDtype) else str(dtype)
+    return NumpyArray(code, tuple(shape), bytes(buffer))
+
+
 def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
     # Protocol-2 pickles store bytes as _codecs.encode(latin1 text); only text encodings apply.
     if encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
@@ -194,9 +201,16 @@ class StorageType:
         self.dtype = dtype
 
 
+class UnsupportedPickle(pickle.UnpicklingError):
+    """A well-formed pickle using something ckptkit cannot read (not damage)."""
+
+
 def _tensor_ref(dtype: DType, storage: Any, offset: Any, size: Any, stride: Any,
                 requires_grad: Any) -> TensorRef:
     """A TensorRef from a rebuild call's arguments, refusing values no torch.save writes."""
+    if isinstance(storage, PickledObject) and storage.qualified_name == "torch.storage._load_from_bytes":
+        raise UnsupportedPickle("tensors written with pickle.dump instead of torch.save (each storage is a "
+                                "nested torch.save blob); re-save them with torch.save")
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage record")
     shape, strides = _int_tuple(size), _int_tuple(stride)
@@ -278,6 +292,8 @@ _KNOWN: dict[tuple[str, str], Any] = {
 for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _KNOWN[(_mod, "_reconstruct")] = _numpy_reconstruct
     _KNOWN[(_mod, "scalar")] = _numpy_scalar
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _KNOWN[(_mod, "_frombuffer")] = _numpy_frombuffer
 for _name in SAFE_BUILTINS:
     _KNOWN[("builtins", _name)] = getattr(builtins, _name)
     _KNOWN[("__builtin__", _name)] = getattr(builtins, _name)
@@ -308,6 +324,13 @@ class SafeUnpickler(pickle.Unpickler):
         self._stub_classes: dict[tuple[str, str], type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 0-2 pickles (torch.save's default) spell names the Python 2 way
+        # (__builtin__.eval, copy_reg._reconstructor, commands.Popen); the stock find_class maps
+        # them before importing, and so do we before judging them.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         key = (module, name)
         if key in _KNOWN:
             self._note(module, name, "known")

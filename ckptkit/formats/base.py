@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ckptkit.checkpoint import Checkpoint, Finding, Severity
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.safe_pickle import GlobalRef, UnpickleResult
+from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.safe_pickle import GlobalRef, UnpickleResult, UnsupportedPickle
 
 HEAD_BYTES = 64
 
@@ -55,6 +55,8 @@ def unpickle_or_raise(path: Path, what: str, load: Any) -> UnpickleResult:
         raise CorruptCheckpointError(path, f"{what}: pickle nests too deeply to be a checkpoint") from None
     except MemoryError:
         raise CorruptCheckpointError(path, f"{what}: pickle asks for more memory than the machine has") from None
+    except UnsupportedPickle as exc:
+        raise UnsupportedFeatureError(path, f"{what}: {_first_line(exc)}") from None
     except (pickle.UnpicklingError, EOFError) as exc:
         raise CorruptCheckpointError(path, f"{what} is damaged: {_first_line(exc) or 'pickle data ends early'}") from None
     except CorruptCheckpointError:
