@@ -100,7 +100,7 @@ class Inspection:
             "optimizer": to_jsonable(asdict(self.optimizer)) if self.optimizer else None,
             "scheduler": to_jsonable(self.scheduler), "scaler": to_jsonable(self.scaler), "rng": self.rng,
             "metrics": to_jsonable(self.metrics), "histories": to_jsonable([asdict(h) for h in self.histories]),
-            "config": to_jsonable(self.config), "other_keys": self.other_keys, "metadata": self.metadata,
+            "config": to_jsonable(self.config), "other_keys": {str(k): v for k, v in self.other_keys.items()}, "metadata": self.metadata,
             "findings": [f.to_json() for f in self.findings],
             "members": [m.to_json() for m in self.members],
             "chunks": {k: [c.to_json() for c in cs] for k, cs in self.chunks.items()},
@@ -174,7 +174,8 @@ def optimizer_kind(opt: dict[str, Any]) -> str:
 def optimizer_summary(opt: Any, source: str) -> OptimizerSummary | None:
     if not S.is_optimizer_state(opt):
         return None
-    groups = [GroupRow(i, len(g.get("params", [])), g.get("lr"), g.get("weight_decay"),
+    groups = [GroupRow(i, len(g["params"]) if isinstance(g.get("params"), (list, tuple)) else 0,
+                       g.get("lr"), g.get("weight_decay"),
                        g.get("betas"), g.get("momentum"))
               for i, g in enumerate(opt["param_groups"]) if isinstance(g, dict)]
     state = opt["state"] if isinstance(opt["state"], dict) else {}
@@ -214,7 +215,7 @@ def _history_row(name: str, values: list[Any]) -> HistoryRow:
     last = values[-1] if values else None
     if not numbers:
         return HistoryRow(name, len(values), summarize(last, 50) if last is not None else None, None)
-    return HistoryRow(name, len(values), last, max(numbers) if higher_is_better(name) else min(numbers))
+    return HistoryRow(name, len(values), last, max(numbers) if higher_is_better(str(name)) else min(numbers))
 
 
 _HIGHER_IS_BETTER = ("acc", "recall", "f1", "precision", "auc", "score", "map", "ndcg", "hit", "bleu", "rouge")

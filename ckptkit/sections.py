@@ -46,7 +46,8 @@ def flatten_state_dict(value: Any, prefix: str = "", strict: bool = False) -> di
 
 
 def is_optimizer_state(value: Any) -> bool:
-    return isinstance(value, dict) and "param_groups" in value and "state" in value
+    return (isinstance(value, dict) and isinstance(value.get("param_groups"), list)
+            and isinstance(value.get("state"), dict))
 
 
 def first_present(tree: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:

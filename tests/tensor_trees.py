@@ -147,3 +147,28 @@ def save_and_read(tree: Any, path: Any, legacy: bool) -> Any:
 
     torch.save(tree, path, _use_new_zipfile_serialization=not legacy)
     return open_checkpoint(path)
+
+
+SECTION_KEYS = ["epoch", "step", "global_step", "iter_num", "total_batches", "model_state_dict", "state_dict",
+                "model", "optimizer_state_dict", "optimizer", "optimizer_states", "scheduler", "lr_schedulers",
+                "scaler", "rng_state", "config", "hyper_parameters", "model_args", "best_val_loss",
+                "recall_at_10", "train_losses", "val_history", "best_val_f1", "loops", "state", "param_groups",
+                "params", "lr", "betas", "weight_decay", "exp_avg", "fit_loop", "epoch_progress", "current",
+                "processed", "pytorch-lightning_version", "data_position", "max_steps"]
+
+
+@st.composite
+def layout_dicts(draw: st.DrawFn) -> dict[Any, Any]:
+    """Top-level dicts built from the key names families and sections look for, with odd values.
+
+    They reach every family recogniser and section finder with values of the wrong type,
+    as a damaged or hand-written checkpoint would hold.
+    """
+    pool = draw(tensor_pools())
+    tensors = st.builds(_view, st.sampled_from(pool), st.sampled_from(VIEWS))
+    family_keys = st.sampled_from(SECTION_KEYS) | keys | st.tuples(st.integers(0, 3), st.text(max_size=3))
+    leaves = st.one_of(scalars, tensors)
+    values = st.recursive(leaves, lambda kids: st.one_of(
+        st.dictionaries(family_keys, kids, max_size=5), st.lists(kids, max_size=4),
+        st.lists(kids, max_size=3).map(tuple)), max_leaves=20)
+    return draw(st.dictionaries(family_keys, values, min_size=1, max_size=8))
