@@ -35,7 +35,11 @@ def inspect_command(path: Path, tensors: bool, as_json: bool) -> None:
     else:
         click.echo(render_inspection(report, tensors))
     # A file that tried to run code is read fine but is not fit for use: exit 2 says so.
-    dangerous = any(f.code == "security.dangerous-global" for f in report.findings)
+    dangerous = [f for f in report.findings if f.code == "security.dangerous-global"]
+    if dangerous:
+        click.echo(f"ckptkit: error: {path}: its pickle would run code if loaded with torch.load("
+                   f"weights_only=False) ({len(dangerous)} dangerous global(s), see Security); "
+                   "ckptkit ran none of it", err=True)
     raise SystemExit(EXIT_ERROR if dangerous else EXIT_CLEAN)
 
 
