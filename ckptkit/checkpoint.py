@@ -93,21 +93,23 @@ class StorageRef:
         return f"StorageRef({self.key!r}, {self.dtype.name}, numel={self.numel})"
 
 
-_MAPS: dict[tuple[Path, int, int, int, int], mmap.mmap] = {}
+_MAPS: dict[Path, mmap.mmap] = {}
+_MAP_VERSIONS: dict[Path, tuple[int, int, int, int]] = {}
 
 
 def _mapped(path: Path) -> memoryview:
-    """One read-only map per file version for the life of the process; the OS pages bytes in and out.
+    """One read-only map per file for the life of the process; the OS pages bytes in and out.
 
-    Keyed by the file's identity and change time too: a trainer that rewrites
-    `checkpoint-recent.pth` in place (rename over it) must not read the old file's map.
+    The map is made anew when the file changed under the same name: a trainer that rewrites
+    `checkpoint-recent.pth` in place (rename over it) must not be read through the old map.
     """
     st = path.stat()
-    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _MAPS:
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if _MAP_VERSIONS.get(path) != version:
         with open(path, "rb") as f:
-            _MAPS[key] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return memoryview(_MAPS[key])
+            _MAPS[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)   # old map: closed by GC
+        _MAP_VERSIONS[path] = version
+    return memoryview(_MAPS[path])
 
 
 def release_mapped_pages(where: ByteRange) -> None:
@@ -134,6 +136,7 @@ def release_mapped_files() -> None:
         except BufferError:   # a memoryview still points into it; the GC will close it
             pass
     _MAPS.clear()
+    _MAP_VERSIONS.clear()
 
 
 _SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "bfloat16": "H", "int64": "q",

@@ -74,7 +74,7 @@ JSON_SCHEMA: dict[str, tuple[type, ...]] = {
     "progress": (dict,), "model": (dict, type(None)), "optimizer": (dict, type(None)),
     "scheduler": (dict, type(None)), "scaler": (dict, type(None)), "rng": (list, type(None)),
     "metrics": (dict,), "histories": (list,), "config": (dict, list, str, int, float, type(None)),
-    "other_keys": (dict,), "metadata": (dict,), "findings": (list,),
+    "other_keys": (dict,), "metadata": (dict,), "findings": (list,), "members": (list,), "chunks": (dict,),
 }
 PROGRESS_KEYS = ["epochs_completed", "step_in_epoch", "steps_per_epoch", "global_step", "epoch_complete",
                  "epoch_float", "max_steps", "training_finished", "summary", "sources", "notes"]
@@ -96,6 +96,7 @@ def test_json_output_has_the_documented_schema(samples: dict[str, Path]) -> None
                                               "betas": [0.9, 0.999], "momentum": None}
     assert data["histories"][0] == {"name": "train_history", "length": 10, "last": 0.1, "best": 0.1}
     assert list(data["findings"][0]) == ["code", "severity", "where", "message", "fix"]
+    assert (data["members"], data["chunks"]) == ([], {})   # single files; folders list their member files
 
 
 def test_json_output_of_the_legacy_sample_names_its_format(samples: dict[str, Path]) -> None:
