@@ -294,9 +294,23 @@ for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _KNOWN[(_mod, "scalar")] = _numpy_scalar
 for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
     _KNOWN[(_mod, "_frombuffer")] = _numpy_frombuffer
+MAX_BUILT_ITEMS = 1 << 28   # a checkpoint's containers are built item by item, never from a count
+
+
+def _bounded(make: Callable[..., Any]) -> Callable[..., Any]:
+    """A builtin that refuses sizes meant to exhaust memory: bytes(10**11), list(range(10**12))."""
+    def build(*args: Any) -> Any:
+        for arg in args:
+            size = arg if isinstance(arg, int) and not isinstance(arg, bool) else (
+                len(arg) if isinstance(arg, range) else 0)
+            if make in (bytes, bytearray, list, tuple, set, frozenset) and size > MAX_BUILT_ITEMS:
+                raise pickle.UnpicklingError(f"{make.__name__}() of {size} items: no checkpoint builds that")
+        return make(*args)
+    return build
+
+
 for _name in SAFE_BUILTINS:
-    _KNOWN[("builtins", _name)] = getattr(builtins, _name)
-    _KNOWN[("__builtin__", _name)] = getattr(builtins, _name)
+    _KNOWN[("builtins", _name)] = _bounded(getattr(builtins, _name))
 
 
 @dataclass

@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import os
 import pickle
+import re
 import subprocess
 import sys
 from collections import OrderedDict
@@ -151,4 +152,14 @@ def test_harmless_containers_and_torch_dtypes_come_back_as_values() -> None:
 def test_codecs_encode_refuses_anything_but_text_encodings() -> None:
     data = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x06\x00\x00\x00base64\x86R."
     with pytest.raises(pickle.UnpicklingError, match="_codecs.encode with encoding 'base64'"):
+        safe_loads(data)
+
+
+@pytest.mark.parametrize("data, what", [
+    (b"\x80\x02c__builtin__\nbytes\nJ\x00\xe4\x0bT\x85R.", "bytes() of 1410065408 items"),
+    (b"\x80\x02c__builtin__\nlist\nc__builtin__\nrange\n\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85R\x85R.",
+     "list() of 1000000000000 items"),
+])
+def test_harmless_builtins_refuse_sizes_meant_to_exhaust_memory(data: bytes, what: str) -> None:
+    with pytest.raises(pickle.UnpicklingError, match=re.escape(what)):
         safe_loads(data)
