@@ -139,12 +139,18 @@ class TreePickler:
         self.out.write(TUPLE + REDUCE)
 
     def _rebuild_call(self, t: TensorRef, requires_grad: bool) -> None:
-        """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`."""
+        """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`, or for the
+        newer dtypes torch keeps on an untyped byte storage (uint16/32/64, float8)
+        `_rebuild_tensor_v3(..., hooks, dtype)`, as torch.save writes them."""
         s = t.storage
-        self._global("torch._utils", "_rebuild_tensor_v2")
+        v3 = t.dtype is not s.dtype
+        self._global("torch._utils", "_rebuild_tensor_v3" if v3 else "_rebuild_tensor_v2")
         self.out.write(MARK + MARK)
         self.save("storage")
-        self._global("torch", s.dtype.storage_class)
+        if v3:
+            self._global("torch.storage", "UntypedStorage")
+        else:
+            self._global("torch", s.dtype.storage_class)
         self.save(s.key)
         self.save(s.location)
         self.save(s.numel)
@@ -154,6 +160,8 @@ class TreePickler:
         self._tuple(list(t.stride))
         self.save(requires_grad)
         self.save(OrderedDict())
+        if v3:
+            self._global("torch", t.dtype.name)
         self.out.write(TUPLE + REDUCE)
 
     def _object(self, obj: PickledObject) -> None:

@@ -138,3 +138,20 @@ def test_flipped_bytes_in_a_checksummed_data_pkl_give_a_reading_or_one_ckptkit_e
             assert str(exc).startswith(f"{dst}: ") and "\n" not in str(exc)
         else:
             json.dumps(report.to_json())
+
+
+def test_newer_dtypes_written_back_load_in_torch_with_their_dtype_and_sharing(tmp_path: Path) -> None:
+    from ckptkit.formats.torch_zip import write_torch_zip
+
+    words = torch.tensor([1, 2, 3, -4], dtype=torch.int32)
+    tree = {"u16": words.view(torch.uint16)[1:5], "u32": words.view(torch.uint32),
+            "f8": torch.tensor([0.5, -2.0]).to(torch.float8_e4m3fn), "f": torch.ones(2)}
+    src, out = tmp_path / "src.pt", tmp_path / "out.pt"
+    torch.save(tree, src)
+    with open(out, "wb") as f:
+        write_torch_zip(f, open_checkpoint(src).tree)
+    back = torch.load(out, weights_only=True)
+    for key, original in tree.items():
+        assert back[key].dtype == original.dtype
+        assert torch.equal(back[key].view(torch.uint8), original.contiguous().view(torch.uint8))
+    assert back["u16"].untyped_storage().data_ptr() == back["u32"].untyped_storage().data_ptr()
