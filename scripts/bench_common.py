@@ -7,8 +7,9 @@ recsys-style dict. `run_measured(cmd)` runs a command and returns its wall time 
 from __future__ import annotations
 
 import math
-import os
+import resource
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,20 +48,36 @@ class Measured:
     stdout: str
 
 
+GNU_TIME = Path("/usr/bin/time")
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run `cmd` to completion; wall time, and its own peak RSS from wait4's rusage."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    assert proc.stdout is not None
-    out = proc.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(seconds, usage.ru_maxrss * 1024, proc.returncode, out)
+    """Run `cmd` to completion; its wall time and its own peak RSS.
+
+    A child spawned straight from this Python process inherits this process's RSS high-water
+    mark when it execs (Linux folds the old address space's peak into the new program's
+    maxrss), which overstates a small command's peak by whatever the benchmark itself used.
+    /usr/bin/time forks the command from a tiny process, so its %M is the command's own.
+    """
+    with tempfile.NamedTemporaryFile("r") as report:
+        timed = [str(GNU_TIME), "-o", report.name, "-f", "%M", *cmd] if GNU_TIME.exists() else cmd
+        start = time.perf_counter()
+        proc = subprocess.run(timed, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        seconds = time.perf_counter() - start
+        lines = report.read().split()
+    peak = int(lines[-1]) * 1024 if GNU_TIME.exists() and lines else _children_peak()
+    return Measured(seconds, peak, proc.returncode, proc.stdout.decode(errors="replace"))
+
+
+def _children_peak() -> int:
+    # Fallback without GNU time: may include this process's own peak (see run_measured).
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def warm_page_cache(path: Path) -> None:
-    """Read the file once so every timed run starts from the same (cached) state."""
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
+    """Read the file once so every timed run starts from the same (cached) state. Through a
+    small buffer: this process's own peak RSS must stay small (see run_measured)."""
+    buffer = bytearray(1 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buffer):
             pass
