@@ -71,16 +71,22 @@ class StorageRef:
                                          "bytes before the storage's last byte: truncated")
         return view
 
-    def iter_chunks(self, chunk_size: int = 16 << 20) -> Iterator[bytes]:
-        """The storage's bytes in chunks, read with pread: memory stays at one chunk, and
-        (unlike mmap) pages read this way never count towards this process's resident set."""
+    def iter_chunks(self, chunk_size: int = 16 << 20, start: int = 0,
+                    length: int | None = None) -> Iterator[bytes]:
+        """The storage's bytes (or `length` bytes from `start`) in chunks, read with pread: memory
+        stays at one chunk, and (unlike mmap) pages read this way never count towards this
+        process's resident set."""
         where = self.byte_range()
+        length = where.length - start if length is None else length
+        if start < 0 or start + length > where.length:
+            raise CorruptCheckpointError(where.path, f"storage {self.key!r}: bytes {start}..{start + length} "
+                                         f"lie outside its record of {where.length} bytes")
         fd = os.open(where.path, os.O_RDONLY)
         try:
             done = 0
-            while done < where.length:
-                want = min(chunk_size, where.length - done)
-                chunk = os.pread(fd, want, where.offset + done)
+            while done < length:
+                want = min(chunk_size, length - done)
+                chunk = os.pread(fd, want, where.offset + start + done)
                 if len(chunk) != want:
                     raise CorruptCheckpointError(where.path, f"storage {self.key!r}: file ends inside its "
                                                  f"record (truncated)")

@@ -2,17 +2,20 @@
 
 Parsed here directly (the header is plain JSON), so reading needs neither torch nor the
 safetensors package. Every tensor gets its own storage record (safetensors has no sharing).
+Written here too, streaming: the header first (offsets follow from the tensors' sizes), then
+each tensor's bytes, one tensor in memory at a time at most.
 """
 from __future__ import annotations
 
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, BinaryIO
 
-from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef, make_tensor
-from ckptkit.dtypes import BY_SAFETENSORS
-from ckptkit.errors import CorruptCheckpointError
+from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef, TensorRef, make_tensor
+from ckptkit.dtypes import BY_SAFETENSORS, DType
+from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
 
 MAX_HEADER = 100 * 1024 * 1024   # safetensors' own limit
 
@@ -84,3 +87,45 @@ def _tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any
     where = ByteRange(path, data_start + begin, end - begin)
     storage = StorageRef(name, dtype, numel, "cpu", locate=lambda: where, stored_nbytes=end - begin)
     return make_tensor(dtype.name, tuple(shape), storage)
+
+
+def write_safetensors(out: BinaryIO, tensors: Mapping[str, TensorRef], metadata: Mapping[str, str] | None = None,
+                      dtypes: Mapping[str, DType] | None = None) -> int:
+    """Write `tensors` (in their order) as a safetensors file to `out`; returns the bytes written.
+
+    `dtypes` casts the named tensors (torch's rounding). Views and non-contiguous tensors are
+    written contiguous; tensors that share a storage are each written in full (safetensors has
+    no sharing: the caller decides which names to leave out as aliases).
+    """
+    from ckptkit.tensor_bytes import tensor_chunks
+
+    dtypes = dtypes or {}
+    header, end = safetensors_header(tensors, metadata, dtypes)
+    out.write(header)
+    for name, t in tensors.items():
+        for chunk in tensor_chunks(t, dtypes.get(name)):
+            out.write(chunk)
+    return len(header) + end
+
+
+def safetensors_header(tensors: Mapping[str, TensorRef], metadata: Mapping[str, str] | None,
+                       dtypes: Mapping[str, DType]) -> tuple[bytes, int]:
+    """The 8-byte length plus the JSON header (space-padded to 8 bytes, as safetensors does),
+    and the length of the data section that follows."""
+    entries: dict[str, Any] = {}
+    if metadata:
+        entries["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name, t in tensors.items():
+        dtype = dtypes.get(name, t.dtype)
+        if dtype.safetensors is None:
+            raise UnsupportedFeatureError(None, f"tensor {name!r} is {dtype.name}, which safetensors cannot hold")
+        nbytes = t.numel * dtype.itemsize
+        entries[name] = {"dtype": dtype.safetensors, "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    if len(raw) > MAX_HEADER:
+        raise UnsupportedFeatureError(None, f"safetensors header would be {len(raw)} bytes, over the "
+                                      f"{MAX_HEADER}-byte limit of the format")
+    return struct.pack("<Q", len(raw)) + raw, offset

@@ -1,0 +1,226 @@
+"""`ckptkit convert`: lossless, verified, streaming conversion between checkpoint formats.
+
+* torch.save (zip or legacy) -> safetensors: the model state dict; progress, config and metrics
+  kept as JSON strings in `__metadata__` (keys in `ckptkit.conversion.plan`); tied tensors
+  written once and recorded under "ckptkit.aliases". Training state cannot go into safetensors:
+  the conversion refuses unless --weights-only says to leave it out.
+* safetensors -> torch.save zip: a bare state dict, one storage per tensor, aliases restored as
+  one shared storage.
+* torch.save -> torch.save zip (legacy -> zip, or with --dtype / --weights-only / --select): the
+  tree is re-pickled and every storage record copied byte for byte (or cast element-wise).
+
+Every output is written to a temporary file or folder beside the target, read back with
+ckptkit's reader and compared with the source byte for byte (exactly, after a --dtype cast),
+and only then renamed into place (`ckptkit.atomic`). Memory stays at about one tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptkit.atomic import atomic_write_dir, atomic_write_file, default_backup_path
+from ckptkit.checkpoint import Checkpoint, TensorRef, iter_tensors
+from ckptkit.conversion.plan import (TensorPlan, dropped_sections, model_tensors, plan_tensors,
+                                     safetensors_metadata, target_dtype, torch_tree)
+from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
+from ckptkit.dtypes import DType
+from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.formats import open_checkpoint
+from ckptkit.tensor_bytes import DerivedStorage
+
+TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "torch-zip", "pth": "torch-zip",
+           "pt": "torch-zip"}
+SUFFIXES = {".safetensors": "safetensors", ".pt": "torch-zip", ".pth": "torch-zip", ".bin": "torch-zip",
+            ".ckpt": "torch-zip", ".tar": "torch-zip"}
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass
+class ConvertOptions:
+    to: str | None = None              # a TARGETS key; else inferred from the output's name
+    weights_only: bool = False         # keep the model weights alone (drop optimizer, scheduler, ...)
+    dtype: str | None = None           # cast floating model tensors: bf16, fp16, fp32, fp64
+    max_shard_size: int | None = None  # bytes per safetensors shard; the output is then a folder
+    select: str | None = None          # only model tensors whose name starts with this
+    force: bool = False                # replace an existing output, keeping it as a backup
+
+
+@dataclass
+class ConversionResult:
+    source: Path
+    output: Path
+    source_format: str
+    target_format: str
+    files: list[Path]
+    tensors: int                       # tensors written (aliases not counted)
+    bytes_written: int
+    verified_tensors: int
+    aliases: dict[str, str] = field(default_factory=dict)
+    cast_to: str | None = None
+    cast_tensors: int = 0
+    dropped: list[str] = field(default_factory=list)
+    backup: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": str(self.source), "output": str(self.output), "source_format": self.source_format,
+                "target_format": self.target_format, "files": [str(f) for f in self.files],
+                "tensors": self.tensors, "bytes_written": self.bytes_written,
+                "verified_tensors": self.verified_tensors, "aliases": self.aliases, "cast_to": self.cast_to,
+                "cast_tensors": self.cast_tensors, "dropped": self.dropped,
+                "backup": str(self.backup) if self.backup else None, "notes": self.notes}
+
+
+def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[str],
+                       options: ConvertOptions | None = None) -> ConversionResult:
+    """Convert the checkpoint at `source` into `output`, verified; see the module docstring."""
+    source, output = Path(source), Path(output)
+    options = options or ConvertOptions()
+    target = target_format(output, options)
+    ckpt = open_checkpoint(source)
+    to = target_dtype(options.dtype)
+    backup = _output_backup(source, output, options, sharded=target == "safetensors" and bool(options.max_shard_size))
+    if target == "safetensors":
+        result = _to_safetensors(ckpt, output, options, to, backup)
+    else:
+        result = _to_torch(ckpt, output, options, to, backup)
+    result.backup = backup
+    return result
+
+
+def target_format(output: Path, options: ConvertOptions) -> str:
+    if options.to is not None:
+        if options.to not in TARGETS:
+            raise UnsupportedFeatureError(None, f"--to {options.to!r}: use one of {', '.join(TARGETS)}")
+        target = TARGETS[options.to]
+    elif options.max_shard_size:
+        target = "safetensors"
+    elif output.suffix.lower() in SUFFIXES:
+        target = SUFFIXES[output.suffix.lower()]
+    else:
+        raise UnsupportedFeatureError(output, "cannot tell the target format from the name: end it in "
+                                      ".safetensors or .pt/.pth, or pass --to")
+    if options.max_shard_size and target != "safetensors":
+        raise UnsupportedFeatureError(output, "--max-shard-size writes sharded safetensors; it needs --to safetensors")
+    return target
+
+
+def _output_backup(source: Path, output: Path, options: ConvertOptions, sharded: bool) -> Path | None:
+    """Refuse to overwrite unless --force; with --force the old output is kept as a backup."""
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise CkptkitError(output, "is the source itself; write the conversion to another path")
+    if not os.path.lexists(output):
+        return None
+    if not options.force:
+        raise CkptkitError(output, "already exists; pass --force to replace it (the old one is kept as a backup)")
+    if output.is_dir() != sharded:
+        kind = "a folder" if output.is_dir() else "a file"
+        raise CkptkitError(output, f"already exists as {kind}; a {'sharded' if sharded else 'single-file'} "
+                           "output cannot replace it")
+    return default_backup_path(output)
+
+
+def _to_safetensors(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
+                    backup: Path | None) -> ConversionResult:
+    model = model_tensors(ckpt, options.select)
+    dropped = dropped_sections(ckpt)
+    if dropped and not (options.weights_only or options.select):
+        raise UnsupportedFeatureError(ckpt.path, f"safetensors holds model tensors only; {'; '.join(dropped)} "
+                                      "would be lost. Pass --weights-only to write the weights alone, or "
+                                      "convert to .pth to keep everything")
+    plan = plan_tensors(model, to)
+    meta = safetensors_metadata(ckpt, plan.aliases, to)
+    if options.max_shard_size:
+        files, written, checked = _write_shards(output, plan, meta, options.max_shard_size, backup)
+    else:
+        files, written, checked = _write_single(output, plan, meta, backup)
+    return ConversionResult(ckpt.path, output, ckpt.format, "safetensors", files, len(plan.tensors), written,
+                            checked, plan.aliases, to.name if to else None, len(plan.casts), dropped)
+
+
+def _write_single(output: Path, plan: TensorPlan, meta: dict[str, str],
+                  backup: Path | None) -> tuple[list[Path], int, int]:
+    from ckptkit.formats.safetensors_file import write_safetensors
+
+    counts = {"written": 0, "checked": 0}
+
+    def write(f: Any) -> None:
+        counts["written"] = write_safetensors(f, plan.tensors, meta, plan.casts)
+
+    def verify(tmp: Path) -> None:
+        counts["checked"] = verify_safetensors(tmp, output, plan.tensors, meta, plan.casts)
+
+    atomic_write_file(output, write, verify=verify, backup=backup)
+    return [output], counts["written"], counts["checked"]
+
+
+def shard_names(plan: TensorPlan, max_bytes: int) -> list[list[str]]:
+    """Tensors in order, a new shard whenever the next would push one past `max_bytes` (a tensor
+    larger than that gets a shard of its own), as Hugging Face's save_pretrained splits."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in plan.tensors.items():
+        nbytes = t.numel * plan.casts.get(name, t.dtype).itemsize
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def _write_shards(output: Path, plan: TensorPlan, meta: dict[str, str], max_bytes: int,
+                  backup: Path | None) -> tuple[list[Path], int, int]:
+    from ckptkit.formats.safetensors_file import write_safetensors
+
+    shards = shard_names(plan, max_bytes)
+    files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    total = sum(t.numel * plan.casts.get(n, t.dtype).itemsize for n, t in plan.tensors.items())
+    index = {"metadata": {"total_size": total},
+             "weight_map": {name: file for file, names in zip(files, shards) for name in names}}
+    counts = {"written": 0, "checked": 0}
+
+    def populate(tmp: Path) -> None:
+        for file, names in zip(files, shards):
+            with open(tmp / file, "xb") as f:
+                counts["written"] += write_safetensors(f, {n: plan.tensors[n] for n in names}, meta, plan.casts)
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+    def verify(tmp: Path) -> None:
+        for file, names in zip(files, shards):
+            subset = {n: plan.tensors[n] for n in names}
+            counts["checked"] += verify_safetensors(tmp / file, output / file, subset, meta, plan.casts)
+        verify_index(tmp / INDEX_NAME, output / INDEX_NAME, index)
+
+    atomic_write_dir(output, populate, verify=verify, backup=backup)
+    return [output / f for f in files] + [output / INDEX_NAME], counts["written"], counts["checked"]
+
+
+def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
+              backup: Path | None) -> ConversionResult:
+    from ckptkit.formats.torch_zip import write_torch_zip
+
+    weights_only = options.weights_only or options.select is not None
+    tree, aliases = torch_tree(ckpt, weights_only, options.select, to)
+    counts = {"checked": 0}
+
+    def verify(tmp: Path) -> None:
+        counts["checked"] = verify_torch_file(tmp, output, tree)
+
+    atomic_write_file(output, lambda f: write_torch_zip(f, tree), verify=verify, backup=backup)
+    cast = sum(1 for _, t in iter_tensors(tree) if _was_cast(t))
+    result = ConversionResult(ckpt.path, output, ckpt.format, "torch-zip", [output], counts["checked"],
+                              output.stat().st_size, counts["checked"], aliases, to.name if to else None, cast,
+                              dropped_sections(ckpt) if weights_only else [])
+    if ckpt.format == "safetensors" and ckpt.metadata:
+        result.notes.append("written as a bare state dict; the safetensors __metadata__ is not carried over")
+    if options.select is not None and not options.weights_only:
+        result.notes.append("--select writes model tensors only (a partial model has no matching optimizer state)")
+    return result
+
+
+def _was_cast(t: TensorRef) -> bool:
+    return isinstance(t.storage, DerivedStorage) and t.storage.dtype != t.storage.source.dtype

@@ -1,0 +1,184 @@
+"""What a conversion writes: which tensors under which names, which are aliases, what is cast.
+
+Planning reads only the checkpoint's index (no tensor bytes), and refuses up front whatever the
+target cannot hold without losing something the user did not ask to drop.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ckptkit.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors
+from ckptkit.dtypes import DType, dtype_named
+from ckptkit.errors import UnsupportedFeatureError
+from ckptkit.jsonable import to_jsonable
+from ckptkit.tensor_bytes import DerivedStorage
+
+# Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
+# format requires strings). "format": "pt" is the Hugging Face convention loaders check.
+META_SOURCE_FORMAT = "ckptkit.source_format"   # "torch-zip", "torch-legacy", "safetensors"
+META_PROGRESS = "ckptkit.progress"             # Progress.to_json() of the source
+META_CONFIG = "ckptkit.config"                 # the source's config section, as JSON
+META_METRICS = "ckptkit.metrics"               # the source's scalar metrics {name: value}
+META_ALIASES = "ckptkit.aliases"               # {tied name: name written}: same storage, same span
+META_DTYPE = "ckptkit.dtype"                   # the dtype floating tensors were cast to, if any
+
+DTYPE_CHOICES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}
+TRAINING_SECTIONS = ("optimizer", "scheduler", "scaler", "rng")
+
+
+@dataclass
+class TensorPlan:
+    """The model tensors to write: `tensors` by name (in order), `aliases` {alias: written name},
+    `casts` {name: dtype} for the floating tensors a --dtype changes."""
+
+    tensors: OrderedDict[str, TensorRef]
+    aliases: dict[str, str] = field(default_factory=dict)
+    casts: dict[str, DType] = field(default_factory=dict)
+
+
+def target_dtype(spelling: str | None) -> DType | None:
+    if spelling is None:
+        return None
+    try:
+        return dtype_named(DTYPE_CHOICES.get(spelling, spelling))
+    except KeyError:
+        raise UnsupportedFeatureError(None, f"--dtype {spelling!r}: use one of {', '.join(DTYPE_CHOICES)}") from None
+
+
+def model_tensors(ckpt: Checkpoint, select: str | None) -> OrderedDict[str, TensorRef]:
+    """The source's model state dict (or its part under `select`), with recorded aliases restored."""
+    if not ckpt.model:
+        raise UnsupportedFeatureError(ckpt.path, f"no model state dict found (layout {ckpt.family!r}); "
+                                      "nothing to convert")
+    model = OrderedDict(ckpt.model)
+    for alias, name in stored_aliases(ckpt).items():
+        if name in model and alias not in model:
+            model[alias] = model[name]
+    if select is None:
+        return model
+    chosen = OrderedDict((n, t) for n, t in model.items() if n.startswith(select))
+    if not chosen:
+        tops = sorted({n.split(".")[0] for n in model})
+        raise UnsupportedFeatureError(ckpt.path, f"--select {select!r} matches no model tensor (top-level "
+                                      f"modules: {', '.join(tops[:12])})")
+    return chosen
+
+
+def stored_aliases(ckpt: Checkpoint) -> dict[str, str]:
+    raw = ckpt.metadata.get(META_ALIASES) if ckpt.format == "safetensors" else None
+    try:
+        aliases = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}
+    return {str(k): str(v) for k, v in aliases.items()} if isinstance(aliases, dict) else {}
+
+
+def plan_tensors(model: OrderedDict[str, TensorRef], to: DType | None) -> TensorPlan:
+    """Tied tensors (same storage, same span, same layout) are written once; the rest in full."""
+    plan = TensorPlan(OrderedDict())
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, t in model.items():
+        key = (id(t.storage), t.storage_offset, t.shape, t.stride, t.dtype.name)
+        if t.numel > 0 and key in seen:
+            plan.aliases[name] = seen[key]
+            continue
+        seen.setdefault(key, name)
+        plan.tensors[name] = t
+        if to is not None and t.dtype.is_floating and t.dtype != to:
+            plan.casts[name] = to
+    return plan
+
+
+def dropped_sections(ckpt: Checkpoint) -> list[str]:
+    """The training state a weights-only output leaves out, as 'section (key)'."""
+    dropped = [f"{s} ({ckpt.sources.get(s, '?')})" for s in TRAINING_SECTIONS if getattr(ckpt, s) is not None]
+    model_ids = {id(t) for t in ckpt.model.values()}
+    other = [n for n, t in iter_tensors(ckpt.extra) if id(t) not in model_ids]
+    if other:
+        dropped.append(f"{len(other)} other tensors ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''})")
+    if ckpt.histories:
+        dropped.append(f"histories ({', '.join(ckpt.histories)})")
+    return dropped
+
+
+def safetensors_metadata(ckpt: Checkpoint, aliases: dict[str, str], to: DType | None) -> dict[str, str]:
+    meta: dict[str, str] = {"format": "pt"}
+    if ckpt.format == "safetensors":
+        meta.update({k: v for k, v in ckpt.metadata.items() if k != META_ALIASES})
+    meta.setdefault(META_SOURCE_FORMAT, ckpt.format)
+    if ckpt.progress.known:
+        meta[META_PROGRESS] = _json(ckpt.progress.to_json())
+    if ckpt.config is not None:
+        meta[META_CONFIG] = _json(to_jsonable(ckpt.config))
+    if ckpt.metrics:
+        meta[META_METRICS] = _json(to_jsonable(ckpt.metrics))
+    if aliases:
+        meta[META_ALIASES] = _json(aliases)
+    if to is not None:
+        meta[META_DTYPE] = to.name
+    return meta
+
+
+def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DType | None,
+               ) -> tuple[Any, dict[str, str]]:
+    """The tree a torch.save output holds, with casts applied storage by storage; and aliases.
+
+    Whole checkpoints keep their tree and storage keys (records are copied byte for byte);
+    weights-only outputs are the bare model state dict; safetensors sources get storages
+    numbered "0", "1", ... as torch.save does, tied names sharing one storage again.
+    """
+    if not weights_only and select is None and ckpt.format != "safetensors":
+        if any(f.code == "security.dangerous-global" for f in ckpt.findings):
+            raise UnsupportedFeatureError(ckpt.path, "its pickle calls a dangerous global; a converted copy would "
+                                          "keep it. Pass --weights-only to write the model tensors alone")
+        tree = ckpt.tree
+        cast_ids = {id(t.storage) for t in ckpt.model.values() if _casts(t, to)}
+    else:
+        tree = model_tensors(ckpt, select)
+        cast_ids = {id(t.storage) for t in tree.values() if _casts(t, to)}
+    renumber = ckpt.format == "safetensors"
+    derived: dict[int, StorageRef] = {}
+
+    def storage_for(s: StorageRef) -> StorageRef:
+        if id(s) not in derived:
+            dtype = to if id(s) in cast_ids else None
+            key = str(len(derived)) if renumber else s.key
+            derived[id(s)] = s if dtype is None and not renumber else DerivedStorage(s, key, dtype)
+        return derived[id(s)]
+
+    def mapped(t: TensorRef) -> TensorRef:
+        s = storage_for(t.storage)
+        return t if s is t.storage else replace(t, storage=s, dtype=s.dtype)
+
+    memo: dict[int, TensorRef] = {}
+    out = map_tensors(tree, lambda t: memo.setdefault(id(t), mapped(t)))
+    aliases = stored_aliases(ckpt) if ckpt.format == "safetensors" else {}
+    return out, aliases
+
+
+def _casts(t: TensorRef, to: DType | None) -> bool:
+    return to is not None and t.dtype.is_floating and t.dtype != to
+
+
+def map_tensors(tree: Any, fn: Any) -> Any:
+    """`tree` with every tensor leaf replaced by fn(tensor); containers rebuilt, other values kept."""
+    if isinstance(tree, TensorRef):
+        return fn(tree)
+    if isinstance(tree, OrderedDict):
+        return OrderedDict((k, map_tensors(v, fn)) for k, v in tree.items())
+    if isinstance(tree, dict):
+        return {k: map_tensors(v, fn) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [map_tensors(v, fn) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(map_tensors(v, fn) for v in tree)
+    # Tensors inside pickled objects stay as they are; were one of them cast, the read-back
+    # verification would see its storage changed under it and reject the output.
+    return tree
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=False)

@@ -1,0 +1,83 @@
+"""Read a conversion's output back with ckptkit's own readers and compare it with what was meant.
+
+Runs on the temporary file or folder, before it is renamed into place; any difference raises
+WriteVerificationError, so the atomic write deletes the output and the target is untouched.
+Bytes are compared stream against stream, one chunk at a time: the expected bytes are
+re-derived from the source (cast again where a cast was asked), never kept from the write.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import StorageRef, TensorRef, iter_tensors
+from ckptkit.dtypes import DType
+from ckptkit.errors import CkptkitError, WriteVerificationError
+from ckptkit.jsonable import to_jsonable
+from ckptkit.tensor_bytes import same_bytes, tensor_chunks
+
+
+def verify_safetensors(path: Path, shown_as: Path, tensors: Mapping[str, TensorRef],
+                       metadata: Mapping[str, str], casts: Mapping[str, DType]) -> int:
+    """Every tensor of a written safetensors file against its source; returns the count checked."""
+    from ckptkit.formats.safetensors_file import read_safetensors_header
+
+    try:
+        written, written_meta = read_safetensors_header(path)
+    except CkptkitError as exc:
+        raise WriteVerificationError(shown_as, f"written file does not read back: {exc.message}") from None
+    if list(written) != list(tensors):
+        missing = sorted(set(tensors) - set(written)) or sorted(set(written) - set(tensors))
+        raise WriteVerificationError(shown_as, f"written tensor names differ from the source's (e.g. {missing[:3]})")
+    if dict(written_meta) != {str(k): str(v) for k, v in metadata.items()}:
+        raise WriteVerificationError(shown_as, "written __metadata__ differs from what was meant")
+    for name, source in tensors.items():
+        out = written[name]
+        want = casts.get(name, source.dtype)
+        if out.dtype != want or tuple(out.shape) != tuple(source.shape):
+            raise WriteVerificationError(shown_as, f"tensor {name!r} reads back as {out.describe()}, "
+                                         f"expected {want.name}[{', '.join(map(str, source.shape))}]")
+        if not same_bytes(tensor_chunks(out), tensor_chunks(source, casts.get(name))):
+            raise WriteVerificationError(shown_as, f"tensor {name!r}: bytes read back differ from the source's")
+    return len(tensors)
+
+
+def verify_torch_file(path: Path, shown_as: Path, expected_tree: Any) -> int:
+    """A written torch.save file against the tree meant: same structure, same tensor layouts,
+    same storage sharing, and every storage record byte-identical. Returns tensors checked."""
+    from ckptkit.formats import open_checkpoint
+
+    try:
+        got = open_checkpoint(path)
+    except CkptkitError as exc:
+        raise WriteVerificationError(shown_as, f"written file does not read back: {exc.message}") from None
+    if to_jsonable(got.tree) != to_jsonable(expected_tree):
+        raise WriteVerificationError(shown_as, "the written pickle's structure differs from the source's")
+    want, have = list(iter_tensors(expected_tree)), list(iter_tensors(got.tree))
+    if [n for n, _ in want] != [n for n, _ in have]:
+        raise WriteVerificationError(shown_as, "written tensor names differ from the source's")
+    pairs: dict[str, tuple[StorageRef, StorageRef]] = {}
+    for (name, a), (_, b) in zip(want, have):
+        if (a.dtype, a.shape, a.stride, a.storage_offset, a.storage.key, a.is_parameter, a.requires_grad) != (
+                b.dtype, b.shape, b.stride, b.storage_offset, b.storage.key, b.is_parameter, b.requires_grad):
+            raise WriteVerificationError(shown_as, f"tensor {name!r} reads back with a different layout "
+                                         f"({b.describe()} at storage {b.storage.key!r}, expected {a.describe()} "
+                                         f"at {a.storage.key!r})")
+        if pairs.setdefault(a.storage.key, (a.storage, b.storage))[1] is not b.storage:
+            raise WriteVerificationError(shown_as, f"tensor {name!r}: storage sharing was not kept")
+    for key, (a_storage, b_storage) in pairs.items():
+        if a_storage.nbytes != b_storage.byte_range().length or \
+                not same_bytes(a_storage.iter_chunks(), b_storage.iter_chunks()):
+            raise WriteVerificationError(shown_as, f"storage record {key!r}: bytes read back differ from the source's")
+    return len(want)
+
+
+def verify_index(path: Path, shown_as: Path, expected: Mapping[str, Any]) -> None:
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WriteVerificationError(shown_as, f"index does not read back: {exc}") from None
+    if written != expected:
+        raise WriteVerificationError(shown_as, "the written index differs from what was meant")
