@@ -65,6 +65,7 @@ def _register() -> None:
     from ckptkit.cli import diff_command  # noqa: F401
     from ckptkit.cli import fix_epoch_command  # noqa: F401
     from ckptkit.cli import repair_command  # noqa: F401
+    from ckptkit.cli import convert_command  # noqa: F401
 
 
 _register()

@@ -1,0 +1,226 @@
+"""ckptkit.conversion: round trips are equal, outputs load with the standard loaders, casts are exact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ckptkit.conversion import ConvertOptions, convert_checkpoint, shard_names
+from ckptkit.conversion.plan import plan_tensors
+from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.formats import open_checkpoint
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+          torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+def _random_tensor(dtype: torch.dtype, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=g).bool()
+    if dtype.is_floating_point:
+        return (torch.randn(shape, generator=g, dtype=torch.float64) * 100).to(dtype)
+    info = torch.iinfo(dtype)
+    return torch.randint(max(info.min, -(2 ** 40)), min(info.max, 2 ** 40), shape, generator=g, dtype=dtype)
+
+
+# One entry of a state dict: a fresh tensor, or a tie / transpose / slice of an earlier one.
+_entry = st.tuples(st.sampled_from(["new", "new", "tie", "transpose", "slice"]), st.sampled_from(DTYPES),
+                   st.lists(st.integers(0, 4), min_size=0, max_size=3), st.integers(0, 2 ** 31))
+
+
+@st.composite
+def state_dicts(draw: st.DrawFn) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for i, (kind, dtype, shape, seed) in enumerate(draw(st.lists(_entry, min_size=1, max_size=8))):
+        earlier = [t for t in sd.values() if t.dim() == 2 and t.numel() > 0]
+        if kind == "tie" and sd:
+            sd[f"tied.{i}"] = list(sd.values())[seed % len(sd)]
+        elif kind == "transpose" and earlier:
+            sd[f"layer{i}.weight_t"] = earlier[seed % len(earlier)].t()
+        elif kind == "slice" and earlier:
+            sd[f"layer{i}.rows"] = earlier[seed % len(earlier)][1:]
+        else:
+            sd[f"layer{i}.weight"] = _random_tensor(dtype, tuple(shape), seed)
+    return sd
+
+
+def _assert_same_state_dict(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert sorted(got) == sorted(want)
+    for name, t in want.items():
+        assert got[name].dtype == t.dtype, name
+        assert torch.equal(got[name], t), name
+
+
+def _tied_pairs(sd: dict[str, torch.Tensor]) -> set[tuple[str, str]]:
+    """Names that are the very same tensor (same storage, offset, shape, stride)."""
+    names = list(sd)
+    return {(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+            if sd[a].numel() and sd[a].untyped_storage().data_ptr() == sd[b].untyped_storage().data_ptr()
+            and sd[a].storage_offset() == sd[b].storage_offset() and sd[a].shape == sd[b].shape
+            and sd[a].stride() == sd[b].stride()}
+
+
+_HYPOTHESIS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_HYPOTHESIS
+@given(sd=state_dicts())
+def test_pth_to_safetensors_to_pth_gives_back_equal_tensors_and_ties(tmp_path_factory: pytest.TempPathFactory,
+                                                                     sd: dict[str, torch.Tensor]) -> None:
+    d = tmp_path_factory.mktemp("rt")
+    torch.save(sd, d / "a.pth")
+    convert_checkpoint(d / "a.pth", d / "b.safetensors")
+    convert_checkpoint(d / "b.safetensors", d / "c.pth")
+
+    tied = _tied_pairs(sd)
+    from_st = load_file(d / "b.safetensors")
+    assert set(from_st) == set(sd) - {b for _, b in tied}
+    _assert_same_state_dict({k: v for k, v in from_st.items()}, {k: sd[k] for k in from_st})
+    back = torch.load(d / "c.pth", weights_only=True)
+    _assert_same_state_dict(back, sd)
+    assert tied <= _tied_pairs(back)
+
+
+@_HYPOTHESIS
+@given(sd=state_dicts())
+def test_legacy_to_zip_keeps_the_tree_the_sharing_and_every_storage_record_byte_for_byte(
+        tmp_path_factory: pytest.TempPathFactory, sd: dict[str, torch.Tensor]) -> None:
+    d = tmp_path_factory.mktemp("legacy")
+    torch.save({"model": sd, "epoch": 3, "note": ("a", 1.5)}, d / "old.pt", _use_new_zipfile_serialization=False)
+    convert_checkpoint(d / "old.pt", d / "new.pt")
+
+    back = torch.load(d / "new.pt", weights_only=True)
+    assert back["epoch"] == 3 and back["note"] == ("a", 1.5)
+    _assert_same_state_dict(back["model"], sd)
+    same_storage = lambda m: {(a, b) for a in m for b in m if a < b and m[a].numel() and m[b].numel()  # noqa: E731
+                              and m[a].untyped_storage().data_ptr() == m[b].untyped_storage().data_ptr()}
+    assert same_storage(back["model"]) == same_storage(sd)
+    old, new = open_checkpoint(d / "old.pt"), open_checkpoint(d / "new.pt")
+    assert new.format == "torch-zip"
+    old_records = {t.storage.key: bytes(t.storage.read_bytes()) for _, t in old.tensors()}
+    new_records = {t.storage.key: bytes(t.storage.read_bytes()) for _, t in new.tensors()}
+    assert new_records == old_records
+
+
+def _training_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 6)).sum().backward()
+    opt.step()
+    sd = model.state_dict()
+    torch.save({"model_state_dict": sd, "optimizer_state_dict": opt.state_dict(), "epoch": 4,
+                "config": {"lr": 1e-3, "layers": [6, 5, 3]}, "best_acc": 0.75}, path)
+    return sd
+
+
+def test_training_state_is_refused_by_safetensors_unless_weights_only_and_nothing_is_written(tmp_path: Path) -> None:
+    _training_checkpoint(tmp_path / "ckpt.pth")
+    with pytest.raises(UnsupportedFeatureError, match=r"optimizer \(optimizer_state_dict\) would be lost.*--weights-only"):
+        convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "m.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]
+
+
+def test_safetensors_metadata_keeps_progress_config_metrics_and_source_format(tmp_path: Path) -> None:
+    sd = _training_checkpoint(tmp_path / "ckpt.pth")
+    result = convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "m.safetensors", ConvertOptions(weights_only=True))
+    assert result.dropped == ["optimizer (optimizer_state_dict)"]
+    with safe_open(tmp_path / "m.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "pt"
+    assert meta["ckptkit.source_format"] == "torch-zip"
+    progress = json.loads(meta["ckptkit.progress"])
+    assert progress["epochs_completed"] == 4 and progress["summary"] == "4 epochs completed (boundary unknown)"
+    assert json.loads(meta["ckptkit.config"]) == {"lr": 1e-3, "layers": [6, 5, 3]}
+    assert json.loads(meta["ckptkit.metrics"]) == {"best_acc": 0.75}
+    _assert_same_state_dict(load_file(tmp_path / "m.safetensors"), sd)
+
+
+@pytest.mark.parametrize("spelling,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_dtype_casts_floating_weights_exactly_as_torch_does_and_leaves_integers(
+        tmp_path: Path, spelling: str, dtype: torch.dtype) -> None:
+    w = torch.randn(7, 9, dtype=torch.float32)
+    sd = {"w": w, "w_t": w.t(), "count": torch.arange(5), "mask": torch.tensor([True, False])}
+    torch.save(sd, tmp_path / "a.pth")
+    result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "a.safetensors", ConvertOptions(dtype=spelling))
+    assert result.cast_tensors == 2 and result.cast_to == str(dtype).removeprefix("torch.")
+    got = load_file(tmp_path / "a.safetensors")
+    assert got["w"].dtype == dtype and torch.equal(got["w"], w.to(dtype))
+    assert torch.equal(got["w_t"], w.t().to(dtype))
+    assert got["count"].dtype == torch.int64 and torch.equal(got["count"], sd["count"])
+    convert_checkpoint(tmp_path / "a.pth", tmp_path / "b.pth", ConvertOptions(dtype=spelling))
+    back = torch.load(tmp_path / "b.pth", weights_only=True)
+    assert torch.equal(back["w_t"], w.t().to(dtype)) and back["w_t"].stride() == (1, 9)
+    assert back["w"].untyped_storage().data_ptr() == back["w_t"].untyped_storage().data_ptr()
+
+
+def test_dtype_on_a_training_checkpoint_casts_the_model_and_keeps_the_optimizer_precision(tmp_path: Path) -> None:
+    sd = _training_checkpoint(tmp_path / "ckpt.pth")
+    convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "half.pth", ConvertOptions(dtype="bf16"))
+    back = torch.load(tmp_path / "half.pth", weights_only=True)
+    _assert_same_state_dict(back["model_state_dict"], {k: v.bfloat16() for k, v in sd.items()})
+    assert back["optimizer_state_dict"]["state"][0]["exp_avg"].dtype == torch.float32
+    assert back["epoch"] == 4
+
+
+def test_sharded_output_follows_the_hf_index_convention_and_every_shard_loads(tmp_path: Path) -> None:
+    sd = {f"layers.{i}.weight": torch.randn(10, 10) for i in range(5)}   # 400 bytes each
+    torch.save(sd, tmp_path / "a.pth")
+    result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "out", ConvertOptions(max_shard_size=900))
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert index["metadata"] == {"total_size": 2000}
+    assert sorted(set(index["weight_map"].values())) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    assert index["weight_map"]["layers.4.weight"] == "model-00003-of-00003.safetensors"
+    loaded: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        loaded.update(load_file(tmp_path / "out" / shard))
+    _assert_same_state_dict(loaded, sd)
+    assert result.verified_tensors == 5 and len(result.files) == 4
+
+
+def test_a_tensor_larger_than_the_shard_size_gets_a_shard_of_its_own(tmp_path: Path) -> None:
+    torch.save({"a": torch.zeros(2), "big": torch.zeros(100), "c": torch.zeros(2)}, tmp_path / "a.pth")
+    plan = plan_tensors(__import__("collections").OrderedDict(open_checkpoint(tmp_path / "a.pth").model), None)
+    assert shard_names(plan, 50) == [["a"], ["big"], ["c"]]
+
+
+def test_select_keeps_only_the_tensors_under_the_prefix(tmp_path: Path) -> None:
+    sd = _training_checkpoint(tmp_path / "ckpt.pth")
+    convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "head.pth", ConvertOptions(select="2."))
+    back = torch.load(tmp_path / "head.pth", weights_only=True)
+    _assert_same_state_dict(back, {"2.weight": sd["2.weight"], "2.bias": sd["2.bias"]})
+    with pytest.raises(UnsupportedFeatureError, match=r"--select 'decoder\.' matches no model tensor .*0, 2"):
+        convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "x.pth", ConvertOptions(select="decoder."))
+
+
+def test_an_existing_output_is_kept_unless_force_and_then_backed_up(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(3)}, tmp_path / "a.pth")
+    (tmp_path / "a.safetensors").write_bytes(b"old bytes")
+    with pytest.raises(CkptkitError, match="already exists; pass --force"):
+        convert_checkpoint(tmp_path / "a.pth", tmp_path / "a.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == b"old bytes"
+    result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "a.safetensors", ConvertOptions(force=True))
+    assert result.backup == tmp_path / "a.safetensors.bak"
+    assert (tmp_path / "a.safetensors.bak").read_bytes() == b"old bytes"
+    assert torch.equal(load_file(tmp_path / "a.safetensors")["w"], torch.ones(3))
+
+
+def test_every_seed_sample_converts_to_safetensors_and_back_with_equal_weights(tmp_path: Path) -> None:
+    from scripts.make_seed_samples import write_samples
+
+    for name, path in write_samples(tmp_path / "samples").items():
+        ckpt = open_checkpoint(path)
+        if not ckpt.model:
+            continue
+        st_path, back_path = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.pth"
+        convert_checkpoint(path, st_path, ConvertOptions(weights_only=True))
+        convert_checkpoint(st_path, back_path)
+        want = {n: t.to_torch() for n, t in ckpt.model.items()}
+        _assert_same_state_dict(torch.load(back_path, weights_only=True), want)

@@ -1,0 +1,118 @@
+"""`ckptkit convert` on the command line: exit codes, one-line errors, verification failures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from ckptkit.cli import main
+from ckptkit.cli.convert_command import parse_size
+from ckptkit.formats import safetensors_file, torch_zip
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["convert", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def model_pth(tmp_path: Path) -> Path:
+    emb = torch.randn(8, 4)
+    torch.save({"model_state_dict": {"embed.weight": emb, "lm_head.weight": emb, "norm.bias": torch.zeros(4)},
+                "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
+                "epoch": 2}, tmp_path / "model.pth")
+    return tmp_path / "model.pth"
+
+
+def test_convert_to_safetensors_reports_the_tied_weight_and_the_dropped_optimizer(model_pth: Path) -> None:
+    out = model_pth.with_name("model.safetensors")
+    code, stdout, _ = _run(str(model_pth), str(out), "--weights-only", "--json")
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["aliases"] == {"lm_head.weight": "embed.weight"}
+    assert report["dropped"] == ["optimizer (optimizer_state_dict)"]
+    assert report["tensors"] == 2 and report["verified_tensors"] == 2
+    assert sorted(load_file(out)) == ["embed.weight", "norm.bias"]
+
+
+def test_convert_without_weights_only_exits_2_naming_the_file_and_the_fix(model_pth: Path) -> None:
+    code, _, stderr = _run(str(model_pth), str(model_pth.with_name("m.safetensors")))
+    assert code == 2
+    assert stderr.startswith(f"ckptkit: error: {model_pth}: safetensors holds model tensors only")
+    assert "--weights-only" in stderr
+    assert not model_pth.with_name("m.safetensors").exists()
+
+
+def _corrupting_safetensors(write):
+    """A writer that does its job, then flips the last byte it wrote (a disk that lies)."""
+    def corrupt(out, *args, **kwargs):
+        result = write(out, *args, **kwargs)
+        out.seek(-1, 2)
+        out.write(b"\xff")     # the last tensor holds randn floats: its last byte is never 0xff
+        return result
+    return corrupt
+
+
+def _corrupting_storage_records(write_member):
+    """Torch's zip writer with every storage record's first byte flipped on its way to disk."""
+    def corrupt(zf, out, name, chunks, length):
+        if "/data/" in name:
+            chunks = list(chunks)
+            chunks[0] = bytes([chunks[0][0] ^ 0xFF]) + chunks[0][1:]
+        return write_member(zf, out, name, chunks, length)
+    return corrupt
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "model.pt"])
+def test_a_verification_mismatch_deletes_the_output_and_exits_2(
+        model_pth: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    monkeypatch.setattr(safetensors_file, "write_safetensors", _corrupting_safetensors(safetensors_file.write_safetensors))
+    monkeypatch.setattr(torch_zip, "_write_member", _corrupting_storage_records(torch_zip._write_member))
+    before = sorted(p.name for p in model_pth.parent.iterdir())
+    code, _, stderr = _run(str(model_pth), str(model_pth.with_name(target)), "--weights-only")
+    assert code == 2
+    assert stderr.startswith(f"ckptkit: error: {model_pth.with_name(target)}: ")
+    assert "bytes read back differ from the source's" in stderr
+    assert sorted(p.name for p in model_pth.parent.iterdir()) == before   # no output, no temporary left
+
+
+def test_an_existing_output_is_refused_with_exit_2_and_kept(model_pth: Path) -> None:
+    out = model_pth.with_name("taken.safetensors")
+    out.write_bytes(b"keep me")
+    code, _, stderr = _run(str(model_pth), str(out), "--weights-only")
+    assert code == 2 and "already exists; pass --force" in stderr
+    assert out.read_bytes() == b"keep me"
+
+
+def test_human_output_names_formats_counts_and_backup(model_pth: Path) -> None:
+    out = model_pth.with_name("legacy-free.pt")
+    out.write_bytes(b"old")
+    code, stdout, _ = _run(str(model_pth), str(out), "--force", "--dtype", "fp16")
+    assert code == 0
+    assert "torch-zip -> torch-zip" in stdout
+    assert "cast      3 floating tensors to float16" in stdout   # lm_head is embed: one storage, cast once
+    assert f"backup    old output kept at {out}.bak" in stdout
+    back = torch.load(out, weights_only=True)
+    assert back["model_state_dict"]["lm_head.weight"].dtype == torch.float16
+
+
+def test_unknown_target_name_is_a_one_line_error() -> None:
+    code, _, stderr = _run("a.pth", "b.npz")
+    assert code == 2
+    assert stderr.strip() == ("ckptkit: error: b.npz: cannot tell the target format from the name: end it in "
+                              ".safetensors or .pt/.pth, or pass --to")
+
+
+@pytest.mark.parametrize("text,size", [("500MB", 500_000_000), ("2GB", 2_000_000_000), ("1GiB", 2 ** 30),
+                                       ("4096", 4096), ("1.5kb", 1500)])
+def test_shard_sizes_parse_in_hugging_face_units(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_a_bad_shard_size_is_a_usage_error() -> None:
+    code, _, stderr = _run("a.pth", "out", "--max-shard-size", "lots")
+    assert code == 2 and "--max-shard-size" in stderr
