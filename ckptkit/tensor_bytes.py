@@ -9,12 +9,16 @@ nearest even), applied chunk by chunk.
 """
 from __future__ import annotations
 
+import errno
+import os
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from ckptkit.checkpoint import ByteRange, StorageRef, TensorRef
 from ckptkit.dtypes import DType
+from ckptkit.errors import CorruptCheckpointError
 
 CHUNK = 16 << 20   # a multiple of every itemsize, so chunks never split an element
 
@@ -84,18 +88,97 @@ def _as_bytes(tensor: Any) -> bytes:
 def same_bytes(a: Iterable[bytes], b: Iterable[bytes]) -> bool:
     """Whether two chunk streams hold the same bytes, whatever their chunk boundaries."""
     ia, ib = iter(a), iter(b)
-    buf_a, buf_b = memoryview(b""), memoryview(b"")
+    buf_a, buf_b = b"", b""
     while True:
         if not buf_a:
-            buf_a = memoryview(next(ia, b""))
+            buf_a = next(ia, b"")
         if not buf_b:
-            buf_b = memoryview(next(ib, b""))
+            buf_b = next(ib, b"")
         if not buf_a or not buf_b:
             return not buf_a and not buf_b and next(ia, None) is None and next(ib, None) is None
         n = min(len(buf_a), len(buf_b))
-        if buf_a[:n] != buf_b[:n]:
+        # bytes == bytes is one memcmp; memoryview comparison goes element by element (10x slower).
+        if (buf_a if n == len(buf_a) else buf_a[:n]) != (buf_b if n == len(buf_b) else buf_b[:n]):
             return False
         buf_a, buf_b = buf_a[n:], buf_b[n:]
+
+
+def tensor_range(t: TensorRef) -> ByteRange | None:
+    """Where a contiguous tensor's own bytes lie in its file (None for views that stride)."""
+    if not t.is_contiguous():
+        return None
+    where = t.storage.byte_range()
+    start = t.storage_offset * t.dtype.itemsize
+    if start + t.nbytes > where.length:
+        return None
+    return ByteRange(where.path, where.offset + start, t.nbytes)
+
+
+def same_ranges(a: ByteRange, b: ByteRange, chunk_size: int = 1 << 20) -> bool:
+    """Whether two byte ranges of files hold the same bytes: read into two reused buffers
+    (no allocation per chunk) and compared with memcmp, a cache-sized chunk at a time."""
+    if a.length != b.length:
+        return False
+    buf_a, buf_b = bytearray(chunk_size), bytearray(chunk_size)
+    fd_a, fd_b = os.open(a.path, os.O_RDONLY), os.open(b.path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < a.length:
+            n = min(chunk_size, a.length - done)
+            if n < chunk_size:
+                buf_a, buf_b = bytearray(n), bytearray(n)
+            if os.preadv(fd_a, [buf_a], a.offset + done) != n or os.preadv(fd_b, [buf_b], b.offset + done) != n:
+                return False
+            if buf_a != buf_b:
+                return False
+            done += n
+        return True
+    finally:
+        os.close(fd_a)
+        os.close(fd_b)
+
+
+def write_tensor(out: BinaryIO, t: TensorRef, to: DType | None = None) -> int:
+    """Write the elements of `t` (cast to `to`) at `out`'s position; returns the bytes written.
+
+    A contiguous tensor that needs no cast is copied file to file inside the kernel
+    (os.copy_file_range, as cp does): no byte passes through this process.
+    """
+    if t.numel and t.is_contiguous() and (to is None or to == t.dtype) and hasattr(os, "copy_file_range"):
+        where = t.storage.byte_range()
+        start = t.storage_offset * t.dtype.itemsize
+        if start + t.nbytes <= where.length and _copy_range(where.path, where.offset + start, out, t.nbytes):
+            return t.nbytes
+    written = 0
+    for chunk in tensor_chunks(t, to):
+        out.write(chunk)
+        written += len(chunk)
+    return written
+
+
+def _copy_range(path: Path, offset: int, out: BinaryIO, length: int) -> bool:
+    """copy_file_range `length` bytes of `path` from `offset` to `out`; False if the kernel or
+    filesystem cannot (then nothing was written and the caller streams instead)."""
+    out.flush()
+    dst = out.fileno()
+    position = out.tell()
+    src = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < length:
+            try:
+                n = os.copy_file_range(src, dst, length - done, offset + done, position + done)
+            except OSError as exc:
+                if done == 0 and exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    return False
+                raise
+            if n == 0:
+                raise CorruptCheckpointError(path, "file ends inside a tensor's record (truncated)")
+            done += n
+    finally:
+        os.close(src)
+    out.seek(position + length)
+    return True
 
 
 class DerivedStorage(StorageRef):

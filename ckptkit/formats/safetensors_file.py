@@ -97,14 +97,13 @@ def write_safetensors(out: BinaryIO, tensors: Mapping[str, TensorRef], metadata:
     written contiguous; tensors that share a storage are each written in full (safetensors has
     no sharing: the caller decides which names to leave out as aliases).
     """
-    from ckptkit.tensor_bytes import tensor_chunks
+    from ckptkit.tensor_bytes import write_tensor
 
     dtypes = dtypes or {}
     header, end = safetensors_header(tensors, metadata, dtypes)
     out.write(header)
     for name, t in tensors.items():
-        for chunk in tensor_chunks(t, dtypes.get(name)):
-            out.write(chunk)
+        write_tensor(out, t, dtypes.get(name))
     return len(header) + end
 
 
