@@ -224,3 +224,33 @@ def test_every_seed_sample_converts_to_safetensors_and_back_with_equal_weights(t
         convert_checkpoint(st_path, back_path)
         want = {n: t.to_torch() for n, t in ckpt.model.items()}
         _assert_same_state_dict(torch.load(back_path, weights_only=True), want)
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "real"
+
+
+def test_a_real_hf_trainer_safetensors_converts_to_pth_and_back_unchanged(tmp_path: Path) -> None:
+    source = FIXTURES / "hf_full" / "checkpoint-10" / "model.safetensors"
+    convert_checkpoint(source, tmp_path / "model.pth")
+    convert_checkpoint(tmp_path / "model.pth", tmp_path / "again.safetensors")
+    want = load_file(source)
+    _assert_same_state_dict(torch.load(tmp_path / "model.pth", weights_only=True), want)
+    _assert_same_state_dict(load_file(tmp_path / "again.safetensors"), want)
+
+
+def test_a_tied_gpt2_state_dict_sharded_by_ckptkit_loads_with_from_pretrained(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=32, vocab_size=64)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    sd = model.state_dict()
+    assert sd["lm_head.weight"].data_ptr() == sd["transformer.wte.weight"].data_ptr()
+    torch.save(sd, tmp_path / "gpt2.pth")
+
+    result = convert_checkpoint(tmp_path / "gpt2.pth", tmp_path / "release", ConvertOptions(max_shard_size=8000))
+    assert result.aliases == {"lm_head.weight": "transformer.wte.weight"}
+    index = json.loads((tmp_path / "release" / "model.safetensors.index.json").read_text())
+    assert "lm_head.weight" not in index["weight_map"] and len(set(index["weight_map"].values())) > 1
+    config.save_pretrained(tmp_path / "release")
+    loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "release")
+    _assert_same_state_dict(loaded.state_dict(), sd)
