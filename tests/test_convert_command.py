@@ -116,3 +116,20 @@ def test_shard_sizes_parse_in_hugging_face_units(text: str, size: int) -> None:
 def test_a_bad_shard_size_is_a_usage_error() -> None:
     code, _, stderr = _run("a.pth", "out", "--max-shard-size", "lots")
     assert code == 2 and "--max-shard-size" in stderr
+
+
+def test_a_missing_output_folder_is_a_one_line_error_naming_it(model_pth: Path) -> None:
+    out = model_pth.parent / "no_such_dir" / "m.safetensors"
+    code, _, stderr = _run(str(model_pth), str(out), "--weights-only")
+    assert code == 2
+    assert stderr.strip() == f"ckptkit: error: {out.parent}: folder does not exist; create it first"
+
+
+def test_a_value_the_writer_cannot_rewrite_is_reported_against_the_source_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    torch.save({"model": {"w": torch.ones(2)}, "mean": np.zeros(3)}, tmp_path / "np.pt")
+    code, _, stderr = _run(str(tmp_path / "np.pt"), str(tmp_path / "out.pt"))
+    assert code == 2
+    assert stderr.startswith(f"ckptkit: error: {tmp_path / 'np.pt'}: rewriting a pickled numpy array")
+    assert not (tmp_path / "out.pt").exists()

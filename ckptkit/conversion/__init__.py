@@ -27,7 +27,7 @@ from ckptkit.conversion.plan import (TensorPlan, dropped_sections, model_tensors
                                      safetensors_metadata, target_dtype, torch_tree)
 from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
 from ckptkit.dtypes import DType
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
 from ckptkit.tensor_bytes import DerivedStorage
 
@@ -83,10 +83,15 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
     ckpt = open_checkpoint(source)
     to = target_dtype(options.dtype)
     backup = _output_backup(source, output, options, sharded=target == "safetensors" and bool(options.max_shard_size))
-    if target == "safetensors":
-        result = _to_safetensors(ckpt, output, options, to, backup)
-    else:
-        result = _to_torch(ckpt, output, options, to, backup)
+    try:
+        if target == "safetensors":
+            result = _to_safetensors(ckpt, output, options, to, backup)
+        else:
+            result = _to_torch(ckpt, output, options, to, backup)
+    except CkptkitError as exc:
+        if exc.path is None:   # raised about a value deep in the tree: name the file it came from
+            raise type(exc)(source, exc.message) from None
+        raise
     result.backup = backup
     return result
 
@@ -112,6 +117,8 @@ def _output_backup(source: Path, output: Path, options: ConvertOptions, sharded:
     """Refuse to overwrite unless --force; with --force the old output is kept as a backup."""
     if output.exists() and source.exists() and output.resolve() == source.resolve():
         raise CkptkitError(output, "is the source itself; write the conversion to another path")
+    if not output.parent.is_dir():
+        raise MissingFileError(output.parent, "folder does not exist; create it first")
     if not os.path.lexists(output):
         return None
     if not options.force:
