@@ -87,15 +87,13 @@ def _as_bytes(tensor: Any) -> bytes:
 
 def same_bytes(a: Iterable[bytes], b: Iterable[bytes]) -> bool:
     """Whether two chunk streams hold the same bytes, whatever their chunk boundaries."""
-    ia, ib = iter(a), iter(b)
+    ia, ib = _non_empty(a), _non_empty(b)
     buf_a, buf_b = b"", b""
     while True:
-        if not buf_a:
-            buf_a = next(ia, b"")
-        if not buf_b:
-            buf_b = next(ib, b"")
+        buf_a = buf_a or next(ia, b"")
+        buf_b = buf_b or next(ib, b"")
         if not buf_a or not buf_b:
-            return not buf_a and not buf_b and next(ia, None) is None and next(ib, None) is None
+            return not buf_a and not buf_b
         n = min(len(buf_a), len(buf_b))
         # bytes == bytes is one memcmp; memoryview comparison goes element by element (10x slower).
         if (buf_a if n == len(buf_a) else buf_a[:n]) != (buf_b if n == len(buf_b) else buf_b[:n]):
@@ -103,9 +101,14 @@ def same_bytes(a: Iterable[bytes], b: Iterable[bytes]) -> bool:
         buf_a, buf_b = buf_a[n:], buf_b[n:]
 
 
+def _non_empty(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    return (c for c in chunks if c)
+
+
 def tensor_range(t: TensorRef) -> ByteRange | None:
-    """Where a contiguous tensor's own bytes lie in its file (None for views that stride)."""
-    if not t.is_contiguous():
+    """Where a contiguous tensor's own bytes lie in its file (None for views that stride, and
+    for storages produced on the fly)."""
+    if not t.is_contiguous() or not on_disk(t.storage):
         return None
     where = t.storage.byte_range()
     start = t.storage_offset * t.dtype.itemsize
@@ -144,11 +147,9 @@ def write_tensor(out: BinaryIO, t: TensorRef, to: DType | None = None) -> int:
     A contiguous tensor that needs no cast is copied file to file inside the kernel
     (os.copy_file_range, as cp does): no byte passes through this process.
     """
-    if t.numel and t.is_contiguous() and (to is None or to == t.dtype) and hasattr(os, "copy_file_range"):
-        where = t.storage.byte_range()
-        start = t.storage_offset * t.dtype.itemsize
-        if start + t.nbytes <= where.length and _copy_range(where.path, where.offset + start, out, t.nbytes):
-            return t.nbytes
+    where = tensor_range(t) if t.numel and (to is None or to == t.dtype) else None
+    if where is not None and hasattr(os, "copy_file_range") and _copy_range(where.path, where.offset, out, t.nbytes):
+        return t.nbytes
     written = 0
     for chunk in tensor_chunks(t, to):
         out.write(chunk)
@@ -181,33 +182,92 @@ def _copy_range(path: Path, offset: int, out: BinaryIO, length: int) -> bool:
     return True
 
 
-class DerivedStorage(StorageRef):
-    """A storage to be written that is another one renamed and/or cast element-wise.
+class ProducedStorage(StorageRef):
+    """A storage to be written whose bytes are produced rather than lying in one place of a file:
+    a storage renamed or cast, or a tensor assembled from chunks.
 
-    `write_torch_zip` copies storages through `byte_range().length` and `iter_chunks()`; this
-    one produces its bytes from `source` on the fly, so a cast never holds more than a chunk.
+    `write_torch_zip` copies storages through `byte_range().length` and `iter_chunks()`; here
+    `byte_range()` names the file the bytes come from and the length produced, and its offset
+    means nothing: the bytes are only to be had from `iter_chunks()`, a chunk at a time.
     """
 
-    def __init__(self, source: StorageRef, key: str, dtype: DType | None = None) -> None:
-        dtype = dtype or source.dtype
-        super().__init__(key, dtype, source.numel, source.location, locate=self._derived_range,
-                         stored_nbytes=source.numel * dtype.itemsize)
-        self.source = source
+    def __init__(self, key: str, dtype: DType, numel: int, location: str, origin: Path) -> None:
+        nbytes = numel * dtype.itemsize
+        super().__init__(key, dtype, numel, location, locate=lambda: ByteRange(origin, 0, nbytes),
+                         stored_nbytes=nbytes)
 
-    def _derived_range(self) -> ByteRange:
-        where = self.source.byte_range()   # names the source file in errors; the length is ours
-        return ByteRange(where.path, where.offset, self.numel * self.dtype.itemsize)
+    def produce(self, chunk_size: int) -> Iterator[bytes]:
+        raise NotImplementedError
 
     def iter_chunks(self, chunk_size: int = CHUNK, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-        if start != 0 or length not in (None, self.nbytes):
-            raise NotImplementedError("a derived storage streams whole")
+        length = self.nbytes - start if length is None else length
+        if start == 0 and length == self.nbytes:
+            return self.produce(chunk_size)
+        return _sliced(self.produce(chunk_size), start, length)
+
+    def read_bytes(self, start: int = 0, length: int | None = None) -> memoryview:
+        return memoryview(b"".join(self.iter_chunks(CHUNK, start, length)))
+
+
+def _sliced(chunks: Iterator[bytes], start: int, length: int) -> Iterator[bytes]:
+    position = 0
+    for chunk in chunks:
+        lo, hi = max(start - position, 0), min(start + length - position, len(chunk))
+        if lo < hi:
+            yield chunk[lo:hi]
+        position += len(chunk)
+        if position >= start + length:
+            return
+
+
+def on_disk(storage: StorageRef) -> bool:
+    """Whether `storage.byte_range()` is where its bytes really lie (not produced on the fly)."""
+    return not isinstance(storage, ProducedStorage)
+
+
+class DerivedStorage(ProducedStorage):
+    """Another storage renamed (`key`) and/or cast element-wise to `dtype`, a chunk at a time."""
+
+    def __init__(self, source: StorageRef, key: str, dtype: DType | None = None) -> None:
+        super().__init__(key, dtype or source.dtype, source.numel, source.location, source.byte_range().path)
+        self.source = source
+
+    def produce(self, chunk_size: int) -> Iterator[bytes]:
         if self.dtype == self.source.dtype:
             return self.source.iter_chunks(chunk_size)
         # Cast chunks of `chunk_size` output bytes: read that many source elements at a time.
         elements = max(1, chunk_size // self.dtype.itemsize)
         return storage_chunks(self.source, self.dtype, elements * self.source.dtype.itemsize)
 
-    def read_bytes(self, start: int = 0, length: int | None = None) -> memoryview:
-        data = b"".join(self.iter_chunks())
-        length = len(data) - start if length is None else length
-        return memoryview(data)[start: start + length]
+
+class AssembledStorage(ProducedStorage):
+    """One whole tensor put together from chunks saved separately (DCP shards), in row-major
+    order. Chunks that split only the first dimension are streamed one after the other; other
+    layouts are assembled in memory with torch, one tensor at a time."""
+
+    def __init__(self, key: str, dtype: DType, shape: tuple[int, ...], origin: Path,
+                 pieces: list[tuple[tuple[int, ...], TensorRef]]) -> None:
+        numel = 1
+        for d in shape:
+            numel *= d
+        super().__init__(key, dtype, numel, "cpu", origin)
+        self.shape = shape
+        self.pieces = sorted(pieces, key=lambda p: tuple(p[0]))
+        covered = sum(t.numel for _, t in self.pieces)
+        if covered != numel:
+            raise CorruptCheckpointError(origin, f"tensor {key!r}: its chunks hold {covered} of {numel} elements")
+
+    def produce(self, chunk_size: int) -> Iterator[bytes]:
+        if all(all(o == 0 for o in offsets[1:]) and t.shape[1:] == self.shape[1:] for offsets, t in self.pieces):
+            for _, t in self.pieces:
+                yield from tensor_chunks(t, None, chunk_size)
+            return
+        yield self._assembled()
+
+    def _assembled(self) -> bytes:
+        import torch
+
+        whole = torch.empty(self.shape, dtype=getattr(torch, self.dtype.name))
+        for offsets, t in self.pieces:
+            whole[tuple(slice(o, o + n) for o, n in zip(offsets, t.shape))] = t.to_torch()
+        return _as_bytes(whole)

@@ -16,7 +16,7 @@ from ckptkit.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError, WriteVerificationError
 from ckptkit.jsonable import to_jsonable
-from ckptkit.tensor_bytes import DerivedStorage, same_bytes, same_ranges, tensor_chunks, tensor_range
+from ckptkit.tensor_bytes import on_disk, same_bytes, same_ranges, tensor_chunks, tensor_range
 
 # Small chunks compare faster: each pair is compared while it is still in the CPU cache.
 COMPARE_CHUNK = 1 << 20
@@ -84,7 +84,7 @@ def _same_tensor(written: TensorRef, source: TensorRef, cast: DType | None) -> b
 
 
 def _same_storage(expected: StorageRef, written: StorageRef) -> bool:
-    if not isinstance(expected, DerivedStorage):
+    if on_disk(expected):
         return same_ranges(expected.byte_range(), written.byte_range(), COMPARE_CHUNK)
     return same_bytes(expected.iter_chunks(COMPARE_CHUNK), written.iter_chunks(COMPARE_CHUNK))
 
