@@ -254,3 +254,33 @@ def test_a_tied_gpt2_state_dict_sharded_by_ckptkit_loads_with_from_pretrained(tm
     config.save_pretrained(tmp_path / "release")
     loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "release")
     _assert_same_state_dict(loaded.state_dict(), sd)
+
+
+def _same_tree(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(a) == set(b) and all(_same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("folder", ["dcp_two_ranks", "real/dcp"])
+def test_a_dcp_folder_becomes_the_torch_save_file_torchs_own_dcp_to_torch_save_writes(
+        tmp_path: Path, folder: str) -> None:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    source = Path(__file__).parent / "fixtures" / folder
+    result = convert_checkpoint(source, tmp_path / "ours.pth")
+    dcp_to_torch_save(source, tmp_path / "torch.pth")
+    assert result.source_format == "dcp"
+    ours = torch.load(tmp_path / "ours.pth", weights_only=True)
+    assert _same_tree(ours, torch.load(tmp_path / "torch.pth", weights_only=True))
+
+
+def test_a_row_sharded_dcp_tensor_is_assembled_whole_in_safetensors(tmp_path: Path) -> None:
+    source = Path(__file__).parent / "fixtures" / "dcp_two_ranks"
+    assert len(open_checkpoint(source).chunks["model.w"]) == 2
+    convert_checkpoint(source, tmp_path / "m.safetensors", ConvertOptions(weights_only=True))
+    assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], torch.arange(24.0).reshape(6, 4))

@@ -24,7 +24,8 @@ from typing import Any
 from ckptkit.atomic import atomic_write_dir, atomic_write_file, default_backup_path
 from ckptkit.checkpoint import Checkpoint, TensorRef, iter_tensors
 from ckptkit.conversion.plan import (TensorPlan, dropped_sections, model_tensors, plan_tensors,
-                                     safetensors_metadata, target_dtype, torch_tree)
+                                     safetensors_metadata, target_dtype, torch_tree,
+                                     with_whole_tensors)
 from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
@@ -80,7 +81,7 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
     source, output = Path(source), Path(output)
     options = options or ConvertOptions()
     target = target_format(output, options)
-    ckpt = open_checkpoint(source)
+    ckpt = with_whole_tensors(open_checkpoint(source))
     to = target_dtype(options.dtype)
     backup = _output_backup(source, output, options, sharded=target == "safetensors" and bool(options.max_shard_size))
     try:

@@ -10,11 +10,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors
+from ckptkit.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors, make_tensor
 from ckptkit.dtypes import DType, dtype_named
 from ckptkit.errors import UnsupportedFeatureError
 from ckptkit.jsonable import to_jsonable
-from ckptkit.tensor_bytes import DerivedStorage
+from ckptkit.tensor_bytes import AssembledStorage, DerivedStorage
 
 # Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
 # format requires strings). "format": "pt" is the Hugging Face convention loaders check.
@@ -27,6 +27,7 @@ META_DTYPE = "ckptkit.dtype"                   # the dtype floating tensors were
 
 DTYPE_CHOICES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}
 TRAINING_SECTIONS = ("optimizer", "scheduler", "scaler", "rng")
+TORCH_FORMATS = ("torch-zip", "torch-legacy")
 
 
 @dataclass
@@ -37,6 +38,28 @@ class TensorPlan:
     tensors: OrderedDict[str, TensorRef]
     aliases: dict[str, str] = field(default_factory=dict)
     casts: dict[str, DType] = field(default_factory=dict)
+
+
+def with_whole_tensors(ckpt: Checkpoint) -> Checkpoint:
+    """`ckpt` with every tensor saved in several chunks (DCP shards) replaced by one whole tensor
+    assembled from them as it is written; tensors saved whole are kept as they are."""
+    split = {fqn: chunks for fqn, chunks in ckpt.chunks.items() if len(chunks) > 1}
+    if not split:
+        return ckpt
+    memo: dict[int, TensorRef] = {}
+
+    def whole(t: TensorRef) -> TensorRef:
+        chunks = split.get(t.storage.key)
+        if chunks is None:
+            return t
+        if id(t) not in memo:
+            pieces = [(c.offsets, c.tensor) for c in chunks if c.tensor is not None]
+            storage = AssembledStorage(t.storage.key, t.dtype, t.shape, ckpt.path, pieces)
+            memo[id(t)] = make_tensor(t.dtype.name, t.shape, storage)
+        return memo[id(t)]
+
+    return replace(ckpt, tree=map_tensors(ckpt.tree, whole),
+                   model=OrderedDict((n, whole(t)) for n, t in ckpt.model.items()))
 
 
 def target_dtype(spelling: str | None) -> DType | None:
@@ -139,7 +162,7 @@ def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DTy
     else:
         tree = model_tensors(ckpt, select)
         cast_ids = {id(t.storage) for t in tree.values() if _casts(t, to)}
-    renumber = ckpt.format == "safetensors"
+    renumber = ckpt.format not in TORCH_FORMATS   # safetensors names, DCP "fqn@[offsets]" keys
     derived: dict[int, StorageRef] = {}
 
     def storage_for(s: StorageRef) -> StorageRef:
