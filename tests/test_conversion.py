@@ -284,3 +284,31 @@ def test_a_row_sharded_dcp_tensor_is_assembled_whole_in_safetensors(tmp_path: Pa
     assert len(open_checkpoint(source).chunks["model.w"]) == 2
     convert_checkpoint(source, tmp_path / "m.safetensors", ConvertOptions(weights_only=True))
     assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], torch.arange(24.0).reshape(6, 4))
+
+
+def test_an_hf_trainer_folder_packs_into_one_torch_file_with_its_sections_and_says_what_it_left_out(
+        tmp_path: Path) -> None:
+    source = FIXTURES / "hf_full" / "checkpoint-10"
+    result = convert_checkpoint(source, tmp_path / "packed.pth")
+    assert result.source_format == "hf-trainer"
+    assert result.dropped == ["rng (rng_state.pth): holds numpy arrays, which ckptkit does not re-pickle"]
+    packed = torch.load(tmp_path / "packed.pth", weights_only=True)
+    assert list(packed) == ["model", "optimizer", "scheduler", "config", "progress", "metrics", "histories",
+                            "extra", "global_step", "epoch"]
+    _assert_same_state_dict(packed["model"], load_file(source / "model.safetensors"))
+    assert _same_tree(packed["optimizer"], torch.load(source / "optimizer.pt", weights_only=True))
+    assert _same_tree(packed["scheduler"], torch.load(source / "scheduler.pt", weights_only=True))
+    assert packed["global_step"] == 10 and packed["progress"]["training_finished"] is True
+    assert packed["config"]["max_steps"] == -1 and "learning_rate" in packed["config"]   # TrainingArguments fields
+    assert open_checkpoint(tmp_path / "packed.pth").progress.global_step == 10
+
+
+def test_an_hf_folder_weights_only_becomes_a_bare_state_dict_and_a_sharded_one_too(tmp_path: Path) -> None:
+    convert_checkpoint(FIXTURES / "hf_full" / "checkpoint-10", tmp_path / "w.pth", ConvertOptions(weights_only=True))
+    convert_checkpoint(FIXTURES / "hf_sharded", tmp_path / "s.pth")
+    want = load_file(FIXTURES / "hf_full" / "checkpoint-10" / "model.safetensors")
+    _assert_same_state_dict(torch.load(tmp_path / "w.pth", weights_only=True), want)
+    sharded = {}
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        sharded.update(load_file(FIXTURES / "hf_sharded" / shard))
+    _assert_same_state_dict(torch.load(tmp_path / "s.pth", weights_only=True), sharded)

@@ -211,8 +211,7 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
               backup: Path | None) -> ConversionResult:
     from ckptkit.formats.torch_zip import write_torch_zip
 
-    weights_only = options.weights_only or options.select is not None
-    tree, aliases = torch_tree(ckpt, weights_only, options.select, to)
+    tree, aliases, dropped = torch_tree(ckpt, options.weights_only, options.select, to)
     counts = {"checked": 0}
 
     def verify(tmp: Path) -> None:
@@ -222,7 +221,7 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
     cast = sum(1 for _, t in iter_tensors(tree) if _was_cast(t))
     result = ConversionResult(ckpt.path, output, ckpt.format, "torch-zip", [output], counts["checked"],
                               output.stat().st_size, counts["checked"], aliases, to.name if to else None, cast,
-                              dropped_sections(ckpt) if weights_only else [])
+                              dropped)
     if ckpt.format == "safetensors" and ckpt.metadata:
         result.notes.append("written as a bare state dict; the safetensors __metadata__ is not carried over")
     if options.select is not None and not options.weights_only:

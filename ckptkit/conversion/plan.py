@@ -14,6 +14,7 @@ from ckptkit.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors, 
 from ckptkit.dtypes import DType, dtype_named
 from ckptkit.errors import UnsupportedFeatureError
 from ckptkit.jsonable import to_jsonable
+from ckptkit.safe_pickle import NumpyArray, PickledObject
 from ckptkit.tensor_bytes import AssembledStorage, DerivedStorage
 
 # Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
@@ -146,22 +147,16 @@ def safetensors_metadata(ckpt: Checkpoint, aliases: dict[str, str], to: DType | 
 
 
 def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DType | None,
-               ) -> tuple[Any, dict[str, str]]:
-    """The tree a torch.save output holds, with casts applied storage by storage; and aliases.
+               ) -> tuple[Any, dict[str, str], list[str]]:
+    """The tree a torch.save output holds, with casts applied storage by storage; its aliases;
+    and what of the source it leaves out.
 
-    Whole checkpoints keep their tree and storage keys (records are copied byte for byte);
-    weights-only outputs are the bare model state dict; safetensors sources get storages
-    numbered "0", "1", ... as torch.save does, tied names sharing one storage again.
+    torch.save files and DCP folders keep their tree; torch.save files also keep their storage
+    keys (records are copied byte for byte). Other sources get storages numbered "0", "1", ...
+    as torch.save does, tied names sharing one storage again.
     """
-    if not weights_only and select is None and ckpt.format != "safetensors":
-        if any(f.code == "security.dangerous-global" for f in ckpt.findings):
-            raise UnsupportedFeatureError(ckpt.path, "its pickle calls a dangerous global; a converted copy would "
-                                          "keep it. Pass --weights-only to write the model tensors alone")
-        tree = ckpt.tree
-        cast_ids = {id(t.storage) for t in ckpt.model.values() if _casts(t, to)}
-    else:
-        tree = model_tensors(ckpt, select)
-        cast_ids = {id(t.storage) for t in tree.values() if _casts(t, to)}
+    tree, dropped = source_tree(ckpt, weights_only, select)
+    cast_ids = {id(t.storage) for t in ckpt.model.values() if _casts(t, to)}
     renumber = ckpt.format not in TORCH_FORMATS   # safetensors names, DCP "fqn@[offsets]" keys
     derived: dict[int, StorageRef] = {}
 
@@ -178,8 +173,64 @@ def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DTy
 
     memo: dict[int, TensorRef] = {}
     out = map_tensors(tree, lambda t: memo.setdefault(id(t), mapped(t)))
-    aliases = stored_aliases(ckpt) if ckpt.format == "safetensors" else {}
-    return out, aliases
+    return out, stored_aliases(ckpt), dropped
+
+
+def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tuple[Any, list[str]]:
+    """What of the source goes into a torch.save file, and what is left out (in words).
+
+    Weights only: the bare model state dict. torch.save files and DCP folders: their own tree.
+    Other sources that hold nothing but weights (safetensors, save_pretrained folders): the bare
+    model state dict. Other folders (HF Trainer, accelerate):
+    their sections under conventional keys, each member that torch.load(weights_only=True)
+    could not read back (numpy arrays, pickled classes) left out and named.
+    """
+    if weights_only or select is not None:
+        return model_tensors(ckpt, select), dropped_sections(ckpt)
+    if any(f.code == "security.dangerous-global" for f in ckpt.findings):
+        raise UnsupportedFeatureError(ckpt.path, "its pickle calls a dangerous global; a converted copy would "
+                                      "keep it. Pass --weights-only to write the model tensors alone")
+    if ckpt.format in TORCH_FORMATS or ckpt.format == "dcp":
+        return ckpt.tree, []
+    if not dropped_sections(ckpt):
+        return model_tensors(ckpt, None), []
+    tree: dict[str, Any] = OrderedDict(model=OrderedDict(ckpt.model))
+    dropped: list[str] = []
+    for key, section in FOLDER_SECTIONS:
+        value = getattr(ckpt, section)
+        if section == "progress":
+            value = value.to_json() if value.known else None
+        if value is None or (isinstance(value, dict) and not value):
+            continue
+        why = _not_rewritable(value)
+        if why:
+            dropped.append(f"{section} ({ckpt.sources.get(section, '?')}): {why}")
+        else:
+            tree[key] = value
+    # Plain counters too, so that readers of the single file (ckptkit's families) see the progress.
+    for key, value in (("global_step", ckpt.progress.global_step), ("epoch", ckpt.progress.epochs_completed)):
+        if value is not None:
+            tree[key] = value
+    return tree, dropped
+
+
+# Keys a packed folder's sections get in the single file (ckptkit's families recognise them).
+FOLDER_SECTIONS = (("optimizer", "optimizer"), ("scheduler", "scheduler"), ("scaler", "scaler"),
+                   ("rng_state", "rng"), ("config", "config"), ("progress", "progress"), ("metrics", "metrics"),
+                   ("histories", "histories"), ("extra", "extra"))
+
+
+def _not_rewritable(value: Any) -> str | None:
+    """Why torch.load(weights_only=True) could not read `value` back once written, or None."""
+    if isinstance(value, NumpyArray):
+        return "holds numpy arrays, which ckptkit does not re-pickle"
+    if isinstance(value, PickledObject):
+        return f"a pickled {value.qualified_name}, which torch.load(weights_only=True) refuses"
+    if isinstance(value, dict):
+        return next((w for w in map(_not_rewritable, value.values()) if w), None)
+    if isinstance(value, (list, tuple)):
+        return next((w for w in map(_not_rewritable, value) if w), None)
+    return None
 
 
 def _casts(t: TensorRef, to: DType | None) -> bool:
