@@ -312,3 +312,32 @@ def test_an_hf_folder_weights_only_becomes_a_bare_state_dict_and_a_sharded_one_t
     for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
         sharded.update(load_file(FIXTURES / "hf_sharded" / shard))
     _assert_same_state_dict(torch.load(tmp_path / "s.pth", weights_only=True), sharded)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sd=state_dicts())
+def test_ckptkit_diff_reports_every_round_trip_as_equal(tmp_path_factory: pytest.TempPathFactory,
+                                                        sd: dict[str, torch.Tensor]) -> None:
+    from ckptkit.diffing import diff_paths
+
+    d = tmp_path_factory.mktemp("diff")
+    torch.save(sd, d / "a.pth")
+    torch.save(sd, d / "legacy.pt", _use_new_zipfile_serialization=False)
+    convert_checkpoint(d / "a.pth", d / "b.safetensors")
+    convert_checkpoint(d / "b.safetensors", d / "c.pth")
+    convert_checkpoint(d / "legacy.pt", d / "zip.pt")
+    for a, b in (("a.pth", "c.pth"), ("legacy.pt", "zip.pt")):
+        result = diff_paths(d / a, d / b)
+        assert result.equal, (a, b, result.to_json()["changes"])
+
+
+def test_ckptkit_diff_on_the_command_line_says_a_pth_and_its_safetensors_are_equal(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ckptkit.cli import main
+
+    _training_checkpoint(tmp_path / "ckpt.pth")
+    convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "m.safetensors", ConvertOptions(weights_only=True))
+    result = CliRunner().invoke(main, ["diff", str(tmp_path / "ckpt.pth"), str(tmp_path / "m.safetensors"),
+                                       "--only", "model"])
+    assert result.exit_code == 0, result.output
