@@ -341,3 +341,33 @@ def test_ckptkit_diff_on_the_command_line_says_a_pth_and_its_safetensors_are_equ
     result = CliRunner().invoke(main, ["diff", str(tmp_path / "ckpt.pth"), str(tmp_path / "m.safetensors"),
                                        "--only", "model"])
     assert result.exit_code == 0, result.output
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sd=state_dicts())
+def test_pth_to_dcp_to_pth_gives_back_equal_tensors_and_dcp_load_reads_the_folder(
+        tmp_path_factory: pytest.TempPathFactory, sd: dict[str, torch.Tensor]) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    d = tmp_path_factory.mktemp("dcp")
+    torch.save({"model": sd, "step": 3}, d / "a.pth")
+    convert_checkpoint(d / "a.pth", d / "folder", ConvertOptions(to="dcp"))
+    convert_checkpoint(d / "folder", d / "back.pth")
+    back = torch.load(d / "back.pth", weights_only=True)
+    assert back["step"] == 3
+    _assert_same_state_dict(back["model"], sd)
+    template = {"model": {k: torch.zeros_like(v) for k, v in sd.items()}, "step": 0}
+    dcp.load(template, storage_reader=dcp.FileSystemReader(str(d / "folder")), no_dist=True)
+    _assert_same_state_dict(template["model"], sd)
+
+
+def test_dcp_to_pth_to_dcp_gives_what_torch_reads_from_the_original(tmp_path: Path) -> None:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    source = Path(__file__).parent / "fixtures" / "dcp_two_ranks"
+    convert_checkpoint(source, tmp_path / "one.pth")
+    result = convert_checkpoint(tmp_path / "one.pth", tmp_path / "again", ConvertOptions(to="dcp"))
+    assert result.target_format == "dcp" and (tmp_path / "again" / ".metadata").is_file()
+    dcp_to_torch_save(source, tmp_path / "a.pth")
+    dcp_to_torch_save(tmp_path / "again", tmp_path / "b.pth")
+    assert _same_tree(torch.load(tmp_path / "a.pth", weights_only=True), torch.load(tmp_path / "b.pth", weights_only=True))

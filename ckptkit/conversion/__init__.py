@@ -33,7 +33,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.tensor_bytes import DerivedStorage
 
 TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "torch-zip", "pth": "torch-zip",
-           "pt": "torch-zip"}
+           "pt": "torch-zip", "dcp": "dcp"}
 SUFFIXES = {".safetensors": "safetensors", ".pt": "torch-zip", ".pth": "torch-zip", ".bin": "torch-zip",
             ".ckpt": "torch-zip", ".tar": "torch-zip"}
 INDEX_NAME = "model.safetensors.index.json"
@@ -83,10 +83,13 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
     target = target_format(output, options)
     ckpt = with_whole_tensors(open_checkpoint(source))
     to = target_dtype(options.dtype)
-    backup = _output_backup(source, output, options, sharded=target == "safetensors" and bool(options.max_shard_size))
+    folder = target == "dcp" or (target == "safetensors" and bool(options.max_shard_size))
+    backup = _output_backup(source, output, options, folder)
     try:
         if target == "safetensors":
             result = _to_safetensors(ckpt, output, options, to, backup)
+        elif target == "dcp":
+            result = _to_dcp(ckpt, output, options, to, backup)
         else:
             result = _to_torch(ckpt, output, options, to, backup)
     except CkptkitError as exc:
@@ -114,7 +117,7 @@ def target_format(output: Path, options: ConvertOptions) -> str:
     return target
 
 
-def _output_backup(source: Path, output: Path, options: ConvertOptions, sharded: bool) -> Path | None:
+def _output_backup(source: Path, output: Path, options: ConvertOptions, folder: bool) -> Path | None:
     """Refuse to overwrite unless --force; with --force the old output is kept as a backup."""
     if output.exists() and source.exists() and output.resolve() == source.resolve():
         raise CkptkitError(output, "is the source itself; write the conversion to another path")
@@ -124,9 +127,9 @@ def _output_backup(source: Path, output: Path, options: ConvertOptions, sharded:
         return None
     if not options.force:
         raise CkptkitError(output, "already exists; pass --force to replace it (the old one is kept as a backup)")
-    if output.is_dir() != sharded:
+    if output.is_dir() != folder:
         kind = "a folder" if output.is_dir() else "a file"
-        raise CkptkitError(output, f"already exists as {kind}; a {'sharded' if sharded else 'single-file'} "
+        raise CkptkitError(output, f"already exists as {kind}; a {'folder' if folder else 'single-file'} "
                            "output cannot replace it")
     return default_backup_path(output)
 
@@ -231,3 +234,25 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
 
 def _was_cast(t: TensorRef) -> bool:
     return isinstance(t.storage, DerivedStorage) and t.storage.dtype != t.storage.source.dtype
+
+
+def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
+            backup: Path | None) -> ConversionResult:
+    from ckptkit.conversion.plan import source_tree
+    from ckptkit.conversion.to_dcp import torch_values, verify_dcp, write_dcp
+
+    if to is not None:
+        raise UnsupportedFeatureError(output, "--dtype is not supported for DCP output; convert to .pth first")
+    tree, dropped = source_tree(ckpt, options.weights_only, options.select)
+    if not isinstance(tree, dict):
+        raise UnsupportedFeatureError(ckpt.path, "a DCP folder holds a dict; this checkpoint's top level is not one")
+    state = torch_values(tree, ckpt.path)
+    counts = {"checked": 0}
+
+    def verify(tmp: Path) -> None:
+        counts["checked"] = verify_dcp(tmp, output, tree)
+
+    atomic_write_dir(output, lambda tmp: write_dcp(tmp, state), verify=verify, backup=backup)
+    files = sorted(p for p in output.iterdir())
+    return ConversionResult(ckpt.path, output, ckpt.format, "dcp", files, counts["checked"],
+                            sum(p.stat().st_size for p in files), counts["checked"], dropped=dropped)
