@@ -45,6 +45,8 @@ def convert_command(source: Path, output: Path, to: str | None, weights_only: bo
     .pth/.pt (zip or legacy) -> .safetensors   model weights; progress/config as JSON metadata
     .safetensors -> .pth                       a state dict torch.load(weights_only=True) reads
     legacy torch.save -> zip                   same tree, byte-identical storage records
+    DCP folder <-> .pth (--to dcp)             the state tree; chunked tensors assembled whole
+    HF Trainer / accelerate folder -> .pth     sections in one file (--weights-only: the model)
 
     Every tensor written is read back and compared with the source (byte for byte, or exactly
     after --dtype) before the output is renamed into place; a mismatch deletes it and exits 2.
@@ -56,6 +58,7 @@ def convert_command(source: Path, output: Path, to: str | None, weights_only: bo
       ckptkit convert model.safetensors model.pth
       ckptkit convert old_legacy.pt new.pt
       ckptkit convert best.pt release/ --weights-only --dtype bf16 --max-shard-size 500MB
+      ckptkit convert checkpoints/step_1000 step_1000.pt
     """
     options = ConvertOptions(to=to, weights_only=weights_only, dtype=dtype, select=select, force=force,
                              max_shard_size=parse_size(max_shard_size))

@@ -8,6 +8,9 @@
   one shared storage.
 * torch.save -> torch.save zip (legacy -> zip, or with --dtype / --weights-only / --select): the
   tree is re-pickled and every storage record copied byte for byte (or cast element-wise).
+* DCP folder -> torch.save / safetensors (chunked tensors assembled whole); a single file -> DCP
+  folder (`ckptkit.conversion.to_dcp`); HF Trainer / accelerate folders -> one torch.save file
+  of their sections (`plan.source_tree`).
 
 Every output is written to a temporary file or folder beside the target, read back with
 ckptkit's reader and compared with the source byte for byte (exactly, after a --dtype cast),
@@ -111,7 +114,7 @@ def target_format(output: Path, options: ConvertOptions) -> str:
         target = SUFFIXES[output.suffix.lower()]
     else:
         raise UnsupportedFeatureError(output, "cannot tell the target format from the name: end it in "
-                                      ".safetensors or .pt/.pth, or pass --to")
+                                      ".safetensors or .pt/.pth, or pass --to (safetensors, pth, dcp)")
     if options.max_shard_size and target != "safetensors":
         raise UnsupportedFeatureError(output, "--max-shard-size writes sharded safetensors; it needs --to safetensors")
     return target
