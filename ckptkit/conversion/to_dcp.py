@@ -13,9 +13,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, TensorRef, iter_tensors
+from ckptkit.checkpoint import TensorRef, iter_tensors
 from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
-from ckptkit.safe_pickle import TorchDtypeValue
+from ckptkit.safe_pickle import TorchDeviceValue, TorchDtypeValue
 from ckptkit.tensor_bytes import on_disk, same_bytes, tensor_chunks
 
 
@@ -37,6 +37,8 @@ def torch_values(tree: Any, where: Path) -> Any:
         return tuple(torch_values(v, where) for v in tree)
     if isinstance(tree, TorchDtypeValue):
         return getattr(torch, tree.name)
+    if isinstance(tree, TorchDeviceValue):
+        return torch.device(tree.spec)
     if tree is None or isinstance(tree, (bool, int, float, str, bytes)):
         return tree
     raise UnsupportedFeatureError(where, f"a DCP folder cannot hold {tree!r} (only tensors and plain values); "
