@@ -343,6 +343,7 @@ def test_ckptkit_diff_on_the_command_line_says_a_pth_and_its_safetensors_are_equ
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sd=state_dicts())
 def test_pth_to_dcp_to_pth_gives_back_equal_tensors_and_dcp_load_reads_the_folder(
