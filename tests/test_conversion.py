@@ -294,7 +294,9 @@ def test_an_hf_trainer_folder_packs_into_one_torch_file_with_its_sections_and_sa
     assert result.dropped == ["rng (rng_state.pth): holds numpy arrays, which ckptkit does not re-pickle"]
     packed = torch.load(tmp_path / "packed.pth", weights_only=True)
     assert list(packed) == ["model", "optimizer", "scheduler", "config", "progress", "metrics", "histories",
-                            "extra", "global_step", "epoch"]
+                            "extra", "config.json", "generation_config.json", "trainer_state.json",
+                            "global_step", "epoch"]
+    assert packed["trainer_state.json"] == json.loads((source / "trainer_state.json").read_text())
     _assert_same_state_dict(packed["model"], load_file(source / "model.safetensors"))
     assert _same_tree(packed["optimizer"], torch.load(source / "optimizer.pt", weights_only=True))
     assert _same_tree(packed["scheduler"], torch.load(source / "scheduler.pt", weights_only=True))
@@ -372,3 +374,24 @@ def test_dcp_to_pth_to_dcp_gives_what_torch_reads_from_the_original(tmp_path: Pa
     dcp_to_torch_save(source, tmp_path / "a.pth")
     dcp_to_torch_save(tmp_path / "again", tmp_path / "b.pth")
     assert _same_tree(torch.load(tmp_path / "a.pth", weights_only=True), torch.load(tmp_path / "b.pth", weights_only=True))
+
+
+def test_an_hf_trainer_folder_packed_then_unpacked_is_the_same_checkpoint_and_loads_with_from_pretrained(
+        tmp_path: Path) -> None:
+    from ckptkit.diffing import diff_paths
+    from ckptkit.diffing.report import DiffOptions
+
+    transformers = pytest.importorskip("transformers")
+    source = FIXTURES / "hf_full" / "checkpoint-10"
+    convert_checkpoint(source, tmp_path / "packed.pth")
+    result = convert_checkpoint(tmp_path / "packed.pth", tmp_path / "checkpoint-10", ConvertOptions(to="hf"))
+    assert sorted(p.name for p in result.files) == ["config.json", "generation_config.json", "model.safetensors",
+                                                      "optimizer.pt", "scheduler.pt", "trainer_state.json"]
+    assert result.dropped == []   # the RNG state was already left out (and said so) when packing
+    unpacked = open_checkpoint(tmp_path / "checkpoint-10")
+    assert unpacked.format == "hf-trainer" and unpacked.progress.global_step == 10
+    same = diff_paths(source, tmp_path / "checkpoint-10", DiffOptions(sections=("model", "optimizer", "scheduler")))
+    assert same.equal
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-10")
+    _assert_same_state_dict({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
+                            load_file(source / "model.safetensors"))

@@ -104,7 +104,7 @@ def test_unknown_target_name_is_a_one_line_error() -> None:
     code, _, stderr = _run("a.pth", "b.npz")
     assert code == 2
     assert stderr.strip() == ("ckptkit: error: b.npz: cannot tell the target format from the name: end it in "
-                              ".safetensors or .pt/.pth, or pass --to (safetensors, pth, dcp)")
+                              ".safetensors or .pt/.pth, or pass --to (safetensors, pth, dcp, hf)")
 
 
 @pytest.mark.parametrize("text,size", [("500MB", 500_000_000), ("2GB", 2_000_000_000), ("1GiB", 2 ** 30),

@@ -36,7 +36,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.tensor_bytes import DerivedStorage
 
 TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "torch-zip", "pth": "torch-zip",
-           "pt": "torch-zip", "dcp": "dcp"}
+           "pt": "torch-zip", "dcp": "dcp", "hf": "hf"}
 SUFFIXES = {".safetensors": "safetensors", ".pt": "torch-zip", ".pth": "torch-zip", ".bin": "torch-zip",
             ".ckpt": "torch-zip", ".tar": "torch-zip"}
 INDEX_NAME = "model.safetensors.index.json"
@@ -86,13 +86,15 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
     target = target_format(output, options)
     ckpt = with_whole_tensors(open_checkpoint(source))
     to = target_dtype(options.dtype)
-    folder = target == "dcp" or (target == "safetensors" and bool(options.max_shard_size))
+    folder = target in ("dcp", "hf") or (target == "safetensors" and bool(options.max_shard_size))
     backup = _output_backup(source, output, options, folder)
     try:
         if target == "safetensors":
             result = _to_safetensors(ckpt, output, options, to, backup)
         elif target == "dcp":
             result = _to_dcp(ckpt, output, options, to, backup)
+        elif target == "hf":
+            result = _to_hf(ckpt, output, options, to, backup)
         else:
             result = _to_torch(ckpt, output, options, to, backup)
     except CkptkitError as exc:
@@ -114,7 +116,7 @@ def target_format(output: Path, options: ConvertOptions) -> str:
         target = SUFFIXES[output.suffix.lower()]
     else:
         raise UnsupportedFeatureError(output, "cannot tell the target format from the name: end it in "
-                                      ".safetensors or .pt/.pth, or pass --to (safetensors, pth, dcp)")
+                                      ".safetensors or .pt/.pth, or pass --to (safetensors, pth, dcp, hf)")
     if options.max_shard_size and target != "safetensors":
         raise UnsupportedFeatureError(output, "--max-shard-size writes sharded safetensors; it needs --to safetensors")
     return target
@@ -259,3 +261,16 @@ def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType |
     files = sorted(p for p in output.iterdir())
     return ConversionResult(ckpt.path, output, ckpt.format, "dcp", files, counts["checked"],
                             sum(p.stat().st_size for p in files), counts["checked"], dropped=dropped)
+
+
+def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
+           backup: Path | None) -> ConversionResult:
+    from ckptkit.conversion import to_hf
+
+    plan = to_hf.plan_folder(ckpt, options.weights_only, options.select, to)
+    atomic_write_dir(output, lambda tmp: to_hf.populate(plan, tmp),
+                     verify=lambda tmp: to_hf.verify(plan, tmp, output), backup=backup)
+    files = sorted(output.iterdir())
+    return ConversionResult(ckpt.path, output, ckpt.format, "hf", files, len(plan.weights.tensors),
+                            sum(p.stat().st_size for p in files), plan.verified, plan.weights.aliases,
+                            to.name if to else None, len(plan.weights.casts), plan.dropped)

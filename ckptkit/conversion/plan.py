@@ -158,6 +158,12 @@ def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DTy
     tree, dropped = source_tree(ckpt, weights_only, select)
     cast_ids = {id(t.storage) for t in ckpt.model.values() if _casts(t, to)}
     renumber = ckpt.format not in TORCH_FORMATS   # safetensors names, DCP "fqn@[offsets]" keys
+    return rekeyed(tree, cast_ids, to, renumber), stored_aliases(ckpt), dropped
+
+
+def rekeyed(tree: Any, cast_ids: set[int], to: DType | None, renumber: bool) -> Any:
+    """`tree` with the storages in `cast_ids` cast to `to` and, with `renumber`, every storage
+    keyed "0", "1", ... in order of first use; tensors sharing a storage still share it."""
     derived: dict[int, StorageRef] = {}
 
     def storage_for(s: StorageRef) -> StorageRef:
@@ -172,8 +178,7 @@ def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DTy
         return t if s is t.storage else replace(t, storage=s, dtype=s.dtype)
 
     memo: dict[int, TensorRef] = {}
-    out = map_tensors(tree, lambda t: memo.setdefault(id(t), mapped(t)))
-    return out, stored_aliases(ckpt), dropped
+    return map_tensors(tree, lambda t: memo.setdefault(id(t), mapped(t)))
 
 
 def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tuple[Any, list[str]]:
@@ -207,11 +212,31 @@ def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tup
             dropped.append(f"{section} ({ckpt.sources.get(section, '?')}): {why}")
         else:
             tree[key] = value
+    # JSON members (trainer_state.json, adapter_config.json, ...) as they are, so that the folder
+    # can be unpacked again (--to hf).
+    tree.update((name, value) for name, value in json_members(ckpt).items())
     # Plain counters too, so that readers of the single file (ckptkit's families) see the progress.
     for key, value in (("global_step", ckpt.progress.global_step), ("epoch", ckpt.progress.epochs_completed)):
         if value is not None:
             tree[key] = value
     return tree, dropped
+
+
+def json_members(ckpt: Checkpoint) -> dict[str, Any]:
+    """A folder's JSON member files (config.json, trainer_state.json, adapter_config.json, ...),
+    or a packed file's entries named like them: {file name: content}."""
+    found: dict[str, Any] = {}
+    if ckpt.path.is_dir():
+        for file in sorted(ckpt.path.glob("*.json")):
+            if file.name.endswith(".index.json"):
+                continue   # shard indexes describe the files they sit beside, not the checkpoint
+            try:
+                found[file.name] = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue   # the folder reader reports damaged members; packing skips them
+    elif isinstance(ckpt.tree, dict):
+        found = {str(k): v for k, v in ckpt.tree.items() if str(k).endswith(".json") and isinstance(v, (dict, list))}
+    return {k: v for k, v in found.items() if not _not_rewritable(v)}
 
 
 # Keys a packed folder's sections get in the single file (ckptkit's families recognise them).

@@ -1,0 +1,73 @@
+"""A single checkpoint -> a Hugging Face style folder (`--to hf`), the inverse of packing one.
+
+Members written, as transformers' Trainer lays out `checkpoint-N/`: the weights as
+`model.safetensors` (`adapter_model.safetensors` when an `adapter_config.json` comes along),
+`optimizer.pt`, `scheduler.pt` and `scaler.pt` from the matching sections (unless
+--weights-only), and every JSON member the source carries (`config.json`, `trainer_state.json`,
+`adapter_config.json`, ... as packed by `ckptkit convert FOLDER file.pth`). Each file is read
+back and compared like any other conversion output before the folder is put in place.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptkit.checkpoint import Checkpoint
+from ckptkit.conversion.plan import (TensorPlan, dropped_sections, json_members, model_tensors, plan_tensors,
+                                     rekeyed, safetensors_metadata)
+from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
+from ckptkit.dtypes import DType
+
+SECTION_FILES = (("optimizer", "optimizer.pt"), ("scheduler", "scheduler.pt"), ("scaler", "scaler.pt"))
+
+
+@dataclass
+class FolderPlan:
+    weights_name: str
+    weights: TensorPlan
+    metadata: dict[str, str]
+    sections: dict[str, Any] = field(default_factory=dict)     # file name -> tree (torch.save)
+    documents: dict[str, Any] = field(default_factory=dict)    # file name -> JSON value
+    dropped: list[str] = field(default_factory=list)
+    verified: int = 0
+
+
+def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DType | None) -> FolderPlan:
+    documents = json_members(ckpt)
+    weights = plan_tensors(model_tensors(ckpt, select), to)
+    name = "adapter_model.safetensors" if "adapter_config.json" in documents else "model.safetensors"
+    plan = FolderPlan(name, weights, safetensors_metadata(ckpt, weights.aliases, to), documents=documents)
+    if weights_only or select is not None:
+        plan.dropped = dropped_sections(ckpt)
+        return plan
+    for section, file in SECTION_FILES:
+        value = getattr(ckpt, section)
+        if value is not None:
+            plan.sections[file] = rekeyed(value, set(), None, renumber=True)
+    if ckpt.rng is not None:
+        plan.dropped.append(f"rng ({ckpt.sources.get('rng', '?')}): ckptkit does not write rng_state.pth")
+    return plan
+
+
+def populate(plan: FolderPlan, folder: Path) -> None:
+    from ckptkit.formats.safetensors_file import write_safetensors
+    from ckptkit.formats.torch_zip import write_torch_zip
+
+    with open(folder / plan.weights_name, "xb") as f:
+        write_safetensors(f, plan.weights.tensors, plan.metadata, plan.weights.casts)
+    for file, tree in plan.sections.items():
+        with open(folder / file, "xb") as f:
+            write_torch_zip(f, tree)
+    for file, value in plan.documents.items():
+        (folder / file).write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def verify(plan: FolderPlan, folder: Path, shown_as: Path) -> None:
+    plan.verified = verify_safetensors(folder / plan.weights_name, shown_as / plan.weights_name,
+                                       plan.weights.tensors, plan.metadata, plan.weights.casts)
+    for file, tree in plan.sections.items():
+        plan.verified += verify_torch_file(folder / file, shown_as / file, tree)
+    for file, value in plan.documents.items():
+        verify_index(folder / file, shown_as / file, value)
