@@ -46,7 +46,8 @@ def convert_command(source: Path, output: Path, to: str | None, weights_only: bo
     .safetensors -> .pth                       a state dict torch.load(weights_only=True) reads
     legacy torch.save -> zip                   same tree, byte-identical storage records
     DCP folder <-> .pth (--to dcp)             the state tree; chunked tensors assembled whole
-    HF Trainer / accelerate folder -> .pth     sections in one file (--weights-only: the model)
+    HF Trainer / accelerate folder <-> .pth    sections in one file (--weights-only: the model);
+                                               back with --to hf
 
     Every tensor written is read back and compared with the source (byte for byte, or exactly
     after --dtype) before the output is renamed into place; a mismatch deletes it and exits 2.

@@ -10,7 +10,7 @@
   tree is re-pickled and every storage record copied byte for byte (or cast element-wise).
 * DCP folder -> torch.save / safetensors (chunked tensors assembled whole); a single file -> DCP
   folder (`ckptkit.conversion.to_dcp`); HF Trainer / accelerate folders -> one torch.save file
-  of their sections (`plan.source_tree`).
+  of their sections (`plan.source_tree`), and back (`--to hf`, `ckptkit.conversion.to_hf`).
 
 Every output is written to a temporary file or folder beside the target, read back with
 ckptkit's reader and compared with the source byte for byte (exactly, after a --dtype cast),
