@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -58,12 +59,19 @@ def _corrupting_safetensors(write):
 
 
 def _corrupting_storage_records(write_member):
-    """Torch's zip writer with every storage record's first byte flipped on its way to disk."""
-    def corrupt(zf, out, name, chunks, length):
-        if "/data/" in name:
-            chunks = list(chunks)
-            chunks[0] = bytes([chunks[0][0] ^ 0xFF]) + chunks[0][1:]
-        return write_member(zf, out, name, chunks, length)
+    """Torch's zip writer with the last byte of every storage record flipped once it is on disk
+    (whether the record was streamed or copied by the kernel)."""
+    def corrupt(zf, out, name, chunks, length, **kwargs):
+        result = write_member(zf, out, name, chunks, length, **kwargs)
+        if "/data/" in name and length:
+            out.flush()
+            end = out.tell()
+            fd = os.open(out.name, os.O_RDWR)   # `out` itself is write-only
+            try:
+                os.pwrite(fd, bytes([os.pread(fd, 1, end - 1)[0] ^ 0xFF]), end - 1)
+            finally:
+                os.close(fd)
+        return result
     return corrupt
 
 

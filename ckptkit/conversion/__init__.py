@@ -33,7 +33,7 @@ from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_t
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
-from ckptkit.tensor_bytes import DerivedStorage
+from ckptkit.tensor_bytes import DerivedStorage, on_disk
 
 TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "torch-zip", "pth": "torch-zip",
            "pt": "torch-zip", "dcp": "dcp", "hf": "hf"}
@@ -225,7 +225,8 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
     def verify(tmp: Path) -> None:
         counts["checked"] = verify_torch_file(tmp, output, tree)
 
-    atomic_write_file(output, lambda f: write_torch_zip(f, tree), verify=verify, backup=backup)
+    crcs = _record_crcs(ckpt, tree)
+    atomic_write_file(output, lambda f: write_torch_zip(f, tree, known_crcs=crcs), verify=verify, backup=backup)
     cast = sum(1 for _, t in iter_tensors(tree) if _was_cast(t))
     result = ConversionResult(ckpt.path, output, ckpt.format, "torch-zip", [output], counts["checked"],
                               output.stat().st_size, counts["checked"], aliases, to.name if to else None, cast,
@@ -235,6 +236,23 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
     if options.select is not None and not options.weights_only:
         result.notes.append("--select writes model tensors only (a partial model has no matching optimizer state)")
     return result
+
+
+def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
+    """CRC32s of the records a torch zip source already holds and the output copies unchanged:
+    write_torch_zip then copies them inside the kernel (the read-back compares every byte)."""
+    import zipfile
+
+    from ckptkit.pickle_writer import dumps_tree
+
+    prefix = ckpt.metadata.get("zip_prefix")
+    if ckpt.format != "torch-zip" or prefix is None:
+        return {}
+    _, storages = dumps_tree(tree)
+    with zipfile.ZipFile(ckpt.path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+    return {key: infos[f"{prefix}/data/{key}"].CRC for key, s in storages.items()
+            if on_disk(s) and s.byte_range().path == ckpt.path and f"{prefix}/data/{key}" in infos}
 
 
 def _was_cast(t: TensorRef) -> bool:
