@@ -395,3 +395,16 @@ def test_an_hf_trainer_folder_packed_then_unpacked_is_the_same_checkpoint_and_lo
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-10")
     _assert_same_state_dict({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
                             load_file(source / "model.safetensors"))
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_a_dcp_folder_whose_plain_values_differ_from_the_source_fails_verification(tmp_path: Path) -> None:
+    from ckptkit.conversion.to_dcp import verify_dcp
+    from ckptkit.errors import WriteVerificationError
+
+    torch.save({"model": {"w": torch.ones(2)}, "step": 3}, tmp_path / "a.pth")
+    convert_checkpoint(tmp_path / "a.pth", tmp_path / "d", ConvertOptions(to="dcp"))
+    tree = open_checkpoint(tmp_path / "a.pth").tree
+    assert verify_dcp(tmp_path / "d", tmp_path / "d", tree) == 1
+    with pytest.raises(WriteVerificationError, match=r"plain values read back differ .*'step'"):
+        verify_dcp(tmp_path / "d", tmp_path / "d", {**tree, "step": 4})

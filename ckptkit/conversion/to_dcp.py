@@ -15,6 +15,7 @@ from typing import Any
 
 from ckptkit.checkpoint import TensorRef, iter_tensors
 from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.jsonable import to_jsonable
 from ckptkit.safe_pickle import TorchDeviceValue, TorchDtypeValue
 from ckptkit.tensor_bytes import on_disk, same_bytes, tensor_chunks
 
@@ -86,6 +87,10 @@ def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any) -> int:
         got = with_whole_tensors(open_checkpoint(folder))
     except CkptkitError as exc:
         raise WriteVerificationError(shown_as, f"written folder does not read back: {exc.message}") from None
+    want_leaves, have_leaves = _leaves(to_jsonable(expected_tree)), _leaves(to_jsonable(got.tree))
+    if want_leaves != have_leaves:
+        odd = sorted(k for k in set(want_leaves) | set(have_leaves) if want_leaves.get(k) != have_leaves.get(k))
+        raise WriteVerificationError(shown_as, f"plain values read back differ from the source's (e.g. {odd[:3]})")
     want, have = dict(iter_tensors(expected_tree)), dict(iter_tensors(got.tree))
     if set(want) != set(have):
         odd = sorted(set(want) ^ set(have))
@@ -98,3 +103,19 @@ def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any) -> int:
         if not same_bytes(tensor_chunks(out, None, 1 << 20), tensor_chunks(source, None, 1 << 20)):
             raise WriteVerificationError(shown_as, f"tensor {name!r}: bytes read back differ from the source's")
     return len(want)
+
+
+def _leaves(value: Any, path: str = "") -> dict[str, Any]:
+    """{dotted path: leaf} of a JSON-ready tree. Empty containers have no leaves: DCP's flattening
+    does not store them (an empty `lr_lambdas` list comes back absent), so they are not compared."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_leaves(v, f"{path}.{k}" if path else str(k)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_leaves(v, f"{path}.{i}" if path else str(i)))
+        return out
+    return {path: value}
