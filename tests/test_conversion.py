@@ -387,7 +387,10 @@ def test_an_hf_trainer_folder_packed_then_unpacked_is_the_same_checkpoint_and_lo
     result = convert_checkpoint(tmp_path / "packed.pth", tmp_path / "checkpoint-10", ConvertOptions(to="hf"))
     assert sorted(p.name for p in result.files) == ["config.json", "generation_config.json", "model.safetensors",
                                                       "optimizer.pt", "scheduler.pt", "trainer_state.json"]
-    assert result.dropped == []   # the RNG state was already left out (and said so) when packing
+    # The RNG state was already left out (and said so) when packing; what packing derived from the
+    # folder (progress, counters, ...) lives on in trainer_state.json, but has no file of its own.
+    assert result.dropped == ["other keys (config, progress, metrics, histories, extra, global_step, epoch): "
+                              "an HF folder has no file for them"]
     unpacked = open_checkpoint(tmp_path / "checkpoint-10")
     assert unpacked.format == "hf-trainer" and unpacked.progress.global_step == 10
     same = diff_paths(source, tmp_path / "checkpoint-10", DiffOptions(sections=("model", "optimizer", "scheduler")))

@@ -84,10 +84,10 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
     source, output = Path(source), Path(output)
     options = options or ConvertOptions()
     target = target_format(output, options)
-    ckpt = with_whole_tensors(open_checkpoint(source))
     to = target_dtype(options.dtype)
     folder = target in ("dcp", "hf") or (target == "safetensors" and bool(options.max_shard_size))
     backup = _output_backup(source, output, options, folder)
+    ckpt = with_whole_tensors(open_checkpoint(source))
     try:
         if target == "safetensors":
             result = _to_safetensors(ckpt, output, options, to, backup)

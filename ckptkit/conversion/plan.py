@@ -60,7 +60,8 @@ def with_whole_tensors(ckpt: Checkpoint) -> Checkpoint:
         return memo[id(t)]
 
     return replace(ckpt, tree=map_tensors(ckpt.tree, whole),
-                   model=OrderedDict((n, whole(t)) for n, t in ckpt.model.items()))
+                   model=OrderedDict((n, whole(t)) for n, t in ckpt.model.items()),
+                   **{s: map_tensors(getattr(ckpt, s), whole) for s in TRAINING_SECTIONS})
 
 
 def target_dtype(spelling: str | None) -> DType | None:

@@ -48,6 +48,11 @@ def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DT
             plan.sections[file] = rekeyed(value, set(), None, renumber=True)
     if ckpt.rng is not None:
         plan.dropped.append(f"rng ({ckpt.sources.get('rng', '?')}): ckptkit does not write rng_state.pth")
+    if not ckpt.path.is_dir() and isinstance(ckpt.tree, dict):
+        used = {ckpt.sources.get(s) for s in ("model", "optimizer", "scheduler", "scaler", "rng")}
+        rest = [str(k) for k in ckpt.tree if k not in used and not str(k).endswith(".json")]
+        if rest and ckpt.sources.get("model") != "(top level)":
+            plan.dropped.append(f"other keys ({', '.join(rest)}): an HF folder has no file for them")
     return plan
 
 
