@@ -202,6 +202,13 @@ def _item_tensor_range(file: Path, start: int, length: int, fqn: str) -> ByteRan
     except (StopIteration, KeyError, AttributeError, zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise CorruptCheckpointError(file, f"tensor {fqn!r}: stored item at byte {start} is damaged "
                                      f"({type(exc).__name__})") from None
+    if not tensor.is_contiguous():
+        # DCP keeps an item's storage compact but not necessarily contiguous (a transposed
+        # weight keeps its strides); the chunk is described as contiguous, so its bytes would
+        # come back in the wrong order. Refuse rather than return wrong values.
+        raise UnsupportedFeatureError(file, f"tensor {fqn!r} is stored non-contiguous (stride "
+                                      f"{list(tensor.stride)}) inside its DCP item; ckptkit cannot read "
+                                      "its values yet")
     record = locate_record(file, info, tensor.storage.key, base=start)
     skip = tensor.storage_offset * tensor.dtype.itemsize
     return ByteRange(file, record.offset + skip, tensor.nbytes)
