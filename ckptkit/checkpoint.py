@@ -118,6 +118,15 @@ def _mapped(path: Path) -> memoryview:
     return memoryview(_MAPS[path])
 
 
+def mapped_bytes(where: ByteRange) -> memoryview:
+    """The bytes of a range of a file, memory-mapped (pages are read when touched)."""
+    view = _mapped(where.path)
+    if where.offset < 0 or where.offset + where.length > len(view):
+        raise CorruptCheckpointError(where.path, f"bytes {where.offset}..{where.offset + where.length} lie "
+                                     f"past the end of the file ({len(view)} bytes): truncated")
+    return view[where.offset: where.offset + where.length]
+
+
 def release_mapped_pages(where: ByteRange) -> None:
     """Unmap the pages of `where` from this process (the OS page cache keeps them).
 

@@ -53,6 +53,7 @@ def main() -> None:
       ckptkit ls RUN_DIR              every checkpoint of a run, ordered by progress
       ckptkit latest RUN_DIR          the path to resume from
       ckptkit diff A B                what changed between two checkpoints
+      ckptkit validate CHECKPOINT     is it whole, consistent and safe to resume from?
     """
 
 
@@ -66,6 +67,7 @@ def _register() -> None:
     from ckptkit.cli import fix_epoch_command  # noqa: F401
     from ckptkit.cli import repair_command  # noqa: F401
     from ckptkit.cli import convert_command  # noqa: F401
+    from ckptkit.cli import validate_command  # noqa: F401
 
 
 _register()

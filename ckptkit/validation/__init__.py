@@ -8,6 +8,7 @@ key), expected vs found in plain words, and the ckptkit command that fixes it wh
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,23 @@ class ValidationContext:
     reference: Checkpoint | None = None
     siblings: bool = True          # look at the rest of the run directory (run-level checks)
     progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
+
+    @property
+    def name(self) -> str:
+        """The checkpoint's file or folder name, as findings show it."""
+        return self.ckpt.path.name
+
+    def where(self, key: str | None = None, member: str | None = None) -> str:
+        """"file: key" for a finding; `member` names a file inside a folder checkpoint."""
+        place = f"{self.name}/{member}" if member else self.name
+        return f"{place}: {key}" if key else place
+
+    def command(self, verb: str, *args: str) -> str:
+        """The ckptkit command line that fixes a finding on this checkpoint."""
+        return " ".join(["ckptkit", verb, shlex.quote(str(self.ckpt.path)), *args])
+
+    def repair(self, code: str) -> str:
+        return self.command("repair", "--fix", code)
 
 
 Check = Callable[[ValidationContext], Iterable[Finding]]
@@ -73,6 +91,28 @@ CHECKS: list[tuple[str, Check]] = [
 ]
 
 
+def _register_checks() -> None:
+    # One module per group of checks; they import this package only for type hints.
+    from ckptkit.validation.compatibility import check_compatibility
+    from ckptkit.validation.completeness import check_completeness
+    from ckptkit.validation.counters import check_counters
+    from ckptkit.validation.deep import check_deep
+    from ckptkit.validation.hf_folder import check_hf_folder
+    from ckptkit.validation.integrity import check_integrity
+    from ckptkit.validation.optimizer import check_optimizer
+    from ckptkit.validation.precision import check_mixed_precision
+    from ckptkit.validation.rng import check_rng
+    from ckptkit.validation.run_level import check_run
+    from ckptkit.validation.security import check_security
+
+    CHECKS.extend([
+        ("security", check_security), ("completeness", check_completeness), ("integrity", check_integrity),
+        ("counters", check_counters), ("hf-folder", check_hf_folder), ("optimizer", check_optimizer),
+        ("mixed-precision", check_mixed_precision), ("rng", check_rng), ("compatibility", check_compatibility),
+        ("run", check_run), ("deep", check_deep),
+    ])
+
+
 def validate_checkpoint(ckpt: Checkpoint, *, deep: bool = False, reference: Checkpoint | None = None,
                         siblings: bool = True,
                         progress_callback: Callable[[int, int], None] | None = None) -> ValidationReport:
@@ -98,3 +138,6 @@ def validate_path(path: str | os.PathLike[str], *, deep: bool = False,
     reference = open_checkpoint(Path(against)) if against is not None else None
     return validate_checkpoint(open_checkpoint(Path(path)), deep=deep, reference=reference,
                                siblings=siblings, progress_callback=progress_callback)
+
+
+_register_checks()

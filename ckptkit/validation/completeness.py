@@ -1,0 +1,54 @@
+"""Completeness: are the parts a resume needs present?"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ckptkit.checkpoint import Finding, Severity
+from ckptkit.validation.counters import TRAINING_FAMILIES
+
+if TYPE_CHECKING:
+    from ckptkit.validation import ValidationContext
+
+# Files `save_pretrained` writes beside seed 003's training_state.pth.
+PRETRAINED_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                      "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
+    ckpt = ctx.ckpt
+    if ckpt.family not in TRAINING_FAMILIES or ckpt.path.is_dir():
+        return
+    has_counters = ckpt.progress.known
+    if not ckpt.model:
+        yield from _model_elsewhere(ctx)
+    if ckpt.optimizer is None and ckpt.model:
+        if has_counters:
+            yield Finding("completeness.missing-optimizer", Severity.WARNING, ctx.where(),
+                          f"expected optimizer state beside the counters ({ckpt.progress.describe()}), found "
+                          "none: a resume would restart Adam moments / momentum from zero")
+        else:
+            yield Finding("completeness.weights-only", Severity.INFO, ctx.where(),
+                          "holds model weights only (no optimizer, no epoch/step counters): fine for "
+                          "inference or fine-tuning; resuming training from it would restart at epoch 0 "
+                          "with a fresh optimizer")
+    if ckpt.optimizer is not None and ckpt.scheduler is None:
+        yield Finding("completeness.missing-scheduler", Severity.INFO, ctx.where(),
+                      "no scheduler state saved: if the run used a learning-rate scheduler, a resume "
+                      "restarts its schedule (warmup, decay) from the beginning")
+
+
+def _model_elsewhere(ctx: ValidationContext) -> Iterable[Finding]:
+    """A training_state.pth keeps weights in save_pretrained files beside it."""
+    folder = ctx.ckpt.path.parent
+    if ctx.ckpt.family == "training-state":
+        if not any((folder / name).exists() for name in PRETRAINED_WEIGHTS):
+            yield Finding("completeness.missing-weights", Severity.ERROR, ctx.where(),
+                          f"expected model weights saved with save_pretrained beside this file "
+                          f"({' or '.join(PRETRAINED_WEIGHTS[:2])} in {folder.name}/), found none: the "
+                          "save was interrupted before the model was written")
+        return
+    if ctx.ckpt.optimizer is not None:
+        yield Finding("completeness.missing-model", Severity.ERROR, ctx.where(),
+                      "expected model weights (e.g. 'model_state_dict') beside the optimizer state, "
+                      "found none: this checkpoint cannot restore a model")

@@ -1,0 +1,152 @@
+"""Progress counters: do the checkpoint's counters agree with each other and with its name?
+
+Every family stores progress its own way; the reader maps it to one `Progress` and these
+checks speak about that record, quoting the stored keys so a user can find them.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ckptkit import sections as S
+from ckptkit.checkpoint import Finding, Severity
+from ckptkit.families import RETRIEVAL_NAME
+from ckptkit.validation.param_matching import optimizer_step
+
+if TYPE_CHECKING:
+    from ckptkit.validation import ValidationContext
+
+STEP_NAME = re.compile(r"(?:checkpoint|ckpt)[_-]?step[_-]?(?P<step>\d+)", re.IGNORECASE)
+TRAINING_FAMILIES = frozenset({"recsys", "retrieval", "experiment", "training-state", "nanogpt",
+                               "lightning", "generic"})
+
+
+def check_counters(ctx: ValidationContext) -> Iterable[Finding]:
+    yield from _epoch_position(ctx)
+    yield from _epoch_convention(ctx)
+    yield from _file_name(ctx)
+    yield from _step_budget(ctx)
+    yield from _optimizer_and_scheduler(ctx)
+
+
+def _epoch_position(ctx: ValidationContext) -> Iterable[Finding]:
+    """Seed 003: where inside an epoch the checkpoint was taken, and whether that can be told."""
+    p, tree = ctx.ckpt.progress, ctx.ckpt.tree
+    if ctx.ckpt.family not in TRAINING_FAMILIES or not isinstance(tree, dict):
+        return
+    if p.epochs_completed is None and p.global_step is None:
+        if ctx.ckpt.optimizer is not None:
+            yield Finding("counters.missing-epoch", Severity.WARNING, ctx.where("epoch"),
+                          "expected an 'epoch' (or step) counter beside the optimizer state, found none: "
+                          "resume would restart at epoch 0 and repeat every epoch already trained",
+                          ctx.repair("counters.missing-epoch"))
+        return
+    if ctx.ckpt.family != "training-state":
+        return
+    epoch, step, total = (S.as_int(tree.get(k)) for k in ("epoch", "step", "total_batches"))
+    if epoch is None:
+        return
+    fix_complete = ctx.command("fix-epoch", "--epoch", str(epoch), "--complete")
+    if step and total is not None and step > total:
+        yield Finding("counters.step-past-epoch-end", Severity.ERROR, ctx.where("step"),
+                      f"expected step <= total_batches = {total}, found step = {step}: the counters "
+                      "cannot both be right", fix_complete)
+    elif step and total is not None and step < total:
+        yield Finding("counters.incomplete-epoch", Severity.INFO, ctx.where("step"),
+                      f"epoch {epoch} incomplete, {100.0 * step / total:.1f}% done ({step}/{total} batches); "
+                      f"resume continues epoch {epoch} at batch {step}. If epoch {epoch} actually finished, "
+                      "record that with the fix command", fix_complete)
+    elif step and total is None:
+        yield Finding("counters.incomplete-epoch", Severity.INFO, ctx.where("step"),
+                      f"epoch {epoch} in progress at batch {step} (no total_batches stored, so the share "
+                      f"done is unknown); resume continues epoch {epoch} at batch {step}", fix_complete)
+    elif not step and total is None:
+        yield Finding("counters.ambiguous-step-zero", Severity.WARNING, ctx.where("step"),
+                      f"step = 0 without total_batches is ambiguous: by this layout's convention it marks "
+                      f"the end of epoch {epoch}, but it cannot be told apart from 'epoch {epoch} not "
+                      "started'; store total_batches, or confirm with the fix command",
+                      ctx.command("fix-epoch", "--epoch", str(epoch), "--complete"))
+
+
+def _epoch_convention(ctx: ValidationContext) -> Iterable[Finding]:
+    """Seed 001 stores epoch+1; say so in words, since a naive resume repeats or skips an epoch."""
+    if ctx.ckpt.family != "retrieval" or S.as_int(_get(ctx.ckpt.tree, "epoch")) is None:
+        return
+    stored = S.as_int(ctx.ckpt.tree["epoch"])
+    yield Finding("counters.epoch-plus-one", Severity.INFO, ctx.where("epoch"),
+                  f"epoch is stored as epoch+1 (this layout's convention): 'epoch' = {stored} means {stored} "
+                  f"epochs are complete, and a resume must start at 0-based epoch {stored} (the "
+                  f"{_ordinal(stored + 1)} epoch), not at {stored + 1}")
+
+
+def _file_name(ctx: ValidationContext) -> Iterable[Finding]:
+    """Numbers in the file name (epoch, recall, step) against the same numbers inside the file."""
+    name, tree = ctx.name, ctx.ckpt.tree
+    fix = ctx.command("fix-epoch", "--epoch", "N")
+    m = RETRIEVAL_NAME.search(name)
+    if m and isinstance(tree, dict):
+        stored = S.as_int(tree.get("epoch"))
+        named = int(m.group("epoch"))
+        if stored is not None and stored != named:
+            yield Finding("counters.filename-mismatch", Severity.WARNING, ctx.where("epoch"),
+                          f"the file name says epoch {named} but the file stores 'epoch' = {stored}: one of "
+                          "them is wrong (was the file renamed, or overwritten by a later save?)",
+                          fix.replace(" N", f" {stored}"))
+        recall = tree.get("recall_at_10")
+        named_recall = float(m.group("recall"))
+        decimals = len(m.group("recall").split(".")[1]) if "." in m.group("recall") else 0
+        if S.is_number(recall) and abs(float(recall) - named_recall) > 0.5 * 10 ** -decimals + 1e-12:
+            yield Finding("counters.filename-mismatch", Severity.WARNING, ctx.where("recall_at_10"),
+                          f"the file name says recall {m.group('recall')} but the file stores "
+                          f"'recall_at_10' = {float(recall):.6g}: the name does not describe these weights")
+    m = STEP_NAME.search(name)
+    step = ctx.ckpt.progress.global_step
+    if m and step is not None and int(m.group("step")) != step:
+        yield Finding("counters.filename-mismatch", Severity.WARNING, ctx.where("global_step"),
+                      f"the file name says step {m.group('step')} but the file stores global step {step}")
+
+
+def _step_budget(ctx: ValidationContext) -> Iterable[Finding]:
+    """Seed 004: a checkpoint at max_steps resumes into a loop that is already over."""
+    p = ctx.ckpt.progress
+    if p.global_step is None or p.max_steps is None or p.global_step < p.max_steps:
+        return
+    final = "final" in ctx.name.lower()
+    yield Finding("counters.past-max-steps", Severity.INFO if final else Severity.WARNING,
+                  ctx.where("global_step"),
+                  f"global step {p.global_step} is at or past max_steps = {p.max_steps} "
+                  f"({p.sources.get('max_steps', 'config')}): resume would finish immediately; extend the "
+                  "step budget (raise max_steps, e.g. --extend-steps) to train further")
+
+
+def _optimizer_and_scheduler(ctx: ValidationContext) -> Iterable[Finding]:
+    """An optimizer cannot have stepped more often than the trainer counted, nor the scheduler drift."""
+    p, opt = ctx.ckpt.progress, ctx.ckpt.optimizer
+    opt_step = optimizer_step(opt) if S.is_optimizer_state(opt) else None
+    opt_key = ctx.ckpt.sources.get("optimizer", "optimizer")
+    if opt_step is not None and p.global_step is not None and opt_step > p.global_step:
+        yield Finding("counters.optimizer-ahead", Severity.ERROR, ctx.where(f"{opt_key}.state.*.step"),
+                      f"the optimizer has taken {opt_step} steps but global step is {p.global_step}: "
+                      "the optimizer state was saved by a later step than the counters")
+    sched = ctx.ckpt.scheduler
+    last = S.as_int(sched.get("last_epoch")) if isinstance(sched, dict) else None
+    if last is None or last < 0:
+        return
+    candidates = {v for v in (opt_step, p.global_step, p.epochs_completed) if v is not None}
+    if candidates and not any(abs(last - v) <= 1 for v in candidates):
+        said = ", ".join(f"{n} {v}" for n, v in (("optimizer steps", opt_step), ("global step", p.global_step),
+                                                ("epochs completed", p.epochs_completed)) if v is not None)
+        yield Finding("counters.scheduler-position", Severity.WARNING,
+                      ctx.where(f"{ctx.ckpt.sources.get('scheduler', 'scheduler')}.last_epoch"),
+                      f"scheduler last_epoch = {last} matches none of the run's counters ({said}): "
+                      "a resume would continue the learning-rate schedule from the wrong place")
+
+
+def _get(tree: Any, key: str) -> Any:
+    return tree.get(key) if isinstance(tree, dict) else None
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -1,0 +1,90 @@
+"""Optimizer state against itself, the model it should belong to, and the scheduler."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ckptkit import sections as S
+from ckptkit.checkpoint import Finding, Severity, TensorRef
+from ckptkit.validation.param_matching import describe_shape, optimizer_params, pair
+
+if TYPE_CHECKING:
+    from ckptkit.validation import ValidationContext
+
+
+def check_optimizer(ctx: ValidationContext) -> Iterable[Finding]:
+    opt = ctx.ckpt.optimizer
+    if not S.is_optimizer_state(opt):
+        return
+    key = ctx.ckpt.sources.get("optimizer", "optimizer")
+    yield from _groups(ctx, opt, key)
+    yield from _learning_rates(ctx, opt, key)
+    adapter_folder = isinstance(ctx.ckpt.tree, dict) and "adapter_config.json" in ctx.ckpt.tree
+    if ctx.ckpt.model and not adapter_folder:    # adapters: hf_folder.py pairs them exactly
+        yield from against_model(ctx, opt, ctx.ckpt.model, key, "the model in this checkpoint")
+
+
+def _groups(ctx: ValidationContext, opt: dict[str, Any], key: str) -> Iterable[Finding]:
+    """Param indices must be disjoint across groups, and every state entry must belong to a group."""
+    seen: dict[Any, int] = {}
+    for p in optimizer_params(opt):
+        if p.index in seen:
+            yield Finding("optimizer.param-in-two-groups", Severity.ERROR, ctx.where(f"{key}.param_groups"),
+                          f"parameter {p.index} is listed in group {seen[p.index]} and again in group "
+                          f"{p.group}: expected each parameter in exactly one group; load_state_dict "
+                          "will refuse this state")
+        seen.setdefault(p.index, p.group)
+    state = opt["state"] if isinstance(opt["state"], dict) else {}
+    orphans = [k for k in state if k not in seen]
+    if orphans:
+        shown = ", ".join(map(str, orphans[:5])) + (" ..." if len(orphans) > 5 else "")
+        yield Finding("optimizer.state-without-group", Severity.ERROR, ctx.where(f"{key}.state"),
+                      f"state entries {shown} belong to no param group (groups list {len(seen)} "
+                      f"parameters, state has {len(state)} entries): the state is damaged or was "
+                      "edited by hand")
+
+
+def _learning_rates(ctx: ValidationContext, opt: dict[str, Any], key: str) -> Iterable[Finding]:
+    sched = ctx.ckpt.scheduler
+    last_lr = sched.get("_last_lr") if isinstance(sched, dict) else None
+    groups = [g for g in opt.get("param_groups") or [] if isinstance(g, dict)]
+    for i, group in enumerate(groups):
+        lr = group.get("lr")
+        if isinstance(lr, TensorRef):
+            continue
+        if S.is_number(lr) and (not math.isfinite(lr) or lr < 0):
+            yield Finding("optimizer.bad-lr", Severity.ERROR, ctx.where(f"{key}.param_groups.{i}.lr"),
+                          f"expected a finite, non-negative learning rate, found {lr}")
+        if (isinstance(last_lr, list) and i < len(last_lr) and S.is_number(lr) and S.is_number(last_lr[i])
+                and not math.isclose(lr, last_lr[i], rel_tol=1e-6, abs_tol=1e-12)):
+            yield Finding("optimizer.lr-scheduler-mismatch", Severity.WARNING,
+                          ctx.where(f"{key}.param_groups.{i}.lr"),
+                          f"group {i} lr = {lr:g} but the scheduler's _last_lr[{i}] = {last_lr[i]:g}: "
+                          "the two were saved at different moments, or lr was overridden after the "
+                          "scheduler stepped; the resumed learning rate will follow the scheduler")
+
+
+def against_model(ctx: ValidationContext, opt: dict[str, Any], model: dict[str, TensorRef], key: str,
+                  model_desc: str, code: str = "optimizer.param-set-mismatch") -> Iterable[Finding]:
+    """The optimizer's entries, in order, must have the shapes of the model's parameters."""
+    pairing = pair(opt, model)
+    if pairing.agrees or pairing.optimizer_count == 0:
+        return
+    if pairing.first_mismatch is None and pairing.optimizer_count < pairing.model_count:
+        # Fewer entries than parameters, all matching in order: frozen parameters (fine-tuning).
+        return
+    if pairing.matches_trainable_subset and pairing.optimizer_count < pairing.model_count:
+        return
+    detail = ""
+    if pairing.first_mismatch is not None:
+        i, p, target = pairing.first_mismatch
+        found = (f"parameter {i} of {model_desc} is '{target[0]}' {describe_shape(target[1].shape)}"
+                 if target else f"{model_desc} has no parameter {i}")
+        detail = f"; first disagreement: optimizer entry {i} (id {p.index}) has {describe_shape(p.shape)}, {found}"
+    yield Finding(code, Severity.ERROR, ctx.where(f"{key}.state"),
+                  f"optimizer state built for a different set of parameters: expected {pairing.model_count} "
+                  f"entries shaped like the parameters of {model_desc} in order, found "
+                  f"{pairing.optimizer_count}{detail}. Resuming would fail in load_state_dict or pair the "
+                  "Adam moments with the wrong weights")
+

@@ -1,0 +1,108 @@
+"""Pairing an optimizer's state entries with a model's parameters.
+
+An optimizer `state_dict()` knows its parameters only by index (the order of
+`model.parameters()` at construction time, group after group). The model state dict lists
+parameters in the same order, mixed with buffers. So the one honest way to name an optimizer
+entry is by order and shape; these helpers do that pairing once, for the optimizer checks and
+for `--against`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ckptkit.checkpoint import TensorRef
+
+# Buffers that live in a state dict but are never handed to an optimizer.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "position_ids",
+                   "inv_freq", "attn.bias", "attn.masked_bias", "_float_tensor")
+MOMENT_KEYS = ("exp_avg", "momentum_buffer", "square_avg", "sum", "exp_avg_sq")
+
+
+@dataclass(frozen=True)
+class OptimizerParam:
+    index: Any                       # the id the optimizer stored (int, or a name for named optimizers)
+    group: int
+    shape: tuple[int, ...] | None    # from its state tensors; None when it has no state yet
+
+
+def optimizer_params(opt: dict[str, Any]) -> list[OptimizerParam]:
+    """The optimizer's parameters in construction order, with the shape its state implies."""
+    state = opt.get("state") if isinstance(opt.get("state"), dict) else {}
+    out: list[OptimizerParam] = []
+    for g, group in enumerate(opt.get("param_groups") or []):
+        if not isinstance(group, dict):
+            continue
+        for index in group.get("params") or []:
+            out.append(OptimizerParam(index, g, state_shape(state.get(index))))
+    return out
+
+
+def state_shape(entry: Any) -> tuple[int, ...] | None:
+    if not isinstance(entry, dict):
+        return None
+    for key in MOMENT_KEYS:
+        t = entry.get(key)
+        if isinstance(t, TensorRef):
+            return t.shape
+    return None
+
+
+def model_parameters(model: dict[str, TensorRef]) -> list[tuple[str, TensorRef]]:
+    """Entries of a model state dict that can be parameters: floating, and not a known buffer."""
+    return [(name, t) for name, t in model.items()
+            if t.dtype.is_floating and not name.endswith(BUFFER_SUFFIXES)]
+
+
+@dataclass
+class Pairing:
+    """How an optimizer's parameters line up with a model's."""
+
+    optimizer_count: int
+    model_count: int
+    first_mismatch: tuple[int, OptimizerParam, tuple[str, TensorRef] | None] | None
+    matches_trainable_subset: bool    # optimizer covers an in-order subset of the parameters (frozen rest)
+
+    @property
+    def agrees(self) -> bool:
+        return self.first_mismatch is None and self.optimizer_count == self.model_count
+
+
+def pair(opt: dict[str, Any], model: dict[str, TensorRef]) -> Pairing:
+    params = optimizer_params(opt)
+    model_params = model_parameters(model)
+    mismatch = None
+    for i, p in enumerate(params):
+        target = model_params[i] if i < len(model_params) else None
+        if target is None or (p.shape is not None and p.shape != target[1].shape):
+            mismatch = (i, p, target)
+            break
+    return Pairing(len(params), len(model_params), mismatch, _is_subsequence(params, model_params))
+
+
+def _is_subsequence(params: list[OptimizerParam], model_params: list[tuple[str, TensorRef]]) -> bool:
+    """True when every optimizer entry finds a same-shaped model parameter, in order."""
+    if not params or any(p.shape is None for p in params):
+        return False
+    it = iter(model_params)
+    return all(any(t.shape == p.shape for _, t in it) for p in params)
+
+
+def optimizer_step(opt: dict[str, Any]) -> int | None:
+    """The step count the optimizer recorded (the largest over its state entries)."""
+    steps: list[int] = []
+    state = opt.get("state") if isinstance(opt, dict) else None
+    for entry in (state or {}).values() if isinstance(state, dict) else []:
+        value = entry.get("step") if isinstance(entry, dict) else None
+        if isinstance(value, TensorRef):
+            try:
+                value = value.scalar_value()
+            except Exception:   # an unreadable step is an integrity finding, not a counter
+                value = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+            steps.append(int(value))
+    return max(steps) if steps else None
+
+
+def describe_shape(shape: tuple[int, ...] | None) -> str:
+    return "no state" if shape is None else "[" + ", ".join(map(str, shape)) + "]"

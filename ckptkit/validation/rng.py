@@ -1,0 +1,71 @@
+"""RNG state: present where a resume needs it, one per rank, and of the right size."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ckptkit.checkpoint import Finding, Severity, TensorRef, iter_tensors
+
+if TYPE_CHECKING:
+    from ckptkit.validation import ValidationContext
+
+RNG_MEMBER = re.compile(r"^rng_state(?:_(?P<rank>\d+))?\.pth$")
+# torch's generator states: Mersenne Twister (CPU) and Philox seed+offset (CUDA), as uint8 tensors.
+STATE_BYTES = {"cpu": 5056, "torch": 5056, "cuda": 16}
+
+
+def check_rng(ctx: ValidationContext) -> Iterable[Finding]:
+    ckpt = ctx.ckpt
+    if isinstance(ckpt.tree, dict) and ckpt.path.is_dir():
+        yield from _folder_ranks(ctx, ckpt.tree)
+    else:
+        yield from _state_sizes(ctx, ckpt.rng, ckpt.sources.get("rng", "rng_state"), None)
+        p = ckpt.progress
+        if p.epoch_complete is False and ckpt.rng is None and "data_position" not in _keys(ckpt.tree):
+            yield Finding("rng.mid-epoch-not-exact", Severity.WARNING, ctx.where(),
+                          f"mid-epoch checkpoint ({p.describe()}) with no RNG state and no data-loader "
+                          "position: resume will not be exact; the rest of the epoch will see a different "
+                          "shuffle, so batches are repeated or skipped")
+
+
+def _folder_ranks(ctx: ValidationContext, tree: dict[str, Any]) -> Iterable[Finding]:
+    ranks: dict[int | None, Any] = {}
+    for member, value in tree.items():
+        m = RNG_MEMBER.match(str(member))
+        if m:
+            ranks[int(m.group("rank")) if m.group("rank") else None] = value
+            yield from _state_sizes(ctx, value, "", str(member))
+    if not ranks:
+        if "trainer_state.json" in tree or ctx.ckpt.format == "hf-trainer":
+            yield Finding("rng.missing", Severity.WARNING, ctx.where(member="rng_state.pth"),
+                          "expected rng_state.pth (or rng_state_{rank}.pth per process), found none: a "
+                          "resume will not reproduce the data order and dropout of the original run")
+        return
+    numbered = sorted(r for r in ranks if r is not None)
+    if numbered and numbered != list(range(len(numbered))):
+        missing = sorted(set(range(max(numbered) + 1)) - set(numbered))
+        yield Finding("rng.missing-rank", Severity.WARNING,
+                      ctx.where(member=f"rng_state_{missing[0]}.pth"),
+                      f"expected one RNG state per rank 0..{max(numbered)}, missing rank(s) "
+                      f"{', '.join(map(str, missing))}: those ranks would resume with fresh random state")
+
+
+def _state_sizes(ctx: ValidationContext, rng: Any, key: str, member: str | None) -> Iterable[Finding]:
+    for name, t in iter_tensors(rng):
+        leaf = name.split(".")[-1] if name else key
+        kind = next((k for k in STATE_BYTES if leaf == k or leaf.startswith(k) or name.startswith(k)), None)
+        if kind is None or t.dtype.name != "uint8" or len(t.shape) != 1:
+            continue
+        if _bad_size(t, STATE_BYTES[kind]):
+            yield Finding("rng.bad-size", Severity.ERROR, ctx.where(".".join(p for p in (key, name) if p), member),
+                          f"expected a {kind} generator state of {STATE_BYTES[kind]} bytes, found {t.numel}: "
+                          "torch.set_rng_state would reject it")
+
+
+def _bad_size(t: TensorRef, expected: int) -> bool:
+    return t.numel != expected
+
+
+def _keys(tree: Any) -> set[str]:
+    return set(map(str, tree)) if isinstance(tree, dict) else set()

@@ -1,0 +1,24 @@
+"""Security: globals a pickle names outside the known-safe set.
+
+The restricted unpickler records them while reading (`ckptkit.formats.base.security_findings`);
+this check passes them on and adds what they mean for loading with torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ckptkit.checkpoint import Finding, Severity
+
+if TYPE_CHECKING:
+    from ckptkit.validation import ValidationContext
+
+
+def check_security(ctx: ValidationContext) -> Iterable[Finding]:
+    yield from ctx.ckpt.findings
+    subclasses = sorted({t.subclass for _, t in ctx.ckpt.tensors() if t.subclass})
+    for name in subclasses:
+        yield Finding("security.tensor-subclass", Severity.WARNING, ctx.where(),
+                      f"tensors are pickled as subclass {name}: torch.load(weights_only=True) refuses "
+                      "it unless the class is allow-listed, and weights_only=False would import its module",
+                      ctx.command("convert", "--weights-only"))
