@@ -1,0 +1,96 @@
+"""Benchmark: `ckptkit validate --deep` against torch.load + isfinite, in the same run.
+
+    python scripts/bench_validate_deep.py [--size-mb 1200] [--repeat 3] [--keep DIR]
+
+Targets (issue 4): on the 1.2 GB .pth, validate --deep as a whole process is >= 1.5x faster
+than `torch.load(weights_only=True)` followed by `torch.isfinite(t).all()` over every floating
+tensor, and its peak RSS is <= 25% of the file size. Both run as fresh processes on a warm page
+cache; the best of --repeat runs is compared. Use --size-mb 20 for a smoke run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.bench_common import FULL_WIDTH, Measured, run_measured, warm_page_cache, width_for  # noqa: E402
+
+BASELINE = """
+import sys, torch
+sd = torch.load(sys.argv[1], weights_only=True)
+def tensors(x):
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from tensors(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from tensors(v)
+bad = sum(1 for t in tensors(sd) if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+print(bad)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=float, default=1200.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="write (or reuse) the checkpoint in this folder")
+    args = parser.parse_args()
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        width = FULL_WIDTH if args.size_mb >= 1200 else width_for(args.size_mb)
+        path = folder / f"big_{width}.pth"
+        if not path.exists():
+            # In a child process: a parent that imported torch would pass its RSS on through fork.
+            subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                            "from scripts.bench_common import write_big_pth; "
+                            "write_big_pth(Path(sys.argv[1]), int(sys.argv[2]))", str(path), str(width)],
+                           check=True, env=_env(root))
+        size = path.stat().st_size
+        warm_page_cache(path)
+        ours_cmd = [sys.executable, "-m", "ckptkit", "validate", "--deep", "--json", str(path)]
+        base_cmd = [sys.executable, "-c", BASELINE, str(path)]
+        ours, base = [], []
+        for _ in range(args.repeat):
+            ours.append(_checked(run_measured(ours_cmd, _env(root)), "validate --deep"))
+            base.append(_checked(run_measured(base_cmd), "baseline"))
+        report(path, size, min(ours, key=lambda m: m.seconds), min(base, key=lambda m: m.seconds))
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
+def _checked(m: Measured, what: str) -> Measured:
+    if what == "validate --deep":
+        report_json = json.loads(m.stdout)
+        errors = [f for f in report_json["findings"] if f["severity"] == "error"]
+        if errors:
+            sys.exit(f"{what} found errors in a clean file: {errors}")
+    elif m.returncode != 0 or m.stdout.strip() != "0":
+        sys.exit(f"{what} failed (exit {m.returncode}): {m.stdout[:200]}")
+    return m
+
+
+def report(path: Path, size: int, ours: Measured, base: Measured) -> None:
+    ratio = base.seconds / ours.seconds
+    rss_share = ours.peak_rss_bytes / size
+    print(f"checkpoint                   {path.name}: {size / 1e6:.1f} MB")
+    print(f"torch.load + isfinite        {base.seconds:7.2f} s   peak RSS {base.peak_rss_bytes / 1e6:8.1f} MB")
+    print(f"ckptkit validate --deep      {ours.seconds:7.2f} s   peak RSS {ours.peak_rss_bytes / 1e6:8.1f} MB")
+    print(f"speed-up                     {ratio:7.2f}x  (target >= 1.5x): {'PASS' if ratio >= 1.5 else 'FAIL'}")
+    print(f"peak RSS / file size         {100 * rss_share:7.1f}%  (target <= 25%): "
+          f"{'PASS' if rss_share <= 0.25 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
