@@ -1,0 +1,41 @@
+"""Helpers shared by the validation tests (importable: `from tests.validation.helpers import ...`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckptkit.checkpoint import Finding
+from ckptkit.validation import ValidationReport, validate_path
+
+
+def trained_state(in_features: int = 8, hidden: int = 16, steps: int = 2) -> dict[str, Any]:
+    """Model, AdamW and StepLR state after `steps` consistent steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+    for _ in range(steps):
+        model(torch.randn(4, in_features)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+    return {"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
+            "scheduler_state_dict": sched.state_dict()}
+
+
+def run(path: Path, **kwargs: Any) -> ValidationReport:
+    return validate_path(path, siblings=False, **kwargs)
+
+
+def only(report: ValidationReport, code: str) -> Finding:
+    """The one finding with `code` (fails listing all findings otherwise)."""
+    found = [f for f in report.findings if f.code == code]
+    assert len(found) == 1, f"expected one {code}, got: {[(f.code, f.message) for f in report.findings]}"
+    return found[0]
+
+
+def codes(report: ValidationReport) -> set[str]:
+    return {f.code for f in report.findings}
