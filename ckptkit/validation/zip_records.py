@@ -1,8 +1,9 @@
 """The members of a zip archive as byte ranges with the CRC-32 the central directory promises.
 
-Each local header is read and compared with its central-directory entry: a flipped bit in
-either shows up as a disagreement, and a damaged name or extra-field length moves the data
-offset, which the CRC then catches.
+Each member's local header (and, for streamed members like torch's, the data descriptor after
+its data) is compared with its central-directory entry: a flipped bit in any of them shows up
+as a disagreement, and a damaged name or extra-field length moves the data offset, which the
+CRC then catches.
 """
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ckptkit.checkpoint import ByteRange
 
 _LOCAL = struct.Struct("<4s5HLLLHH")
+_DESCRIPTOR_MAGIC = b"PK\x07\x08"
+_STREAMED = 0x08      # general-purpose flag: CRC and sizes follow the data (torch writes this)
 
 
 @dataclass(frozen=True)
@@ -24,48 +28,61 @@ class ZipRecord:
 
 
 def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
-    """(records, problems): one record per stored member; problems in plain words."""
-    records: list[ZipRecord] = []
-    problems: list[str] = []
+    """(records, problems): one record per member that checks out; problems in plain words."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         return [], [f"zip directory cannot be read: {exc}"]
+    records: list[ZipRecord] = []
+    problems: list[str] = []
     size = path.stat().st_size
     with zf, open(path, "rb") as f:
         for info in zf.infolist():
-            f.seek(info.header_offset)
-            raw = f.read(_LOCAL.size)
-            problem = _compare(info, raw)
-            if problem is None:
-                name_len, extra_len = _LOCAL.unpack(raw)[-2:]
-                offset = info.header_offset + _LOCAL.size + name_len + extra_len
-                if f.seek(info.header_offset + _LOCAL.size) >= 0 and f.read(name_len) != info.orig_filename.encode("utf-8", "replace"):
-                    problem = f"member {info.filename}: local header names it differently"
-                elif info.compress_type != zipfile.ZIP_STORED:
-                    problem = f"member {info.filename}: compressed (torch never writes compressed members)"
-                elif offset + info.compress_size > size:
-                    problem = f"member {info.filename}: data runs past the end of the file: truncated"
-                else:
-                    records.append(ZipRecord(info.filename, ByteRange(path, offset, info.compress_size), info.CRC))
-            if problem:
-                problems.append(problem)
+            record, problem = _member(f, path, size, info)
+            if record is not None:
+                records.append(record)
+            if problem is not None:
+                problems.append(f"member {info.filename}: {problem}")
     return records, problems
 
 
-def _compare(info: zipfile.ZipInfo, raw: bytes) -> str | None:
+def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo) -> tuple[ZipRecord | None, str | None]:
+    f.seek(info.header_offset)
+    raw = f.read(_LOCAL.size)
     if len(raw) < _LOCAL.size or raw[:4] != b"PK\x03\x04":
-        return f"member {info.filename}: local header is damaged (no signature at byte {info.header_offset})"
-    _, _, flags, method, _, _, crc, csize, usize, _, _ = _LOCAL.unpack(raw)
-    if flags & 0x08:          # sizes and CRC follow the data (streamed zip): the directory is authoritative
-        return None
-    if (method, crc, csize, usize) != (info.compress_type, info.CRC, info.compress_size, info.file_size):
-        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF:   # zip64: real sizes live in the extra field
-            return None if (method, crc) == (info.compress_type, info.CRC) else _mismatch(info)
-        return _mismatch(info)
-    return None
+        return None, f"local header is damaged (no signature at byte {info.header_offset})"
+    _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(raw)
+    if f.read(name_len) != info.orig_filename.encode("utf-8", "replace"):
+        return None, "the local header names it differently from the central directory"
+    if method != zipfile.ZIP_STORED or info.compress_type != zipfile.ZIP_STORED:
+        return None, "compressed (torch never writes compressed members)"
+    offset = info.header_offset + _LOCAL.size + name_len + extra_len
+    if offset + info.compress_size > size:
+        return None, "its data runs past the end of the file: truncated"
+    record = ZipRecord(info.filename, ByteRange(path, offset, info.compress_size), info.CRC)
+    promised = (info.CRC, info.compress_size, info.file_size)
+    if flags & _STREAMED:
+        if (crc, csize, usize) not in ((0, 0, 0), promised) or not _descriptor_agrees(f, offset, info):
+            return record, _DISAGREE
+    elif (crc, csize, usize) != promised and not (crc == info.CRC and 0xFFFFFFFF in (csize, usize)):
+        return record, _DISAGREE     # (zip64 keeps the real sizes in the extra field)
+    return record, None
 
 
-def _mismatch(info: zipfile.ZipInfo) -> str:
-    return (f"member {info.filename}: local header and central directory disagree (CRC, sizes or "
-            "method): one of them is damaged")
+_DISAGREE = "local header and central directory disagree (CRC or sizes): one of them is damaged"
+
+
+def _descriptor_agrees(f: BinaryIO, data_offset: int, info: zipfile.ZipInfo) -> bool:
+    """The data descriptor after a streamed member repeats its CRC and sizes (32- or 64-bit)."""
+    f.seek(data_offset + info.compress_size)
+    raw = f.read(24)
+    if raw[:4] == _DESCRIPTOR_MAGIC:
+        raw = raw[4:]
+    if len(raw) < 12:
+        return False
+    crc, csize32, usize32 = struct.unpack("<LLL", raw[:12])
+    if crc != info.CRC:
+        return False
+    if (csize32, usize32) == (info.compress_size, info.file_size):
+        return True
+    return len(raw) >= 20 and struct.unpack("<QQ", raw[4:20]) == (info.compress_size, info.file_size)

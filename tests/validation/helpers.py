@@ -39,3 +39,23 @@ def only(report: ValidationReport, code: str) -> Finding:
 
 def codes(report: ValidationReport) -> set[str]:
     return {f.code for f in report.findings}
+
+
+def zip_member_range(path: Path, suffix: str) -> tuple[int, int]:
+    """(offset, length) of the data of the zip member whose name ends with `suffix`."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(suffix))
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        name_len, extra_len = struct.unpack("<HH", f.read(30)[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def flip_bit(src: Path, dst: Path, offset: int, bit: int = 0) -> Path:
+    data = bytearray(src.read_bytes())
+    data[offset] ^= 1 << bit
+    dst.write_bytes(bytes(data))
+    return dst
