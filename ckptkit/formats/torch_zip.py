@@ -45,6 +45,9 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
     except zipfile.BadZipFile:
         raise CorruptCheckpointError(path, "zip archive is truncated or damaged (no end-of-central-"
                                      "directory record): the save was probably interrupted") from None
+    except (ValueError, EOFError, struct.error) as exc:   # a damaged central directory entry
+        raise CorruptCheckpointError(path, f"zip central directory is damaged ({type(exc).__name__}: "
+                                     f"{str(exc)[:120]})") from None
     with zf:
         infos = {i.filename: i for i in zf.infolist()}
         pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -54,7 +57,7 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
         try:
             data = zf.read(pickles[0])
             byteorder = zf.read(prefix + "byteorder").decode() if prefix + "byteorder" in infos else "little"
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
             raise CorruptCheckpointError(path, f"{pickles[0]} is damaged: {exc}") from None
     if byteorder != "little":
         raise UnsupportedFeatureError(path, f"tensor data is {byteorder}-endian; ckptkit reads little-endian only")
