@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ckptkit.checkpoint import ByteRange, Finding, Severity, StorageRef, mapped_bytes, release_mapped_pages
+from ckptkit.checkpoint import (ByteRange, Finding, Severity, StorageRef, iter_tensors, mapped_bytes,
+                                release_mapped_pages)
 from ckptkit.errors import CkptkitError
 from ckptkit.validation.value_scan import ValueStats, scan_chunk
 from ckptkit.validation.zip_records import ZipRecord, zip_records
@@ -36,6 +37,7 @@ class Record:
     member: str | None = None           # zip member name
     crc: int | None = None              # CRC-32 the zip central directory promises
     tensors: list[str] = field(default_factory=list)
+    values_checked: bool = False        # holds model weights or optimizer state: NaN/Inf are errors
 
     @property
     def label(self) -> str:
@@ -60,6 +62,8 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
     """Every record of every file, in file order; zip records carry their promised CRC."""
     by_storage: dict[int, Record] = {}
     problems: list[Finding] = []
+    # Other tensors (a Lightning callback's best score is +inf by design) are CRC-checked only.
+    checked = {id(t) for t in ctx.ckpt.model.values()} | {id(t) for _, t in iter_tensors(ctx.ckpt.optimizer)}
     for key, tensor in ctx.ckpt.tensors():
         record = by_storage.get(id(tensor.storage))
         if record is None:
@@ -71,6 +75,7 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
                 continue
             record = by_storage[id(tensor.storage)] = Record(where, tensor.storage)
         record.tensors.append(key)
+        record.values_checked = record.values_checked or id(tensor) in checked
     located = {(r.where.path, r.where.offset): r for r in by_storage.values()}
     records = list(by_storage.values())
     for path in _zip_files(ctx, records):
@@ -110,7 +115,7 @@ def _zip_finding(ctx: ValidationContext, path: Path, text: str) -> Finding:
 
 
 def _scan_record(ctx: ValidationContext, record: Record, done: int, total: int) -> Iterator[Finding]:
-    dtype = record.storage.dtype if record.storage is not None else None
+    dtype = record.storage.dtype if record.storage is not None and record.values_checked else None
     non_negative = any(t.endswith(NON_NEGATIVE_SUFFIXES) for t in record.tensors)
     stats = ValueStats()
     crc = 0
@@ -142,7 +147,7 @@ def _record_findings(ctx: ValidationContext, record: Record, crc: int, stats: Va
                       f"zip member {record.member}{shared}: CRC-32 expected {record.crc:#010x} (central "
                       f"directory), found {crc:#010x}: these bytes changed after the save (disk, copy or "
                       "transfer corruption); restore the file from a good copy")
-    kind = "optimizer moment" if any(".state." in t for t in record.tensors) else "tensor"
+    kind = "optimizer moment" if any(".state." in t for t in record.tensors) else "weight tensor"
     if stats.nonfinite:
         yield Finding("deep.non-finite", Severity.ERROR, where,
                       f"expected finite values in this {kind}{shared}, found {stats.nan} NaN and {stats.inf} "

@@ -51,9 +51,14 @@ def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo) -> tuple[
     raw = f.read(_LOCAL.size)
     if len(raw) < _LOCAL.size or raw[:4] != b"PK\x03\x04":
         return None, f"local header is damaged (no signature at byte {info.header_offset})"
-    _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(raw)
+    _, version, flags, method, time, date, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(raw)
     if f.read(name_len) != info.orig_filename.encode("utf-8", "replace"):
         return None, "the local header names it differently from the central directory"
+    if (version, flags, method, time, date) != (info.extract_version, info.flag_bits, info.compress_type,
+                                                *_dos_time_date(info)):
+        return None, "local header and central directory disagree (version, flags or time): one of them is damaged"
+    if not _padding_intact(f.read(extra_len)):
+        return None, "the local header's extra field (torch's 'FB' alignment padding) was changed: the file is damaged"
     if method != zipfile.ZIP_STORED or info.compress_type != zipfile.ZIP_STORED:
         return None, "compressed (torch never writes compressed members)"
     offset = info.header_offset + _LOCAL.size + name_len + extra_len
@@ -86,3 +91,23 @@ def _descriptor_agrees(f: BinaryIO, data_offset: int, info: zipfile.ZipInfo) -> 
     if (csize32, usize32) == (info.compress_size, info.file_size):
         return True
     return len(raw) >= 20 and struct.unpack("<QQ", raw[4:20]) == (info.compress_size, info.file_size)
+
+
+def _dos_time_date(info: zipfile.ZipInfo) -> tuple[int, int]:
+    y, mo, d, h, mi, sec = info.date_time
+    return h << 11 | mi << 5 | sec // 2, (y - 1980) << 9 | mo << 5 | d
+
+
+def _padding_intact(extra: bytes) -> bool:
+    """torch pads each member's data to 64 bytes with an extra field of id 'FB' filled with 'Z';
+    the only other extra field it writes is zip64's (id 1)."""
+    while len(extra) >= 4:
+        kind, length = struct.unpack("<2sH", extra[:4])
+        if (kind not in _KNOWN_EXTRA or 4 + length > len(extra)
+                or (kind == b"FB" and extra[4: 4 + length].strip(b"Z"))):
+            return False
+        extra = extra[4 + length:]
+    return not extra
+
+
+_KNOWN_EXTRA = (b"FB", b"\x01\x00")

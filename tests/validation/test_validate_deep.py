@@ -48,7 +48,7 @@ def test_nan_and_inf_in_weights_are_counted(save: Any, dtype: torch.dtype) -> No
     finding = only(run(save({"fc.weight": w, "fc.bias": torch.zeros(10, dtype=dtype)}), deep=True),
                    "deep.non-finite")
     assert finding.where == "ckpt.pt: fc.weight"
-    assert "expected finite values in this tensor, found 1 NaN and 2 Inf among 100 values" in finding.message
+    assert "expected finite values in this weight tensor, found 1 NaN and 2 Inf among 100 values" in finding.message
 
 
 def test_nan_in_an_optimizer_moment(save: Any, state: dict[str, Any]) -> None:
@@ -109,3 +109,9 @@ def test_legacy_format_nan_is_found(save: Any) -> None:
     w[4] = float("inf")
     path = save({"w": w}, _use_new_zipfile_serialization=False)
     assert "found 0 NaN and 1 Inf among 5 values" in only(run(path, deep=True), "deep.non-finite").message
+
+
+def test_infinite_values_outside_weights_and_optimizer_are_not_errors(save: Any, state: dict[str, Any]) -> None:
+    """A Lightning ModelCheckpoint callback stores best_model_score = +inf before the first eval."""
+    path = save({**state, "epoch": 1, "callbacks": {"ModelCheckpoint": {"kth_value": torch.tensor(float("inf"))}}})
+    assert "deep.non-finite" not in codes(run(path, deep=True))
