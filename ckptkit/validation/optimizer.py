@@ -20,7 +20,8 @@ def check_optimizer(ctx: ValidationContext) -> Iterable[Finding]:
     key = ctx.ckpt.sources.get("optimizer", "optimizer")
     yield from _groups(ctx, opt, key)
     yield from _learning_rates(ctx, opt, key)
-    adapter_folder = isinstance(ctx.ckpt.tree, dict) and "adapter_config.json" in ctx.ckpt.tree
+    adapter_folder = "adapter_config" in ctx.ckpt.extra or (
+        isinstance(ctx.ckpt.tree, dict) and "adapter_config.json" in ctx.ckpt.tree)
     if ctx.ckpt.model and not adapter_folder:    # adapters: hf_folder.py pairs them exactly
         yield from against_model(ctx, opt, ctx.ckpt.model, key, "the model in this checkpoint")
 
@@ -66,25 +67,20 @@ def _learning_rates(ctx: ValidationContext, opt: dict[str, Any], key: str) -> It
 
 
 def against_model(ctx: ValidationContext, opt: dict[str, Any], model: dict[str, TensorRef], key: str,
-                  model_desc: str, code: str = "optimizer.param-set-mismatch") -> Iterable[Finding]:
-    """The optimizer's entries, in order, must have the shapes of the model's parameters."""
+                  model_desc: str, code: str = "optimizer.param-set-mismatch",
+                  exact: bool = False) -> Iterable[Finding]:
+    """Every optimizer entry must find a parameter of its shape (all of them when `exact`)."""
     pairing = pair(opt, model)
-    if pairing.agrees or pairing.optimizer_count == 0:
+    if pairing.optimizer_count == 0 or (pairing.exact if exact else pairing.agrees):
         return
-    if pairing.first_mismatch is None and pairing.optimizer_count < pairing.model_count:
-        # Fewer entries than parameters, all matching in order: frozen parameters (fine-tuning).
-        return
-    if pairing.matches_trainable_subset and pairing.optimizer_count < pairing.model_count:
-        return
-    detail = ""
-    if pairing.first_mismatch is not None:
-        i, p, target = pairing.first_mismatch
-        found = (f"parameter {i} of {model_desc} is '{target[0]}' {describe_shape(target[1].shape)}"
-                 if target else f"{model_desc} has no parameter {i}")
-        detail = f"; first disagreement: optimizer entry {i} (id {p.index}) has {describe_shape(p.shape)}, {found}"
+    if pairing.unmatched is not None:
+        i, p = pairing.unmatched
+        detail = (f"; optimizer entry {i} (id {p.index}, group {p.group}) has state of shape "
+                  f"{describe_shape(p.shape)}, which no remaining parameter of {model_desc} has")
+    else:
+        detail = ""
+    expected = f"{pairing.model_count}" if exact else f"at most {pairing.model_count}"
     yield Finding(code, Severity.ERROR, ctx.where(f"{key}.state"),
-                  f"optimizer state built for a different set of parameters: expected {pairing.model_count} "
-                  f"entries shaped like the parameters of {model_desc} in order, found "
-                  f"{pairing.optimizer_count}{detail}. Resuming would fail in load_state_dict or pair the "
-                  "Adam moments with the wrong weights")
-
+                  f"optimizer state built for a different set of parameters: expected {expected} entries "
+                  f"shaped like the parameters of {model_desc}, found {pairing.optimizer_count}{detail}. "
+                  "Resuming would fail in load_state_dict or pair the Adam moments with the wrong weights")

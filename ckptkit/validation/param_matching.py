@@ -8,6 +8,7 @@ for `--against`.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,36 +57,39 @@ def model_parameters(model: dict[str, TensorRef]) -> list[tuple[str, TensorRef]]
 
 @dataclass
 class Pairing:
-    """How an optimizer's parameters line up with a model's."""
+    """How an optimizer's parameters line up with a model's.
+
+    Matching is by shape as a multiset, not by position: trainers group parameters (HF puts
+    weights with decay in group 0 and biases/norms in group 1), so the optimizer's order is the
+    model's order only within a group. Tied weights appear twice in a state dict but once in
+    the optimizer; frozen parameters not at all.
+    """
 
     optimizer_count: int
     model_count: int
-    first_mismatch: tuple[int, OptimizerParam, tuple[str, TensorRef] | None] | None
-    matches_trainable_subset: bool    # optimizer covers an in-order subset of the parameters (frozen rest)
+    unmatched: tuple[int, OptimizerParam] | None     # first optimizer entry no parameter can own
 
     @property
     def agrees(self) -> bool:
-        return self.first_mismatch is None and self.optimizer_count == self.model_count
+        return self.unmatched is None and self.optimizer_count <= self.model_count
+
+    @property
+    def exact(self) -> bool:
+        return self.agrees and self.optimizer_count == self.model_count
 
 
 def pair(opt: dict[str, Any], model: dict[str, TensorRef]) -> Pairing:
     params = optimizer_params(opt)
-    model_params = model_parameters(model)
-    mismatch = None
+    available = Counter(t.shape for _, t in model_parameters(model))
+    unmatched = None
     for i, p in enumerate(params):
-        target = model_params[i] if i < len(model_params) else None
-        if target is None or (p.shape is not None and p.shape != target[1].shape):
-            mismatch = (i, p, target)
-            break
-    return Pairing(len(params), len(model_params), mismatch, _is_subsequence(params, model_params))
-
-
-def _is_subsequence(params: list[OptimizerParam], model_params: list[tuple[str, TensorRef]]) -> bool:
-    """True when every optimizer entry finds a same-shaped model parameter, in order."""
-    if not params or any(p.shape is None for p in params):
-        return False
-    it = iter(model_params)
-    return all(any(t.shape == p.shape for _, t in it) for p in params)
+        if p.shape is None:
+            continue
+        if available[p.shape] > 0:
+            available[p.shape] -= 1
+        elif unmatched is None:
+            unmatched = (i, p)
+    return Pairing(len(params), len(model_parameters(model)), unmatched)
 
 
 def optimizer_step(opt: dict[str, Any]) -> int | None:

@@ -36,11 +36,7 @@ def _folder_ranks(ctx: ValidationContext, tree: dict[str, Any]) -> Iterable[Find
         if m:
             ranks[int(m.group("rank")) if m.group("rank") else None] = value
             yield from _state_sizes(ctx, value, "", str(member))
-    if not ranks:
-        if "trainer_state.json" in tree or ctx.ckpt.format == "hf-trainer":
-            yield Finding("rng.missing", Severity.WARNING, ctx.where(member="rng_state.pth"),
-                          "expected rng_state.pth (or rng_state_{rank}.pth per process), found none: a "
-                          "resume will not reproduce the data order and dropout of the original run")
+    if not ranks:       # none at all is the reader's folder.missing-rng
         return
     numbered = sorted(r for r in ranks if r is not None)
     if numbered and numbered != list(range(len(numbered))):
