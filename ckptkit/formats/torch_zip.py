@@ -45,7 +45,7 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
     except zipfile.BadZipFile:
         raise CorruptCheckpointError(path, "zip archive is truncated or damaged (no end-of-central-"
                                      "directory record): the save was probably interrupted") from None
-    except (ValueError, EOFError, struct.error) as exc:   # a damaged central directory entry
+    except (ValueError, EOFError, struct.error, NotImplementedError) as exc:   # a damaged directory entry
         raise CorruptCheckpointError(path, f"zip central directory is damaged ({type(exc).__name__}: "
                                      f"{str(exc)[:120]})") from None
     with zf:

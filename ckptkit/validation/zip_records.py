@@ -31,7 +31,7 @@ def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
     """(records, problems): one record per member that checks out; problems in plain words."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         return [], [f"zip directory cannot be read: {exc}"]
     records: list[ZipRecord] = []
     problems: list[str] = []
