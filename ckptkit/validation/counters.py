@@ -112,9 +112,9 @@ def _step_budget(ctx: ValidationContext) -> Iterable[Finding]:
     p = ctx.ckpt.progress
     if p.global_step is None or p.max_steps is None or p.global_step < p.max_steps:
         return
-    final = "final" in ctx.name.lower()
-    yield Finding("counters.past-max-steps", Severity.INFO if final else Severity.WARNING,
-                  ctx.where("global_step"),
+    # Information, not a defect: a finished run's last checkpoint is exactly this. It matters
+    # only to someone resuming from it, and the message says what to do then.
+    yield Finding("counters.past-max-steps", Severity.INFO, ctx.where("global_step"),
                   f"global step {p.global_step} is at or past max_steps = {p.max_steps} "
                   f"({p.sources.get('max_steps', 'config')}): resume would finish immediately; extend the "
                   "step budget (raise max_steps, e.g. --extend-steps) to train further")

@@ -51,8 +51,12 @@ def state_shape(entry: Any) -> tuple[int, ...] | None:
 
 def model_parameters(model: dict[str, TensorRef]) -> list[tuple[str, TensorRef]]:
     """Entries of a model state dict that can be parameters: floating, and not a known buffer."""
-    return [(name, t) for name, t in model.items()
-            if t.dtype.is_floating and not name.endswith(BUFFER_SUFFIXES)]
+    return [(name, t) for name, t in model.items() if t.dtype.is_floating and not is_buffer_name(name)]
+
+
+def is_buffer_name(name: str) -> bool:
+    """Whole trailing name components only: GPT-2's mask buffer is 'attn.bias', its c_attn.bias is a parameter."""
+    return any(name == s or name.endswith("." + s) for s in BUFFER_SUFFIXES)
 
 
 @dataclass

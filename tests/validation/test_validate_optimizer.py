@@ -75,3 +75,16 @@ def test_a_nan_learning_rate(save: Any, state: dict[str, Any]) -> None:
 def test_a_consistent_optimizer_has_no_findings(save: Any, state: dict[str, Any]) -> None:
     report = run(save({**state, "epoch": 3, "recall_at_10": 0.3}))
     assert not [c for c in codes(report) if c.startswith("optimizer.")]
+
+
+def test_a_parameter_whose_name_ends_like_a_buffer_is_still_a_parameter(save: Any) -> None:
+    """GPT-2: 'h.0.attn.bias' is the causal-mask buffer, 'h.0.attn.c_attn.bias' a parameter."""
+    torch.manual_seed(0)
+    layer = torch.nn.ModuleDict({"c_attn": torch.nn.Linear(4, 12)})
+    opt = torch.optim.AdamW(layer.parameters())
+    layer["c_attn"](torch.randn(2, 4)).sum().backward()
+    opt.step()
+    model = {f"h.0.attn.{k}": v for k, v in layer.state_dict().items()}
+    model["h.0.attn.bias"] = torch.ones(1, 1, 4, 4)
+    report = run(save({"model_state_dict": model, "optimizer_state_dict": opt.state_dict(), "epoch": 1}))
+    assert "optimizer.param-set-mismatch" not in codes(report)
