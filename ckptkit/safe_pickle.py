@@ -327,8 +327,14 @@ class UnpickleResult:
         return [g for g in self.globals if g.kind == "class"]
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """`pickle.Unpickler` whose find_class never imports; see the module docstring."""
+class SafeUnpickler(pickle._Unpickler):
+    """`pickle.Unpickler` whose find_class never imports; see the module docstring.
+
+    Built on the pure-Python unpickler on purpose: the C one keeps its memo in an array that a
+    damaged LONG_BINPUT index (one flipped bit) resizes to billions of entries and zero-fills,
+    so the process is killed for memory instead of reporting a damaged file. Here the memo is a
+    dict. (Measured: open_checkpoint of a 275 KB data.pkl takes 72 ms instead of 58 ms.)
+    """
 
     def __init__(self, file: io.BufferedIOBase,
                  persistent_load: Callable[[Any], Any] | None = None) -> None:

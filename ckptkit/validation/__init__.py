@@ -38,6 +38,15 @@ class ValidationContext:
         place = f"{self.name}/{member}" if member else self.name
         return f"{place}: {key}" if key else place
 
+    def section_where(self, section: str, key: str) -> str:
+        """Where `key` inside a section (optimizer, scheduler, ...) is: its member file in a folder
+        checkpoint ("checkpoint-8/optimizer.pt: state"), its top-level key in a file
+        ("ckpt.pt: optimizer_state_dict.state")."""
+        source = self.ckpt.sources.get(section, section)
+        if self.ckpt.path.is_dir() and isinstance(self.ckpt.tree, dict) and source in self.ckpt.tree:
+            return self.where(key, source)
+        return self.where(f"{source}.{key}")
+
     def command(self, verb: str, *args: str) -> str:
         """The ckptkit command line that fixes a finding on this checkpoint."""
         return " ".join(["ckptkit", verb, shlex.quote(str(self.ckpt.path)), *args])

@@ -55,8 +55,7 @@ def check_compatibility(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _shapes(ctx, by_name, ref)
     opt = ctx.ckpt.optimizer
     if S.is_optimizer_state(opt):
-        yield from against_model(ctx, opt, ref, ctx.ckpt.sources.get("optimizer", "optimizer"),
-                                 f"the reference {ctx.reference.path.name}", code="compat.optimizer-param-set")
+        yield from against_model(ctx, opt, ref, f"the reference {ctx.reference.path.name}", code="compat.optimizer-param-set")
 
 
 def align(keys: list[str], ref_keys: list[str]) -> tuple[dict[str, str], list[tuple[Wrapper, bool]]]:

@@ -124,9 +124,8 @@ def _optimizer_and_scheduler(ctx: ValidationContext) -> Iterable[Finding]:
     """An optimizer cannot have stepped more often than the trainer counted, nor the scheduler drift."""
     p, opt = ctx.ckpt.progress, ctx.ckpt.optimizer
     opt_step = optimizer_step(opt) if S.is_optimizer_state(opt) else None
-    opt_key = ctx.ckpt.sources.get("optimizer", "optimizer")
     if opt_step is not None and p.global_step is not None and opt_step > p.global_step:
-        yield Finding("counters.optimizer-ahead", Severity.ERROR, ctx.where(f"{opt_key}.state.*.step"),
+        yield Finding("counters.optimizer-ahead", Severity.ERROR, ctx.section_where("optimizer", "state.*.step"),
                       f"the optimizer has taken {opt_step} steps but global step is {p.global_step}: "
                       "the optimizer state was saved by a later step than the counters")
     sched = ctx.ckpt.scheduler
@@ -138,7 +137,7 @@ def _optimizer_and_scheduler(ctx: ValidationContext) -> Iterable[Finding]:
         said = ", ".join(f"{n} {v}" for n, v in (("optimizer steps", opt_step), ("global step", p.global_step),
                                                 ("epochs completed", p.epochs_completed)) if v is not None)
         yield Finding("counters.scheduler-position", Severity.WARNING,
-                      ctx.where(f"{ctx.ckpt.sources.get('scheduler', 'scheduler')}.last_epoch"),
+                      ctx.section_where("scheduler", "last_epoch"),
                       f"scheduler last_epoch = {last} matches none of the run's counters ({said}): "
                       "a resume would continue the learning-rate schedule from the wrong place")
 

@@ -68,5 +68,5 @@ def _adapter_optimizer(ctx: ValidationContext) -> Iterable[Finding]:
     member = next((m for m in OPTIMIZER_MEMBERS if m in tree), None)
     opt = tree.get(member) if member else None
     if S.is_optimizer_state(opt):
-        yield from against_model(ctx, opt, model, member, "the adapter (all of whose tensors are trainable)",
+        yield from against_model(ctx, opt, model, "the adapter (all of whose tensors are trainable)",
                                  code="optimizer.adapter-mismatch", exact=True)

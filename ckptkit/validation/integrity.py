@@ -5,6 +5,7 @@ offsets), so these checks stay cheap; `--deep` (deep.py) then reads the bytes th
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -13,8 +14,11 @@ from ckptkit.checkpoint import Finding, Severity, StorageRef
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
 
+MAX_JSON_BYTES = 64 << 20
+
 
 def check_integrity(ctx: ValidationContext) -> Iterable[Finding]:
+    yield from _folder_json(ctx)
     seen: set[int] = set()
     for key, tensor in ctx.ckpt.tensors():
         storage = tensor.storage
@@ -39,3 +43,21 @@ def _storage(ctx: ValidationContext, key: str, storage: StorageRef) -> Iterable[
                       f"storage '{storage.key}' should hold {storage.numel:,} x {storage.dtype.itemsize} bytes "
                       f"({storage.dtype.name}) = {storage.nbytes:,} bytes, found {storage.stored_nbytes:,}: "
                       "the record is truncated or belongs to another tensor")
+
+
+def _folder_json(ctx: ValidationContext) -> Iterable[Finding]:
+    """JSON members a folder reader had no reason to read (config.json beside Trainer state...) must
+    still parse: transformers reads them when the model is rebuilt for the resume."""
+    folder = ctx.ckpt.path
+    if not folder.is_dir():
+        return
+    read = set(ctx.ckpt.tree) if isinstance(ctx.ckpt.tree, dict) else set()
+    for path in sorted(folder.glob("*.json")):
+        if path.name in read or not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+            continue
+        try:
+            json.loads(path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            yield Finding("integrity.damaged-json", Severity.ERROR, ctx.where(None, path.name),
+                          f"expected a JSON document, found damaged bytes ({exc}): the file was cut short "
+                          "or corrupted; restore it from the run's base model or an earlier checkpoint")

@@ -48,6 +48,6 @@ def _scale(ctx: ValidationContext, scaler: Any) -> Iterable[Finding]:
         value = value.scalar_value()
     if S.is_number(value) and not (math.isfinite(value) and value > 0):
         yield Finding("precision.bad-scale", Severity.ERROR,
-                      ctx.where(f"{ctx.ckpt.sources.get('scaler', 'scaler')}.scale"),
+                      ctx.section_where("scaler", "scale"),
                       f"expected a finite, positive loss scale, found {value}: fp16 training would "
                       "produce NaN updates or never step")

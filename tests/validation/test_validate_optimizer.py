@@ -35,7 +35,7 @@ def test_optimizer_built_for_another_model(save: Any, state: dict[str, Any]) -> 
     state["optimizer_state_dict"] = trained_state(hidden=32)["optimizer_state_dict"]
     finding = only(run(recsys(save, state)), "optimizer.param-set-mismatch")
     assert finding.severity is Severity.ERROR
-    assert finding.message.startswith("optimizer state built for a different set of parameters: expected at "
+    assert finding.message.startswith("optimizer state built for a different set of trainable parameters: expected at "
                                       "most 4 entries shaped like the parameters of the model in this checkpoint, "
                                       "found 4; optimizer entry 0 (id 0, group 0) has state of shape [32, 8], "
                                       "which no remaining parameter of the model in this checkpoint has")

@@ -11,14 +11,15 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -125,3 +126,65 @@ def _members_span(folder: Path, data: bytes) -> tuple[int, int]:
     first, _ = zip_member_range(path, infos[0].filename)
     last, length = zip_member_range(path, infos[-1].filename)
     return first, last + length
+
+
+REAL = Path(__file__).parent.parent / "fixtures" / "real"
+FOLDERS = ("hf_full/checkpoint-8", "hf_lora/checkpoint-8", "hf_sharded", "dcp", "accelerate",
+           "save_pretrained_training_state/last_checkpoint")
+NOT_CHECKPOINT_DATA = {"README.md"}     # peft's model card: nothing reads it on resume
+
+
+def folder_outcome(tmp_path: Path, src: str, pick: float, damage: Callable[[bytes], bytes], deep: bool) -> str:
+    source = REAL / src
+    members = sorted(p.name for p in source.iterdir() if p.is_file() and p.name not in NOT_CHECKPOINT_DATA)
+    member = members[int(pick * len(members))]
+    target = tmp_path / f"f{next(_serial)}" / source.name
+    shutil.copytree(source, target)
+    original = (target / member).read_bytes()
+    damaged = damage(original)
+    # Dropping a JSON file's trailing newline changes nothing anybody reads.
+    assume(not (member.endswith(".json") and original.startswith(damaged) and not original[len(damaged):].strip()))
+    (target / member).write_bytes(damaged)
+    with no_hang():
+        try:
+            report = validate_path(target, deep=deep, siblings=False)
+        except CkptkitError:
+            return "unusable"
+    return "error" if report.fails(Severity.ERROR) else "passed"
+
+
+@pytest.mark.parametrize("src", FOLDERS)
+@PROPERTY
+@given(pick=st.floats(0, 1, exclude_max=True), cut=st.floats(0, 1, exclude_max=True), deep=st.booleans())
+def test_any_truncated_member_of_a_folder_is_unusable_or_an_error(tmp_path: Path, src: str, pick: float,
+                                                                 cut: float, deep: bool) -> None:
+    assert folder_outcome(tmp_path, src, pick, lambda b: b[: int(cut * len(b))], deep) in ("unusable", "error")
+
+
+@pytest.mark.parametrize("src", FOLDERS)
+@PROPERTY
+@given(pick=st.floats(0, 1, exclude_max=True), where=st.floats(0, 1, exclude_max=True),
+       bit=st.integers(0, 7), deep=st.booleans())
+def test_any_bit_flip_in_a_folder_member_never_crashes(tmp_path: Path, src: str, pick: float, where: float,
+                                                       bit: int, deep: bool) -> None:
+    def flip(data: bytes) -> bytes:
+        out = bytearray(data)
+        out[int(where * len(out))] ^= 1 << bit
+        return bytes(out)
+    assert folder_outcome(tmp_path, src, pick, flip, deep) in ("unusable", "error", "passed")
+
+
+def test_a_damaged_memo_index_does_not_exhaust_memory(tmp_path: Path) -> None:
+    """One flipped bit in a LONG_BINPUT index made the C unpickler zero-fill a memo of 2**31
+    entries (16 GiB): the process was killed. The restricted unpickler keeps its memo in a dict."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "memo.pkl"
+    path.write_bytes(b"\x80\x02}r\xff\xff\xff\x7fX\x05\x00\x00\x00epochK\x03s.")   # {'epoch': 3}, memo 2**31-1
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from ckptkit.formats import open_checkpoint; print(open_checkpoint(sys.argv[1]).tree)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{'epoch': 3}"
