@@ -83,7 +83,6 @@ def _epoch_convention(ctx: ValidationContext) -> Iterable[Finding]:
 def _file_name(ctx: ValidationContext) -> Iterable[Finding]:
     """Numbers in the file name (epoch, recall, step) against the same numbers inside the file."""
     name, tree = ctx.name, ctx.ckpt.tree
-    fix = ctx.command("fix-epoch", "--epoch", "N")
     m = RETRIEVAL_NAME.search(name)
     if m and isinstance(tree, dict):
         stored = S.as_int(tree.get("epoch"))
@@ -91,8 +90,8 @@ def _file_name(ctx: ValidationContext) -> Iterable[Finding]:
         if stored is not None and stored != named:
             yield Finding("counters.filename-mismatch", Severity.WARNING, ctx.where("epoch"),
                           f"the file name says epoch {named} but the file stores 'epoch' = {stored}: one of "
-                          "them is wrong (was the file renamed, or overwritten by a later save?)",
-                          fix.replace(" N", f" {stored}"))
+                          "them is wrong (was the file renamed, or overwritten by a later save?); if the name "
+                          f"is right, record it with: {ctx.command('fix-epoch', '--epoch', str(named), '--complete')}")
         recall = tree.get("recall_at_10")
         named_recall = float(m.group("recall"))
         decimals = len(m.group("recall").split(".")[1]) if "." in m.group("recall") else 0

@@ -25,8 +25,9 @@ def check_rng(ctx: ValidationContext) -> Iterable[Finding]:
         if p.epoch_complete is False and ckpt.rng is None and "data_position" not in _keys(ckpt.tree):
             yield Finding("rng.mid-epoch-not-exact", Severity.WARNING, ctx.where(),
                           f"mid-epoch checkpoint ({p.describe()}) with no RNG state and no data-loader "
-                          "position: resume will not be exact; the rest of the epoch will see a different "
-                          "shuffle, so batches are repeated or skipped")
+                          "state: resume will not be exact; the resumed epoch is reshuffled with a fresh "
+                          "random state, so skipping the batches already done repeats some samples and "
+                          "never shows others")
 
 
 def _folder_ranks(ctx: ValidationContext, tree: dict[str, Any]) -> Iterable[Finding]:

@@ -44,7 +44,7 @@ def test_an_infinite_loss_scale(save: Any, state: dict[str, Any]) -> None:
 def test_seed_003_mid_epoch_without_rng_is_not_exact(samples: dict[str, Path]) -> None:
     finding = only(run(samples["training_state.pth"]), "rng.mid-epoch-not-exact")
     assert finding.message.startswith("mid-epoch checkpoint (epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)) "
-                                      "with no RNG state and no data-loader position: resume will not be exact")
+                                      "with no RNG state and no data-loader state: resume will not be exact")
 
 
 def test_mid_epoch_with_rng_state_can_be_exact(save: Any, state: dict[str, Any]) -> None:
