@@ -5,14 +5,14 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.checkpoint import Finding, Severity, TensorRef, iter_tensors
+from ckptkit.checkpoint import Finding, Severity, iter_tensors
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
 
 RNG_MEMBER = re.compile(r"^rng_state(?:_(?P<rank>\d+))?\.pth$")
 # torch's generator states: Mersenne Twister (CPU) and Philox seed+offset (CUDA), as uint8 tensors.
-STATE_BYTES = {"cpu": 5056, "torch": 5056, "cuda": 16}
+STATE_BYTES = {"cpu": 5056, "cuda": 16}
 
 
 def check_rng(ctx: ValidationContext) -> Iterable[Finding]:
@@ -49,19 +49,25 @@ def _folder_ranks(ctx: ValidationContext, tree: dict[str, Any]) -> Iterable[Find
 
 
 def _state_sizes(ctx: ValidationContext, rng: Any, key: str, member: str | None) -> Iterable[Finding]:
+    """Generator states are uint8 tensors of fixed size, found under 'cpu' / 'cuda' keys."""
     for name, t in iter_tensors(rng):
-        leaf = name.split(".")[-1] if name else key
-        kind = next((k for k in STATE_BYTES if leaf == k or leaf.startswith(k) or name.startswith(k)), None)
-        if kind is None or t.dtype.name != "uint8" or len(t.shape) != 1:
+        kind = _generator_kind(name)
+        if kind is None or t.dtype.name != "uint8" or len(t.shape) != 1 or t.numel == STATE_BYTES[kind]:
             continue
-        if _bad_size(t, STATE_BYTES[kind]):
-            yield Finding("rng.bad-size", Severity.ERROR, ctx.where(".".join(p for p in (key, name) if p), member),
-                          f"expected a {kind} generator state of {STATE_BYTES[kind]} bytes, found {t.numel}: "
-                          "torch.set_rng_state would reject it")
+        yield Finding("rng.bad-size", Severity.ERROR, ctx.where(".".join(p for p in (key, name) if p), member),
+                      f"expected a {kind} generator state of {STATE_BYTES[kind]} bytes, found {t.numel}: "
+                      "torch.set_rng_state would reject it")
 
 
-def _bad_size(t: TensorRef, expected: int) -> bool:
-    return t.numel != expected
+def _generator_kind(name: str) -> str | None:
+    """'cpu' for HF's 'cpu' and for 'torch' (get_rng_state()), 'cuda' for 'cuda' / 'cuda.0' ..."""
+    parts = name.split(".")
+    for part in parts:
+        if part in ("cpu", "torch"):
+            return "cpu"
+        if part.startswith("cuda"):
+            return "cuda"
+    return None
 
 
 def _keys(tree: Any) -> set[str]:
