@@ -88,8 +88,10 @@ def report(path: Path, size: int, ours: Measured, base: Measured) -> None:
     print(f"torch.load + isfinite        {base.seconds:7.2f} s   peak RSS {base.peak_rss_bytes / 1e6:8.1f} MB")
     print(f"ckptkit validate --deep      {ours.seconds:7.2f} s   peak RSS {ours.peak_rss_bytes / 1e6:8.1f} MB")
     print(f"speed-up                     {ratio:7.2f}x  (target >= 1.5x): {'PASS' if ratio >= 1.5 else 'FAIL'}")
-    print(f"peak RSS / file size         {100 * rss_share:7.1f}%  (target <= 25%): "
-          f"{'PASS' if rss_share <= 0.25 else 'FAIL'}")
+    verdict = "PASS" if rss_share <= 0.25 else "FAIL"
+    if size < 1e9:
+        verdict += " (smoke run: the target is for the 1.2 GB file; Python + numpy alone take ~40 MB)"
+    print(f"peak RSS / file size         {100 * rss_share:7.1f}%  (target <= 25%): {verdict}")
 
 
 if __name__ == "__main__":
