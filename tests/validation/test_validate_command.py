@@ -67,3 +67,33 @@ def test_against_a_missing_reference_exits_2(save: Any, tmp_path: Path) -> None:
 def test_no_progress_bar_when_not_a_terminal(save: Any) -> None:
     result = invoke(str(save({"w": torch.ones(3)})), "--deep")
     assert "deep check" not in result.output
+
+
+def test_deep_draws_a_progress_bar_on_a_terminal_and_not_with_json(save: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = str(save({"w": torch.ones(1000)}))
+    root = Path(__file__).parent.parent.parent
+
+    def stderr_on_a_terminal(*args: str) -> str:
+        master, slave = os.openpty()
+        proc = subprocess.run([sys.executable, "-m", "ckptkit", "validate", *args], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=slave, timeout=120)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:        # the terminal closed: everything is read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        assert proc.returncode == 0
+        return b"".join(chunks).decode(errors="replace")
+
+    assert "deep check" in stderr_on_a_terminal(path, "--deep")
+    assert "deep check" not in stderr_on_a_terminal(path, "--deep", "--json")
