@@ -43,6 +43,14 @@ class DcpFormat:
         return len(first) == 2 and first[0] == 0x80 and 2 <= first[1] <= 5
 
     def read(self, path: Path) -> Checkpoint:
+        try:
+            return self._read(path)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            # .metadata is a pickle of nested objects: damage shows up as values of the wrong shape.
+            raise CorruptCheckpointError(path / METADATA, f"DCP metadata is damaged ({type(exc).__name__}: "
+                                         f"{str(exc)[:120]})") from None
+
+    def _read(self, path: Path) -> Checkpoint:
         from ckptkit.families import build_checkpoint
 
         meta_path = path / METADATA

@@ -10,6 +10,7 @@ import errno
 import os
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,7 +58,8 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
         try:
             data = zf.read(pickles[0])
             byteorder = zf.read(prefix + "byteorder").decode() if prefix + "byteorder" in infos else "little"
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
+                zlib.error) as exc:   # a flipped method byte makes zipfile inflate stored bytes
             raise CorruptCheckpointError(path, f"{pickles[0]} is damaged: {exc}") from None
     if byteorder != "little":
         raise UnsupportedFeatureError(path, f"tensor data is {byteorder}-endian; ckptkit reads little-endian only")
@@ -90,6 +92,9 @@ def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int 
         raise CorruptCheckpointError(path, f"storage record data/{key} is missing from the archive")
     if info.compress_type != zipfile.ZIP_STORED:
         raise UnsupportedFeatureError(path, f"storage record data/{key} is compressed; torch never writes that")
+    if base + info.header_offset < 0:
+        raise CorruptCheckpointError(path, f"storage record data/{key}: the zip directory points before the "
+                                     "start of the archive")
     with open(path, "rb") as f:
         f.seek(base + info.header_offset)
         raw = f.read(_LOCAL_HEADER.size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ckptkit import sections as S
 from ckptkit.checkpoint import Finding, Severity
 from ckptkit.validation.counters import TRAINING_FAMILIES
 
@@ -20,9 +21,10 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
     if ckpt.family not in TRAINING_FAMILIES or ckpt.path.is_dir():
         return
     has_counters = ckpt.progress.known
+    has_optimizer = S.is_optimizer_state(ckpt.optimizer)     # an empty {} placeholder is not one
     if not ckpt.model:
-        yield from _model_elsewhere(ctx)
-    if ckpt.optimizer is None and ckpt.model:
+        yield from _model_elsewhere(ctx, has_optimizer)
+    if not has_optimizer and ckpt.model:
         if has_counters:
             yield Finding("completeness.missing-optimizer", Severity.WARNING, ctx.where(),
                           f"expected optimizer state beside the counters ({ckpt.progress.describe()}), found "
@@ -32,13 +34,13 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
                           "holds model weights only (no optimizer, no epoch/step counters): fine for "
                           "inference or fine-tuning; resuming training from it would restart at epoch 0 "
                           "with a fresh optimizer")
-    if ckpt.optimizer is not None and ckpt.scheduler is None:
+    if has_optimizer and ckpt.scheduler is None:
         yield Finding("completeness.missing-scheduler", Severity.INFO, ctx.where(),
                       "no scheduler state saved: if the run used a learning-rate scheduler, a resume "
                       "restarts its schedule (warmup, decay) from the beginning")
 
 
-def _model_elsewhere(ctx: ValidationContext) -> Iterable[Finding]:
+def _model_elsewhere(ctx: ValidationContext, has_optimizer: bool) -> Iterable[Finding]:
     """A training_state.pth keeps weights in save_pretrained files beside it."""
     folder = ctx.ckpt.path.parent
     if ctx.ckpt.family == "training-state":
@@ -48,7 +50,7 @@ def _model_elsewhere(ctx: ValidationContext) -> Iterable[Finding]:
                           f"({' or '.join(PRETRAINED_WEIGHTS[:2])} in {folder.name}/), found none: the "
                           "save was interrupted before the model was written")
         return
-    if ctx.ckpt.optimizer is not None:
+    if has_optimizer:
         yield Finding("completeness.missing-model", Severity.ERROR, ctx.where(),
                       "expected model weights (e.g. 'model_state_dict') beside the optimizer state, "
                       "found none: this checkpoint cannot restore a model")

@@ -35,8 +35,9 @@ def _epoch_position(ctx: ValidationContext) -> Iterable[Finding]:
     p, tree = ctx.ckpt.progress, ctx.ckpt.tree
     if ctx.ckpt.family not in TRAINING_FAMILIES or not isinstance(tree, dict):
         return
-    if p.epochs_completed is None and p.global_step is None:
-        if ctx.ckpt.optimizer is not None:
+    # Folder formats keep counters in their own member files; their readers report them missing.
+    if p.epochs_completed is None and p.global_step is None and not ctx.ckpt.path.is_dir():
+        if S.is_optimizer_state(ctx.ckpt.optimizer):
             yield Finding("counters.missing-epoch", Severity.WARNING, ctx.where("epoch"),
                           "expected an 'epoch' (or step) counter beside the optimizer state, found none: "
                           "resume would restart at epoch 0 and repeat every epoch already trained",
@@ -124,9 +125,11 @@ def _optimizer_and_scheduler(ctx: ValidationContext) -> Iterable[Finding]:
     p, opt = ctx.ckpt.progress, ctx.ckpt.optimizer
     opt_step = optimizer_step(opt) if S.is_optimizer_state(opt) else None
     if opt_step is not None and p.global_step is not None and opt_step > p.global_step:
-        yield Finding("counters.optimizer-ahead", Severity.ERROR, ctx.section_where("optimizer", "state.*.step"),
-                      f"the optimizer has taken {opt_step} steps but global step is {p.global_step}: "
-                      "the optimizer state was saved by a later step than the counters")
+        # A warning: a run restarted from another run's optimizer (counters reset) is legitimate.
+        yield Finding("counters.optimizer-ahead", Severity.WARNING, ctx.section_where("optimizer", "state.*.step"),
+                      f"the optimizer has taken {opt_step} steps but global step is {p.global_step}: the "
+                      "optimizer state was saved by a later step than the counters, or the counters were "
+                      "reset when this run started from another run's optimizer")
     sched = ctx.ckpt.scheduler
     last = S.as_int(sched.get("last_epoch")) if isinstance(sched, dict) else None
     if last is None or last < 0:

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ckptkit.checkpoint import (ByteRange, Finding, Severity, StorageRef, iter_tensors, mapped_bytes,
+from ckptkit.checkpoint import (ByteRange, Finding, Severity, StorageRef, TensorRef, iter_tensors, mapped_bytes,
                                 release_mapped_pages)
-from ckptkit.errors import CkptkitError
-from ckptkit.validation.value_scan import ValueStats, scan_chunk
+from ckptkit.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.validation.zip_records import ZipRecord, zip_records
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
+    from ckptkit.validation.value_scan import ValueStats
 
 CHUNK_BYTES = 8 << 20
 NON_NEGATIVE_SUFFIXES = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "exp_avg_sq_row", "exp_avg_sq_col")
@@ -63,12 +63,15 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
     by_storage: dict[int, Record] = {}
     problems: list[Finding] = []
     # Other tensors (a Lightning callback's best score is +inf by design) are CRC-checked only.
-    checked = {id(t) for t in ctx.ckpt.model.values()} | {id(t) for _, t in iter_tensors(ctx.ckpt.optimizer)}
-    for key, tensor in ctx.ckpt.tensors():
+    checked = ({id(t) for t in ctx.ckpt.model.values()} | {id(t) for _, t in iter_tensors(ctx.ckpt.optimizer)}
+               | {id(c.tensor) for chunks in ctx.ckpt.chunks.values() for c in chunks})   # DCP: app state
+    for key, tensor in _record_tensors(ctx):
         record = by_storage.get(id(tensor.storage))
         if record is None:
             try:
                 where = tensor.storage.byte_range()
+            except UnsupportedFeatureError:      # a DCP tensor kept in chunks: _record_tensors lists them
+                continue
             except CkptkitError as exc:
                 problems.append(Finding("integrity.missing-record", Severity.ERROR, ctx.where(key),
                                         f"the bytes of this tensor cannot be found: {exc.message}"))
@@ -85,6 +88,15 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
             records += _attach_crc(located, z)
     records.sort(key=lambda r: (str(r.where.path), r.where.offset))
     return records, problems
+
+
+def _record_tensors(ctx: ValidationContext) -> Iterator[tuple[str, TensorRef]]:
+    """Every tensor with bytes of its own: the tree's, and each chunk of a chunked (DCP) tensor."""
+    yield from ctx.ckpt.tensors()
+    for fqn, chunks in ctx.ckpt.chunks.items():
+        for chunk in chunks:
+            if chunk.tensor is not None:
+                yield f"{fqn}[chunk at {list(chunk.offsets)}]", chunk.tensor
 
 
 def _attach_crc(located: dict[tuple[Path, int], Record], z: ZipRecord) -> list[Record]:
@@ -115,6 +127,9 @@ def _zip_finding(ctx: ValidationContext, path: Path, text: str) -> Finding:
 
 
 def _scan_record(ctx: ValidationContext, record: Record, done: int, total: int) -> Iterator[Finding]:
+    # numpy only here: commands that never read tensor bytes (inspect, ls) stay numpy-free.
+    from ckptkit.validation.value_scan import ValueStats, scan_chunk
+
     dtype = record.storage.dtype if record.storage is not None and record.values_checked else None
     non_negative = any(t.endswith(NON_NEGATIVE_SUFFIXES) for t in record.tensors)
     stats = ValueStats()

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ckptkit.checkpoint import Finding, Severity, StorageRef
+from ckptkit.errors import CkptkitError, UnsupportedFeatureError
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -34,14 +35,22 @@ def check_integrity(ctx: ValidationContext) -> Iterable[Finding]:
 
 
 def _storage(ctx: ValidationContext, key: str, storage: StorageRef) -> Iterable[Finding]:
-    if storage.stored_nbytes is None:
-        yield Finding("integrity.missing-record", Severity.ERROR, ctx.where(key),
-                      f"expected a storage record '{storage.key}' of {storage.nbytes:,} bytes, found none in "
-                      "the file: the save was interrupted or the archive was edited")
-    elif storage.stored_nbytes != storage.nbytes:
+    size = storage.stored_nbytes
+    if size is None:
+        # Unknown from the index (a missing zip member, or a DCP chunk): ask where the bytes are.
+        try:
+            size = storage.byte_range().length
+        except UnsupportedFeatureError:      # a tensor kept in chunks: each chunk is its own record
+            return
+        except CkptkitError as exc:
+            yield Finding("integrity.missing-record", Severity.ERROR, ctx.where(key),
+                          f"expected a storage record '{storage.key}' of {storage.nbytes:,} bytes, found none: "
+                          f"{exc.message}")
+            return
+    if size != storage.nbytes:
         yield Finding("integrity.storage-size", Severity.ERROR, ctx.where(key),
                       f"storage '{storage.key}' should hold {storage.numel:,} x {storage.dtype.itemsize} bytes "
-                      f"({storage.dtype.name}) = {storage.nbytes:,} bytes, found {storage.stored_nbytes:,}: "
+                      f"({storage.dtype.name}) = {storage.nbytes:,} bytes, found {size:,}: "
                       "the record is truncated or belongs to another tensor")
 
 

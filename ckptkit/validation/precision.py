@@ -20,7 +20,7 @@ def check_mixed_precision(ctx: ValidationContext) -> Iterable[Finding]:
         yield from _scale(ctx, scaler)
         return
     evidence = amp_evidence(ctx)
-    if evidence and ctx.ckpt.optimizer is not None:
+    if evidence and S.is_optimizer_state(ctx.ckpt.optimizer):
         yield Finding("precision.missing-scaler", Severity.WARNING, ctx.where(),
                       f"training used fp16 AMP ({evidence}) but no GradScaler state was saved: a resume "
                       "restarts the loss scale at its initial 65536 and may skip the first steps on "

@@ -47,6 +47,8 @@ def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
 
 
 def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo) -> tuple[ZipRecord | None, str | None]:
+    if not 0 <= info.header_offset < size:
+        return None, f"the central directory puts its header at byte {info.header_offset}, outside the file"
     f.seek(info.header_offset)
     raw = f.read(_LOCAL.size)
     if len(raw) < _LOCAL.size or raw[:4] != b"PK\x03\x04":

@@ -62,6 +62,7 @@ def test_a_killed_fix_epoch_leaves_exactly_the_old_or_the_new_checkpoint(tmp_pat
     old, new = original.read_bytes(), reference.read_bytes()
     assert old != new
 
+    baseline = {f.code for f in validate_path(original).findings if f.severity.rank >= 1}
     rng = random.Random(20261122)
     outcomes: list[str] = []
     for i in range(KILLS):
@@ -81,7 +82,8 @@ def test_a_killed_fix_epoch_leaves_exactly_the_old_or_the_new_checkpoint(tmp_pat
         assert data in (old, new), f"kill {i}: the target is neither the old nor the new checkpoint"
         outcomes.append("new" if data == new else "old")
         assert open_checkpoint(target).progress.epochs_completed == (2 if data == new else 0)
-        assert [f.code for f in validate_path(target).findings if f.severity.rank >= 1] == []
+        # Nothing new at warning level or above: the original already lacks optimizer/RNG state.
+        assert {f.code for f in validate_path(target).findings if f.severity.rank >= 1} <= baseline
         loaded = torch.load(target, weights_only=True)
         assert torch.equal(loaded["model_state_dict"]["layer7.weight"], model["layer7.weight"])
         leftovers = [n for n in os.listdir(work) if n != "training_state.pth"]

@@ -97,3 +97,15 @@ def test_deep_draws_a_progress_bar_on_a_terminal_and_not_with_json(save: Any) ->
 
     assert "deep check" in stderr_on_a_terminal(path, "--deep")
     assert "deep check" not in stderr_on_a_terminal(path, "--deep", "--json")
+
+
+def test_validate_without_deep_imports_neither_torch_nor_numpy(samples: dict[str, Path]) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom ckptkit.cli import main\n"
+            "try:\n    main(['validate', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', 'torch' in sys.modules, 'numpy' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(samples["training_state.pth"])], capture_output=True,
+                          text=True, cwd=Path(__file__).parent.parent.parent, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "MODULES False False"
