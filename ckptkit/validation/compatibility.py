@@ -7,12 +7,13 @@ resized vocabulary, tied weights, or an optimizer built for another parameter se
 """
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ckptkit import sections as S
 from ckptkit.checkpoint import Finding, Severity, TensorRef
+from ckptkit.keys import WRAPPERS, KeyMatch, Wrapper, match_keys
 from ckptkit.validation.optimizer import against_model
 from ckptkit.validation.param_matching import describe_shape
 
@@ -20,21 +21,11 @@ if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
 
 
-@dataclass(frozen=True)
-class Wrapper:
-    prefix: str
-    code: str
-    origin: str
-
-
-# Longest first: 'base_model.model.' must win over 'model.'.
-WRAPPERS = (Wrapper("base_model.model.", "compat.peft-prefix", "a peft PeftModel"),
-            Wrapper("_orig_mod.", "compat.compile-prefix", "a torch.compile'd module"),
-            Wrapper("module.", "compat.module-prefix", "a DistributedDataParallel/DataParallel wrapper"),
-            Wrapper("model.", "compat.lightning-prefix", "a LightningModule (self.model)"))
 EMBEDDING_WORDS = ("embed", "wte", "lm_head", "word_embeddings", "shared", "tok_embeddings", "output.weight")
 TIED_PAIRS = (("lm_head.weight", ("transformer.wte.weight", "model.embed_tokens.weight", "embed_tokens.weight",
                                   "shared.weight", "tok_embeddings.weight", "wte.weight")),)
+# Wrappers whose prefix `ckptkit repair --fix CODE` strips.
+REPAIRABLE = frozenset({"module", "compile"})
 
 
 def check_compatibility(ctx: ValidationContext) -> Iterable[Finding]:
@@ -48,74 +39,56 @@ def check_compatibility(ctx: ValidationContext) -> Iterable[Finding]:
         yield Finding("compat.no-model", Severity.ERROR, ctx.where(),
                       f"expected model weights on both sides to compare, found none in {which}")
         return
-    names, causes = align(list(model), list(ref))
-    yield from causes_findings(ctx, causes)
-    by_name = {names[k]: model[k] for k in model}
-    yield from _keys(ctx, by_name, ref)
-    yield from _shapes(ctx, by_name, ref)
+    match = match_keys(model, ref)
+    yield from _causes(ctx, match)
+    by_ref_name = {b: model[a] for a, b in match.pairs}
+    yield from _keys(ctx, {**by_ref_name, **{k: model[k] for k in match.only_a}}, ref, match)
+    yield from _shapes(ctx, by_ref_name, ref)
     opt = ctx.ckpt.optimizer
     if S.is_optimizer_state(opt):
-        yield from against_model(ctx, opt, ref, f"the reference {ctx.reference.path.name}", code="compat.optimizer-param-set")
+        yield from against_model(ctx, opt, ref, f"the reference {ctx.reference.path.name}",
+                                 code="compat.optimizer-param-set")
 
 
-def align(keys: list[str], ref_keys: list[str]) -> tuple[dict[str, str], list[tuple[Wrapper, bool]]]:
-    """Strip wrapper prefixes from either side while that makes more keys agree.
-
-    Returns {key: name comparable with the reference}, and the causes as (wrapper, on_our_side).
-    """
-    ours = {k: k for k in keys}
-    theirs = set(ref_keys)
-    causes: list[tuple[Wrapper, bool]] = []
-    for _ in range(len(WRAPPERS)):
-        base = len(set(ours.values()) & theirs)
-        best = None
-        for w in WRAPPERS:
-            stripped = {k: _strip(v, w.prefix) for k, v in ours.items()}
-            if len(set(stripped.values()) & theirs) > base:
-                best, base = (w, True, stripped, theirs), len(set(stripped.values()) & theirs)
-            ref_stripped = {_strip(k, w.prefix) for k in theirs}
-            if len(set(ours.values()) & ref_stripped) > base:
-                best, base = (w, False, ours, ref_stripped), len(set(ours.values()) & ref_stripped)
-        if best is None:
-            break
-        causes.append((best[0], best[1]))
-        ours, theirs = best[2], best[3]
-    if any(not ours_side for _, ours_side in causes):    # compare against the reference's real names
-        theirs_by_norm = {_strip_all(k, causes): k for k in ref_keys}
-        ours = {k: theirs_by_norm.get(v, v) for k, v in ours.items()}
-    return ours, causes
+def code_for(wrapper: Wrapper) -> str:
+    return f"compat.{wrapper.name}-prefix"
 
 
-def _strip(key: str, prefix: str) -> str:
-    return key[len(prefix):] if key.startswith(prefix) else key
-
-
-def _strip_all(key: str, causes: list[tuple[Wrapper, bool]]) -> str:
-    for w, ours_side in causes:
-        if not ours_side:
-            key = _strip(key, w.prefix)
-    return key
-
-
-def causes_findings(ctx: ValidationContext, causes: list[tuple[Wrapper, bool]]) -> Iterable[Finding]:
+def _causes(ctx: ValidationContext, match: KeyMatch) -> Iterable[Finding]:
+    """One finding per wrapper prefix that explains renamed keys, on the side that has it."""
     assert ctx.reference is not None
+    counts: dict[tuple[str, bool], int] = {}
+    for rename in match.renamed:
+        pa, pb = rename.prefix_a, rename.prefix_b
+        extra, ours = (pa[: len(pa) - len(pb)], True) if pa.endswith(pb) else (pb[: len(pb) - len(pa)], False)
+        while extra:
+            wrapper = next((w for w in WRAPPERS if extra.startswith(w.prefix)), None)
+            if wrapper is None:
+                break
+            counts[(wrapper.prefix, ours)] = counts.get((wrapper.prefix, ours), 0) + 1
+            extra = extra[len(wrapper.prefix):]
     ref_name = ctx.reference.path.name
-    for w, ours_side in causes:
-        if ours_side:
-            yield Finding(w.code, Severity.ERROR, ctx.where(ctx.ckpt.sources.get("model", "model")),
+    where = ctx.where(ctx.ckpt.sources.get("model", "model"))
+    for (prefix, ours), n in counts.items():
+        w = next(w for w in WRAPPERS if w.prefix == prefix)
+        code = code_for(w)
+        if ours:
+            yield Finding(code, Severity.ERROR, where,
                           f"keys here start with '{w.prefix}' (saved from {w.origin}) but the reference "
-                          f"{ref_name}'s do not: load_state_dict(strict=True) reports every key as missing "
-                          f"and unexpected; strip the prefix", ctx.repair(w.code))
+                          f"{ref_name}'s do not ({n} keys): load_state_dict(strict=True) reports them as missing "
+                          "and unexpected; strip the prefix", ctx.repair(code) if w.name in REPAIRABLE else None)
         else:
-            yield Finding(w.code, Severity.ERROR, ctx.where(ctx.ckpt.sources.get("model", "model")),
-                          f"the reference {ref_name}'s keys start with '{w.prefix}' (saved from {w.origin}) "
-                          f"but these do not: load into the wrapped model's inner module, or strip the prefix "
-                          "from the reference", f"ckptkit repair {ctx.reference.path} --fix {w.code}")
+            fix = (f"ckptkit repair {shlex.quote(str(ctx.reference.path))} --fix {code}"
+                   if w.name in REPAIRABLE else None)
+            yield Finding(code, Severity.ERROR, where,
+                          f"the reference {ref_name}'s keys start with '{w.prefix}' (saved from {w.origin}) but "
+                          f"these do not ({n} keys): load into the wrapped model's inner module, or strip the "
+                          "prefix from the reference", fix)
 
 
-def _keys(ctx: ValidationContext, ours: dict[str, TensorRef], ref: dict[str, TensorRef]) -> Iterable[Finding]:
-    missing = [k for k in ref if k not in ours]
-    unexpected = [k for k in ours if k not in ref]
+def _keys(ctx: ValidationContext, ours: dict[str, TensorRef], ref: dict[str, TensorRef],
+          match: KeyMatch) -> Iterable[Finding]:
+    missing, unexpected = list(match.only_b), list(match.only_a)
     for tied, partners in TIED_PAIRS:
         source = next((p for p in partners if p in ours and p in ref), None)
         if source is None:
@@ -162,12 +135,12 @@ def _shapes(ctx: ValidationContext, ours: dict[str, TensorRef], ref: dict[str, T
 
 def _lone_wrapper_prefix(ctx: ValidationContext, model: dict[str, TensorRef]) -> Iterable[Finding]:
     """Without a reference, a DDP or compile prefix on every key still predicts a failed load."""
-    for w in WRAPPERS[1:3]:
-        if model and all(k.startswith(w.prefix) for k in model):
-            yield Finding(w.code, Severity.INFO, ctx.where(ctx.ckpt.sources.get("model", "model")),
+    for w in WRAPPERS:
+        if w.name in REPAIRABLE and model and all(k.startswith(w.prefix) for k in model):
+            yield Finding(code_for(w), Severity.INFO, ctx.where(ctx.ckpt.sources.get("model", "model")),
                           f"all {len(model)} keys start with '{w.prefix}' (saved from {w.origin}): loading into "
                           "the plain model fails with missing and unexpected keys until the prefix is stripped",
-                          ctx.repair(w.code))
+                          ctx.repair(code_for(w)))
 
 
 def _first(keys: list[str]) -> str:
