@@ -21,7 +21,9 @@ class CkptkitError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path is not None else self.message
+        text = f"{self.path}: {self.message}" if self.path is not None else self.message
+        # One line, always: messages may quote bytes from a damaged file.
+        return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 class NotACheckpointError(CkptkitError):

@@ -67,7 +67,7 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
 
     def persistent_load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CorruptCheckpointError(path, f"unexpected persistent id {str(pid)[:80]} in {pickles[0]}")
+            raise CorruptCheckpointError(path, f"unexpected persistent id {ascii(pid)[:80]} in {pickles[0]}")
         _, stype, key, location, numel = pid
         if not isinstance(stype, StorageType):
             raise CorruptCheckpointError(path, f"storage {key!r} has an unknown storage type")
