@@ -80,8 +80,9 @@ def run_demo(root: Path, on_command: Callable[[DemoStep], None], on_output: Call
         lambda: step("Resume the run (validated first) and let it finish", ["-m", "ckptkit", "resume", str(run)]),
         lambda: step("Is the resumed run the uninterrupted run, bit for bit?",
                      ["-m", "ckptkit", "diff", str(final), str(reference_final)]),
-        lambda: step("Convert the final checkpoint to safetensors (verified)",
-                     ["-m", "ckptkit", "convert", str(final), str(run / "final_model.safetensors")]),
+        lambda: step("Convert the final weights to safetensors for release (verified)",
+                     ["-m", "ckptkit", "convert", str(final), str(run / "final_model.safetensors"),
+                      "--weights-only"]),
     ]
     for action in plan:
         if not action():

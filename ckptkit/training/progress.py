@@ -17,11 +17,15 @@ from ckptkit.training.sampler import DataPosition
 
 
 def render_progress(position: DataPosition, global_step: int, max_steps: int, loss: float | None = None) -> str:
-    """``epoch 2 | batch 1000/1270 (78.7%) | step 3540/12700 | loss 2.3150``: the true position."""
+    """``epoch 2 | batch 1000/1270 (78.7%) | step 3540/12700 | loss 2.3150``: the true position.
+
+    Epochs are numbered from 1 as in `Progress.describe()` ("epoch 2 INCOMPLETE: 1000/1270"), so
+    the trainer's log and `ckptkit inspect` name the same position the same way.
+    """
     done = position.batch_in_epoch
     pct = 100.0 * done / position.steps_per_epoch if position.steps_per_epoch else 0.0
     parts = [
-        f"epoch {position.epoch}",
+        f"epoch {position.epoch + 1}",
         f"batch {done}/{position.steps_per_epoch} ({pct:.1f}%)",
         f"step {global_step}/{max_steps}",
     ]

@@ -18,7 +18,7 @@ def _position(epoch: int, batch: int, micro: int = 0) -> DataPosition:
 def test_the_line_shows_the_true_position_after_resuming_mid_epoch() -> None:
     # seed 003 resumed at batch 1000 of 1270 and its tqdm showed "1812it"; the true position is 1008
     text = render_progress(_position(1, 1008), global_step=2522, max_steps=12700, loss=2.31504)
-    assert text == "epoch 1 | batch 1008/1270 (79.4%) | step 2522/12700 | loss 2.3150"
+    assert text == "epoch 2 | batch 1008/1270 (79.4%) | step 2522/12700 | loss 2.3150"
 
 
 def test_the_line_shows_the_micro_step_inside_an_accumulation_window() -> None:

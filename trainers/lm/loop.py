@@ -161,7 +161,7 @@ class LMRun:
         epoch = round(p.position.batches_consumed / p.position.steps_per_epoch, 4)  # float, as HF's log_history
         p.train_history.append({"step": p.global_step, "loss": loss, "lr": lr, "epoch": epoch})
         if p.global_step % cfg.log_interval == 0:
-            self.log(f"step {p.global_step}/{cfg.max_steps} | epoch {p.position.epoch} "
+            self.log(f"step {p.global_step}/{cfg.max_steps} | epoch {p.position.epoch + 1} "
                      f"batch {p.position.batch_in_epoch}/{p.position.steps_per_epoch} | loss {loss:.4f} | lr {lr:.2e}")
         kinds = []
         if p.global_step % cfg.eval_interval == 0 or p.global_step == cfg.max_steps:
