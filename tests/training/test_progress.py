@@ -28,7 +28,7 @@ def test_the_line_shows_the_micro_step_inside_an_accumulation_window() -> None:
 def test_a_resumed_display_starts_at_the_saved_batch_not_at_zero_or_twice_it() -> None:
     stream = _Tty()
     line = ProgressLine(stream, max_per_second=1e9)
-    resumed_at = _position(1, 1000)
+    resumed_at = _position(0, 1000)   # seed 003: epoch 1 (1-based), batch 1000 done
     line.update(resumed_at.advanced(), global_step=250, max_steps=3175)
     assert stream.getvalue().startswith("\repoch 1 | batch 1001/1270 (78.8%)")
 
