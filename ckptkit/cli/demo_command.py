@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, main
-from ckptkit.cli.render import heading
+from ckptkit.cli.render import emit_json, heading
 from ckptkit.demo import DemoStep, run_demo
 
 
 @main.command("demo")
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
-def demo_command(directory: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary: each step's command and exit code.")
+def demo_command(directory: Path | None, as_json: bool) -> None:
     """Crash a tiny training run for real, inspect, validate, resume it, and prove with
     `ckptkit diff` that the result equals an uninterrupted run bit for bit (about a minute on a
     laptop CPU, nothing downloaded). Every step prints the command it runs, so you can repeat it.
@@ -30,6 +31,12 @@ def demo_command(directory: Path | None) -> None:
         click.echo("\n" + heading(f"[{next(counter)}] {step.title}"))
         click.echo(click.style(f"$ {step.shown()}", fg="cyan"))
 
+    if as_json:
+        result = run_demo(root, lambda step: None, lambda out: None)
+        emit_json({"root": str(root), "identical": result.identical, "ok": result.ok,
+                   "steps": [{"title": s.title, "command": s.shown(), "exit_code": code}
+                             for s, code in result.steps]})
+        raise SystemExit(EXIT_CLEAN if result.ok and result.identical else EXIT_ERROR)
     result = run_demo(root, show, lambda out: click.echo(out.rstrip("\n")))
     click.echo("")
     if not result.ok:

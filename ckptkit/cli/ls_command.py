@@ -64,7 +64,8 @@ def _health(entry: RunEntry) -> str:
 
 @main.command("latest")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-def latest_command(run_dir: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {path, format, progress} as JSON instead of the bare path.")
+def latest_command(run_dir: Path, as_json: bool) -> None:
     """Print only the path of the most advanced checkpoint below RUN_DIR that is whole and
     consistent (readable, no error findings, not a leftover temporary, progress known).
 
@@ -80,5 +81,9 @@ def latest_command(run_dir: Path) -> None:
         click.echo(f"ckptkit: no whole and consistent checkpoint below {run_dir} ({len(run.entries)} found, "
                    f"{broken} broken; see `ckptkit ls {run_dir}`)", err=True)
         sys.exit(EXIT_FINDINGS)
-    click.echo(str(run.resume.path))
+    if as_json:
+        entry = run.resume
+        emit_json({"path": str(entry.path), "format": entry.format, "progress": entry.progress.to_json()})
+    else:
+        click.echo(str(run.resume.path))
     raise SystemExit(EXIT_CLEAN)

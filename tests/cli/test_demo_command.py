@@ -34,3 +34,15 @@ def test_demo_refuses_a_folder_that_is_not_empty_and_writes_nothing(tmp_path: Pa
     assert result.exit_code == 2
     assert "is not empty" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_demo_json_lists_every_step_with_its_exit_code(tmp_path: Path) -> None:
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "ckptkit", "demo", str(tmp_path / "d"), "--json"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["identical"] is True and summary["ok"] is True
+    assert [s["exit_code"] for s in summary["steps"]][:2] == [0, -9]
+    assert summary["steps"][-1]["command"].startswith("ckptkit convert")

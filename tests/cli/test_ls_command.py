@@ -78,6 +78,17 @@ def test_latest_prints_only_the_path_of_the_furthest_whole_checkpoint(tmp_path: 
     assert result.stdout == f"{tmp_path / 'checkpoint-1000'}\n"
 
 
+def test_latest_json_gives_the_path_format_and_progress(tmp_path: Path) -> None:
+    hf_checkpoint(tmp_path / "checkpoint-500", 500, 0.5)
+    hf_checkpoint(tmp_path / "checkpoint-1000", 1000, 1.0)
+    result = invoke("latest", str(tmp_path), "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["path"] == str(tmp_path / "checkpoint-1000")
+    assert data["format"] == "hf-trainer"
+    assert data["progress"]["global_step"] == 1000
+
+
 def test_latest_exits_1_with_one_line_when_nothing_qualifies(tmp_path: Path) -> None:
     (hf_checkpoint(tmp_path / "checkpoint-500", 500, 0.5) / "trainer_state.json").unlink()
     result = invoke("latest", str(tmp_path))
