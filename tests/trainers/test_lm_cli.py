@@ -58,7 +58,7 @@ def test_flags_that_disagree_with_the_checkpoint_are_named_and_the_run_keeps_its
     assert code == 0
     out = capsys.readouterr().out
     assert f"resuming from {run / 'checkpoint_step_10.pt'} (verified: manifest size and CRC-32, weights-only load)" in out
-    assert "  at epoch 1 | batch 9/11 (81.8%) | step 10/16" in out
+    assert "  at epoch 2 | batch 9/11 (81.8%) | step 10/16" in out
     assert "note: --config small ignored: this run is 'tiny' (the config comes from the checkpoint)" in out
     assert "note: --grad-accum 4 ignored: the run uses 2" in out
     assert "note: --max-steps 99 ignored: the run uses 16; to train longer use --extend-steps" in out
