@@ -7,6 +7,7 @@ one place; no traceback reaches a user for bad input.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any
 
@@ -19,6 +20,14 @@ EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 
 
 class CkptkitGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMAND_MODULES:
+            importlib.import_module(COMMAND_MODULES[name])   # registers itself on `main`
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -57,17 +66,18 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    # Imported for their side effect of adding a command to `main`; one line per command.
-    from ckptkit.cli import inspect_command  # noqa: F401
-    from ckptkit.cli import resume_command  # noqa: F401
-    from ckptkit.cli import demo_command  # noqa: F401
-    from ckptkit.cli import ls_command  # noqa: F401  (ls and latest)
-    from ckptkit.cli import diff_command  # noqa: F401
-    from ckptkit.cli import fix_epoch_command  # noqa: F401
-    from ckptkit.cli import repair_command  # noqa: F401
-    from ckptkit.cli import convert_command  # noqa: F401
-    from ckptkit.cli import validate_command  # noqa: F401
-
-
-_register()
+# Command name -> the module that defines it (with `@main.command`). A module is imported only
+# when its command runs (or for `--help`), so `ckptkit inspect` and `ckptkit ls` start without
+# paying for diff's numpy or convert's writers. Listed in the order a user meets them.
+COMMAND_MODULES: dict[str, str] = {
+    "inspect": "ckptkit.cli.inspect_command",
+    "ls": "ckptkit.cli.ls_command",
+    "latest": "ckptkit.cli.ls_command",
+    "validate": "ckptkit.cli.validate_command",
+    "diff": "ckptkit.cli.diff_command",
+    "fix-epoch": "ckptkit.cli.fix_epoch_command",
+    "repair": "ckptkit.cli.repair_command",
+    "convert": "ckptkit.cli.convert_command",
+    "resume": "ckptkit.cli.resume_command",
+    "demo": "ckptkit.cli.demo_command",
+}
