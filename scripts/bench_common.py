@@ -7,8 +7,10 @@ recsys-style dict. `run_measured(cmd)` runs a command and returns its wall time 
 from __future__ import annotations
 
 import math
+import os
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,6 +39,30 @@ def write_big_pth(path: Path, width: int = FULL_WIDTH, layers: int = LAYERS) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
                 "epoch": 0}, path)
+    return path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_env() -> dict[str, str]:
+    """The environment for child processes: this checkout's ckptkit first on the path."""
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+def big_pth_in_child(folder: Path, size_mb: float) -> Path:
+    """The benchmark checkpoint of about `size_mb` MB in `folder` (written once, then reused).
+
+    Written by a child process: a benchmark that imported torch and built the model itself would
+    carry that memory, and it would leak into every measured child's peak RSS (see run_measured).
+    """
+    width = FULL_WIDTH if size_mb >= 1200 else width_for(size_mb)
+    path = folder / f"big_{width}.pth"
+    if not path.exists():
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                        "from scripts.bench_common import write_big_pth; "
+                        "write_big_pth(Path(sys.argv[1]), int(sys.argv[2]))", str(path), str(width)],
+                       check=True, env=repo_env())
     return path
 
 

@@ -12,15 +12,13 @@ Use --size-mb 20 for a smoke run; --path to measure an existing checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_common import FULL_WIDTH, Measured, run_measured, width_for  # noqa: E402
+from scripts.bench_common import Measured, big_pth_in_child, repo_env, run_measured, warm_page_cache  # noqa: E402
 
 TIME_TARGET = 0.15          # inspect wall time / torch.load(mmap=True) wall time
 RSS_TARGET = 64 * 2 ** 20   # bytes
@@ -34,48 +32,19 @@ def main() -> None:
     parser.add_argument("--path", type=Path, help="measure this checkpoint instead of writing one")
     parser.add_argument("--keep", type=Path, help="write (or reuse) the checkpoint in this folder")
     args = parser.parse_args()
-    root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.path or _big_checkpoint(args.keep or Path(tmp), args.size_mb, root)
-        _warm_page_cache(path)
+        path = args.path or big_pth_in_child(args.keep or Path(tmp), args.size_mb)
+        warm_page_cache(path)
         ours_cmd = [sys.executable, "-m", "ckptkit", "inspect", str(path)]
         base_cmd = [sys.executable, "-c", BASELINE, str(path)]
         ours, base = [], []
         for _ in range(args.repeat):
-            ours.append(_checked(run_measured(ours_cmd, _env(root)), "ckptkit inspect"))
+            ours.append(_checked(run_measured(ours_cmd, repo_env()), "ckptkit inspect"))
             base.append(_checked(run_measured(base_cmd), "torch.load(mmap=True)"))
         ok = report(path, min(m.seconds for m in ours), min(m.seconds for m in base),
                     max(m.peak_rss_bytes for m in ours), min(m.peak_rss_bytes for m in base))
     sys.exit(0 if ok else 1)
 
-
-def _big_checkpoint(folder: Path, size_mb: float, root: Path) -> Path:
-    width = FULL_WIDTH if size_mb >= 1200 else width_for(size_mb)
-    path = folder / f"big_{width}.pth"
-    if not path.exists():
-        # In a child process, so that this process never holds torch or the model in memory.
-        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                        "from scripts.bench_common import write_big_pth; "
-                        "write_big_pth(Path(sys.argv[1]), int(sys.argv[2]))", str(path), str(width)],
-                       check=True, env=_env(root))
-    return path
-
-
-def _warm_page_cache(path: Path) -> None:
-    """Read the file through one small buffer, keeping this process's RSS low.
-
-    The child's ru_maxrss starts from its parent's high-water mark (subprocess forks with vfork,
-    and Linux carries the hiwater RSS across exec), so a launcher that read 64 MB chunks would
-    report at least that for the tiny inspect process.
-    """
-    buffer = bytearray(1 << 20)
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buffer):
-            pass
-
-
-def _env(root: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(root)}
 
 
 def _checked(m: Measured, what: str) -> Measured:

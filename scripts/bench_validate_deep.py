@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_common import FULL_WIDTH, Measured, run_measured, warm_page_cache, width_for  # noqa: E402
+from scripts.bench_common import Measured, big_pth_in_child, repo_env, run_measured, warm_page_cache  # noqa: E402
 
 BASELINE = """
 import sys, torch
@@ -44,30 +42,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="write (or reuse) the checkpoint in this folder")
     args = parser.parse_args()
-    root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
-        width = FULL_WIDTH if args.size_mb >= 1200 else width_for(args.size_mb)
-        path = folder / f"big_{width}.pth"
-        if not path.exists():
-            # In a child process: a parent that imported torch would pass its RSS on through fork.
-            subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                            "from scripts.bench_common import write_big_pth; "
-                            "write_big_pth(Path(sys.argv[1]), int(sys.argv[2]))", str(path), str(width)],
-                           check=True, env=_env(root))
+        path = big_pth_in_child(folder, args.size_mb)
         size = path.stat().st_size
         warm_page_cache(path)
         ours_cmd = [sys.executable, "-m", "ckptkit", "validate", "--deep", "--json", str(path)]
         base_cmd = [sys.executable, "-c", BASELINE, str(path)]
         ours, base = [], []
         for _ in range(args.repeat):
-            ours.append(_checked(run_measured(ours_cmd, _env(root)), "validate --deep"))
+            ours.append(_checked(run_measured(ours_cmd, repo_env()), "validate --deep"))
             base.append(_checked(run_measured(base_cmd), "baseline"))
         report(path, size, min(ours, key=lambda m: m.seconds), min(base, key=lambda m: m.seconds))
 
-
-def _env(root: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(root)}
 
 
 def _checked(m: Measured, what: str) -> Measured:

@@ -153,7 +153,7 @@ def sequence_divergence(a: Any, b: Any) -> str:
         parts.append(f"first differs at index {i} ({summarize(to_jsonable(a[i]), 40)} vs "
                      f"{summarize(to_jsonable(b[i]), 40)}); {len(differing)} of {common} shared entries differ")
     else:
-        parts.append(f"the shorter is the start of the longer")
+        parts.append("the shorter is the start of the longer")
     return ", ".join(parts)
 
 

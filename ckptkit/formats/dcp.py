@@ -17,9 +17,9 @@ from typing import Any
 
 from ckptkit.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
 from ckptkit.dtypes import dtype_named
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import security_findings, unpickle_or_raise
-from ckptkit.formats.folder import FolderReading, member_names
+from ckptkit.formats.folder import FolderReading
 from ckptkit.formats.torch_zip import ZIP_MAGIC, locate_record
 from ckptkit.safe_pickle import GlobalRef, PickledObject, TorchDtypeValue, safe_loads
 
