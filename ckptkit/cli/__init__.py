@@ -52,17 +52,20 @@ class CkptkitGroup(click.Group):
 def main() -> None:
     """Checkpoint forensics and repair for PyTorch training runs.
 
-    Reads .pt/.pth/.bin/.ckpt (torch.save zip and legacy), .safetensors, and plain pickles,
-    without ever running code from the file. Exit codes: 0 clean, 1 findings or differences,
-    2 unusable input.
+    Reads .pt/.pth/.bin/.ckpt (torch.save zip and legacy), .safetensors, plain pickles, and
+    checkpoint folders (Hugging Face Trainer, save_pretrained, torch.distributed.checkpoint,
+    accelerate), without ever running code from a file. Exit codes: 0 clean, 1 findings or
+    differences, 2 unusable input.
 
     \b
-    Start here:
-      ckptkit inspect CHECKPOINT      what is in it, progress in plain words
-      ckptkit ls RUN_DIR              every checkpoint of a run, ordered by progress
-      ckptkit latest RUN_DIR          the path to resume from
-      ckptkit diff A B                what changed between two checkpoints
-      ckptkit validate CHECKPOINT     is it whole, consistent and safe to resume from?
+    A run crashed or resumed wrongly? In this order:
+      ckptkit ls RUN_DIR              every checkpoint, ordered by progress, with its health
+      ckptkit inspect CHECKPOINT      what is in one, progress in plain words
+      ckptkit validate CHECKPOINT     everything wrong with it, and the command that fixes it
+      ckptkit latest RUN_DIR          the path to resume from (for scripts)
+    \b
+    See it all on a tiny run first:
+      ckptkit demo
     """
 
 
