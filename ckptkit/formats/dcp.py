@@ -23,6 +23,10 @@ from ckptkit.formats.folder import FolderReading
 from ckptkit.formats.torch_zip import ZIP_MAGIC, locate_record
 from ckptkit.safe_pickle import GlobalRef, PickledObject, TorchDtypeValue, safe_loads
 
+
+class TensorInChunksError(UnsupportedFeatureError):
+    """A tensor saved in several chunks has no single byte range; read `Checkpoint.chunks` instead."""
+
 METADATA = ".metadata"
 # The names DCP's own metadata pickle refers to; only these are expected there.
 _EXPECTED_GLOBALS = ("torch.distributed.checkpoint.", "torch.serialization._get_layout",
@@ -118,7 +122,7 @@ class DcpLayout:
         count = len(chunks)
 
         def split() -> ByteRange:
-            raise UnsupportedFeatureError(self.path, f"tensor {fqn!r} is stored in {count} chunks; read them "
+            raise TensorInChunksError(self.path, f"tensor {fqn!r} is stored in {count} chunks; read them "
                                           "one by one (Checkpoint.chunks) or assemble them first")
         return make_tensor(dtype.name, shape, StorageRef(fqn, dtype, _numel(shape), "cpu", locate=split))
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from ckptkit.checkpoint import (ByteRange, Finding, Severity, StorageRef, TensorRef, iter_tensors, mapped_bytes,
                                 release_mapped_pages)
 from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.formats.dcp import TensorInChunksError
 from ckptkit.validation.zip_records import ZipRecord, zip_records
 
 if TYPE_CHECKING:
@@ -65,12 +66,21 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
     # Other tensors (a Lightning callback's best score is +inf by design) are CRC-checked only.
     checked = ({id(t) for t in ctx.ckpt.model.values()} | {id(t) for _, t in iter_tensors(ctx.ckpt.optimizer)}
                | {id(c.tensor) for chunks in ctx.ckpt.chunks.values() for c in chunks})   # DCP: app state
+    unreadable: set[int] = set()
     for key, tensor in _record_tensors(ctx):
         record = by_storage.get(id(tensor.storage))
+        if record is None and id(tensor.storage) in unreadable:
+            continue
         if record is None:
             try:
                 where = tensor.storage.byte_range()
-            except UnsupportedFeatureError:      # a DCP tensor kept in chunks: _record_tensors lists them
+            except TensorInChunksError:          # a DCP tensor kept in chunks: _record_tensors lists them
+                continue
+            except UnsupportedFeatureError as exc:
+                unreadable.add(id(tensor.storage))
+                problems.append(Finding("integrity.unreadable-values", Severity.WARNING, ctx.where(key),
+                                        f"--deep could not read this tensor's bytes, so its values were not "
+                                        f"checked: {exc.message}"))
                 continue
             except CkptkitError as exc:
                 problems.append(Finding("integrity.missing-record", Severity.ERROR, ctx.where(key),

@@ -181,3 +181,8 @@ def test_a_dcp_tensor_stored_transposed_is_refused_by_name_instead_of_read_scram
     assert torch.equal(tensors["b"].to_torch(), base[0])
     with pytest.raises(UnsupportedFeatureError, match=r"tensor 'w' is stored non-contiguous"):
         tensors["w"].to_torch()
+    from ckptkit.validation import validate_path
+
+    report = validate_path(tmp_path / "dcp", deep=True)
+    unread = [f for f in report.findings if f.code == "integrity.unreadable-values"]
+    assert len(unread) == 1 and "'w'" in unread[0].message and "not checked" in unread[0].message
