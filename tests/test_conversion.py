@@ -411,3 +411,27 @@ def test_a_dcp_folder_whose_plain_values_differ_from_the_source_fails_verificati
     assert verify_dcp(tmp_path / "d", tmp_path / "d", tree) == 1
     with pytest.raises(WriteVerificationError, match=r"plain values read back differ .*'step'"):
         verify_dcp(tmp_path / "d", tmp_path / "d", {**tree, "step": 4})
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
+def test_dtype_to_dcp_casts_the_model_exactly_as_torch_does_and_keeps_optimizer_moments_and_ties(
+        tmp_path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    w, moment = torch.randn(6, 5, dtype=torch.float32), torch.rand(6, 5, dtype=torch.float32)
+    torch.save({"model": {"w": w, "tied": w, "count": torch.arange(3)},
+                "optimizer": {"state": {0: {"exp_avg": moment}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+                "step": 7}, tmp_path / "a.pth")
+    result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "folder", ConvertOptions(to="dcp", dtype="bf16"))
+    assert (result.cast_to, result.cast_tensors, result.verified_tensors) == ("bfloat16", 2, 4)
+    template = {"model": {"w": torch.zeros(6, 5, dtype=torch.bfloat16), "tied": torch.zeros(6, 5, dtype=torch.bfloat16),
+                          "count": torch.zeros(3, dtype=torch.int64)},
+                "optimizer": {"state": {0: {"exp_avg": torch.zeros(6, 5)}}, "param_groups": [{"lr": 0.0, "params": [0]}]},
+                "step": 0}
+    dcp.load(template, storage_reader=dcp.FileSystemReader(str(tmp_path / "folder")), no_dist=True)
+    assert torch.equal(template["model"]["w"], w.to(torch.bfloat16))
+    assert torch.equal(template["model"]["tied"], w.to(torch.bfloat16))
+    assert torch.equal(template["model"]["count"], torch.arange(3))
+    assert template["optimizer"]["state"][0]["exp_avg"].dtype == torch.float32
+    assert torch.equal(template["optimizer"]["state"][0]["exp_avg"], moment)
+    assert template["step"] == 7

@@ -26,8 +26,8 @@ from typing import Any
 
 from ckptkit.atomic import atomic_write_dir, atomic_write_file, default_backup_path
 from ckptkit.checkpoint import Checkpoint, TensorRef, iter_tensors
-from ckptkit.conversion.plan import (TensorPlan, dropped_sections, model_tensors, plan_tensors,
-                                     safetensors_metadata, target_dtype, torch_tree,
+from ckptkit.conversion.plan import (TensorPlan, dropped_sections, model_cast_ids, model_tensors,
+                                     plan_tensors, rekeyed, safetensors_metadata, target_dtype, torch_tree,
                                      with_whole_tensors)
 from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
 from ckptkit.dtypes import DType
@@ -264,11 +264,14 @@ def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType |
     from ckptkit.conversion.plan import source_tree
     from ckptkit.conversion.to_dcp import torch_values, verify_dcp, write_dcp
 
-    if to is not None:
-        raise UnsupportedFeatureError(output, "--dtype is not supported for DCP output; convert to .pth first")
     tree, dropped = source_tree(ckpt, options.weights_only, options.select)
     if not isinstance(tree, dict):
         raise UnsupportedFeatureError(ckpt.path, "a DCP folder holds a dict; this checkpoint's top level is not one")
+    # As for .pth: the model's floating storages are cast (optimizer moments keep their precision).
+    # DCP's writer takes the whole state at once, so cast tensors are held in memory at the new dtype
+    # (uncast ones stay views of the source's memory map); the read-back re-derives each cast.
+    cast_ids = model_cast_ids(ckpt, to)
+    tree = rekeyed(tree, cast_ids, to, renumber=False) if cast_ids else tree
     state = torch_values(tree, ckpt.path)
     counts = {"checked": 0}
 
@@ -277,8 +280,10 @@ def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType |
 
     atomic_write_dir(output, lambda tmp: write_dcp(tmp, state), verify=verify, backup=backup)
     files = sorted(p for p in output.iterdir())
+    cast = sum(1 for _, t in iter_tensors(tree) if _was_cast(t))
     return ConversionResult(ckpt.path, output, ckpt.format, "dcp", files, counts["checked"],
-                            sum(p.stat().st_size for p in files), counts["checked"], dropped=dropped)
+                            sum(p.stat().st_size for p in files), counts["checked"],
+                            cast_to=to.name if to else None, cast_tensors=cast, dropped=dropped)
 
 
 def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,

@@ -157,7 +157,7 @@ def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DTy
     as torch.save does, tied names sharing one storage again.
     """
     tree, dropped = source_tree(ckpt, weights_only, select)
-    cast_ids = {id(t.storage) for t in ckpt.model.values() if _casts(t, to)}
+    cast_ids = model_cast_ids(ckpt, to)
     renumber = ckpt.format not in TORCH_FORMATS   # safetensors names, DCP "fqn@[offsets]" keys
     return rekeyed(tree, cast_ids, to, renumber), stored_aliases(ckpt), dropped
 
@@ -257,6 +257,12 @@ def _not_rewritable(value: Any) -> str | None:
     if isinstance(value, (list, tuple)):
         return next((w for w in map(_not_rewritable, value) if w), None)
     return None
+
+
+def model_cast_ids(ckpt: Checkpoint, to: DType | None) -> set[int]:
+    """ids of the model storages a --dtype casts (floating, not already `to`); optimizer
+    moments and other sections keep their precision."""
+    return {id(t.storage) for t in ckpt.model.values() if _casts(t, to)}
 
 
 def _casts(t: TensorRef, to: DType | None) -> bool:
