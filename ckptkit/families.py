@@ -37,6 +37,9 @@ class Family:
     # The inverse of `progress`: the stored counter values (by key path) that make `progress`
     # read back (epochs_completed, step_in_epoch). None: the family cannot record an epoch.
     record: Callable[[Tree, int, int], CounterValues] | None = None
+    # Progress fields the family reads straight from one top-level key, as (field, key): what a
+    # writer sets so that `progress` reads them back (e.g. global_step from nanoGPT's 'iter_num').
+    plain_counters: tuple[tuple[str, str], ...] = ()
 
 
 def _recsys_progress(tree: Tree, path: Path) -> Progress:
@@ -240,22 +243,22 @@ _RECSYS_KEYS = {"model_state_dict", "optimizer_state_dict", "epoch"}
 FAMILIES: list[Family] = [
     Family("lightning", "PyTorch Lightning .ckpt",
            lambda t: "pytorch-lightning_version" in t or _has("state_dict", "optimizer_states", "loops")(t),
-           _lightning_progress, _lightning_record),
+           _lightning_progress, _lightning_record, (("global_step", "global_step"),)),
     Family("nanogpt", "nanoGPT-style dict (model, optimizer, model_args, iter_num)",
-           _has("model_args", "iter_num"), _nanogpt_progress),
+           _has("model_args", "iter_num"), _nanogpt_progress, None, (("global_step", "iter_num"),)),
     Family("experiment", "experiment .pt (global_step, epoch, best_val_loss, config, histories)",
            lambda t: "global_step" in t and _any("best_val_loss", "train_history", "val_history")(t),
-           _experiment_progress, _experiment_record),
+           _experiment_progress, _experiment_record, (("global_step", "global_step"),)),
     Family("retrieval", "retrieval .pt (epoch stored as epoch+1, loss, recall_at_10, histories)",
            _any("recall_at_10", "val_recalls", "train_losses"), _retrieval_progress, _retrieval_record),
     Family("training-state", "training_state.pth (epoch, step with 0 = end of epoch, total_batches)",
            lambda t: "total_batches" in t or (_has("epoch", "step")(t) and _any("best_val_f1", "best_val_acc")(t)),
-           _training_state_progress, _training_state_record),
+           _training_state_progress, _training_state_record, (("steps_per_epoch", "total_batches"),)),
     Family("recsys", "recsys .pth (model_state_dict, optimizer_state_dict, epoch)",
            lambda t: "model_state_dict" in t and set(t) <= _RECSYS_KEYS, _recsys_progress, _recsys_record),
 ]
 GENERIC = Family("generic", "dict with a model and training state", lambda t: True, _generic_progress,
-                 _generic_record)
+                 _generic_record, (("global_step", "global_step"),))
 
 
 def recognise(tree: Any) -> Family | None:

@@ -223,7 +223,9 @@ def test_every_seed_sample_converts_to_safetensors_and_back_with_equal_weights(t
         convert_checkpoint(path, st_path, ConvertOptions(weights_only=True))
         convert_checkpoint(st_path, back_path)
         want = {n: t.to_torch() for n, t in ckpt.model.items()}
-        _assert_same_state_dict(torch.load(back_path, weights_only=True), want)
+        back = torch.load(back_path, weights_only=True)
+        model_key = ckpt.sources["model"]
+        _assert_same_state_dict(back if model_key == "(top level)" else back[model_key], want)
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "real"
@@ -435,3 +437,79 @@ def test_dtype_to_dcp_casts_the_model_exactly_as_torch_does_and_keeps_optimizer_
     assert template["optimizer"]["state"][0]["exp_avg"].dtype == torch.float32
     assert torch.equal(template["optimizer"]["state"][0]["exp_avg"], moment)
     assert template["step"] == 7
+
+
+PROGRESS_FIELDS = ("epochs_completed", "step_in_epoch", "steps_per_epoch", "global_step", "epoch_complete",
+                   "max_steps")
+
+
+def _progress_values(ckpt: object) -> tuple[object, ...]:
+    return tuple(getattr(ckpt.progress, f) for f in PROGRESS_FIELDS)  # type: ignore[attr-defined]
+
+
+def test_pth_to_weights_only_safetensors_and_back_keeps_each_seed_layouts_progress_config_and_metrics(
+        tmp_path: Path) -> None:
+    from scripts.make_seed_samples import write_samples
+
+    samples = write_samples(tmp_path / "samples")
+    for name in ("checkpoint-recent.pth", "retrieval", "checkpoint_step_1000.pt", "legacy"):
+        source = open_checkpoint(samples[name])
+        convert_checkpoint(samples[name], tmp_path / f"{name}.safetensors", ConvertOptions(weights_only=True))
+        result = convert_checkpoint(tmp_path / f"{name}.safetensors", tmp_path / f"{name}.pth")
+        back = open_checkpoint(tmp_path / f"{name}.pth")
+        assert (back.family, _progress_values(back)) == (source.family, _progress_values(source)), name
+        assert back.metrics == source.metrics and back.config == source.config, name
+        assert result.notes[0].startswith("restored from the safetensors __metadata__"), name
+        plain = torch.load(tmp_path / f"{name}.pth", weights_only=True)
+        assert sorted(plain) == sorted(k for k in source.tree if k not in ("optimizer_state_dict",
+                                       "scheduler_state_dict", "train_history", "val_history", "train_losses",
+                                       "val_recalls")), name
+    experiment = torch.load(tmp_path / "checkpoint_step_1000.pt.pth", weights_only=True)
+    assert (experiment["global_step"], experiment["epoch"], experiment["best_val_loss"]) == (1000, 0, 0.3961)
+    assert experiment["config"] == {"d_model": 32, "n_layers": 2, "batch_size": 4, "max_steps": 2000,
+                                    "save_interval": 500}
+    assert torch.load(tmp_path / "retrieval.pth", weights_only=True)["epoch"] == 10
+
+
+def test_a_mid_epoch_training_state_survives_the_round_trip_through_safetensors_as_its_own_counters(
+        tmp_path: Path) -> None:
+    torch.save({"model_state_dict": {"w": torch.ones(2)}, "optimizer_state_dict": {"state": {}, "param_groups": []},
+                "epoch": 2, "step": 300, "total_batches": 1270, "best_val_f1": 0.61}, tmp_path / "a.pth")
+    convert_checkpoint(tmp_path / "a.pth", tmp_path / "a.safetensors", ConvertOptions(weights_only=True))
+    convert_checkpoint(tmp_path / "a.safetensors", tmp_path / "b.pth")
+    back = open_checkpoint(tmp_path / "b.pth")
+    assert back.family == "training-state"
+    assert (back.progress.epochs_completed, back.progress.step_in_epoch, back.progress.steps_per_epoch,
+            back.progress.epoch_complete) == (1, 300, 1270, False)
+    plain = torch.load(tmp_path / "b.pth", weights_only=True)
+    assert (plain["epoch"], plain["step"], plain["total_batches"], plain["best_val_f1"]) == (2, 300, 1270, 0.61)
+
+
+def test_progress_the_layouts_counters_cannot_say_is_kept_whole_under_a_documented_key(tmp_path: Path) -> None:
+    from ckptkit.conversion.restore import PROGRESS_KEY
+
+    # An experiment layout with a data position mid-epoch: the position's dict is not kept in
+    # safetensors, and the bare 'epoch' key cannot say "300 batches into epoch 3".
+    torch.save({"model_state_dict": {"w": torch.ones(2)}, "global_step": 900, "epoch": 2, "best_val_loss": 0.5,
+                "data_position": {"epoch": 2, "batch_in_epoch": 300, "steps_per_epoch": 400}}, tmp_path / "a.pt")
+    source = open_checkpoint(tmp_path / "a.pt")
+    convert_checkpoint(tmp_path / "a.pt", tmp_path / "a.safetensors", ConvertOptions(weights_only=True))
+    result = convert_checkpoint(tmp_path / "a.safetensors", tmp_path / "b.pt")
+    plain = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert plain[PROGRESS_KEY]["epochs_completed"] == 2 and plain[PROGRESS_KEY]["step_in_epoch"] == 300
+    assert plain[PROGRESS_KEY]["global_step"] == 900 and plain["best_val_loss"] == 0.5
+    assert plain[PROGRESS_KEY] == json.loads(json.dumps(source.progress.to_json()))
+    assert f"progress under '{PROGRESS_KEY}' (the experiment layout's counters cannot say" in result.notes[0]
+
+
+def test_safetensors_to_pth_with_weights_only_stays_a_bare_state_dict_and_says_the_metadata_is_left(
+        tmp_path: Path) -> None:
+    sd = _training_checkpoint(tmp_path / "ckpt.pth")
+    convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "m.safetensors", ConvertOptions(weights_only=True))
+    result = convert_checkpoint(tmp_path / "m.safetensors", tmp_path / "m.pth", ConvertOptions(weights_only=True))
+    _assert_same_state_dict(torch.load(tmp_path / "m.pth", weights_only=True), sd)
+    assert "__metadata__ is not carried over" in result.notes[0]
+    result = convert_checkpoint(tmp_path / "m.safetensors", tmp_path / "full.pth")
+    full = torch.load(tmp_path / "full.pth", weights_only=True)
+    assert (full["epoch"], full["config"], full["best_acc"]) == (4, {"lr": 1e-3, "layers": [6, 5, 3]}, 0.75)
+    _assert_same_state_dict(full["model_state_dict"], sd)

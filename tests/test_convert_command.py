@@ -161,3 +161,22 @@ def test_to_hf_writes_model_and_optimizer_files_and_names_what_has_no_file(model
     assert sorted(Path(f).name for f in report["files"]) == ["model.safetensors", "optimizer.pt"]
     assert report["dropped"] == ["other keys (epoch): an HF folder has no file for them"]
     assert sorted(load_file(out / "model.safetensors")) == ["embed.weight", "norm.bias"]
+
+
+def test_pth_to_safetensors_and_back_shows_the_same_progress_in_ckptkit_inspect(model_pth: Path) -> None:
+    def inspected(path: Path) -> dict[str, object]:
+        result = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    st, back = model_pth.with_name("m.safetensors"), model_pth.with_name("back.pth")
+    assert _run(str(model_pth), str(st), "--weights-only")[0] == 0
+    code, stdout, _ = _run(str(st), str(back))
+    assert code == 0
+    assert "note      restored from the safetensors __metadata__: progress as the recsys layout's counters " \
+           "(epoch = 2)" in stdout
+    before, after = inspected(model_pth), inspected(back)
+    assert after["family"] == before["family"] == "recsys"
+    fields = ("epochs_completed", "step_in_epoch", "global_step", "epoch_complete", "summary")
+    assert [after["progress"][f] for f in fields] == [before["progress"][f] for f in fields] == \
+           [3, None, None, True, "epoch 3 complete"]

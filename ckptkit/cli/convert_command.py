@@ -43,7 +43,8 @@ def convert_command(source: Path, output: Path, to: str | None, weights_only: bo
 
     \b
     .pth/.pt (zip or legacy) -> .safetensors   model weights; progress/config as JSON metadata
-    .safetensors -> .pth                       a state dict torch.load(weights_only=True) reads
+    .safetensors -> .pth                       a state dict torch.load(weights_only=True) reads;
+                                               progress/config/metrics back if ckptkit kept them
     legacy torch.save -> zip                   same tree, byte-identical storage records
     DCP folder <-> .pth (--to dcp)             the state tree; chunked tensors assembled whole
     HF Trainer / accelerate folder <-> .pth    sections in one file (--weights-only: the model);

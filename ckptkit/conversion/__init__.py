@@ -4,8 +4,9 @@
   kept as JSON strings in `__metadata__` (keys in `ckptkit.conversion.plan`); tied tensors
   written once and recorded under "ckptkit.aliases". Training state cannot go into safetensors:
   the conversion refuses unless --weights-only says to leave it out.
-* safetensors -> torch.save zip: a bare state dict, one storage per tensor, aliases restored as
-  one shared storage.
+* safetensors -> torch.save zip: one storage per tensor, aliases restored as one shared storage;
+  a bare state dict, or, when the __metadata__ holds what ckptkit kept of a training file, that
+  file's layout with its progress, config and metrics again (`ckptkit.conversion.restore`).
 * torch.save -> torch.save zip (legacy -> zip, or with --dtype / --weights-only / --select): the
   tree is re-pickled and every storage record copied byte for byte (or cast element-wise).
 * DCP folder -> torch.save / safetensors (chunked tensors assembled whole); a single file -> DCP
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,11 +233,22 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
     result = ConversionResult(ckpt.path, output, ckpt.format, "torch-zip", [output], counts["checked"],
                               output.stat().st_size, counts["checked"], aliases, to.name if to else None, cast,
                               dropped)
-    if ckpt.format == "safetensors" and ckpt.metadata:
-        result.notes.append("written as a bare state dict; the safetensors __metadata__ is not carried over")
+    result.notes += _restoration_notes(ckpt, options)
     if options.select is not None and not options.weights_only:
         result.notes.append("--select writes model tensors only (a partial model has no matching optimizer state)")
     return result
+
+
+def _restoration_notes(ckpt: Checkpoint, options: ConvertOptions) -> list[str]:
+    """What of a safetensors source's __metadata__ a .pth or DCP output carries (`restore`)."""
+    from ckptkit.conversion.restore import restore
+
+    if ckpt.format != "safetensors":
+        return []
+    if options.weights_only or options.select is not None:
+        return ["written as a bare state dict (--weights-only / --select); the safetensors __metadata__ is "
+                "not carried over"] if ckpt.metadata else []
+    return restore(ckpt, OrderedDict()).notes
 
 
 def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
@@ -283,7 +296,8 @@ def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType |
     cast = sum(1 for _, t in iter_tensors(tree) if _was_cast(t))
     return ConversionResult(ckpt.path, output, ckpt.format, "dcp", files, counts["checked"],
                             sum(p.stat().st_size for p in files), counts["checked"],
-                            cast_to=to.name if to else None, cast_tensors=cast, dropped=dropped)
+                            cast_to=to.name if to else None, cast_tensors=cast, dropped=dropped,
+                            notes=_restoration_notes(ckpt, options))
 
 
 def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,

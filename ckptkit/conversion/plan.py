@@ -13,6 +13,7 @@ from typing import Any
 from ckptkit.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors, make_tensor
 from ckptkit.dtypes import DType, dtype_named
 from ckptkit.errors import UnsupportedFeatureError
+from ckptkit.families import family_named
 from ckptkit.jsonable import to_jsonable
 from ckptkit.safe_pickle import NumpyArray, PickledObject
 from ckptkit.tensor_bytes import AssembledStorage, DerivedStorage
@@ -25,6 +26,7 @@ META_CONFIG = "ckptkit.config"                 # the source's config section, as
 META_METRICS = "ckptkit.metrics"               # the source's scalar metrics {name: value}
 META_ALIASES = "ckptkit.aliases"               # {tied name: name written}: same storage, same span
 META_DTYPE = "ckptkit.dtype"                   # the dtype floating tensors were cast to, if any
+META_LAYOUT = "ckptkit.layout"                 # {"family", "model", "config"}: the source's dict layout
 
 DTYPE_CHOICES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}
 TRAINING_SECTIONS = ("optimizer", "scheduler", "scaler", "rng")
@@ -144,6 +146,9 @@ def safetensors_metadata(ckpt: Checkpoint, aliases: dict[str, str], to: DType | 
         meta[META_ALIASES] = _json(aliases)
     if to is not None:
         meta[META_DTYPE] = to.name
+    if family_named(ckpt.family) is not None:   # a dict layout: .pth written back can take its shape again
+        meta[META_LAYOUT] = _json({"family": ckpt.family, "model": ckpt.sources.get("model"),
+                                   "config": ckpt.sources.get("config")})
     return meta
 
 
@@ -198,6 +203,10 @@ def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tup
                                       "keep it. Pass --weights-only to write the model tensors alone")
     if ckpt.format in TORCH_FORMATS or ckpt.format == "dcp":
         return ckpt.tree, []
+    if ckpt.format == "safetensors":
+        from ckptkit.conversion.restore import restored_tree
+
+        return restored_tree(ckpt, model_tensors(ckpt, None)), []
     if not dropped_sections(ckpt):
         return model_tensors(ckpt, None), []
     tree: dict[str, Any] = OrderedDict(model=OrderedDict(ckpt.model))
