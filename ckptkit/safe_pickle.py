@@ -148,6 +148,15 @@ class NumpyArray:
     def __repr__(self) -> str:
         return f"ndarray {self.dtype}{list(self.shape)}"
 
+    def tolist(self) -> list[Any] | None:
+        """A 1-D array of plain numbers as the Python numbers ndarray.tolist() gives (numpy's RNG
+        keys, for one); None for other dtypes and shapes (the memory order is not kept here)."""
+        fmt = _STRUCT_CODES.get(self.dtype.lstrip("<>=|"))
+        if fmt is None or len(self.shape) != 1 or struct.calcsize(fmt) * self.shape[0] != len(self.data):
+            return None
+        order = ">" if self.dtype.startswith(">") else "<"
+        return list(struct.unpack(f"{order}{self.shape[0]}{fmt}", self.data))
+
 
 @dataclass
 class NumpyDtype:

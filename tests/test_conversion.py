@@ -288,16 +288,42 @@ def test_a_row_sharded_dcp_tensor_is_assembled_whole_in_safetensors(tmp_path: Pa
     assert torch.equal(load_file(tmp_path / "m.safetensors")["w"], torch.arange(24.0).reshape(6, 4))
 
 
+def _assert_rng_state_is_the_folders_with_plain_lists(rng: dict[str, object], folder: Path) -> None:
+    """The RNG state as HF Trainer's rng_state.pth holds it, numpy's keys as a plain list that
+    np.random.set_state accepts (and that torch.load(weights_only=True) reads)."""
+    import random
+
+    import numpy as np
+
+    original = open_checkpoint(folder).rng
+    kind, keys, pos, has_gauss, cached = rng["numpy"]  # type: ignore[misc]
+    assert (kind, keys, pos, has_gauss, cached) == (original["numpy"][0], original["numpy"][1].tolist(),
+                                                     *original["numpy"][2:])
+    assert len(keys) == 624 and all(isinstance(k, int) for k in keys)
+    assert torch.equal(rng["cpu"], original["cpu"].to_torch())  # type: ignore[arg-type]
+    saved_np, saved_py, saved_torch = np.random.get_state(), random.getstate(), torch.get_rng_state()
+    try:   # what transformers' Trainer._load_rng_state does with the file
+        random.setstate(rng["python"])  # type: ignore[arg-type]
+        np.random.set_state(rng["numpy"])  # type: ignore[arg-type]
+        torch.random.set_rng_state(rng["cpu"])  # type: ignore[arg-type]
+        assert np.random.get_state()[1].tolist() == keys and random.getstate() == rng["python"]
+    finally:
+        np.random.set_state(saved_np)
+        random.setstate(saved_py)
+        torch.set_rng_state(saved_torch)
+
+
 def test_an_hf_trainer_folder_packs_into_one_torch_file_with_its_sections_and_says_what_it_left_out(
         tmp_path: Path) -> None:
     source = FIXTURES / "hf_full" / "checkpoint-10"
     result = convert_checkpoint(source, tmp_path / "packed.pth")
     assert result.source_format == "hf-trainer"
-    assert result.dropped == ["rng (rng_state.pth): holds numpy arrays, which ckptkit does not re-pickle"]
+    assert result.dropped == []
     packed = torch.load(tmp_path / "packed.pth", weights_only=True)
-    assert list(packed) == ["model", "optimizer", "scheduler", "config", "progress", "metrics", "histories",
-                            "extra", "config.json", "generation_config.json", "trainer_state.json",
+    assert list(packed) == ["model", "optimizer", "scheduler", "rng_state", "config", "progress", "metrics",
+                            "histories", "extra", "config.json", "generation_config.json", "trainer_state.json",
                             "global_step", "epoch"]
+    _assert_rng_state_is_the_folders_with_plain_lists(packed["rng_state"], source)
     assert packed["trainer_state.json"] == json.loads((source / "trainer_state.json").read_text())
     _assert_same_state_dict(packed["model"], load_file(source / "model.safetensors"))
     assert _same_tree(packed["optimizer"], torch.load(source / "optimizer.pt", weights_only=True))
@@ -388,11 +414,14 @@ def test_an_hf_trainer_folder_packed_then_unpacked_is_the_same_checkpoint_and_lo
     convert_checkpoint(source, tmp_path / "packed.pth")
     result = convert_checkpoint(tmp_path / "packed.pth", tmp_path / "checkpoint-10", ConvertOptions(to="hf"))
     assert sorted(p.name for p in result.files) == ["config.json", "generation_config.json", "model.safetensors",
-                                                      "optimizer.pt", "scheduler.pt", "trainer_state.json"]
-    # The RNG state was already left out (and said so) when packing; what packing derived from the
-    # folder (progress, counters, ...) lives on in trainer_state.json, but has no file of its own.
+                                                      "optimizer.pt", "rng_state.pth", "scheduler.pt",
+                                                      "trainer_state.json"]
+    # What packing derived from the folder (progress, counters, ...) lives on in trainer_state.json,
+    # but has no file of its own.
     assert result.dropped == ["other keys (config, progress, metrics, histories, extra, global_step, epoch): "
                               "an HF folder has no file for them"]
+    _assert_rng_state_is_the_folders_with_plain_lists(torch.load(tmp_path / "checkpoint-10" / "rng_state.pth",
+                                                                 weights_only=True), source)
     unpacked = open_checkpoint(tmp_path / "checkpoint-10")
     assert unpacked.format == "hf-trainer" and unpacked.progress.global_step == 10
     same = diff_paths(source, tmp_path / "checkpoint-10", DiffOptions(sections=("model", "optimizer", "scheduler")))
@@ -513,3 +542,62 @@ def test_safetensors_to_pth_with_weights_only_stays_a_bare_state_dict_and_says_t
     full = torch.load(tmp_path / "full.pth", weights_only=True)
     assert (full["epoch"], full["config"], full["best_acc"]) == (4, {"lr": 1e-3, "layers": [6, 5, 3]}, 0.75)
     _assert_same_state_dict(full["model_state_dict"], sd)
+
+
+def test_to_hf_writes_the_rng_state_with_numpy_keys_as_a_plain_list_and_drops_what_cannot_be_plain(
+        tmp_path: Path) -> None:
+    import pickle
+
+    import numpy as np
+
+    keys = np.arange(624, dtype=np.uint32) * 7
+    rng = {"python": (3, tuple(range(625)), None), "numpy": ("MT19937", keys, 5, 0, 0.0),
+           "cpu": torch.arange(8, dtype=torch.uint8)}
+    sd = {"w": torch.ones(2)}
+    # torch.save pickles numpy arrays as they are (weights_only=True would refuse to read them back)
+    torch.save({"model": sd, "rng_state": rng, "step": 3}, tmp_path / "a.pth", pickle_module=pickle)
+    result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "hf", ConvertOptions(to="hf"))
+    assert sorted(p.name for p in result.files) == ["model.safetensors", "rng_state.pth"]
+    written = torch.load(tmp_path / "hf" / "rng_state.pth", weights_only=True)
+    assert written["numpy"] == ("MT19937", keys.tolist(), 5, 0, 0.0)
+    assert written["python"] == rng["python"] and torch.equal(written["cpu"], rng["cpu"])
+    assert open_checkpoint(tmp_path / "hf").sources["rng"] == "rng_state.pth"
+
+    rng["numpy"] = ("MT19937", keys.reshape(24, 26), 5, 0, 0.0)   # no plain list without its memory order
+    torch.save({"model": sd, "rng_state": rng, "step": 3}, tmp_path / "b.pth", pickle_module=pickle)
+    result = convert_checkpoint(tmp_path / "b.pth", tmp_path / "hf2", ConvertOptions(to="hf"))
+    assert sorted(p.name for p in result.files) == ["model.safetensors"]
+    assert "rng (rng_state): holds numpy arrays, which ckptkit does not re-pickle" in result.dropped
+
+
+def test_to_hf_writes_one_rng_file_per_rank_when_the_state_came_from_rank_files(tmp_path: Path) -> None:
+    ranks = {f"rng_state_{r}.pth": {"cpu": torch.full((4,), r, dtype=torch.uint8)} for r in (0, 1)}
+    torch.save({"model": {"w": torch.ones(2)}, "rng_state": ranks, "step": 3}, tmp_path / "a.pth")
+    result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "hf", ConvertOptions(to="hf"))
+    assert sorted(p.name for p in result.files) == ["model.safetensors", "rng_state_0.pth", "rng_state_1.pth"]
+    assert torch.equal(torch.load(tmp_path / "hf" / "rng_state_1.pth", weights_only=True)["cpu"],
+                       torch.full((4,), 1, dtype=torch.uint8))
+
+
+def test_to_hf_with_max_shard_size_writes_hf_shards_beside_the_training_state_and_from_pretrained_loads_it(
+        tmp_path: Path) -> None:
+    from ckptkit.diffing import diff_paths
+    from ckptkit.diffing.report import DiffOptions
+
+    transformers = pytest.importorskip("transformers")
+    source = FIXTURES / "hf_full" / "checkpoint-10"
+    convert_checkpoint(source, tmp_path / "packed.pth")
+    result = convert_checkpoint(tmp_path / "packed.pth", tmp_path / "checkpoint-10",
+                                ConvertOptions(to="hf", max_shard_size=20_000))
+    names = sorted(p.name for p in result.files)
+    shards = [n for n in names if n.startswith("model-")]
+    assert len(shards) > 1 and "model.safetensors.index.json" in names and "model.safetensors" not in names
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= set(names)
+    index = json.loads((tmp_path / "checkpoint-10" / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == shards
+    assert result.verified_tensors >= len(index["weight_map"])
+    same = diff_paths(source, tmp_path / "checkpoint-10", DiffOptions(sections=("model", "optimizer", "scheduler")))
+    assert same.equal
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-10")
+    _assert_same_state_dict({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"},
+                            load_file(source / "model.safetensors"))

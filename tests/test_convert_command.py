@@ -180,3 +180,10 @@ def test_pth_to_safetensors_and_back_shows_the_same_progress_in_ckptkit_inspect(
     fields = ("epochs_completed", "step_in_epoch", "global_step", "epoch_complete", "summary")
     assert [after["progress"][f] for f in fields] == [before["progress"][f] for f in fields] == \
            [3, None, None, True, "epoch 3 complete"]
+
+
+def test_max_shard_size_is_refused_for_a_dcp_target_and_nothing_is_written(model_pth: Path) -> None:
+    out = model_pth.with_name("dcp_sharded")
+    code, _, stderr = _run(str(model_pth), str(out), "--to", "dcp", "--max-shard-size", "1KB")
+    assert code == 2 and "needs --to safetensors or --to hf" in stderr
+    assert not out.exists()

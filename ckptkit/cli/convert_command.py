@@ -33,7 +33,8 @@ def parse_size(text: str | None) -> int | None:
               "scaler, RNG and other training state (for release).")
 @click.option("--dtype", type=click.Choice(sorted(DTYPE_CHOICES)), help="Cast floating model tensors, one at a time.")
 @click.option("--max-shard-size", help="Write sharded safetensors into the folder OUTPUT, e.g. 500MB, 2GB "
-              "(shards model-00001-of-0000N.safetensors + model.safetensors.index.json).")
+              "(shards model-00001-of-0000N.safetensors + model.safetensors.index.json); with --to hf, "
+              "the HF folder's weights.")
 @click.option("--select", metavar="PREFIX", help="Only the model tensors whose name starts with PREFIX.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTPUT (the old one is kept as OUTPUT.bak).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -19,7 +19,6 @@ and only then renamed into place (`ckptkit.atomic`). Memory stays at about one t
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,7 +30,9 @@ from ckptkit.checkpoint import Checkpoint, TensorRef, iter_tensors
 from ckptkit.conversion.plan import (TensorPlan, dropped_sections, model_cast_ids, model_tensors,
                                      plan_tensors, rekeyed, safetensors_metadata, target_dtype, torch_tree,
                                      with_whole_tensors)
-from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
+from ckptkit.conversion.shards import shard_layout, verify_shards, write_shards
+from ckptkit.conversion.shards import INDEX_NAME, shard_names  # noqa: F401  (re-exported: public API)
+from ckptkit.conversion.verify import verify_safetensors, verify_torch_file
 from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
@@ -41,7 +42,6 @@ TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "tor
            "pt": "torch-zip", "dcp": "dcp", "hf": "hf"}
 SUFFIXES = {".safetensors": "safetensors", ".pt": "torch-zip", ".pth": "torch-zip", ".bin": "torch-zip",
             ".ckpt": "torch-zip", ".tar": "torch-zip"}
-INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass
@@ -119,8 +119,9 @@ def target_format(output: Path, options: ConvertOptions) -> str:
     else:
         raise UnsupportedFeatureError(output, "cannot tell the target format from the name: end it in "
                                       ".safetensors or .pt/.pth, or pass --to (safetensors, pth, dcp, hf)")
-    if options.max_shard_size and target != "safetensors":
-        raise UnsupportedFeatureError(output, "--max-shard-size writes sharded safetensors; it needs --to safetensors")
+    if options.max_shard_size and target not in ("safetensors", "hf"):
+        raise UnsupportedFeatureError(output, "--max-shard-size writes sharded safetensors; it needs --to "
+                                      "safetensors or --to hf")
     return target
 
 
@@ -175,46 +176,19 @@ def _write_single(output: Path, plan: TensorPlan, meta: dict[str, str],
     return [output], counts["written"], counts["checked"]
 
 
-def shard_names(plan: TensorPlan, max_bytes: int) -> list[list[str]]:
-    """Tensors in order, a new shard whenever the next would push one past `max_bytes` (a tensor
-    larger than that gets a shard of its own), as Hugging Face's save_pretrained splits."""
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, t in plan.tensors.items():
-        nbytes = t.numel * plan.casts.get(name, t.dtype).itemsize
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    return shards
-
-
 def _write_shards(output: Path, plan: TensorPlan, meta: dict[str, str], max_bytes: int,
                   backup: Path | None) -> tuple[list[Path], int, int]:
-    from ckptkit.formats.safetensors_file import write_safetensors
-
-    shards = shard_names(plan, max_bytes)
-    files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    total = sum(t.numel * plan.casts.get(n, t.dtype).itemsize for n, t in plan.tensors.items())
-    index = {"metadata": {"total_size": total},
-             "weight_map": {name: file for file, names in zip(files, shards) for name in names}}
+    layout = shard_layout(plan, max_bytes)
     counts = {"written": 0, "checked": 0}
 
     def populate(tmp: Path) -> None:
-        for file, names in zip(files, shards):
-            with open(tmp / file, "xb") as f:
-                counts["written"] += write_safetensors(f, {n: plan.tensors[n] for n in names}, meta, plan.casts)
-        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        counts["written"] = write_shards(tmp, plan, meta, layout)
 
     def verify(tmp: Path) -> None:
-        for file, names in zip(files, shards):
-            subset = {n: plan.tensors[n] for n in names}
-            counts["checked"] += verify_safetensors(tmp / file, output / file, subset, meta, plan.casts)
-        verify_index(tmp / INDEX_NAME, output / INDEX_NAME, index)
+        counts["checked"] = verify_shards(tmp, output, plan, meta, layout)
 
     atomic_write_dir(output, populate, verify=verify, backup=backup)
-    return [output / f for f in files] + [output / INDEX_NAME], counts["written"], counts["checked"]
+    return [output / f for f in layout.names], counts["written"], counts["checked"]
 
 
 def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
@@ -304,7 +278,7 @@ def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | 
            backup: Path | None) -> ConversionResult:
     from ckptkit.conversion import to_hf
 
-    plan = to_hf.plan_folder(ckpt, options.weights_only, options.select, to)
+    plan = to_hf.plan_folder(ckpt, options.weights_only, options.select, to, options.max_shard_size)
     atomic_write_dir(output, lambda tmp: to_hf.populate(plan, tmp),
                      verify=lambda tmp: to_hf.verify(plan, tmp, output), backup=backup)
     files = sorted(output.iterdir())

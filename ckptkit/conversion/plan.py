@@ -217,7 +217,9 @@ def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tup
             value = value.to_json() if value.known else None
         if value is None or (isinstance(value, dict) and not value):
             continue
-        why = _not_rewritable(value)
+        if section == "rng":
+            value = with_plain_arrays(value)
+        why = not_rewritable(value)
         if why:
             dropped.append(f"{section} ({ckpt.sources.get(section, '?')}): {why}")
         else:
@@ -246,7 +248,7 @@ def json_members(ckpt: Checkpoint) -> dict[str, Any]:
                 continue   # the folder reader reports damaged members; packing skips them
     elif isinstance(ckpt.tree, dict):
         found = {str(k): v for k, v in ckpt.tree.items() if str(k).endswith(".json") and isinstance(v, (dict, list))}
-    return {k: v for k, v in found.items() if not _not_rewritable(v)}
+    return {k: v for k, v in found.items() if not not_rewritable(v)}
 
 
 # Keys a packed folder's sections get in the single file (ckptkit's families recognise them).
@@ -255,16 +257,33 @@ FOLDER_SECTIONS = (("optimizer", "optimizer"), ("scheduler", "scheduler"), ("sca
                    ("histories", "histories"), ("extra", "extra"))
 
 
-def _not_rewritable(value: Any) -> str | None:
+def with_plain_arrays(value: Any) -> Any:
+    """`value` with each 1-D numeric numpy array (an RNG's keys) as a plain list of numbers, which
+    torch.load(weights_only=True) reads and numpy's set_state accepts; other values as they are."""
+    if isinstance(value, NumpyArray):
+        items = value.tolist()
+        return value if items is None else items
+    if isinstance(value, OrderedDict):
+        return OrderedDict((k, with_plain_arrays(v)) for k, v in value.items())
+    if isinstance(value, dict):
+        return {k: with_plain_arrays(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_plain_arrays(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(with_plain_arrays(v) for v in value)
+    return value
+
+
+def not_rewritable(value: Any) -> str | None:
     """Why torch.load(weights_only=True) could not read `value` back once written, or None."""
     if isinstance(value, NumpyArray):
         return "holds numpy arrays, which ckptkit does not re-pickle"
     if isinstance(value, PickledObject):
         return f"a pickled {value.qualified_name}, which torch.load(weights_only=True) refuses"
     if isinstance(value, dict):
-        return next((w for w in map(_not_rewritable, value.values()) if w), None)
+        return next((w for w in map(not_rewritable, value.values()) if w), None)
     if isinstance(value, (list, tuple)):
-        return next((w for w in map(_not_rewritable, value) if w), None)
+        return next((w for w in map(not_rewritable, value) if w), None)
     return None
 
 
