@@ -17,7 +17,7 @@ from typing import Any
 
 from ckptkit.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
 from ckptkit.dtypes import dtype_named
-from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import security_findings, unpickle_or_raise
 from ckptkit.formats.folder import FolderReading
 from ckptkit.formats.torch_zip import ZIP_MAGIC, locate_record
@@ -211,7 +211,9 @@ def _item_tensor_range(file: Path, start: int, length: int, fqn: str) -> ByteRan
             name = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
             tensor = safe_loads(zf.read(name), persistent_load).value
             info = zf.getinfo(name[: -len("data.pkl")] + f"data/{tensor.storage.key}")
-    except (StopIteration, KeyError, AttributeError, zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except CkptkitError:
+        raise
+    except Exception as exc:   # whatever fails while decoding the item (zipfile raises many kinds), it is damaged
         raise CorruptCheckpointError(file, f"tensor {fqn!r}: stored item at byte {start} is damaged "
                                      f"({type(exc).__name__})") from None
     if not tensor.is_contiguous():

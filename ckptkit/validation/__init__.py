@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.checkpoint import Checkpoint, Finding, Severity
+from ckptkit.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
 
 
@@ -131,13 +132,29 @@ def validate_checkpoint(ckpt: Checkpoint, *, deep: bool = False, reference: Chec
     seen: set[tuple[str, str, str]] = set()
     for name, check in CHECKS:
         report.checks_run.append(name)
-        for finding in check(ctx):
+        for finding in _run_check(name, check, ctx):
             key = (finding.code, finding.where, finding.message)
             if key not in seen:
                 seen.add(key)
                 report.findings.append(finding)
     report.findings.sort(key=lambda f: -f.severity.rank)
     return report
+
+
+def _run_check(name: str, check: Check, ctx: ValidationContext) -> list[Finding]:
+    """A check's findings; a check that trips over values a damaged file holds where its layout
+    promises others (a float where a list belongs) becomes one error finding, not a traceback."""
+    try:
+        return list(check(ctx))
+    except CkptkitError:
+        raise
+    except Exception as exc:
+        if os.environ.get("CKPTKIT_DEBUG"):
+            raise
+        return [Finding("integrity.malformed", Severity.ERROR, ctx.ckpt.path.name,
+                        f"the {name} checks could not run on this checkpoint's values "
+                        f"({type(exc).__name__}: {str(exc)[:120]}): its structure is damaged or is not "
+                        f"what its layout promises")]
 
 
 def validate_path(path: str | os.PathLike[str], *, deep: bool = False,

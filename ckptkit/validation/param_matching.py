@@ -34,8 +34,10 @@ def optimizer_params(opt: dict[str, Any]) -> list[OptimizerParam]:
     for g, group in enumerate(opt.get("param_groups") or []):
         if not isinstance(group, dict):
             continue
-        for index in group.get("params") or []:
-            out.append(OptimizerParam(index, g, state_shape(state.get(index))))
+        params = group.get("params")
+        for index in params if isinstance(params, (list, tuple)) else []:
+            shape = state_shape(state.get(index)) if isinstance(index, (int, str)) else None
+            out.append(OptimizerParam(index, g, shape))
     return out
 
 

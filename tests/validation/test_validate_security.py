@@ -42,3 +42,22 @@ def test_a_tensor_subclass_is_reported(save: Any) -> None:
     report = run(save({"w": torch.ones(2).as_subclass(Scaled)}))
     finding = only(report, "security.tensor-subclass")
     assert "pickled as subclass" in finding.message and "Scaled" in finding.message
+
+
+def test_a_check_that_trips_over_damaged_values_becomes_one_error_finding(tmp_path, monkeypatch) -> None:
+    import torch
+
+    from ckptkit import validation
+
+    def broken(ctx):
+        yield from (p for p in 1.5)   # what a check meets when a float stands where a list belongs
+
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    monkeypatch.delenv("CKPTKIT_DEBUG", raising=False)
+    monkeypatch.setattr(validation, "CHECKS", [*validation.CHECKS, ("optimizer", broken)])
+    report = validation.validate_path(path)
+    malformed = [f for f in report.findings if f.code == "integrity.malformed"]
+    assert len(malformed) == 1
+    assert malformed[0].severity.value == "error"
+    assert "the optimizer checks could not run" in malformed[0].message and "TypeError" in malformed[0].message
