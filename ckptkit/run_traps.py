@@ -5,6 +5,7 @@ Each trap looks at a scanned `Run` (entries ordered by progress) and yields
 """
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,32 +34,34 @@ def _latest_fix(run: Run) -> str:
     return f"ckptkit latest {shlex.quote(str(run.root))}"
 
 
-def best_behind_latest(run: Run) -> Iterator[tuple[list[Path], Finding]]:
-    """Seed 004: `--resume checkpoints/best_model.pt` throws away every step after the best one."""
+def _named_but_behind(run: Run, name: re.Pattern[str], skip_temporary: bool) -> Iterator[tuple[RunEntry, RunEntry]]:
+    """Checkpoints whose file name matches `name` while a sibling got further, with that sibling."""
     for entry in run.entries:
-        if not BEST_NAME.search(entry.path.name):
+        if not name.search(entry.path.name) or (skip_temporary and entry.temporary):
             continue
         later = _ahead_of(entry, run)
         if later is not None:
-            yield [entry.path], Finding(
-                "run.best-not-latest", Severity.WARNING, entry.relative,
-                f"{entry.relative} is the best model ({entry.progress.describe()}); {later.relative} is further "
-                f"({later.progress.describe()}). Resuming from the best model repeats the training after it and "
-                f"drops the later optimizer/scheduler state: resume from {later.relative}", _latest_fix(run))
+            yield entry, later
+
+
+def best_behind_latest(run: Run) -> Iterator[tuple[list[Path], Finding]]:
+    """Seed 004: `--resume checkpoints/best_model.pt` throws away every step after the best one."""
+    for entry, later in _named_but_behind(run, BEST_NAME, skip_temporary=False):
+        yield [entry.path], Finding(
+            "run.best-not-latest", Severity.WARNING, entry.relative,
+            f"{entry.relative} is the best model ({entry.progress.describe()}); {later.relative} is further "
+            f"({later.progress.describe()}). Resuming from the best model repeats the training after it and "
+            f"drops the later optimizer/scheduler state: resume from {later.relative}", _latest_fix(run))
 
 
 def stale_recent(run: Run) -> Iterator[tuple[list[Path], Finding]]:
     """Seed 003: a 'last'/'recent' checkpoint older than another one (overwritten, or rolled back)."""
-    for entry in run.entries:
-        if not RECENT_NAME.search(entry.path.name) or entry.temporary:
-            continue
-        later = _ahead_of(entry, run)
-        if later is not None:
-            yield [entry.path], Finding(
-                "run.stale-latest", Severity.WARNING, entry.relative,
-                f"{entry.relative} is named as the newest checkpoint but holds {entry.progress.describe()}, "
-                f"older than {later.relative} ({later.progress.describe()}): it was overwritten by an older "
-                f"save or restored from an old copy. Resume from {later.relative}", _latest_fix(run))
+    for entry, later in _named_but_behind(run, RECENT_NAME, skip_temporary=True):
+        yield [entry.path], Finding(
+            "run.stale-latest", Severity.WARNING, entry.relative,
+            f"{entry.relative} is named as the newest checkpoint but holds {entry.progress.describe()}, "
+            f"older than {later.relative} ({later.progress.describe()}): it was overwritten by an older "
+            f"save or restored from an old copy. Resume from {later.relative}", _latest_fix(run))
 
 
 def temporary_leftovers(run: Run) -> Iterator[tuple[list[Path], Finding]]:

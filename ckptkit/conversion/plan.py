@@ -297,21 +297,26 @@ def _casts(t: TensorRef, to: DType | None) -> bool:
     return to is not None and t.dtype.is_floating and t.dtype != to
 
 
-def map_tensors(tree: Any, fn: Any) -> Any:
-    """`tree` with every tensor leaf replaced by fn(tensor); containers rebuilt, other values kept."""
-    if isinstance(tree, TensorRef):
-        return fn(tree)
+def map_leaves(tree: Any, fn: Any) -> Any:
+    """`tree` with every leaf (anything but a dict, list or tuple) replaced by fn(leaf)."""
     if isinstance(tree, OrderedDict):
-        return OrderedDict((k, map_tensors(v, fn)) for k, v in tree.items())
+        return OrderedDict((k, map_leaves(v, fn)) for k, v in tree.items())
     if isinstance(tree, dict):
-        return {k: map_tensors(v, fn) for k, v in tree.items()}
+        return {k: map_leaves(v, fn) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [map_tensors(v, fn) for v in tree]
+        return [map_leaves(v, fn) for v in tree]
     if isinstance(tree, tuple):
-        return tuple(map_tensors(v, fn) for v in tree)
-    # Tensors inside pickled objects stay as they are; were one of them cast, the read-back
-    # verification would see its storage changed under it and reject the output.
-    return tree
+        return tuple(map_leaves(v, fn) for v in tree)
+    return fn(tree)
+
+
+def map_tensors(tree: Any, fn: Any) -> Any:
+    """`tree` with every tensor leaf replaced by fn(tensor); containers rebuilt, other values kept.
+
+    Tensors inside pickled objects stay as they are; were one of them cast, the read-back
+    verification would see its storage changed under it and reject the output.
+    """
+    return map_leaves(tree, lambda v: fn(v) if isinstance(v, TensorRef) else v)
 
 
 def _json(value: Any) -> str:

@@ -9,11 +9,11 @@ The folder is then read back with ckptkit's DCP reader and every tensor compared
 from __future__ import annotations
 
 import mmap
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from ckptkit.checkpoint import TensorRef, iter_tensors
+from ckptkit.conversion.plan import map_leaves
 from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.jsonable import to_jsonable
 from ckptkit.safe_pickle import TorchDeviceValue, TorchDtypeValue
@@ -22,27 +22,23 @@ from ckptkit.tensor_bytes import on_disk, same_bytes, tensor_chunks
 
 def torch_values(tree: Any, where: Path) -> Any:
     """`tree` as live torch values: tensors mapped from the file, containers rebuilt."""
+    return map_leaves(tree, lambda leaf: _torch_value(leaf, where))
+
+
+def _torch_value(leaf: Any, where: Path) -> Any:
     import torch
 
-    if isinstance(tree, TensorRef):
+    if isinstance(leaf, TensorRef):
         # Contiguous, as DCP's own loaders expect items (and ckptkit's DCP reader reads them):
         # a strided view would be saved with its strides inside the item.
-        return _mapped_tensor(tree) if tree.is_contiguous() else _mapped_tensor(tree).contiguous()
-    if isinstance(tree, OrderedDict):
-        return OrderedDict((k, torch_values(v, where)) for k, v in tree.items())
-    if isinstance(tree, dict):
-        return {k: torch_values(v, where) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [torch_values(v, where) for v in tree]
-    if isinstance(tree, tuple):
-        return tuple(torch_values(v, where) for v in tree)
-    if isinstance(tree, TorchDtypeValue):
-        return getattr(torch, tree.name)
-    if isinstance(tree, TorchDeviceValue):
-        return torch.device(tree.spec)
-    if tree is None or isinstance(tree, (bool, int, float, str, bytes)):
-        return tree
-    raise UnsupportedFeatureError(where, f"a DCP folder cannot hold {tree!r} (only tensors and plain values); "
+        return _mapped_tensor(leaf) if leaf.is_contiguous() else _mapped_tensor(leaf).contiguous()
+    if isinstance(leaf, TorchDtypeValue):
+        return getattr(torch, leaf.name)
+    if isinstance(leaf, TorchDeviceValue):
+        return torch.device(leaf.spec)
+    if leaf is None or isinstance(leaf, (bool, int, float, str, bytes)):
+        return leaf
+    raise UnsupportedFeatureError(where, f"a DCP folder cannot hold {leaf!r} (only tensors and plain values); "
                                   "pass --weights-only to write the model alone")
 
 
