@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ckptkit.atomic import atomic_write_file
+from ckptkit import crc
+from ckptkit.atomic import atomic_write_file, start_writeback
 from ckptkit.errors import CorruptCheckpointError
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "ckptkit-manifest"
 MANIFEST_VERSION = 1
-_CHUNK = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,30 @@ class Manifest:
 
 
 class ChecksumWriter:
-    """Wraps a binary file: counts bytes and keeps a running CRC-32 of everything written."""
+    """Wraps a binary file: counts bytes and keeps a running CRC-32 of everything written.
 
-    def __init__(self, f: BinaryIO) -> None:
+    With ``writeback_every`` (bytes), it also asks the kernel to start writing each such span
+    to disk as soon as it is written (see :func:`ckptkit.atomic.start_writeback`): the disk
+    then works while the rest is serialized and checksummed, and the final fsync finds little
+    left to do instead of being a second, serial pass over a multi-GB file.
+    """
+
+    def __init__(self, f: BinaryIO, *, writeback_every: int | None = None) -> None:
         self._f = f
         self.size = 0
         self._crc = 0
+        self._writeback_every = writeback_every
+        self._flushed_to = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._crc = zlib.crc32(data, self._crc)
         self.size += memoryview(data).nbytes
-        return self._f.write(data)
+        written = self._f.write(data)
+        if self._writeback_every and self.size - self._flushed_to >= self._writeback_every:
+            self._f.flush()
+            start_writeback(self._f.fileno(), self._flushed_to, self.size - self._flushed_to)
+            self._flushed_to = self.size
+        return written
 
     def flush(self) -> None:
         self._f.flush()
@@ -83,11 +96,8 @@ def is_manifest(path: Path) -> bool:
 
 
 def file_crc32(path: Path) -> str:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return f"{crc:08x}"
+    """The CRC-32 of a file as a manifest writes it (8 hex digits), on every core."""
+    return f"{crc.file_crc32(path):08x}"
 
 
 def describe_files(checkpoint: Path) -> tuple[ManifestFile, ...]:
@@ -149,6 +159,6 @@ def manifest_problems(checkpoint: Path, manifest: Manifest, *, checksums: bool =
         size = os.stat(path).st_size
         if size != entry.size:
             problems.append(f"{entry.path}: {size} bytes on disk, the manifest says {entry.size} (truncated or overwritten)")
-        elif checksums and (crc := file_crc32(path)) != entry.crc32:
-            problems.append(f"{entry.path}: CRC-32 {crc} on disk, the manifest says {entry.crc32} (bytes damaged)")
+        elif checksums and (found := file_crc32(path)) != entry.crc32:
+            problems.append(f"{entry.path}: CRC-32 {found} on disk, the manifest says {entry.crc32} (bytes damaged)")
     return problems

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import ckptkit.manifest as manifest_module
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.manifest import (
     ChecksumWriter,
@@ -32,6 +33,21 @@ def test_the_checksum_writer_counts_the_bytes_and_crc_of_what_reached_the_file(t
         writer.write(memoryview(b"world"))
     assert writer.size == 11
     assert writer.crc32 == file_crc32(path) == "0d4a1185"
+
+
+def test_the_checksum_writer_starts_the_disk_on_every_span_it_was_asked_to(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(manifest_module, "start_writeback", lambda fd, offset, length: started.append((offset, length)))
+    path = tmp_path / "x.bin"
+    with open(path, "wb") as f:
+        writer = ChecksumWriter(f, writeback_every=10)
+        for piece in (b"a" * 4, b"b" * 7, b"c" * 12, b"d" * 3):
+            writer.write(piece)
+    # spans of at least 10 bytes, back to back from byte 0; the 3-byte tail is left to the fsync
+    assert started == [(0, 11), (11, 12)]
+    assert path.read_bytes() == b"a" * 4 + b"b" * 7 + b"c" * 12 + b"d" * 3
+    assert writer.size == 26 and writer.crc32 == file_crc32(path)
 
 
 def test_a_manifest_is_written_beside_its_checkpoint_and_read_back_equal(tmp_path: Path) -> None:

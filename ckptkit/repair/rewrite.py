@@ -14,13 +14,13 @@ import os
 import queue
 import threading
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ckptkit.atomic import atomic_write_file, start_writeback
 from ckptkit.checkpoint import Checkpoint, StorageRef
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.crc import range_crc32
+from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.torch_zip import write_torch_zip
 from ckptkit.repair.changes import first_difference
@@ -117,7 +117,7 @@ class RecordChecker:
                 if self.error is None:
                     key, offset, length = item
                     start_writeback(fd, offset, length)   # the disk works while we read and copy on
-                    if crc_of_range(fd, self.new, offset, length) != self.expected[key]:
+                    if range_crc32(fd, self.new, offset, length, threads=1) != self.expected[key]:
                         self.error = WriteVerificationError(self.original, f"storage record data/{key} read back "
                                                             "with other bytes than the original record (the "
                                                             "original may be damaged: run ckptkit validate "
@@ -152,24 +152,9 @@ def record_crc(storage: StorageRef) -> int:
     where = storage.byte_range()
     fd = os.open(where.path, os.O_RDONLY)
     try:
-        return crc_of_range(fd, where.path, where.offset, where.length)
+        return range_crc32(fd, where.path, where.offset, where.length)
     finally:
         os.close(fd)
-
-
-def crc_of_range(fd: int, path: Path, offset: int, length: int) -> int:
-    """CRC32 of `length` bytes at `offset`, read with pread into one reused buffer (page-cache
-    pages read this way never count towards this process's resident set)."""
-    buf = bytearray(min(CHUNK, max(length, 1)))
-    view = memoryview(buf)
-    crc, done = 0, 0
-    while done < length:
-        n = os.preadv(fd, [view[: min(len(buf), length - done)]], offset + done)
-        if n == 0:
-            raise CorruptCheckpointError(path, f"file ends inside a storage record at byte {offset + done}")
-        crc = zlib.crc32(view[:n], crc)
-        done += n
-    return crc
 
 
 def check_directory(original: Path, written: Checkpoint, expected: dict[str, int],
