@@ -140,10 +140,40 @@ def atomic_write_dir(
     """
     target = Path(target)
     _check_backup_free(backup)
-    tmp = _temp_name(target, _NEW)
+    tmp = new_temp_dir(target)
     try:
-        tmp.mkdir()
         populate(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    commit_dir(tmp, target, verify=verify, backup=backup)
+
+
+def new_temp_dir(target: Path) -> Path:
+    """An empty temporary folder beside ``target``, for a write finished by :func:`commit_dir`.
+
+    The two halves of :func:`atomic_write_dir`, for writers that fill the folder in the
+    background (an asynchronous sharded save) after its name has been handed out.
+    """
+    tmp = _temp_name(Path(target), _NEW)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_dir(
+    tmp: Path,
+    target: Path,
+    *,
+    verify: Callable[[Path], None] | None = None,
+    backup: Path | None = None,
+) -> None:
+    """fsync everything below ``tmp``, ``verify`` it, and swap it in at ``target`` atomically.
+
+    On any failure ``tmp`` is deleted and ``target`` is left as it was.
+    """
+    target = Path(target)
+    try:
+        _check_backup_free(backup)
         _fsync_tree(tmp)
         if verify is not None:
             verify(tmp)

@@ -120,6 +120,24 @@ def write_manifest(checkpoint: Path, manifest: Manifest) -> Path:
     return target
 
 
+def take_manifest(checkpoint: Path) -> bytes | None:
+    """Remove the manifest of a checkpoint about to be replaced: a stale manifest must never
+    vouch for new bytes, not even for an instant. Returns its bytes (None: there was none), for
+    :func:`put_back_manifest` if the write fails and the old checkpoint stays."""
+    target = manifest_path(checkpoint)
+    try:
+        old = target.read_bytes()
+        os.unlink(target)
+    except FileNotFoundError:
+        return None
+    return old
+
+
+def put_back_manifest(checkpoint: Path, old: bytes | None) -> None:
+    if old is not None:
+        atomic_write_file(manifest_path(checkpoint), lambda f: f.write(old))
+
+
 def read_manifest(checkpoint: Path) -> Manifest | None:
     """The manifest of ``checkpoint``, or None when there is none (an incomplete or foreign write)."""
     path = manifest_path(checkpoint)

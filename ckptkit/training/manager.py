@@ -20,17 +20,16 @@ never touched by the write of the next one.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
 from ckptkit.atomic import atomic_write_file
 from ckptkit.errors import WriteVerificationError
-from ckptkit.manifest import ChecksumWriter, Manifest, ManifestFile, manifest_path, write_manifest
+from ckptkit.manifest import ChecksumWriter, Manifest, ManifestFile, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training import layout
 from ckptkit.training.layout import TrainingState, build_checkpoint, checkpoint_name
 from ckptkit.training.retention import delete_checkpoint, list_checkpoints, select_for_deletion
@@ -75,7 +74,12 @@ class CheckpointManager:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._staging = StagingArea()
-        self._writer = BackgroundWriter(asynchronous=asynchronous and not sharded)
+        self._writer = BackgroundWriter(asynchronous=asynchronous)
+        self._sharded_saver = None
+        if sharded:
+            from ckptkit.training.sharded import ShardedSaver  # torch.distributed.checkpoint is heavy
+
+            self._sharded_saver = ShardedSaver(asynchronous=asynchronous)
 
     def save(self, state: TrainingState, kinds: Sequence[str]) -> list[Path]:
         """Checkpoint ``state`` under one name per kind; collective: every rank must call it.
@@ -86,13 +90,13 @@ class CheckpointManager:
         names = [checkpoint_name(k, state.global_step, state.position.micro_step, sharded=self.sharded) for k in kinds]
         targets = [(kind, self.run_dir / name) for kind, name in zip(kinds, names)]
         rng_state = capture_rng_states_all_ranks()
-        if self.sharded:
-            from ckptkit.training.sharded import save_sharded  # torch.distributed.checkpoint is heavy
-
-            for kind, path in targets:
-                save_sharded(path, state, rng_state, kind, self._manifest_fields(state, kind), self.world_size)
-            if self.rank == 0:
-                self._prune()
+        if self._sharded_saver is not None:
+            self._writer.wait()   # the staging buffers and the gloo group are free again
+            fields = {kind: self._manifest_fields(state, kind) for kind in kinds}
+            finish = self._sharded_saver.save(targets, state, rng_state, fields, self.world_size)
+            self._writer.submit(lambda: self._finish_sharded(finish))
+            if not self._writer.asynchronous:
+                dist.barrier()  # no rank starts the next save before this folder is committed
             return [p for _, p in targets]
         if self.rank != 0:
             return []
@@ -113,7 +117,11 @@ class CheckpointManager:
         return self._writer.busy
 
     def close(self) -> None:
-        self._writer.close()
+        try:
+            self._writer.close()
+        finally:
+            if self._sharded_saver is not None:
+                self._sharded_saver.close()
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -139,6 +147,11 @@ class CheckpointManager:
             write_checkpoint_file(path, snapshot, fields[kind])
         self._prune()
 
+    def _finish_sharded(self, finish: Callable[[], None]) -> None:
+        finish()
+        if self.rank == 0:
+            self._prune()
+
     def _prune(self) -> None:
         if self.keep_last is None:
             return
@@ -149,7 +162,7 @@ class CheckpointManager:
 def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_fields: dict[str, Any]) -> Manifest:
     """torch.save ``checkpoint`` to ``path`` atomically, verify it, then commit it with a manifest."""
     path = Path(path)
-    old_manifest = _take_manifest(path)
+    old_manifest = take_manifest(path)
     written: dict[str, ChecksumWriter] = {}
 
     def write(f: Any) -> None:
@@ -162,24 +175,11 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
     try:
         atomic_write_file(path, write, verify=verify)
     except BaseException:
-        if old_manifest is not None:  # the old file is still in place, and still vouched for
-            atomic_write_file(manifest_path(path), lambda f: f.write(old_manifest))
+        put_back_manifest(path, old_manifest)  # the old file is still in place, and still vouched for
         raise
     manifest = Manifest(checkpoint=path.name, files=(ManifestFile(path.name, written["w"].size, written["w"].crc32),), **manifest_fields)
     write_manifest(path, manifest)
     return manifest
-
-
-def _take_manifest(path: Path) -> bytes | None:
-    """Remove the manifest of the file about to be replaced: a stale manifest must never vouch
-    for new bytes, not even for an instant. Returns its bytes, to put back if the write fails."""
-    target = manifest_path(path)
-    try:
-        old = target.read_bytes()
-        os.unlink(target)
-    except FileNotFoundError:
-        return None
-    return old
 
 
 def _verify_written(target: Path, tmp: Path, size: int, keys: set[str]) -> None:

@@ -8,59 +8,142 @@ Layout of ``checkpoint_step_{N}/`` (and ``best_model/``, ``final_model/``)::
 
 plus ``checkpoint_step_{N}.manifest.json`` beside the folder, listing every file's size and
 CRC-32. Every rank writes into the same temporary folder (rank 0 picks it and broadcasts its
-name); ``dcp.save`` returns on rank 0 only after all ranks' files are written and fsynced and
+name); DCP's save completes on rank 0 only after all ranks' files are written and fsynced and
 ``.metadata`` is complete; then rank 0 adds its file and the folder is swapped into place
-atomically (:func:`ckptkit.atomic.atomic_write_dir`). Saves here are synchronous: the loop
-waits for the write (``dcp.async_save`` is the next step; see the README's open items).
+atomically (:func:`ckptkit.atomic.commit_dir`). With ``asynchronous`` (see
+:class:`ShardedSaver`) the loop pays only the copy of its shards into reused CPU buffers.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ckptkit.atomic import atomic_write_dir
+from ckptkit.atomic import commit_dir, new_temp_dir
 from ckptkit.errors import WriteVerificationError
-from ckptkit.manifest import Manifest, describe_files, manifest_path, write_manifest
+from ckptkit.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, TrainingState, build_checkpoint
 from ckptkit.training.snapshot import StagingArea
 
 
-def save_sharded(
-    path: Path, state: TrainingState, rng_state: dict[str, Any], kind: str,
-    manifest_fields: dict[str, Any], world_size: int,
-) -> None:
-    """Collective: every rank calls it with its own shards; rank 0 commits the folder."""
-    model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
-    tensors = {"model": model_sd, "optimizer": optim_sd}
-    if dist.get_rank() != 0:
-        received: list[Any] = [None]
-        dist.broadcast_object_list(received, src=0)
-        dcp.save(tensors, checkpoint_id=received[0])
-        dist.barrier()
-        return
-    # Through a snapshot for its canonical (interned) strings: equal states, byte-equal files.
-    trainer_state = StagingArea(pin_memory=False).snapshot(
-        build_checkpoint(state, rng_state, kind, world_size=world_size, sharded=True)
-    )
+class ShardedSaver:
+    """Writes sharded checkpoints; one per CheckpointManager (collective: built on every rank).
 
-    def populate(tmp: Path) -> None:
-        dist.broadcast_object_list([str(tmp)], src=0)
-        dcp.save(tensors, checkpoint_id=str(tmp))
-        torch.save(trainer_state, tmp / TRAINING_STATE_FILE)
+    Asynchronous (the default on the manager): ``torch.distributed.checkpoint.async_save``
+    copies every rank's shards into CPU buffers that are kept and reused from save to save
+    (pinned on CUDA), and writes them from a background thread, whose collectives run on a
+    process group of its own (gloo), so they never interleave with the training loop's.
+    The returned job, run by the manager's background writer, waits for the shards and, on
+    rank 0, adds the training state file, verifies the folder, swaps it into place and
+    writes the manifest. Until then only the temporary folder holds the new checkpoint.
+    """
 
+    def __init__(self, *, asynchronous: bool) -> None:
+        self.asynchronous = asynchronous
+        self._group = dist.new_group(backend="gloo") if asynchronous else None
+        self._stager = _reusable_stager() if asynchronous else None
+
+    def save(
+        self, targets: list[tuple[str, Path]], state: TrainingState, rng_state: dict[str, Any],
+        manifest_fields: dict[str, dict[str, Any]], world_size: int,
+    ) -> Callable[[], None]:
+        """Collective. Returns the job that finishes the save (to run now or in the background).
+
+        The shards are written once, into the first target; further targets (a save that is
+        both "best" and "periodic") get hard links to the same shard files and their own
+        training state file: checkpoint folders are never modified in place, only replaced.
+        """
+        model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
+        tensors = {"model": model_sd, "optimizer": optim_sd}
+        rank = dist.get_rank()
+        (first_kind, first), others = targets[0], targets[1:]
+        trainer_states: dict[str, Any] = {}
+        old_manifests: dict[Path, bytes | None] = {}
+        if rank == 0:
+            for kind, path in targets:
+                # Through a snapshot for its canonical (interned) strings: equal states, byte-equal files.
+                trainer_states[kind] = StagingArea(pin_memory=False).snapshot(
+                    build_checkpoint(state, rng_state, kind, world_size=world_size, sharded=True))
+                old_manifests[path] = take_manifest(path)
+        name = [str(new_temp_dir(first)) if rank == 0 else None]
+        dist.broadcast_object_list(name, src=0)
+        tmp = Path(name[0])
+        if self.asynchronous:
+            kwargs = {} if self._stager is None else {"async_stager": self._stager}
+            written = dcp.async_save(tensors, checkpoint_id=str(tmp), process_group=self._group, **kwargs)
+            shards_written = written.result
+        else:
+            dcp.save(tensors, checkpoint_id=str(tmp))
+            shards_written = _nothing
+
+        def finish() -> None:
+            if rank != 0:
+                shards_written()
+                return
+            try:
+                shards_written()   # on rank 0: every rank's shards and .metadata are written
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                for path, old in old_manifests.items():   # the old folders are still in place
+                    put_back_manifest(path, old)
+                raise
+            _commit(tmp, first, trainer_states[first_kind], manifest_fields[first_kind], old_manifests[first])
+            for kind, path in others:
+                linked = new_temp_dir(path)
+                _link_shards(first, linked)
+                _commit(linked, path, trainer_states[kind], manifest_fields[kind], old_manifests[path])
+
+        return finish
+
+    def close(self) -> None:
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
+
+
+def _commit(tmp: Path, path: Path, trainer_state: Any, manifest_fields: dict[str, Any], old_manifest: bytes | None) -> None:
+    """Rank 0: add the training state file, verify, swap the folder in, then write its manifest."""
     try:
-        os.unlink(manifest_path(path))
-    except FileNotFoundError:
-        pass
-    atomic_write_dir(path, populate, verify=_verify_sharded)
+        torch.save(trainer_state, tmp / TRAINING_STATE_FILE)
+        commit_dir(tmp, path, verify=_verify_sharded)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        put_back_manifest(path, old_manifest)
+        raise
     write_manifest(path, Manifest(checkpoint=path.name, files=describe_files(path), **manifest_fields))
-    dist.barrier()  # no rank starts the next save before this folder is committed
+
+
+def _link_shards(source: Path, tmp: Path) -> None:
+    """Every file of ``source`` but its training state, hard-linked (copied where links fail)."""
+    for item in source.iterdir():
+        if item.name == TRAINING_STATE_FILE:
+            continue
+        try:
+            os.link(item, tmp / item.name)
+        except OSError:
+            shutil.copy2(item, tmp / item.name)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _reusable_stager() -> Any:
+    """DCP's stager with buffers cached across saves (pinned on CUDA); None on an older torch,
+    whose async_save then stages into fresh CPU memory each time."""
+    try:
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+    except ImportError:
+        return None
+    cuda = torch.cuda.is_available()
+    return DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                        use_async_staging=False, use_non_blocking_copy=cuda))
 
 
 def load_sharded_into(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
