@@ -21,10 +21,8 @@ Nothing here imports torch: ``ckptkit ls`` and friends use :func:`is_temporary` 
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -65,7 +63,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     call = _sync_file_range()
     if call is not None:
-        call(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
+        call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # argtypes convert the ints
 
 
 _SYNC_FILE_RANGE: list[Callable[..., int] | None] = []
@@ -73,6 +71,8 @@ _SYNC_FILE_RANGE: list[Callable[..., int] | None] = []
 
 def _sync_file_range() -> Callable[..., int] | None:
     if not _SYNC_FILE_RANGE:
+        import ctypes  # here: reading commands (ls, inspect) never load it
+
         func = None
         if sys.platform.startswith("linux"):
             func = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
@@ -206,7 +206,7 @@ def recover_dir(target: Path) -> Path | None:
 
 
 def _temp_name(target: Path, kind: str) -> Path:
-    return target.with_name(f"{target.name}{TEMP_MARKER}{kind}{secrets.token_hex(6)}")
+    return target.with_name(f"{target.name}{TEMP_MARKER}{kind}{os.urandom(6).hex()}")
 
 
 def _check_backup_free(backup: Path | None) -> None:
@@ -261,6 +261,8 @@ def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE); False if unsupported."""
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
     if renameat2 is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ckptkit.errors import CorruptCheckpointError
@@ -70,6 +69,8 @@ def range_crc32(fd: int, path: Path, offset: int, length: int, *, threads: int |
     workers = max(1, min(threads or min(os.cpu_count() or 1, 8), length // SEGMENT_MIN))
     if workers == 1:
         return _segment_crc(fd, path, offset, length)
+    from concurrent.futures import ThreadPoolExecutor  # here: `ls` and `inspect` never need threads
+
     size = -(-length // workers)
     segments = [(offset + start, min(size, length - start)) for start in range(0, length, size)]
     with ThreadPoolExecutor(workers, thread_name_prefix="ckptkit-crc") as pool:
