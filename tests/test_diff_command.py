@@ -101,3 +101,27 @@ def test_a_truncated_file_exits_2(tmp_path: Path, samples: dict[str, Path]) -> N
 def test_an_unknown_section_is_a_usage_error(samples: dict[str, Path]) -> None:
     code, out = run(samples["legacy"], samples["legacy"], "--only", "weights")
     assert code == 2 and "'weights' is not one of" in out
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_side_whose_pickle_would_run_code_is_named_even_when_the_tensors_are_equal(tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    clean, evil = tmp_path / "clean.pt", tmp_path / "evil.pt"
+    torch.save({"model_state_dict": {"w": torch.ones(2)}, "epoch": 4}, clean)
+    torch.save({"model_state_dict": {"w": torch.ones(2)}, "epoch": 4, "hook": _RunsCode(marker)}, evil)
+    code, out = run(clean, evil, "--only", "model")
+    assert not marker.exists()
+    assert code == 0   # the weights are equal; the danger is reported beside the verdict
+    assert "  B error security.dangerous-global: evil.pt" in out and "the pickle calls posix.system" in out
+    assert "  A error" not in out
+    code, out = run(clean, evil, "--only", "model", "--json")
+    sides = json.loads(out)
+    assert sides["a"]["security"] == [] and [f["code"] for f in sides["b"]["security"]] == ["security.dangerous-global"]

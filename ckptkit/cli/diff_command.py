@@ -77,6 +77,8 @@ def render_diff(r: CheckpointDiff) -> str:
     out = [f"{heading('A')}  {r.a.path}  ({r.a.format}, {r.a.family}: {r.a.progress})",
            f"{heading('B')}  {r.b.path}  ({r.b.format}, {r.b.family}: {r.b.progress})",
            f"compared: {', '.join(r.sections)}; tolerance atol={r.tolerance.atol:g} rtol={r.tolerance.rtol:g}"]
+    for name, side in (("A", r.a), ("B", r.b)):
+        out += [f"  {name} {f['severity']} {f['code']}: {f['where']}: {f['message']}" for f in side.security]
     if "model" in r.sections:
         out += _model(r)
     if "optimizer" in r.sections:

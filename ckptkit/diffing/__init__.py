@@ -79,4 +79,5 @@ def _groups(tensors: list[TensorDiff]) -> list[GroupSummary]:
 
 
 def _side(c: Checkpoint) -> SideInfo:
-    return SideInfo(str(c.path), c.format, c.family, c.progress.describe())
+    security = [f.to_json() for f in c.findings if f.code.startswith("security.")]
+    return SideInfo(str(c.path), c.format, c.family, c.progress.describe(), security)

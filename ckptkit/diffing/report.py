@@ -155,6 +155,9 @@ class SideInfo:
     format: str
     family: str
     progress: str
+    # What reading this side found unsafe (security.* findings: pickled code, pickled classes):
+    # a diff that says "equal" must not hide that torch.load of this file would run code.
+    security: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
