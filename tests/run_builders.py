@@ -27,6 +27,25 @@ def write_dcp(dest: Path, state: dict[str, Any]) -> Path:
     return dest
 
 
+def strided_dcp_state() -> dict[str, Any]:
+    """Tensors DCP stores non-contiguous in their items (it keeps their strides), and two it
+    clones first (a slice of a larger storage, an expand). Values exact in every dtype."""
+    import torch
+
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4) - 5.5
+    return {
+        "w_t": base.t(),                                                           # stride (1, 4)
+        "h_t": (base * 3).to(torch.bfloat16).t(),
+        "i_p": (torch.arange(24, dtype=torch.int64) * (1 << 40)).reshape(2, 3, 4).permute(2, 0, 1),
+        "m_t": (torch.arange(6) % 4 == 0).reshape(2, 3).t(),
+        "odd": torch.arange(4, dtype=torch.float32).as_strided((2, 2), (0, 1), 2),  # stride 0, storage offset 2
+        "rows": torch.arange(20, dtype=torch.float32)[5:9],                        # cloned by DCP
+        "wide": torch.arange(3, dtype=torch.float32).expand(4, 3),                 # cloned by DCP
+        "scalar": torch.tensor(2.5),
+        "empty_t": torch.empty(0, 3).t(),
+    }
+
+
 def seed003_folder(dest: Path, epoch: int, step: int, total_batches: int = 1270) -> Path:
     """Seed 003's last_checkpoint layout (save_pretrained + training_state.pth) at epoch/step."""
     import torch

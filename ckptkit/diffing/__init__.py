@@ -41,6 +41,10 @@ def diff_checkpoints(a: Checkpoint, b: Checkpoint, options: DiffOptions = DiffOp
     unknown = set(options.sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    from ckptkit.conversion.plan import with_whole_tensors   # the one assembly of DCP chunks
+
+    # A tensor saved in chunks (DCP shards) is compared as the whole tensor they make up.
+    a, b = with_whole_tensors(a), with_whole_tensors(b)
     ctx = DiffContext(Tolerance(options.atol, options.rtol), progress)
     result = CheckpointDiff(_side(a), _side(b), ctx.tol, [s for s in SECTIONS if s in options.sections])
     if "model" in options.sections:

@@ -10,17 +10,17 @@ to build the state tree; tensor chunks are only located, never read, until someo
 """
 from __future__ import annotations
 
-import io
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ckptkit.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
-from ckptkit.dtypes import dtype_named
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.dtypes import DType, dtype_named
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats.base import security_findings, unpickle_or_raise
 from ckptkit.formats.folder import FolderReading
-from ckptkit.formats.torch_zip import ZIP_MAGIC, locate_record
+from ckptkit.formats.safetensors_file import read_safetensors_header
+from ckptkit.formats.torch_zip import ZIP_MAGIC, read_zip_pickle
 from ckptkit.safe_pickle import GlobalRef, PickledObject, TorchDtypeValue, safe_loads
 
 
@@ -31,7 +31,8 @@ METADATA = ".metadata"
 # The names DCP's own metadata pickle refers to; only these are expected there.
 _EXPECTED_GLOBALS = ("torch.distributed.checkpoint.", "torch.serialization._get_layout",
                      "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath")
-Location = tuple[str, int, int]   # file, offset, length
+# file, offset, length, and the stream transforms (DCP extensions: zstd...) the item went through
+Location = tuple[str, int, int, tuple[str, ...]]
 
 
 class DcpFormat:
@@ -113,9 +114,10 @@ class DcpLayout:
                                          f"tensor {fqn!r}: chunk at offsets {list(offsets)} has no storage entry")
                 continue
             self._check_file(loc, fqn)
-            storage = StorageRef(f"{fqn}@{list(offsets)}", dtype, _numel(sizes), "cpu",
-                                 locate=lambda loc=loc, n=_numel(sizes) * dtype.itemsize: self._locate(fqn, loc, n))
-            chunks.append(TensorChunk(offsets, sizes, loc[0], loc[1], loc[2], make_tensor(dtype.name, sizes, storage)))
+            key = f"{fqn}@{list(offsets)}"
+            tensor = ItemTensor.deferred(dtype, sizes, lambda key=key, sizes=sizes, loc=loc: self._stored(fqn, key, dtype,
+                                                                                                       sizes, loc))
+            chunks.append(TensorChunk(offsets, sizes, loc[0], loc[1], loc[2], tensor))
         self.chunks[fqn] = chunks
         if len(chunks) == 1 and chunks[0].sizes == shape and chunks[0].tensor is not None:
             return chunks[0].tensor
@@ -126,11 +128,17 @@ class DcpLayout:
                                           "one by one (Checkpoint.chunks) or assemble them first")
         return make_tensor(dtype.name, shape, StorageRef(fqn, dtype, _numel(shape), "cpu", locate=split))
 
-    def _locate(self, fqn: str, loc: Location, nbytes: int) -> ByteRange:
-        file = self.path / loc[0]
-        if loc[2] == nbytes and _peek(file, loc[1]) != ZIP_MAGIC:
-            return ByteRange(file, loc[1], loc[2])   # SAFETENSORS serialization: the raw bytes
-        return _item_tensor_range(file, loc[1], loc[2], fqn)
+    def _stored(self, fqn: str, key: str, dtype: DType, sizes: tuple[int, ...], loc: Location) -> TensorRef:
+        """The chunk as its item stores it. An item that cannot be read leaves a chunk whose bytes
+        cannot be found, said when they are asked for (validation reports it then)."""
+        try:
+            return stored_chunk(self.path / loc[0], loc, fqn, key, dtype, sizes)
+        except CkptkitError as exc:
+            error = exc
+
+        def fail() -> ByteRange:
+            raise error
+        return make_tensor(dtype.name, sizes, StorageRef(key, dtype, _numel(sizes), "cpu", locate=fail))
 
     def _value(self, fqn: str) -> Any:
         loc = self.locations.get((fqn, None))
@@ -138,16 +146,15 @@ class DcpLayout:
             return None
         file = self.path / loc[0]
         try:
-            with open(file, "rb") as f, zipfile.ZipFile(FileSlice(f, loc[1], loc[2])) as zf:
-                name = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
-                result = safe_loads(zf.read(name))
+            _refuse_transformed(file, loc, fqn)
+            value, globals_, _ = read_zip_pickle(file, (loc[1], loc[2]))
         except Exception as exc:   # whatever fails while decoding the item, its bytes are not what DCP writes
+            why = exc.message if isinstance(exc, UnsupportedFeatureError) else type(exc).__name__
             self.reading.add_finding("dcp.unreadable-item", Severity.ERROR, loc[0],
-                                     f"item {fqn!r} at bytes {loc[1]}..{loc[1] + loc[2]} cannot be read "
-                                     f"({type(exc).__name__})")
+                                     f"item {fqn!r} at bytes {loc[1]}..{loc[1] + loc[2]} cannot be read ({why})")
             return None
-        self.reading.findings.extend(security_findings(file, f"{self.path.name}/{loc[0]}: {fqn}", result.globals))
-        return result.value
+        self.reading.findings.extend(security_findings(file, f"{self.path.name}/{loc[0]}: {fqn}", globals_))
+        return value
 
     def _check_file(self, loc: Location, fqn: str) -> bool:
         if loc[0] not in self._sizes:
@@ -168,64 +175,77 @@ class DcpLayout:
         return True
 
 
-class FileSlice(io.RawIOBase):
-    """A read-only window [start, start + length) of an open file, seekable like a file of its own."""
+class _FromItem:
+    """An ItemTensor field that only the item's own pickle knows: read on first use, then kept."""
 
-    def __init__(self, f: io.BufferedReader, start: int, length: int) -> None:
-        self._f, self._start, self._length, self._pos = f, start, length, 0
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-    def readable(self) -> bool:
-        return True
+    def __get__(self, tensor: Any, owner: type | None = None) -> Any:
+        if tensor is None:
+            return self
+        if self.name not in tensor.__dict__:
+            tensor.read_item()
+        return tensor.__dict__[self.name]
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self._length - self._pos))
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+    def __set__(self, tensor: Any, value: Any) -> None:
+        tensor.__dict__[self.name] = value
 
 
-def _item_tensor_range(file: Path, start: int, length: int, fqn: str) -> ByteRange:
-    """The bytes of the tensor inside one torch.save archive embedded at `start` of `file`."""
-    records: dict[str, Any] = {}
+class ItemTensor(TensorRef):
+    """A DCP chunk. Its dtype and shape are in `.metadata`; its stride, storage offset and storage
+    only in its item's pickle (DCP torch.save's each tensor as it is: a transposed weight keeps
+    its strides), which is read the first time one of them is asked for, so that opening a
+    folder reads `.metadata` alone. Otherwise a plain TensorRef (dataclasses.replace works)."""
 
-    def persistent_load(pid: Any) -> StorageRef:
-        key = str(pid[2])
-        records[key] = StorageRef(key, pid[1].dtype, int(pid[4]), str(pid[3]), locate=lambda: ByteRange(file, 0, 0))
-        return records[key]
+    stride = _FromItem()
+    storage = _FromItem()
+    storage_offset = _FromItem()
 
+    @classmethod
+    def deferred(cls, dtype: DType, shape: tuple[int, ...], read: Callable[[], TensorRef]) -> ItemTensor:
+        tensor = cls.__new__(cls)
+        tensor.dtype, tensor.shape, tensor._read = dtype, shape, read
+        return tensor
+
+    def read_item(self) -> None:
+        stored = self.__dict__.pop("_read")()
+        self.stride, self.storage, self.storage_offset = stored.stride, stored.storage, stored.storage_offset
+
+
+def stored_chunk(file: Path, loc: Location, fqn: str, key: str, dtype: DType, sizes: tuple[int, ...]) -> TensorRef:
+    """A chunk's tensor as its item in `file` stores it: strides and storage offset as saved
+    (read by the torch-zip reader, the item being a torch.save archive), the storage renamed
+    `key` because every item calls its own "0" and conversions write storages by name.
+
+    With `serialization_format=SAFETENSORS` DCP writes no archives: every tensor of a .distcp
+    file is in one safetensors file appended to it, and each tensor's storage entry gives that
+    file's start (the same for all) and the tensor's byte count, not where the tensor lies."""
+    start, length = loc[1], loc[2]
+    _refuse_transformed(file, loc, fqn)
     try:
-        with open(file, "rb") as f, zipfile.ZipFile(FileSlice(f, start, length)) as zf:
-            name = next(n for n in zf.namelist() if n.endswith("/data.pkl"))
-            tensor = safe_loads(zf.read(name), persistent_load).value
-            info = zf.getinfo(name[: -len("data.pkl")] + f"data/{tensor.storage.key}")
-    except CkptkitError:
-        raise
+        if _peek(file, start) == ZIP_MAGIC:
+            tensor, _, _ = read_zip_pickle(file, (start, length))
+        else:   # SAFETENSORS serialization: one safetensors file per .distcp, its tensors named by fqn
+            tensor = read_safetensors_header(file, start)[0].get(fqn)
+    except OSError as exc:
+        raise MissingFileError(file, f"tensor {fqn!r}: cannot read its item ({exc.strerror})") from None
     except Exception as exc:   # whatever fails while decoding the item (zipfile raises many kinds), it is damaged
-        raise CorruptCheckpointError(file, f"tensor {fqn!r}: stored item at byte {start} is damaged "
-                                     f"({type(exc).__name__})") from None
-    if not tensor.is_contiguous():
-        # DCP keeps an item's storage compact but not necessarily contiguous (a transposed
-        # weight keeps its strides); the chunk is described as contiguous, so its bytes would
-        # come back in the wrong order. Refuse rather than return wrong values.
-        raise UnsupportedFeatureError(file, f"tensor {fqn!r} is stored non-contiguous (stride "
-                                      f"{list(tensor.stride)}) inside its DCP item; ckptkit cannot read "
-                                      "its values yet")
-    record = locate_record(file, info, tensor.storage.key, base=start)
-    skip = tensor.storage_offset * tensor.dtype.itemsize
-    return ByteRange(file, record.offset + skip, tensor.nbytes)
+        why = exc.message if isinstance(exc, CkptkitError) else type(exc).__name__
+        raise CorruptCheckpointError(file, f"tensor {fqn!r}: stored item at byte {start} is damaged ({why})") from None
+    if not isinstance(tensor, TensorRef) or tensor.dtype != dtype or tensor.shape != sizes:
+        found = tensor.describe() if isinstance(tensor, TensorRef) else type(tensor).__name__
+        raise CorruptCheckpointError(file, f"tensor {fqn!r}: the item at byte {start} holds {found}, the "
+                                     f"metadata says {dtype.name}[{', '.join(map(str, sizes))}]")
+    s = tensor.storage
+    storage = StorageRef(key, s.dtype, s.numel, s.location, locate=s.byte_range, stored_nbytes=s.stored_nbytes)
+    return TensorRef(dtype, sizes, tensor.stride, storage, tensor.storage_offset)
+
+
+def _refuse_transformed(file: Path, loc: Location, fqn: str) -> None:
+    if loc[3]:
+        raise UnsupportedFeatureError(file, f"item {fqn!r} was saved through DCP stream extensions "
+                                      f"{list(loc[3])} (compressed); ckptkit reads untransformed items only")
 
 
 def _storage_index(storage_data: Any, meta_path: Path) -> dict[tuple[str, Any], Location]:
@@ -237,7 +257,8 @@ def _storage_index(storage_data: Any, meta_path: Path) -> dict[tuple[str, Any], 
         s = info.fields() if isinstance(info, PickledObject) else {}
         offset = i.get("offset")
         key = (str(i.get("fqn")), tuple(offset) if offset is not None else None)
-        out[key] = (str(s.get("relative_path")), int(s.get("offset") or 0), int(s.get("length") or 0))
+        transforms = tuple(str(t) for t in s.get("transform_descriptors") or ())
+        out[key] = (str(s.get("relative_path")), int(s.get("offset") or 0), int(s.get("length") or 0), transforms)
     return out
 
 

@@ -39,14 +39,18 @@ class SafetensorsFormat:
         return ckpt
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors (lazy) and __metadata__ of the safetensors file `path`, or of the one that
+    starts at byte `base` of it (DCP's SAFETENSORS serialization appends one to a .distcp file)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
+        f.seek(base)
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         raw = f.read(n)
-    if 8 + n > size or len(raw) < n:
+    if len(head) < 8 or base + 8 + n > size or len(raw) < n:
         raise CorruptCheckpointError(path, f"safetensors header says {n} bytes but the file has "
-                                     f"{max(0, size - 8)} after the length: truncated")
+                                     f"{max(0, size - base - 8)} after the length: truncated")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -56,7 +60,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], dict[str, str]]
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError(path, "safetensors __metadata__ is not a JSON object")
-    data_start = 8 + n
+    data_start = base + 8 + n
     tensors: dict[str, Any] = {}
     for name, info in header.items():
         tensors[name] = _tensor(path, name, info, data_start, size)

@@ -7,6 +7,7 @@ resolved lazily, when somebody asks for the bytes.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import struct
 import zipfile
@@ -39,10 +40,20 @@ class TorchZipFormat:
         return ckpt
 
 
-def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
-    """Decode a torch zip archive's `data.pkl` into a tree with lazy tensor leaves."""
+def read_zip_pickle(path: Path, window: tuple[int, int] | None = None) -> tuple[Any, list[Any], dict[str, str]]:
+    """Decode a torch zip archive's `data.pkl` into a tree with lazy tensor leaves.
+
+    `window` (start, length): the archive lies at that place inside `path` instead of being the
+    whole file (each item of a DCP `.distcp` file is a complete torch.save archive); its tensors
+    then keep their strides and storage offsets exactly as from a file of their own.
+    """
+    with open(path, "rb") as f:
+        return _read_zip_pickle(path, FileSlice(f, *window) if window else f, window[0] if window else 0)
+
+
+def _read_zip_pickle(path: Path, source: Any, base: int) -> tuple[Any, list[Any], dict[str, str]]:
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(source)
     except zipfile.BadZipFile:
         raise CorruptCheckpointError(path, "zip archive is truncated or damaged (no end-of-central-"
                                      "directory record): the save was probably interrupted") from None
@@ -76,13 +87,42 @@ def read_zip_pickle(path: Path) -> tuple[Any, list[Any], dict[str, str]]:
             member = infos.get(f"{prefix}data/{key}")
             storages[key] = StorageRef(
                 key, stype.dtype, int(numel), str(location),
-                locate=lambda m=member, k=key: locate_record(path, m, k),
+                locate=lambda m=member, k=key: locate_record(path, m, k, base),
                 stored_nbytes=member.file_size if member is not None else None)
         return storages[key]
 
     result = unpickle_or_raise(path, pickles[0], lambda: safe_loads(data, persistent_load))
     members = {"zip_prefix": prefix.rstrip("/"), "storage_records": str(len(storages))}
     return result.value, result.globals, members
+
+
+class FileSlice(io.RawIOBase):
+    """A read-only window [start, start + length) of an open file, seekable like a file of its own."""
+
+    def __init__(self, f: io.BufferedReader, start: int, length: int) -> None:
+        self._f, self._start, self._length, self._pos = f, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self._length - self._pos))
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0) -> ByteRange:

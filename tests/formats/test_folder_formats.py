@@ -166,23 +166,3 @@ def test_a_chunked_tensor_says_to_read_its_chunks_instead_of_pretending_to_be_wh
     ckpt = open_checkpoint(TWO_RANKS)
     with pytest.raises(UnsupportedFeatureError, match="'model.w' is stored in 2 chunks"):
         ckpt.model["w"].read_bytes()
-
-
-def test_a_dcp_tensor_stored_transposed_is_refused_by_name_instead_of_read_scrambled(tmp_path: Path) -> None:
-    import torch
-    import torch.distributed.checkpoint as dcp
-
-    from ckptkit.errors import UnsupportedFeatureError
-
-    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    dcp.save({"w": base.t(), "b": base[0].clone()}, checkpoint_id=str(tmp_path / "dcp"))
-    ckpt = open_checkpoint(tmp_path / "dcp")
-    tensors = dict(ckpt.tensors())
-    assert torch.equal(tensors["b"].to_torch(), base[0])
-    with pytest.raises(UnsupportedFeatureError, match=r"tensor 'w' is stored non-contiguous"):
-        tensors["w"].to_torch()
-    from ckptkit.validation import validate_path
-
-    report = validate_path(tmp_path / "dcp", deep=True)
-    unread = [f for f in report.findings if f.code == "integrity.unreadable-values"]
-    assert len(unread) == 1 and "'w'" in unread[0].message and "not checked" in unread[0].message
