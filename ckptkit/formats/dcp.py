@@ -6,7 +6,10 @@ read here with the restricted unpickler: they become inert stubs whose fields ar
 where each chunk (and each non-tensor "bytes" item) lies: a file, an offset and a length.
 With DCP's default serialization each item is a complete torch.save archive, concatenated into
 the `.distcp` file. Non-tensor items (optimizer hyper-parameters, counters) are small and read
-to build the state tree; tensor chunks are only located, never read, until someone asks.
+to build the state tree; tensor chunks are only located, never read, until someone asks. A
+tensor item keeps the strides it was saved with (a transposed weight, a sharded view), which
+only its own pickle says: that pickle is read, by the torch-zip reader, when a chunk's layout or
+bytes are first asked for (`ItemTensor`).
 """
 from __future__ import annotations
 
@@ -115,8 +118,8 @@ class DcpLayout:
                 continue
             self._check_file(loc, fqn)
             key = f"{fqn}@{list(offsets)}"
-            tensor = ItemTensor.deferred(dtype, sizes, lambda key=key, sizes=sizes, loc=loc: self._stored(fqn, key, dtype,
-                                                                                                       sizes, loc))
+            tensor = ItemTensor.deferred(
+                dtype, sizes, lambda key=key, sizes=sizes, loc=loc: self._stored(fqn, key, dtype, sizes, loc))
             chunks.append(TensorChunk(offsets, sizes, loc[0], loc[1], loc[2], tensor))
         self.chunks[fqn] = chunks
         if len(chunks) == 1 and chunks[0].sizes == shape and chunks[0].tensor is not None:
