@@ -1,8 +1,6 @@
 """counters.epoch-step-mismatch: the recorded epoch against the step counters, per family convention."""
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import shutil
 from pathlib import Path
