@@ -100,7 +100,6 @@ def _read_back(ckpt: Checkpoint, family: str, epochs: int, within: int) -> Progr
 def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
     """Counters ckptkit did not change because it cannot derive them, with how to proceed."""
     out: list[str] = []
-    tree = ckpt.tree
     sched = ckpt.scheduler
     last = S.as_int(sched.get("last_epoch")) if isinstance(sched, dict) else None
     if last is not None:
