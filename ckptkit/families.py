@@ -109,13 +109,26 @@ def _experiment_record(tree: Tree, epochs: int, step: int) -> CounterValues:
     position = tree.get("data_position")
     if isinstance(position, dict) and S.as_int(position.get("epoch")) is not None:
         values: CounterValues = {("data_position", "epoch"): epochs, ("data_position", "batch_in_epoch"): step}
-        if "micro_step" in position:     # a new position starts on an optimizer-step boundary
+        if "micro_step" in position:     # without grad_accum: start on an optimizer-step boundary
             values[("data_position", "micro_step")] = 0
         if "epoch" in tree:
             values[("epoch",)] = epochs
+        values.update(_steps_for_position(tree, position, epochs * (S.as_int(position.get("steps_per_epoch")) or 0) + step))
         return values
     _whole_epochs_only(step, "this layout stores no position inside an epoch (no 'data_position')")
     return {("epoch",): epochs}
+
+
+def _steps_for_position(tree: Tree, position: dict[str, Any], batches: int) -> CounterValues:
+    """ckptkit's trainer: global_step x grad_accum + micro_step = batches consumed. Where the
+    position records its accumulation and batches per epoch, the step counters follow it."""
+    accum, per_epoch = S.as_int(position.get("grad_accum")), S.as_int(position.get("steps_per_epoch"))
+    if not accum or accum < 1 or not per_epoch or per_epoch < 1 or S.as_int(tree.get("global_step")) is None:
+        return {}
+    values: CounterValues = {("global_step",): batches // accum}
+    if "micro_step" in position:
+        values[("data_position", "micro_step")] = batches % accum
+    return values
 
 
 def _training_state_progress(tree: Tree, path: Path) -> Progress:
@@ -192,9 +205,20 @@ def _lightning_record(tree: Tree, epochs: int, step: int) -> CounterValues:
         return {("epoch",): epochs}
     where = ("loops", "fit_loop", "epoch_loop.batch_progress")
     if step == 0 and epochs > 0:      # as Lightning writes at an epoch's end: last batch of epoch-1
-        return {("epoch",): epochs - 1, where + ("is_last_batch",): True}
-    return {("epoch",): epochs, where + ("is_last_batch",): False,
-            where + ("current", "processed"): step}
+        values: CounterValues = {("epoch",): epochs - 1, where + ("is_last_batch",): True}
+    else:
+        values = {("epoch",): epochs, where + ("is_last_batch",): False, where + ("current", "processed"): step}
+    # Lightning resumes its epoch from the loops' epoch_progress ('epoch' is written from its
+    # `completed`); the epoch being run is ready and started, and processed once its batches ran.
+    current = _dig(tree, "loops", "fit_loop", "epoch_progress", "current")
+    if isinstance(current, dict):
+        running = values[("epoch",)]
+        counts = {"completed": running, "ready": running + 1, "started": running + 1,
+                  "processed": running + 1 if step == 0 and epochs > 0 else running}
+        for name, value in counts.items():
+            if name in current:
+                values[("loops", "fit_loop", "epoch_progress", "current", name)] = value
+    return values
 
 
 def _generic_progress(tree: Tree, path: Path) -> Progress:

@@ -123,7 +123,7 @@ def test_unreadable_partial_and_foreign_things_are_broken_rows_not_crashes(tmp_p
 
 def test_furthest_checkpoint_with_an_error_makes_latest_fall_back_and_says_so(tmp_path: Path) -> None:
     hf_checkpoint(tmp_path / "checkpoint-1000", 1000, 1.0)
-    folder = hf_checkpoint(tmp_path / "checkpoint-2000", 2000, 2.0, max_steps=4000)
+    folder = hf_checkpoint(tmp_path / "checkpoint-2000", 2000, 2.0, max_steps=4000, num_train_epochs=4)
     (folder / "optimizer.pt").write_bytes((folder / "optimizer.pt").read_bytes()[:500])
     run = scan_run(tmp_path)
     assert rows(run) == [("checkpoint-1000", "ok", "resume"), ("checkpoint-2000", "broken", "latest")]

@@ -100,7 +100,6 @@ def _read_back(ckpt: Checkpoint, family: str, epochs: int, within: int) -> Progr
 def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
     """Counters ckptkit did not change because it cannot derive them, with how to proceed."""
     out: list[str] = []
-    tree = ckpt.tree
     sched = ckpt.scheduler
     last = S.as_int(sched.get("last_epoch")) if isinstance(sched, dict) else None
     if last is not None:
@@ -112,11 +111,10 @@ def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
     if opt_step is not None:
         out.append(f"optimizer step count = {opt_step} was left as is (Adam's bias correction uses it); "
                    "it only matters if you also rewind the weights")
-    if ckpt.family == "experiment" and S.as_int(tree.get("global_step")) is not None:
-        out.append(f"global_step = {tree['global_step']} was left as is: it counts optimizer steps and is "
-                   "what this layout's trainer resumes from; the epoch alone does not determine it")
+    if ckpt.family == "experiment":
+        out += _experiment_steps(ckpt)
     if ckpt.family == "lightning":
-        out.append("Lightning's global_step and loops.fit_loop.epoch_progress counters were left as is; "
+        out.append("Lightning's global_step and its loops' batch and optimizer totals were left as is; "
                    "the file name (epoch=E-step=S) is not renamed")
     m = RETRIEVAL_NAME.search(ckpt.path.name)
     if m and int(m.group("epoch")) != epochs:
@@ -126,6 +124,29 @@ def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
     for key, history in ckpt.histories.items():
         if ckpt.family == "retrieval" and len(history) != epochs:
             out.append(f"history '{key}' has {len(history)} entries for {epochs} recorded epochs; it was left as is")
+    return out
+
+
+def _experiment_steps(ckpt: Checkpoint) -> list[str]:
+    """What became of the step counters of a seed-004 / ckptkit-trainer checkpoint."""
+    tree = ckpt.tree
+    step = S.as_int(tree.get("global_step"))
+    position = tree.get("data_position")
+    accum = S.as_int(position.get("grad_accum")) if isinstance(position, dict) else None
+    if step is None:
+        return []
+    if not accum:
+        return [f"global_step = {step} was left as is: it counts optimizer steps and is what this layout's "
+                "trainer resumes from; the epoch alone does not determine it"]
+    out: list[str] = []      # global_step itself follows the position (families._steps_for_position)
+    micro = S.as_int(position.get("micro_step")) or 0
+    if micro:
+        out.append(f"the position is {micro} batches into a gradient-accumulation window of {accum}: the "
+                   "gradients of those batches are not in the checkpoint, so the resumed window starts from "
+                   "zero gradients")
+    if "accumulation" in tree:
+        out.append("the saved 'accumulation' gradients belong to the old position and were left as is; "
+                   "delete them (or resume from a checkpoint saved on a window boundary) for a clean window")
     return out
 
 

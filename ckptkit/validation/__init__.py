@@ -107,6 +107,7 @@ def _register_checks() -> None:
     from ckptkit.validation.completeness import check_completeness
     from ckptkit.validation.counters import check_counters
     from ckptkit.validation.deep import check_deep
+    from ckptkit.validation.epoch_step import check_epoch_step
     from ckptkit.validation.hf_folder import check_hf_folder
     from ckptkit.validation.integrity import check_integrity
     from ckptkit.validation.optimizer import check_optimizer
@@ -117,7 +118,8 @@ def _register_checks() -> None:
 
     CHECKS.extend([
         ("security", check_security), ("completeness", check_completeness), ("integrity", check_integrity),
-        ("counters", check_counters), ("hf-folder", check_hf_folder), ("optimizer", check_optimizer),
+        ("counters", check_counters), ("epoch-step", check_epoch_step), ("hf-folder", check_hf_folder),
+        ("optimizer", check_optimizer),
         ("mixed-precision", check_mixed_precision), ("rng", check_rng), ("compatibility", check_compatibility),
         ("run", check_run), ("deep", check_deep),
     ])

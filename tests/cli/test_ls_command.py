@@ -19,7 +19,7 @@ def invoke(*args: str):
 
 def test_ls_prints_one_row_per_checkpoint_in_progress_order_and_exits_0_when_clean(tmp_path: Path) -> None:
     for step in (1000, 500):
-        hf_checkpoint(tmp_path / f"checkpoint-{step}", step, step / 1000, max_steps=4000)
+        hf_checkpoint(tmp_path / f"checkpoint-{step}", step, step / 1000, max_steps=4000, num_train_epochs=4)
     result = invoke("ls", str(tmp_path))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()

@@ -23,8 +23,10 @@ def _make_state(*, step: int = 0, micro_step: int = 0, val_loss: float | None = 
         optimizer.zero_grad()
     if micro_step:
         model(torch.randn(3, 4)).sum().backward()  # a half-accumulated window
-    position = DataPosition(epoch=1, batch_in_epoch=3, steps_per_epoch=10, micro_step=micro_step, grad_accum=2,
-                            sampler_seed=5, batch_size=3)
+    # The position the trainer's loop would be at: `step` windows of 2 batches, then `micro_step` more.
+    epoch, batch = divmod(2 * step + micro_step, 10)
+    position = DataPosition(epoch=epoch, batch_in_epoch=batch, steps_per_epoch=10, micro_step=micro_step,
+                            grad_accum=2, sampler_seed=5, batch_size=3)
     return TrainingState(
         model=model, optimizer=optimizer, scheduler=scheduler, config={"name": "unit", "lr": 1e-2},
         position=position, global_step=step, best_val_loss=val_loss if val_loss is not None else float("inf"),

@@ -22,8 +22,8 @@ def test_a_periodic_checkpoint_is_a_weights_only_dict_in_seed_004_layout_with_a_
     assert paths == [tmp_path / "checkpoint_step_20.pt"]
     ckpt = torch.load(paths[0], weights_only=True)
     assert SEED_004_KEYS | {"rng_state", "data_position", "ckptkit"} == set(ckpt)
-    assert (ckpt["global_step"], ckpt["epoch"], ckpt["config"]) == (20, 1, {"name": "unit", "lr": 1e-2})
-    assert ckpt["data_position"]["batch_in_epoch"] == 3 and ckpt["data_position"]["steps_per_epoch"] == 10
+    assert (ckpt["global_step"], ckpt["epoch"], ckpt["config"]) == (20, 4, {"name": "unit", "lr": 1e-2})
+    assert ckpt["data_position"]["batch_in_epoch"] == 0 and ckpt["data_position"]["steps_per_epoch"] == 10
     assert ckpt["ckptkit"] == {"version": 1, "trainer": "unit", "kind": "periodic", "world_size": 1, "sharded": False}
     assert ckpt["rng_state"]["world_size"] == 1 and len(ckpt["rng_state"]["ranks"]) == 1
     manifest = read_manifest(paths[0])

@@ -1,0 +1,224 @@
+"""Epoch against step counters: do a checkpoint's epoch and its step counts name one position?
+
+Each family counts differently, so each is checked in its own convention, and a finding is
+raised only when the two counters cannot both be true; where the checkpoint does not record
+enough to tell (steps per epoch, gradient accumulation), nothing is said:
+
+- HF Trainer (seed 002): the float `epoch` counts data-loader batches, `global_step` counts
+  optimizer updates. Under gradient accumulation they differ by less than one update's share of
+  an epoch (1 / updates per epoch), never more, whatever the accumulation; updates per epoch must
+  be known for certain (training_args.bin says max_steps was derived from whole epochs, or an
+  unrounded log entry sits on an epoch boundary). Every `log_history` entry is such a pair too.
+- ckptkit's trainer (`data_position`): batches consumed = epoch x steps_per_epoch + batch_in_epoch
+  = global_step x grad_accum + micro_step, and the top-level `epoch` repeats data_position's.
+- Lightning: `epoch` is written from `loops.fit_loop.epoch_progress.current.completed`; with
+  automatic optimization and one optimizer, each optimizer step (global_step) takes a batch.
+- seed 003 (`epoch` 1-based, `step` 0 = end of epoch, `total_batches`): its only step counter is
+  the optimizer's own; each optimizer step takes at least one batch, whatever the accumulation.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ckptkit import sections as S
+from ckptkit.checkpoint import Finding, Severity
+from ckptkit.validation.param_matching import optimizer_step
+
+if TYPE_CHECKING:
+    from ckptkit.validation import ValidationContext
+
+CODE = "counters.epoch-step-mismatch"
+TRAINER_STATE = "trainer_state.json"
+TRAINING_STATE = "training_state.pth"
+HF_STATE_SLACK = 1e-6      # trainer_state.json keeps the float epoch unrounded
+HF_LOG_SLACK = 0.01        # log_history epochs were rounded to 2 decimals by older transformers
+
+
+def check_epoch_step(ctx: ValidationContext) -> Iterable[Finding]:
+    yield from _hf_trainer(ctx)
+    yield from _data_position(ctx)
+    yield from _lightning(ctx)
+    yield from _training_state(ctx)
+
+
+def position_args(epochs: int, within: int) -> list[str]:
+    """fix-epoch's arguments for `epochs` whole epochs done and `within` steps into the next."""
+    return ["--epoch", str(epochs), "--complete"] if within == 0 else ["--epoch", str(epochs + 1),
+                                                                      "--step", str(within)]
+
+
+def _place(epochs: int, within: int) -> str:
+    return f"{epochs} epochs complete" if within == 0 else f"epoch {epochs + 1}, step {within} of it"
+
+
+# --- Hugging Face Trainer ------------------------------------------------------------------
+
+def _hf_trainer(ctx: ValidationContext) -> Iterable[Finding]:
+    tree = ctx.ckpt.tree
+    state = tree.get(TRAINER_STATE) if ctx.ckpt.path.is_dir() and isinstance(tree, dict) else None
+    if not isinstance(state, dict):
+        return
+    args = ctx.ckpt.config if ctx.ckpt.sources.get("config") == "training_args.bin" else None
+    per_epoch, why = hf_updates_per_epoch(state, args if isinstance(args, dict) else None)
+    if per_epoch is None:
+        return
+    step, epoch = S.as_int(state.get("global_step")), state.get("epoch")
+    if step is not None and S.is_number(epoch) and _hf_apart(float(epoch), step, per_epoch, HF_STATE_SLACK):
+        epochs, within = divmod(step, per_epoch)
+        yield Finding(CODE, Severity.WARNING, ctx.where("epoch", TRAINER_STATE),
+                      f"epoch = {float(epoch):.6g} counts data-loader batches ({float(epoch):.4g} epochs' "
+                      f"worth) but global_step = {step} optimizer updates at {per_epoch} per epoch ({why}) is "
+                      f"epoch {step / per_epoch:.4g} ({_place(epochs, within)}): under gradient accumulation "
+                      f"they differ by less than 1/{per_epoch} of an epoch, here by {abs(float(epoch) - step / per_epoch):.4g}, "
+                      "so they cannot both be true. The Trainer resumes from global_step; if global_step is "
+                      "right, record it with the fix command",
+                      ctx.command("fix-epoch", *position_args(epochs, within)))
+    yield from _hf_log_history(ctx, state, per_epoch, why)
+
+
+def _hf_log_history(ctx: ValidationContext, state: dict[str, Any], per_epoch: int, why: str) -> Iterable[Finding]:
+    history = state.get("log_history")
+    entries = [(i, S.as_int(e.get("step")), e.get("epoch")) for i, e in enumerate(history or [])
+               if isinstance(e, dict)] if isinstance(history, list) else []
+    bad = [(i, s, float(ep)) for i, s, ep in entries
+           if s is not None and S.is_number(ep) and _hf_apart(float(ep), s, per_epoch, HF_LOG_SLACK)]
+    if not bad:
+        return
+    i, step, epoch = bad[0]
+    others = f" ({len(bad) - 1} more entries disagree likewise)" if len(bad) > 1 else ""
+    yield Finding(CODE, Severity.WARNING, ctx.where(f"log_history[{i}]", TRAINER_STATE),
+                  f"log_history entry {i} has epoch = {epoch:.6g} but step = {step}, which at {per_epoch} "
+                  f"optimizer updates per epoch ({why}) is epoch {step / per_epoch:.4g}: they differ by more "
+                  f"than 1/{per_epoch} of an epoch, so the entry cannot be from this run's counting{others}; "
+                  "logs from a run with another batch size or data set were merged into this state")
+
+
+def _hf_apart(epoch: float, step: int, per_epoch: int, slack: float) -> bool:
+    # Batches lead updates inside an epoch by less than one update's share (ceil(batches /
+    # accumulation) updates); older transformers dropped the partial window, lagging as much.
+    return abs(epoch - step / per_epoch) >= 1.0 / per_epoch + slack
+
+
+def hf_updates_per_epoch(state: dict[str, Any], args: dict[str, Any] | None) -> tuple[int | None, str]:
+    """Optimizer updates per epoch, only where certain: (None, "") when it cannot be told."""
+    max_steps, epochs = S.as_int(state.get("max_steps")), S.as_int(state.get("num_train_epochs"))
+    user_max = S.as_int(args.get("max_steps")) if args else None
+    user_epochs = args.get("num_train_epochs") if args else None
+    # The Trainer sets max_steps = epochs x updates per epoch when the user gave no max_steps.
+    if (args is not None and user_max is not None and user_max <= 0 and max_steps and epochs
+            and S.is_number(user_epochs) and float(user_epochs) == epochs and max_steps % epochs == 0):
+        return max_steps // epochs, f"max_steps {max_steps} / num_train_epochs {epochs}"
+    logged = [(S.as_int(e.get("step")), e.get("epoch")) for e in state.get("log_history") or []
+              if isinstance(e, dict) and S.is_number(e.get("epoch"))]
+    unrounded = any(round(float(ep), 2) != float(ep) for _, ep in logged)
+    for step, ep in logged:
+        if unrounded and step and float(ep) >= 1 and float(ep).is_integer() and step % int(ep) == 0:
+            return step // int(ep), f"log_history: step {step} logged at epoch {int(ep)}"
+    return None, ""
+
+
+# --- ckptkit's own trainer: data_position ----------------------------------------------------
+
+def _data_position(ctx: ValidationContext) -> Iterable[Finding]:
+    tree = ctx.ckpt.tree
+    position = tree.get("data_position") if isinstance(tree, dict) else None
+    if not isinstance(position, dict):
+        return
+    epoch, top = S.as_int(position.get("epoch")), S.as_int(tree.get("epoch"))
+    if epoch is not None and top is not None and epoch != top:
+        yield Finding(CODE, Severity.WARNING, ctx.where("epoch"),
+                      f"'epoch' = {top} but data_position.epoch = {epoch}: the trainer writes both from one "
+                      f"counter (epochs completed), so they cannot both be true; ckptkit resumes from "
+                      f"data_position (epoch {epoch}), a reader of 'epoch' would start epoch {top}",
+                      ctx.command("fix-epoch", *position_args(epoch, S.as_int(position.get("batch_in_epoch")) or 0)))
+    yield from _batches_against_updates(ctx, position, S.as_int(tree.get("global_step")))
+
+
+def _batches_against_updates(ctx: ValidationContext, position: dict[str, Any], step: int | None) -> Iterable[Finding]:
+    epoch, batch, per_epoch, micro, accum = (S.as_int(position.get(k)) for k in
+                                              ("epoch", "batch_in_epoch", "steps_per_epoch", "micro_step", "grad_accum"))
+    if None in (epoch, batch, per_epoch, micro, accum, step) or per_epoch <= 0 or accum <= 0:   # type: ignore[operator]
+        return
+    consumed, implied = epoch * per_epoch + batch, step * accum + micro   # type: ignore[operator]
+    if consumed == implied:
+        return
+    epochs, within = divmod(implied, per_epoch)   # type: ignore[operator]
+    yield Finding(CODE, Severity.WARNING, ctx.where("data_position"),
+                  f"data_position says {consumed} batches consumed (epoch = {epoch} x steps_per_epoch = "
+                  f"{per_epoch} + batch_in_epoch = {batch}) but global_step = {step} optimizer steps x "
+                  f"grad_accum = {accum} + micro_step = {micro} is {implied} batches ({_place(epochs, within)}): "
+                  "they cannot both be true for one run on one data set; a resume would draw the data of "
+                  f"batch {consumed} while the schedule and step budget continue from step {step}. If "
+                  "global_step is right, record its position with the fix command",
+                  ctx.command("fix-epoch", *position_args(epochs, within)))
+
+
+# --- Lightning -------------------------------------------------------------------------------
+
+def _lightning(ctx: ValidationContext) -> Iterable[Finding]:
+    tree = ctx.ckpt.tree
+    if ctx.ckpt.family != "lightning" or not isinstance(tree, dict):
+        return
+    fit = _dig(tree, "loops", "fit_loop")
+    epoch, step = S.as_int(tree.get("epoch")), S.as_int(tree.get("global_step"))
+    completed = S.as_int(_dig(fit, "epoch_progress", "current", "completed"))
+    if epoch is not None and completed is not None and epoch != completed:
+        yield Finding(CODE, Severity.WARNING, ctx.where("epoch"),
+                      f"'epoch' = {epoch} but loops.fit_loop.epoch_progress.current.completed = {completed}: "
+                      "Lightning writes both from its current_epoch, so they cannot both be true; a resume "
+                      f"takes the loops' epoch {completed}, while the file name and tools reading 'epoch' say "
+                      f"{epoch}", _lightning_fix(ctx, fit, completed))
+    batches = S.as_int(_dig(fit, "epoch_loop.batch_progress", "total", "processed"))
+    manual = S.as_int(_dig(fit, "epoch_loop.manual_optimization.optim_step_progress", "total", "completed"))
+    one_optimizer = isinstance(tree.get("optimizer_states"), list) and len(tree["optimizer_states"]) == 1
+    if step is not None and batches is not None and manual == 0 and one_optimizer and step > batches:
+        yield Finding(CODE, Severity.WARNING, ctx.where("global_step"),
+                      f"global_step = {step} optimizer steps but loops.fit_loop batch progress has processed "
+                      f"{batches} batches in all: with automatic optimization each step takes at least one "
+                      "batch, so they cannot both be true; the step counter (schedule, step-based saving and "
+                      "max_steps) runs ahead of the data")
+
+
+def _lightning_fix(ctx: ValidationContext, fit: Any, completed: int) -> str:
+    batch = _dig(fit, "epoch_loop.batch_progress")
+    done = S.as_int(_dig(batch, "current", "processed")) or 0
+    if isinstance(batch, dict) and batch.get("is_last_batch"):
+        return ctx.command("fix-epoch", *position_args(completed + 1, 0))
+    return ctx.command("fix-epoch", *position_args(completed, done))
+
+
+# --- seed 003: training_state.pth ------------------------------------------------------------
+
+def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
+    tree, member = ctx.ckpt.tree, None
+    if ctx.ckpt.path.is_dir() and isinstance(tree, dict) and isinstance(tree.get(TRAINING_STATE), dict):
+        tree, member = tree[TRAINING_STATE], TRAINING_STATE
+    elif ctx.ckpt.family != "training-state" or not isinstance(tree, dict):
+        return
+    epoch, step, total = (S.as_int(tree.get(k)) for k in ("epoch", "step", "total_batches"))
+    opt = tree.get("optimizer_state_dict")
+    updates = optimizer_step(opt) if S.is_optimizer_state(opt) else None
+    if None in (epoch, step, total, updates) or total <= 0 or epoch < 1:   # type: ignore[operator]
+        return
+    # The layout's convention: epoch is 1-based; step = batches done in it, 0 (or total) = its end.
+    done = epoch * total if step == 0 or step >= total else (epoch - 1) * total + step   # type: ignore[operator]
+    if updates <= done:   # type: ignore[operator]
+        return
+    epochs, within = divmod(updates, total)   # type: ignore[operator]
+    said = "the end of epoch" if step == 0 else f"batch {step} of epoch"
+    yield Finding(CODE, Severity.WARNING, ctx.where("step", member),
+                  f"'epoch' = {epoch}, 'step' = {step} (with total_batches = {total}: {said} {epoch}) is "
+                  f"{done} batches into training, but the optimizer has taken {updates} steps: each step takes "
+                  "at least one batch, so they cannot both be true (unless this run started from another run's "
+                  "optimizer state or total_batches changed between runs). With no gradient accumulation the "
+                  f"optimizer's steps put the run at {_place(epochs, within)}; if so, record it with the fix command",
+                  ctx.command("fix-epoch", *position_args(epochs, within)))
+
+
+def _dig(tree: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
