@@ -17,7 +17,7 @@ from typing import Any
 
 from ckptkit.checkpoint import Checkpoint, Finding, Progress, Severity
 from ckptkit.errors import CkptkitError, MissingFileError, NotACheckpointError
-from ckptkit.formats import FILE_FORMATS, FOLDER_FORMATS, open_checkpoint
+from ckptkit.formats import FILE_FORMATS, folder_formats, open_checkpoint
 from ckptkit.formats.base import HEAD_BYTES
 
 from ckptkit.atomic import TEMP_MARKER
@@ -131,7 +131,7 @@ def _walk(directory: Path, found: list[tuple[Path, bool]], is_root: bool = False
 
 
 def _recognised_folder(path: Path) -> bool:
-    return any(fmt.sniff(path, b"") for fmt in FOLDER_FORMATS)
+    return any(fmt.sniff(path, b"") for fmt in folder_formats())
 
 
 def _has_partial_markers(path: Path) -> bool:

@@ -1,8 +1,9 @@
 """All on-disk formats ckptkit reads, registered in one place, and `open_checkpoint`.
 
 To add a format: write a module with a class implementing `ckptkit.formats.base.Format` and
-append an instance to FILE_FORMATS or FOLDER_FORMATS. Order matters only where two sniffers
-could both say yes: the more specific comes first.
+append an instance to FILE_FORMATS or to the list in `folder_formats()`. Order matters only
+where two sniffers could both say yes: the more specific comes first. Folder formats are
+imported on first use, so commands given a single file never load them.
 """
 from __future__ import annotations
 
@@ -11,19 +12,27 @@ from pathlib import Path
 
 from ckptkit.checkpoint import Checkpoint
 from ckptkit.errors import CkptkitError, MissingFileError, NotACheckpointError
-from ckptkit.formats.accelerate_state import AccelerateFormat
 from ckptkit.formats.base import HEAD_BYTES, Format
-from ckptkit.formats.dcp import DcpFormat
-from ckptkit.formats.hf_trainer import HFTrainerFormat
 from ckptkit.formats.pickle_file import PickleFormat
 from ckptkit.formats.safetensors_file import SafetensorsFormat
-from ckptkit.formats.save_pretrained import SavePretrainedFormat
 from ckptkit.formats.torch_legacy import TorchLegacyFormat
 from ckptkit.formats.torch_zip import TorchZipFormat
 
 FILE_FORMATS: list[Format] = [TorchZipFormat(), TorchLegacyFormat(), SafetensorsFormat(), PickleFormat()]
-# Folders: strongest markers first; save_pretrained (config + weights) is what the others also contain.
-FOLDER_FORMATS: list[Format] = [DcpFormat(), HFTrainerFormat(), AccelerateFormat(), SavePretrainedFormat()]
+_FOLDER_FORMATS: list[Format] = []
+
+
+def folder_formats() -> list[Format]:
+    """The folder formats, strongest markers first (save_pretrained's config + weights are what
+    the others also contain); imported on first use."""
+    if not _FOLDER_FORMATS:
+        from ckptkit.formats.accelerate_state import AccelerateFormat
+        from ckptkit.formats.dcp import DcpFormat
+        from ckptkit.formats.hf_trainer import HFTrainerFormat
+        from ckptkit.formats.save_pretrained import SavePretrainedFormat
+
+        _FOLDER_FORMATS.extend([DcpFormat(), HFTrainerFormat(), AccelerateFormat(), SavePretrainedFormat()])
+    return _FOLDER_FORMATS
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:
@@ -32,7 +41,7 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
     if not path.exists():
         raise MissingFileError(path, "no such file or folder")
     if path.is_dir():
-        for fmt in FOLDER_FORMATS:
+        for fmt in folder_formats():
             if fmt.sniff(path, b""):
                 return fmt
         raise NotACheckpointError(path, "a folder, but no checkpoint format ckptkit knows "
