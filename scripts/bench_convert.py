@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.bench_common import compile_bytecode  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = 24
 RECIPE = ("import sys, torch; from safetensors.torch import save_file; "
@@ -60,6 +63,7 @@ def measure(cmd: list[str]) -> tuple[float, int]:
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1200)
     parser.add_argument("--repeat", type=int, default=3)

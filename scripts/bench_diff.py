@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_common import FULL_WIDTH, Measured, run_measured, warm_page_cache, width_for  # noqa: E402
+from scripts.bench_common import (FULL_WIDTH, Measured, compile_bytecode, run_measured, warm_page_cache,  # noqa: E402
+                                  width_for)
 
 PERTURBED_LAYERS = (3, 11, 20)
 
@@ -59,6 +60,7 @@ sys.exit(1 if changed or a.keys() != b.keys() else 0)
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=1200.0, help="size of each checkpoint (default 1200)")
     parser.add_argument("--dir", type=Path, default=None,

@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.bench_common import run_measured, warm_page_cache, width_for  # noqa: E402
+from scripts.bench_common import compile_bytecode, run_measured, warm_page_cache, width_for  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIME_TARGET, RSS_TARGET_MIB = 1.2, 100
@@ -63,6 +63,7 @@ def fix_epoch(path: Path, epoch: int, *flags: str):
 
 
 def main() -> int:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=1200, help="checkpoint size (default: the 1.2 GB one)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")

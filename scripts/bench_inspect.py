@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_common import Measured, big_pth_in_child, repo_env, run_measured, warm_page_cache  # noqa: E402
+from scripts.bench_common import (Measured, big_pth_in_child, compile_bytecode, repo_env, run_measured,  # noqa: E402
+                                  warm_page_cache)
 
 TIME_TARGET = 0.15          # inspect wall time / torch.load(mmap=True) wall time
 RSS_TARGET = 64 * 2 ** 20   # bytes
@@ -26,6 +27,7 @@ BASELINE = "import sys, torch; torch.load(sys.argv[1], mmap=True, weights_only=T
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=1200.0)
     parser.add_argument("--repeat", type=int, default=3)

@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.bench_common import compile_bytecode  # noqa: E402
+
 import torch
 
 TENSORS_PER_CHECKPOINT = 200       # a 300 MB model has a few hundred tensors
@@ -81,6 +84,7 @@ def _time(argv: list[str], repeat: int) -> tuple[float, float, subprocess.Comple
 
 
 def main() -> int:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=300, help="size of each checkpoint (default 300)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per command (best and median reported)")

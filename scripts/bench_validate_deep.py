@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_common import Measured, big_pth_in_child, repo_env, run_measured, warm_page_cache  # noqa: E402
+from scripts.bench_common import (Measured, big_pth_in_child, compile_bytecode, repo_env, run_measured,  # noqa: E402
+                                  warm_page_cache)
 
 BASELINE = """
 import sys, torch
@@ -37,6 +38,7 @@ print(bad)
 
 
 def main() -> None:
+    compile_bytecode()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=1200.0)
     parser.add_argument("--repeat", type=int, default=3)
