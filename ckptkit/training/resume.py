@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,23 +108,27 @@ class ResumePoint:
 
 def load_for_resume(path_or_run_dir: Path | str) -> ResumePoint:
     """Resolve (run directory: newest confirmed checkpoint by progress), verify, and load."""
-    path, warnings = resolve_checkpoint(Path(path_or_run_dir))
-    checkpoint = _load_checkpoint_dict(path)
+    path, warnings, checkpoint = _resolve(Path(path_or_run_dir))
     return ResumePoint(path=path, checkpoint=checkpoint, warnings=warnings)
 
 
 def resolve_checkpoint(path: Path) -> tuple[Path, list[str]]:
     """The checkpoint to resume from and the verifier's warnings (plus any skipped candidates)."""
-    path = Path(path)
+    path, warnings, _ = _resolve(Path(path))
+    return path, warnings
+
+
+def _resolve(path: Path) -> tuple[Path, list[str], dict[str, Any]]:
     if not os.path.lexists(path):
         raise MissingFileError(path, "no such checkpoint or run directory")
     if not path.is_dir() or is_sharded_checkpoint(path):
-        return path, verify_for_resume(path)
+        return (path, *_verify(path))
     notes = [f"{p.name}: left by an interrupted save (no manifest); not used" for p in unconfirmed_checkpoints(path)]
     refusals = []
     for record in reversed(list_checkpoints(path)):
         try:
-            return record.path, notes + refusals + verify_for_resume(record.path)
+            warnings, checkpoint = _verify(record.path)
+            return record.path, notes + refusals + warnings, checkpoint
         except CkptkitError as exc:
             refusals.append(f"skipped {record.path.name}, newer but unusable: {exc.message}")
     detail = "; ".join(refusals + notes) or "it holds no checkpoint with a manifest"
@@ -136,7 +142,11 @@ def verify_for_resume(path: Path) -> list[str]:
     ``torch.load(weights_only=True)``, and that it holds what a resume needs. Returns warnings
     (no manifest, no data position, no RNG state) that make the resume less than exact.
     """
-    path = Path(path)
+    return _verify(Path(path))[0]
+
+
+def _verify(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """verify_for_resume, also returning the checkpoint it loaded (memory-mapped)."""
     if not os.path.lexists(path):
         raise MissingFileError(path, "no such checkpoint")
     if is_temporary(path):
@@ -148,10 +158,20 @@ def verify_for_resume(path: Path) -> list[str]:
         raise ResumeRefusedError(path, exc.message) from exc
     if manifest is None:
         warnings.append("no manifest: nothing confirms this checkpoint was written completely")
-    elif problems := manifest_problems(path, manifest):
+    elif problems := manifest_problems(path, manifest, checksums=False):
         raise ResumeRefusedError(path, "does not match its manifest: " + "; ".join(problems))
-    warnings += _validator_warnings(path)
-    checkpoint = _load_checkpoint_dict(path)
+    # The CRC-32 pass reads every byte; it runs beside the validation and the (mapped) load,
+    # and a mismatch is reported before anything those found.
+    checksums = _in_background(lambda: manifest_problems(path, manifest) if manifest is not None else [])
+    try:
+        warnings += _validator_warnings(path)
+        checkpoint = _load_checkpoint_dict(path)
+    except CkptkitError:
+        if problems := checksums():
+            raise ResumeRefusedError(path, "does not match its manifest: " + "; ".join(problems)) from None
+        raise
+    if problems := checksums():
+        raise ResumeRefusedError(path, "does not match its manifest: " + "; ".join(problems))
     required = (layout.GLOBAL_STEP,) if is_sharded_checkpoint(path) else layout.REQUIRED_KEYS
     if missing := [k for k in required if k not in checkpoint]:
         raise ResumeRefusedError(path, f"missing {', '.join(missing)}; a resume needs them")
@@ -159,7 +179,29 @@ def verify_for_resume(path: Path) -> list[str]:
         warnings.append("no data_position: the data order restarts at the beginning of an epoch; resume will not be exact")
     if layout.RNG_STATE not in checkpoint:
         warnings.append("no rng_state: random streams (dropout, sampling) will differ from the original run")
-    return warnings
+    return warnings, checkpoint
+
+
+def _in_background(job: Callable[[], list[str]]) -> Callable[[], list[str]]:
+    """Start ``job`` on a thread; the returned call waits for its result (or re-raises its error)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = job()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="ckptkit-resume-crc", daemon=True)
+    thread.start()
+
+    def result() -> list[str]:
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    return result
 
 
 def _validator_warnings(path: Path) -> list[str]:

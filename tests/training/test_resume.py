@@ -50,6 +50,19 @@ def test_a_checkpoint_with_one_flipped_bit_is_refused(tmp_path: Path, make_state
         verify_for_resume(path)
 
 
+def test_damage_that_also_breaks_the_index_is_refused_as_a_manifest_mismatch_first(tmp_path: Path, make_state) -> None:
+    # The CRC-32 pass runs beside the validation and the load; whichever fails first, the
+    # refusal names the root cause: these bytes are not the ones that were written.
+    path = _save(tmp_path, make_state(step=5))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"data.pkl") + 200          # inside the pickled index, past its local header
+    data[start: start + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(ResumeRefusedError) as refused:
+        verify_for_resume(path)
+    assert "does not match its manifest" in str(refused.value) and "(bytes damaged)" in str(refused.value)
+
+
 def test_a_truncated_checkpoint_without_manifest_is_refused_by_ckptkits_reader(tmp_path: Path, make_state) -> None:
     path = _save(tmp_path, make_state(step=5))
     manifest_path(path).unlink()
