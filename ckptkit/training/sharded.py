@@ -64,13 +64,11 @@ class ShardedSaver:
         rank = dist.get_rank()
         (first_kind, first), others = targets[0], targets[1:]
         trainer_states: dict[str, Any] = {}
-        old_manifests: dict[Path, bytes | None] = {}
         if rank == 0:
-            for kind, path in targets:
+            for kind, _ in targets:
                 # Through a snapshot for its canonical (interned) strings: equal states, byte-equal files.
                 trainer_states[kind] = StagingArea(pin_memory=False).snapshot(
                     build_checkpoint(state, rng_state, kind, world_size=world_size, sharded=True))
-                old_manifests[path] = take_manifest(path)
         name = [str(new_temp_dir(first)) if rank == 0 else None]
         dist.broadcast_object_list(name, src=0)
         tmp = Path(name[0])
@@ -90,14 +88,12 @@ class ShardedSaver:
                 shards_written()   # on rank 0: every rank's shards and .metadata are written
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                for path, old in old_manifests.items():   # the old folders are still in place
-                    put_back_manifest(path, old)
                 raise
-            _commit(tmp, first, trainer_states[first_kind], manifest_fields[first_kind], old_manifests[first])
+            _commit(tmp, first, trainer_states[first_kind], manifest_fields[first_kind])
             for kind, path in others:
                 linked = new_temp_dir(path)
                 _link_shards(first, linked)
-                _commit(linked, path, trainer_states[kind], manifest_fields[kind], old_manifests[path])
+                _commit(linked, path, trainer_states[kind], manifest_fields[kind])
 
         return finish
 
@@ -107,14 +103,24 @@ class ShardedSaver:
             self._stager = None
 
 
-def _commit(tmp: Path, path: Path, trainer_state: Any, manifest_fields: dict[str, Any], old_manifest: bytes | None) -> None:
-    """Rank 0: add the training state file, verify, swap the folder in, then write its manifest."""
+def _commit(tmp: Path, path: Path, trainer_state: Any, manifest_fields: dict[str, Any]) -> None:
+    """Rank 0: add the training state file, verify, swap the folder in, then write its manifest.
+
+    The old folder's manifest is taken away only now, just before the swap: while the shards
+    were being written in the background the old folder was untouched and still vouched for
+    (a crash then leaves it confirmed), and a manifest never vouches for the new folder's files
+    before they are the ones in place.
+    """
     try:
         torch.save(trainer_state, tmp / TRAINING_STATE_FILE)
-        commit_dir(tmp, path, verify=_verify_sharded)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        put_back_manifest(path, old_manifest)
+        raise
+    old_manifest = take_manifest(path)
+    try:
+        commit_dir(tmp, path, verify=_verify_sharded)
+    except BaseException:
+        put_back_manifest(path, old_manifest)   # the old folder is still in place
         raise
     write_manifest(path, Manifest(checkpoint=path.name, files=describe_files(path), **manifest_fields))
 

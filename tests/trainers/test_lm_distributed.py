@@ -59,3 +59,28 @@ def test_fsdp_sharded_checkpoints_resume_to_the_same_shards_and_state(two_rank_r
     state = torch.load(a / "ckptkit_training_state.pt", weights_only=True)
     assert "model_state_dict" not in state and state["ckptkit"]["sharded"] is True
     assert state["global_step"] == 8 and len(state["rng_state"]["ranks"]) == 2
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "trainers.lm", *args], env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_an_fsdp_run_killed_while_its_async_save_is_in_flight_resumes_to_the_same_shards(
+        two_rank_runs, tmp_path: Path) -> None:
+    out, _ = two_rank_runs
+    run = tmp_path / "killed"
+    # micro-step 12 completes step 6: its best+periodic save is submitted, then every rank is SIGKILLed
+    killed = _torchrun("--config", "tiny", "--grad-accum", "2", "--max-steps", "8", "--save-interval", "3",
+                       "--eval-interval", "3", "--fsdp", "--out", str(run), "--kill-at-micro-step", "12")
+    assert killed.returncode != 0 and not (run / "final_model").exists()
+    # step 3's folders are untouched and still confirmed, whatever the kill interrupted
+    for name in ("checkpoint_step_3", "best_model"):
+        assert (run / f"{name}.manifest.json").is_file(), sorted(p.name for p in run.iterdir())
+    resumed = _torchrun("--resume", str(run), "--fsdp")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "checkpoint_step_" in resumed.stdout
+    reference = out / "fsdp/uninterrupted/final_model"
+    for name in ("__0_0.distcp", "__1_0.distcp", "ckptkit_training_state.pt"):
+        assert (run / "final_model" / name).read_bytes() == (reference / name).read_bytes(), name
