@@ -7,11 +7,11 @@ One call per save point, from every rank::
         manager.save(state, ["periodic"])           # or ["best", "periodic"], ["final"], ["interrupt"]
 
 What the loop pays: gathering RNG states and copying the state into reusable CPU buffers
-(pinned on CUDA). A worker thread then, for each file: removes the stale manifest, writes the
-file beside its target through a CRC-32 counting writer (which starts the disk on each
-64 MiB as soon as it is written), fsyncs, reads it back with
-``torch.load(weights_only=True, mmap=True)``, renames it into place, writes the new manifest
-(the commit marker), and finally prunes old periodic checkpoints. A new save waits for the
+(pinned on CUDA). A worker thread then, for each file: writes the file beside its target
+through a CRC-32 counting writer (which starts the disk on each 64 MiB as soon as it is
+written), fsyncs, reads it back with ``torch.load(weights_only=True, mmap=True)``, removes the
+old file's manifest, renames the new file into place, writes its manifest (the commit
+marker), and finally prunes old periodic checkpoints. A new save waits for the
 previous write; ``close()`` (or leaving the ``with`` block) waits for the last one.
 
 Crash at any moment: the target name holds the previous complete file or the new one; a file
@@ -162,8 +162,8 @@ class CheckpointManager:
 def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_fields: dict[str, Any]) -> Manifest:
     """torch.save ``checkpoint`` to ``path`` atomically, verify it, then commit it with a manifest."""
     path = Path(path)
-    old_manifest = take_manifest(path)
     written: dict[str, ChecksumWriter] = {}
+    old_manifest: list[bytes | None] = []
 
     def write(f: Any) -> None:
         writer = written["w"] = ChecksumWriter(f, writeback_every=WRITEBACK_EVERY)
@@ -171,11 +171,16 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
 
     def verify(tmp: Path) -> None:
         _verify_written(path, tmp, written["w"].size, set(checkpoint))
+        # The last step before the rename: until now the old file was untouched and its manifest
+        # still true (a crash during the write leaves it confirmed); from the rename on, a stale
+        # manifest would vouch for new bytes, so it goes first.
+        old_manifest.append(take_manifest(path))
 
     try:
         atomic_write_file(path, write, verify=verify)
     except BaseException:
-        put_back_manifest(path, old_manifest)  # the old file is still in place, and still vouched for
+        if old_manifest:
+            put_back_manifest(path, old_manifest[0])  # the old file is still in place
         raise
     manifest = Manifest(checkpoint=path.name, files=(ManifestFile(path.name, written["w"].size, written["w"].crc32),), **manifest_fields)
     write_manifest(path, manifest)

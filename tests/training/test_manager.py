@@ -100,6 +100,25 @@ def test_a_write_that_does_not_read_back_keeps_the_old_file_and_its_manifest(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt", "best_model.pt.manifest.json"]
 
 
+def test_the_old_file_stays_confirmed_by_its_manifest_while_its_replacement_is_written(
+        tmp_path: Path, make_state, monkeypatch) -> None:
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(make_state(step=10, val_loss=1.0), ["best"])
+    old_manifest = manifest_path(tmp_path / "best_model.pt").read_text()
+    seen_while_writing = []
+    real_save = manager_module.torch.save
+
+    def save_and_look(obj, f):   # a crash here must leave best_model.pt confirmed
+        seen_while_writing.append(manifest_path(tmp_path / "best_model.pt").read_text())
+        real_save(obj, f)
+
+    monkeypatch.setattr(manager_module.torch, "save", save_and_look)
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(make_state(step=20, val_loss=0.5), ["best"])
+    assert seen_while_writing == [old_manifest]
+    assert read_manifest(tmp_path / "best_model.pt").global_step == 20
+
+
 def test_a_failed_background_write_is_raised_by_the_next_save(tmp_path: Path, make_state, monkeypatch) -> None:
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
