@@ -181,9 +181,9 @@ def _lightning_progress(tree: Tree, path: Path) -> Progress:
     # is_last_batch: the epoch counters are bumped at different moments for step-triggered and
     # epoch-end saves (checked against real Lightning 2.6 checkpoints), is_last_batch is not.
     epoch = S.as_int(tree.get("epoch"))
-    batch = _dig(tree, "loops", "fit_loop", "epoch_loop.batch_progress")
+    batch = dig(tree, "loops", "fit_loop", "epoch_loop.batch_progress")
     if epoch is not None and isinstance(batch, dict):
-        done_in_epoch = S.as_int(_dig(batch, "current", "processed")) or 0
+        done_in_epoch = S.as_int(dig(batch, "current", "processed")) or 0
         if batch.get("is_last_batch"):
             p.epochs_completed, p.step_in_epoch, p.epoch_complete = epoch + 1, 0, True
         else:
@@ -199,7 +199,7 @@ def _lightning_progress(tree: Tree, path: Path) -> Progress:
 
 
 def _lightning_record(tree: Tree, epochs: int, step: int) -> CounterValues:
-    batch = _dig(tree, "loops", "fit_loop", "epoch_loop.batch_progress")
+    batch = dig(tree, "loops", "fit_loop", "epoch_loop.batch_progress")
     if not isinstance(batch, dict) or not isinstance(batch.get("current"), dict):
         _whole_epochs_only(step, "this checkpoint has no loops.fit_loop batch progress")
         return {("epoch",): epochs}
@@ -210,7 +210,7 @@ def _lightning_record(tree: Tree, epochs: int, step: int) -> CounterValues:
         values = {("epoch",): epochs, where + ("is_last_batch",): False, where + ("current", "processed"): step}
     # Lightning resumes its epoch from the loops' epoch_progress ('epoch' is written from its
     # `completed`); the epoch being run is ready and started, and processed once its batches ran.
-    current = _dig(tree, "loops", "fit_loop", "epoch_progress", "current")
+    current = dig(tree, "loops", "fit_loop", "epoch_progress", "current")
     if isinstance(current, dict):
         running = values[("epoch",)]
         counts = {"completed": running, "ready": running + 1, "started": running + 1,
@@ -246,7 +246,8 @@ def _whole_epochs_only(step: int, why: str) -> None:
         raise UnrepresentableProgress(f"cannot record a position inside an epoch: {why}; use --complete")
 
 
-def _dig(tree: Any, *keys: str) -> Any:
+def dig(tree: Any, *keys: str) -> Any:
+    """``tree[k1][k2]...``, or None where a level is missing or not a dict."""
     for key in keys:
         if not isinstance(tree, dict) or key not in tree:
             return None

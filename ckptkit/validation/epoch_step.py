@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit import sections as S
 from ckptkit.checkpoint import Finding, Severity
+from ckptkit.families import dig
 from ckptkit.validation.param_matching import optimizer_step
 
 if TYPE_CHECKING:
@@ -160,17 +161,17 @@ def _lightning(ctx: ValidationContext) -> Iterable[Finding]:
     tree = ctx.ckpt.tree
     if ctx.ckpt.family != "lightning" or not isinstance(tree, dict):
         return
-    fit = _dig(tree, "loops", "fit_loop")
+    fit = dig(tree, "loops", "fit_loop")
     epoch, step = S.as_int(tree.get("epoch")), S.as_int(tree.get("global_step"))
-    completed = S.as_int(_dig(fit, "epoch_progress", "current", "completed"))
+    completed = S.as_int(dig(fit, "epoch_progress", "current", "completed"))
     if epoch is not None and completed is not None and epoch != completed:
         yield Finding(CODE, Severity.WARNING, ctx.where("epoch"),
                       f"'epoch' = {epoch} but loops.fit_loop.epoch_progress.current.completed = {completed}: "
                       "Lightning writes both from its current_epoch, so they cannot both be true; a resume "
                       f"takes the loops' epoch {completed}, while the file name and tools reading 'epoch' say "
                       f"{epoch}", _lightning_fix(ctx, fit, completed))
-    batches = S.as_int(_dig(fit, "epoch_loop.batch_progress", "total", "processed"))
-    manual = S.as_int(_dig(fit, "epoch_loop.manual_optimization.optim_step_progress", "total", "completed"))
+    batches = S.as_int(dig(fit, "epoch_loop.batch_progress", "total", "processed"))
+    manual = S.as_int(dig(fit, "epoch_loop.manual_optimization.optim_step_progress", "total", "completed"))
     one_optimizer = isinstance(tree.get("optimizer_states"), list) and len(tree["optimizer_states"]) == 1
     if step is not None and batches is not None and manual == 0 and one_optimizer and step > batches:
         yield Finding(CODE, Severity.WARNING, ctx.where("global_step"),
@@ -181,8 +182,8 @@ def _lightning(ctx: ValidationContext) -> Iterable[Finding]:
 
 
 def _lightning_fix(ctx: ValidationContext, fit: Any, completed: int) -> str:
-    batch = _dig(fit, "epoch_loop.batch_progress")
-    done = S.as_int(_dig(batch, "current", "processed")) or 0
+    batch = dig(fit, "epoch_loop.batch_progress")
+    done = S.as_int(dig(batch, "current", "processed")) or 0
     if isinstance(batch, dict) and batch.get("is_last_batch"):
         return ctx.command("fix-epoch", *position_args(completed + 1, 0))
     return ctx.command("fix-epoch", *position_args(completed, done))
@@ -214,11 +215,3 @@ def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
                   "optimizer state or total_batches changed between runs). With no gradient accumulation the "
                   f"optimizer's steps put the run at {_place(epochs, within)}; if so, record it with the fix command",
                   ctx.command("fix-epoch", *position_args(epochs, within)))
-
-
-def _dig(tree: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(tree, dict) or key not in tree:
-            return None
-        tree = tree[key]
-    return tree
