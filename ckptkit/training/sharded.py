@@ -92,7 +92,11 @@ class ShardedSaver:
             _commit(tmp, first, trainer_states[first_kind], manifest_fields[first_kind])
             for kind, path in others:
                 linked = new_temp_dir(path)
-                _link_shards(first, linked)
+                try:
+                    _link_shards(first, linked)
+                except BaseException:
+                    shutil.rmtree(linked, ignore_errors=True)
+                    raise
                 _commit(linked, path, trainer_states[kind], manifest_fields[kind])
 
         return finish
