@@ -35,6 +35,18 @@ _NEW = "new-"
 _OLD = "old-"
 
 
+def abandoned_writes(folder: Path) -> list[Path]:
+    """The temporary files and folders of new writes in ``folder`` (``<name>.ckptkit-tmp-new-*``).
+
+    With no write in progress these are what a crash left: never a complete checkpoint (the
+    old one is still at its name), so a writer that owns ``folder`` may delete them. Aside
+    folders of an interrupted swap (``-old-``) are complete old checkpoints: see
+    :func:`recover_dir`; they are not listed here.
+    """
+    marker = f"{TEMP_MARKER}{_NEW}"
+    return sorted(p for p in Path(folder).iterdir() if marker in p.name)
+
+
 def is_temporary(path: Path) -> bool:
     """Whether ``path`` names a temporary file or folder left by (or in use by) an atomic write."""
     return TEMP_MARKER in Path(path).name

@@ -20,6 +20,7 @@ never touched by the write of the next one.
 """
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from ckptkit.atomic import atomic_write_file
+from ckptkit.atomic import abandoned_writes, atomic_write_file
 from ckptkit.errors import WriteVerificationError
 from ckptkit.manifest import ChecksumWriter, Manifest, ManifestFile, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training import layout
@@ -71,8 +72,10 @@ class CheckpointManager:
         self.metric_mode = metric_mode
         self.sharded = sharded
         self.rank, self.world_size = rank_and_world_size()
+        self.removed_leftovers: list[Path] = []
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.removed_leftovers = _remove_abandoned_writes(self.run_dir)
         self._staging = StagingArea()
         self._writer = BackgroundWriter(asynchronous=asynchronous)
         self._sharded_saver = None
@@ -157,6 +160,19 @@ class CheckpointManager:
             return
         for record in select_for_deletion(list_checkpoints(self.run_dir), self.keep_last, self.keep_best):
             delete_checkpoint(record.path)
+
+
+def _remove_abandoned_writes(run_dir: Path) -> list[Path]:
+    """A manager is the run directory's only writer: temporary files and folders there are what
+    a crashed save left (the checkpoint they were to replace is intact). Returns what went."""
+    removed = []
+    for leftover in abandoned_writes(run_dir):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+        removed.append(leftover)
+    return removed
 
 
 def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_fields: dict[str, Any]) -> Manifest:

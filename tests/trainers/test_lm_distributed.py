@@ -78,9 +78,13 @@ def test_an_fsdp_run_killed_while_its_async_save_is_in_flight_resumes_to_the_sam
     # step 3's folders are untouched and still confirmed, whatever the kill interrupted
     for name in ("checkpoint_step_3", "best_model"):
         assert (run / f"{name}.manifest.json").is_file(), sorted(p.name for p in run.iterdir())
+    leftovers = [p.name for p in run.iterdir() if ".ckptkit-tmp-new-" in p.name]
     resumed = _torchrun("--resume", str(run), "--fsdp")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout and "checkpoint_step_" in resumed.stdout
+    for name in leftovers:   # what the kill left half-written is cleared by the resumed run's manager
+        assert f"removed {name}: the unfinished write of a crashed save" in resumed.stdout
+    assert not [p.name for p in run.iterdir() if ".ckptkit-tmp-" in p.name]
     reference = out / "fsdp/uninterrupted/final_model"
     for name in ("__0_0.distcp", "__1_0.distcp", "ckptkit_training_state.pt"):
         assert (run / "final_model" / name).read_bytes() == (reference / name).read_bytes(), name

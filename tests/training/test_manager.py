@@ -119,6 +119,23 @@ def test_the_old_file_stays_confirmed_by_its_manifest_while_its_replacement_is_w
     assert read_manifest(tmp_path / "best_model.pt").global_step == 20
 
 
+def test_a_new_manager_removes_what_crashed_saves_left_and_nothing_else(tmp_path: Path, make_state) -> None:
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(make_state(step=10), ["periodic"])
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "checkpoint_step_20.pt.ckptkit-tmp-new-0123456789ab").write_bytes(b"PK half a save")
+    (tmp_path / "best_model.ckptkit-tmp-new-ba9876543210").mkdir()
+    (tmp_path / "best_model.ckptkit-tmp-new-ba9876543210" / "__0_0.distcp").write_bytes(b"shard")
+    (tmp_path / "best_model.ckptkit-tmp-old-aaaaaaaaaaaa").mkdir()   # a complete old folder: recover_dir's
+    (tmp_path / "notes.txt").write_text("mine")
+    manager = CheckpointManager(tmp_path)
+    manager.close()
+    assert sorted(p.name for p in manager.removed_leftovers) == [
+        "best_model.ckptkit-tmp-new-ba9876543210", "checkpoint_step_20.pt.ckptkit-tmp-new-0123456789ab"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*kept, "best_model.ckptkit-tmp-old-aaaaaaaaaaaa", "notes.txt"])
+
+
 def test_a_failed_background_write_is_raised_by_the_next_save(tmp_path: Path, make_state, monkeypatch) -> None:
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

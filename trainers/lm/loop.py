@@ -118,6 +118,8 @@ class LMRun:
             self.options.out, keep_last=self.options.keep_last, sharded=self.options.fsdp,
             asynchronous=self.options.asynchronous_save,
         ) as manager:
+            for leftover in manager.removed_leftovers:
+                self.log(f"removed {leftover.name}: the unfinished write of a crashed save (the checkpoint it was to replace is intact)")
             batches = self.sampler.iterate_from(p.position)
             status = "finished"
             while p.global_step < self.cfg.max_steps:
