@@ -54,7 +54,21 @@ def plan_resume(target: str | os.PathLike[str], trainer_args: tuple[str, ...] = 
         raise ResumeRefusedError(path, f"was not written by a bundled ckptkit trainer ({known}); resume it "
                                  f"with its own training script, e.g. --resume_from_checkpoint {path}")
     command = [sys.executable, "-m", BUNDLED_TRAINERS[trainer], "--resume", str(path), *trainer_args]
+    if ckpt.format == "dcp":   # FSDP shards: the trainer runs under torchrun, one process per rank
+        ranks = _world_size(ckpt)
+        command[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m"]
+        command.insert(command.index("--resume") + 2, "--fsdp")
     return ResumePlan(path, trainer, command, ckpt.progress, report.findings)
+
+
+def _world_size(ckpt: Checkpoint) -> int:
+    """How many ranks wrote a sharded checkpoint (DCP can reshard to other counts; the data
+    order of an exact resume needs the same one)."""
+    tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
+    for source in (tree.get("data_position"), tree.get("rng_state")):
+        if isinstance(source, dict) and isinstance(source.get("world_size"), int) and source["world_size"] > 0:
+            return source["world_size"]
+    return 1
 
 
 def trainer_of(ckpt: Checkpoint) -> str | None:

@@ -21,7 +21,7 @@ from ckptkit.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, Tens
 from ckptkit.dtypes import DType, dtype_named
 from ckptkit.errors import CkptkitError, CorruptCheckpointError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats.base import security_findings, unpickle_or_raise
-from ckptkit.formats.folder import FolderReading
+from ckptkit.formats.folder import FolderReading, take_training_state
 from ckptkit.formats.safetensors_file import read_safetensors_header
 from ckptkit.formats.torch_zip import ZIP_MAGIC, read_zip_pickle
 from ckptkit.safe_pickle import GlobalRef, PickledObject, TorchDtypeValue, safe_loads
@@ -31,6 +31,9 @@ class TensorInChunksError(UnsupportedFeatureError):
     """A tensor saved in several chunks has no single byte range; read `Checkpoint.chunks` instead."""
 
 METADATA = ".metadata"
+# ckptkit's sharded (FSDP) checkpoints keep everything but the shards in this member, written by
+# rank 0 beside DCP's files (`ckptkit.training.sharded`): counters, scheduler, RNG, data position.
+CKPTKIT_TRAINING_STATE = "ckptkit_training_state.pt"
 # The names DCP's own metadata pickle refers to; only these are expected there.
 _EXPECTED_GLOBALS = ("torch.distributed.checkpoint.", "torch.serialization._get_layout",
                      "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath")
@@ -71,7 +74,14 @@ class DcpFormat:
             reading.members[file] = _member(path, file, "DCP data", "dcp-items")
         layout = DcpLayout(path, reading, locations)
         tree = layout.build_tree(fields.get("state_dict_metadata"), fields.get("planner_data") or {})
+        state = None
+        if (path / CKPTKIT_TRAINING_STATE).is_file():
+            state = reading.open_member(CKPTKIT_TRAINING_STATE, "ckptkit training state (counters, scheduler, "
+                                        "RNG, data position)")
         ckpt = build_checkpoint(path, self.name, tree, [])
+        if state is not None and isinstance(state.tree, dict):
+            ckpt.tree = {**{k: v for k, v in state.tree.items() if k not in tree}, **tree}
+            take_training_state(ckpt, state, CKPTKIT_TRAINING_STATE)
         done = reading.finish(self.name, ckpt.family, ckpt.progress)
         ckpt.size_bytes, ckpt.files, ckpt.members = done.size_bytes, done.files, done.members
         ckpt.chunks = layout.chunks

@@ -159,3 +159,19 @@ class FolderReading:
             return (self.path / name).stat().st_size
         except OSError:
             return 0
+
+
+def take_training_state(ckpt: Checkpoint, state: Checkpoint, member: str) -> None:
+    """A folder's training-state member (seed 003's `training_state.pth`, ckptkit's sharded
+    `ckptkit_training_state.pt`) gives the folder its family, progress and non-tensor
+    sections; each section's source names the member."""
+    ckpt.family, ckpt.progress = state.family, state.progress
+    for attr in ("optimizer", "scheduler", "scaler", "rng"):
+        value = getattr(state, attr)
+        if value is not None and getattr(ckpt, attr) is None:
+            setattr(ckpt, attr, value)
+            ckpt.sources[attr] = f"{member}: {state.sources.get(attr, attr)}"
+    ckpt.metrics.update(state.metrics)
+    ckpt.histories.update(state.histories)
+    ckpt.extra.update(state.extra)
+    ckpt.progress.sources = {k: f"{member} {v}" for k, v in ckpt.progress.sources.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckptkit.checkpoint import Checkpoint, Progress, Severity
-from ckptkit.formats.folder import FolderReading, has_weights, member_names
+from ckptkit.formats.folder import FolderReading, has_weights, member_names, take_training_state
 
 TRAINING_STATE = "training_state.pth"
 CONFIG_FILES = ("config.json", "adapter_config.json")
@@ -45,22 +45,9 @@ class SavePretrainedFormat:
         ckpt = reading.finish(self.name, family, progress)
         ckpt.model, ckpt.config = model, config
         if state is not None:
-            _take_training_state(ckpt, state)
+            take_training_state(ckpt, state, TRAINING_STATE)
         elif TRAINING_STATE in names:
             ckpt.progress = Progress(notes=["training_state.pth is unreadable: a resume would restart at epoch 0"])
         if not model and not any(f.severity is Severity.ERROR for f in ckpt.findings):
             reading.add_finding("folder.missing-weights", Severity.ERROR, "", "no model weights found")
         return ckpt
-
-
-def _take_training_state(ckpt: Checkpoint, state: Checkpoint) -> None:
-    """Sections of training_state.pth become the folder's, their sources naming the member."""
-    for attr in ("optimizer", "scheduler", "scaler", "rng"):
-        value = getattr(state, attr)
-        if value is not None:
-            setattr(ckpt, attr, value)
-            ckpt.sources[attr] = f"{TRAINING_STATE}: {state.sources.get(attr, attr)}"
-    ckpt.metrics.update(state.metrics)
-    ckpt.histories.update(state.histories)
-    ckpt.extra.update(state.extra)
-    ckpt.progress.sources = {k: f"{TRAINING_STATE} {v}" for k, v in ckpt.progress.sources.items()}

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ckptkit.formats.dcp import CKPTKIT_TRAINING_STATE
 from ckptkit.training.sampler import DataPosition
 
 MODEL = "model_state_dict"
@@ -51,7 +52,7 @@ BEST_NAME = "best_model"
 FINAL_NAME = "final_model"
 KINDS = ("periodic", "best", "final", "interrupt")
 # Sharded (FSDP) checkpoints are folders: torch.distributed.checkpoint files plus this one.
-TRAINING_STATE_FILE = "ckptkit_training_state.pt"
+TRAINING_STATE_FILE = CKPTKIT_TRAINING_STATE   # the DCP reader merges it into the folder
 DCP_METADATA_FILE = ".metadata"
 _PERIODIC_RE = re.compile(r"^checkpoint_step_(\d+)(?:_micro_(\d+))?(\.pt)?$")
 

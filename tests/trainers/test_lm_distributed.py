@@ -79,8 +79,12 @@ def test_an_fsdp_run_killed_while_its_async_save_is_in_flight_resumes_to_the_sam
     for name in ("checkpoint_step_3", "best_model"):
         assert (run / f"{name}.manifest.json").is_file(), sorted(p.name for p in run.iterdir())
     leftovers = [p.name for p in run.iterdir() if ".ckptkit-tmp-new-" in p.name]
-    resumed = _torchrun("--resume", str(run), "--fsdp")
+    # `ckptkit resume RUN_DIR` finds the newest confirmed folder and relaunches the trainer under torchrun
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    resumed = subprocess.run([sys.executable, "-m", "ckptkit", "resume", str(run)], env=env,
+                             capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "--nproc-per-node=2 -m trainers.lm --resume" in resumed.stdout and "--fsdp" in resumed.stdout
     assert "resuming from" in resumed.stdout and "checkpoint_step_" in resumed.stdout
     for name in leftovers:   # what the kill left half-written is cleared by the resumed run's manager
         assert f"removed {name}: the unfinished write of a crashed save" in resumed.stdout

@@ -12,7 +12,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint import FileSystemReader
 
+from ckptkit import resuming
 from ckptkit.checkpoint import Severity
+from ckptkit.formats import open_checkpoint
 from ckptkit.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, TrainingState, load_for_resume
 from ckptkit.training import sharded as sharded_module
@@ -103,3 +105,24 @@ def test_a_failed_shard_write_keeps_the_old_folder_and_its_manifest_and_leaves_n
     assert _files(folder) == before
     assert manifest_path(folder).read_bytes() == manifest_before
     assert not [p for p in run.iterdir() if ".ckptkit-tmp-" in p.name]
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_ckptkit_reads_its_sharded_folder_with_the_training_state_beside_the_shards(
+        tmp_path: Path, make_state: Callable[..., TrainingState], monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    with CheckpointManager(run, sharded=True) as manager:
+        manager.save(make_state(step=4), ["periodic"])
+    ckpt = open_checkpoint(run / "checkpoint_step_4")
+    assert ckpt.format == "dcp" and ckpt.progress.global_step == 4
+    assert ckpt.progress.sources["global_step"].startswith("ckptkit_training_state.pt ")
+    assert ckpt.scheduler is not None and ckpt.sources["scheduler"].startswith("ckptkit_training_state.pt")
+    assert ckpt.extra["ckptkit"]["trainer"] == "unit" and ckpt.extra["ckptkit"]["sharded"] is True
+    assert sorted(ckpt.model) == ["0.bias", "0.weight", "2.bias", "2.weight"]   # from the shards
+    # `ckptkit resume` runs such a folder's trainer under torchrun, one process per rank, with --fsdp
+    monkeypatch.setitem(resuming.BUNDLED_TRAINERS, "unit", "trainers.unit")
+    plan = resuming.plan_resume(run, ("--log-interval", "1"))
+    assert plan.checkpoint == run / "checkpoint_step_4"
+    assert plan.command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m",
+                                "trainers.unit", "--resume", str(run / "checkpoint_step_4"), "--fsdp",
+                                "--log-interval", "1"]
