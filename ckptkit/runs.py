@@ -240,6 +240,8 @@ def _mark(run: Run) -> None:
     for entry in _most_advanced(run.entries):
         entry.markers.append("latest")
     for entry in run.entries:
+        if entry.temporary:   # an unfinished write is none of these, whatever name it borrows
+            continue
         if BEST_NAME.search(entry.path.name) or entry.path in best_folders:
             entry.markers.append("best")
         if entry.progress.training_finished or FINAL_NAME.search(entry.path.name):

@@ -80,11 +80,13 @@ def test_temporary_leftovers_are_broken_rows_never_picked_for_resume(tmp_path: P
     hf_checkpoint(tmp_path / "tmp-checkpoint-1500", 1500, 1.5)
     hf_checkpoint(tmp_path / "checkpoint-2000.ckptkit-tmp-new-1a2b3c", 2000, 2.0)
     (tmp_path / "model.pt.ckptkit-tmp-new-9f8e").write_bytes(b"PK\x03\x04partial")
+    (tmp_path / "best_model.pt.ckptkit-tmp-new-77aa").write_bytes(b"PK\x03\x04partial")
     run = scan_run(tmp_path)
-    temporary = {e.relative: (e.health.status, e.temporary) for e in run.entries if e.temporary}
-    assert temporary == {"tmp-checkpoint-1500": ("broken", True),
-                         "checkpoint-2000.ckptkit-tmp-new-1a2b3c": ("broken", True),
-                         "model.pt.ckptkit-tmp-new-9f8e": ("broken", True)}
+    temporary = {e.relative: (e.health.status, e.temporary, e.markers) for e in run.entries if e.temporary}
+    assert temporary == {"tmp-checkpoint-1500": ("broken", True, []),
+                         "checkpoint-2000.ckptkit-tmp-new-1a2b3c": ("broken", True, []),
+                         "model.pt.ckptkit-tmp-new-9f8e": ("broken", True, []),
+                         "best_model.pt.ckptkit-tmp-new-77aa": ("broken", True, [])}   # not "best"
     assert run.resume is not None and run.resume.relative == "checkpoint-1000"
     assert sorted(w for c, w in run_codes(run) if c == "run.temporary-leftover") == sorted(temporary)
     tmp_row = next(e for e in run.entries if e.relative == "tmp-checkpoint-1500")
