@@ -15,6 +15,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from ckptkit import resuming
 from ckptkit.checkpoint import Severity
 from ckptkit.formats import open_checkpoint
+from ckptkit.errors import ResumeRefusedError
 from ckptkit.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, TrainingState, load_for_resume
 from ckptkit.training import sharded as sharded_module
@@ -126,3 +127,17 @@ def test_ckptkit_reads_its_sharded_folder_with_the_training_state_beside_the_sha
     assert plan.command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m",
                                 "trainers.unit", "--resume", str(run / "checkpoint_step_4"), "--fsdp",
                                 "--log-interval", "1"]
+
+
+@pytest.mark.usefixtures("one_rank_group")
+def test_a_damaged_training_state_member_is_named_and_the_folder_is_not_resumed(
+        tmp_path: Path, make_state: Callable[..., TrainingState]) -> None:
+    run = tmp_path / "run"
+    with CheckpointManager(run, sharded=True) as manager:
+        manager.save(make_state(step=4), ["periodic"])
+    folder = run / "checkpoint_step_4"
+    os.truncate(folder / TRAINING_STATE_FILE, 1000)
+    errors = [(f.code, f.where) for f in validate_path(folder).findings if f.severity is Severity.ERROR]
+    assert ("folder.unreadable-member", f"checkpoint_step_4/{TRAINING_STATE_FILE}") in errors
+    with pytest.raises(ResumeRefusedError, match="does not match its manifest"):
+        load_for_resume(folder)
