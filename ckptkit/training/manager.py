@@ -12,7 +12,9 @@ through a CRC-32 counting writer (which starts the disk on each 64 MiB as soon a
 written), fsyncs, reads it back with ``torch.load(weights_only=True, mmap=True)``, removes the
 old file's manifest, renames the new file into place, writes its manifest (the commit
 marker), and finally prunes old periodic checkpoints. A new save waits for the
-previous write; ``close()`` (or leaving the ``with`` block) waits for the last one.
+previous write; ``close()`` (or leaving the ``with`` block) waits for the last one. Sharded
+(FSDP) saves go through ``dcp.async_save`` the same way: see :mod:`ckptkit.training.sharded`.
+A new manager first clears what crashed saves left in its run directory (``*.ckptkit-tmp-new-*``).
 
 Crash at any moment: the target name holds the previous complete file or the new one; a file
 without a manifest is "unconfirmed" and resume skips it; the newest confirmed checkpoint is
