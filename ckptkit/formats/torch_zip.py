@@ -12,6 +12,7 @@ import os
 import struct
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,6 +53,30 @@ def read_zip_pickle(path: Path, window: tuple[int, int] | None = None) -> tuple[
 
 
 def _read_zip_pickle(path: Path, source: Any, base: int) -> tuple[Any, list[Any], dict[str, str]]:
+    index = read_archive_index(path, source)
+    tree, globals_, storages = decode_data_pkl(path, index, base)
+    members = {"zip_prefix": index.prefix, "storage_records": str(len(storages))}
+    return tree, globals_, members
+
+
+@dataclass
+class ArchiveIndex:
+    """What a reader takes from a torch zip archive before decoding: its directory and data.pkl."""
+
+    infos: dict[str, zipfile.ZipInfo]   # the central directory, by member name
+    prefix: str                          # "archive" for <prefix>/data.pkl
+    data_pkl: bytes
+
+    def record_info(self, key: str) -> zipfile.ZipInfo | None:
+        return self.infos.get(f"{self.prefix}/data/{key}")
+
+
+def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
+    """The archive's directory and data.pkl bytes, found as every reader finds them (`source`: an
+    open file or window of it holding the archive; default: the file at `path`)."""
+    if source is None:
+        with open(path, "rb") as f:
+            return read_archive_index(path, f)
     try:
         zf = zipfile.ZipFile(source)
     except zipfile.BadZipFile:
@@ -74,26 +99,32 @@ def _read_zip_pickle(path: Path, source: Any, base: int) -> tuple[Any, list[Any]
             raise CorruptCheckpointError(path, f"{pickles[0]} is damaged: {exc}") from None
     if byteorder != "little":
         raise UnsupportedFeatureError(path, f"tensor data is {byteorder}-endian; ckptkit reads little-endian only")
+    return ArchiveIndex(infos, prefix.rstrip("/"), data)
+
+
+def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0) -> tuple[Any, list[Any], dict[str, StorageRef]]:
+    """Unpickle `index.data_pkl` into a tree whose storages are located through `index.infos`
+    (lazily: a storage whose record is missing fails only when its bytes are asked for)."""
+    what = f"{index.prefix}/data.pkl"
     storages: dict[str, StorageRef] = {}
 
     def persistent_load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CorruptCheckpointError(path, f"unexpected persistent id {ascii(pid)[:80]} in {pickles[0]}")
+            raise CorruptCheckpointError(path, f"unexpected persistent id {ascii(pid)[:80]} in {what}")
         _, stype, key, location, numel = pid
         if not isinstance(stype, StorageType):
             raise CorruptCheckpointError(path, f"storage {key!r} has an unknown storage type")
         key = str(key)
         if key not in storages:
-            member = infos.get(f"{prefix}data/{key}")
+            member = index.record_info(key)
             storages[key] = StorageRef(
                 key, stype.dtype, int(numel), str(location),
                 locate=lambda m=member, k=key: locate_record(path, m, k, base),
                 stored_nbytes=member.file_size if member is not None else None)
         return storages[key]
 
-    result = unpickle_or_raise(path, pickles[0], lambda: safe_loads(data, persistent_load))
-    members = {"zip_prefix": prefix.rstrip("/"), "storage_records": str(len(storages))}
-    return result.value, result.globals, members
+    result = unpickle_or_raise(path, what, lambda: safe_loads(index.data_pkl, persistent_load))
+    return result.value, result.globals, storages
 
 
 class FileSlice(io.RawIOBase):
@@ -155,7 +186,8 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed, so equal content gives equal bytes
 
 def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: int = 16 << 20,
                     known_crcs: dict[str, int] | None = None,
-                    record_written: Callable[[str, int, int], None] | None = None) -> None:
+                    record_written: Callable[[str, int, int], None] | None = None,
+                    dumped: tuple[bytes, dict[str, StorageRef]] | None = None) -> None:
     """Write `tree` as a torch.save zip archive to the binary file `out`.
 
     Tensors are written from their StorageRefs: each storage record is copied byte for byte from
@@ -164,11 +196,12 @@ def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: in
     are copied by the kernel (copy_file_range: no pass through this process's memory); the
     caller must read them back to check them, as no CRC is computed here for those.
     `record_written(key, offset, length)` is called as each such record lands in `out`, so the
-    caller can check it while the next one is copied.
+    caller can check it while the next one is copied. `dumped`: `dumps_tree(tree)`, where the
+    caller has it already.
     """
     from ckptkit.pickle_writer import dumps_tree
 
-    data_pkl, storages = dumps_tree(tree)
+    data_pkl, storages = dumped if dumped is not None else dumps_tree(tree)
     with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         _write_member(zf, out, f"{prefix}/data.pkl", [data_pkl], len(data_pkl))
         for name, text in ((".format_version", b"1"), (".storage_alignment", b"64"), ("byteorder", b"little")):

@@ -5,8 +5,9 @@ being replaced by the kernel (copy_file_range; chunked pread/pwrite where unsupp
 memory stays small whatever the checkpoint's size. Before the new file is renamed into place
 it is read back: every record's bytes must have the CRC32 of the original's record (from the
 original's zip directory, or computed for legacy files), the new directory must point at the
-records that were checked, and the tree must equal the intended one. Each record is read back
-in a second thread while the next one is copied, so the check costs little extra time.
+records that were checked, and data.pkl must hold the bytes that were written, which decode to
+the intended tree. Each record is read back in a second thread while the next one is copied,
+and the new data.pkl is decoded in a third, so the checks cost little extra time.
 """
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ import queue
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from ckptkit.atomic import atomic_write_file, start_writeback
 from ckptkit.checkpoint import Checkpoint, StorageRef
 from ckptkit.crc import range_crc32
 from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
-from ckptkit.formats import open_checkpoint
-from ckptkit.formats.torch_zip import write_torch_zip
+from ckptkit.formats.torch_zip import ArchiveIndex, decode_data_pkl, locate_record, read_archive_index, write_torch_zip
 from ckptkit.repair.changes import first_difference
 
 REWRITABLE = ("torch-zip", "torch-legacy")
@@ -44,7 +44,7 @@ def check_rewritable(ckpt: Checkpoint) -> None:
 def check_writable_tree(ckpt: Checkpoint) -> None:
     """Raise (naming the file) when the tree holds a value the pickle writer cannot re-emit."""
     try:
-        tree_storages(ckpt.tree)
+        dumps_tree(ckpt.tree)
     except CkptkitError as exc:
         if exc.path is None:
             raise type(exc)(ckpt.path, f"cannot be rewritten: {exc.message}") from None
@@ -62,26 +62,80 @@ def rewrite_file(ckpt: Checkpoint, backup: Path | None) -> None:
     """Replace `ckpt.path` with `ckpt.tree` (already changed in memory) as a torch zip archive."""
     path = ckpt.path
     prefix = ckpt.metadata.get("zip_prefix") or path.name.split(".")[0] or "archive"
-    expected = original_crcs(ckpt)
+    data_pkl, storages = dumps_tree(ckpt.tree)
+    expected = original_crcs(ckpt, storages)
     checked: dict[str, tuple[int, int]] = {}
+    # The new data.pkl must decode to the intended tree. That is a pure-Python unpickle, so it
+    # runs beside the copy (which waits in the kernel); `verify` then only has to find the same
+    # bytes in the new file, where a reader finds them.
+    decodes = Beside(lambda: check_decodes_to(path, data_pkl, ckpt.tree, set(expected)))
 
     def write(f: BinaryIO) -> None:
         checker = RecordChecker(path, Path(f.name), expected)
         try:
-            write_torch_zip(f, ckpt.tree, prefix, CHUNK, known_crcs=expected, record_written=checker.submit)
+            write_torch_zip(f, ckpt.tree, prefix, CHUNK, known_crcs=expected, record_written=checker.submit,
+                            dumped=(data_pkl, storages))
         finally:
             checker.finish()
         checked.update(checker.checked)
 
     def verify(tmp: Path) -> None:
-        written = open_checkpoint(tmp)
-        where = first_difference(ckpt.tree, written.tree)
-        if written.format != "torch-zip" or where is not None:
-            raise WriteVerificationError(path, f"the rewritten file read back differently ({where}); "
-                                         "nothing was replaced")
-        check_directory(path, written, expected, checked)
+        decodes.result()
+        check_archive(path, tmp, data_pkl, expected, checked)
 
-    atomic_write_file(path, write, verify=verify, backup=backup)
+    try:
+        atomic_write_file(path, write, verify=verify, backup=backup)
+    finally:
+        decodes.result(raise_error=False)
+
+
+class Beside:
+    """Runs `work()` on a thread of its own; `result()` waits for it and re-raises its error."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._work = work
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:   # handed to the caller of result()
+            self._error = exc
+
+    def result(self, raise_error: bool = True) -> None:
+        self._thread.join()
+        if raise_error and self._error is not None:
+            raise self._error
+
+
+def check_decodes_to(original: Path, data_pkl: bytes, tree: Any, keys: set[str]) -> None:
+    """`data_pkl` unpickles (as every ckptkit reader unpickles) to `tree`, naming exactly `keys`."""
+    index = ArchiveIndex({}, "archive", data_pkl)
+    decoded, _, storages = decode_data_pkl(original, index)
+    where = first_difference(tree, decoded)
+    if where is not None or set(storages) != keys:
+        raise WriteVerificationError(original, f"the rewritten index decodes differently "
+                                     f"({where or 'storage records'}); nothing was replaced")
+
+
+def check_archive(original: Path, written: Path, data_pkl: bytes, expected: dict[str, int],
+                  checked: dict[str, tuple[int, int]]) -> None:
+    """The new archive, read as a reader reads it, holds `data_pkl` and, for every storage
+    record, the bytes that were read back: its directory has their CRC32 and points at them."""
+    index = read_archive_index(written)
+    if index.data_pkl != data_pkl:
+        raise WriteVerificationError(original, "the rewritten file's data.pkl read back with other bytes "
+                                     "than were written; nothing was replaced")
+    if set(checked) != set(expected):
+        raise WriteVerificationError(original, "not every storage record was read back; nothing was replaced")
+    for key, crc in expected.items():
+        info = index.record_info(key)
+        where = locate_record(written, info, key) if info is not None else None
+        if info is None or info.CRC != crc or (where.offset, where.length) != checked[key]:
+            raise WriteVerificationError(original, f"storage record data/{key}: the new archive's directory "
+                                         "does not match the record that was written; nothing was replaced")
 
 
 class RecordChecker:
@@ -129,18 +183,16 @@ class RecordChecker:
             os.close(fd)
 
 
-def tree_storages(tree: Any) -> dict[str, StorageRef]:
-    """Every storage a tree refers to (tensors inside pickled objects included), by key."""
-    from ckptkit.pickle_writer import TreePickler
+def dumps_tree(tree: Any) -> tuple[bytes, dict[str, StorageRef]]:
+    """The pickle bytes for `tree` and every storage it refers to (tensors inside pickled
+    objects included), by key."""
+    from ckptkit.pickle_writer import dumps_tree as dumps
 
-    pickler = TreePickler()
-    pickler.dumps(tree)
-    return pickler.storages
+    return dumps(tree)
 
 
-def original_crcs(ckpt: Checkpoint) -> dict[str, int]:
-    """The CRC32 of every storage record the tree refers to, as the original file holds it."""
-    storages = tree_storages(ckpt.tree)
+def original_crcs(ckpt: Checkpoint, storages: dict[str, StorageRef]) -> dict[str, int]:
+    """The CRC32 of every storage record in `storages`, as the original file holds it."""
     prefix = ckpt.metadata.get("zip_prefix")
     if ckpt.format == "torch-zip" and prefix is not None:
         with zipfile.ZipFile(ckpt.path) as zf:
@@ -155,20 +207,3 @@ def record_crc(storage: StorageRef) -> int:
         return range_crc32(fd, where.path, where.offset, where.length)
     finally:
         os.close(fd)
-
-
-def check_directory(original: Path, written: Checkpoint, expected: dict[str, int],
-                    checked: dict[str, tuple[int, int]]) -> None:
-    """The new archive's records are the ones that were read back, where its reader finds them."""
-    storages = tree_storages(written.tree)
-    if set(storages) != set(expected) or set(checked) != set(expected):
-        raise WriteVerificationError(original, "the rewritten file refers to other storage records than "
-                                     "the original; nothing was replaced")
-    prefix = written.metadata.get("zip_prefix", "archive")
-    with zipfile.ZipFile(written.path) as zf:
-        stored = {key: zf.getinfo(f"{prefix}/data/{key}").CRC for key in storages}
-    for key, storage in storages.items():
-        where = storage.byte_range()
-        if stored[key] != expected[key] or (where.offset, where.length) != checked[key]:
-            raise WriteVerificationError(original, f"storage record data/{key}: the new archive's directory "
-                                         "does not match the record that was written; nothing was replaced")

@@ -176,3 +176,68 @@ def test_a_damaged_tensor_record_stops_the_rewrite_and_leaves_the_original(tmp_p
         fix_epoch(path, 1)
     assert path.read_bytes() == bytes(raw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]
+
+
+def _small_state(path: Path) -> bytes:
+    torch.save({"epoch": 1, "step": 3, "total_batches": 10, "best_val_f1": 0.1,
+                "model_state_dict": {"w": torch.arange(4096, dtype=torch.float32),
+                                     "b": torch.ones(8)}}, path)
+    return path.read_bytes()
+
+
+def test_an_index_that_decodes_to_another_tree_is_refused_and_the_original_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pickle-writer bug (here: the index claims epoch 7 where 1 was intended) never lands."""
+    from ckptkit.repair import rewrite
+
+    path = tmp_path / "training_state.pth"
+    original = _small_state(path)
+    real_dumps = rewrite.dumps_tree
+
+    def wrong_epoch(tree):
+        data, storages = real_dumps(tree)
+        return real_dumps({**tree, "epoch": 7})[0] if "model_state_dict" in tree else data, storages
+
+    monkeypatch.setattr(rewrite, "dumps_tree", wrong_epoch)
+    with pytest.raises(CkptkitError, match=r"the rewritten index decodes differently \(epoch: 1 vs 7\); nothing was replaced"):
+        fix_epoch(path, 1)
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]
+
+
+def test_a_data_pkl_that_reads_back_other_than_written_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckptkit.repair import rewrite
+
+    path = tmp_path / "training_state.pth"
+    original = _small_state(path)
+    real_write = rewrite.write_torch_zip
+
+    def write_other_index(out, tree, *args, dumped, **kwargs):   # the bytes on disk are not the checked ones
+        data, storages = dumped
+        real_write(out, tree, *args, dumped=(data.replace(b"total_batches", b"total_batchez"), storages), **kwargs)
+
+    monkeypatch.setattr(rewrite, "write_torch_zip", write_other_index)
+    with pytest.raises(CkptkitError, match="data.pkl read back with other bytes than were written; nothing was replaced"):
+        fix_epoch(path, 1)
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]
+
+
+def test_a_directory_entry_pointing_away_from_the_checked_record_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ckptkit.checkpoint import ByteRange
+    from ckptkit.repair import rewrite
+
+    path = tmp_path / "training_state.pth"
+    original = _small_state(path)
+    real_locate = rewrite.locate_record
+
+    def shifted(where_file, info, key, base=0):
+        found = real_locate(where_file, info, key, base)
+        return ByteRange(found.path, found.offset + 64, found.length) if key == "0" else found
+
+    monkeypatch.setattr(rewrite, "locate_record", shifted)
+    with pytest.raises(CkptkitError, match="data/0: the new archive's directory does not match the record that was written"):
+        fix_epoch(path, 1)
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]
