@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
@@ -107,6 +107,7 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0) -> tuple[Any
     (lazily: a storage whose record is missing fails only when its bytes are asked for)."""
     what = f"{index.prefix}/data.pkl"
     storages: dict[str, StorageRef] = {}
+    locate = RecordLocator(path, index, base)
 
     def persistent_load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -119,7 +120,7 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0) -> tuple[Any
             member = index.record_info(key)
             storages[key] = StorageRef(
                 key, stype.dtype, int(numel), str(location),
-                locate=lambda m=member, k=key: locate_record(path, m, k, base),
+                locate=lambda k=key: locate(k),
                 stored_nbytes=member.file_size if member is not None else None)
         return storages[key]
 
@@ -156,9 +157,46 @@ class FileSlice(io.RawIOBase):
         return len(data)
 
 
-def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0) -> ByteRange:
+class RecordLocator:
+    """Where each storage record of one archive lies, as a reader finds it: `locator(key)`.
+
+    The first call reads every record's local header through one open file (a repair or a
+    deep validation asks for all of them; one open per record cost more than the reads). A
+    record whose header is damaged or missing raises only when that record is asked for.
+    """
+
+    def __init__(self, path: Path, index: ArchiveIndex, base: int = 0) -> None:
+        self.path, self.index, self.base = path, index, base
+        self._found: dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError] | None = None
+
+    def __call__(self, key: str) -> ByteRange:
+        if self._found is None:
+            self._found = self._read_headers()
+        found = self._found.get(key)
+        if found is None:
+            return locate_record(self.path, self.index.record_info(key), key, self.base)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _read_headers(self) -> dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError]:
+        records = f"{self.index.prefix}/data/"
+        found: dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError] = {}
+        with open(self.path, "rb") as f:
+            for name, info in self.index.infos.items():
+                if name.startswith(records):
+                    key = name[len(records):]
+                    try:
+                        found[key] = locate_record(self.path, info, key, self.base, f)
+                    except (CorruptCheckpointError, UnsupportedFeatureError) as exc:
+                        found[key] = exc
+        return found
+
+
+def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0,
+                  f: BinaryIO | None = None) -> ByteRange:
     """Where storage record `key` lies in `path`; `base`: where the archive starts in the file
-    (DCP `.distcp` files concatenate whole torch.save archives)."""
+    (DCP `.distcp` files concatenate whole torch.save archives); `f`: `path`, opened already."""
     if info is None:
         raise CorruptCheckpointError(path, f"storage record data/{key} is missing from the archive")
     if info.compress_type != zipfile.ZIP_STORED:
@@ -166,9 +204,11 @@ def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int 
     if base + info.header_offset < 0:
         raise CorruptCheckpointError(path, f"storage record data/{key}: the zip directory points before the "
                                      "start of the archive")
-    with open(path, "rb") as f:
-        f.seek(base + info.header_offset)
-        raw = f.read(_LOCAL_HEADER.size)
+    if f is None:
+        with open(path, "rb") as own:
+            return locate_record(path, info, key, base, own)
+    f.seek(base + info.header_offset)
+    raw = f.read(_LOCAL_HEADER.size)
     if len(raw) < _LOCAL_HEADER.size or raw[:4] != ZIP_MAGIC:
         raise CorruptCheckpointError(path, f"storage record data/{key}: local zip header is damaged")
     name_len, extra_len = _LOCAL_HEADER.unpack(raw)[-2:]

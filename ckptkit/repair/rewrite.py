@@ -22,7 +22,8 @@ from ckptkit.atomic import atomic_write_file, start_writeback
 from ckptkit.checkpoint import Checkpoint, StorageRef
 from ckptkit.crc import range_crc32
 from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
-from ckptkit.formats.torch_zip import ArchiveIndex, decode_data_pkl, locate_record, read_archive_index, write_torch_zip
+from ckptkit.formats.torch_zip import (ArchiveIndex, RecordLocator, decode_data_pkl, read_archive_index,
+                                      write_torch_zip)
 from ckptkit.repair.changes import first_difference
 
 REWRITABLE = ("torch-zip", "torch-legacy")
@@ -130,9 +131,10 @@ def check_archive(original: Path, written: Path, data_pkl: bytes, expected: dict
                                      "than were written; nothing was replaced")
     if set(checked) != set(expected):
         raise WriteVerificationError(original, "not every storage record was read back; nothing was replaced")
+    locate = RecordLocator(written, index)
     for key, crc in expected.items():
         info = index.record_info(key)
-        where = locate_record(written, info, key) if info is not None else None
+        where = locate(key) if info is not None else None
         if info is None or info.CRC != crc or (where.offset, where.length) != checked[key]:
             raise WriteVerificationError(original, f"storage record data/{key}: the new archive's directory "
                                          "does not match the record that was written; nothing was replaced")

@@ -226,17 +226,18 @@ def test_a_data_pkl_that_reads_back_other_than_written_is_refused(tmp_path: Path
 def test_a_directory_entry_pointing_away_from_the_checked_record_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ckptkit.checkpoint import ByteRange
-    from ckptkit.repair import rewrite
+    from ckptkit.formats.torch_zip import RecordLocator
 
     path = tmp_path / "training_state.pth"
     original = _small_state(path)
-    real_locate = rewrite.locate_record
+    real_locate = RecordLocator.__call__
 
-    def shifted(where_file, info, key, base=0):
-        found = real_locate(where_file, info, key, base)
-        return ByteRange(found.path, found.offset + 64, found.length) if key == "0" else found
+    def shifted(self, key):   # the new archive's directory points 64 bytes past the record
+        found = real_locate(self, key)
+        moved = key == "0" and ".ckptkit-tmp-" in self.path.name
+        return ByteRange(found.path, found.offset + 64, found.length) if moved else found
 
-    monkeypatch.setattr(rewrite, "locate_record", shifted)
+    monkeypatch.setattr(RecordLocator, "__call__", shifted)
     with pytest.raises(CkptkitError, match="data/0: the new archive's directory does not match the record that was written"):
         fix_epoch(path, 1)
     assert path.read_bytes() == original
