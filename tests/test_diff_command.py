@@ -33,7 +33,7 @@ def test_the_same_checkpoint_twice_exits_0_and_says_equal(samples: dict[str, Pat
     code, out = run(samples["checkpoint-recent.pth"], samples["checkpoint-recent.pth"])
     assert code == 0
     assert "4 tensors paired: 4 identical, 0 equal within tolerance, 0 changed" in out
-    assert out.rstrip().endswith("Result: equal within tolerance")
+    assert out.rstrip().endswith("Result: identical (every tensor bit for bit, every other value equal)")
 
 
 def test_step_500_against_step_1000_lists_the_counter_and_history_changes(samples: dict[str, Path]) -> None:
@@ -73,6 +73,7 @@ def test_atol_makes_a_small_change_equal(tmp_path: Path) -> None:
     assert run(a, b)[0] == 1
     code, out = run(a, b, "--atol", "0.01")
     assert code == 0 and "1 equal within tolerance" in out
+    assert out.rstrip().endswith("Result: equal within tolerance")   # not "identical": bytes differ
     assert run(a, b, "--rtol", "0.001")[0] == 0
 
 

@@ -84,9 +84,16 @@ def render_diff(r: CheckpointDiff) -> str:
     if "optimizer" in r.sections:
         out += _optimizer(r)
     out += _other_tensors(r) + _changes(r)
-    verdict = "equal within tolerance" if r.equal else _breakdown(r)
-    out += ["", heading(f"Result: {verdict}")]
+    out += ["", heading(f"Result: {_verdict(r)}")]
     return "\n".join(out)
+
+
+def _verdict(r: CheckpointDiff) -> str:
+    if not r.equal:
+        return _breakdown(r)
+    if all(t.status == IDENTICAL for t in r.tensors):
+        return "identical (every tensor bit for bit, every other value equal)"
+    return "equal within tolerance"
 
 
 def _breakdown(r: CheckpointDiff) -> str:
