@@ -233,13 +233,17 @@ while True:
 """
 
 
-def _kill_at_random_moments(tmp_path: Path, mode: str, rounds: int, check) -> int:
-    """Returns how many kills landed mid-write (they left a temporary behind)."""
+def _kill_at_random_moments(tmp_path: Path, mode: str, rounds: int, check, *, want: int,
+                            max_rounds: int = 60) -> int:
+    """Kill a writer `rounds` times, and on until `want` kills have landed mid-write (they left a
+    temporary behind) or `max_rounds`; checks what is on disk after every kill. Returns how many
+    landed mid-write. (Where a kill lands depends on the disk: a slow directory fsync between
+    two writes leaves no temporary, so the count, not the number of rounds, is what is asked for.)"""
     rng = random.Random(8)
-    interrupted = 0
+    interrupted, done = 0, 0
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     target = tmp_path / ("model.pt" if mode == "file" else "ckpt")
-    for _ in range(rounds):
+    while done < rounds or (interrupted < want and done < max_rounds):
         child = subprocess.Popen(
             [sys.executable, "-c", _KILL_CHILD, str(target), mode, str(1 << 20)],
             stdout=subprocess.PIPE, env=env,
@@ -251,6 +255,7 @@ def _kill_at_random_moments(tmp_path: Path, mode: str, rounds: int, check) -> in
         check(target)
         leftovers = [p for p in tmp_path.iterdir() if is_temporary(p)]
         interrupted += bool(leftovers)
+        done += 1
         for leftover in leftovers:
             atomic.shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     return interrupted
@@ -263,7 +268,7 @@ def test_a_file_write_killed_at_random_moments_leaves_the_old_or_the_new_bytes(t
     def check(target: Path) -> None:
         assert target.read_bytes() in (b"A" * size, b"B" * size)
 
-    assert _kill_at_random_moments(tmp_path, "file", rounds=12, check=check) >= 3
+    assert _kill_at_random_moments(tmp_path, "file", rounds=12, check=check, want=3) >= 3
 
 
 def test_a_folder_write_killed_at_random_moments_leaves_a_whole_old_or_new_folder(tmp_path: Path) -> None:
@@ -277,4 +282,4 @@ def test_a_folder_write_killed_at_random_moments_leaves_a_whole_old_or_new_folde
         assert sorted(_read_tree(target)) == [f"part{n}.bin" for n in range(4)]
         assert contents in ({b"A" * size}, {b"B" * size})
 
-    assert _kill_at_random_moments(tmp_path, "dir", rounds=8, check=check) >= 2
+    assert _kill_at_random_moments(tmp_path, "dir", rounds=8, check=check, want=2) >= 2
