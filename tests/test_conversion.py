@@ -567,11 +567,14 @@ def test_to_hf_writes_the_rng_state_with_numpy_keys_as_a_plain_list_and_drops_wh
     torch.save({"model": sd, "rng_state": rng, "step": 3}, tmp_path / "b.pth", pickle_module=pickle)
     result = convert_checkpoint(tmp_path / "b.pth", tmp_path / "hf2", ConvertOptions(to="hf"))
     assert sorted(p.name for p in result.files) == ["model.safetensors"]
-    assert "rng (rng_state): holds numpy arrays, which ckptkit does not re-pickle" in result.dropped
+    assert ("rng (rng_state): rng_state.pth: holds numpy arrays, which ckptkit does not re-pickle; no rng_state "
+            "file written, so a Trainer resumed from the folder keeps its fresh generators") in result.dropped
 
 
 def test_to_hf_writes_one_rng_file_per_rank_when_the_state_came_from_rank_files(tmp_path: Path) -> None:
-    ranks = {f"rng_state_{r}.pth": {"cpu": torch.full((4,), r, dtype=torch.uint8)} for r in (0, 1)}
+    ranks = {f"rng_state_{r}.pth": {"python": (3, tuple(range(r, r + 625)), None),
+                                    "numpy": ("MT19937", list(range(624)), r, 0, 0.0),
+                                    "cpu": torch.full((4,), r, dtype=torch.uint8)} for r in (0, 1)}
     torch.save({"model": {"w": torch.ones(2)}, "rng_state": ranks, "step": 3}, tmp_path / "a.pth")
     result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "hf", ConvertOptions(to="hf"))
     assert sorted(p.name for p in result.files) == ["model.safetensors", "rng_state_0.pth", "rng_state_1.pth"]

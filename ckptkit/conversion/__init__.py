@@ -284,4 +284,4 @@ def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | 
     files = sorted(output.iterdir())
     return ConversionResult(ckpt.path, output, ckpt.format, "hf", files, len(plan.weights.tensors),
                             sum(p.stat().st_size for p in files), plan.verified, plan.weights.aliases,
-                            to.name if to else None, len(plan.weights.casts), plan.dropped)
+                            to.name if to else None, len(plan.weights.casts), plan.dropped, notes=plan.notes)

@@ -3,8 +3,9 @@
 Members written, as transformers' Trainer lays out `checkpoint-N/`: the weights as
 `model.safetensors` (`adapter_model.safetensors` when an `adapter_config.json` comes along; with
 --max-shard-size, `model-0000i-of-0000N.safetensors` shards and `model.safetensors.index.json`),
-`optimizer.pt`, `scheduler.pt`, `scaler.pt` and `rng_state.pth` (or `rng_state_{rank}.pth`) from
-the matching sections (unless --weights-only; numpy arrays in the RNG state as plain lists), and
+`optimizer.pt`, `scheduler.pt`, `scaler.pt` from the matching sections and `rng_state.pth` (or
+`rng_state_{rank}.pth`) in the layout Trainer restores (`ckptkit.conversion.hf_rng`) (unless
+--weights-only), and
 every JSON member the source carries (`config.json`, `trainer_state.json`, `adapter_config.json`,
 ... as packed by `ckptkit convert FOLDER file.pth`). Each file is read
 back and compared like any other conversion output before the folder is put in place.
@@ -17,15 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.checkpoint import Checkpoint
-from ckptkit.conversion.plan import (TensorPlan, dropped_sections, json_members, model_tensors,
-                                     not_rewritable, plan_tensors, rekeyed, safetensors_metadata,
-                                     with_plain_arrays)
+from ckptkit.conversion.hf_rng import TRAINING_ARGS_NOTE, hf_rng_files
+from ckptkit.conversion.plan import (TensorPlan, dropped_sections, json_members, model_tensors, plan_tensors,
+                                     rekeyed, safetensors_metadata)
 from ckptkit.conversion.shards import ShardLayout, shard_layout, verify_shards, write_shards
 from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
 from ckptkit.dtypes import DType
 from ckptkit.errors import UnsupportedFeatureError
-from ckptkit.formats.hf_trainer import RNG_FILE
+from ckptkit.formats.hf_trainer import TRAINER_STATE
 
+# transformers 5.23 Trainer.train(resume_from_checkpoint=...) opens this file unconditionally.
+NO_TRAINER_STATE_NOTE = ("no trainer_state.json written (the source has none): transformers' Trainer.train("
+                         "resume_from_checkpoint=...) opens it unconditionally, so a resume from this folder "
+                         "fails until one is added")
 SECTION_FILES = (("optimizer", "optimizer.pt"), ("scheduler", "scheduler.pt"), ("scaler", "scaler.pt"))
 
 
@@ -37,6 +42,7 @@ class FolderPlan:
     sections: dict[str, Any] = field(default_factory=dict)     # file name -> tree (torch.save)
     documents: dict[str, Any] = field(default_factory=dict)    # file name -> JSON value
     dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     shards: ShardLayout | None = None                          # --max-shard-size: weights in shards
     verified: int = 0
 
@@ -60,27 +66,19 @@ def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DT
         if value is not None:
             plan.sections[file] = rekeyed(value, set(), None, renumber=True)
     if ckpt.rng is not None:
-        rng = with_plain_arrays(ckpt.rng)
-        why = not_rewritable(rng)
-        if why:
-            plan.dropped.append(f"rng ({ckpt.sources.get('rng', '?')}): {why}")
-        else:
-            plan.sections.update((file, rekeyed(tree, set(), None, renumber=True)) for file, tree in rng_files(rng))
+        rng = hf_rng_files(ckpt.rng, ckpt.sources.get("rng", "?"))
+        plan.sections.update((file, rekeyed(tree, set(), None, renumber=True)) for file, tree in rng.files)
+        plan.dropped += rng.dropped
+        plan.notes += rng.notes
+    plan.notes.append(TRAINING_ARGS_NOTE)
+    if TRAINER_STATE not in documents:
+        plan.notes.append(NO_TRAINER_STATE_NOTE)
     if not ckpt.path.is_dir() and isinstance(ckpt.tree, dict):
         used = {ckpt.sources.get(s) for s in ("model", "optimizer", "scheduler", "scaler", "rng")}
         rest = [str(k) for k in ckpt.tree if k not in used and not str(k).endswith(".json")]
         if rest and ckpt.sources.get("model") != "(top level)":
             plan.dropped.append(f"other keys ({', '.join(rest)}): an HF folder has no file for them")
     return plan
-
-
-def rng_files(rng: Any) -> list[tuple[str, Any]]:
-    """The RNG state as Trainer's member files: one `rng_state_{rank}.pth` per rank when the state
-    came from such files (an HF folder packed by ckptkit keeps them by file name), else one
-    `rng_state.pth` holding the section as it is."""
-    if isinstance(rng, dict) and rng and all(isinstance(k, str) and RNG_FILE.fullmatch(k) for k in rng):
-        return sorted(rng.items())
-    return [("rng_state.pth", rng)]
 
 
 def populate(plan: FolderPlan, folder: Path) -> None:
