@@ -122,9 +122,18 @@ def test_data_position_without_grad_accum_says_nothing(save: Any, state: dict[st
 
 # --- Lightning ----------------------------------------------------------------------------------
 
-def lightning(tmp_path: Path, **changes: Any) -> Path:
+AUTOMATIC_STEPS = ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total")
+
+
+def lightning(tmp_path: Path, optimizer_steps: int | None = None, **changes: Any) -> Path:
+    """The real mid-epoch checkpoint (epoch 1, global_step 4, 4 batches) with some counters changed."""
     tree = torch.load(REAL / "lightning" / "mid_epoch" / "epoch=1-step=4.ckpt", weights_only=True)
     tree.update(changes)
+    if optimizer_steps is not None:
+        counter = tree["loops"]["fit_loop"]
+        for key in AUTOMATIC_STEPS:
+            counter = counter[key]
+        counter["completed"] = optimizer_steps
     path = tmp_path / "last.ckpt"
     torch.save(tree, path)
     return path
@@ -139,8 +148,26 @@ def test_lightning_epoch_disagreeing_with_its_loops_is_reported(tmp_path: Path) 
     assert finding.fix.endswith("last.ckpt --epoch 2 --step 1")
 
 
+def test_lightning_global_step_disagreeing_with_the_loops_optimizer_steps_is_reported(tmp_path: Path) -> None:
+    finding = only(run(lightning(tmp_path, global_step=5)), CODE)
+    assert finding.severity is Severity.WARNING
+    assert finding.where == "last.ckpt: global_step"
+    assert finding.message.startswith(
+        "global_step = 5 but loops.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total"
+        ".completed = 4: Lightning writes global_step from that optimizer-step counter (gradient accumulation "
+        "included), so they cannot both be true; a resume takes the loops' 4 steps")
+    assert finding.fix is None          # which of the two is right cannot be told
+
+
+def test_lightning_optimizer_steps_in_the_loops_disagreeing_with_global_step_are_reported(tmp_path: Path) -> None:
+    finding = only(run(lightning(tmp_path, optimizer_steps=3)), CODE)
+    assert "global_step = 4 but loops.fit_loop.epoch_loop.automatic_optimization" in finding.message
+    assert "a resume takes the loops' 3 steps" in finding.message
+
+
 def test_lightning_global_step_above_the_batches_processed_is_reported(tmp_path: Path) -> None:
-    finding = only(run(lightning(tmp_path, global_step=9)), CODE)
+    # The loops' optimizer-step counter edited along with global_step: only the batches disagree.
+    finding = only(run(lightning(tmp_path, optimizer_steps=9, global_step=9)), CODE)
     assert finding.where == "last.ckpt: global_step"
     assert finding.message.startswith("global_step = 9 optimizer steps but loops.fit_loop batch progress has "
                                       "processed 4 batches in all")
