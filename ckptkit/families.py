@@ -108,6 +108,11 @@ def _experiment_progress(tree: Tree, path: Path) -> Progress:
 def _experiment_record(tree: Tree, epochs: int, step: int) -> CounterValues:
     position = tree.get("data_position")
     if isinstance(position, dict) and S.as_int(position.get("epoch")) is not None:
+        per_epoch = S.as_int(position.get("steps_per_epoch"))
+        if per_epoch is not None and per_epoch >= 1 and step >= per_epoch:
+            # batch_in_epoch counts 0..steps_per_epoch-1 (validate: counters.step-past-epoch-end)
+            raise UnrepresentableProgress(f"step {step} is not inside an epoch of steps_per_epoch = {per_epoch} "
+                                          "batches; record a finished epoch with --complete instead")
         values: CounterValues = {("data_position", "epoch"): epochs, ("data_position", "batch_in_epoch"): step}
         if "micro_step" in position:     # without grad_accum: start on an optimizer-step boundary
             values[("data_position", "micro_step")] = 0

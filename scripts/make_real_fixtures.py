@@ -278,6 +278,56 @@ def make_lightning() -> None:
     trainer.fit(TinyClassifier(), loader)
 
 
+def make_lightning_counters() -> None:
+    """Lightning's step counters where they could drift apart: gradient accumulation and manual optimization.
+
+    5 batches per epoch, 2 epochs, a checkpoint after every optimizer step (mid-epoch and at the
+    epoch's last batch) and at every epoch end. lightning_accum/: accumulate_grad_batches=2, so 3
+    optimizer steps per epoch (the odd last batch closes its window early). lightning_manual/:
+    manual optimization stepping on every second batch, 2 steps per epoch (the fifth batch's
+    gradients are carried into the next epoch).
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Automatic(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Manual(Automatic):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            self.manual_backward(loss)
+            if batch_idx % 2 == 1:
+                self.optimizers().step()
+                self.optimizers().zero_grad()
+            return loss
+
+    for folder, module, options in (("lightning_accum", Automatic, {"accumulate_grad_batches": 2}),
+                                    ("lightning_manual", Manual, {})):
+        L.seed_everything(SEED, verbose=False)
+        data = torch.utils.data.TensorDataset(torch.randn(20, 4), torch.randint(0, 2, (20,)))
+        callbacks = [ModelCheckpoint(dirpath=folder, filename="{epoch}-{step}", save_top_k=-1, save_last=True),
+                     ModelCheckpoint(dirpath=f"{folder}/every_step", filename="{epoch}-{step}", save_top_k=-1,
+                                     every_n_train_steps=1)]
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=folder,
+                            **options)
+        trainer.fit(module(), torch.utils.data.DataLoader(data, batch_size=4))
+
+
 def make_dcp() -> None:
     """torch.distributed.checkpoint.save from one process with no process group."""
     import torch.distributed.checkpoint as dcp
@@ -354,6 +404,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `hf_lora_bin/` | `PeftModel.save_pretrained(safe_serialization=False)`: `adapter_model.bin` + `adapter_config.json` |
 | `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
 | `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
+| `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | seed 003's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
 
@@ -378,7 +429,7 @@ def main() -> None:
     torch.set_num_threads(1)
     for make in (
         make_hf_full, make_hf_full_bin, make_hf_sharded, make_hf_lora,
-        make_accelerate, make_lightning, make_dcp, make_save_pretrained_training_state,
+        make_accelerate, make_lightning, make_lightning_counters, make_dcp, make_save_pretrained_training_state,
     ):
         print(f"-- {make.__name__}", flush=True)
         make()

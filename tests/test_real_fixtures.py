@@ -234,6 +234,45 @@ def test_lightning_epoch_end_checkpoint_has_not_yet_marked_its_epoch_completed()
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 1
 
 
+LIGHTNING_CKPTS = sorted(REAL.glob("lightning*/**/*.ckpt"))
+
+
+def _fit_loop_counter(fit: dict[str, Any], key: str, *path: str) -> int:
+    value = fit[key]
+    for name in path:
+        value = value[name]
+    return value
+
+
+@pytest.mark.parametrize("path", LIGHTNING_CKPTS, ids=lambda p: str(p.relative_to(REAL)))
+def test_lightning_writes_global_step_and_epoch_from_its_loops_counters(path: Path) -> None:
+    # trainer.global_step is the automatic (or, under manual optimization, the manual) optimizer-step
+    # counter; trainer.current_epoch is epoch_progress.current.completed. Accumulation changes neither.
+    ckpt = torch.load(path, weights_only=True)
+    fit = ckpt["loops"]["fit_loop"]
+    automatic = _fit_loop_counter(fit, "epoch_loop.automatic_optimization.optim_progress", "optimizer", "step",
+                                  "total", "completed")
+    manual = _fit_loop_counter(fit, "epoch_loop.manual_optimization.optim_step_progress", "total", "completed")
+    assert ckpt["global_step"] == (manual if "lightning_manual" in path.parts else automatic)
+    assert 0 in (automatic, manual)
+    assert ckpt["epoch"] == fit["epoch_progress"]["current"]["completed"]
+
+
+@pytest.mark.parametrize(
+    ("name", "optimizer_steps", "batches"),
+    [("lightning_accum/every_step/epoch=0-step=2.ckpt", 2, 4),      # windows of 2 batches
+     ("lightning_accum/epoch=0-step=3.ckpt", 3, 5),                 # the epoch's odd last batch steps alone
+     ("lightning_accum/every_step/epoch=1-step=5.ckpt", 5, 9),
+     ("lightning_manual/every_step/epoch=1-step=3.ckpt", 3, 7)],    # the 5th batch's gradients carried over
+)
+def test_lightning_step_counters_under_accumulation_and_manual_optimization(
+        name: str, optimizer_steps: int, batches: int) -> None:
+    ckpt = torch.load(REAL / name, weights_only=True)
+    fit = ckpt["loops"]["fit_loop"]
+    assert ckpt["global_step"] == optimizer_steps
+    assert fit["epoch_loop.batch_progress"]["total"]["processed"] == batches
+
+
 def test_lightning_ckpt_needs_only_tensor_globals() -> None:
     assert globals_of(REAL / "lightning" / "last.ckpt") == TORCH_TENSOR_GLOBALS
 

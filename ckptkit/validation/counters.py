@@ -13,6 +13,7 @@ from ckptkit import sections as S
 from ckptkit.checkpoint import Finding, Severity
 from ckptkit.families import RETRIEVAL_NAME
 from ckptkit.validation.param_matching import optimizer_step
+from ckptkit.validation.position_range import check_position_range
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -28,6 +29,7 @@ def check_counters(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _file_name(ctx)
     yield from _step_budget(ctx)
     yield from _optimizer_and_scheduler(ctx)
+    yield from check_position_range(ctx)
 
 
 def _epoch_position(ctx: ValidationContext) -> Iterable[Finding]:
@@ -46,8 +48,8 @@ def _epoch_position(ctx: ValidationContext) -> Iterable[Finding]:
     if ctx.ckpt.family != "training-state":
         return
     epoch, step, total = (S.as_int(tree.get(k)) for k in ("epoch", "step", "total_batches"))
-    if epoch is None:
-        return
+    if epoch is None or (step is not None and step < 0) or (total is not None and total < 1):
+        return      # no position to describe: counters.position-out-of-range says why
     fix_complete = ctx.command("fix-epoch", "--epoch", str(epoch), "--complete")
     if step and total is not None and step > total:
         yield Finding("counters.step-past-epoch-end", Severity.ERROR, ctx.where("step"),

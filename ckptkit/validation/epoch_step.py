@@ -25,6 +25,7 @@ from ckptkit import sections as S
 from ckptkit.checkpoint import Finding, Severity
 from ckptkit.families import dig
 from ckptkit.validation.param_matching import optimizer_step
+from ckptkit.validation.position_range import place, position_args, position_in_range
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
 CODE = "counters.epoch-step-mismatch"
 TRAINER_STATE = "trainer_state.json"
 TRAINING_STATE = "training_state.pth"
+# Lightning 2.x: where the fit loop counts optimizer steps (trainer.global_step reads one of them).
+LIGHTNING_STEP_COUNTERS = {
+    "automatic": ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total", "completed"),
+    "manual": ("epoch_loop.manual_optimization.optim_step_progress", "total", "completed"),
+}
 HF_STATE_SLACK = 1e-6      # trainer_state.json keeps the float epoch unrounded
 HF_LOG_SLACK = 0.01        # log_history epochs were rounded to 2 decimals by older transformers
 
@@ -41,16 +47,6 @@ def check_epoch_step(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _data_position(ctx)
     yield from _lightning(ctx)
     yield from _training_state(ctx)
-
-
-def position_args(epochs: int, within: int) -> list[str]:
-    """fix-epoch's arguments for `epochs` whole epochs done and `within` steps into the next."""
-    return ["--epoch", str(epochs), "--complete"] if within == 0 else ["--epoch", str(epochs + 1),
-                                                                      "--step", str(within)]
-
-
-def _place(epochs: int, within: int) -> str:
-    return f"{epochs} epochs complete" if within == 0 else f"epoch {epochs + 1}, step {within} of it"
 
 
 # --- Hugging Face Trainer ------------------------------------------------------------------
@@ -70,7 +66,7 @@ def _hf_trainer(ctx: ValidationContext) -> Iterable[Finding]:
         yield Finding(CODE, Severity.WARNING, ctx.where("epoch", TRAINER_STATE),
                       f"epoch = {float(epoch):.6g} counts data-loader batches ({float(epoch):.4g} epochs' "
                       f"worth) but global_step = {step} optimizer updates at {per_epoch} per epoch ({why}) is "
-                      f"epoch {step / per_epoch:.4g} ({_place(epochs, within)}): under gradient accumulation "
+                      f"epoch {step / per_epoch:.4g} ({place(epochs, within)}): under gradient accumulation "
                       f"they differ by less than 1/{per_epoch} of an epoch, here by {abs(float(epoch) - step / per_epoch):.4g}, "
                       "so they cannot both be true. The Trainer resumes from global_step; if global_step is "
                       "right, record it with the fix command",
@@ -139,8 +135,8 @@ def _data_position(ctx: ValidationContext) -> Iterable[Finding]:
 def _batches_against_updates(ctx: ValidationContext, position: dict[str, Any], step: int | None) -> Iterable[Finding]:
     epoch, batch, per_epoch, micro, accum = (S.as_int(position.get(k)) for k in
                                               ("epoch", "batch_in_epoch", "steps_per_epoch", "micro_step", "grad_accum"))
-    if None in (epoch, batch, per_epoch, micro, accum, step) or per_epoch <= 0 or accum <= 0:   # type: ignore[operator]
-        return
+    if None in (epoch, batch, per_epoch, micro, accum, step) or not position_in_range(position):
+        return      # counters.position-out-of-range / step-past-epoch-end name the impossible counter
     consumed, implied = epoch * per_epoch + batch, step * accum + micro   # type: ignore[operator]
     if consumed == implied:
         return
@@ -148,7 +144,7 @@ def _batches_against_updates(ctx: ValidationContext, position: dict[str, Any], s
     yield Finding(CODE, Severity.WARNING, ctx.where("data_position"),
                   f"data_position says {consumed} batches consumed (epoch = {epoch} x steps_per_epoch = "
                   f"{per_epoch} + batch_in_epoch = {batch}) but global_step = {step} optimizer steps x "
-                  f"grad_accum = {accum} + micro_step = {micro} is {implied} batches ({_place(epochs, within)}): "
+                  f"grad_accum = {accum} + micro_step = {micro} is {implied} batches ({place(epochs, within)}): "
                   "they cannot both be true for one run on one data set; a resume would draw the data of "
                   f"batch {consumed} while the schedule and step budget continue from step {step}. If "
                   "global_step is right, record its position with the fix command",
@@ -170,10 +166,29 @@ def _lightning(ctx: ValidationContext) -> Iterable[Finding]:
                       "Lightning writes both from its current_epoch, so they cannot both be true; a resume "
                       f"takes the loops' epoch {completed}, while the file name and tools reading 'epoch' say "
                       f"{epoch}", _lightning_fix(ctx, fit, completed))
+    if step is not None:
+        yield from _lightning_steps(ctx, tree, fit, step)
+
+
+def _lightning_steps(ctx: ValidationContext, tree: dict[str, Any], fit: Any, step: int) -> Iterable[Finding]:
+    """Lightning's global_step is its optimizer-step counter in the loops: automatic optimization's
+    optim_progress.optimizer.step.total.completed, or manual optimization's optim_step_progress
+    (whichever mode ran; the other stays 0). Accumulation does not enter: both count real steps."""
+    counted = {mode: S.as_int(dig(fit, *path)) for mode, path in LIGHTNING_STEP_COUNTERS.items()}
+    known = {mode: value for mode, value in counted.items() if value is not None}
+    expected = {v for v in known.values() if v} or ({0} if known else set())
+    if expected and step not in expected:
+        said = " and ".join(f"loops.fit_loop.{'.'.join(LIGHTNING_STEP_COUNTERS[mode])} = {value}"
+                            for mode, value in known.items() if value in expected)
+        yield Finding(CODE, Severity.WARNING, ctx.where("global_step"),
+                      f"global_step = {step} but {said}: Lightning writes global_step from that optimizer-step "
+                      f"counter (gradient accumulation included), so they cannot both be true; a resume takes "
+                      f"the loops' {max(expected)} steps (schedule position, max_steps, step-based saving), "
+                      f"while the file name, ckptkit ls/latest and tools reading global_step say {step}")
+        return
     batches = S.as_int(dig(fit, "epoch_loop.batch_progress", "total", "processed"))
-    manual = S.as_int(dig(fit, "epoch_loop.manual_optimization.optim_step_progress", "total", "completed"))
     one_optimizer = isinstance(tree.get("optimizer_states"), list) and len(tree["optimizer_states"]) == 1
-    if step is not None and batches is not None and manual == 0 and one_optimizer and step > batches:
+    if batches is not None and counted["manual"] == 0 and one_optimizer and step > batches:
         yield Finding(CODE, Severity.WARNING, ctx.where("global_step"),
                       f"global_step = {step} optimizer steps but loops.fit_loop batch progress has processed "
                       f"{batches} batches in all: with automatic optimization each step takes at least one "
@@ -213,5 +228,5 @@ def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
                   f"{done} batches into training, but the optimizer has taken {updates} steps: each step takes "
                   "at least one batch, so they cannot both be true (unless this run started from another run's "
                   "optimizer state or total_batches changed between runs). With no gradient accumulation the "
-                  f"optimizer's steps put the run at {_place(epochs, within)}; if so, record it with the fix command",
+                  f"optimizer's steps put the run at {place(epochs, within)}; if so, record it with the fix command",
                   ctx.command("fix-epoch", *position_args(epochs, within)))

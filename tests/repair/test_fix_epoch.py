@@ -56,6 +56,20 @@ def test_a_step_past_the_end_of_the_epoch_is_refused_and_nothing_is_written(trai
                                                                       "training_state.pth"]
 
 
+def test_a_step_past_the_trainers_steps_per_epoch_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    # ckptkit's trainer counts batch_in_epoch 0..steps_per_epoch-1; validate calls more counters.step-past-epoch-end.
+    path = tmp_path / "checkpoint_step_7.pt"
+    torch.save({"w": torch.ones(2), "global_step": 7, "epoch": 1, "best_val_loss": 0.5, "train_history": [],
+                "data_position": {"epoch": 1, "batch_in_epoch": 5, "steps_per_epoch": 9, "micro_step": 0,
+                                  "grad_accum": 2}}, path)
+    before = path.read_bytes()
+    with pytest.raises(UnsupportedFeatureError, match="not inside an epoch of steps_per_epoch = 9 batches"):
+        fix_epoch(path, 2, step=9)
+    assert path.read_bytes() == before
+    fix_epoch(path, 2, step=8, keep_backup=False)
+    assert torch.load(path, weights_only=True)["data_position"]["batch_in_epoch"] == 8
+
+
 def test_recsys_stores_the_index_of_the_last_finished_epoch(samples: Path) -> None:
     path = samples / "recsys" / "models" / "checkpoint-recent.pth"
     fix_epoch(path, 3, keep_backup=False)

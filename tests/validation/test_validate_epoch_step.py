@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ckptkit.checkpoint import Severity
+from ckptkit.cli import main
 from ckptkit.validation.epoch_step import CODE, hf_updates_per_epoch
 from tests.validation.helpers import codes, only, run
 
 REAL = Path(__file__).parent.parent / "fixtures" / "real"
-REAL_CHECKPOINTS = sorted([*REAL.glob("hf_*/checkpoint-*"), *REAL.glob("lightning/**/*.ckpt"),
+REAL_CHECKPOINTS = sorted([*REAL.glob("hf_*/checkpoint-*"), *REAL.glob("lightning*/**/*.ckpt"),
                            REAL / "save_pretrained_training_state" / "last_checkpoint"])
 
 
@@ -122,9 +127,18 @@ def test_data_position_without_grad_accum_says_nothing(save: Any, state: dict[st
 
 # --- Lightning ----------------------------------------------------------------------------------
 
-def lightning(tmp_path: Path, **changes: Any) -> Path:
+AUTOMATIC_STEPS = ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total")
+
+
+def lightning(tmp_path: Path, optimizer_steps: int | None = None, **changes: Any) -> Path:
+    """The real mid-epoch checkpoint (epoch 1, global_step 4, 4 batches) with some counters changed."""
     tree = torch.load(REAL / "lightning" / "mid_epoch" / "epoch=1-step=4.ckpt", weights_only=True)
     tree.update(changes)
+    if optimizer_steps is not None:
+        counter = tree["loops"]["fit_loop"]
+        for key in AUTOMATIC_STEPS:
+            counter = counter[key]
+        counter["completed"] = optimizer_steps
     path = tmp_path / "last.ckpt"
     torch.save(tree, path)
     return path
@@ -139,8 +153,56 @@ def test_lightning_epoch_disagreeing_with_its_loops_is_reported(tmp_path: Path) 
     assert finding.fix.endswith("last.ckpt --epoch 2 --step 1")
 
 
+def test_lightning_global_step_disagreeing_with_the_loops_optimizer_steps_is_reported(tmp_path: Path) -> None:
+    finding = only(run(lightning(tmp_path, global_step=5)), CODE)
+    assert finding.severity is Severity.WARNING
+    assert finding.where == "last.ckpt: global_step"
+    assert finding.message.startswith(
+        "global_step = 5 but loops.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total"
+        ".completed = 4: Lightning writes global_step from that optimizer-step counter (gradient accumulation "
+        "included), so they cannot both be true; a resume takes the loops' 4 steps")
+    assert finding.fix is None          # which of the two is right cannot be told
+
+
+def test_lightning_optimizer_steps_in_the_loops_disagreeing_with_global_step_are_reported(tmp_path: Path) -> None:
+    finding = only(run(lightning(tmp_path, optimizer_steps=3)), CODE)
+    assert "global_step = 4 but loops.fit_loop.epoch_loop.automatic_optimization" in finding.message
+    assert "a resume takes the loops' 3 steps" in finding.message
+
+
+def test_lightning_manual_optimization_is_checked_against_its_own_step_counter(tmp_path: Path) -> None:
+    # Written by Lightning: manual optimization stepping every second batch, 3 steps after 7 batches.
+    tree = torch.load(REAL / "lightning_manual" / "every_step" / "epoch=1-step=3.ckpt", weights_only=True)
+    assert CODE not in codes(run(REAL / "lightning_manual" / "every_step" / "epoch=1-step=3.ckpt"))
+    tree["global_step"] = 7                      # the batch count: what a confused writer might store
+    torch.save(tree, tmp_path / "last.ckpt")
+    finding = only(run(tmp_path / "last.ckpt"), CODE)
+    assert finding.message.startswith("global_step = 7 but loops.fit_loop.epoch_loop.manual_optimization."
+                                      "optim_step_progress.total.completed = 3: ")
+
+
+@settings(max_examples=15, deadline=None)
+@given(global_step=st.integers(0, 4), optimizer_steps=st.integers(0, 4))
+def test_lightning_global_step_is_reported_exactly_when_it_differs_from_the_loops_count(
+        global_step: int, optimizer_steps: int) -> None:
+    # At most the 4 batches this checkpoint processed, so only the two step counters can disagree.
+    with tempfile.TemporaryDirectory() as tmp:      # a fresh path per example: files are mapped once
+        path = lightning(Path(tmp), optimizer_steps=optimizer_steps, global_step=global_step)
+        assert (CODE in codes(run(path))) == (global_step != optimizer_steps)
+
+
+def test_validate_json_shows_the_lightning_step_finding(tmp_path: Path) -> None:
+    path = lightning(tmp_path, global_step=5)
+    result = CliRunner().invoke(main, ["validate", str(path), "--json", "--fail-on", "warning"])
+    assert result.exit_code == 1, result.output
+    [finding] = [f for f in json.loads(result.output)["findings"] if f["code"] == CODE]
+    assert (finding["severity"], finding["where"], finding["fix"]) == ("warning", "last.ckpt: global_step", None)
+    assert finding["message"].startswith("global_step = 5 but loops.fit_loop.epoch_loop.automatic_optimization")
+
+
 def test_lightning_global_step_above_the_batches_processed_is_reported(tmp_path: Path) -> None:
-    finding = only(run(lightning(tmp_path, global_step=9)), CODE)
+    # The loops' optimizer-step counter edited along with global_step: only the batches disagree.
+    finding = only(run(lightning(tmp_path, optimizer_steps=9, global_step=9)), CODE)
     assert finding.where == "last.ckpt: global_step"
     assert finding.message.startswith("global_step = 9 optimizer steps but loops.fit_loop batch progress has "
                                       "processed 4 batches in all")
