@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -92,6 +93,15 @@ def _sync_file_range() -> Callable[..., int] | None:
                 func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
         _SYNC_FILE_RANGE.append(func)
     return _SYNC_FILE_RANGE[0]
+
+
+_BACKUP_SUFFIX = re.compile(r"\.bak(\.\d+)?$")
+
+
+def is_backup(path: Path) -> bool:
+    """Whether ``path`` is named as :func:`default_backup_path` names backups (``<name>.bak``,
+    ``<name>.bak.N``): an old checkpoint kept by a repair, to restore by hand, never to resume."""
+    return bool(_BACKUP_SUFFIX.search(Path(path).name))
 
 
 def default_backup_path(target: Path) -> Path:

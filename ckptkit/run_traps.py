@@ -26,7 +26,7 @@ def _ahead_of(entry: RunEntry, run: Run) -> RunEntry | None:
         return None
     key = entry.progress.sort_key()
     ahead = [e for e in run.entries if e.path.parent == entry.path.parent and e.progress.known
-             and not e.temporary and e.health.status != "broken" and e.progress.sort_key() > key]
+             and not e.temporary and not e.backup and e.health.status != "broken" and e.progress.sort_key() > key]
     return ahead[-1] if ahead else None
 
 
@@ -37,7 +37,7 @@ def _latest_fix(run: Run) -> str:
 def _named_but_behind(run: Run, name: re.Pattern[str], skip_temporary: bool) -> Iterator[tuple[RunEntry, RunEntry]]:
     """Checkpoints whose file name matches `name` while a sibling got further, with that sibling."""
     for entry in run.entries:
-        if not name.search(entry.path.name) or (skip_temporary and entry.temporary):
+        if not name.search(entry.path.name) or entry.backup or (skip_temporary and entry.temporary):
             continue
         later = _ahead_of(entry, run)
         if later is not None:
@@ -92,7 +92,7 @@ def hf_missing_trainer_state(run: Run) -> Iterator[tuple[list[Path], Finding]]:
 
 def latest_unusable(run: Run) -> Iterator[tuple[list[Path], Finding]]:
     """The furthest checkpoint cannot be resumed from: say so, and what will be used instead."""
-    known = [e for e in run.entries if e.progress.known and not e.temporary]
+    known = [e for e in run.entries if e.progress.known and not e.temporary and not e.backup]
     if not known or known[-1].health.status != "broken":
         return
     top = known[-1]

@@ -20,7 +20,7 @@ from ckptkit.errors import CkptkitError, MissingFileError, NotACheckpointError
 from ckptkit.formats import FILE_FORMATS, folder_formats, open_checkpoint
 from ckptkit.formats.base import HEAD_BYTES
 
-from ckptkit.atomic import TEMP_MARKER
+from ckptkit.atomic import TEMP_MARKER, is_backup
 
 HF_CHECKPOINT = re.compile(r"checkpoint-\d+$")
 HF_TEMP = re.compile(r"tmp-checkpoint-\d+$")
@@ -63,11 +63,13 @@ class RunEntry:
     temporary: bool = False
     markers: list[str] = field(default_factory=list)
     best_reference: str | None = None   # HF trainer_state.json best_model_checkpoint, if any
+    backup: bool = False                # kept by a repair (<name>.bak): shown, never resumed
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.relative, "format": self.format, "family": self.family,
                 "progress": self.progress.to_json(), "size_bytes": self.size_bytes,
-                "health": self.health.to_json(), "markers": list(self.markers), "temporary": self.temporary}
+                "health": self.health.to_json(), "markers": list(self.markers), "temporary": self.temporary,
+                "backup": self.backup}
 
 
 @dataclass
@@ -172,7 +174,7 @@ def _entry(root: Path, path: Path, is_folder: bool) -> RunEntry:
                         health.errors, health.warnings, health.codes)
     best = ckpt.extra.get("best_model_checkpoint") if ckpt.format == "hf-trainer" else None
     return RunEntry(path, relative, is_folder, ckpt.format, ckpt.family, ckpt.progress, ckpt.size_bytes,
-                    health, temporary, best_reference=str(best) if best else None)
+                    health, temporary, best_reference=str(best) if best else None, backup=is_backup(path))
 
 
 def quick_health(ckpt: Checkpoint) -> Health:
@@ -217,8 +219,9 @@ def _disk_size(path: Path) -> int:
 
 
 def is_whole(entry: RunEntry) -> bool:
-    """Safe to resume from: read, no error findings, not a leftover temporary, progress known."""
-    return entry.health.status != "broken" and not entry.temporary and entry.progress.known
+    """Safe to resume from: read, no error findings, not a leftover temporary nor a repair's
+    backup, progress known."""
+    return entry.health.status != "broken" and not entry.temporary and not entry.backup and entry.progress.known
 
 
 def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
@@ -228,7 +231,7 @@ def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
 
 
 def _most_advanced(entries: list[RunEntry]) -> list[RunEntry]:
-    known = [e for e in entries if e.progress.known and not e.temporary]
+    known = [e for e in entries if e.progress.known and not e.temporary and not e.backup]
     if not known:
         return []
     top = known[-1].progress.sort_key()
@@ -240,7 +243,9 @@ def _mark(run: Run) -> None:
     for entry in _most_advanced(run.entries):
         entry.markers.append("latest")
     for entry in run.entries:
-        if entry.temporary:   # an unfinished write is none of these, whatever name it borrows
+        if entry.backup:
+            entry.markers.append("backup")
+        if entry.temporary or entry.backup:   # none of these, whatever name it borrows
             continue
         if BEST_NAME.search(entry.path.name) or entry.path in best_folders:
             entry.markers.append("best")

@@ -13,7 +13,7 @@ from typing import Any
 from ckptkit.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import Change, RepairPlan, RepairResult, apply_changes
-from ckptkit.repair.epoch import carry_out, fix_epoch
+from ckptkit.repair.epoch import carry_out, fix_epoch, training_state_member
 from ckptkit.repair.fixes import ALL_CODES, FIXES, FOLDER_FIXES
 from ckptkit.repair.rewrite import check_rewritable, check_writable_tree, rewrite_note
 
@@ -31,8 +31,8 @@ def repair(path: str | os.PathLike[str], fixes: list[str] | None = None, *, dry_
     listing = fixes is None
     if path.is_dir() and (path / "trainer_state.json").is_file():
         return _repair_hf_folder(path, fixes, dry_run=dry_run or listing, backup=backup, keep_backup=keep_backup)
-    if path.is_dir() and (path / "training_state.pth").is_file():
-        path = path / "training_state.pth"
+    if path.is_dir():
+        path = training_state_member(path) or path
     ckpt = open_checkpoint(path)
     codes = list(FIXES) if listing else [c for c in fixes or [] if c in FIXES]
     plan = RepairPlan(str(path), ckpt.format, ckpt.family, "repair " + " ".join(codes),

@@ -21,6 +21,18 @@ from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan
 from ckptkit.repair.rewrite import check_rewritable, check_writable_tree, rewrite_file, rewrite_note
 
 
+def training_state_member(folder: Path) -> Path | None:
+    """The one torch.save file that holds a checkpoint folder's progress, if it has one: seed
+    003's `training_state.pth` beside a save_pretrained model, or the training state beside the
+    shards of ckptkit's sharded (DCP) checkpoints. Repairs of the folder rewrite that file."""
+    from ckptkit.formats.dcp import CKPTKIT_TRAINING_STATE   # here: single-file repairs never load DCP
+
+    for name in ("training_state.pth", CKPTKIT_TRAINING_STATE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def target_position(epoch: int, step: int | None) -> tuple[int, int]:
     """(epochs completed, batches into the next epoch) for human `--epoch N [--step S]`."""
     if epoch < 0:
@@ -54,8 +66,7 @@ def fix_epoch(path: str | os.PathLike[str], epoch: int, *, step: int | None = No
 
         if (path / TRAINER_STATE).is_file():
             return fix_epoch_hf(path, epoch, step, dry_run=dry_run, backup=backup, keep_backup=keep_backup)
-        if (path / "training_state.pth").is_file():   # seed 003's folder: progress lives in that file
-            path = path / "training_state.pth"
+        path = training_state_member(path) or path
     ckpt = open_checkpoint(path)
     plan = plan_fix_epoch(ckpt, epochs, within, describe_action(epoch, step))
     return carry_out(ckpt, plan, dry_run=dry_run, backup=backup, keep_backup=keep_backup)

@@ -25,6 +25,7 @@ from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificat
 from ckptkit.formats.torch_zip import (ArchiveIndex, RecordLocator, decode_data_pkl, read_archive_index,
                                       write_torch_zip)
 from ckptkit.repair.changes import first_difference
+from ckptkit.repair.manifests import ManifestRefresh
 
 REWRITABLE = ("torch-zip", "torch-legacy")
 CHUNK = 8 << 20
@@ -80,14 +81,24 @@ def rewrite_file(ckpt: Checkpoint, backup: Path | None) -> None:
             checker.finish()
         checked.update(checker.checked)
 
+    manifest = ManifestRefresh.covering(path)
+
     def verify(tmp: Path) -> None:
         decodes.result()
         check_archive(path, tmp, data_pkl, expected, checked)
+        if manifest is not None:
+            manifest.take()   # just before the rename: it vouches for the old bytes
 
     try:
         atomic_write_file(path, write, verify=verify, backup=backup)
+    except BaseException:
+        if manifest is not None:
+            manifest.put_back()
+        raise
     finally:
         decodes.result(raise_error=False)
+    if manifest is not None:
+        manifest.renew(ckpt.tree)
 
 
 class Beside:
