@@ -120,22 +120,45 @@ def write_manifest(checkpoint: Path, manifest: Manifest) -> Path:
     return target
 
 
-def take_manifest(checkpoint: Path) -> bytes | None:
+@dataclass(frozen=True)
+class TakenManifest:
+    """A manifest removed by :func:`take_manifest`, for :func:`put_back_manifest`."""
+
+    data: bytes
+    watched: Path                             # the file or folder whose replacement it awaits
+    identity: tuple[int, int, int] | None     # (inode, size, mtime) of `watched` when taken
+
+
+def take_manifest(checkpoint: Path, watched: Path | None = None) -> TakenManifest | None:
     """Remove the manifest of a checkpoint about to be replaced: a stale manifest must never
-    vouch for new bytes, not even for an instant. Returns its bytes (None: there was none), for
-    :func:`put_back_manifest` if the write fails and the old checkpoint stays."""
+    vouch for new bytes, not even for an instant. Returns it (None: there was none), for
+    :func:`put_back_manifest` if the write fails. `watched`: what is about to be replaced
+    (default: the checkpoint itself; a member file when only that is rewritten)."""
     target = manifest_path(checkpoint)
+    watched = Path(watched if watched is not None else checkpoint)
     try:
         old = target.read_bytes()
+        identity = _identity(watched)
         os.unlink(target)
     except FileNotFoundError:
         return None
-    return old
+    return TakenManifest(old, watched, identity)
 
 
-def put_back_manifest(checkpoint: Path, old: bytes | None) -> None:
-    if old is not None:
-        atomic_write_file(manifest_path(checkpoint), lambda f: f.write(old))
+def put_back_manifest(checkpoint: Path, old: TakenManifest | None) -> None:
+    """After a failed write: the manifest goes back only where the bytes it vouches for are still
+    in place. A failure after the rename (fsyncing the directory, say) leaves it removed: the
+    checkpoint is then unconfirmed, never confirmed with another file's sizes and CRCs."""
+    if old is not None and _identity(old.watched) == old.identity:
+        atomic_write_file(manifest_path(checkpoint), lambda f: f.write(old.data))
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def read_manifest(checkpoint: Path) -> Manifest | None:

@@ -22,16 +22,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ckptkit.manifest import (Manifest, ManifestFile, file_crc32, manifest_path, put_back_manifest, read_manifest,
-                              take_manifest, write_manifest)
+from ckptkit.manifest import (Manifest, ManifestFile, TakenManifest, file_crc32, manifest_path, put_back_manifest,
+                              read_manifest, take_manifest, write_manifest)
 
 class ManifestRefresh:
     """The manifest covering one file a repair rewrites: take it, put it back, or renew it."""
 
     def __init__(self, owner: Path, member: Path, manifest: Manifest) -> None:
         self.owner, self.member, self.manifest = owner, member, manifest
-        self._taken: bytes | None = None
-        self._member_then: tuple[int, int, int] | None = None
+        self._taken: TakenManifest | None = None
 
     @classmethod
     def covering(cls, path: Path) -> ManifestRefresh | None:
@@ -47,14 +46,11 @@ class ManifestRefresh:
 
     def take(self) -> None:
         """Remove the manifest: the bytes it vouches for are about to be replaced."""
-        self._member_then = _identity(self.member)
-        self._taken = take_manifest(self.owner)
+        self._taken = take_manifest(self.owner, watched=self.member)
 
     def put_back(self) -> None:
-        """The rewrite failed: where the old bytes stayed in place, so does their manifest
-        (a failure after the rename, e.g. fsyncing the directory, leaves it taken)."""
-        if self._taken is not None and _identity(self.member) == self._member_then:
-            put_back_manifest(self.owner, self._taken)
+        """The rewrite failed: where the old bytes stayed in place, so does their manifest."""
+        put_back_manifest(self.owner, self._taken)
         self._taken = None
 
     def renew(self, tree: Any) -> Manifest:
@@ -65,11 +61,6 @@ class ManifestRefresh:
         renewed = replace(self.manifest, files=files, **_progress_fields(tree, self.manifest))
         write_manifest(self.owner, renewed)
         return renewed
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _entry_name(owner: Path, member: Path) -> str:

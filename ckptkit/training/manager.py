@@ -32,7 +32,8 @@ import torch.distributed as dist
 
 from ckptkit.atomic import abandoned_writes, atomic_write_file
 from ckptkit.errors import WriteVerificationError
-from ckptkit.manifest import ChecksumWriter, Manifest, ManifestFile, put_back_manifest, take_manifest, write_manifest
+from ckptkit.manifest import (ChecksumWriter, Manifest, ManifestFile, TakenManifest, put_back_manifest, take_manifest,
+                              write_manifest)
 from ckptkit.training import layout
 from ckptkit.training.layout import TrainingState, build_checkpoint, checkpoint_name
 from ckptkit.training.retention import delete_checkpoint, list_checkpoints, select_for_deletion
@@ -181,7 +182,7 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
     """torch.save ``checkpoint`` to ``path`` atomically, verify it, then commit it with a manifest."""
     path = Path(path)
     written: dict[str, ChecksumWriter] = {}
-    old_manifest: list[bytes | None] = []
+    old_manifest: list[TakenManifest | None] = []
 
     def write(f: Any) -> None:
         writer = written["w"] = ChecksumWriter(f, writeback_every=WRITEBACK_EVERY)
@@ -198,7 +199,7 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
         atomic_write_file(path, write, verify=verify)
     except BaseException:
         if old_manifest:
-            put_back_manifest(path, old_manifest[0])  # the old file is still in place
+            put_back_manifest(path, old_manifest[0])  # where the old file is still in place
         raise
     manifest = Manifest(checkpoint=path.name, files=(ManifestFile(path.name, written["w"].size, written["w"].crc32),), **manifest_fields)
     write_manifest(path, manifest)

@@ -124,7 +124,7 @@ def _commit(tmp: Path, path: Path, trainer_state: Any, manifest_fields: dict[str
     try:
         commit_dir(tmp, path, verify=_verify_sharded)
     except BaseException:
-        put_back_manifest(path, old_manifest)   # the old folder is still in place
+        put_back_manifest(path, old_manifest)   # where the old folder is still in place
         raise
     write_manifest(path, Manifest(checkpoint=path.name, files=describe_files(path), **manifest_fields))
 

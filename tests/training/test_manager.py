@@ -119,6 +119,27 @@ def test_the_old_file_stays_confirmed_by_its_manifest_while_its_replacement_is_w
     assert read_manifest(tmp_path / "best_model.pt").global_step == 20
 
 
+def test_a_failure_after_the_rename_leaves_the_new_file_unconfirmed_not_confirmed_by_the_old_manifest(
+        tmp_path: Path, make_state, monkeypatch) -> None:
+    from ckptkit import atomic
+
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(make_state(step=10, val_loss=1.0), ["best"])
+    real_fsync_dir = atomic.fsync_dir
+
+    def fail_after_rename(folder: Path) -> None:   # EIO fsyncing the directory, after os.replace
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(atomic, "fsync_dir", fail_after_rename)
+    manager = CheckpointManager(tmp_path)
+    manager.save(make_state(step=20, val_loss=0.5), ["best"])
+    with pytest.raises(OSError, match="Input/output error"):
+        manager.close()
+    monkeypatch.setattr(atomic, "fsync_dir", real_fsync_dir)
+    assert torch.load(tmp_path / "best_model.pt", weights_only=True)["global_step"] == 20
+    assert not manifest_path(tmp_path / "best_model.pt").exists()   # the step-10 manifest is not put back
+
+
 def test_a_new_manager_removes_what_crashed_saves_left_and_nothing_else(tmp_path: Path, make_state) -> None:
     with CheckpointManager(tmp_path) as manager:
         manager.save(make_state(step=10), ["periodic"])
