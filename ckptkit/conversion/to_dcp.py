@@ -2,27 +2,47 @@
 
 DCP's on-disk format (a `.metadata` pickle of its dataclasses, items appended to `.distcp`
 files) is torch's to define, so torch writes it: the tree is handed to
-`torch.distributed.checkpoint.save` (no process group needed) with tensors that are views of
-the source file's memory map, so no tensor is copied into this process before DCP writes it.
+`torch.distributed.checkpoint.save` (no process group needed), streamed. DCP plans the whole
+folder from the tree's shapes and dtypes alone, so every tensor goes in as a *meta* placeholder
+(no memory); `StreamingSavePlanner.resolve_data`, which the writer calls for one item at a time
+just before writing it, reads that one tensor from the source (cast by --dtype, made
+contiguous) into a buffer of its own, and frees it when the writer asks for the next. Memory
+stays at about the largest tensor, whatever the checkpoint's size.
+
+This leans on how torch 2.13's `FileSystemWriter` writes (checked against its source):
+with one thread and no copy-ahead (`thread_count=1, per_thread_copy_ahead=0`) it resolves items
+lazily through `_SerialCpuLoader`, one after another, in this thread; a tensor whose storage
+is exactly its own bytes is written as it is (not cloned); and every written tensor stays
+referenced until its file is closed (`tensor_dict`, used only for SAFETENSORS output), which
+is why the planner frees each storage itself rather than dropping its reference.
 The folder is then read back with ckptkit's DCP reader and every tensor compared with the source.
 """
 from __future__ import annotations
 
-import mmap
 from pathlib import Path
 from typing import Any
 
 from ckptkit.checkpoint import TensorRef, iter_tensors
 from ckptkit.conversion.plan import map_leaves
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.jsonable import to_jsonable
 from ckptkit.safe_pickle import TorchDeviceValue, TorchDtypeValue
-from ckptkit.tensor_bytes import on_disk, same_bytes, tensor_chunks
+from ckptkit.dtypes import BY_NAME
+from ckptkit.tensor_bytes import CHUNK, _frombuffer, same_bytes, tensor_chunks
 
 
-def torch_values(tree: Any, where: Path) -> Any:
-    """`tree` as live torch values: tensors mapped from the file, containers rebuilt."""
-    return map_leaves(tree, lambda leaf: _torch_value(leaf, where))
+def placeholder_state(tree: Any, where: Path) -> tuple[Any, dict[int, TensorRef]]:
+    """`tree` as DCP plans it: each tensor a meta tensor of its shape and dtype, containers
+    rebuilt, plain values as torch values; and {id(placeholder): the tensor it stands for}."""
+    sources: dict[int, TensorRef] = {}
+
+    def leaf(value: Any) -> Any:
+        placeholder = _torch_value(value, where)
+        if isinstance(value, TensorRef):
+            sources[id(placeholder)] = value
+        return placeholder
+
+    return map_leaves(tree, leaf), sources
 
 
 def _torch_value(leaf: Any, where: Path) -> Any:
@@ -30,8 +50,8 @@ def _torch_value(leaf: Any, where: Path) -> Any:
 
     if isinstance(leaf, TensorRef):
         # Contiguous, as DCP's own loaders expect items (and ckptkit's DCP reader reads them):
-        # a strided view would be saved with its strides inside the item.
-        return _mapped_tensor(leaf) if leaf.is_contiguous() else _mapped_tensor(leaf).contiguous()
+        # a strided tensor would be saved with its strides inside the item.
+        return torch.empty(leaf.shape, dtype=getattr(torch, leaf.dtype.name), device="meta")
     if isinstance(leaf, TorchDtypeValue):
         return getattr(torch, leaf.name)
     if isinstance(leaf, TorchDeviceValue):
@@ -42,36 +62,83 @@ def _torch_value(leaf: Any, where: Path) -> Any:
                                   "pass --weights-only to write the model alone")
 
 
-def _mapped_tensor(t: TensorRef) -> Any:
+def materialised(t: TensorRef) -> Any:
+    """`t`'s values in a contiguous tensor whose storage is exactly its bytes (so DCP's writer
+    writes it without cloning it); read a chunk at a time, a strided tensor through its span."""
     import torch
 
-    dtype = getattr(torch, t.dtype.name)
+    out = torch.empty(t.shape, dtype=getattr(torch, t.dtype.name))
     if t.numel == 0:
-        return torch.empty(t.shape, dtype=dtype)
+        return out
+    if not t.is_contiguous():
+        return _gathered_into(out, t)
+    # Filled through torch, not a numpy view: a storage numpy has seen can no longer be freed.
+    dest, position = out.reshape(-1).view(torch.uint8), 0
+    for chunk in tensor_chunks(t, None, CHUNK):
+        dest[position:position + len(chunk)] = _frombuffer(chunk, BY_NAME["uint8"])
+        position += len(chunk)
+    if position != t.nbytes:
+        raise CorruptCheckpointError(t.storage.byte_range().path, f"storage {t.storage.key!r}: read {position} of "
+                           f"the tensor's {t.nbytes} bytes")
+    return out
+
+
+def _gathered_into(out: Any, t: TensorRef) -> Any:
+    import torch
+
     lo, hi = t.element_span()
-    where = t.storage.byte_range()
-    start = where.offset + lo * t.dtype.itemsize
-    aligned = start - start % mmap.ALLOCATIONGRANULARITY
-    if not on_disk(t.storage) or (start - aligned) % t.dtype.itemsize:
-        return t.to_torch()   # produced bytes, or a record not aligned to its elements (legacy files)
-    with open(where.path, "rb") as f:
-        # A private (copy-on-write) map: torch.frombuffer wants a writable buffer; nothing is written.
-        mm = mmap.mmap(f.fileno(), start - aligned + (hi - lo) * t.dtype.itemsize, flags=mmap.MAP_PRIVATE,
-                       offset=aligned)
-    flat = torch.frombuffer(mm, dtype=torch.uint8).view(dtype)
-    # as_strided counts its offset from the start of the storage, i.e. of the mapping
-    first = (start - aligned) // t.dtype.itemsize
-    return torch.as_strided(flat, t.shape, t.stride, first + t.storage_offset - lo)
+    span = bytearray()
+    for chunk in t.storage.iter_chunks(CHUNK, lo * t.dtype.itemsize, (hi - lo) * t.dtype.itemsize):
+        span += chunk
+    flat = torch.frombuffer(span, dtype=out.dtype)
+    out.copy_(torch.as_strided(flat, t.shape, t.stride, t.storage_offset - lo))
+    return out
 
 
-def write_dcp(folder: Path, state: Any) -> None:
+def _streaming_planner(sources: dict[int, TensorRef]) -> Any:
+    from torch.distributed.checkpoint import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    class StreamingSavePlanner(DefaultSavePlanner):
+        """DCP's default planning (flattening, metadata) over placeholders; each tensor item is
+        read from the source only when the writer resolves it, and freed at the next."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.handed_out: Any = None
+
+        def resolve_data(self, write_item: Any) -> Any:
+            self.release()
+            if write_item.type == WriteItemType.BYTE_IO:
+                return super().resolve_data(write_item)
+            self.handed_out = materialised(sources[id(self.lookup_object(write_item.index))])
+            return self.handed_out
+
+        def release(self) -> None:
+            # The writer keeps every written tensor referenced until its file is closed, so the
+            # memory is freed here, in place (the writer has written this one: see the docstring).
+            if self.handed_out is not None:
+                self.handed_out.untyped_storage().resize_(0)
+                self.handed_out = None
+
+    return StreamingSavePlanner()
+
+
+def write_dcp(folder: Path, tree: Any, where: Path) -> None:
+    """`tree` (TensorRefs and plain values) saved as a DCP folder, one tensor in memory at a time."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
 
+    state, sources = placeholder_state(tree, where)
+    planner = _streaming_planner(sources)
+    writer = dcp.FileSystemWriter(str(folder), thread_count=1, per_thread_copy_ahead=0)
     with warnings.catch_warnings():   # "torch.distributed is disabled ... single process": just so
         warnings.simplefilter("ignore", UserWarning)
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+        try:
+            dcp.save(state, storage_writer=writer, planner=planner, no_dist=True)
+        finally:
+            planner.release()
 
 
 def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any) -> int:
