@@ -258,13 +258,13 @@ def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType |
     # each tensor as DCP's writer comes to it; the read-back re-derives each cast.
     cast_ids = model_cast_ids(ckpt, to)
     tree = rekeyed(tree, cast_ids, to, renumber=False) if cast_ids else tree
-    placeholder_state(tree, ckpt.path)   # a value DCP cannot hold is refused before any folder is made
+    state, sources = placeholder_state(tree, ckpt.path)   # refuses a value DCP cannot hold, before any write
     counts = {"checked": 0}
 
     def verify(tmp: Path) -> None:
         counts["checked"] = verify_dcp(tmp, output, tree)
 
-    atomic_write_dir(output, lambda tmp: write_dcp(tmp, tree, ckpt.path), verify=verify, backup=backup)
+    atomic_write_dir(output, lambda tmp: write_dcp(tmp, state, sources), verify=verify, backup=backup)
     files = sorted(p for p in output.iterdir())
     cast = sum(1 for _, t in iter_tensors(tree) if _was_cast(t))
     return ConversionResult(ckpt.path, output, ckpt.format, "dcp", files, counts["checked"],

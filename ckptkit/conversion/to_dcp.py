@@ -6,29 +6,31 @@ files) is torch's to define, so torch writes it: the tree is handed to
 folder from the tree's shapes and dtypes alone, so every tensor goes in as a *meta* placeholder
 (no memory); `StreamingSavePlanner.resolve_data`, which the writer calls for one item at a time
 just before writing it, reads that one tensor from the source (cast by --dtype, made
-contiguous) into a buffer of its own, and frees it when the writer asks for the next. Memory
-stays at about the largest tensor, whatever the checkpoint's size.
+contiguous) into an anonymous memory map of its own, and gives that memory back when the writer
+asks for the next. Memory stays at about the largest tensor, whatever the checkpoint's size.
 
 This leans on how torch 2.13's `FileSystemWriter` writes (checked against its source):
 with one thread and no copy-ahead (`thread_count=1, per_thread_copy_ahead=0`) it resolves items
 lazily through `_SerialCpuLoader`, one after another, in this thread; a tensor whose storage
 is exactly its own bytes is written as it is (not cloned); and every written tensor stays
 referenced until its file is closed (`tensor_dict`, used only for SAFETENSORS output), which
-is why the planner frees each storage itself rather than dropping its reference.
+is why the planner gives each tensor's memory back itself rather than dropping its reference.
 The folder is then read back with ckptkit's DCP reader and every tensor compared with the source.
 """
 from __future__ import annotations
 
+import mmap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import TensorRef, iter_tensors
+from ckptkit.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.conversion.plan import map_leaves
+from ckptkit.dtypes import DType
 from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.jsonable import to_jsonable
 from ckptkit.safe_pickle import TorchDeviceValue, TorchDtypeValue
-from ckptkit.dtypes import BY_NAME
-from ckptkit.tensor_bytes import CHUNK, _frombuffer, same_bytes, tensor_chunks
+from ckptkit.tensor_bytes import CHUNK, DerivedStorage, same_bytes, tensor_chunks
 
 
 def placeholder_state(tree: Any, where: Path) -> tuple[Any, dict[int, TensorRef]]:
@@ -62,37 +64,63 @@ def _torch_value(leaf: Any, where: Path) -> Any:
                                   "pass --weights-only to write the model alone")
 
 
-def materialised(t: TensorRef) -> Any:
-    """`t`'s values in a contiguous tensor whose storage is exactly its bytes (so DCP's writer
-    writes it without cloning it); read a chunk at a time, a strided tensor through its span."""
+def materialised(t: TensorRef) -> tuple[Any, mmap.mmap | None]:
+    """`t`'s values in a contiguous tensor, and the anonymous memory map that holds them.
+
+    The map is exactly the tensor's bytes, so DCP's writer writes the tensor as it is (it
+    clones any tensor whose storage is larger), and it is private to this tensor, so `release`
+    gives its pages back to the system at once; heap memory freed here would be kept and
+    fragmented by glibc (a cast's temporaries grew the process by ~half the checkpoint).
+    The elements `t` spans are read as stored, a chunk at a time, into a map of their own;
+    a strided or cast tensor is then copied out of it by torch (`copy_` casts as `Tensor.to`).
+    """
     import torch
 
-    out = torch.empty(t.shape, dtype=getattr(torch, t.dtype.name))
+    dtype = getattr(torch, t.dtype.name)
     if t.numel == 0:
-        return out
-    if not t.is_contiguous():
-        return _gathered_into(out, t)
-    # Filled through torch, not a numpy view: a storage numpy has seen can no longer be freed.
-    dest, position = out.reshape(-1).view(torch.uint8), 0
-    for chunk in tensor_chunks(t, None, CHUNK):
-        dest[position:position + len(chunk)] = _frombuffer(chunk, BY_NAME["uint8"])
+        return torch.empty(t.shape, dtype=dtype), None
+    stored, as_stored = _stored(t)
+    size, (lo, hi) = as_stored.itemsize, t.element_span()
+    span = _filled_map(stored.iter_chunks(CHUNK, lo * size, (hi - lo) * size), (hi - lo) * size, t)
+    elements = torch.frombuffer(span, dtype=getattr(torch, as_stored.name))
+    if stored is t.storage and t.is_contiguous():
+        return elements.view(t.shape), span
+    buffer = _private_map(t.nbytes)
+    out = torch.frombuffer(buffer, dtype=dtype).view(t.shape)
+    out.copy_(torch.as_strided(elements, t.shape, t.stride, t.storage_offset - lo))
+    release(span)
+    return out, buffer
+
+
+def _stored(t: TensorRef) -> tuple[StorageRef, DType]:
+    """The storage holding `t`'s elements and their dtype there: a cast's source and the dtype
+    it casts from (same element indices), else `t`'s own (a storage may be untyped bytes)."""
+    if isinstance(t.storage, DerivedStorage) and t.storage.dtype != t.storage.source.dtype:
+        return t.storage.source, t.storage.source.dtype
+    return t.storage, t.dtype
+
+
+def _filled_map(chunks: Iterable[bytes], nbytes: int, t: TensorRef) -> mmap.mmap:
+    buffer, position = _private_map(nbytes), 0
+    for chunk in chunks:
+        buffer[position:position + len(chunk)] = chunk
         position += len(chunk)
-    if position != t.nbytes:
-        raise CorruptCheckpointError(t.storage.byte_range().path, f"storage {t.storage.key!r}: read {position} of "
-                           f"the tensor's {t.nbytes} bytes")
-    return out
+    if position != nbytes:
+        raise CorruptCheckpointError(t.storage.byte_range().path, f"storage {t.storage.key!r}: read {position} "
+                                     f"of the {nbytes} bytes tensor {t.describe()} needs")
+    return buffer
 
 
-def _gathered_into(out: Any, t: TensorRef) -> Any:
-    import torch
+def _private_map(nbytes: int) -> mmap.mmap:
+    # Private: MADV_DONTNEED frees its pages. Python's default anonymous map is shared, whose
+    # pages would only leave this process's resident set and stay allocated in shared memory.
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
-    lo, hi = t.element_span()
-    span = bytearray()
-    for chunk in t.storage.iter_chunks(CHUNK, lo * t.dtype.itemsize, (hi - lo) * t.dtype.itemsize):
-        span += chunk
-    flat = torch.frombuffer(span, dtype=out.dtype)
-    out.copy_(torch.as_strided(flat, t.shape, t.stride, t.storage_offset - lo))
-    return out
+
+def release(buffer: mmap.mmap | None) -> None:
+    """Give a `materialised` tensor's memory back; the tensor then reads as zeros."""
+    if buffer is not None:
+        buffer.madvise(mmap.MADV_DONTNEED)
 
 
 def _streaming_planner(sources: dict[int, TensorRef]) -> Any:
@@ -101,36 +129,44 @@ def _streaming_planner(sources: dict[int, TensorRef]) -> Any:
 
     class StreamingSavePlanner(DefaultSavePlanner):
         """DCP's default planning (flattening, metadata) over placeholders; each tensor item is
-        read from the source only when the writer resolves it, and freed at the next."""
+        read from the source only when the writer resolves it, and released at the next."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.handed_out: Any = None
+            self.handed_out: list[mmap.mmap | None] = []
 
         def resolve_data(self, write_item: Any) -> Any:
+            # The writer has written the previous item by now (serial loader: see the docstring).
             self.release()
-            if write_item.type == WriteItemType.BYTE_IO:
-                return super().resolve_data(write_item)
-            self.handed_out = materialised(sources[id(self.lookup_object(write_item.index))])
-            return self.handed_out
+            value = self.lookup_object(write_item.index)
+            if write_item.type != WriteItemType.BYTE_IO:
+                return self.value_of(value)
+            # DCP pickles a tuple whole, as one item: the tensors in it are read now, together.
+            data = self.transform_object(write_item, map_leaves(value, self.value_of))
+            self.release()
+            return data
+
+        def value_of(self, leaf: Any) -> Any:
+            if id(leaf) not in sources:   # placeholders stay alive, so no other object has their id
+                return leaf
+            tensor, buffer = materialised(sources[id(leaf)])
+            self.handed_out.append(buffer)
+            return tensor
 
         def release(self) -> None:
-            # The writer keeps every written tensor referenced until its file is closed, so the
-            # memory is freed here, in place (the writer has written this one: see the docstring).
-            if self.handed_out is not None:
-                self.handed_out.untyped_storage().resize_(0)
-                self.handed_out = None
+            for buffer in self.handed_out:
+                release(buffer)
+            self.handed_out = []
 
     return StreamingSavePlanner()
 
 
-def write_dcp(folder: Path, tree: Any, where: Path) -> None:
-    """`tree` (TensorRefs and plain values) saved as a DCP folder, one tensor in memory at a time."""
+def write_dcp(folder: Path, state: Any, sources: dict[int, TensorRef]) -> None:
+    """A `placeholder_state` saved as a DCP folder, one tensor in memory at a time."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
 
-    state, sources = placeholder_state(tree, where)
     planner = _streaming_planner(sources)
     writer = dcp.FileSystemWriter(str(folder), thread_count=1, per_thread_copy_ahead=0)
     with warnings.catch_warnings():   # "torch.distributed is disabled ... single process": just so
