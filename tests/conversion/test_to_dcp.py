@@ -107,6 +107,18 @@ def test_a_streamed_cast_is_byte_for_byte_the_folder_of_torchs_own_cast(
     assert torch.equal(_bits(template["optimizer"]["state"][0]["exp_avg"]), _bits(state["optimizer"]["state"][0]["exp_avg"]))
 
 
+def test_the_writer_takes_one_tensor_at_a_time_even_where_cuda_is_available(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With CUDA (and copy-ahead) DCP's writer would resolve tensors ahead of writing them, and a
+    # tensor released at the next resolve would be written as zeros; no copy-ahead keeps it serial.
+    state = _state()
+    torch.save(state, tmp_path / "a.pth")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    convert_checkpoint(tmp_path / "a.pth", tmp_path / "streamed", ConvertOptions(to="dcp"))
+    monkeypatch.undo()
+    _assert_same_folder(tmp_path / "streamed", _dcp_save(_eager(state), tmp_path / "eager"))
+
+
 def test_a_materialised_strided_tensor_owns_exactly_its_bytes_until_released(tmp_path: Path) -> None:
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     torch.save({"t": base[:, 1::2].t()}, tmp_path / "a.pth")
