@@ -19,7 +19,7 @@ the checkpoint. Wall times are printed as seen (one run each), not as a claim.
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--checkout", type=Path, default=REPO_ROOT, help="the ckptkit checkout to measure")
     args = parser.parse_args()
     compile_bytecode()
-    env = {**__import__("os").environ, "PYTHONPATH": str(args.checkout.resolve())}
+    env = {**os.environ, "PYTHONPATH": str(args.checkout.resolve())}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         d = Path(tmp)
         src = big_pth_in_child(d, args.size_mb)
@@ -64,7 +64,6 @@ def main() -> None:
                 raise SystemExit(f"failed ({m.returncode}): {' '.join(cmd)}")
             peaks[name] = m.peak_rss_bytes
             print(f"  {name:40s} peak RSS {m.peak_rss_bytes / 2 ** 20:8.1f} MiB   ({m.seconds:.1f} s)")
-        shutil.rmtree(d / "out", ignore_errors=True)
         base = peaks["read (imports + open_checkpoint)"]
         for name in ("ckptkit convert --to dcp", "ckptkit convert --to dcp --dtype bf16"):
             grown = peaks[name] - base
