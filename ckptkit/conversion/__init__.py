@@ -249,23 +249,22 @@ def _was_cast(t: TensorRef) -> bool:
 def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
             backup: Path | None) -> ConversionResult:
     from ckptkit.conversion.plan import source_tree
-    from ckptkit.conversion.to_dcp import torch_values, verify_dcp, write_dcp
+    from ckptkit.conversion.to_dcp import placeholder_state, verify_dcp, write_dcp
 
     tree, dropped = source_tree(ckpt, options.weights_only, options.select)
     if not isinstance(tree, dict):
         raise UnsupportedFeatureError(ckpt.path, "a DCP folder holds a dict; this checkpoint's top level is not one")
-    # As for .pth: the model's floating storages are cast (optimizer moments keep their precision).
-    # DCP's writer takes the whole state at once, so cast tensors are held in memory at the new dtype
-    # (uncast ones stay views of the source's memory map); the read-back re-derives each cast.
+    # As for .pth: the model's floating storages are cast (optimizer moments keep their precision),
+    # each tensor as DCP's writer comes to it; the read-back re-derives each cast.
     cast_ids = model_cast_ids(ckpt, to)
     tree = rekeyed(tree, cast_ids, to, renumber=False) if cast_ids else tree
-    state = torch_values(tree, ckpt.path)
+    state, sources = placeholder_state(tree, ckpt.path)   # refuses a value DCP cannot hold, before any write
     counts = {"checked": 0}
 
     def verify(tmp: Path) -> None:
         counts["checked"] = verify_dcp(tmp, output, tree)
 
-    atomic_write_dir(output, lambda tmp: write_dcp(tmp, state), verify=verify, backup=backup)
+    atomic_write_dir(output, lambda tmp: write_dcp(tmp, state, sources), verify=verify, backup=backup)
     files = sorted(p for p in output.iterdir())
     cast = sum(1 for _, t in iter_tensors(tree) if _was_cast(t))
     return ConversionResult(ckpt.path, output, ckpt.format, "dcp", files, counts["checked"],

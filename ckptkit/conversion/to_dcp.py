@@ -2,27 +2,49 @@
 
 DCP's on-disk format (a `.metadata` pickle of its dataclasses, items appended to `.distcp`
 files) is torch's to define, so torch writes it: the tree is handed to
-`torch.distributed.checkpoint.save` (no process group needed) with tensors that are views of
-the source file's memory map, so no tensor is copied into this process before DCP writes it.
+`torch.distributed.checkpoint.save` (no process group needed), streamed. DCP plans the whole
+folder from the tree's shapes and dtypes alone, so every tensor goes in as a *meta* placeholder
+(no memory); `StreamingSavePlanner.resolve_data`, which the writer calls for one item at a time
+just before writing it, reads that one tensor from the source (cast by --dtype, made
+contiguous) into an anonymous memory map of its own, and gives that memory back when the writer
+asks for the next. Memory stays at about the largest tensor, whatever the checkpoint's size.
+
+This leans on how torch 2.13's `FileSystemWriter` writes (checked against its source):
+with one thread and no copy-ahead (`thread_count=1, per_thread_copy_ahead=0`) it resolves items
+lazily through `_SerialCpuLoader`, one after another, in this thread; a tensor whose storage
+is exactly its own bytes is written as it is (not cloned); and every written tensor stays
+referenced until its file is closed (`tensor_dict`, used only for SAFETENSORS output), which
+is why the planner gives each tensor's memory back itself rather than dropping its reference.
 The folder is then read back with ckptkit's DCP reader and every tensor compared with the source.
 """
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import TensorRef, iter_tensors
+from ckptkit.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.conversion.plan import map_leaves
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.dtypes import DType
+from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.jsonable import to_jsonable
 from ckptkit.safe_pickle import TorchDeviceValue, TorchDtypeValue
-from ckptkit.tensor_bytes import on_disk, same_bytes, tensor_chunks
+from ckptkit.tensor_bytes import CHUNK, DerivedStorage, same_bytes, tensor_chunks
 
 
-def torch_values(tree: Any, where: Path) -> Any:
-    """`tree` as live torch values: tensors mapped from the file, containers rebuilt."""
-    return map_leaves(tree, lambda leaf: _torch_value(leaf, where))
+def placeholder_state(tree: Any, where: Path) -> tuple[Any, dict[int, TensorRef]]:
+    """`tree` as DCP plans it: each tensor a meta tensor of its shape and dtype, containers
+    rebuilt, plain values as torch values; and {id(placeholder): the tensor it stands for}."""
+    sources: dict[int, TensorRef] = {}
+
+    def leaf(value: Any) -> Any:
+        placeholder = _torch_value(value, where)
+        if isinstance(value, TensorRef):
+            sources[id(placeholder)] = value
+        return placeholder
+
+    return map_leaves(tree, leaf), sources
 
 
 def _torch_value(leaf: Any, where: Path) -> Any:
@@ -30,8 +52,8 @@ def _torch_value(leaf: Any, where: Path) -> Any:
 
     if isinstance(leaf, TensorRef):
         # Contiguous, as DCP's own loaders expect items (and ckptkit's DCP reader reads them):
-        # a strided view would be saved with its strides inside the item.
-        return _mapped_tensor(leaf) if leaf.is_contiguous() else _mapped_tensor(leaf).contiguous()
+        # a strided tensor would be saved with its strides inside the item.
+        return torch.empty(leaf.shape, dtype=getattr(torch, leaf.dtype.name), device="meta")
     if isinstance(leaf, TorchDtypeValue):
         return getattr(torch, leaf.name)
     if isinstance(leaf, TorchDeviceValue):
@@ -42,36 +64,117 @@ def _torch_value(leaf: Any, where: Path) -> Any:
                                   "pass --weights-only to write the model alone")
 
 
-def _mapped_tensor(t: TensorRef) -> Any:
+def materialised(t: TensorRef) -> tuple[Any, mmap.mmap | None]:
+    """`t`'s values in a contiguous tensor, and the anonymous memory map that holds them.
+
+    The map is exactly the tensor's bytes, so DCP's writer writes the tensor as it is (it
+    clones any tensor whose storage is larger), and it is private to this tensor, so `release`
+    gives its pages back to the system at once; heap memory freed here would be kept and
+    fragmented by glibc (a cast's temporaries grew the process by ~half the checkpoint).
+    The elements `t` spans are read as stored, a chunk at a time, into a map of their own;
+    a strided or cast tensor is then copied out of it by torch (`copy_` casts as `Tensor.to`).
+    """
     import torch
 
     dtype = getattr(torch, t.dtype.name)
     if t.numel == 0:
-        return torch.empty(t.shape, dtype=dtype)
-    lo, hi = t.element_span()
-    where = t.storage.byte_range()
-    start = where.offset + lo * t.dtype.itemsize
-    aligned = start - start % mmap.ALLOCATIONGRANULARITY
-    if not on_disk(t.storage) or (start - aligned) % t.dtype.itemsize:
-        return t.to_torch()   # produced bytes, or a record not aligned to its elements (legacy files)
-    with open(where.path, "rb") as f:
-        # A private (copy-on-write) map: torch.frombuffer wants a writable buffer; nothing is written.
-        mm = mmap.mmap(f.fileno(), start - aligned + (hi - lo) * t.dtype.itemsize, flags=mmap.MAP_PRIVATE,
-                       offset=aligned)
-    flat = torch.frombuffer(mm, dtype=torch.uint8).view(dtype)
-    # as_strided counts its offset from the start of the storage, i.e. of the mapping
-    first = (start - aligned) // t.dtype.itemsize
-    return torch.as_strided(flat, t.shape, t.stride, first + t.storage_offset - lo)
+        return torch.empty(t.shape, dtype=dtype), None
+    stored, as_stored = _stored(t)
+    size, (lo, hi) = as_stored.itemsize, t.element_span()
+    span = _filled_map(stored.iter_chunks(CHUNK, lo * size, (hi - lo) * size), (hi - lo) * size, t)
+    elements = torch.frombuffer(span, dtype=getattr(torch, as_stored.name))
+    if stored is t.storage and t.is_contiguous():
+        return elements.view(t.shape), span
+    buffer = _private_map(t.nbytes)
+    out = torch.frombuffer(buffer, dtype=dtype).view(t.shape)
+    out.copy_(torch.as_strided(elements, t.shape, t.stride, t.storage_offset - lo))
+    release(span)
+    return out, buffer
 
 
-def write_dcp(folder: Path, state: Any) -> None:
+def _stored(t: TensorRef) -> tuple[StorageRef, DType]:
+    """The storage holding `t`'s elements and their dtype there: a cast's source and the dtype
+    it casts from (same element indices), else `t`'s own (a storage may be untyped bytes)."""
+    if isinstance(t.storage, DerivedStorage) and t.storage.dtype != t.storage.source.dtype:
+        return t.storage.source, t.storage.source.dtype
+    return t.storage, t.dtype
+
+
+def _filled_map(chunks: Iterable[bytes], nbytes: int, t: TensorRef) -> mmap.mmap:
+    buffer, position = _private_map(nbytes), 0
+    for chunk in chunks:
+        buffer[position:position + len(chunk)] = chunk
+        position += len(chunk)
+    if position != nbytes:
+        raise CorruptCheckpointError(t.storage.byte_range().path, f"storage {t.storage.key!r}: read {position} "
+                                     f"of the {nbytes} bytes tensor {t.describe()} needs")
+    return buffer
+
+
+def _private_map(nbytes: int) -> mmap.mmap:
+    # Private: MADV_DONTNEED frees its pages. Python's default anonymous map is shared, whose
+    # pages would only leave this process's resident set and stay allocated in shared memory.
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def release(buffer: mmap.mmap | None) -> None:
+    """Give a `materialised` tensor's memory back; the tensor then reads as zeros."""
+    if buffer is not None:
+        buffer.madvise(mmap.MADV_DONTNEED)
+
+
+def _streaming_planner(sources: dict[int, TensorRef]) -> Any:
+    from torch.distributed.checkpoint import DefaultSavePlanner
+    from torch.distributed.checkpoint.planner import WriteItemType
+
+    class StreamingSavePlanner(DefaultSavePlanner):
+        """DCP's default planning (flattening, metadata) over placeholders; each tensor item is
+        read from the source only when the writer resolves it, and released at the next."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.handed_out: list[mmap.mmap | None] = []
+
+        def resolve_data(self, write_item: Any) -> Any:
+            # The writer has written the previous item by now (serial loader: see the docstring).
+            self.release()
+            value = self.lookup_object(write_item.index)
+            if write_item.type != WriteItemType.BYTE_IO:
+                return self.value_of(value)
+            # DCP pickles a tuple whole, as one item: the tensors in it are read now, together.
+            data = self.transform_object(write_item, map_leaves(value, self.value_of))
+            self.release()
+            return data
+
+        def value_of(self, leaf: Any) -> Any:
+            if id(leaf) not in sources:   # placeholders stay alive, so no other object has their id
+                return leaf
+            tensor, buffer = materialised(sources[id(leaf)])
+            self.handed_out.append(buffer)
+            return tensor
+
+        def release(self) -> None:
+            for buffer in self.handed_out:
+                release(buffer)
+            self.handed_out = []
+
+    return StreamingSavePlanner()
+
+
+def write_dcp(folder: Path, state: Any, sources: dict[int, TensorRef]) -> None:
+    """A `placeholder_state` saved as a DCP folder, one tensor in memory at a time."""
     import warnings
 
     import torch.distributed.checkpoint as dcp
 
+    planner = _streaming_planner(sources)
+    writer = dcp.FileSystemWriter(str(folder), thread_count=1, per_thread_copy_ahead=0)
     with warnings.catch_warnings():   # "torch.distributed is disabled ... single process": just so
         warnings.simplefilter("ignore", UserWarning)
-        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+        try:
+            dcp.save(state, storage_writer=writer, planner=planner, no_dist=True)
+        finally:
+            planner.release()
 
 
 def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any) -> int:
