@@ -226,18 +226,32 @@ def on_disk(storage: StorageRef) -> bool:
 
 
 class DerivedStorage(ProducedStorage):
-    """Another storage renamed (`key`) and/or cast element-wise to `dtype`, a chunk at a time."""
+    """Another storage renamed (`key`) and/or cast element-wise to `dtype`, a chunk at a time.
 
-    def __init__(self, source: StorageRef, key: str, dtype: DType | None = None) -> None:
-        super().__init__(key, dtype or source.dtype, source.numel, source.location, source.byte_range().path)
+    `elements`: the dtype the source's bytes hold, when the storage itself does not say it.
+    torch saves the tensors of newer dtypes (float8, uint16...) on untyped byte storages, so
+    such a storage's own dtype is uint8 and only its tensors know how to read the bytes: a cast
+    must read float8 elements, not their bytes as uint8 numbers.
+    """
+
+    def __init__(self, source: StorageRef, key: str, dtype: DType | None = None,
+                 elements: DType | None = None) -> None:
+        self.elements = elements if dtype is not None and elements is not None else source.dtype
+        numel = source.numel * source.dtype.itemsize // self.elements.itemsize
+        super().__init__(key, dtype or source.dtype, numel, source.location, source.byte_range().path)
         self.source = source
 
+    @property
+    def casts(self) -> bool:
+        return self.dtype != self.elements
+
     def produce(self, chunk_size: int) -> Iterator[bytes]:
-        if self.dtype == self.source.dtype:
+        if not self.casts:
             return self.source.iter_chunks(chunk_size)
         # Cast chunks of `chunk_size` output bytes: read that many source elements at a time.
         elements = max(1, chunk_size // self.dtype.itemsize)
-        return storage_chunks(self.source, self.dtype, elements * self.source.dtype.itemsize)
+        return (cast_bytes(c, self.elements, self.dtype)
+                for c in self.source.iter_chunks(elements * self.elements.itemsize))
 
 
 class AssembledStorage(ProducedStorage):

@@ -243,7 +243,7 @@ def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
 
 
 def _was_cast(t: TensorRef) -> bool:
-    return isinstance(t.storage, DerivedStorage) and t.storage.dtype != t.storage.source.dtype
+    return isinstance(t.storage, DerivedStorage) and t.storage.casts
 
 
 def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,

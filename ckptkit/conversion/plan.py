@@ -172,16 +172,22 @@ def rekeyed(tree: Any, cast_ids: set[int], to: DType | None, renumber: bool) -> 
     keyed "0", "1", ... in order of first use; tensors sharing a storage still share it."""
     derived: dict[int, StorageRef] = {}
 
-    def storage_for(s: StorageRef) -> StorageRef:
+    def storage_for(t: TensorRef) -> StorageRef:
+        s = t.storage
         if id(s) not in derived:
             dtype = to if id(s) in cast_ids else None
             key = str(len(derived)) if renumber else s.key
-            derived[id(s)] = s if dtype is None and not renumber else DerivedStorage(s, key, dtype)
-        return derived[id(s)]
+            # A cast reads the elements as the tensor's dtype (an untyped storage says uint8).
+            derived[id(s)] = s if dtype is None and not renumber else DerivedStorage(s, key, dtype, t.dtype)
+        found = derived[id(s)]
+        if isinstance(found, DerivedStorage) and found.casts and t.dtype != found.elements:
+            raise UnsupportedFeatureError(s.byte_range().path, f"storage {s.key!r} is read as {found.elements.name} "
+                                          f"by one tensor and as {t.dtype.name} by another; --dtype cannot cast it")
+        return found
 
     def mapped(t: TensorRef) -> TensorRef:
-        s = storage_for(t.storage)
-        return t if s is t.storage else replace(t, storage=s, dtype=s.dtype)
+        s = storage_for(t)
+        return t if s is t.storage else replace(t, storage=s, dtype=s.dtype if s.dtype != s.elements else t.dtype)
 
     memo: dict[int, TensorRef] = {}
     return map_tensors(tree, lambda t: memo.setdefault(id(t), mapped(t)))

@@ -95,8 +95,8 @@ def materialised(t: TensorRef) -> tuple[Any, mmap.mmap | None]:
 def _stored(t: TensorRef) -> tuple[StorageRef, DType]:
     """The storage holding `t`'s elements and their dtype there: a cast's source and the dtype
     it casts from (same element indices), else `t`'s own (a storage may be untyped bytes)."""
-    if isinstance(t.storage, DerivedStorage) and t.storage.dtype != t.storage.source.dtype:
-        return t.storage.source, t.storage.source.dtype
+    if isinstance(t.storage, DerivedStorage) and t.storage.casts:
+        return t.storage.source, t.storage.elements
     return t.storage, t.dtype
 
 
