@@ -29,6 +29,7 @@ DEFAULT_INTERVAL = 500   # TrainerState's own default for logging_steps / eval_s
 class HFTrainerState:
     document: dict[str, Any] | None          # the trainer_state.json to write, or None
     notes: list[str] = field(default_factory=list)
+    carried: set[str] = field(default_factory=set)   # the source's top-level keys it holds the values of
 
 
 def trainer_state_from_progress(ckpt: Checkpoint, output_name: str | None) -> HFTrainerState:
@@ -43,12 +44,12 @@ def trainer_state_from_progress(ckpt: Checkpoint, output_name: str | None) -> HF
                                 "batches skipped), so the resume is exact only with the source's batches per "
                                 "epoch and accumulation"])
     epoch = _epoch(p, out.notes)
-    best = _best_metric(ckpt, out.notes)
+    best = _best_metric(ckpt, out)
     state: dict[str, Any] = {
         "epoch": epoch, "global_step": p.global_step, "max_steps": p.max_steps or 0,
         "logging_steps": DEFAULT_INTERVAL, "eval_steps": DEFAULT_INTERVAL, "save_steps": DEFAULT_INTERVAL,
         "train_batch_size": _batch_size(ckpt, out.notes), "num_train_epochs": 0,
-        "num_input_tokens_seen": 0, "total_flos": 0, "log_history": _log_history(ckpt, p.global_step, out.notes),
+        "num_input_tokens_seen": 0, "total_flos": 0, "log_history": _log_history(ckpt, p.global_step, out),
         "best_metric": best, "best_global_step": None, "best_model_checkpoint": None,
         "is_local_process_zero": True, "is_world_process_zero": True, "is_hyper_param_search": False,
         "trial_name": None, "trial_params": None, "stateful_callbacks": {},
@@ -64,6 +65,8 @@ def trainer_state_from_progress(ckpt: Checkpoint, output_name: str | None) -> HF
                          "(get_last_checkpoint) finds only folders named checkpoint-N; pass the path explicitly "
                          "or rename it")
     out.document = state
+    tree = ckpt.tree if isinstance(ckpt.tree, dict) else {}
+    out.carried |= {str(k) for k in tree if k in S.COUNTER_KEYS}   # read into global_step / epoch
     return out
 
 
@@ -92,15 +95,16 @@ def _epoch(p: Progress, notes: list[str]) -> float:
     return epoch
 
 
-def _best_metric(ckpt: Checkpoint, notes: list[str]) -> float | None:
+def _best_metric(ckpt: Checkpoint, out: HFTrainerState) -> float | None:
     found = [(k, ckpt.metrics[k]) for k in BEST_METRICS if S.is_number(ckpt.metrics.get(k))]
     if not found:
         return None
     key, value = found[0]
     if not math.isfinite(value):
-        notes.append(f"trainer_state.json best_metric = null: the source's {key} is {value} (no best yet)")
+        out.notes.append(f"trainer_state.json best_metric = null: the source's {key} is {value} (no best yet)")
         return None
-    notes.append(f"trainer_state.json best_metric = the source's {key} ({value}); best_global_step and "
+    out.carried.add(key)
+    out.notes.append(f"trainer_state.json best_metric = the source's {key} ({value}); best_global_step and "
                  "best_model_checkpoint null (not recorded): Trainer compares it with metric_for_best_model, "
                  "so set that (and greater_is_better) to the same metric")
     return float(value)
@@ -120,7 +124,7 @@ def _batch_size(ckpt: Checkpoint, notes: list[str]) -> int:
     return 0
 
 
-def _log_history(ckpt: Checkpoint, global_step: int, notes: list[str]) -> list[dict[str, Any]]:
+def _log_history(ckpt: Checkpoint, global_step: int, out: HFTrainerState) -> list[dict[str, Any]]:
     """Only histories whose every entry is a dict of numbers with its step copy over, as saved."""
     entries: list[tuple[int, int, dict[str, Any]]] = []
     used, left = [], []
@@ -130,11 +134,12 @@ def _log_history(ckpt: Checkpoint, global_step: int, notes: list[str]) -> list[d
             used.append(name)
         else:
             left.append(name)
+    out.carried.update(used)
     if used:
-        notes.append(f"trainer_state.json log_history: {len(entries)} entries of {', '.join(used)} copied as saved "
+        out.notes.append(f"trainer_state.json log_history: {len(entries)} entries of {', '.join(used)} copied as saved "
                      "(their own key names, not Trainer's loss / eval_loss / learning_rate), ordered by step")
     if left:
-        notes.append(f"trainer_state.json log_history leaves out {', '.join(left)}: not a list of dicts each with "
+        out.notes.append(f"trainer_state.json log_history leaves out {', '.join(left)}: not a list of dicts each with "
                      f"its 'step' (1..{global_step}) and numbers only, so it does not map to Trainer's log entries")
     return [e for _, _, e in sorted(entries, key=lambda item: (item[0], item[1]))]
 

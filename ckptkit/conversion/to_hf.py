@@ -73,8 +73,10 @@ def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DT
         plan.dropped += rng.dropped
         plan.notes += rng.notes
     plan.notes.append(TRAINING_ARGS_NOTE)
+    carried: set[str] = set()
     if TRAINER_STATE not in documents:
         state = trainer_state_from_progress(ckpt, output_name)
+        carried = state.carried
         if state.document is None:
             plan.notes.append(NO_TRAINER_STATE_NOTE)
         else:
@@ -82,7 +84,7 @@ def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DT
         plan.notes += state.notes
     if not ckpt.path.is_dir() and isinstance(ckpt.tree, dict):
         used = {ckpt.sources.get(s) for s in ("model", "optimizer", "scheduler", "scaler", "rng")}
-        rest = [str(k) for k in ckpt.tree if k not in used and not str(k).endswith(".json")]
+        rest = [str(k) for k in ckpt.tree if k not in used and k not in carried and not str(k).endswith(".json")]
         if rest and ckpt.sources.get("model") != "(top level)":
             plan.dropped.append(f"other keys ({', '.join(rest)}): an HF folder has no file for them")
     return plan

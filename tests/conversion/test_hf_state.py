@@ -75,6 +75,8 @@ def test_seed_004s_best_model_gets_its_best_val_loss_and_notes_for_every_value_i
     assert "log_history leaves out train_history" in notes
     assert "Trainer names this step's folder checkpoint-500" in notes
     assert NO_TRAINER_STATE_NOTE not in result.notes
+    # what trainer_state.json holds is no longer listed as dropped
+    assert "other keys (config, train_history): an HF folder has no file for them" in result.dropped
 
 
 def test_a_source_without_a_batch_size_gets_train_batch_size_0_which_trainers_argument_check_accepts(
