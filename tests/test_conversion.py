@@ -557,7 +557,7 @@ def test_to_hf_writes_the_rng_state_with_numpy_keys_as_a_plain_list_and_drops_wh
     # torch.save pickles numpy arrays as they are (weights_only=True would refuse to read them back)
     torch.save({"model": sd, "rng_state": rng, "step": 3}, tmp_path / "a.pth", pickle_module=pickle)
     result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "hf", ConvertOptions(to="hf"))
-    assert sorted(p.name for p in result.files) == ["model.safetensors", "rng_state.pth"]
+    assert sorted(p.name for p in result.files) == ["model.safetensors", "rng_state.pth", "trainer_state.json"]
     written = torch.load(tmp_path / "hf" / "rng_state.pth", weights_only=True)
     assert written["numpy"] == ("MT19937", keys.tolist(), 5, 0, 0.0)
     assert written["python"] == rng["python"] and torch.equal(written["cpu"], rng["cpu"])
@@ -566,7 +566,7 @@ def test_to_hf_writes_the_rng_state_with_numpy_keys_as_a_plain_list_and_drops_wh
     rng["numpy"] = ("MT19937", keys.reshape(24, 26), 5, 0, 0.0)   # no plain list without its memory order
     torch.save({"model": sd, "rng_state": rng, "step": 3}, tmp_path / "b.pth", pickle_module=pickle)
     result = convert_checkpoint(tmp_path / "b.pth", tmp_path / "hf2", ConvertOptions(to="hf"))
-    assert sorted(p.name for p in result.files) == ["model.safetensors"]
+    assert sorted(p.name for p in result.files) == ["model.safetensors", "trainer_state.json"]
     assert ("rng (rng_state): rng_state.pth: holds numpy arrays, which ckptkit does not re-pickle; no rng_state "
             "file written, so a Trainer resumed from the folder keeps its fresh generators") in result.dropped
 
@@ -577,7 +577,8 @@ def test_to_hf_writes_one_rng_file_per_rank_when_the_state_came_from_rank_files(
                                     "cpu": torch.full((4,), r, dtype=torch.uint8)} for r in (0, 1)}
     torch.save({"model": {"w": torch.ones(2)}, "rng_state": ranks, "step": 3}, tmp_path / "a.pth")
     result = convert_checkpoint(tmp_path / "a.pth", tmp_path / "hf", ConvertOptions(to="hf"))
-    assert sorted(p.name for p in result.files) == ["model.safetensors", "rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in result.files) == ["model.safetensors", "rng_state_0.pth", "rng_state_1.pth",
+                                                    "trainer_state.json"]
     assert torch.equal(torch.load(tmp_path / "hf" / "rng_state_1.pth", weights_only=True)["cpu"],
                        torch.full((4,), 1, dtype=torch.uint8))
 

@@ -277,7 +277,8 @@ def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | 
            backup: Path | None) -> ConversionResult:
     from ckptkit.conversion import to_hf
 
-    plan = to_hf.plan_folder(ckpt, options.weights_only, options.select, to, options.max_shard_size)
+    plan = to_hf.plan_folder(ckpt, options.weights_only, options.select, to, options.max_shard_size,
+                             output.name)
     atomic_write_dir(output, lambda tmp: to_hf.populate(plan, tmp),
                      verify=lambda tmp: to_hf.verify(plan, tmp, output), backup=backup)
     files = sorted(output.iterdir())

@@ -7,7 +7,8 @@ Members written, as transformers' Trainer lays out `checkpoint-N/`: the weights 
 `rng_state_{rank}.pth`) in the layout Trainer restores (`ckptkit.conversion.hf_rng`) (unless
 --weights-only), and
 every JSON member the source carries (`config.json`, `trainer_state.json`, `adapter_config.json`,
-... as packed by `ckptkit convert FOLDER file.pth`). Each file is read
+... as packed by `ckptkit convert FOLDER file.pth`); a source without `trainer_state.json` whose
+progress has a global step gets one built from it (`ckptkit.conversion.hf_state`). Each file is read
 back and compared like any other conversion output before the folder is put in place.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from ckptkit.checkpoint import Checkpoint
 from ckptkit.conversion.hf_rng import TRAINING_ARGS_NOTE, hf_rng_files
+from ckptkit.conversion.hf_state import trainer_state_from_progress
 from ckptkit.conversion.plan import (TensorPlan, dropped_sections, json_members, model_tensors, plan_tensors,
                                      rekeyed, safetensors_metadata)
 from ckptkit.conversion.shards import ShardLayout, shard_layout, verify_shards, write_shards
@@ -28,9 +30,9 @@ from ckptkit.errors import UnsupportedFeatureError
 from ckptkit.formats.hf_trainer import TRAINER_STATE
 
 # transformers 5.23 Trainer.train(resume_from_checkpoint=...) opens this file unconditionally.
-NO_TRAINER_STATE_NOTE = ("no trainer_state.json written (the source has none): transformers' Trainer.train("
-                         "resume_from_checkpoint=...) opens it unconditionally, so a resume from this folder "
-                         "fails until one is added")
+NO_TRAINER_STATE_NOTE = ("no trainer_state.json written (the source has none, and its progress has no global "
+                         "step to build one from): transformers' Trainer.train(resume_from_checkpoint=...) opens "
+                         "it unconditionally, so a resume from this folder fails until one is added")
 SECTION_FILES = (("optimizer", "optimizer.pt"), ("scheduler", "scheduler.pt"), ("scaler", "scaler.pt"))
 
 
@@ -48,7 +50,7 @@ class FolderPlan:
 
 
 def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DType | None,
-                max_shard_size: int | None = None) -> FolderPlan:
+                max_shard_size: int | None = None, output_name: str | None = None) -> FolderPlan:
     documents = json_members(ckpt)
     weights = plan_tensors(model_tensors(ckpt, select), to)
     name = "adapter_model.safetensors" if "adapter_config.json" in documents else "model.safetensors"
@@ -71,11 +73,18 @@ def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DT
         plan.dropped += rng.dropped
         plan.notes += rng.notes
     plan.notes.append(TRAINING_ARGS_NOTE)
+    carried: set[str] = set()
     if TRAINER_STATE not in documents:
-        plan.notes.append(NO_TRAINER_STATE_NOTE)
+        state = trainer_state_from_progress(ckpt, output_name)
+        carried = state.carried
+        if state.document is None:
+            plan.notes.append(NO_TRAINER_STATE_NOTE)
+        else:
+            plan.documents[TRAINER_STATE] = state.document
+        plan.notes += state.notes
     if not ckpt.path.is_dir() and isinstance(ckpt.tree, dict):
         used = {ckpt.sources.get(s) for s in ("model", "optimizer", "scheduler", "scaler", "rng")}
-        rest = [str(k) for k in ckpt.tree if k not in used and not str(k).endswith(".json")]
+        rest = [str(k) for k in ckpt.tree if k not in used and k not in carried and not str(k).endswith(".json")]
         if rest and ckpt.sources.get("model") != "(top level)":
             plan.dropped.append(f"other keys ({', '.join(rest)}): an HF folder has no file for them")
     return plan

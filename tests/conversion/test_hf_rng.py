@@ -112,7 +112,7 @@ def test_a_single_rank_trainer_checkpoint_becomes_one_rng_state_pth_with_its_val
         trainer_checkpoint: Path, tmp_path: Path) -> None:
     result = convert_checkpoint(trainer_checkpoint, tmp_path / "hf", ConvertOptions(to="hf"))
     names = sorted(p.name for p in result.files)
-    assert names == ["model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt"]
+    assert names == ["model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt", "trainer_state.json"]
     assert not any(d.startswith("rng") for d in result.dropped)
     written = torch.load(tmp_path / "hf" / "rng_state.pth", weights_only=True)   # no allowlist needed
     state = torch.load(trainer_checkpoint, weights_only=True)["rng_state"]["ranks"][0]
@@ -211,6 +211,6 @@ def test_the_training_args_note_is_given_once_and_only_for_a_training_folder(
     full = convert_checkpoint(trainer_checkpoint, tmp_path / "full", ConvertOptions(to="hf"))
     assert full.notes.count(TRAINING_ARGS_NOTE) == 1
     assert not (tmp_path / "full" / "training_args.bin").exists()
-    assert any(n.startswith("no trainer_state.json written") for n in full.notes)
+    assert any(n.startswith("trainer_state.json written from the source's progress") for n in full.notes)
     weights = convert_checkpoint(trainer_checkpoint, tmp_path / "w", ConvertOptions(to="hf", weights_only=True))
     assert TRAINING_ARGS_NOTE not in weights.notes
