@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-import torch.distributed as dist
 
 from ckptkit import atomic
 from ckptkit.errors import CkptkitError
@@ -94,15 +92,6 @@ def test_a_backup_is_marked_and_never_taken_as_latest_even_when_further(run: Pat
     assert found["checkpoint_step_4.pt.bak"].backup and found["checkpoint_step_4.pt.bak"].to_json()["backup"]
     assert scan_run(run).resume.relative == "checkpoint_step_3.pt"   # the further checkpoint now
     assert "latest" in found["checkpoint_step_3.pt"].markers
-
-
-@pytest.fixture
-def one_rank_group(tmp_path: Path) -> Iterator[None]:
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.usefixtures("one_rank_group")
