@@ -195,11 +195,11 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
               backup: Path | None) -> ConversionResult:
     from ckptkit.formats.torch_zip import write_torch_zip
 
-    tree, aliases, dropped = torch_tree(ckpt, options.weights_only, options.select, to)
+    tree, uncast, aliases, dropped = torch_tree(ckpt, options.weights_only, options.select, to)
     counts = {"checked": 0}
 
     def verify(tmp: Path) -> None:
-        counts["checked"] = verify_torch_file(tmp, output, tree)
+        counts["checked"] = verify_torch_file(tmp, output, tree, uncast)
 
     crcs = _record_crcs(ckpt, tree)
     atomic_write_file(output, lambda f: write_torch_zip(f, tree, known_crcs=crcs), verify=verify, backup=backup)
@@ -255,14 +255,14 @@ def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType |
     if not isinstance(tree, dict):
         raise UnsupportedFeatureError(ckpt.path, "a DCP folder holds a dict; this checkpoint's top level is not one")
     # As for .pth: the model's floating storages are cast (optimizer moments keep their precision),
-    # each tensor as DCP's writer comes to it; the read-back re-derives each cast.
+    # each tensor as DCP's writer comes to it; the read-back compares each with torch's cast.
     cast_ids = model_cast_ids(ckpt, to)
-    tree = rekeyed(tree, cast_ids, to, renumber=False) if cast_ids else tree
+    uncast, tree = tree, rekeyed(tree, cast_ids, to, renumber=False) if cast_ids else tree
     state, sources = placeholder_state(tree, ckpt.path)   # refuses a value DCP cannot hold, before any write
     counts = {"checked": 0}
 
     def verify(tmp: Path) -> None:
-        counts["checked"] = verify_dcp(tmp, output, tree)
+        counts["checked"] = verify_dcp(tmp, output, tree, uncast if cast_ids else None)
 
     atomic_write_dir(output, lambda tmp: write_dcp(tmp, state, sources), verify=verify, backup=backup)
     files = sorted(p for p in output.iterdir())

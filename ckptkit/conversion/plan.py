@@ -153,9 +153,10 @@ def safetensors_metadata(ckpt: Checkpoint, aliases: dict[str, str], to: DType | 
 
 
 def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DType | None,
-               ) -> tuple[Any, dict[str, str], list[str]]:
-    """The tree a torch.save output holds, with casts applied storage by storage; its aliases;
-    and what of the source it leaves out.
+               ) -> tuple[Any, Any, dict[str, str], list[str]]:
+    """The tree a torch.save output holds, with casts applied storage by storage; the same tree
+    before the casts (for verifying them independently); its aliases; and what of the source it
+    leaves out.
 
     torch.save files and DCP folders keep their tree; torch.save files also keep their storage
     keys (records are copied byte for byte). Other sources get storages numbered "0", "1", ...
@@ -164,7 +165,7 @@ def torch_tree(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DTy
     tree, dropped = source_tree(ckpt, weights_only, select)
     cast_ids = model_cast_ids(ckpt, to)
     renumber = ckpt.format not in TORCH_FORMATS   # safetensors names, DCP "fqn@[offsets]" keys
-    return rekeyed(tree, cast_ids, to, renumber), stored_aliases(ckpt), dropped
+    return rekeyed(tree, cast_ids, to, renumber), tree, stored_aliases(ckpt), dropped
 
 
 def rekeyed(tree: Any, cast_ids: set[int], to: DType | None, renumber: bool) -> Any:

@@ -177,8 +177,10 @@ def write_dcp(folder: Path, state: Any, sources: dict[int, TensorRef]) -> None:
             planner.release()
 
 
-def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any) -> int:
-    """Every tensor of the written DCP folder against the source's, by dotted name."""
+def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any, uncast_tree: Any = None) -> int:
+    """Every tensor of the written DCP folder against the source's, by dotted name; with
+    `uncast_tree` (the tree before a --dtype cast), each cast tensor also against torch's cast
+    of its source tensor (see `ckptkit.conversion.verify.verify_torch_file`)."""
     from ckptkit.conversion.plan import with_whole_tensors
     from ckptkit.formats import open_checkpoint
 
@@ -201,6 +203,10 @@ def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any) -> int:
                                          f"expected {source.describe()}")
         if not same_bytes(tensor_chunks(out, None, 1 << 20), tensor_chunks(source, None, 1 << 20)):
             raise WriteVerificationError(shown_as, f"tensor {name!r}: bytes read back differ from the source's")
+    if uncast_tree is not None:
+        from ckptkit.conversion.verify import check_casts
+
+        check_casts(shown_as, dict(iter_tensors(uncast_tree)), have)
     return len(want)
 
 

@@ -3,7 +3,9 @@
 Runs on the temporary file or folder, before it is renamed into place; any difference raises
 WriteVerificationError, so the atomic write deletes the output and the target is untouched.
 Bytes are compared stream against stream, one chunk at a time: the expected bytes are
-re-derived from the source (cast again where a cast was asked), never kept from the write.
+re-derived from the source (cast again where a cast was asked), never kept from the write;
+and a cast tensor is also compared with torch's cast of its source tensor's own elements, so
+a cast that misread the source cannot pass by agreeing with itself.
 """
 from __future__ import annotations
 
@@ -47,9 +49,14 @@ def verify_safetensors(path: Path, shown_as: Path, tensors: Mapping[str, TensorR
     return len(tensors)
 
 
-def verify_torch_file(path: Path, shown_as: Path, expected_tree: Any) -> int:
+def verify_torch_file(path: Path, shown_as: Path, expected_tree: Any, uncast_tree: Any = None) -> int:
     """A written torch.save file against the tree meant: same structure, same tensor layouts,
-    same storage sharing, and every storage record byte-identical. Returns tensors checked."""
+    same storage sharing, and every storage record byte-identical. Returns tensors checked.
+
+    `uncast_tree`: the tree before a --dtype cast. Each cast tensor is then also compared with
+    its source tensor cast by torch, element by element as the source tensor reads them: the
+    storage records above were produced by the same cast they are compared with, so a cast
+    that read the source wrong (float8 bytes as uint8 numbers) would otherwise pass."""
     from ckptkit.formats import open_checkpoint
 
     try:
@@ -73,7 +80,22 @@ def verify_torch_file(path: Path, shown_as: Path, expected_tree: Any) -> int:
     for key, (a_storage, b_storage) in pairs.items():
         if a_storage.nbytes != b_storage.byte_range().length or not _same_storage(a_storage, b_storage):
             raise WriteVerificationError(shown_as, f"storage record {key!r}: bytes read back differ from the source's")
+    if uncast_tree is not None:
+        check_casts(shown_as, dict(iter_tensors(uncast_tree)), dict(have))
     return len(want)
+
+
+def check_casts(shown_as: Path, sources: Mapping[str, TensorRef], written: Mapping[str, TensorRef]) -> None:
+    """Every written tensor whose dtype differs from its source's holds torch's cast of the
+    source tensor's own elements (by name; a name missing on either side is a difference)."""
+    if set(sources) != set(written):
+        raise WriteVerificationError(shown_as, "written tensor names differ from the source's")
+    for name, source in sources.items():
+        out = written[name]
+        if out.dtype != source.dtype and not same_bytes(tensor_chunks(out, None, COMPARE_CHUNK),
+                                                        tensor_chunks(source, out.dtype, COMPARE_CHUNK)):
+            raise WriteVerificationError(shown_as, f"tensor {name!r}: values read back differ from the source's "
+                                         f"{source.dtype.name} values cast to {out.dtype.name} by torch")
 
 
 def _same_tensor(written: TensorRef, source: TensorRef, cast: DType | None) -> bool:

@@ -62,3 +62,46 @@ def test_a_dcp_folder_with_float8_tensors_converts_to_pth_with_their_dtype_and_b
     assert back["w"].dtype == torch.float8_e4m3fn and back["x"].dtype == torch.uint16
     assert back["w"].view(torch.uint8).tolist() == base.view(torch.uint8).tolist()
     assert back["x"].tolist() == [0, 1, 2]
+
+
+def test_a_cast_that_reads_the_source_wrong_is_caught_by_the_read_back(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-back compares each cast tensor with torch's cast of the source tensor itself, not
+    with the storage bytes the same cast produced: the float8-as-uint8 bug could not pass again."""
+    from ckptkit.conversion import plan
+    from ckptkit.errors import WriteVerificationError
+    from ckptkit.tensor_bytes import DerivedStorage, cast_bytes
+
+    class ReadsStoragesDtype(DerivedStorage):   # the old bug: the untyped storage's bytes cast as uint8
+        def produce(self, chunk_size: int):
+            return (cast_bytes(c, self.source.dtype, self.dtype) for c in self.source.iter_chunks(chunk_size))
+
+    _source(tmp_path / "src.pth", torch.float8_e4m3fn)
+    monkeypatch.setattr(plan, "DerivedStorage", ReadsStoragesDtype)
+    with pytest.raises(WriteVerificationError, match="tensor 'w': values read back differ from the source's "
+                       "float8_e4m3fn values cast to bfloat16 by torch"):
+        convert_checkpoint(tmp_path / "src.pth", tmp_path / "out.pth", ConvertOptions(weights_only=True, dtype="bf16"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.pth"]
+
+
+def test_a_dcp_cast_that_reads_the_source_wrong_is_caught_by_the_read_back(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written and re-derived the same wrong way (float8 bytes cast as uint8 numbers), the DCP
+    read-back still refuses it: it compares with torch's cast of the source tensor itself."""
+    from ckptkit.conversion import plan, to_dcp
+    from ckptkit.errors import WriteVerificationError
+    from ckptkit.tensor_bytes import DerivedStorage, cast_bytes
+
+    class ReadsStoragesDtype(DerivedStorage):
+        def produce(self, chunk_size: int):
+            return (cast_bytes(c, self.source.dtype, self.dtype) for c in self.source.iter_chunks(chunk_size))
+
+    _source(tmp_path / "src.pth", torch.float8_e4m3fn)
+    real = to_dcp._stored
+    monkeypatch.setattr(to_dcp, "_stored", lambda t: (real(t)[0], real(t)[0].dtype))   # the storage's uint8
+    monkeypatch.setattr(plan, "DerivedStorage", ReadsStoragesDtype)
+    with pytest.raises(WriteVerificationError, match="tensor 'w': values read back differ from the source's "
+                       "float8_e4m3fn values cast to bfloat16 by torch"):
+        convert_checkpoint(tmp_path / "src.pth", tmp_path / "out", ConvertOptions(weights_only=True, dtype="bf16",
+                                                                                  to="dcp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.pth"]
