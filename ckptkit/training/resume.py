@@ -217,7 +217,10 @@ def _validator_warnings(path: Path) -> list[str]:
     if errors:
         listed = "; ".join(f"{f.code}: {f.message}" for f in errors[:3])
         raise ResumeRefusedError(path, f"validation found {len(errors)} error(s): {listed}")
-    return [f"{f.code}: {f.message}" for f in report.findings if f.severity is Severity.WARNING]
+    # The manifest's absence is said by the resume itself, for every checkpoint (the validator
+    # says it only for ckptkit's trainers' own): once is enough.
+    return [f"{f.code}: {f.message}" for f in report.findings
+            if f.severity is Severity.WARNING and f.code != "completeness.unconfirmed"]
 
 
 def _load_checkpoint_dict(path: Path) -> dict[str, Any]:

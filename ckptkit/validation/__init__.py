@@ -110,6 +110,7 @@ def _register_checks() -> None:
     from ckptkit.validation.epoch_step import check_epoch_step
     from ckptkit.validation.hf_folder import check_hf_folder
     from ckptkit.validation.integrity import check_integrity
+    from ckptkit.validation.manifest import check_manifest
     from ckptkit.validation.optimizer import check_optimizer
     from ckptkit.validation.precision import check_mixed_precision
     from ckptkit.validation.rng import check_rng
@@ -117,7 +118,8 @@ def _register_checks() -> None:
     from ckptkit.validation.security import check_security
 
     CHECKS.extend([
-        ("security", check_security), ("completeness", check_completeness), ("integrity", check_integrity),
+        ("security", check_security), ("completeness", check_completeness), ("manifest", check_manifest),
+        ("integrity", check_integrity),
         ("counters", check_counters), ("epoch-step", check_epoch_step), ("hf-folder", check_hf_folder),
         ("optimizer", check_optimizer),
         ("mixed-precision", check_mixed_precision), ("rng", check_rng), ("compatibility", check_compatibility),
