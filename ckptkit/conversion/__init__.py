@@ -27,7 +27,7 @@ from typing import Any
 
 from ckptkit.atomic import atomic_write_dir, atomic_write_file, default_backup_path
 from ckptkit.checkpoint import Checkpoint, TensorRef, iter_tensors
-from ckptkit.conversion.plan import (TensorPlan, dropped_sections, model_cast_ids, model_tensors,
+from ckptkit.conversion.plan import (SAFETENSORS_FORMATS, TensorPlan, dropped_sections, model_cast_ids, model_tensors,
                                      plan_tensors, rekeyed, safetensors_metadata, target_dtype, torch_tree,
                                      with_whole_tensors)
 from ckptkit.conversion.shards import shard_layout, verify_shards, write_shards
@@ -217,7 +217,7 @@ def _restoration_notes(ckpt: Checkpoint, options: ConvertOptions) -> list[str]:
     """What of a safetensors source's __metadata__ a .pth or DCP output carries (`restore`)."""
     from ckptkit.conversion.restore import restore
 
-    if ckpt.format != "safetensors":
+    if ckpt.format not in SAFETENSORS_FORMATS:
         return []
     if options.weights_only or options.select is not None:
         return ["written as a bare state dict (--weights-only / --select); the safetensors __metadata__ is "

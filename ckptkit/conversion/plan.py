@@ -20,6 +20,8 @@ from ckptkit.tensor_bytes import AssembledStorage, DerivedStorage
 
 # Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
 # format requires strings). "format": "pt" is the Hugging Face convention loaders check.
+# Sources whose __metadata__ ckptkit reads back: one file, or shards that each carry the same.
+SAFETENSORS_FORMATS = ("safetensors", "safetensors-shards")
 META_SOURCE_FORMAT = "ckptkit.source_format"   # "torch-zip", "torch-legacy", "safetensors"
 META_PROGRESS = "ckptkit.progress"             # Progress.to_json() of the source
 META_CONFIG = "ckptkit.config"                 # the source's config section, as JSON
@@ -95,7 +97,7 @@ def model_tensors(ckpt: Checkpoint, select: str | None) -> OrderedDict[str, Tens
 
 
 def stored_aliases(ckpt: Checkpoint) -> dict[str, str]:
-    raw = ckpt.metadata.get(META_ALIASES) if ckpt.format == "safetensors" else None
+    raw = ckpt.metadata.get(META_ALIASES) if ckpt.format in SAFETENSORS_FORMATS else None
     try:
         aliases = json.loads(raw) if raw else {}
     except json.JSONDecodeError:
@@ -133,7 +135,7 @@ def dropped_sections(ckpt: Checkpoint) -> list[str]:
 
 def safetensors_metadata(ckpt: Checkpoint, aliases: dict[str, str], to: DType | None) -> dict[str, str]:
     meta: dict[str, str] = {"format": "pt"}
-    if ckpt.format == "safetensors":
+    if ckpt.format in SAFETENSORS_FORMATS:
         meta.update({k: v for k, v in ckpt.metadata.items() if k != META_ALIASES})
     meta.setdefault(META_SOURCE_FORMAT, ckpt.format)
     if ckpt.progress.known:
@@ -210,7 +212,7 @@ def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tup
                                       "keep it. Pass --weights-only to write the model tensors alone")
     if ckpt.format in TORCH_FORMATS or ckpt.format == "dcp":
         return ckpt.tree, []
-    if ckpt.format == "safetensors":
+    if ckpt.format in SAFETENSORS_FORMATS:
         from ckptkit.conversion.restore import restored_tree
 
         return restored_tree(ckpt, model_tensors(ckpt, None)), []

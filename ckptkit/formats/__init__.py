@@ -29,9 +29,11 @@ def folder_formats() -> list[Format]:
         from ckptkit.formats.accelerate_state import AccelerateFormat
         from ckptkit.formats.dcp import DcpFormat
         from ckptkit.formats.hf_trainer import HFTrainerFormat
+        from ckptkit.formats.safetensors_shards import SafetensorsShardsFormat
         from ckptkit.formats.save_pretrained import SavePretrainedFormat
 
-        _FOLDER_FORMATS.extend([DcpFormat(), HFTrainerFormat(), AccelerateFormat(), SavePretrainedFormat()])
+        _FOLDER_FORMATS.extend([DcpFormat(), HFTrainerFormat(), AccelerateFormat(), SavePretrainedFormat(),
+                                SafetensorsShardsFormat()])
     return _FOLDER_FORMATS
 
 

@@ -1,0 +1,52 @@
+"""A folder of safetensors shards and their index, with nothing else to say what it is.
+
+`model-00001-of-0000N.safetensors` ... + `model.safetensors.index.json` (`{"metadata":
+{"total_size": N}, "weight_map": {tensor name: shard file}}`), as `ckptkit convert
+--max-shard-size` writes them and as Hugging Face shards weights. With a `config.json` beside
+them it is a `save_pretrained` folder (that format claims it first); alone it is this one. Each
+shard ckptkit wrote carries the same `__metadata__` (the source's progress, config and layout,
+see `ckptkit.conversion.plan`), which is taken from the first shard, so converting the folder
+back to `.pth` restores the source's layout as for a single `.safetensors` file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckptkit.checkpoint import Checkpoint, Progress, Severity
+from ckptkit.errors import CkptkitError
+from ckptkit.formats.folder import FolderReading, member_names
+from ckptkit.formats.safetensors_file import read_safetensors_header
+
+INDEX = "model.safetensors.index.json"
+
+
+class SafetensorsShardsFormat:
+    name = "safetensors-shards"
+    description = "sharded safetensors weights (model-0000i-of-0000N.safetensors + model.safetensors.index.json)"
+
+    def sniff(self, path: Path, head: bytes) -> bool:
+        return INDEX in member_names(path)
+
+    def read(self, path: Path) -> Checkpoint:
+        names = member_names(path)
+        reading = FolderReading(path)
+        model = reading.read_weights(names)
+        ckpt = reading.finish(self.name, "state-dict",
+                              Progress(notes=["sharded weights only: no training progress is stored in them"]))
+        ckpt.model = model
+        ckpt.metadata.update(_first_shard_metadata(path, reading))
+        if not model and not any(f.severity is Severity.ERROR for f in ckpt.findings):
+            reading.add_finding("folder.missing-weights", Severity.ERROR, "", "no model weights found")
+        return ckpt
+
+
+def _first_shard_metadata(path: Path, reading: FolderReading) -> dict[str, str]:
+    index = reading.tree.get(INDEX)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    shards = sorted({str(s) for s in weight_map.values()}) if isinstance(weight_map, dict) else []
+    if not shards or not (path / shards[0]).is_file():
+        return {}
+    try:
+        return read_safetensors_header(path / shards[0])[1]
+    except CkptkitError:
+        return {}   # the shard's own damage is already a finding of reading it
