@@ -92,6 +92,9 @@ def _ckptkit_counters(tree: Tree, p: Progress) -> None:
 
 
 def _retrieval_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    if isinstance(tree.get("data_position"), dict):
+        # ckptkit's trainer: 'epoch' (epochs completed) repeats data_position.epoch, as in seed 004's
+        return _experiment_record(tree, epochs, step)
     _whole_epochs_only(step, "this layout stores finished epochs only ('epoch' = epochs completed, as epoch+1)")
     return {("epoch",): epochs}
 

@@ -159,3 +159,17 @@ def test_a_checkpoint_of_the_lm_trainer_is_refused_by_name(tmp_path: Path, capsy
                 "ckptkit": {"version": 1, "trainer": "lm"}}, path)
     assert main(["--resume", str(path)]) == 2
     assert capsys.readouterr().err.strip().endswith("was written by the 'lm' trainer, not the retrieval trainer")
+
+
+def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_global_step_together(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ckptkit.cli import main as cli
+
+    _run(tmp_path, stop_at_micro_step=17)
+    path = tmp_path / "interrupted_model_epoch_1_batch_5.pt"
+    result = CliRunner().invoke(cli, ["fix-epoch", str(path), "--epoch", "2", "--complete", "--no-backup"])
+    assert result.exit_code == 0, result.output
+    fixed = torch.load(path, weights_only=True)
+    position = fixed["data_position"]
+    assert (fixed["epoch"], position["epoch"], position["batch_in_epoch"], position["micro_step"], fixed["global_step"]) == (2, 2, 0, 0, 12)
