@@ -146,11 +146,15 @@ def test_a_finished_run_is_refused_and_extended_with_epochs(uninterrupted: Path,
     run = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
     assert main(["--resume", str(run / FINAL)]) == 2
     assert "is a finished run: epoch 4 of 4. Nothing to resume. To train further: --epochs N (N > 4)." in capsys.readouterr().err
-    assert main(["--resume", str(run / FINAL), "--epochs", "5", "--batch", "16"]) == 0
+    assert main(["--resume", str(run / FINAL), "--epochs", "5", "--batch", "16", "--lr", "0.005"]) == 0
     out = capsys.readouterr().out
     assert "note: training to 5 epochs (the run had 4)" in out and "note: --batch-size 16 ignored: the run uses 32" in out
+    assert "note: --lr 0.005 used from here on (the run had 0.01)" in out
     final = torch.load(next(run.glob("final_optimized_model_epoch_5_*.pt")), weights_only=True)
     assert final["epoch"] == 5 and final["global_step"] == 30 and len(final["val_recalls"]) == 5
+    assert final["config"]["learning_rate"] == 0.005 and final["scheduler_state_dict"]["base_lrs"] == [0.005]
+    # warmup 4, decay 0.98 per step: step 30's learning rate from the new peak
+    assert final["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.005 * 0.98 ** 26)
 
 
 def test_a_checkpoint_of_the_lm_trainer_is_refused_by_name(tmp_path: Path, capsys) -> None:

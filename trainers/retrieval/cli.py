@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed-precision", action="store_const", const="fp16", dest="precision",
                         help="fp16 autocast with a GradScaler (CUDA), as seed 001; its state is saved")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--lr", type=float, help="peak learning rate; on resume, the new peak from the next step on")
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
     parser.add_argument("--out", type=Path, help="run directory (default runs/retrieval; on resume: the checkpoint's run)")
     parser.add_argument("--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint, or run directory (newest valid)")
@@ -98,7 +98,8 @@ def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Retri
 
 
 def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[RetrievalConfig, list[str]]:
-    """The checkpoint's config wins; only --epochs (the total to reach) may change it."""
+    """The checkpoint's config wins; --epochs (the total to reach) and --lr (seed 001's
+    learning-rate override on resume, applied from the next step) may change it."""
     if point.trainer not in (None, "retrieval"):
         raise CkptkitError(point.path, f"was written by the '{point.trainer}' trainer, not the retrieval trainer")
     try:
@@ -114,6 +115,10 @@ def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: d
             cfg = cfg.with_overrides(epochs=value)
             if value != old:
                 notes.append(f"training to {value} epochs (the run had {old})")
+        elif field == "learning_rate":
+            cfg = cfg.with_overrides(learning_rate=value)
+            if value != old:
+                notes.append(f"--lr {value} used from here on (the run had {old}); the schedule continues from its step")
         elif value != old:
             notes.append(f"--{field.replace('_', '-')} {value} ignored: the run uses {old}")
     return cfg, notes

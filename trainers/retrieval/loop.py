@@ -190,12 +190,21 @@ class RetrievalRun:
         else:
             restored.warnings += self.sampler.resume_warnings(position)
         self.notes += restored.warnings
+        if resume.config.get("learning_rate", self.cfg.learning_rate) != self.cfg.learning_rate:
+            self._set_peak_lr(self.cfg.learning_rate)
         return EpochRecord(
             global_step=restored.global_step, position=position,
             train_losses=[float(x) for x in ckpt.get(keys.TRAIN_LOSSES) or []],
             val_recalls=[float(x) for x in ckpt.get(keys.VAL_RECALLS) or []],
             epoch_loss_sum=float(ckpt.get(keys.EPOCH_LOSS_SUM, 0.0)),
         )
+
+    def _set_peak_lr(self, lr: float) -> None:
+        """A new peak learning rate under the restored schedule (its position is kept)."""
+        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg.warmup_steps, self.cfg.lr_decay)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * factor
 
     def _maybe_kill(self) -> None:
         if self.options.kill_at_micro_step == self.record.position.batches_consumed:
