@@ -72,10 +72,29 @@ def _retrieval_progress(tree: Tree, path: Path) -> Progress:
                        f"complete and a resume starts at 0-based epoch {epoch}")
     else:
         p.notes.append("no 'epoch' key: a resume would restart at epoch 0")
+    _ckptkit_counters(tree, p)
     return p
 
 
+def _ckptkit_counters(tree: Tree, p: Progress) -> None:
+    """ckptkit's trainer adds global_step and data_position to this layout: a checkpoint taken
+    inside an epoch (an interrupt) says where in it, which 'epoch' alone cannot."""
+    p.global_step = S.as_int(tree.get("global_step"))
+    if p.global_step is not None:
+        p.sources["global_step"] = f"key 'global_step' = {p.global_step}"
+    position = tree.get("data_position")
+    if not isinstance(position, dict) or S.as_int(position.get("batch_in_epoch")) is None:
+        return
+    p.step_in_epoch = S.as_int(position.get("batch_in_epoch"))
+    p.steps_per_epoch = S.as_int(position.get("steps_per_epoch"))
+    p.epoch_complete = p.step_in_epoch == 0
+    p.sources["step_in_epoch"] = "key 'data_position' (written by ckptkit's checkpoint manager)"
+
+
 def _retrieval_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    if isinstance(tree.get("data_position"), dict):
+        # ckptkit's trainer: 'epoch' (epochs completed) repeats data_position.epoch, as in seed 004's
+        return _experiment_record(tree, epochs, step)
     _whole_epochs_only(step, "this layout stores finished epochs only ('epoch' = epochs completed, as epoch+1)")
     return {("epoch",): epochs}
 

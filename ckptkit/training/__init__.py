@@ -7,7 +7,16 @@ gated by :func:`verify_for_resume`. Progress display: :class:`ProgressLine`.
 """
 from __future__ import annotations
 
-from ckptkit.training.layout import TrainingState, build_checkpoint, checkpoint_name, unwrap_model
+from ckptkit.training.layout import (
+    DEFAULT_LAYOUT,
+    EXPERIMENT,
+    CheckpointLayout,
+    TrainingState,
+    build_checkpoint,
+    checkpoint_name,
+    layout_of,
+    unwrap_model,
+)
 from ckptkit.training.manager import CheckpointManager, rank_and_world_size, write_checkpoint_file
 from ckptkit.training.progress import ProgressLine, render_progress
 from ckptkit.training.resume import (
@@ -18,6 +27,7 @@ from ckptkit.training.resume import (
     verify_for_resume,
 )
 from ckptkit.training.retention import CheckpointRecord, list_checkpoints, select_for_deletion
+from ckptkit.training.retrieval_layout import RETRIEVAL
 from ckptkit.training.rng import (
     capture_rng_state,
     capture_rng_states_all_ranks,
@@ -27,6 +37,10 @@ from ckptkit.training.rng import (
 from ckptkit.training.sampler import DataPosition, ResumableSampler, SampledBatch
 
 __all__ = [
+    "DEFAULT_LAYOUT",
+    "EXPERIMENT",
+    "RETRIEVAL",
+    "CheckpointLayout",
     "CheckpointManager",
     "CheckpointRecord",
     "DataPosition",
@@ -40,6 +54,7 @@ __all__ = [
     "capture_rng_state",
     "capture_rng_states_all_ranks",
     "checkpoint_name",
+    "layout_of",
     "list_checkpoints",
     "load_for_resume",
     "rank_and_world_size",

@@ -1,4 +1,13 @@
-"""Seed 004's checkpoint layout, as ckptkit's training manager writes it.
+"""Checkpoint layouts ckptkit's training manager writes; seed 004's is the default.
+
+A :class:`CheckpointLayout` says how a family names its files for a kind and progress, which
+names are its own, which keys a resume needs, and which of the checkpoint's keys are the
+family's own counters. Everything else in the dict (scheduler, scaler, RNG, data position,
+accumulation, ``ckptkit`` marker) is ckptkit's and the same for every layout. A checkpoint in a
+layout other than the default names it in its marker (``"layout": "retrieval"``), so a resume
+finds its required keys; seed 004's marker stays as it always was.
+
+Seed 004 (``EXPERIMENT``, the ``experiment`` family):
 
 File names: ``checkpoint_step_{N}.pt`` (periodic), ``best_model.pt``, ``final_model.pt``, and
 ``checkpoint_step_{N}_micro_{k}.pt`` for a checkpoint taken inside a gradient-accumulation
@@ -23,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -74,6 +83,9 @@ class TrainingState:
     val_history: list[dict[str, Any]] = field(default_factory=list)
     window_loss_sum: float = 0.0  # losses of the micro-batches accumulated so far (mid-window)
     trainer: str = "lm"
+    # The family's own keys and values, for layouts whose counters TrainingState does not name
+    # (seed 001's loss, recall_at_10, train_losses, val_recalls); seed 004's layout ignores it.
+    family_fields: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_name(kind: str, global_step: int, micro_step: int = 0, *, sharded: bool = False) -> str:
@@ -92,6 +104,56 @@ def is_periodic_name(name: str) -> bool:
     return _PERIODIC_RE.match(name) is not None
 
 
+def _seed_004_name(kind: str, state: TrainingState, sharded: bool) -> str:
+    return checkpoint_name(kind, state.global_step, state.position.micro_step, sharded=sharded)
+
+
+def _seed_004_owns(name: str) -> bool:
+    stem = name[:-3] if name.endswith(".pt") else name
+    return stem in (BEST_NAME, FINAL_NAME) or is_periodic_name(name)
+
+
+def _seed_004_fields(state: TrainingState) -> dict[str, Any]:
+    return {
+        GLOBAL_STEP: state.global_step, EPOCH: state.position.epoch, BEST_VAL_LOSS: state.best_val_loss,
+        CONFIG: state.config, TRAIN_HISTORY: state.train_history, VAL_HISTORY: state.val_history,
+    }
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """One family's file names and own keys (see the module docstring)."""
+
+    name: str  # the ckptkit.families family its files are read as
+    required_keys: tuple[str, ...]  # what a resume refuses to go without
+    metric_name: str  # the metric manifests record and retention keeps the best of
+    metric_mode: str  # "min" or "max"
+    checkpoint_name: Callable[[str, TrainingState, bool], str]  # (kind, state, sharded) -> name
+    owns_name: Callable[[str], bool]  # whether a file name is one this layout writes
+    family_fields: Callable[[TrainingState], dict[str, Any]]  # the family's keys, in file order
+    metric: Callable[[TrainingState], float | None] = lambda state: state.last_val_loss
+
+
+EXPERIMENT = CheckpointLayout(
+    name="experiment", required_keys=REQUIRED_KEYS, metric_name="val_loss", metric_mode="min",
+    checkpoint_name=_seed_004_name, owns_name=_seed_004_owns, family_fields=_seed_004_fields,
+)
+DEFAULT_LAYOUT = EXPERIMENT
+LAYOUTS: dict[str, CheckpointLayout] = {EXPERIMENT.name: EXPERIMENT}
+
+
+def register_layout(layout: CheckpointLayout) -> CheckpointLayout:
+    LAYOUTS[layout.name] = layout
+    return layout
+
+
+def layout_of(checkpoint: dict[str, Any]) -> CheckpointLayout:
+    """The layout a loaded checkpoint names in its ``ckptkit`` marker (seed 004's when none)."""
+    marker = checkpoint.get(CKPTKIT)
+    name = marker.get("layout") if isinstance(marker, dict) else None
+    return LAYOUTS.get(name, DEFAULT_LAYOUT) if isinstance(name, str) else DEFAULT_LAYOUT
+
+
 def is_sharded_checkpoint(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / DCP_METADATA_FILE).is_file()
 
@@ -108,7 +170,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def build_checkpoint(
-    state: TrainingState, rng_state: dict[str, Any], kind: str, *, world_size: int = 1, sharded: bool = False
+    state: TrainingState, rng_state: dict[str, Any], kind: str, *, world_size: int = 1, sharded: bool = False,
+    layout: CheckpointLayout = DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
     """The checkpoint dict; model/optimizer entries are left out for sharded checkpoints."""
     model = unwrap_model(state.model)
@@ -117,12 +180,7 @@ def build_checkpoint(
         ckpt[MODEL] = model.state_dict()
         ckpt[OPTIMIZER] = state.optimizer.state_dict()
     ckpt[SCHEDULER] = state.scheduler.state_dict() if state.scheduler is not None else None
-    ckpt[GLOBAL_STEP] = state.global_step
-    ckpt[EPOCH] = state.position.epoch
-    ckpt[BEST_VAL_LOSS] = state.best_val_loss
-    ckpt[CONFIG] = state.config
-    ckpt[TRAIN_HISTORY] = state.train_history
-    ckpt[VAL_HISTORY] = state.val_history
+    ckpt.update(layout.family_fields(state))
     if state.scaler is not None and state.scaler.is_enabled():
         ckpt[SCALER] = state.scaler.state_dict()
     ckpt[RNG_STATE] = rng_state
@@ -140,4 +198,6 @@ def build_checkpoint(
         "world_size": world_size,
         "sharded": sharded,
     }
+    if layout is not DEFAULT_LAYOUT:  # seed 004's marker (and bytes) stay as they always were
+        ckpt[CKPTKIT]["layout"] = layout.name
     return ckpt

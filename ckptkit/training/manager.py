@@ -35,8 +35,8 @@ from ckptkit.errors import WriteVerificationError
 from ckptkit.manifest import (ChecksumWriter, Manifest, ManifestFile, TakenManifest, put_back_manifest, take_manifest,
                               write_manifest)
 from ckptkit.training import layout
-from ckptkit.training.layout import TrainingState, build_checkpoint, checkpoint_name
-from ckptkit.training.retention import delete_checkpoint, list_checkpoints, select_for_deletion
+from ckptkit.training.layout import DEFAULT_LAYOUT, CheckpointLayout, TrainingState, build_checkpoint
+from ckptkit.training.retention import delete_checkpoint, list_checkpoints, select_for_deletion, superseded_best
 from ckptkit.training.rng import capture_rng_states_all_ranks
 from ckptkit.training.snapshot import BackgroundWriter, StagingArea
 
@@ -53,7 +53,7 @@ def rank_and_world_size() -> tuple[int, int]:
 
 
 class CheckpointManager:
-    """Saves seed-004-layout checkpoints into ``run_dir``; see the module docstring."""
+    """Saves checkpoints in ``layout`` (default seed 004's) into ``run_dir``; see the module docstring."""
 
     def __init__(
         self,
@@ -61,18 +61,22 @@ class CheckpointManager:
         *,
         keep_last: int | None = 3,
         keep_best: bool = True,
-        metric_name: str = "val_loss",
-        metric_mode: str = "min",
+        metric_name: str | None = None,
+        metric_mode: str | None = None,
         asynchronous: bool = True,
         sharded: bool = False,
+        layout: CheckpointLayout = DEFAULT_LAYOUT,
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise ValueError("keep_last must be at least 1 (or None to keep every checkpoint)")
+        if sharded and layout is not DEFAULT_LAYOUT:
+            raise ValueError(f"sharded checkpoints are written in seed 004's layout only, not {layout.name!r}")
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.keep_best = keep_best
-        self.metric_name = metric_name
-        self.metric_mode = metric_mode
+        self.layout = layout
+        self.metric_name = metric_name or layout.metric_name
+        self.metric_mode = metric_mode or layout.metric_mode
         self.sharded = sharded
         self.rank, self.world_size = rank_and_world_size()
         self.removed_leftovers: list[Path] = []
@@ -93,7 +97,7 @@ class CheckpointManager:
         Returns the paths that will hold the checkpoint once written (rank 0; other ranks
         of a non-sharded run get an empty list). Raises the error of a previous failed write.
         """
-        names = [checkpoint_name(k, state.global_step, state.position.micro_step, sharded=self.sharded) for k in kinds]
+        names = [self.layout.checkpoint_name(k, state, self.sharded) for k in kinds]
         targets = [(kind, self.run_dir / name) for kind, name in zip(kinds, names)]
         rng_state = capture_rng_states_all_ranks()
         if self._sharded_saver is not None:
@@ -107,7 +111,7 @@ class CheckpointManager:
         if self.rank != 0:
             return []
         self._writer.wait()
-        checkpoint = build_checkpoint(state, rng_state, kinds[0], world_size=self.world_size)
+        checkpoint = build_checkpoint(state, rng_state, kinds[0], world_size=self.world_size, layout=self.layout)
         snapshot = self._staging.snapshot(checkpoint)
         fields = {kind: self._manifest_fields(state, kind) for kind in kinds}
         self._writer.submit(lambda: self._write_all(snapshot, targets, fields))
@@ -137,8 +141,9 @@ class CheckpointManager:
 
     def _manifest_fields(self, state: TrainingState, kind: str) -> dict[str, Any]:
         metric = None
-        if state.last_val_loss is not None:
-            metric = {"name": self.metric_name, "value": float(state.last_val_loss), "mode": self.metric_mode}
+        value = self.layout.metric(state)
+        if value is not None:
+            metric = {"name": self.metric_name, "value": float(value), "mode": self.metric_mode}
         return {
             "kind": kind,
             "global_step": state.global_step,
@@ -161,7 +166,10 @@ class CheckpointManager:
     def _prune(self) -> None:
         if self.keep_last is None:
             return
-        for record in select_for_deletion(list_checkpoints(self.run_dir), self.keep_last, self.keep_best):
+        records = list_checkpoints(self.run_dir)
+        # superseded_best: layouts that put the metric in the best file's name leave one file per
+        # improvement (seed 004's best_model.pt is replaced in place and never has two)
+        for record in select_for_deletion(records, self.keep_last, self.keep_best) + superseded_best(records):
             delete_checkpoint(record.path)
 
 

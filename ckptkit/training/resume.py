@@ -59,7 +59,7 @@ class ResumePoint:
 
     @property
     def global_step(self) -> int:
-        return int(self.checkpoint[layout.GLOBAL_STEP])
+        return int(self.checkpoint.get(layout.GLOBAL_STEP, 0))  # required by seed 004's layout
 
     @property
     def trainer(self) -> str | None:
@@ -172,7 +172,7 @@ def _verify(path: Path) -> tuple[list[str], dict[str, Any]]:
         raise
     if problems := checksums():
         raise ResumeRefusedError(path, "does not match its manifest: " + "; ".join(problems))
-    required = (layout.GLOBAL_STEP,) if is_sharded_checkpoint(path) else layout.REQUIRED_KEYS
+    required = (layout.GLOBAL_STEP,) if is_sharded_checkpoint(path) else layout.layout_of(checkpoint).required_keys
     if missing := [k for k in required if k not in checkpoint]:
         raise ResumeRefusedError(path, f"missing {', '.join(missing)}; a resume needs them")
     if layout.DATA_POSITION not in checkpoint:

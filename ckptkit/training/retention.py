@@ -95,6 +95,12 @@ def select_for_deletion(records: list[CheckpointRecord], keep_last: int, keep_be
     return [r for r in prunable if r.path not in keep]
 
 
+def superseded_best(records: list[CheckpointRecord]) -> list[CheckpointRecord]:
+    """Best checkpoints older than the newest best: a later save found a better one."""
+    bests = sorted((r for r in records if r.kind == "best"), key=lambda r: r.progress_key)
+    return bests[:-1]
+
+
 def delete_checkpoint(path: Path) -> None:
     """Manifest first: a crash midway leaves an unconfirmed file, never a confirmed missing one."""
     path = Path(path)
