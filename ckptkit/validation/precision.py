@@ -27,6 +27,9 @@ def check_mixed_precision(ctx: ValidationContext) -> Iterable[Finding]:
                       "inf/NaN gradients; save scaler.state_dict() with the checkpoint")
 
 
+FP16_NAMES = ("fp16", "float16", "half", "16", "16-mixed")
+
+
 def amp_evidence(ctx: ValidationContext) -> str | None:
     """Why we believe the run used fp16 AMP, in words, or None."""
     config = ctx.ckpt.config
@@ -35,6 +38,11 @@ def amp_evidence(ctx: ValidationContext) -> str | None:
             value = config.get(key)
             if value is True or (isinstance(value, str) and value.lower() in ("fp16", "amp", "true")):
                 return f"config {key} = {value!r}"
+        declared = config.get("precision")
+        if isinstance(declared, str) and declared.lower() in FP16_NAMES:
+            return f"config precision = {declared!r}"
+        if isinstance(declared, str) and declared.lower() not in ("", "auto"):
+            return None   # the run says it trained in another precision (fp32, bf16): no scaler needed
     if ctx.ckpt.family == "retrieval":
         return "this layout's trainer (seed 001) runs with --mixed-precision and gradient accumulation"
     return None

@@ -30,6 +30,17 @@ def test_config_saying_fp16_without_scaler(save: Any, state: dict[str, Any]) -> 
     assert "config fp16 = True" in only(run(path), "precision.missing-scaler").message
 
 
+def test_a_seed_001_file_whose_config_says_fp32_or_bf16_needs_no_scaler(save: Any, state: dict[str, Any]) -> None:
+    for precision in ("fp32", "bf16"):
+        path = save({"epoch": 2, **state, "recall_at_10": 0.3, "config": {"precision": precision}})
+        assert "precision.missing-scaler" not in codes(run(path)), precision
+
+
+def test_a_seed_001_file_whose_config_says_fp16_without_scaler_is_warned(save: Any, state: dict[str, Any]) -> None:
+    path = save({"epoch": 2, **state, "recall_at_10": 0.3, "config": {"precision": "fp16"}})
+    assert "config precision = 'fp16'" in only(run(path), "precision.missing-scaler").message
+
+
 def test_fp32_run_without_scaler_is_fine(samples: dict[str, Path]) -> None:
     assert "precision.missing-scaler" not in codes(run(samples["checkpoint_step_1000.pt"]))
 
