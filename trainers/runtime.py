@@ -39,3 +39,11 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float, factor: float) -> None:
+    """A new peak learning rate under a restored LambdaLR schedule whose position is kept (the
+    seeds' ``--lr`` on resume); ``factor`` is the schedule's value at its current step."""
+    scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["initial_lr"], group["lr"] = lr, lr * factor

@@ -27,7 +27,7 @@ from trainers.recsys.config import RecsysConfig
 from trainers.recsys.data import synthetic_sequences
 from trainers.recsys.model import SequentialRecommender
 from trainers.retrieval.loop import lr_factor
-from trainers.runtime import autocast, pick_device, seed_training_streams
+from trainers.runtime import autocast, pick_device, seed_training_streams, set_peak_lr
 
 TRAINER_NAME = "recsys"
 
@@ -177,7 +177,8 @@ class RecsysRun:
             restored.warnings += self.sampler.resume_warnings(position)
         self.notes += restored.warnings
         if resume.config.get("learning_rate", self.cfg.learning_rate) != self.cfg.learning_rate:
-            self._set_peak_lr(self.cfg.learning_rate)
+            lr, step = self.cfg.learning_rate, self.scheduler.last_epoch
+            set_peak_lr(self.optimizer, self.scheduler, lr, lr_factor(step, self.cfg.warmup_steps, self.cfg.lr_decay))
         best = ckpt.get(keys.BEST_ACC)
         accuracy = ckpt.get(keys.ACCURACY)
         return EpochRecord(
@@ -186,14 +187,6 @@ class RecsysRun:
             best_acc=-math.inf if best is None else float(best),
             epoch_loss_sum=float(ckpt.get(keys.EPOCH_LOSS_SUM, 0.0)),
         )
-
-    def _set_peak_lr(self, lr: float) -> None:
-        """A new peak learning rate under the restored schedule (its position is kept), as seed
-        000's ``--lr`` on resume."""
-        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
-        factor = lr_factor(self.scheduler.last_epoch, self.cfg.warmup_steps, self.cfg.lr_decay)
-        for group in self.optimizer.param_groups:
-            group["initial_lr"], group["lr"] = lr, lr * factor
 
     def _maybe_kill(self) -> None:
         if self.options.kill_at_micro_step == self.record.position.batches_consumed:

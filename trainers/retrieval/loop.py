@@ -25,7 +25,7 @@ from trainers.lm.loop import resolve_precision
 from trainers.retrieval.config import RetrievalConfig
 from trainers.retrieval.data import synthetic_interactions
 from trainers.retrieval.model import TwoTower
-from trainers.runtime import autocast, pick_device, seed_training_streams
+from trainers.runtime import autocast, pick_device, seed_training_streams, set_peak_lr
 
 TRAINER_NAME = "retrieval"
 
@@ -191,20 +191,14 @@ class RetrievalRun:
             restored.warnings += self.sampler.resume_warnings(position)
         self.notes += restored.warnings
         if resume.config.get("learning_rate", self.cfg.learning_rate) != self.cfg.learning_rate:
-            self._set_peak_lr(self.cfg.learning_rate)
+            lr, step = self.cfg.learning_rate, self.scheduler.last_epoch
+            set_peak_lr(self.optimizer, self.scheduler, lr, lr_factor(step, self.cfg.warmup_steps, self.cfg.lr_decay))
         return EpochRecord(
             global_step=restored.global_step, position=position,
             train_losses=[float(x) for x in ckpt.get(keys.TRAIN_LOSSES) or []],
             val_recalls=[float(x) for x in ckpt.get(keys.VAL_RECALLS) or []],
             epoch_loss_sum=float(ckpt.get(keys.EPOCH_LOSS_SUM, 0.0)),
         )
-
-    def _set_peak_lr(self, lr: float) -> None:
-        """A new peak learning rate under the restored schedule (its position is kept)."""
-        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
-        factor = lr_factor(self.scheduler.last_epoch, self.cfg.warmup_steps, self.cfg.lr_decay)
-        for group in self.optimizer.param_groups:
-            group["initial_lr"], group["lr"] = lr, lr * factor
 
     def _maybe_kill(self) -> None:
         if self.options.kill_at_micro_step == self.record.position.batches_consumed:
