@@ -49,7 +49,7 @@ def test_the_run_saves_seed_000_names_and_keys_with_ckptkit_extras_and_manifests
     ]  # no scaler_state_dict: fp32 on CPU has no GradScaler
     # seed 000: 'epoch' is the 0-based index of the last finished epoch
     assert (final["epoch"], final["global_step"], final["data_position"]["epoch"]) == (3, 20, 4)
-    assert final["accuracy"] == final["best_acc"] == pytest.approx(11 / 40)  # 11 of 40 users' next items
+    assert final["accuracy"] == final["best_acc"] == pytest.approx(16 / 40)  # 16 of 40 users' next items
     assert final["ckptkit"] == {"version": 1, "trainer": "recsys", "kind": "final", "world_size": 1,
                                 "sharded": False, "layout": "recsys"}
     assert final["config"]["grad_accum"] == 2 and final["config"]["precision"] == "fp32"
@@ -159,3 +159,12 @@ def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_glob
     position = fixed["data_position"]
     assert (fixed["epoch"], position["epoch"], position["batch_in_epoch"], position["micro_step"], fixed["global_step"]) == (1, 2, 0, 0, 10)
     assert [f.code for f in validate_path(path).findings if f.severity is not Severity.INFO] == []
+
+
+def test_best_acc_model_is_rewritten_only_when_accuracy_improves(tmp_path: Path) -> None:
+    _run(tmp_path, stop_at_micro_step=30)  # the end of epoch 3, whose accuracy (0.275) only ties epoch 2's
+    best = torch.load(tmp_path / BEST, weights_only=True)
+    recent = torch.load(tmp_path / RECENT, weights_only=True)
+    assert (best["epoch"], best["ckptkit"]["kind"]) == (1, "best")
+    assert (recent["epoch"], recent["accuracy"], recent["ckptkit"]["kind"]) == (2, pytest.approx(11 / 40), "interrupt")
+    assert recent["best_acc"] == best["accuracy"] == recent["accuracy"]  # a tie is no improvement

@@ -30,6 +30,8 @@ class SequentialRecommender(nn.Module):
     def __init__(self, cfg: RecsysConfig) -> None:
         super().__init__()
         self.items = nn.Embedding(cfg.num_items, cfg.embed_dim)
+        # scores are dot products with a unit-variance state: unit-norm item vectors start them near 0
+        nn.init.normal_(self.items.weight, std=cfg.embed_dim ** -0.5)
         self.recurrence = LinearRecurrence(cfg.embed_dim)
         self.norm = nn.LayerNorm(cfg.embed_dim)
         self.dropout = nn.Dropout(cfg.dropout)
