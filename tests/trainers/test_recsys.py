@@ -168,3 +168,11 @@ def test_best_acc_model_is_rewritten_only_when_accuracy_improves(tmp_path: Path)
     assert (best["epoch"], best["ckptkit"]["kind"]) == (1, "best")
     assert (recent["epoch"], recent["accuracy"], recent["ckptkit"]["kind"]) == (2, pytest.approx(11 / 40), "interrupt")
     assert recent["best_acc"] == best["accuracy"] == recent["accuracy"]  # a tie is no improvement
+
+
+def test_a_recsys_file_without_a_manifest_in_the_run_is_named_and_not_resumed_from(uninterrupted: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
+    (run / (FINAL + ".manifest.json")).unlink()  # as if the save of the final file crashed before its commit
+    point = load_for_resume(run)
+    assert point.path.name == RECENT
+    assert f"{FINAL}: left by an interrupted save (no manifest); not used" in point.warnings
