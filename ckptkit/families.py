@@ -54,10 +54,14 @@ def _recsys_progress(tree: Tree, path: Path) -> Progress:
     if path.name.endswith(".final"):
         p.training_finished = True
         p.sources["training_finished"] = "file name ends with '.final' (written when training completed)"
+    _ckptkit_counters(tree, p)  # ckptkit's recsys trainer: 'epoch' stays the last finished one mid-epoch
     return p
 
 
 def _recsys_record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    if isinstance(tree.get("data_position"), dict):
+        # ckptkit's trainer: data_position says where in the epoch; 'epoch' keeps its own meaning
+        return {**_experiment_record(tree, epochs, step), ("epoch",): epochs - 1}
     _whole_epochs_only(step, "this layout saves at epoch ends only ('epoch' = index of the last finished epoch)")
     return {("epoch",): epochs - 1}
 
@@ -279,6 +283,12 @@ def dig(tree: Any, *keys: str) -> Any:
     return tree
 
 
+def _ckptkit_layout(tree: Tree) -> Any:
+    """The layout ckptkit's checkpoint manager names in its marker (absent for seed 004's)."""
+    marker = tree.get("ckptkit")
+    return marker.get("layout") if isinstance(marker, dict) else None
+
+
 def _has(*keys: str) -> Callable[[Tree], bool]:
     return lambda t: all(k in t for k in keys)
 
@@ -304,7 +314,8 @@ FAMILIES: list[Family] = [
            lambda t: "total_batches" in t or (_has("epoch", "step")(t) and _any("best_val_f1", "best_val_acc")(t)),
            _training_state_progress, _training_state_record, (("steps_per_epoch", "total_batches"),)),
     Family("recsys", "recsys .pth (model_state_dict, optimizer_state_dict, epoch)",
-           lambda t: "model_state_dict" in t and set(t) <= _RECSYS_KEYS, _recsys_progress, _recsys_record),
+           lambda t: "model_state_dict" in t and (set(t) <= _RECSYS_KEYS or _ckptkit_layout(t) == "recsys"),
+           _recsys_progress, _recsys_record),
 ]
 GENERIC = Family("generic", "dict with a model and training state", lambda t: True, _generic_progress,
                  _generic_record, (("global_step", "global_step"),))

@@ -27,6 +27,7 @@ from ckptkit.training.resume import (
     verify_for_resume,
 )
 from ckptkit.training.retention import CheckpointRecord, list_checkpoints, select_for_deletion
+from ckptkit.training.recsys_layout import RECSYS
 from ckptkit.training.retrieval_layout import RETRIEVAL
 from ckptkit.training.rng import (
     capture_rng_state,
@@ -39,6 +40,7 @@ from ckptkit.training.sampler import DataPosition, ResumableSampler, SampledBatc
 __all__ = [
     "DEFAULT_LAYOUT",
     "EXPERIMENT",
+    "RECSYS",
     "RETRIEVAL",
     "CheckpointLayout",
     "CheckpointManager",

@@ -16,6 +16,7 @@ from pathlib import Path
 from ckptkit.atomic import fsync_dir, is_temporary
 from ckptkit.errors import CorruptCheckpointError
 from ckptkit.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest
+from ckptkit.training.layout import LAYOUTS
 
 _PRUNABLE_KINDS = ("periodic", "interrupt")
 # Equal progress (best_model.pt saved at the same step as checkpoint_step_N.pt): prefer the
@@ -73,8 +74,13 @@ def unconfirmed_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(
         p for p in run_dir.iterdir()
         if not p.name.endswith(MANIFEST_SUFFIX) and p.name not in confirmed
-        and (p.suffix == ".pt" or p.is_dir() or is_temporary(p))
+        and (p.suffix == ".pt" or p.is_dir() or is_temporary(p) or _named_by_a_layout(p.name))
     )
+
+
+def _named_by_a_layout(name: str) -> bool:
+    """Seed 000's ``checkpoint-recent.pth(.final)`` and ``best_acc_model.pth`` do not end in .pt."""
+    return any(layout.owns_name(name) for layout in LAYOUTS.values())
 
 
 def select_for_deletion(records: list[CheckpointRecord], keep_last: int, keep_best: bool = True) -> list[CheckpointRecord]:

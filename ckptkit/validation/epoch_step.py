@@ -123,11 +123,12 @@ def _data_position(ctx: ValidationContext) -> Iterable[Finding]:
     if not isinstance(position, dict):
         return
     epoch, top = S.as_int(position.get("epoch")), S.as_int(tree.get("epoch"))
-    if epoch is not None and top is not None and epoch != top:
+    offset = 1 if ctx.ckpt.family == "recsys" else 0   # seed 000: 'epoch' = index of the last finished epoch
+    if epoch is not None and top is not None and epoch != top + offset:
         yield Finding(CODE, Severity.WARNING, ctx.where("epoch"),
                       f"'epoch' = {top} but data_position.epoch = {epoch}: the trainer writes both from one "
                       f"counter (epochs completed), so they cannot both be true; ckptkit resumes from "
-                      f"data_position (epoch {epoch}), a reader of 'epoch' would start epoch {top}",
+                      f"data_position (epoch {epoch}), a reader of 'epoch' would start epoch {top + offset}",
                       ctx.command("fix-epoch", *position_args(epoch, S.as_int(position.get("batch_in_epoch")) or 0)))
     yield from _batches_against_updates(ctx, position, S.as_int(tree.get("global_step")))
 

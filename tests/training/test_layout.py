@@ -75,3 +75,42 @@ def test_a_resume_requires_the_layouts_own_keys(tmp_path: Path) -> None:
                 "ckptkit": {"version": 1, "trainer": "retrieval", "layout": "retrieval"}}, path)
     with pytest.raises(ResumeRefusedError, match="missing epoch; a resume needs them"):
         verify_for_resume(path)
+
+
+def _recsys_state(make_state, *, step: int, accuracy: float | None, micro_step: int = 0):
+    state = make_state(step=step, micro_step=micro_step)
+    return dataclasses.replace(state, trainer="recsys", family_fields={
+        "accuracy": accuracy, "best_acc": accuracy, "epoch_loss_sum": 0.5,
+    })
+
+
+def test_a_recsys_save_uses_seed_000_names_with_epoch_as_the_last_finished_index_and_accuracy_as_a_max_metric(
+    tmp_path: Path, make_state
+) -> None:
+    from ckptkit.training import RECSYS
+
+    state = _recsys_state(make_state, step=10, accuracy=0.375)  # position (2, 0): two epochs done
+    with CheckpointManager(tmp_path, layout=RECSYS, keep_last=None) as manager:
+        paths = manager.save(state, ["best", "periodic", "final"])
+    assert [p.name for p in paths] == ["best_acc_model.pth", "checkpoint-recent.pth", "checkpoint-recent.pth.final"]
+    ckpt = torch.load(paths[1], weights_only=True)
+    assert (ckpt["epoch"], ckpt["accuracy"], ckpt["best_acc"], ckpt["global_step"]) == (1, 0.375, 0.375, 10)
+    assert "epoch_loss_sum" not in ckpt and ckpt["ckptkit"]["layout"] == "recsys"
+    assert layout_of(ckpt) is RECSYS and RECSYS.required_keys == ("model_state_dict", "optimizer_state_dict", "epoch")
+    assert read_manifest(paths[0]).metric == {"name": "accuracy", "value": 0.375, "mode": "max"}
+    assert RECSYS.owns_name("checkpoint-recent.pth.final") and not RECSYS.owns_name("best_model.pt")
+
+
+def test_a_recsys_interrupt_overwrites_the_recent_checkpoint_and_keeps_epoch_at_the_last_finished_one(
+    tmp_path: Path, make_state
+) -> None:
+    from ckptkit.training import RECSYS
+
+    state = _recsys_state(make_state, step=6, accuracy=None, micro_step=1)  # batch 13: epoch 1, batch 3
+    with CheckpointManager(tmp_path, layout=RECSYS, keep_last=None) as manager:
+        [path] = manager.save(state, ["interrupt"])
+        with pytest.raises(ValueError, match="taken at an epoch's end"):
+            manager.save(state, ["periodic"])
+    assert path.name == "checkpoint-recent.pth"
+    ckpt = torch.load(path, weights_only=True)
+    assert (ckpt["epoch"], ckpt["data_position"]["epoch"], ckpt["epoch_loss_sum"]) == (0, 1, 0.5)

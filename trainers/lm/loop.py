@@ -12,7 +12,6 @@ import functools
 import io
 import math
 import os
-import random
 import signal
 import sys
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ from ckptkit.training import (
 from trainers.lm.config import LMConfig
 from trainers.lm.data import VOCAB_SIZE, train_and_val
 from trainers.lm.model import GPT
+from trainers.runtime import autocast, pick_device, seed_training_streams
 
 TRAINER_NAME = "lm"
 
@@ -83,13 +83,13 @@ class LMRun:
     def __init__(self, cfg: LMConfig, options: RunOptions, resume: ResumePoint | None = None) -> None:
         self.options = options
         self.rank, self.world_size = _rank_world()
-        self.device = _pick_device(options.device)
+        self.device = pick_device(options.device)
         precision, self.notes = resolve_precision(cfg.precision, self.device)
         self.cfg = replace(cfg, precision=precision)
         self.train_set, self.val_set = train_and_val(cfg.corpus_chars, cfg.block_size, cfg.seed)
         torch.manual_seed(cfg.seed)  # model init; the training streams get their own seeds below
         self.model = self._wrap(GPT(self.cfg, VOCAB_SIZE).to(self.device))
-        _seed_training_streams(cfg.seed, self.rank)
+        seed_training_streams(cfg.seed, self.rank)
         self.optimizer = _make_optimizer(self.model, self.cfg)
         factor = functools.partial(lr_factor, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
@@ -256,37 +256,13 @@ class LMRun:
         return contextlib.nullcontext()
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.cfg.precision, self.device)
 
 
 def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _pick_device(requested: str) -> torch.device:
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def _seed_training_streams(seed: int, rank: int) -> None:
-    """Dropout masks differ between ranks but are reproducible; checkpoints carry them per rank."""
-    stream_seed = seed + 1 + rank
-    random.seed(stream_seed)
-    torch.manual_seed(stream_seed)
-    try:
-        import numpy as np
-
-        np.random.seed(stream_seed)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def _make_optimizer(model: torch.nn.Module, cfg: LMConfig) -> torch.optim.Optimizer:

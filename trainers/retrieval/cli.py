@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from ckptkit.errors import CkptkitError
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
+from trainers.epoch_resume import config_for_resume, report_resume, say
 from trainers.lm.loop import on_signal
 from trainers.retrieval.config import DEFAULT_PRESET, PRESETS, RetrievalConfig
 from trainers.retrieval.loop import RetrievalRun, RunOptions
@@ -83,12 +84,12 @@ def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Retri
                   "or pass another --out", file=sys.stderr)
             return EXIT_USAGE
         cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        _say(f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}")
+        say(f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}")
         return cfg, _options(args, out), None
     point = load_for_resume(args.resume)
-    cfg, notes = config_for_resume(point, args, overrides)
+    cfg, notes = config_for_resume(point, args, overrides, RetrievalConfig, "retrieval")
     out = args.out or (point.path.parent if point.path.is_file() else point.path)
-    _report_resume(point, cfg, notes)
+    report_resume(point, cfg.epochs, notes)
     done = point.position.epoch if point.position is not None else int(point.checkpoint.get("epoch", 0))
     if done >= cfg.epochs:
         print(f"error: {point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
@@ -97,50 +98,7 @@ def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Retri
     return cfg, _options(args, out), point
 
 
-def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[RetrievalConfig, list[str]]:
-    """The checkpoint's config wins; --epochs (the total to reach) and --lr (seed 001's
-    learning-rate override on resume, applied from the next step) may change it."""
-    if point.trainer not in (None, "retrieval"):
-        raise CkptkitError(point.path, f"was written by the '{point.trainer}' trainer, not the retrieval trainer")
-    try:
-        saved = RetrievalConfig.from_dict(point.config)
-    except TypeError as exc:  # missing fields: not this trainer's config (or none at all)
-        raise CkptkitError(point.path, f"its config is not a retrieval trainer config ({exc}); cannot rebuild the model") from exc
-    cfg, notes = saved, []
-    if args.config is not None and args.config != saved.name:
-        notes.append(f"--config {args.config} ignored: this run is '{saved.name}' (the config comes from the checkpoint)")
-    for field, value in overrides.items():
-        old = getattr(saved, field)
-        if field == "epochs":
-            cfg = cfg.with_overrides(epochs=value)
-            if value != old:
-                notes.append(f"training to {value} epochs (the run had {old})")
-        elif field == "learning_rate":
-            cfg = cfg.with_overrides(learning_rate=value)
-            if value != old:
-                notes.append(f"--lr {value} used from here on (the run had {old}); the schedule continues from its step")
-        elif value != old:
-            notes.append(f"--{field.replace('_', '-')} {value} ignored: the run uses {old}")
-    return cfg, notes
-
-
-def _report_resume(point: ResumePoint, cfg: RetrievalConfig, notes: list[str]) -> None:
-    verified = "" if any("no manifest" in w for w in point.warnings) else " (verified: manifest size and CRC-32, weights-only load)"
-    _say(f"resuming from {point.path}{verified}")
-    if point.position is not None:
-        p = point.position
-        _say(f"  at epoch {p.epoch + 1} | batch {p.batch_in_epoch}/{p.steps_per_epoch} | step {point.global_step} "
-             f"| {p.epoch} of {cfg.epochs} epochs complete")
-    for warning in point.warnings:
-        _say(f"  warning: {warning}")
-    for note in notes:
-        _say(f"  note: {note}")
-
-
 def _options(args: argparse.Namespace, out: Path) -> RunOptions:
     return RunOptions(out=out, keep_last=args.keep_last, device=args.device, asynchronous_save=not args.sync_save,
                       kill_at_micro_step=args.kill_at_micro_step, stop_at_micro_step=args.stop_at_micro_step)
 
-
-def _say(text: str) -> None:
-    print(text, flush=True)

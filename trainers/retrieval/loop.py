@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import random
 import signal
 import sys
 from dataclasses import dataclass, field, replace
@@ -26,6 +25,7 @@ from trainers.lm.loop import resolve_precision
 from trainers.retrieval.config import RetrievalConfig
 from trainers.retrieval.data import synthetic_interactions
 from trainers.retrieval.model import TwoTower
+from trainers.runtime import autocast, pick_device, seed_training_streams, set_peak_lr
 
 TRAINER_NAME = "retrieval"
 
@@ -82,7 +82,7 @@ class RetrievalRun:
         self.data = synthetic_interactions(cfg)
         torch.manual_seed(cfg.seed)  # model init; the training streams get their own seed below
         self.model = TwoTower(self.cfg).to(self.device)
-        _seed_training_streams(cfg.seed)
+        seed_training_streams(cfg.seed)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         factor = functools.partial(lr_factor, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
@@ -191,20 +191,14 @@ class RetrievalRun:
             restored.warnings += self.sampler.resume_warnings(position)
         self.notes += restored.warnings
         if resume.config.get("learning_rate", self.cfg.learning_rate) != self.cfg.learning_rate:
-            self._set_peak_lr(self.cfg.learning_rate)
+            lr, step = self.cfg.learning_rate, self.scheduler.last_epoch
+            set_peak_lr(self.optimizer, self.scheduler, lr, lr_factor(step, self.cfg.warmup_steps, self.cfg.lr_decay))
         return EpochRecord(
             global_step=restored.global_step, position=position,
             train_losses=[float(x) for x in ckpt.get(keys.TRAIN_LOSSES) or []],
             val_recalls=[float(x) for x in ckpt.get(keys.VAL_RECALLS) or []],
             epoch_loss_sum=float(ckpt.get(keys.EPOCH_LOSS_SUM, 0.0)),
         )
-
-    def _set_peak_lr(self, lr: float) -> None:
-        """A new peak learning rate under the restored schedule (its position is kept)."""
-        self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
-        factor = lr_factor(self.scheduler.last_epoch, self.cfg.warmup_steps, self.cfg.lr_decay)
-        for group in self.optimizer.param_groups:
-            group["initial_lr"], group["lr"] = lr, lr * factor
 
     def _maybe_kill(self) -> None:
         if self.options.kill_at_micro_step == self.record.position.batches_consumed:
@@ -216,25 +210,5 @@ class RetrievalRun:
         return self.stop_requested or (target is not None and self.record.position.batches_consumed >= target)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.cfg.precision, self.device)
 
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
-def _seed_training_streams(seed: int) -> None:
-    """Dropout masks are reproducible; checkpoints carry the streams (ckptkit's rng_state)."""
-    random.seed(seed + 1)
-    torch.manual_seed(seed + 1)
-    try:  # rng_state carries numpy's stream too: an unseeded one would differ between two runs
-        import numpy as np
-
-        np.random.seed(seed + 1)
-    except ImportError:  # pragma: no cover
-        pass

@@ -1,0 +1,5 @@
+import sys
+
+from trainers.recsys.cli import main
+
+sys.exit(main())
