@@ -205,3 +205,16 @@ def test_fix_epoch_on_the_folder_moves_every_counter_and_renews_its_manifest(tmp
     assert manifest_problems(folder, read_manifest(folder)) == []
     point = load_for_resume(folder)
     assert (point.position.epoch, point.position.batch_in_epoch, point.global_step) == (1, 0, 12)
+
+
+def test_a_training_state_rolled_back_by_a_sync_is_skipped_for_the_newest_whole_folder(tmp_path: Path) -> None:
+    _run(tmp_path, stop_at_micro_step=19)
+    # Seed 003's Google Drive restored an older training_state.pth into last_checkpoint/ (epoch 1's
+    # end): the same size, other bytes, beside the weights of epoch 2, batch 7
+    shutil.copyfile(tmp_path / "best_model" / "training_state.pth", tmp_path / "last_checkpoint" / "training_state.pth")
+    point = load_for_resume(tmp_path)
+    assert point.path.name == "best_model" and (point.position.epoch, point.position.batch_in_epoch) == (1, 0)
+    assert any(w.startswith("skipped last_checkpoint, newer but unusable: does not match its manifest: "
+                            "last_checkpoint/training_state.pth: CRC-32") for w in point.warnings)
+    report = validate_path(tmp_path / "last_checkpoint", deep=True, siblings=False)
+    assert [f.code for f in report.findings if f.severity is Severity.ERROR] == ["integrity.manifest-mismatch"]
