@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ckptkit.atomic import commit_dir, new_temp_dir
 from ckptkit.errors import ResumeRefusedError, WriteVerificationError
+from ckptkit.formats.save_pretrained import TRAINING_STATE as STATE_FILE
 from ckptkit.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training.layout import CONFIG, EPOCH, GLOBAL_STEP, MODEL, OPTIMIZER, CheckpointLayout, TrainingState, register_layout
 
@@ -41,7 +42,6 @@ VAL_F1 = "val_f1"  # family_fields only: the F1 of the validation just run (the 
 MODEL_CONFIG = "model_config"  # family_fields only: what config.json holds
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-STATE_FILE = "training_state.pth"
 LAST_NAME, BEST_NAME = "last_checkpoint", "best_model"
 
 
