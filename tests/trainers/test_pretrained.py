@@ -1,6 +1,7 @@
 """Seed 003's trainer: save_pretrained folders, exact resume, `ckptkit resume`, refusals, fix-epoch."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -30,12 +31,12 @@ CONFIG = PRESETS["tiny"]  # 12 batches per epoch, a mid-epoch save every 5 batch
 FOLDER_FILES = ["config.json", "model.safetensors", "training_state.pth"]
 
 
-def _run(out: Path, resume=None, **options) -> object:
-    return _make(out, resume, **options).run()
+def _run(out: Path, resume=None, cfg=CONFIG, **options) -> object:
+    return _make(out, resume, cfg, **options).run()
 
 
-def _make(out: Path, resume=None, **options) -> PretrainedRun:
-    return PretrainedRun(CONFIG, RunOptions(out=out, keep_last=None, progress_stream=io.StringIO(), **options), resume)
+def _make(out: Path, resume=None, cfg=CONFIG, **options) -> PretrainedRun:
+    return PretrainedRun(cfg, RunOptions(out=out, keep_last=None, progress_stream=io.StringIO(), **options), resume)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,16 @@ def test_an_interrupted_run_resumed_from_its_run_directory_equals_the_uninterrup
     assert open_checkpoint(point.path).progress.describe() == described
     assert _run(tmp_path, point).status == "finished"
     _assert_same_folders(uninterrupted, tmp_path)
+
+
+def test_a_resume_inside_an_accumulation_window_equals_the_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(CONFIG, grad_accum=2, epochs=2)
+    _run(tmp_path / "whole", cfg=cfg)
+    _run(tmp_path / "stopped", cfg=cfg, stop_at_micro_step=19)
+    point = load_for_resume(tmp_path / "stopped")
+    assert point.checkpoint["accumulation"]["micro_step"] == 1 and point.global_step == 9
+    assert _run(tmp_path / "stopped", point, cfg).status == "finished"
+    _assert_same_folders(tmp_path / "whole", tmp_path / "stopped")
 
 
 def test_a_mid_epoch_folder_reads_as_save_pretrained_of_the_training_state_family(tmp_path: Path) -> None:
