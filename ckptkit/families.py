@@ -183,17 +183,24 @@ def _training_state_progress(tree: Tree, path: Path) -> Progress:
         p.epochs_completed, p.epoch_complete, p.step_in_epoch = epoch - 1, False, step
         p.sources["epochs_completed"] = f"key 'epoch' = {epoch} (1-based) with 'step' = {step}: epoch {epoch} in progress"
         p.sources["step_in_epoch"] = f"key 'step' = {step}"
+    _ckptkit_counters(tree, p)   # ckptkit's trainer: global_step and data_position agree with epoch/step
     return p
 
 
 def _training_state_record(tree: Tree, epochs: int, step: int) -> CounterValues:
     total = S.as_int(tree.get("total_batches"))
     if step == 0:
-        return {("epoch",): epochs, ("step",): 0}
-    if total is not None and step >= total:
+        values: CounterValues = {("epoch",): epochs, ("step",): 0}
+    elif total is not None and step >= total:
         raise UnrepresentableProgress(f"step {step} is not inside an epoch of total_batches = {total} "
                                       "batches; record a finished epoch with --complete instead")
-    return {("epoch",): epochs + 1, ("step",): step}
+    else:
+        values = {("epoch",): epochs + 1, ("step",): step}
+    if isinstance(tree.get("data_position"), dict):
+        # ckptkit's trainer: data_position and global_step move with the seed's counters
+        # (its 'epoch' is 1-based inside an epoch, so the experiment layout's 'epoch' is not taken)
+        values.update({k: v for k, v in _experiment_record(tree, epochs, step).items() if k != ("epoch",)})
+    return values
 
 
 def _nanogpt_progress(tree: Tree, path: Path) -> Progress:

@@ -18,7 +18,8 @@ from ckptkit.runs import scan_run
 from ckptkit.validation import validate_checkpoint
 
 # trainer name stored in a checkpoint's "ckptkit" entry -> module that resumes it
-BUNDLED_TRAINERS: dict[str, str] = {"lm": "trainers.lm", "retrieval": "trainers.retrieval", "recsys": "trainers.recsys"}
+BUNDLED_TRAINERS: dict[str, str] = {"lm": "trainers.lm", "retrieval": "trainers.retrieval", "recsys": "trainers.recsys",
+                                     "pretrained": "trainers.pretrained"}
 
 
 @dataclass

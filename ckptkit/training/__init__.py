@@ -18,6 +18,7 @@ from ckptkit.training.layout import (
     unwrap_model,
 )
 from ckptkit.training.manager import CheckpointManager, rank_and_world_size, write_checkpoint_file
+from ckptkit.training.pretrained_layout import PRETRAINED
 from ckptkit.training.progress import ProgressLine, render_progress
 from ckptkit.training.resume import (
     RestoredProgress,
@@ -40,6 +41,7 @@ from ckptkit.training.sampler import DataPosition, ResumableSampler, SampledBatc
 __all__ = [
     "DEFAULT_LAYOUT",
     "EXPERIMENT",
+    "PRETRAINED",
     "RECSYS",
     "RETRIEVAL",
     "CheckpointLayout",

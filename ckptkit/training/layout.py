@@ -132,6 +132,9 @@ class CheckpointLayout:
     owns_name: Callable[[str], bool]  # whether a file name is one this layout writes
     family_fields: Callable[[TrainingState], dict[str, Any]]  # the family's keys, in file order
     metric: Callable[[TrainingState], float | None] = lambda state: state.last_val_loss
+    # Writes one checkpoint in place of the manager's single file (seed 003's folders):
+    # (path, checkpoint dict, manifest fields); None: ckptkit.training.manager.write_checkpoint_file.
+    write: Callable[[Path, dict[str, Any], dict[str, Any]], Any] | None = None
 
 
 EXPERIMENT = CheckpointLayout(

@@ -155,7 +155,7 @@ class CheckpointManager:
     def _write_all(self, snapshot: dict[str, Any], targets: list[tuple[str, Path]], fields: dict[str, dict[str, Any]]) -> None:
         for kind, path in targets:
             snapshot[layout.CKPTKIT] = {**snapshot[layout.CKPTKIT], "kind": kind}
-            write_checkpoint_file(path, snapshot, fields[kind])
+            (self.layout.write or write_checkpoint_file)(path, snapshot, fields[kind])
         self._prune()
 
     def _finish_sharded(self, finish: Callable[[], None]) -> None:

@@ -26,6 +26,7 @@ from ckptkit.errors import CkptkitError, CorruptCheckpointError, MissingFileErro
 from ckptkit.manifest import manifest_problems, read_manifest
 from ckptkit.training import layout
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, is_sharded_checkpoint, unwrap_model
+from ckptkit.training.pretrained_layout import is_model_folder, load_model_folder
 from ckptkit.training.retention import list_checkpoints, unconfirmed_checkpoints
 from ckptkit.training.rng import restore_rng_states_all_ranks
 from ckptkit.training.sampler import DataPosition
@@ -121,7 +122,7 @@ def resolve_checkpoint(path: Path) -> tuple[Path, list[str]]:
 def _resolve(path: Path) -> tuple[Path, list[str], dict[str, Any]]:
     if not os.path.lexists(path):
         raise MissingFileError(path, "no such checkpoint or run directory")
-    if not path.is_dir() or is_sharded_checkpoint(path):
+    if not path.is_dir() or is_sharded_checkpoint(path) or is_model_folder(path):
         return (path, *_verify(path))
     notes = [f"{p.name}: left by an interrupted save (no manifest); not used" for p in unconfirmed_checkpoints(path)]
     refusals = []
@@ -224,6 +225,8 @@ def _validator_warnings(path: Path) -> list[str]:
 
 
 def _load_checkpoint_dict(path: Path) -> dict[str, Any]:
+    if is_model_folder(path):   # seed 003's save_pretrained folder
+        return load_model_folder(path)
     source = path / TRAINING_STATE_FILE if path.is_dir() else path
     if path.is_dir() and not (path / DCP_METADATA_FILE).is_file():
         raise ResumeRefusedError(path, "a folder without torch.distributed.checkpoint .metadata is not a checkpoint ckptkit can resume")

@@ -1,4 +1,4 @@
-"""Checkpoint layouts: seed 004's is the default; seed 001's names, keys, metric and resume needs."""
+"""Checkpoint layouts: seed 004's is the default; seed 001's names, keys, metric and resume needs; seed 003's folders."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import ResumeRefusedError
+from ckptkit.errors import ResumeRefusedError, WriteVerificationError
 from ckptkit.manifest import read_manifest
-from ckptkit.training import EXPERIMENT, RETRIEVAL, CheckpointManager, layout_of, list_checkpoints, verify_for_resume
+from ckptkit.training import (EXPERIMENT, PRETRAINED, RETRIEVAL, CheckpointManager, layout_of, list_checkpoints,
+                              load_for_resume, verify_for_resume)
 
 
 def _retrieval_state(make_state, *, step: int, recall: float | None, micro_step: int = 0):
@@ -114,3 +115,39 @@ def test_a_recsys_interrupt_overwrites_the_recent_checkpoint_and_keeps_epoch_at_
     assert path.name == "checkpoint-recent.pth"
     ckpt = torch.load(path, weights_only=True)
     assert (ckpt["epoch"], ckpt["data_position"]["epoch"], ckpt["epoch_loss_sum"]) == (0, 1, 0.5)
+
+
+def _classifier_state(make_state, *, step: int, f1: float | None, micro_step: int = 0):
+    state = make_state(step=step, micro_step=micro_step)
+    return dataclasses.replace(state, trainer="pretrained", family_fields={
+        "best_val_f1": 0.5, "best_val_acc": 0.75, "val_f1": f1, "model_config": {"num_labels": 2},
+    })
+
+
+def test_a_training_state_save_writes_a_save_pretrained_folder_with_seed_003s_counters(tmp_path: Path, make_state) -> None:
+    state = _classifier_state(make_state, step=6, f1=None, micro_step=1)  # batch 13: epoch 2 (1-based), 3 batches in
+    with CheckpointManager(tmp_path, layout=PRETRAINED) as manager:
+        [path] = manager.save(state, ["interrupt"])
+    assert path.name == "last_checkpoint" and PRETRAINED.owns_name("best_model") and not PRETRAINED.owns_name("best_model.pt")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "training_state.pth"]
+    ckpt = torch.load(path / "training_state.pth", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["total_batches"], ckpt["global_step"]) == (2, 3, 10, 6)
+    assert "model_state_dict" not in ckpt and "model_config" not in ckpt and ckpt["accumulation"]["micro_step"] == 1
+    assert layout_of(ckpt) is PRETRAINED and (path / "config.json").read_text() == '{\n  "num_labels": 2\n}\n'
+    point = load_for_resume(tmp_path)
+    assert point.path == path and sorted(point.checkpoint["model_state_dict"]) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+
+
+def test_a_folder_that_does_not_read_back_leaves_the_old_folder_and_its_manifest(tmp_path: Path, make_state, monkeypatch) -> None:
+    from ckptkit.training import pretrained_layout
+
+    with CheckpointManager(tmp_path, layout=PRETRAINED, asynchronous=False) as manager:
+        manager.save(_classifier_state(make_state, step=5, f1=0.5), ["periodic"])
+        before = {p.name: p.read_bytes() for p in (tmp_path / "last_checkpoint").iterdir()}
+        monkeypatch.setattr(pretrained_layout, "load_file", lambda path: {})   # reads back no tensors
+        with pytest.raises(WriteVerificationError, match="the old folder was kept"):
+            manager.save(_classifier_state(make_state, step=10, f1=0.6), ["periodic"])
+            manager.wait()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "last_checkpoint").iterdir()} == before
+    assert read_manifest(tmp_path / "last_checkpoint").global_step == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "last_checkpoint.manifest.json"]

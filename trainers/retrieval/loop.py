@@ -74,6 +74,8 @@ def lr_factor(step: int, warmup_steps: int, decay: float) -> float:
 class RetrievalRun:
     """All live objects of one run; ``run()`` trains until ``cfg.epochs`` or an interrupt."""
 
+    layout = RETRIEVAL  # the checkpoint layout ``run()`` saves in (seed 003's trainer reuses the loop)
+
     def __init__(self, cfg: RetrievalConfig, options: RunOptions, resume: ResumePoint | None = None) -> None:
         self.options = options
         self.device = pick_device(options.device)
@@ -105,7 +107,7 @@ class RetrievalRun:
         r = self.record
         saved: list[Path] = []
         status = "finished"
-        with CheckpointManager(self.options.out, keep_last=self.options.keep_last, layout=RETRIEVAL,
+        with CheckpointManager(self.options.out, keep_last=self.options.keep_last, layout=self.layout,
                                asynchronous=self.options.asynchronous_save) as manager:
             for leftover in manager.removed_leftovers:
                 self.log(f"removed {leftover.name}: the unfinished write of a crashed save (the checkpoint it was to replace is intact)")
@@ -114,8 +116,7 @@ class RetrievalRun:
                 self._micro_step(next(batches))
                 if r.position.micro_step == 0:
                     self._optimizer_step()
-                if r.position.batch_in_epoch == 0:
-                    saved += self._end_epoch(manager)
+                saved += self._after_batch(manager)
                 self.display.update(r.position, r.global_step, self.max_steps)
                 self._maybe_kill()
                 if self._should_stop():
@@ -141,6 +142,10 @@ class RetrievalRun:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.record.global_step += 1
+
+    def _after_batch(self, manager: CheckpointManager) -> list[Path]:
+        """The checkpoints due after a batch: seed 001 saves at epoch ends only."""
+        return self._end_epoch(manager) if self.record.position.batch_in_epoch == 0 else []
 
     def _end_epoch(self, manager: CheckpointManager) -> list[Path]:
         r = self.record
