@@ -1,11 +1,20 @@
 """What every bundled trainer does the same way: pick its device, seed its training streams,
-and enter its autocast. One place, so the trainers' files stay comparable byte for byte."""
+enter its autocast, and run with Ctrl+C/SIGTERM turned into a save at the exact batch. One
+place, so the trainers' files stay comparable byte for byte."""
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from ckptkit.errors import CkptkitError
+
+EXIT_USAGE = 2
 
 import torch
 
@@ -47,3 +56,51 @@ def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float, fac
     scheduler.base_lrs = [lr for _ in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["initial_lr"], group["lr"] = lr, lr * factor
+
+
+def on_signal(run_getter: Callable[[], Any]) -> Callable[[int, Any], None]:
+    """SIGTERM/SIGINT handler: finish the micro-step, save an interrupt checkpoint, exit cleanly."""
+
+    def handler(signum: int, frame: Any) -> None:
+        run = run_getter()
+        if run is None or run.stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl+C: stop now (the last checkpoint is intact)
+        run.stop_requested, run.stop_signal = True, signum
+
+    return handler
+
+
+@dataclass
+class Trained:
+    run: Any        # the trainer's run object (LMRun, RetrievalRun, ...)
+    result: Any     # what its run() returned
+    config: Any
+    options: Any
+
+
+def run_interruptibly(prepare: Callable[[], tuple[Any, Any, Any] | int], make_run: Callable[[Any, Any, Any], Any],
+                      session: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                      ) -> Trained | int:
+    """`prepare()` -> (config, options, resume point) or an exit code; then `make_run(...)`.run(),
+    with SIGINT/SIGTERM asking the run in progress to save where it is and stop. Returns the
+    finished (or interrupted) run, or the exit code: 2 with one line for a ckptkit error."""
+    current: dict[str, Any] = {"run": None}
+    handler = on_signal(lambda: current["run"])
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with session():
+            try:
+                prepared = prepare()
+            except CkptkitError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            if isinstance(prepared, int):
+                return prepared
+            cfg, options, point = prepared
+            run = current["run"] = make_run(cfg, options, point)
+            for note in run.notes:
+                run.log(f"  warning: {note}")
+            return Trained(run, run.run(), cfg, options)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

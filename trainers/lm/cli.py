@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from ckptkit.errors import CkptkitError
+from trainers.runtime import run_interruptibly
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume, render_progress
 from trainers.lm.config import DEFAULT_PRESET, PRESETS, SCHEDULE_FIELDS, LMConfig
-from trainers.lm.loop import LMRun, RunOptions, distributed_session, on_signal
+from trainers.lm.loop import LMRun, RunOptions, distributed_session
 
 # flag name -> LMConfig field
 _CONFIG_FLAGS = {
@@ -48,26 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items() if getattr(args, flag) is not None}
-    current: dict[str, LMRun | None] = {"run": None}
-    handler = on_signal(lambda: current["run"])
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with distributed_session():
-            try:
-                prepared = _prepare(args, overrides)
-            except CkptkitError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            if isinstance(prepared, int):
-                return prepared
-            cfg, options, point = prepared
-            run = current["run"] = LMRun(cfg, options, point)
-            for note in run.notes:
-                run.log(f"  warning: {note}")
-            result = run.run()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    trained = run_interruptibly(lambda: _prepare(args, overrides), LMRun, session=distributed_session)
+    if isinstance(trained, int):
+        return trained
+    run, result, cfg, options = trained.run, trained.result, trained.config, trained.options
     if result.status == "interrupted":
         where = render_progress(result.position, result.global_step, cfg.max_steps)
         run.log(f"interrupted at {where}; saved {', '.join(p.name for p in result.checkpoints) or 'on rank 0'}")

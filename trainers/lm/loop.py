@@ -16,7 +16,7 @@ import signal
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -285,15 +285,3 @@ def distributed_session() -> Iterator[None]:
     finally:
         if owns:
             dist.destroy_process_group()
-
-
-def on_signal(run_getter: Callable[[], LMRun | None]) -> Callable[[int, Any], None]:
-    """SIGTERM/SIGINT handler: finish the micro-step, save an interrupt checkpoint, exit cleanly."""
-
-    def handler(signum: int, frame: Any) -> None:
-        run = run_getter()
-        if run is None or run.stop_requested:
-            raise KeyboardInterrupt  # a second Ctrl+C: stop now (the last checkpoint is intact)
-        run.stop_requested, run.stop_signal = True, signum
-
-    return handler

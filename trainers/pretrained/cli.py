@@ -6,17 +6,17 @@ the folders it names.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from ckptkit.errors import CkptkitError
+from trainers.runtime import run_interruptibly
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
-from trainers.lm.loop import on_signal
 from trainers.pretrained.config import DEFAULT_PRESET, PRESETS, ClassifierConfig
 from trainers.pretrained.loop import TRAINER_NAME, PretrainedRun, RunOptions
-from trainers.retrieval.cli import _options, _report_resume, _say
+from trainers.epoch_resume import report_resume, say
+from trainers.retrieval.cli import _options
 
 _CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
                  "seed": "seed", "precision": "precision", "epochs": "epochs", "save_steps": "save_steps"}
@@ -48,25 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items() if getattr(args, flag) is not None}
-    current: dict[str, PretrainedRun | None] = {"run": None}
-    handler = on_signal(lambda: current["run"])  # type: ignore[arg-type, return-value]
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            prepared = _prepare(args, overrides)
-        except CkptkitError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if isinstance(prepared, int):
-            return prepared
-        cfg, options, point = prepared
-        run = current["run"] = PretrainedRun(cfg, options, point)
-        for note in run.notes:
-            run.log(f"  warning: {note}")
-        result = run.run()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    trained = run_interruptibly(lambda: _prepare(args, overrides), PretrainedRun)
+    if isinstance(trained, int):
+        return trained
+    run, result, options = trained.run, trained.result, trained.options
     position = result.record.position
     if result.status == "interrupted":
         run.log(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
@@ -86,12 +71,12 @@ def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Class
                   "or pass another --out", file=sys.stderr)
             return EXIT_USAGE
         cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        _say(f"training {cfg.name} ({cfg.num_train} sequences, {cfg.epochs} epochs) into {out}")
+        say(f"training {cfg.name} ({cfg.num_train} sequences, {cfg.epochs} epochs) into {out}")
         return cfg, _options(args, out), None
     point = load_for_resume(args.resume)
     cfg, notes = config_for_resume(point, args, overrides)
     out = args.out or point.path.parent   # a checkpoint is a folder inside its run directory
-    _report_resume(point, cfg, notes)
+    report_resume(point, cfg.epochs, notes)
     done = point.position.epoch if point.position is not None else int(point.checkpoint.get("epoch", 0))
     if done >= cfg.epochs:
         print(f"error: {point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "

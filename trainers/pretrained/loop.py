@@ -19,7 +19,8 @@ from trainers.lm.loop import resolve_precision
 from trainers.pretrained.config import ClassifierConfig
 from trainers.pretrained.data import synthetic_sequences
 from trainers.pretrained.model import TinyTextClassifier, f1_and_accuracy
-from trainers.retrieval.loop import RetrievalRun, RunOptions, TrainResult, _seed_training_streams, lr_factor, pick_device
+from trainers.retrieval.loop import RetrievalRun, RunOptions, TrainResult, lr_factor
+from trainers.runtime import pick_device, seed_training_streams
 
 TRAINER_NAME = "pretrained"
 __all__ = ["PretrainedRun", "RunOptions", "TrainResult", "ClassifierRecord"]
@@ -49,7 +50,7 @@ class PretrainedRun(RetrievalRun):
         self.data = synthetic_sequences(cfg)
         torch.manual_seed(cfg.seed)  # model init; the training streams get their own seed below
         self.model = TinyTextClassifier(self.cfg).to(self.device)
-        _seed_training_streams(cfg.seed)
+        seed_training_streams(cfg.seed)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         factor = functools.partial(lr_factor, warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)

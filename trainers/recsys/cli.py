@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ckptkit.errors import CkptkitError
+from trainers.runtime import run_interruptibly
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
 from ckptkit.training.recsys_layout import FINAL_NAME
 from trainers.epoch_resume import config_for_resume, report_resume, say
-from trainers.lm.loop import on_signal
 from trainers.recsys.config import DEFAULT_PRESET, PRESETS, RecsysConfig
 from trainers.recsys.loop import RecsysRun, RunOptions
 
@@ -45,25 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items() if getattr(args, flag) is not None}
-    current: dict[str, RecsysRun | None] = {"run": None}
-    handler = on_signal(lambda: current["run"])  # type: ignore[arg-type, return-value]
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            prepared = _prepare(args, overrides)
-        except CkptkitError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        if isinstance(prepared, int):
-            return prepared
-        cfg, options, point = prepared
-        run = current["run"] = RecsysRun(cfg, options, point)
-        for note in run.notes:
-            run.log(f"  warning: {note}")
-        result = run.run()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    trained = run_interruptibly(lambda: _prepare(args, overrides), RecsysRun)
+    if isinstance(trained, int):
+        return trained
+    run, result, options = trained.run, trained.result, trained.options
     position = result.record.position
     if result.status == "interrupted":
         run.log(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
