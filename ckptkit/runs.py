@@ -225,9 +225,30 @@ def is_whole(entry: RunEntry) -> bool:
 
 
 def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
-    """The most advanced whole and consistent checkpoint (entries are ordered by progress)."""
-    usable = [e for e in entries if is_whole(e)]
-    return usable[-1] if usable else None
+    """The most advanced whole and consistent checkpoint (entries are ordered by progress).
+
+    The one picked is also checked against its ckptkit manifest's CRC-32s, as the resume will
+    check it (`ls` itself only compares sizes): a file rolled back to an older copy of the same
+    size (a sync client's restore) is marked broken and the next one back is taken instead.
+    """
+    for entry in reversed([e for e in entries if is_whole(e)]):
+        problems = _manifest_crc_problems(entry.path)
+        if not problems:
+            return entry
+        entry.health = Health("broken", f"integrity.manifest-mismatch: {problems[0]}; a resume refuses it",
+                              entry.health.errors + 1, entry.health.warnings,
+                              sorted({*entry.health.codes, "integrity.manifest-mismatch"}))
+    return None
+
+
+def _manifest_crc_problems(path: Path) -> list[str]:
+    from ckptkit.manifest import manifest_problems, read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except CkptkitError:
+        return []   # an unreadable manifest is already a finding of the entry's validation
+    return manifest_problems(path, manifest) if manifest is not None else []
 
 
 def _most_advanced(entries: list[RunEntry]) -> list[RunEntry]:

@@ -158,3 +158,28 @@ def test_order_follows_global_step_whatever_the_folder_names(tmp_path_factory, s
     run = scan_run(root)
     assert [e.progress.global_step for e in run.entries] == sorted(steps)
     assert run.entries[-1].markers[0] == "latest"
+
+
+def test_latest_passes_over_a_checkpoint_whose_bytes_no_longer_match_its_manifest_crc(tmp_path: Path) -> None:
+    """A same-size rollback or bit flip: ls compares sizes only, but the resume pick is CRC-checked
+    as the resume will check it, and the next checkpoint back is taken."""
+    import zipfile
+
+    from ckptkit.training import CheckpointManager
+    from tests.training.conftest import _make_state
+
+    with CheckpointManager(tmp_path) as manager:
+        manager.save(_make_state(step=3), ["periodic"])
+        manager.save(_make_state(step=4), ["periodic"])
+    newest = tmp_path / "checkpoint_step_4.pt"
+    with zipfile.ZipFile(newest) as zf:
+        info = next(i for i in zf.infolist() if "/data/" in i.filename)
+    raw = bytearray(newest.read_bytes())
+    raw[info.header_offset + 100] ^= 0x01            # same size: only the CRC-32 can tell
+    newest.write_bytes(bytes(raw))
+    run = scan_run(tmp_path)
+    assert run.resume is not None and run.resume.relative == "checkpoint_step_3.pt"
+    entry = {e.relative: e for e in run.entries}["checkpoint_step_4.pt"]
+    assert entry.health.status == "broken" and entry.health.reason.startswith(
+        "integrity.manifest-mismatch: checkpoint_step_4.pt: CRC-32")
+    assert "run.latest-broken" in [f.code for f in run.findings]
