@@ -10,12 +10,12 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Sequence, TypeVar
 
 from ckptkit.errors import CkptkitError
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
 from trainers.epoch_run import RunOptions
-from trainers.runtime import Trained
+from trainers.runtime import Trained, run_interruptibly
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -94,11 +94,29 @@ class EpochTrainer:
     default_out: Path
     describe: Callable[[Any], str]  # a fresh run's "(N users, ..., E epochs)"
     config_flags: Mapping[str, str]  # flag name -> config field
+    run_type: Callable[..., Any]  # the EpochRun subclass, called with (config, options, point)
+    saved_text: Callable[[Any, Path], str]  # (TrainResult, out) -> what an interrupt saved
+    finished_text: Callable[[Any, Path], str]  # (TrainResult, out) -> the last line of a finished run
     label: str | None = None  # the trainer's name in errors, when not ``name``
     changes: Mapping[str, str] = field(default_factory=lambda: SEED_CHANGES)
     # the seed's own 'epoch' is the index of the last finished epoch (1) or the number finished (0)
     seed_epoch_offset: int = 0
     checkpoint_is_folder: bool = False  # then a checkpoint's run directory is always its parent
+
+
+def run_epoch_trainer(parser: argparse.ArgumentParser, argv: Sequence[str] | None, trainer: EpochTrainer) -> int:
+    """A trainer's whole command: parse, start or resume, train (Ctrl+C/SIGTERM: save and stop),
+    and say how it ended. The exit code: 0, 2 for unusable input, 128+signal after a signal."""
+    args = parser.parse_args(argv)
+    overrides = config_overrides(args, trainer)
+    trained = run_interruptibly(lambda: prepare_epoch_run(args, overrides, trainer), trainer.run_type)
+    if isinstance(trained, int):
+        return trained
+    result, out = trained.result, trained.options.out
+    if result.status == "interrupted":
+        return exit_interrupted(trained, trainer, trainer.saved_text(result, out))
+    trained.run.log(trainer.finished_text(result, out))
+    return EXIT_OK
 
 
 def config_overrides(args: argparse.Namespace, trainer: EpochTrainer) -> dict[str, Any]:

@@ -7,13 +7,24 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from trainers.epoch_resume import EXIT_OK, EpochTrainer, add_run_flags, config_overrides, exit_interrupted, prepare_epoch_run
+from trainers.epoch_resume import EpochTrainer, add_run_flags, run_epoch_trainer
+from trainers.epoch_run import TrainResult
 from trainers.pretrained.config import DEFAULT_PRESET, PRESETS, ClassifierConfig
 from trainers.pretrained.loop import TRAINER_NAME, PretrainedRun
-from trainers.runtime import run_interruptibly
+
+
+def _saved(result: TrainResult, out: Path) -> str:
+    return str(out / "last_checkpoint")
+
+
+def _finished(result: TrainResult, out: Path) -> str:
+    return (f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; best val f1 "
+            f"{result.record.best_f1:.4f}; model in {out / 'last_checkpoint'}")
+
 
 TRAINER = EpochTrainer(
     name=TRAINER_NAME, config_type=ClassifierConfig, presets=PRESETS, default_preset=DEFAULT_PRESET,
+    run_type=PretrainedRun, saved_text=_saved, finished_text=_finished,
     default_out=Path("runs/pretrained"),
     describe=lambda cfg: f"{cfg.num_train} sequences, {cfg.epochs} epochs",
     config_flags={"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
@@ -45,14 +56,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = config_overrides(args, TRAINER)
-    trained = run_interruptibly(lambda: prepare_epoch_run(args, overrides, TRAINER), PretrainedRun)
-    if isinstance(trained, int):
-        return trained
-    result, out = trained.result, trained.options.out
-    if result.status == "interrupted":
-        return exit_interrupted(trained, TRAINER, str(out / "last_checkpoint"))
-    trained.run.log(f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; best val f1 "
-                    f"{result.record.best_f1:.4f}; model in {out / 'last_checkpoint'}")
-    return EXIT_OK
+    return run_epoch_trainer(build_parser(), argv, TRAINER)

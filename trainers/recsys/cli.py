@@ -7,14 +7,28 @@ from pathlib import Path
 from typing import Sequence
 
 from ckptkit.training.recsys_layout import FINAL_NAME
-from trainers.epoch_resume import EXIT_OK, EpochTrainer, add_run_flags, config_overrides, exit_interrupted, prepare_epoch_run
+from trainers.epoch_resume import EpochTrainer, add_run_flags, run_epoch_trainer
+from trainers.epoch_run import TrainResult
 from trainers.recsys.config import DEFAULT_PRESET, PRESETS, RecsysConfig
 from trainers.recsys.loop import TRAINER_NAME, RecsysRun
-from trainers.runtime import run_interruptibly
 
 DEFAULT_OUT = Path("experiments/lru/synthetic/models")  # seed 000: experiments/{model_code}/{dataset_code}/models
+
+
+def _saved(result: TrainResult, out: Path) -> str:
+    # an epoch's end and the interrupt may both have written checkpoint-recent.pth
+    return ", ".join(dict.fromkeys(p.name for p in result.checkpoints))
+
+
+def _finished(result: TrainResult, out: Path) -> str:
+    final = [p.name for p in result.checkpoints if p.name == FINAL_NAME]
+    return (f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; final checkpoint "
+            f"{out / final[-1] if final else out}")
+
+
 TRAINER = EpochTrainer(
     name=TRAINER_NAME, config_type=RecsysConfig, presets=PRESETS, default_preset=DEFAULT_PRESET,
+    run_type=RecsysRun, saved_text=_saved, finished_text=_finished,
     default_out=DEFAULT_OUT,
     describe=lambda cfg: f"{cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs",
     # flag name -> RecsysConfig field (seed 000's names: --lr, --num_epochs, --batch_size)
@@ -43,15 +57,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = config_overrides(args, TRAINER)
-    trained = run_interruptibly(lambda: prepare_epoch_run(args, overrides, TRAINER), RecsysRun)
-    if isinstance(trained, int):
-        return trained
-    result, out = trained.result, trained.options.out
-    if result.status == "interrupted":  # an epoch's end and the interrupt may both write checkpoint-recent.pth
-        return exit_interrupted(trained, TRAINER, ", ".join(dict.fromkeys(p.name for p in result.checkpoints)))
-    final = [p.name for p in result.checkpoints if p.name == FINAL_NAME]
-    trained.run.log(f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; final checkpoint "
-                    f"{out / final[-1] if final else out}")
-    return EXIT_OK
+    return run_epoch_trainer(build_parser(), argv, TRAINER)

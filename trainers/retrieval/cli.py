@@ -6,13 +6,25 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from trainers.epoch_resume import EXIT_OK, EpochTrainer, add_run_flags, config_overrides, exit_interrupted, prepare_epoch_run
+from trainers.epoch_resume import EpochTrainer, add_run_flags, run_epoch_trainer
+from trainers.epoch_run import TrainResult
 from trainers.retrieval.config import DEFAULT_PRESET, PRESETS, RetrievalConfig
 from trainers.retrieval.loop import TRAINER_NAME, RetrievalRun
-from trainers.runtime import run_interruptibly
+
+
+def _saved(result: TrainResult, out: Path) -> str:
+    return ", ".join(p.name for p in result.checkpoints)
+
+
+def _finished(result: TrainResult, out: Path) -> str:
+    final = [p.name for p in result.checkpoints if p.name.startswith("final_")]
+    return (f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; final checkpoint "
+            f"{out / final[-1] if final else out}")
+
 
 TRAINER = EpochTrainer(
     name=TRAINER_NAME, config_type=RetrievalConfig, presets=PRESETS, default_preset=DEFAULT_PRESET,
+    run_type=RetrievalRun, saved_text=_saved, finished_text=_finished,
     default_out=Path("runs/retrieval"),
     describe=lambda cfg: f"{cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs",
     # flag name -> RetrievalConfig field (seed 001's names: --batch, --gradient-accumulation)
@@ -41,15 +53,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = config_overrides(args, TRAINER)
-    trained = run_interruptibly(lambda: prepare_epoch_run(args, overrides, TRAINER), RetrievalRun)
-    if isinstance(trained, int):
-        return trained
-    result, out = trained.result, trained.options.out
-    if result.status == "interrupted":
-        return exit_interrupted(trained, TRAINER, ", ".join(p.name for p in result.checkpoints))
-    final = [p.name for p in result.checkpoints if p.name.startswith("final_")]
-    trained.run.log(f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; final checkpoint "
-                    f"{out / final[-1] if final else out}")
-    return EXIT_OK
+    return run_epoch_trainer(build_parser(), argv, TRAINER)
