@@ -52,7 +52,7 @@ class EpochRecord:
 @dataclass
 class TrainResult:
     status: str  # "finished" | "interrupted"
-    record: Any  # the family's EpochRecord
+    record: Any  # the family's EpochRecord subclass
     checkpoints: list[Path]
 
 

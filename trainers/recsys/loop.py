@@ -14,18 +14,18 @@ import torch
 
 from ckptkit.training import RECSYS, DataPosition
 from ckptkit.training import recsys_layout as keys
-from trainers.epoch_run import EpochRecord as _BaseRecord
+from trainers.epoch_run import EpochRecord
 from trainers.epoch_run import EpochRun, RunOptions, TrainResult
 from trainers.recsys.config import RecsysConfig
 from trainers.recsys.data import synthetic_sequences
 from trainers.recsys.model import SequentialRecommender
 
 TRAINER_NAME = "recsys"
-__all__ = ["RecsysRun", "RunOptions", "TrainResult", "EpochRecord"]
+__all__ = ["RecsysRun", "RunOptions", "TrainResult", "RecsysRecord"]
 
 
 @dataclass
-class EpochRecord(_BaseRecord):
+class RecsysRecord(EpochRecord):
     """Seed 000's metric beside the data position."""
 
     accuracy: float | None = None  # the last finished epoch's
@@ -38,7 +38,7 @@ class RecsysRun(EpochRun):
 
     trainer_name = TRAINER_NAME
     layout = RECSYS
-    record_type = EpochRecord
+    record_type = RecsysRecord
     optimizer_type = torch.optim.Adam  # seed 000's
     prunes = False  # every name is overwritten in place, there is nothing to prune
     cfg: RecsysConfig
@@ -80,10 +80,10 @@ class RecsysRun(EpochRun):
         position = replace(self.sampler.start_position(self.cfg.grad_accum), epoch=int(ckpt[keys.EPOCH]) + 1)
         return position, "no data_position: continuing at the start of the next epoch"
 
-    def _record_from(self, ckpt: Any, global_step: int, position: DataPosition) -> EpochRecord:
+    def _record_from(self, ckpt: Any, global_step: int, position: DataPosition) -> RecsysRecord:
         best = ckpt.get(keys.BEST_ACC)
         accuracy = ckpt.get(keys.ACCURACY)
-        return EpochRecord(
+        return RecsysRecord(
             global_step=global_step, position=position,
             accuracy=None if accuracy is None else float(accuracy),
             best_acc=-math.inf if best is None else float(best),

@@ -12,18 +12,18 @@ import torch
 
 from ckptkit.training import RETRIEVAL, DataPosition
 from ckptkit.training import retrieval_layout as keys
-from trainers.epoch_run import EpochRecord as _BaseRecord
+from trainers.epoch_run import EpochRecord
 from trainers.epoch_run import EpochRun, RunOptions, TrainResult, lr_factor
 from trainers.retrieval.config import RetrievalConfig
 from trainers.retrieval.data import synthetic_interactions
 from trainers.retrieval.model import TwoTower
 
 TRAINER_NAME = "retrieval"
-__all__ = ["RetrievalRun", "RunOptions", "TrainResult", "EpochRecord", "lr_factor"]
+__all__ = ["RetrievalRun", "RunOptions", "TrainResult", "RetrievalRecord", "lr_factor"]
 
 
 @dataclass
-class EpochRecord(_BaseRecord):
+class RetrievalRecord(EpochRecord):
     """Seed 001's own counters beside the data position."""
 
     train_losses: list[float] = field(default_factory=list)
@@ -40,7 +40,7 @@ class RetrievalRun(EpochRun):
 
     trainer_name = TRAINER_NAME
     layout = RETRIEVAL
-    record_type = EpochRecord
+    record_type = RetrievalRecord
     cfg: RetrievalConfig
 
     def _build_data(self, cfg: RetrievalConfig) -> Any:
@@ -84,8 +84,8 @@ class RetrievalRun(EpochRun):
         position = replace(self.sampler.start_position(self.cfg.grad_accum), epoch=int(ckpt[keys.EPOCH]))
         return position, "no data_position: continuing at the start of the next epoch"
 
-    def _record_from(self, ckpt: Any, global_step: int, position: DataPosition) -> EpochRecord:
-        return EpochRecord(
+    def _record_from(self, ckpt: Any, global_step: int, position: DataPosition) -> RetrievalRecord:
+        return RetrievalRecord(
             global_step=global_step, position=position,
             train_losses=[float(x) for x in ckpt.get(keys.TRAIN_LOSSES) or []],
             val_recalls=[float(x) for x in ckpt.get(keys.VAL_RECALLS) or []],
