@@ -1,27 +1,40 @@
-"""Command line of seed 003's classifier trainer: flags, resume rules, messages, exit codes.
-
-The retrieval trainer's resume report and options are reused; what differs is the config and
-the folders it names.
-"""
+"""Command line of seed 003's classifier trainer: its flags and messages on the epoch trainers'
+shared start/resume flow (trainers.epoch_resume); what differs is the config, the flags a resume
+may change and the folders it names."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from ckptkit.errors import CkptkitError
-from trainers.runtime import run_interruptibly
-from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
+from trainers.epoch_resume import EpochTrainer, add_run_flags, run_epoch_trainer
+from trainers.epoch_run import TrainResult
 from trainers.pretrained.config import DEFAULT_PRESET, PRESETS, ClassifierConfig
-from trainers.pretrained.loop import TRAINER_NAME, PretrainedRun, RunOptions
-from trainers.epoch_resume import report_resume, say
-from trainers.retrieval.cli import _options
+from trainers.pretrained.loop import TRAINER_NAME, PretrainedRun
 
-_CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
-                 "seed": "seed", "precision": "precision", "epochs": "epochs", "save_steps": "save_steps"}
-_CHANGEABLE = ("epochs", "save_steps")  # on resume; the rest would make the run another run
-EXIT_OK, EXIT_USAGE = 0, 2
+
+def _saved(result: TrainResult, out: Path) -> str:
+    return str(out / "last_checkpoint")
+
+
+def _finished(result: TrainResult, out: Path) -> str:
+    return (f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; best val f1 "
+            f"{result.record.best_f1:.4f}; model in {out / 'last_checkpoint'}")
+
+
+TRAINER = EpochTrainer(
+    name=TRAINER_NAME, config_type=ClassifierConfig, presets=PRESETS, default_preset=DEFAULT_PRESET,
+    run_type=PretrainedRun, saved_text=_saved, finished_text=_finished,
+    default_out=Path("runs/pretrained"),
+    describe=lambda cfg: f"{cfg.num_train} sequences, {cfg.epochs} epochs",
+    config_flags={"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
+                  "seed": "seed", "precision": "precision", "epochs": "epochs", "save_steps": "save_steps"},
+    label="classifier",
+    # on resume; the rest would make the run another run (seed 003 has no --lr on resume)
+    changes={"epochs": "--epochs {value} from here on (the run had {old})",
+             "save_steps": "--save-steps {value} from here on (the run had {old})"},
+    checkpoint_is_folder=True,  # a checkpoint is a folder inside its run directory
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,71 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
     parser.add_argument("--out", type=Path, help="run directory (default runs/pretrained; on resume: the checkpoint's run)")
     parser.add_argument("--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint folder, or run directory (newest valid)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--sync-save", action="store_true", help="write checkpoints in the loop instead of in the background")
-    parser.add_argument("--kill-at-micro-step", type=int, metavar="M", help="SIGKILL this process after batch M (a real crash)")
-    parser.add_argument("--stop-at-micro-step", type=int, metavar="M", help="interrupt after batch M: save there, exit")
+    add_run_flags(parser)
     parser.set_defaults(keep_last=None)  # one last_checkpoint/ is replaced in place: nothing to prune
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items() if getattr(args, flag) is not None}
-    trained = run_interruptibly(lambda: _prepare(args, overrides), PretrainedRun)
-    if isinstance(trained, int):
-        return trained
-    run, result, options = trained.run, trained.result, trained.options
-    position = result.record.position
-    if result.status == "interrupted":
-        run.log(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
-                f"{position.steps_per_epoch}; saved {options.out / 'last_checkpoint'}")
-        run.log(f"resume with: python -m trainers.pretrained --resume {options.out}")
-        return 128 + run.stop_signal if run.stop_signal is not None else EXIT_OK
-    run.log(f"finished: {position.epoch} epochs, step {result.record.global_step}; best val f1 "
-            f"{result.record.best_f1:.4f}; model in {options.out / 'last_checkpoint'}")
-    return EXIT_OK
-
-
-def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[ClassifierConfig, RunOptions, ResumePoint | None] | int:
-    if args.resume is None:
-        out = args.out or Path("runs/pretrained")
-        if out.is_dir() and list_checkpoints(out):
-            print(f"error: {out} already holds a run's checkpoints; continue it with --resume {out}, "
-                  "or pass another --out", file=sys.stderr)
-            return EXIT_USAGE
-        cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        say(f"training {cfg.name} ({cfg.num_train} sequences, {cfg.epochs} epochs) into {out}")
-        return cfg, _options(args, out), None
-    point = load_for_resume(args.resume)
-    cfg, notes = config_for_resume(point, args, overrides)
-    out = args.out or point.path.parent   # a checkpoint is a folder inside its run directory
-    report_resume(point, cfg.epochs, notes)
-    done = point.position.epoch if point.position is not None else int(point.checkpoint.get("epoch", 0))
-    if done >= cfg.epochs:
-        print(f"error: {point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-              f"To train further: --epochs N (N > {done}).", file=sys.stderr)
-        return EXIT_USAGE
-    return cfg, _options(args, out), point
-
-
-def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[ClassifierConfig, list[str]]:
-    """The checkpoint's config wins; --epochs (the total to reach) and --save-steps may change it."""
-    if point.trainer not in (None, TRAINER_NAME):
-        raise CkptkitError(point.path, f"was written by the '{point.trainer}' trainer, not the classifier trainer")
-    try:
-        saved = ClassifierConfig.from_dict(point.config)
-    except TypeError as exc:  # missing fields: not this trainer's config (or none at all)
-        raise CkptkitError(point.path, f"its config is not a classifier trainer config ({exc}); cannot rebuild the model") from exc
-    cfg, notes = saved, []
-    if args.config is not None and args.config != saved.name:
-        notes.append(f"--config {args.config} ignored: this run is '{saved.name}' (the config comes from the checkpoint)")
-    for field, value in overrides.items():
-        old = getattr(saved, field)
-        if field in _CHANGEABLE:
-            cfg = cfg.with_overrides(**{field: value})
-            if value != old:
-                notes.append(f"--{field.replace('_', '-')} {value} from here on (the run had {old})")
-        elif value != old:
-            notes.append(f"--{field.replace('_', '-')} {value} ignored: the run uses {old}")
-    return cfg, notes
+    return run_epoch_trainer(build_parser(), argv, TRAINER)

@@ -1,23 +1,41 @@
-"""Command line of the recsys trainer: seed 000's flags, resume rules, messages, exit codes."""
+"""Command line of the recsys trainer: seed 000's flags and messages on the epoch trainers'
+shared start/resume flow (trainers.epoch_resume)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from trainers.runtime import run_interruptibly
-from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
 from ckptkit.training.recsys_layout import FINAL_NAME
-from trainers.epoch_resume import config_for_resume, report_resume, say
+from trainers.epoch_resume import EpochTrainer, add_run_flags, run_epoch_trainer
+from trainers.epoch_run import TrainResult
 from trainers.recsys.config import DEFAULT_PRESET, PRESETS, RecsysConfig
-from trainers.recsys.loop import RecsysRun, RunOptions
+from trainers.recsys.loop import TRAINER_NAME, RecsysRun
 
-# flag name -> RecsysConfig field (seed 000's names: --lr, --num_epochs, --batch_size)
-_CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
-                 "seed": "seed", "precision": "precision", "epochs": "epochs"}
-EXIT_OK, EXIT_USAGE = 0, 2
 DEFAULT_OUT = Path("experiments/lru/synthetic/models")  # seed 000: experiments/{model_code}/{dataset_code}/models
+
+
+def _saved(result: TrainResult, out: Path) -> str:
+    # an epoch's end and the interrupt may both have written checkpoint-recent.pth
+    return ", ".join(dict.fromkeys(p.name for p in result.checkpoints))
+
+
+def _finished(result: TrainResult, out: Path) -> str:
+    final = [p.name for p in result.checkpoints if p.name == FINAL_NAME]
+    return (f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; final checkpoint "
+            f"{out / final[-1] if final else out}")
+
+
+TRAINER = EpochTrainer(
+    name=TRAINER_NAME, config_type=RecsysConfig, presets=PRESETS, default_preset=DEFAULT_PRESET,
+    run_type=RecsysRun, saved_text=_saved, finished_text=_finished,
+    default_out=DEFAULT_OUT,
+    describe=lambda cfg: f"{cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs",
+    # flag name -> RecsysConfig field (seed 000's names: --lr, --num_epochs, --batch_size)
+    config_flags={"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
+                  "seed": "seed", "precision": "precision", "epochs": "epochs"},
+    seed_epoch_offset=1,  # the seed's 'epoch' is the index of the last finished epoch
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,56 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help=f"run directory (default {DEFAULT_OUT}; on resume: the checkpoint's run)")
     parser.add_argument("--resume", "--resume_from_checkpoint", type=Path, metavar="PATH|RUN_DIR",
                         help="checkpoint, or run directory (newest valid)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--sync-save", action="store_true", help="write checkpoints in the loop instead of in the background")
-    parser.add_argument("--kill-at-micro-step", type=int, metavar="M", help="SIGKILL this process after batch M (a real crash)")
-    parser.add_argument("--stop-at-micro-step", type=int, metavar="M", help="interrupt after batch M: save there, exit")
+    add_run_flags(parser)
+    parser.set_defaults(keep_last=None)  # every checkpoint name is overwritten in place: nothing to prune
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items() if getattr(args, flag) is not None}
-    trained = run_interruptibly(lambda: _prepare(args, overrides), RecsysRun)
-    if isinstance(trained, int):
-        return trained
-    run, result, options = trained.run, trained.result, trained.options
-    position = result.record.position
-    if result.status == "interrupted":
-        run.log(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
-                f"{position.steps_per_epoch}; saved {', '.join(dict.fromkeys(p.name for p in result.checkpoints))}")
-        run.log(f"resume with: python -m trainers.recsys --resume {options.out}")
-        return 128 + run.stop_signal if run.stop_signal is not None else EXIT_OK  # 130 Ctrl+C, 143 SIGTERM
-    final = [p.name for p in result.checkpoints if p.name == FINAL_NAME]
-    run.log(f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
-            f"{options.out / final[-1] if final else options.out}")
-    return EXIT_OK
-
-
-def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[RecsysConfig, RunOptions, ResumePoint | None] | int:
-    if args.resume is None:
-        out = args.out or DEFAULT_OUT
-        if out.is_dir() and list_checkpoints(out):
-            print(f"error: {out} already holds a run's checkpoints; continue it with --resume {out}, "
-                  "or pass another --out", file=sys.stderr)
-            return EXIT_USAGE
-        cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        say(f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}")
-        return cfg, _options(args, out), None
-    point = load_for_resume(args.resume)
-    cfg, notes = config_for_resume(point, args, overrides, RecsysConfig, "recsys")
-    out = args.out or (point.path.parent if point.path.is_file() else point.path)
-    report_resume(point, cfg.epochs, notes)
-    # the seed's 'epoch' is the index of the last finished epoch
-    done = point.position.epoch if point.position is not None else int(point.checkpoint.get("epoch", -1)) + 1
-    if done >= cfg.epochs:
-        print(f"error: {point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-              f"To train further: --epochs N (N > {done}).", file=sys.stderr)
-        return EXIT_USAGE
-    return cfg, _options(args, out), point
-
-
-def _options(args: argparse.Namespace, out: Path) -> RunOptions:
-    return RunOptions(out=out, device=args.device, asynchronous_save=not args.sync_save,
-                      kill_at_micro_step=args.kill_at_micro_step, stop_at_micro_step=args.stop_at_micro_step)
-
+    return run_epoch_trainer(build_parser(), argv, TRAINER)

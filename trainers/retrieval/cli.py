@@ -1,21 +1,36 @@
-"""Command line of the retrieval trainer: seed 001's flags, resume rules, messages, exit codes."""
+"""Command line of the retrieval trainer: seed 001's flags and messages on the epoch trainers'
+shared start/resume flow (trainers.epoch_resume)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from trainers.runtime import run_interruptibly
-from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
-from trainers.epoch_resume import config_for_resume, report_resume, say
+from trainers.epoch_resume import EpochTrainer, add_run_flags, run_epoch_trainer
+from trainers.epoch_run import TrainResult
 from trainers.retrieval.config import DEFAULT_PRESET, PRESETS, RetrievalConfig
-from trainers.retrieval.loop import RetrievalRun, RunOptions
+from trainers.retrieval.loop import TRAINER_NAME, RetrievalRun
 
-# flag name -> RetrievalConfig field (seed 001's names: --batch, --gradient-accumulation)
-_CONFIG_FLAGS = {"batch": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
-                 "seed": "seed", "precision": "precision", "epochs": "epochs"}
-EXIT_OK, EXIT_USAGE = 0, 2
+
+def _saved(result: TrainResult, out: Path) -> str:
+    return ", ".join(p.name for p in result.checkpoints)
+
+
+def _finished(result: TrainResult, out: Path) -> str:
+    final = [p.name for p in result.checkpoints if p.name.startswith("final_")]
+    return (f"finished: {result.record.position.epoch} epochs, step {result.record.global_step}; final checkpoint "
+            f"{out / final[-1] if final else out}")
+
+
+TRAINER = EpochTrainer(
+    name=TRAINER_NAME, config_type=RetrievalConfig, presets=PRESETS, default_preset=DEFAULT_PRESET,
+    run_type=RetrievalRun, saved_text=_saved, finished_text=_finished,
+    default_out=Path("runs/retrieval"),
+    describe=lambda cfg: f"{cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs",
+    # flag name -> RetrievalConfig field (seed 001's names: --batch, --gradient-accumulation)
+    config_flags={"batch": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
+                  "seed": "seed", "precision": "precision", "epochs": "epochs"},
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,55 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="run directory (default runs/retrieval; on resume: the checkpoint's run)")
     parser.add_argument("--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint, or run directory (newest valid)")
     parser.add_argument("--keep-last", type=int, default=3, help="epoch checkpoints to keep (best and newest always kept)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--sync-save", action="store_true", help="write checkpoints in the loop instead of in the background")
-    parser.add_argument("--kill-at-micro-step", type=int, metavar="M", help="SIGKILL this process after batch M (a real crash)")
-    parser.add_argument("--stop-at-micro-step", type=int, metavar="M", help="interrupt after batch M: save there, exit")
+    add_run_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items() if getattr(args, flag) is not None}
-    trained = run_interruptibly(lambda: _prepare(args, overrides), RetrievalRun)
-    if isinstance(trained, int):
-        return trained
-    run, result, options = trained.run, trained.result, trained.options
-    position = result.record.position
-    if result.status == "interrupted":
-        run.log(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
-                f"{position.steps_per_epoch}; saved {', '.join(p.name for p in result.checkpoints)}")
-        run.log(f"resume with: python -m trainers.retrieval --resume {options.out}")
-        return 128 + run.stop_signal if run.stop_signal is not None else EXIT_OK  # 130 Ctrl+C, 143 SIGTERM
-    final = [p.name for p in result.checkpoints if p.name.startswith("final_")]
-    run.log(f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
-            f"{options.out / final[-1] if final else options.out}")
-    return EXIT_OK
-
-
-def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[RetrievalConfig, RunOptions, ResumePoint | None] | int:
-    if args.resume is None:
-        out = args.out or Path("runs/retrieval")
-        if out.is_dir() and list_checkpoints(out):
-            print(f"error: {out} already holds a run's checkpoints; continue it with --resume {out}, "
-                  "or pass another --out", file=sys.stderr)
-            return EXIT_USAGE
-        cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        say(f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}")
-        return cfg, _options(args, out), None
-    point = load_for_resume(args.resume)
-    cfg, notes = config_for_resume(point, args, overrides, RetrievalConfig, "retrieval")
-    out = args.out or (point.path.parent if point.path.is_file() else point.path)
-    report_resume(point, cfg.epochs, notes)
-    done = point.position.epoch if point.position is not None else int(point.checkpoint.get("epoch", 0))
-    if done >= cfg.epochs:
-        print(f"error: {point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-              f"To train further: --epochs N (N > {done}).", file=sys.stderr)
-        return EXIT_USAGE
-    return cfg, _options(args, out), point
-
-
-def _options(args: argparse.Namespace, out: Path) -> RunOptions:
-    return RunOptions(out=out, keep_last=args.keep_last, device=args.device, asynchronous_save=not args.sync_save,
-                      kill_at_micro_step=args.kill_at_micro_step, stop_at_micro_step=args.stop_at_micro_step)
-
+    return run_epoch_trainer(build_parser(), argv, TRAINER)
