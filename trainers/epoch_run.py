@@ -27,18 +27,7 @@ import torch
 from ckptkit.training import CheckpointManager, DataPosition, ProgressLine, ResumableSampler, ResumePoint, TrainingState
 from ckptkit.training.layout import CheckpointLayout
 from trainers.lm.loop import resolve_precision
-from trainers.runtime import autocast, pick_device, seed_training_streams, set_peak_lr
-
-
-@dataclass
-class RunOptions:
-    out: Path
-    keep_last: int | None = 3  # ignored by families whose checkpoints are replaced in place
-    device: str = "auto"  # auto | cpu | cuda
-    asynchronous_save: bool = True
-    kill_at_micro_step: int | None = None  # SIGKILL this process right after that many batches
-    stop_at_micro_step: int | None = None  # interrupt there: save, then return
-    progress_stream: Any = None  # default sys.stdout; the line is drawn only on a TTY
+from trainers.runtime import RunOptions, autocast, pick_device, seed_training_streams, set_peak_lr
 
 
 @dataclass

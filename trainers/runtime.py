@@ -10,11 +10,25 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ckptkit.errors import CkptkitError
 
 EXIT_USAGE = 2
+
+
+@dataclass
+class RunOptions:
+    """How a bundled trainer runs (not what it trains: that is its config, saved in checkpoints)."""
+
+    out: Path
+    keep_last: int | None = 3  # ignored by families whose checkpoints are replaced in place
+    device: str = "auto"  # auto | cpu | cuda
+    asynchronous_save: bool = True
+    kill_at_micro_step: int | None = None  # SIGKILL this process right after that many batches
+    stop_at_micro_step: int | None = None  # interrupt there: save, then return
+    progress_stream: Any = None  # default sys.stdout; the line is drawn only on a TTY
 
 import torch
 

@@ -33,21 +33,17 @@ from ckptkit.training import (
 from trainers.lm.config import LMConfig
 from trainers.lm.data import VOCAB_SIZE, train_and_val
 from trainers.lm.model import GPT
+from trainers.runtime import RunOptions as CommonRunOptions
 from trainers.runtime import autocast, pick_device, seed_training_streams
 
 TRAINER_NAME = "lm"
 
 
 @dataclass
-class RunOptions:
-    out: Path
-    keep_last: int | None = 3
-    device: str = "auto"  # auto | cpu | cuda
-    asynchronous_save: bool = True
+class RunOptions(CommonRunOptions):
+    """The options every bundled trainer takes, and FSDP (sharded saves through DCP)."""
+
     fsdp: bool = False
-    kill_at_micro_step: int | None = None  # SIGKILL this process right after that many batches
-    stop_at_micro_step: int | None = None  # interrupt there: save, then return
-    progress_stream: Any = None  # default sys.stdout; the line is drawn only on a TTY
 
 
 @dataclass
