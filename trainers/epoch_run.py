@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import signal
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +25,7 @@ import torch
 from ckptkit.training import CheckpointManager, DataPosition, ProgressLine, ResumableSampler, ResumePoint, TrainingState
 from ckptkit.training.layout import CheckpointLayout
 from trainers.lm.loop import resolve_precision
-from trainers.runtime import RunOptions, autocast, pick_device, seed_training_streams, set_peak_lr
+from trainers.runtime import RunOptions, autocast, kill_if_at, pick_device, seed_training_streams, set_peak_lr
 
 
 @dataclass
@@ -213,9 +211,7 @@ class EpochRun:
         return self._record_from(resume.checkpoint, restored.global_step, position)
 
     def _maybe_kill(self) -> None:
-        if self.options.kill_at_micro_step == self.record.position.batches_consumed:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_if_at(self.options, self.record.position.batches_consumed)
 
     def _should_stop(self) -> bool:
         target = self.options.stop_at_micro_step

@@ -118,3 +118,10 @@ def run_interruptibly(prepare: Callable[[], tuple[Any, Any, Any] | int], make_ru
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def kill_if_at(options: RunOptions, batches_consumed: int) -> None:
+    """--kill-at-micro-step: a real crash (SIGKILL, no handler runs) right after that many batches."""
+    if options.kill_at_micro_step == batches_consumed:
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -12,7 +12,6 @@ import functools
 import io
 import math
 import os
-import signal
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +33,7 @@ from trainers.lm.config import LMConfig
 from trainers.lm.data import VOCAB_SIZE, train_and_val
 from trainers.lm.model import GPT
 from trainers.runtime import RunOptions as CommonRunOptions
-from trainers.runtime import autocast, pick_device, seed_training_streams
+from trainers.runtime import autocast, kill_if_at, pick_device, seed_training_streams
 
 TRAINER_NAME = "lm"
 
@@ -210,9 +209,7 @@ class LMRun:
         return progress
 
     def _maybe_kill(self) -> None:
-        if self.options.kill_at_micro_step == self.progress.position.batches_consumed:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+        kill_if_at(self.options, self.progress.position.batches_consumed)
 
     def _should_stop(self) -> bool:
         target = self.options.stop_at_micro_step
