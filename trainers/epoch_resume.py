@@ -42,16 +42,19 @@ SEED_CHANGES: Mapping[str, str] = {
 
 def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: dict[str, Any],
                       config_type: type[C], trainer: str, label: str | None = None,
-                      changes: Mapping[str, str] = SEED_CHANGES) -> tuple[C, list[str]]:
+                      changes: Mapping[str, str] = SEED_CHANGES,
+                      hints: Mapping[str, str] | None = None) -> tuple[C, list[str]]:
     """The run's config from the checkpoint, with the flags a resume may change (``changes``),
-    and notes. ``label`` names the trainer in errors where its users know it by another name."""
+    and notes. ``label`` names the trainer in errors where its users know it by another name;
+    ``hints``: what to add to the note of a flag that is ignored (how to change it instead)."""
     label = label or trainer
     if point.trainer not in (None, trainer):
         raise CkptkitError(point.path, f"was written by the '{point.trainer}' trainer, not the {label} trainer")
     try:
         saved = config_type.from_dict(point.config)
     except TypeError as exc:  # missing fields: not this trainer's config (or none at all)
-        raise CkptkitError(point.path, f"its config is not a {label} trainer config ({exc}); cannot rebuild the model") from exc
+        raise CkptkitError(point.path, f"its config is not one the {label} trainer writes ({exc}); cannot rebuild "
+                           "the model") from exc
     cfg, notes = saved, []
     if args.config is not None and args.config != saved.name:
         notes.append(f"--config {args.config} ignored: this run is '{saved.name}' (the config comes from the checkpoint)")
@@ -62,7 +65,8 @@ def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: d
             if value != old:
                 notes.append(changes[name].format(value=value, old=old))
         elif value != old:
-            notes.append(f"--{name.replace('_', '-')} {value} ignored: the run uses {old}")
+            hint = (hints or {}).get(name, "")
+            notes.append(f"--{name.replace('_', '-')} {value} ignored: the run uses {old}{hint}")
     return cfg, notes
 
 

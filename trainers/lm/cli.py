@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ckptkit.errors import CkptkitError
+from trainers.epoch_resume import config_for_resume as shared_config_for_resume
 from trainers.runtime import run_interruptibly
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume, render_progress
 from trainers.lm.config import DEFAULT_PRESET, PRESETS, SCHEDULE_FIELDS, LMConfig
@@ -87,29 +88,14 @@ def _prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[LMCon
 
 def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[LMConfig, list[str]]:
     """The checkpoint's config wins; schedule flags may change it; --extend-steps raises max_steps."""
-    if point.trainer not in (None, "lm"):
-        raise CkptkitError(point.path, f"was written by the '{point.trainer}' trainer, not the LM trainer")
-    try:
-        saved = LMConfig.from_dict(point.config)
-    except TypeError as exc:  # missing fields: not this trainer's config (or none at all)
-        raise CkptkitError(point.path, f"its config is not an LM trainer config ({exc}); cannot rebuild the model") from exc
-    cfg, notes = saved, []
-    if args.config is not None and args.config != saved.name:
-        notes.append(f"--config {args.config} ignored: this run is '{saved.name}' (the config comes from the checkpoint)")
-    for field, value in overrides.items():
-        old = getattr(saved, field)
-        if field in SCHEDULE_FIELDS:
-            cfg = cfg.with_overrides(**{field: value})
-            if value != old:
-                notes.append(f"--{field.replace('_', '-')} {value} used (the run had {old})")
-        elif value != old:
-            hint = "; to train longer use --extend-steps" if field == "max_steps" else ""
-            notes.append(f"--{field.replace('_', '-')} {value} ignored: the run uses {old}{hint}")
+    changes = {f: f"--{f.replace('_', '-')} {{value}} used (the run had {{old}})" for f in SCHEDULE_FIELDS}
+    cfg, notes = shared_config_for_resume(point, args, overrides, LMConfig, "lm", "LM", changes,
+                                          hints={"max_steps": "; to train longer use --extend-steps"})
     if args.extend_steps is not None:
         if args.extend_steps <= point.global_step:
             raise CkptkitError(point.path, f"--extend-steps {args.extend_steps} is not beyond the checkpoint's step {point.global_step}")
+        notes.append(f"extending the run from max_steps {cfg.max_steps} to {args.extend_steps}")
         cfg = cfg.with_overrides(max_steps=args.extend_steps)
-        notes.append(f"extending the run from max_steps {saved.max_steps} to {args.extend_steps}")
     return cfg, notes
 
 
