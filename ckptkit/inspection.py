@@ -6,12 +6,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
+from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
 from ckptkit.formats import open_checkpoint
-from ckptkit.jsonable import summarize, to_jsonable
-from ckptkit.keys import module_prefixes
-from ckptkit.safe_pickle import PickledObject
-from ckptkit import sections as S
+from ckptkit.views.jsonable import summarize, to_jsonable
+from ckptkit.views.keys import module_prefixes
+from ckptkit.storage.safe_pickle import PickledObject
+from ckptkit.views import sections as S
 
 SCHEMA_VERSION = 1
 

@@ -28,7 +28,7 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ckptkit.manifest import manifest_problems, read_manifest  # noqa: E402
+from ckptkit.storage.manifest import manifest_problems, read_manifest  # noqa: E402
 from ckptkit.training import CheckpointManager, DataPosition, TrainingState, load_for_resume  # noqa: E402
 
 ANCHORS = {"torch_save": 7.9, "dcp_async": 4.0, "pinned_copy": 0.07, "disk_gbps": 1.06}  # H100, issue 8

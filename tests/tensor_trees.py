@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from ckptkit.checkpoint import StorageRef, TensorRef
+from ckptkit.core.checkpoint import StorageRef, TensorRef
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16,
           torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128,

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from ckptkit.conversion import ConvertOptions, convert_checkpoint, shard_names
 from ckptkit.conversion.plan import plan_tensors
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
@@ -434,7 +434,7 @@ def test_an_hf_trainer_folder_packed_then_unpacked_is_the_same_checkpoint_and_lo
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 def test_a_dcp_folder_whose_plain_values_differ_from_the_source_fails_verification(tmp_path: Path) -> None:
     from ckptkit.conversion.to_dcp import verify_dcp
-    from ckptkit.errors import WriteVerificationError
+    from ckptkit.core.errors import WriteVerificationError
 
     torch.save({"model": {"w": torch.ones(2)}, "step": 3}, tmp_path / "a.pth")
     convert_checkpoint(tmp_path / "a.pth", tmp_path / "d", ConvertOptions(to="dcp"))

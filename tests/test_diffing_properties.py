@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from ckptkit.checkpoint import release_mapped_files
+from ckptkit.core.checkpoint import release_mapped_files
 from ckptkit.diffing import CheckpointDiff, diff_paths
 from ckptkit.diffing.report import CHANGED, ONLY_A, ONLY_B
-from ckptkit.keys import KNOWN_PREFIXES, strip_known_prefix
+from ckptkit.views.keys import KNOWN_PREFIXES, strip_known_prefix
 
 FORMATS = ("torch-zip", "torch-legacy", "safetensors")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int8, torch.bool)

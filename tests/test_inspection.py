@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from ckptkit.checkpoint import StorageRef
+from ckptkit.core.checkpoint import StorageRef
 from ckptkit.cli.inspect_command import render_inspection
 from ckptkit.inspection import GroupRow, HistoryRow, ModuleRow, inspect_checkpoint
 from scripts.make_seed_samples import write_samples

@@ -14,7 +14,7 @@ def test_cli_help_lists_inspect_and_does_not_import_torch() -> None:
 
 
 def test_an_error_message_quoting_damaged_bytes_is_still_one_printable_line() -> None:
-    from ckptkit.errors import CorruptCheckpointError
+    from ckptkit.core.errors import CorruptCheckpointError
 
     text = str(CorruptCheckpointError("/runs/a.pt", "persistent id b'\\x00q\\n' ends\nearly\x00"))
     assert "\n" not in text and "\x00" not in text

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence, TypeVar
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume
 from trainers.epoch_run import RunOptions
 from trainers.runtime import Trained, run_interruptibly

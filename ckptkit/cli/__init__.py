@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from ckptkit import __version__
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 

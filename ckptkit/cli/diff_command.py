@@ -13,7 +13,7 @@ from ckptkit.cli.render import emit_json, heading, number, table
 from ckptkit.diffing.report import (CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SECTIONS, SHAPE_CHANGED,
                                     CheckpointDiff, DiffOptions, TensorDiff)
 from ckptkit.formats import open_checkpoint
-from ckptkit.keys import summarize_renames
+from ckptkit.views.keys import summarize_renames
 
 
 @main.command("diff")

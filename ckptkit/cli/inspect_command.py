@@ -9,7 +9,7 @@ import click
 from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, main
 from ckptkit.cli.render import emit_json, heading, human_bytes, number, render_findings, table
 from ckptkit.inspection import Inspection, inspect_checkpoint
-from ckptkit.jsonable import summarize, to_jsonable
+from ckptkit.views.jsonable import summarize, to_jsonable
 
 
 @main.command("inspect")

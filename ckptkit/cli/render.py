@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ckptkit.checkpoint import Finding
+from ckptkit.core.checkpoint import Finding
 
 
 def emit_json(data: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ckptkit.cli.render import heading
-from ckptkit.jsonable import summarize, to_jsonable
+from ckptkit.views.jsonable import summarize, to_jsonable
 from ckptkit.repair import Change, RepairResult
 
 MAX_DIFF_LINES = 12

@@ -9,7 +9,7 @@ import click
 
 from ckptkit.cli import main
 from ckptkit.cli.render import emit_json, render_findings
-from ckptkit.resuming import plan_resume
+from ckptkit.runs.resuming import plan_resume
 
 
 @main.command("resume", context_settings={"ignore_unknown_options": True})

@@ -15,7 +15,7 @@
 
 Every output is written to a temporary file or folder beside the target, read back with
 ckptkit's reader and compared with the source byte for byte (exactly, after a --dtype cast),
-and only then renamed into place (`ckptkit.atomic`). Memory stays at about one tensor.
+and only then renamed into place (`ckptkit.storage.atomic`). Memory stays at about one tensor.
 """
 from __future__ import annotations
 
@@ -25,18 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.atomic import atomic_write_dir, atomic_write_file, default_backup_path
-from ckptkit.checkpoint import Checkpoint, TensorRef, iter_tensors
+from ckptkit.storage.atomic import atomic_write_dir, atomic_write_file, default_backup_path
+from ckptkit.core.checkpoint import Checkpoint, TensorRef, iter_tensors
 from ckptkit.conversion.plan import (SAFETENSORS_FORMATS, TensorPlan, dropped_sections, model_cast_ids, model_tensors,
                                      plan_tensors, rekeyed, safetensors_metadata, target_dtype, torch_tree,
                                      with_whole_tensors)
 from ckptkit.conversion.shards import shard_layout, verify_shards, write_shards
 from ckptkit.conversion.shards import INDEX_NAME, shard_names  # noqa: F401  (re-exported: public API)
 from ckptkit.conversion.verify import verify_safetensors, verify_torch_file
-from ckptkit.dtypes import DType
-from ckptkit.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
+from ckptkit.core.dtypes import DType
+from ckptkit.core.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
-from ckptkit.tensor_bytes import DerivedStorage, on_disk
+from ckptkit.storage.tensor_bytes import DerivedStorage, on_disk
 
 TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "torch-zip", "pth": "torch-zip",
            "pt": "torch-zip", "dcp": "dcp", "hf": "hf"}
@@ -230,7 +230,7 @@ def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
     write_torch_zip then copies them inside the kernel (the read-back compares every byte)."""
     import zipfile
 
-    from ckptkit.pickle_writer import dumps_tree
+    from ckptkit.storage.pickle_writer import dumps_tree
 
     prefix = ckpt.metadata.get("zip_prefix")
     if ckpt.format != "torch-zip" or prefix is None:

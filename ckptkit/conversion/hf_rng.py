@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.checkpoint import TensorRef
+from ckptkit.core.checkpoint import TensorRef
 from ckptkit.conversion.plan import not_rewritable, with_plain_arrays
 from ckptkit.formats.hf_trainer import RNG_FILE
 

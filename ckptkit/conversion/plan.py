@@ -10,13 +10,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors, make_tensor
-from ckptkit.dtypes import DType, dtype_named
-from ckptkit.errors import UnsupportedFeatureError
+from ckptkit.core.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors, make_tensor
+from ckptkit.core.dtypes import DType, dtype_named
+from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.families import family_named
-from ckptkit.jsonable import to_jsonable
-from ckptkit.safe_pickle import NumpyArray, PickledObject
-from ckptkit.tensor_bytes import AssembledStorage, DerivedStorage
+from ckptkit.views.jsonable import to_jsonable
+from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
+from ckptkit.storage.tensor_bytes import AssembledStorage, DerivedStorage
 
 # Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
 # format requires strings). "format": "pt" is the Hugging Face convention loaders check.

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, TensorRef
+from ckptkit.core.checkpoint import Checkpoint, TensorRef
 from ckptkit.conversion.plan import (META_ALIASES, META_CONFIG, META_DTYPE, META_LAYOUT, META_METRICS,
                                      META_PROGRESS, META_SOURCE_FORMAT)
 from ckptkit.families import Family, UnrepresentableProgress, family_named, recognise

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import StorageRef, TensorRef, iter_tensors
-from ckptkit.dtypes import DType
-from ckptkit.errors import CkptkitError, WriteVerificationError
-from ckptkit.jsonable import to_jsonable
-from ckptkit.tensor_bytes import on_disk, same_bytes, same_ranges, tensor_chunks, tensor_range
+from ckptkit.core.checkpoint import StorageRef, TensorRef, iter_tensors
+from ckptkit.core.dtypes import DType
+from ckptkit.core.errors import CkptkitError, WriteVerificationError
+from ckptkit.views.jsonable import to_jsonable
+from ckptkit.storage.tensor_bytes import on_disk, same_bytes, same_ranges, tensor_chunks, tensor_range
 
 # Small chunks compare faster: each pair is compared while it is still in the CPU cache.
 COMPARE_CHUNK = 1 << 20

@@ -4,7 +4,7 @@
     result = diff_paths("step_500.pt", "step_1000.pt", DiffOptions(atol=1e-6))
     result.equal, result.top, result.changes
 
-Model tensors are paired by key, across the wrapper prefixes of `ckptkit.keys`; values are
+Model tensors are paired by key, across the wrapper prefixes of `ckptkit.views.keys`; values are
 compared streaming, one tensor pair at a time (equal bytes first, decoding only when they
 differ), so memory stays bounded whatever the checkpoints' size. The modules of this package:
 `values` (one tensor pair), `trees` (nested values), `state` (optimizer, scheduler, scaler,
@@ -16,14 +16,14 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ckptkit.checkpoint import Checkpoint, iter_tensors
+from ckptkit.core.checkpoint import Checkpoint, iter_tensors
 from ckptkit.diffing.meta import diff_meta
 from ckptkit.diffing.report import (SECTIONS, Change, CheckpointDiff, DiffOptions, GroupSummary, SideInfo,
                                     TensorDiff, Tolerance, ValueStats, most_changed, summarize_groups)
 from ckptkit.diffing.state import diff_optimizer, diff_section
 from ckptkit.diffing.trees import DiffContext, diff_tensor_maps
 from ckptkit.formats import open_checkpoint
-from ckptkit.keys import module_prefixes, strip_known_prefix
+from ckptkit.views.keys import module_prefixes, strip_known_prefix
 
 __all__ = ["SECTIONS", "Change", "CheckpointDiff", "DiffOptions", "GroupSummary", "TensorDiff", "Tolerance",
            "ValueStats", "diff_checkpoints", "diff_paths", "bytes_to_compare"]

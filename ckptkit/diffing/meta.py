@@ -1,7 +1,7 @@
 """Diffing progress and metadata: counters, learning rates, metrics, config, histories, other keys."""
 from __future__ import annotations
 
-from ckptkit.checkpoint import Checkpoint, Progress
+from ckptkit.core.checkpoint import Checkpoint, Progress
 from ckptkit.diffing.report import Change
 from ckptkit.diffing.state import learning_rates
 from ckptkit.diffing.trees import DiffContext, diff_dicts, diff_tree, sequence_divergence, values_equal

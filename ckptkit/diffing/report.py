@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.jsonable import to_jsonable
-from ckptkit.keys import KeyRename
+from ckptkit.views.jsonable import to_jsonable
+from ckptkit.views.keys import KeyRename
 
 SCHEMA_VERSION = 1
 SECTIONS = ("model", "optimizer", "scheduler", "scaler", "rng", "meta")

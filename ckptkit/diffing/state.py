@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptkit import sections as S
-from ckptkit.checkpoint import TensorRef
+from ckptkit.views import sections as S
+from ckptkit.core.checkpoint import TensorRef
 from ckptkit.diffing.report import ONLY_A, ONLY_B, Change
 from ckptkit.diffing.trees import (DiffContext, brief, compare_tensor_pair, diff_dicts, diff_tree, one_sided,
                                    only_in)

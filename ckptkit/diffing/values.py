@@ -14,9 +14,9 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from ckptkit.checkpoint import ByteRange, TensorRef, release_mapped_pages
+from ckptkit.core.checkpoint import ByteRange, TensorRef, release_mapped_pages
 from ckptkit.diffing.report import Tolerance, ValueStats
-from ckptkit.dtypes import DType
+from ckptkit.core.dtypes import DType
 
 if TYPE_CHECKING:
     import numpy as np

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ckptkit.checkpoint import Checkpoint
-from ckptkit.errors import CkptkitError, MissingFileError, NotACheckpointError
+from ckptkit.core.checkpoint import Checkpoint
+from ckptkit.core.errors import CkptkitError, MissingFileError, NotACheckpointError
 from ckptkit.formats.base import HEAD_BYTES, Format
 from ckptkit.formats.pickle_file import PickleFormat
 from ckptkit.formats.safetensors_file import SafetensorsFormat

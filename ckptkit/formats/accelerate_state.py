@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, Progress, TensorRef
-from ckptkit.errors import NotACheckpointError
+from ckptkit.core.checkpoint import Checkpoint, Progress, TensorRef
+from ckptkit.core.errors import NotACheckpointError
 from ckptkit.formats.folder import FolderReading, member_names
 
 RANDOM_STATES = re.compile(r"random_states_(\d+)\.pkl$")

@@ -10,9 +10,9 @@ import pickle
 from pathlib import Path
 from typing import Any, Protocol
 
-from ckptkit.checkpoint import Checkpoint, Finding, Severity
-from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
-from ckptkit.safe_pickle import GlobalRef, UnpickleResult, UnsupportedPickle
+from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.storage.safe_pickle import GlobalRef, UnpickleResult, UnsupportedPickle
 
 HEAD_BYTES = 64
 

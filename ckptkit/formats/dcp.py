@@ -17,14 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
-from ckptkit.dtypes import DType, dtype_named
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, MissingFileError, UnsupportedFeatureError
+from ckptkit.core.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
+from ckptkit.core.dtypes import DType, dtype_named
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats.base import security_findings, unpickle_or_raise
 from ckptkit.formats.folder import FolderReading, take_training_state
 from ckptkit.formats.safetensors_file import read_safetensors_header
 from ckptkit.formats.torch_zip import ZIP_MAGIC, read_zip_pickle
-from ckptkit.safe_pickle import GlobalRef, PickledObject, TorchDtypeValue, safe_loads
+from ckptkit.storage.safe_pickle import GlobalRef, PickledObject, TorchDtypeValue, safe_loads
 
 
 class TensorInChunksError(UnsupportedFeatureError):
@@ -332,7 +332,7 @@ def _peek(file: Path, offset: int) -> bytes:
 
 
 def _member(path: Path, name: str, role: str, fmt: str) -> Any:
-    from ckptkit.checkpoint import MemberFile
+    from ckptkit.core.checkpoint import MemberFile
 
     size = (path / name).stat().st_size if (path / name).is_file() else 0
     return MemberFile(name, size, role, fmt if size else None)

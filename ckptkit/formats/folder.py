@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorRef
-from ckptkit.errors import CkptkitError
+from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorRef
+from ckptkit.core.errors import CkptkitError
 
 # Whole-model weight files, in the order transformers/peft prefer them when several exist.
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")

@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, Progress, Severity
-from ckptkit.errors import NotACheckpointError
+from ckptkit.core.checkpoint import Checkpoint, Progress, Severity
+from ckptkit.core.errors import NotACheckpointError
 from ckptkit.formats.folder import FolderReading, has_weights, member_names
-from ckptkit import sections as S
+from ckptkit.views import sections as S
 
 TRAINER_STATE = "trainer_state.json"
 TRAINING_ARGS = "training_args.bin"

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckptkit.checkpoint import Checkpoint
+from ckptkit.core.checkpoint import Checkpoint
 from ckptkit.formats.base import unpickle_or_raise
 from ckptkit.formats.torch_legacy import MAGIC_PREFIX
-from ckptkit.safe_pickle import safe_loads
+from ckptkit.storage.safe_pickle import safe_loads
 
 
 class PickleFormat:

@@ -13,9 +13,9 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
-from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef, TensorRef, make_tensor
-from ckptkit.dtypes import BY_SAFETENSORS, DType
-from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef, TensorRef, make_tensor
+from ckptkit.core.dtypes import BY_SAFETENSORS, DType
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 
 MAX_HEADER = 100 * 1024 * 1024   # safetensors' own limit
 
@@ -101,7 +101,7 @@ def write_safetensors(out: BinaryIO, tensors: Mapping[str, TensorRef], metadata:
     written contiguous; tensors that share a storage are each written in full (safetensors has
     no sharing: the caller decides which names to leave out as aliases).
     """
-    from ckptkit.tensor_bytes import write_tensor
+    from ckptkit.storage.tensor_bytes import write_tensor
 
     dtypes = dtypes or {}
     header, end = safetensors_header(tensors, metadata, dtypes)

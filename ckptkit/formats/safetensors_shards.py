@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckptkit.checkpoint import Checkpoint, Progress, Severity
-from ckptkit.errors import CkptkitError
+from ckptkit.core.checkpoint import Checkpoint, Progress, Severity
+from ckptkit.core.errors import CkptkitError
 from ckptkit.formats.folder import FolderReading, member_names
 from ckptkit.formats.safetensors_file import read_safetensors_header
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ckptkit.checkpoint import Checkpoint, Progress, Severity
+from ckptkit.core.checkpoint import Checkpoint, Progress, Severity
 from ckptkit.formats.folder import FolderReading, has_weights, member_names, take_training_state
 
 TRAINING_STATE = "training_state.pth"

@@ -12,10 +12,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef
-from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import unpickle_or_raise
-from ckptkit.safe_pickle import StorageType, safe_load_stream
+from ckptkit.storage.safe_pickle import StorageType, safe_load_stream
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 # protocol-2 pickle of MAGIC_NUMBER: PROTO 2, LONG1 10 bytes

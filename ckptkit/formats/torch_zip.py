@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ckptkit.checkpoint import ByteRange, Checkpoint, StorageRef
-from ckptkit.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
+from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
+from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import unpickle_or_raise
-from ckptkit.safe_pickle import StorageType, safe_loads
+from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
 ZIP_MAGIC = b"PK\x03\x04"
 _LOCAL_HEADER = struct.Struct("<4s5HLLLHH")
@@ -239,7 +239,7 @@ def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: in
     caller can check it while the next one is copied. `dumped`: `dumps_tree(tree)`, where the
     caller has it already.
     """
-    from ckptkit.pickle_writer import dumps_tree
+    from ckptkit.storage.pickle_writer import dumps_tree
 
     data_pkl, storages = dumped if dumped is not None else dumps_tree(tree)
     with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:

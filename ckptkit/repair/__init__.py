@@ -1,6 +1,6 @@
 """Repairs: `fix_epoch` (set recorded progress) and `repair` (safe fixes named by finding code).
 
-Every write is atomic and verified (`ckptkit.repair.rewrite`, `ckptkit.atomic`): a temporary
+Every write is atomic and verified (`ckptkit.repair.rewrite`, `ckptkit.storage.atomic`): a temporary
 file beside the target, fsynced, read back and compared, the original kept as a backup, then
 renamed into place. Library functions return `RepairResult` and never print.
 """
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import Change, RepairPlan, RepairResult, apply_changes
 from ckptkit.repair.epoch import carry_out, fix_epoch, training_state_member

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.checkpoint import TensorRef
-from ckptkit.jsonable import to_jsonable
-from ckptkit.safe_pickle import PickledObject
+from ckptkit.core.checkpoint import TensorRef
+from ckptkit.views.jsonable import to_jsonable
+from ckptkit.storage.safe_pickle import PickledObject
 
 KeyPath = tuple[Any, ...]
 ABSENT = "(absent)"

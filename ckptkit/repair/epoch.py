@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ckptkit import sections as S
-from ckptkit.atomic import default_backup_path
-from ckptkit.checkpoint import Checkpoint, Progress, TensorRef
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.views import sections as S
+from ckptkit.storage.atomic import default_backup_path
+from ckptkit.core.checkpoint import Checkpoint, Progress, TensorRef
+from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.families import RETRIEVAL_NAME, UnrepresentableProgress, family_named, recognise
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ckptkit.atomic import atomic_write_file, default_backup_path
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.storage.atomic import atomic_write_file, default_backup_path
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
 
 TRAINER_STATE = "trainer_state.json"

@@ -1,7 +1,7 @@
 """Keeping a ckptkit completion manifest true when a repair rewrites what it vouches for.
 
 Checkpoints written by ckptkit's trainers carry ``<checkpoint>.manifest.json`` (sizes, CRC-32s,
-progress; see :mod:`ckptkit.manifest`), and a resume refuses a checkpoint whose bytes disagree
+progress; see :mod:`ckptkit.storage.manifest`), and a resume refuses a checkpoint whose bytes disagree
 with it. A repair that rewrote such a checkpoint and left the manifest as it was would turn a
 fixed checkpoint into one ckptkit itself refuses to resume. So, around the rewrite of a file
 that a manifest covers (the checkpoint file itself, or a member of a checkpoint folder):
@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ckptkit.manifest import (Manifest, ManifestFile, TakenManifest, file_crc32, manifest_path, put_back_manifest,
+from ckptkit.storage.manifest import (Manifest, ManifestFile, TakenManifest, file_crc32, manifest_path, put_back_manifest,
                               read_manifest, take_manifest, write_manifest)
 
 class ManifestRefresh:

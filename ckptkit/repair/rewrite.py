@@ -18,10 +18,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from ckptkit.atomic import atomic_write_file, start_writeback
-from ckptkit.checkpoint import Checkpoint, StorageRef
-from ckptkit.crc import range_crc32
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.storage.atomic import atomic_write_file, start_writeback
+from ckptkit.core.checkpoint import Checkpoint, StorageRef
+from ckptkit.storage.crc import range_crc32
+from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.formats.torch_zip import (ArchiveIndex, RecordLocator, decode_data_pkl, read_archive_index,
                                       write_torch_zip)
 from ckptkit.repair.changes import first_difference
@@ -199,7 +199,7 @@ class RecordChecker:
 def dumps_tree(tree: Any) -> tuple[bytes, dict[str, StorageRef]]:
     """The pickle bytes for `tree` and every storage it refers to (tensors inside pickled
     objects included), by key."""
-    from ckptkit.pickle_writer import dumps_tree as dumps
+    from ckptkit.storage.pickle_writer import dumps_tree as dumps
 
     return dumps(tree)
 

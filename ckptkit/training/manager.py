@@ -30,9 +30,9 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from ckptkit.atomic import abandoned_writes, atomic_write_file
-from ckptkit.errors import WriteVerificationError
-from ckptkit.manifest import (ChecksumWriter, Manifest, ManifestFile, TakenManifest, put_back_manifest, take_manifest,
+from ckptkit.storage.atomic import abandoned_writes, atomic_write_file
+from ckptkit.core.errors import WriteVerificationError
+from ckptkit.storage.manifest import (ChecksumWriter, Manifest, ManifestFile, TakenManifest, put_back_manifest, take_manifest,
                               write_manifest)
 from ckptkit.training import layout
 from ckptkit.training.layout import DEFAULT_LAYOUT, CheckpointLayout, TrainingState, build_checkpoint

@@ -15,7 +15,7 @@ last. The seed's keys in ``training_state.pth``: ``epoch`` (1-based; the epoch j
 ``scheduler_state_dict``. ckptkit adds ``global_step``, ``config`` (a plain dict) and the extras
 every layout has (see :mod:`ckptkit.training.layout`). A folder is written like a sharded
 checkpoint: a temporary folder beside the target, fsynced and read back, swapped in with
-:func:`ckptkit.atomic.commit_dir`; the seed's rolled-back or half-synced folder cannot happen.
+:func:`ckptkit.storage.atomic.commit_dir`; the seed's rolled-back or half-synced folder cannot happen.
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ckptkit.atomic import commit_dir, new_temp_dir
-from ckptkit.errors import ResumeRefusedError, WriteVerificationError
+from ckptkit.storage.atomic import commit_dir, new_temp_dir
+from ckptkit.core.errors import ResumeRefusedError, WriteVerificationError
 from ckptkit.formats.save_pretrained import TRAINING_STATE as STATE_FILE
-from ckptkit.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
+from ckptkit.storage.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training.layout import CONFIG, EPOCH, GLOBAL_STEP, MODEL, OPTIMIZER, CheckpointLayout, TrainingState, register_layout
 
 STEP = "step"

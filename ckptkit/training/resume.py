@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ckptkit.atomic import is_temporary
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, MissingFileError, ResumeRefusedError
-from ckptkit.manifest import manifest_problems, read_manifest
+from ckptkit.storage.atomic import is_temporary
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, ResumeRefusedError
+from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.training import layout
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, is_sharded_checkpoint, unwrap_model
 from ckptkit.training.pretrained_layout import is_model_folder, load_model_folder
@@ -207,7 +207,7 @@ def _in_background(job: Callable[[], list[str]]) -> Callable[[], list[str]]:
 
 def _validator_warnings(path: Path) -> list[str]:
     """ckptkit's own validation, the same as `ckptkit validate PATH`: errors refuse the resume."""
-    from ckptkit.checkpoint import Severity
+    from ckptkit.core.checkpoint import Severity
     from ckptkit.validation import validate_path
 
     try:

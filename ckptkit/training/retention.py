@@ -13,9 +13,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.atomic import fsync_dir, is_temporary
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest
+from ckptkit.storage.atomic import fsync_dir, is_temporary
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.storage.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest
 from ckptkit.training.layout import LAYOUTS
 
 _PRUNABLE_KINDS = ("periodic", "interrupt")

@@ -10,7 +10,7 @@ plus ``checkpoint_step_{N}.manifest.json`` beside the folder, listing every file
 CRC-32. Every rank writes into the same temporary folder (rank 0 picks it and broadcasts its
 name); DCP's save completes on rank 0 only after all ranks' files are written and fsynced and
 ``.metadata`` is complete; then rank 0 adds its file and the folder is swapped into place
-atomically (:func:`ckptkit.atomic.commit_dir`). With ``asynchronous`` (see
+atomically (:func:`ckptkit.storage.atomic.commit_dir`). With ``asynchronous`` (see
 :class:`ShardedSaver`) the loop pays only the copy of its shards into reused CPU buffers.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ckptkit.atomic import commit_dir, new_temp_dir
-from ckptkit.errors import WriteVerificationError
-from ckptkit.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
+from ckptkit.storage.atomic import commit_dir, new_temp_dir
+from ckptkit.core.errors import WriteVerificationError
+from ckptkit.storage.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, TrainingState, build_checkpoint
 from ckptkit.training.snapshot import StagingArea
 

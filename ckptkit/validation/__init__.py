@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import Checkpoint, Finding, Severity
-from ckptkit.errors import CkptkitError
+from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
+from ckptkit.core.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
 
 

@@ -11,9 +11,9 @@ import shlex
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit import sections as S
-from ckptkit.checkpoint import Finding, Severity, TensorRef
-from ckptkit.keys import WRAPPERS, KeyMatch, Wrapper, match_keys
+from ckptkit.views import sections as S
+from ckptkit.core.checkpoint import Finding, Severity, TensorRef
+from ckptkit.views.keys import WRAPPERS, KeyMatch, Wrapper, match_keys
 from ckptkit.validation.optimizer import against_model
 from ckptkit.validation.param_matching import describe_shape
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit import sections as S
-from ckptkit.checkpoint import Finding, Severity
+from ckptkit.views import sections as S
+from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.validation.counters import TRAINING_FAMILIES
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit import sections as S
-from ckptkit.checkpoint import Finding, Severity
+from ckptkit.views import sections as S
+from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.families import RETRIEVAL_NAME
 from ckptkit.validation.param_matching import optimizer_step
 from ckptkit.validation.position_range import check_position_range

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit import sections as S
-from ckptkit.checkpoint import Finding, Severity
+from ckptkit.views import sections as S
+from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.families import dig
 from ckptkit.validation.param_matching import optimizer_step
 from ckptkit.validation.position_range import place, position_args, position_in_range

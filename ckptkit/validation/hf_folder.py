@@ -10,8 +10,8 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit import sections as S
-from ckptkit.checkpoint import Finding, Severity
+from ckptkit.views import sections as S
+from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.validation.optimizer import against_model
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit.checkpoint import Finding, Severity, StorageRef
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.core.checkpoint import Finding, Severity, StorageRef
+from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

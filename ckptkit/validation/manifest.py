@@ -1,7 +1,7 @@
 """A ckptkit completion manifest against the bytes it vouches for.
 
 Checkpoints written by ckptkit's trainers carry ``<checkpoint>.manifest.json`` (sizes and CRC-32s
-of every file, written last; see :mod:`ckptkit.manifest`), and a resume refuses a checkpoint the
+of every file, written last; see :mod:`ckptkit.storage.manifest`), and a resume refuses a checkpoint the
 manifest disagrees with. So does ``validate``, in the same words: without ``--deep`` by the sizes
 (no tensor byte is read), with ``--deep`` by the CRC-32s too. A checkpoint that says ckptkit's
 trainer wrote it but has no manifest was never confirmed complete. Other checkpoints have no
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit.atomic import is_temporary
-from ckptkit.checkpoint import Finding, Severity
-from ckptkit.errors import CorruptCheckpointError
-from ckptkit.manifest import manifest_path, manifest_problems, read_manifest
+from ckptkit.storage.atomic import is_temporary
+from ckptkit.core.checkpoint import Finding, Severity
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.storage.manifest import manifest_path, manifest_problems, read_manifest
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

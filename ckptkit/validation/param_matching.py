@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ckptkit.checkpoint import TensorRef
+from ckptkit.core.checkpoint import TensorRef
 
 # Buffers that live in a state dict but are never handed to an optimizer.
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "position_ids",

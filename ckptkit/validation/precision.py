@@ -5,8 +5,8 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit import sections as S
-from ckptkit.checkpoint import Finding, Severity, TensorRef
+from ckptkit.views import sections as S
+from ckptkit.core.checkpoint import Finding, Severity, TensorRef
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

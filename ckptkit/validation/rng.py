@@ -5,7 +5,7 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.checkpoint import Finding, Severity, iter_tensors
+from ckptkit.core.checkpoint import Finding, Severity, iter_tensors
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit.checkpoint import Finding
+from ckptkit.core.checkpoint import Finding
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit.checkpoint import Finding, Severity
+from ckptkit.core.checkpoint import Finding, Severity
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ckptkit.dtypes import DType
+from ckptkit.core.dtypes import DType
 
 _NATIVE = {"float64": "<f8", "float32": "<f4"}
 # float8 formats: exponent-all-ones pattern that means NaN (e4m3fn) or Inf/NaN (e5m2).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from ckptkit.checkpoint import ByteRange
+from ckptkit.core.checkpoint import ByteRange
 
 _LOCAL = struct.Struct("<4s5HLLLHH")
 _DESCRIPTOR_MAGIC = b"PK\x07\x08"

@@ -69,8 +69,8 @@ def test_a_cast_that_reads_the_source_wrong_is_caught_by_the_read_back(tmp_path:
     """The read-back compares each cast tensor with torch's cast of the source tensor itself, not
     with the storage bytes the same cast produced: the float8-as-uint8 bug could not pass again."""
     from ckptkit.conversion import plan
-    from ckptkit.errors import WriteVerificationError
-    from ckptkit.tensor_bytes import DerivedStorage, cast_bytes
+    from ckptkit.core.errors import WriteVerificationError
+    from ckptkit.storage.tensor_bytes import DerivedStorage, cast_bytes
 
     class ReadsStoragesDtype(DerivedStorage):   # the old bug: the untyped storage's bytes cast as uint8
         def produce(self, chunk_size: int):
@@ -89,8 +89,8 @@ def test_a_dcp_cast_that_reads_the_source_wrong_is_caught_by_the_read_back(tmp_p
     """Written and re-derived the same wrong way (float8 bytes cast as uint8 numbers), the DCP
     read-back still refuses it: it compares with torch's cast of the source tensor itself."""
     from ckptkit.conversion import plan, to_dcp
-    from ckptkit.errors import WriteVerificationError
-    from ckptkit.tensor_bytes import DerivedStorage, cast_bytes
+    from ckptkit.core.errors import WriteVerificationError
+    from ckptkit.storage.tensor_bytes import DerivedStorage, cast_bytes
 
     class ReadsStoragesDtype(DerivedStorage):
         def produce(self, chunk_size: int):

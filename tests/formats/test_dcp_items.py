@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from ckptkit.checkpoint import TensorRef
+from ckptkit.core.checkpoint import TensorRef
 from ckptkit.conversion import ConvertOptions, convert_checkpoint
 from ckptkit.diffing import CheckpointDiff, diff_paths
-from ckptkit.errors import UnsupportedFeatureError
+from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
-from ckptkit.tensor_bytes import tensor_chunks
+from ckptkit.storage.tensor_bytes import tensor_chunks
 from ckptkit.validation import validate_path
 from scripts.make_sharded_dcp_fixture import strided_values
 from tests.run_builders import strided_dcp_state as strided_state

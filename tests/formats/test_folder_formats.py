@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ckptkit.formats import detect_format, open_checkpoint
-from ckptkit.safe_pickle import PickledObject
+from ckptkit.storage.safe_pickle import PickledObject
 
 REAL = Path(__file__).parent.parent / "fixtures" / "real"
 
@@ -161,7 +161,7 @@ def test_each_dcp_chunk_reads_its_own_part_of_the_global_tensor() -> None:
 
 
 def test_a_chunked_tensor_says_to_read_its_chunks_instead_of_pretending_to_be_whole() -> None:
-    from ckptkit.errors import UnsupportedFeatureError
+    from ckptkit.core.errors import UnsupportedFeatureError
 
     ckpt = open_checkpoint(TWO_RANKS)
     with pytest.raises(UnsupportedFeatureError, match="'model.w' is stored in 2 chunks"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import CorruptCheckpointError, NotACheckpointError
+from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError
 from ckptkit.formats import open_checkpoint
 from tests.run_builders import REAL, hf_checkpoint, write_dcp
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckptkit.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats import detect_format, open_checkpoint
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from ckptkit.errors import CkptkitError, CorruptCheckpointError
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats import detect_format, open_checkpoint
 from tests.tensor_trees import DTYPES, _base_tensor
 

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptkit.errors import CkptkitError, CorruptCheckpointError, NotACheckpointError
+from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, NotACheckpointError
 from ckptkit.formats import detect_format, open_checkpoint
 from ckptkit.inspection import inspect_checkpoint
 from tests.tensor_trees import assert_same_tree, checkpoint_trees, save_and_read

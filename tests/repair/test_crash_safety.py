@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ckptkit.atomic import TEMP_MARKER, is_temporary
+from ckptkit.storage.atomic import TEMP_MARKER, is_temporary
 from ckptkit.formats import open_checkpoint
 from ckptkit.validation import validate_path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair import fix_epoch
 from ckptkit.validation import validate_path
@@ -239,7 +239,7 @@ def test_a_data_pkl_that_reads_back_other_than_written_is_refused(tmp_path: Path
 
 def test_a_directory_entry_pointing_away_from_the_checked_record_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ckptkit.checkpoint import ByteRange
+    from ckptkit.core.checkpoint import ByteRange
     from ckptkit.formats.torch_zip import RecordLocator
 
     path = tmp_path / "training_state.pth"

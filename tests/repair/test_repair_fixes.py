@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair import repair
 from ckptkit.validation import validate_path

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptkit.errors import UnsupportedFeatureError
+from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.families import FAMILIES, GENERIC, UnrepresentableProgress, family_named
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair import fix_epoch, repair

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.manifest import read_manifest
+from ckptkit.storage.manifest import read_manifest
 from trainers.lm.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

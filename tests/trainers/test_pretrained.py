@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from ckptkit.formats import open_checkpoint
-from ckptkit.manifest import manifest_problems, read_manifest
-from ckptkit.resuming import plan_resume
+from ckptkit.storage.manifest import manifest_problems, read_manifest
+from ckptkit.runs.resuming import plan_resume
 from ckptkit.training import ProgressLine, load_for_resume
 from ckptkit.validation import validate_path
 from trainers.pretrained.cli import main

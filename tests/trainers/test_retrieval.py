@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from ckptkit.formats import open_checkpoint
-from ckptkit.resuming import plan_resume
+from ckptkit.runs.resuming import plan_resume
 from ckptkit.training import load_for_resume
 from ckptkit.validation import validate_path
 from trainers.retrieval.cli import main

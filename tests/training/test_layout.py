@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import ResumeRefusedError, WriteVerificationError
-from ckptkit.manifest import read_manifest
+from ckptkit.core.errors import ResumeRefusedError, WriteVerificationError
+from ckptkit.storage.manifest import read_manifest
 from ckptkit.training import (EXPERIMENT, PRETRAINED, RETRIEVAL, CheckpointManager, layout_of, list_checkpoints,
                               load_for_resume, verify_for_resume)
 

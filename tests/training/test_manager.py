@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import WriteVerificationError
-from ckptkit.manifest import file_crc32, manifest_path, read_manifest
+from ckptkit.core.errors import WriteVerificationError
+from ckptkit.storage.manifest import file_crc32, manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, list_checkpoints
 from ckptkit.training import manager as manager_module
 
@@ -121,7 +121,7 @@ def test_the_old_file_stays_confirmed_by_its_manifest_while_its_replacement_is_w
 
 def test_a_failure_after_the_rename_leaves_the_new_file_unconfirmed_not_confirmed_by_the_old_manifest(
         tmp_path: Path, make_state, monkeypatch) -> None:
-    from ckptkit import atomic
+    from ckptkit.storage import atomic
 
     with CheckpointManager(tmp_path) as manager:
         manager.save(make_state(step=10, val_loss=1.0), ["best"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.errors import MissingFileError, ResumeRefusedError
-from ckptkit.manifest import manifest_path
+from ckptkit.core.errors import MissingFileError, ResumeRefusedError
+from ckptkit.storage.manifest import manifest_path
 from ckptkit.training import CheckpointManager, load_for_resume, resolve_checkpoint, verify_for_resume
 
 

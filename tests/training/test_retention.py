@@ -6,7 +6,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptkit.manifest import Manifest, ManifestFile, manifest_path, write_manifest
+from ckptkit.storage.manifest import Manifest, ManifestFile, manifest_path, write_manifest
 from ckptkit.training.retention import (
     CheckpointRecord,
     delete_checkpoint,

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
-from ckptkit import resuming
-from ckptkit.checkpoint import Severity
+from ckptkit.runs import resuming
+from ckptkit.core.checkpoint import Severity
 from ckptkit.formats import open_checkpoint
-from ckptkit.errors import ResumeRefusedError
-from ckptkit.manifest import manifest_path, read_manifest
+from ckptkit.core.errors import ResumeRefusedError
+from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, TrainingState, load_for_resume
 from ckptkit.training import sharded as sharded_module
 from ckptkit.training.layout import TRAINING_STATE_FILE

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ckptkit.checkpoint import Finding
+from ckptkit.core.checkpoint import Finding
 from ckptkit.validation import ValidationReport, validate_path
 
 

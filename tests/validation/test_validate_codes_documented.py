@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckptkit.keys import WRAPPERS
+from ckptkit.views.keys import WRAPPERS
 from ckptkit.validation.compatibility import code_for
 
 ROOT = Path(__file__).parent.parent.parent

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from tests.validation.helpers import codes, only, run, trained_state
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from tests.validation.helpers import codes, only, run
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from tests.validation.helpers import codes, flip_bit, only, run, zip_member_range
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import main
 from ckptkit.validation.epoch_step import CODE, hf_updates_per_epoch
 from tests.validation.helpers import codes, only, run

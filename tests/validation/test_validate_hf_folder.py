@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from ckptkit.validation import validate_path
 from tests.validation.helpers import codes, only, run
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ckptkit.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorRef
-from ckptkit.dtypes import dtype_named
+from ckptkit.core.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorRef
+from ckptkit.core.dtypes import dtype_named
 from ckptkit.validation import validate_checkpoint
 from tests.validation.helpers import codes, only, run
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import main
-from ckptkit.manifest import manifest_path
+from ckptkit.storage.manifest import manifest_path
 from ckptkit.runs import scan_run
 from ckptkit.training import CheckpointManager
 from ckptkit.validation import validate_path

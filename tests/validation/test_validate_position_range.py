@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import main
-from ckptkit.errors import ResumeRefusedError
+from ckptkit.core.errors import ResumeRefusedError
 from ckptkit.repair import fix_epoch
 from ckptkit.training import DataPosition, TrainingState
 from ckptkit.training.layout import build_checkpoint

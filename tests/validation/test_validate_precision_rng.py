@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from tests.validation.helpers import codes, only, run
 
 SCALER = {"scale": 32768.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from ckptkit.checkpoint import Severity
-from ckptkit.errors import CkptkitError
+from ckptkit.core.checkpoint import Severity
+from ckptkit.core.errors import CkptkitError
 from ckptkit.validation import validate_path
 from tests.validation.helpers import trained_state, zip_member_range
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ckptkit.checkpoint import Severity
+from ckptkit.core.checkpoint import Severity
 from tests.validation.helpers import codes, only, run
 
 

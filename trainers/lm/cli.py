@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ckptkit.errors import CkptkitError
+from ckptkit.core.errors import CkptkitError
 from trainers.epoch_resume import config_for_resume as shared_config_for_resume
 from trainers.runtime import run_interruptibly
 from ckptkit.training import ResumePoint, list_checkpoints, load_for_resume, render_progress

@@ -1,0 +1,422 @@
+"""The one in-memory view of a checkpoint that every command works on.
+
+A format reader (``ckptkit.formats``) turns bytes on disk into a tree of plain values whose
+tensor leaves are lazy `TensorRef`s; the family recogniser (``ckptkit.families``) finds the
+model, optimizer, scheduler... in that tree and maps the family's progress counters to one
+`Progress`. Nothing here reads tensor bytes until asked (`TensorRef.read_bytes`).
+"""
+from __future__ import annotations
+
+import enum
+import mmap
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptkit.core.dtypes import DType, dtype_named
+from ckptkit.core.errors import CorruptCheckpointError
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Where a storage's bytes lie: `length` bytes of `path` starting at `offset`."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+class StorageRef:
+    """One storage record of a checkpoint (a torch storage, or a safetensors tensor's bytes).
+
+    Tensors that share a storage in the file share one StorageRef, so storage sharing
+    (views, tied weights) survives reading. The byte position is resolved lazily because for
+    zip archives it needs a read of the member's local header.
+    """
+
+    def __init__(self, key: str, dtype: DType, numel: int, location: str,
+                 locate: Callable[[], ByteRange], stored_nbytes: int | None = None) -> None:
+        self.key = key
+        self.dtype = dtype
+        self.numel = numel                # elements declared by the pickle / header
+        self.location = location          # device it was saved from: "cpu", "cuda:0"
+        self.stored_nbytes = stored_nbytes  # bytes actually present in the file, when known
+        self._locate = locate
+        self._range: ByteRange | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def byte_range(self) -> ByteRange:
+        if self._range is None:
+            self._range = self._locate()
+        return self._range
+
+    def read_bytes(self, start: int = 0, length: int | None = None) -> memoryview:
+        """The storage's bytes (or a slice of them), memory-mapped: pages are read on demand."""
+        where = self.byte_range()
+        length = where.length - start if length is None else length
+        if start < 0 or start + length > where.length:
+            raise CorruptCheckpointError(where.path, f"storage {self.key!r}: bytes {start}..{start + length} "
+                                         f"lie outside its record of {where.length} bytes")
+        if length == 0:
+            return memoryview(b"")
+        view = _mapped(where.path)[where.offset + start: where.offset + start + length]
+        if len(view) != length:
+            raise CorruptCheckpointError(where.path, f"storage {self.key!r}: the file ends {length - len(view)} "
+                                         "bytes before the storage's last byte: truncated")
+        return view
+
+    def iter_chunks(self, chunk_size: int = 16 << 20, start: int = 0,
+                    length: int | None = None) -> Iterator[bytes]:
+        """The storage's bytes (or `length` bytes from `start`) in chunks, read with pread: memory
+        stays at one chunk, and (unlike mmap) pages read this way never count towards this
+        process's resident set."""
+        where = self.byte_range()
+        length = where.length - start if length is None else length
+        if start < 0 or start + length > where.length:
+            raise CorruptCheckpointError(where.path, f"storage {self.key!r}: bytes {start}..{start + length} "
+                                         f"lie outside its record of {where.length} bytes")
+        fd = os.open(where.path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < length:
+                want = min(chunk_size, length - done)
+                chunk = os.pread(fd, want, where.offset + start + done)
+                if len(chunk) != want:
+                    raise CorruptCheckpointError(where.path, f"storage {self.key!r}: file ends inside its "
+                                                 f"record (truncated)")
+                yield chunk
+                done += want
+        finally:
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"StorageRef({self.key!r}, {self.dtype.name}, numel={self.numel})"
+
+
+_MAPS: dict[Path, mmap.mmap] = {}
+_MAP_VERSIONS: dict[Path, tuple[int, int, int, int]] = {}
+
+
+def _mapped(path: Path) -> memoryview:
+    """One read-only map per file for the life of the process; the OS pages bytes in and out.
+
+    The map is made anew when the file changed under the same name: a trainer that rewrites
+    `checkpoint-recent.pth` in place (rename over it) must not be read through the old map.
+    """
+    st = path.stat()
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if _MAP_VERSIONS.get(path) != version:
+        with open(path, "rb") as f:
+            _MAPS[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)   # old map: closed by GC
+        _MAP_VERSIONS[path] = version
+    return memoryview(_MAPS[path])
+
+
+def mapped_bytes(where: ByteRange) -> memoryview:
+    """The bytes of a range of a file, memory-mapped (pages are read when touched)."""
+    view = _mapped(where.path)
+    if where.offset < 0 or where.offset + where.length > len(view):
+        raise CorruptCheckpointError(where.path, f"bytes {where.offset}..{where.offset + where.length} lie "
+                                     f"past the end of the file ({len(view)} bytes): truncated")
+    return view[where.offset: where.offset + where.length]
+
+
+def release_mapped_pages(where: ByteRange) -> None:
+    """Unmap the pages of `where` from this process (the OS page cache keeps them).
+
+    Mapped pages a process has touched count in its RSS until unmapped; streaming readers
+    (diffs, deep checks) call this after each chunk so that memory stays bounded whatever
+    the checkpoint's size. A later read of the same bytes simply maps them in again.
+    """
+    m = _MAPS.get(where.path)
+    if m is None or where.length <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = where.offset - where.offset % mmap.PAGESIZE
+    end = min(len(m), where.offset + where.length)
+    if end > start:
+        m.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def release_mapped_files() -> None:
+    """Drop cached maps (before a file is replaced in place, or in long-lived processes)."""
+    for m in _MAPS.values():
+        try:
+            m.close()
+        except BufferError:   # a memoryview still points into it; the GC will close it
+            pass
+    _MAPS.clear()
+    _MAP_VERSIONS.clear()
+
+
+_SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "bfloat16": "H", "int64": "q",
+                   "int32": "i", "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
+
+
+@dataclass
+class TensorRef:
+    """A tensor as described by the checkpoint: dtype, shape, stride, where its bytes are."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    storage: StorageRef
+    storage_offset: int = 0          # in elements
+    requires_grad: bool = False
+    is_parameter: bool = False
+    subclass: str | None = None      # qualified name of a tensor subclass, if pickled as one
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def is_contiguous(self) -> bool:
+        if self.numel == 0:          # as in torch: an empty tensor is contiguous whatever its strides
+            return True
+        expected = 1
+        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
+            if size != 1 and stride != expected:
+                return False
+            expected *= size
+        return True
+
+    def element_span(self) -> tuple[int, int]:
+        """First and one-past-last storage element this tensor touches ((o, o) when empty)."""
+        if self.numel == 0:
+            return self.storage_offset, self.storage_offset
+        last = self.storage_offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride))
+        return self.storage_offset, last + 1
+
+    def fits_storage(self) -> bool:
+        if self.numel == 0:     # an empty view touches no element, whatever its offset
+            return self.storage_offset >= 0
+        lo, hi = self.element_span()   # in this tensor's elements; an untyped storage counts bytes
+        return lo >= 0 and hi * self.dtype.itemsize <= self.storage.nbytes
+
+    def read_bytes(self) -> memoryview:
+        """The raw bytes of the elements this tensor spans (its own bytes when contiguous)."""
+        if self.numel == 0:     # its offset may lie past the end of an empty storage
+            return memoryview(b"")
+        lo, hi = self.element_span()
+        size = self.dtype.itemsize
+        return self.storage.read_bytes(lo * size, (hi - lo) * size)
+
+    def scalar_value(self) -> float | int | bool | None:
+        """The value of a one-element tensor (an optimizer's `step`), read without torch."""
+        if self.numel != 1:
+            return None
+        fmt = _SCALAR_FORMATS.get(self.dtype.name)
+        raw = bytes(self.read_bytes())
+        if fmt is None or len(raw) != self.dtype.itemsize:
+            return None
+        if self.dtype.name == "bfloat16":     # the high half of a float32
+            return struct.unpack("<f", b"\x00\x00" + raw)[0]
+        return struct.unpack("<" + fmt, raw)[0]
+
+    def to_torch(self) -> Any:
+        """A torch.Tensor with this tensor's values (a copy; imports torch)."""
+        import torch
+
+        tdtype = getattr(torch, self.dtype.name)
+        lo, _ = self.element_span()
+        raw = self.read_bytes()
+        if len(raw) == 0:
+            return torch.empty(self.shape, dtype=tdtype)
+        flat = torch.frombuffer(bytearray(raw), dtype=tdtype)
+        return torch.as_strided(flat, self.shape, self.stride, self.storage_offset - lo).clone()
+
+    def describe(self) -> str:
+        return f"{self.dtype.name}[{', '.join(map(str, self.shape))}]"
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"info": 0, "warning": 1, "error": 2}[self.value]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong (or worth knowing) about a checkpoint, with the command that fixes it."""
+
+    code: str                 # stable, e.g. "security.dangerous-global"
+    severity: Severity
+    where: str                # file and key, e.g. "best_model.pt: config"
+    message: str              # expected vs found, in plain words
+    fix: str | None = None    # the ckptkit command that fixes it, when there is one
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "severity": self.severity.value, "where": self.where,
+                "message": self.message, "fix": self.fix}
+
+
+@dataclass
+class Progress:
+    """Training progress in one language, whatever the family stored.
+
+    Epochs are counted, not indexed: `epochs_completed` = 3 means three whole epochs are done.
+    `step_in_epoch` counts the batches of the next, unfinished epoch already trained
+    (0 at an epoch boundary). `sources` says where each value came from, in words.
+    """
+
+    epochs_completed: int | None = None
+    step_in_epoch: int | None = None
+    steps_per_epoch: int | None = None
+    global_step: int | None = None
+    epoch_complete: bool | None = None
+    epoch_float: float | None = None     # HF Trainer's fractional epoch, as stored
+    max_steps: int | None = None
+    training_finished: bool | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def known(self) -> bool:
+        return self.epochs_completed is not None or self.global_step is not None
+
+    def describe(self) -> str:
+        """Plain words: "epoch 3 complete, global step 4500", "epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)"."""
+        parts: list[str] = []
+        if self.epochs_completed is not None:
+            if self.epoch_complete is False and self.step_in_epoch:
+                current = self.epochs_completed + 1
+                if self.steps_per_epoch:
+                    pct = 100.0 * self.step_in_epoch / self.steps_per_epoch
+                    parts.append(f"epoch {current} INCOMPLETE: {self.step_in_epoch}/"
+                                 f"{self.steps_per_epoch} batches ({pct:.1f}%)")
+                else:
+                    parts.append(f"epoch {current} INCOMPLETE: {self.step_in_epoch} batches done")
+            elif self.epoch_complete is False:
+                parts.append(f"epoch {self.epochs_completed + 1} INCOMPLETE (position in it unknown)")
+            elif self.epoch_complete is None:
+                parts.append(f"{self.epochs_completed} epochs completed (boundary unknown)"
+                             if self.epochs_completed else "in epoch 1 (boundary unknown)")
+            elif self.epochs_completed == 0:
+                parts.append("no epoch completed")
+            else:
+                parts.append(f"epoch {self.epochs_completed} complete")
+        if self.epoch_float is not None and self.epochs_completed is None:
+            parts.append(f"epoch {self.epoch_float:g}")
+        if self.global_step is not None:
+            step = f"global step {self.global_step}"
+            parts.append(f"{step}/{self.max_steps}" if self.max_steps else step)
+        if self.training_finished:
+            parts.append("training finished")
+        return ", ".join(parts) if parts else "unknown (no progress counters found)"
+
+    def sort_key(self) -> tuple[float, float, float]:
+        """Orders checkpoints of one run by how far training got; unknown sorts first."""
+        epochs = self.epochs_completed if self.epochs_completed is not None else -1
+        within = self.step_in_epoch or 0
+        step = self.global_step if self.global_step is not None else -1
+        if self.global_step is not None:
+            return (step, epochs, within)
+        return (-1, epochs, within)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epochs_completed": self.epochs_completed, "step_in_epoch": self.step_in_epoch,
+                "steps_per_epoch": self.steps_per_epoch, "global_step": self.global_step,
+                "epoch_complete": self.epoch_complete, "epoch_float": self.epoch_float,
+                "max_steps": self.max_steps, "training_finished": self.training_finished,
+                "summary": self.describe(), "sources": dict(self.sources), "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
+class MemberFile:
+    """One file of a folder checkpoint, and what it holds."""
+
+    name: str                 # path relative to the folder, e.g. "optimizer.pt"
+    size_bytes: int
+    role: str                 # "model weights", "optimizer", "trainer state", ...
+    format: str | None = None  # format ckptkit read it as; None when not read (unknown, unreadable)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size_bytes": self.size_bytes, "role": self.role, "format": self.format}
+
+
+@dataclass(frozen=True)
+class TensorChunk:
+    """One stored piece of a tensor that is saved in chunks (torch.distributed.checkpoint)."""
+
+    offsets: tuple[int, ...]   # where the chunk starts in the global tensor, per dimension
+    sizes: tuple[int, ...]
+    file: str                  # member file holding its bytes
+    byte_offset: int           # where its stored item starts in that file
+    length: int                # bytes of the stored item (a torch.save archive, or raw bytes)
+    tensor: TensorRef | None = field(default=None, compare=False, repr=False)   # the chunk's values, lazily
+
+    def to_json(self) -> dict[str, Any]:
+        return {"offsets": list(self.offsets), "sizes": list(self.sizes), "file": self.file,
+                "byte_offset": self.byte_offset, "length": self.length}
+
+
+@dataclass
+class Checkpoint:
+    """A read checkpoint: the decoded tree plus its recognised parts.
+
+    `tree` is everything the file(s) hold; the section fields point into it. For folder
+    formats `tree` is a dict with one entry per member file.
+    """
+
+    path: Path
+    format: str                      # on-disk format: "torch-zip", "torch-legacy", "safetensors", ...
+    family: str                      # layout family: "recsys", "retrieval", "experiment", ...
+    size_bytes: int
+    tree: Any
+    model: dict[str, TensorRef] = field(default_factory=dict)
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    rng: Any = None
+    config: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    histories: dict[str, list[Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    progress: Progress = field(default_factory=Progress)
+    findings: list[Finding] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)   # section -> key or member file it came from
+    files: list[Path] = field(default_factory=list)         # every file the checkpoint consists of
+    metadata: dict[str, str] = field(default_factory=dict)  # format-level metadata (safetensors __metadata__)
+    members: list[MemberFile] = field(default_factory=list)  # folder formats: every member file
+    chunks: dict[str, list[TensorChunk]] = field(default_factory=dict)  # chunked tensors (DCP): key -> chunks
+
+    def tensors(self) -> Iterator[tuple[str, TensorRef]]:
+        """Every tensor in the checkpoint with its dotted key path, model and optimizer alike."""
+        yield from iter_tensors(self.tree)
+
+
+def iter_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, TensorRef]]:
+    if isinstance(tree, TensorRef):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from iter_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from iter_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def make_tensor(dtype_name: str, shape: tuple[int, ...], storage: StorageRef) -> TensorRef:
+    """A contiguous tensor covering `storage` from element 0 (safetensors, DCP chunks)."""
+    stride: list[int] = []
+    acc = 1
+    for size in reversed(shape):
+        stride.append(acc)
+        acc *= size
+    return TensorRef(dtype_named(dtype_name), tuple(shape), tuple(reversed(stride)), storage)

@@ -1,0 +1,313 @@
+"""A run directory as a whole: every checkpoint below it, ordered by training progress.
+
+`scan_run(dir)` finds checkpoints whatever their format (files sniffed by content, folders by
+their marker files), reads each one's index, orders them by `Progress.sort_key()` (never by
+modification time or name), gives each a quick health status, marks latest / best / final, and
+points out the traps the seeds fell into (run-level findings, codes `run.*`). `pick_resume`
+chooses what `ckptkit latest` prints: the most advanced checkpoint that is whole and consistent.
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptkit.core.checkpoint import Checkpoint, Finding, Progress, Severity
+from ckptkit.core.errors import CkptkitError, MissingFileError, NotACheckpointError
+from ckptkit.formats import FILE_FORMATS, folder_formats, open_checkpoint
+from ckptkit.formats.base import HEAD_BYTES
+
+from ckptkit.storage.atomic import TEMP_MARKER, is_backup
+
+HF_CHECKPOINT = re.compile(r"checkpoint-\d+$")
+HF_TEMP = re.compile(r"tmp-checkpoint-\d+$")
+# Names that promise "the newest": seed 003's last_checkpoint, seed 000's checkpoint-recent, last.ckpt.
+RECENT_NAME = re.compile(r"(^|[-_.])(last|latest|recent|newest)([-_.]|$)", re.IGNORECASE)
+BEST_NAME = re.compile(r"best", re.IGNORECASE)
+FINAL_NAME = re.compile(r"final", re.IGNORECASE)
+# Unrecognised files with these endings are shown as broken rows; other files are not checkpoints.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".pkl", ".tar", ".distcp", ".final")
+# Unrecognised folders holding one of these are partial checkpoints, shown as broken rows.
+PARTIAL_MARKERS = ("trainer_state.json", "training_state.pth", "adapter_config.json", "optimizer.pt")
+SKIP_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", "node_modules", ".venv"})
+
+
+@dataclass
+class Health:
+    status: str                      # "ok" | "warnings" | "broken"
+    reason: str | None = None        # the first problem, in one line
+    errors: int = 0
+    warnings: int = 0
+    codes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "reason": self.reason, "errors": self.errors,
+                "warnings": self.warnings, "codes": self.codes}
+
+
+@dataclass
+class RunEntry:
+    """One checkpoint (or would-be checkpoint) found below the run directory."""
+
+    path: Path                       # as found below the root given (relative to cwd if the root was)
+    relative: str                    # path relative to the run directory
+    is_folder: bool
+    format: str | None
+    family: str | None
+    progress: Progress
+    size_bytes: int
+    health: Health
+    temporary: bool = False
+    markers: list[str] = field(default_factory=list)
+    best_reference: str | None = None   # HF trainer_state.json best_model_checkpoint, if any
+    backup: bool = False                # kept by a repair (<name>.bak): shown, never resumed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.relative, "format": self.format, "family": self.family,
+                "progress": self.progress.to_json(), "size_bytes": self.size_bytes,
+                "health": self.health.to_json(), "markers": list(self.markers), "temporary": self.temporary,
+                "backup": self.backup}
+
+
+@dataclass
+class Run:
+    root: Path
+    entries: list[RunEntry]                      # ordered by training progress, least advanced first
+    findings: list[Finding] = field(default_factory=list)
+    subjects: list[list[Path]] = field(default_factory=list)   # per finding: the checkpoints it is about
+    resume: RunEntry | None = None               # what `ckptkit latest` prints
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": str(self.root), "checkpoints": [e.to_json() for e in self.entries],
+                "resume": self.resume.relative if self.resume else None,
+                "findings": [f.to_json() for f in self.findings]}
+
+
+def scan_run(root: str | os.PathLike[str]) -> Run:
+    """Every checkpoint below `root`, read (index only), health-checked and ordered by progress."""
+    root = Path(root)
+    if not root.exists():
+        raise MissingFileError(root, "no such file or folder")
+    entries = [_entry(root, path, is_folder) for path, is_folder in find_checkpoints(root)]
+    entries.sort(key=lambda e: (e.progress.sort_key(), e.relative))
+    run = Run(root, entries)
+    _mark(run)
+    _run_findings(run)
+    return run
+
+
+def find_checkpoints(root: Path) -> list[tuple[Path, bool]]:
+    """(path, is_folder) of every checkpoint-like thing below `root`; recognised folders are not
+    entered for files (their files are members), only for further checkpoint folders."""
+    if root.is_file():
+        return [(root, False)]
+    found: list[tuple[Path, bool]] = []
+    _walk(root, found, is_root=True)
+    return found
+
+
+def _walk(directory: Path, found: list[tuple[Path, bool]], is_root: bool = False) -> None:
+    recognised = _recognised_folder(directory)
+    partial = not recognised and _has_partial_markers(directory)
+    if recognised or partial:
+        found.append((directory, True))
+    before = len(found)
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            if entry.name not in SKIP_DIRS:
+                _walk(path, found)
+        elif not (recognised or partial) and entry.is_file() and _is_checkpoint_file(path):
+            found.append((path, False))
+    # A folder named like a checkpoint that holds nothing readable is a failed save, not a directory.
+    if not (recognised or partial or is_root) and len(found) == before and _named_like_checkpoint(directory.name):
+        found.append((directory, True))
+
+
+def _recognised_folder(path: Path) -> bool:
+    return any(fmt.sniff(path, b"") for fmt in folder_formats())
+
+
+def _has_partial_markers(path: Path) -> bool:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(n in PARTIAL_MARKERS or n.endswith(".distcp") for n in names)
+
+
+def _named_like_checkpoint(name: str) -> bool:
+    return bool(HF_CHECKPOINT.match(name) or HF_TEMP.match(name) or TEMP_MARKER in name
+                or (RECENT_NAME.search(name) and "checkpoint" in name.lower()))
+
+
+def _is_checkpoint_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
+        return path.name.endswith(CHECKPOINT_SUFFIXES)
+    if head and any(fmt.sniff(path, head) for fmt in FILE_FORMATS):
+        return True
+    return path.name.endswith(CHECKPOINT_SUFFIXES) or TEMP_MARKER in path.name
+
+
+def _entry(root: Path, path: Path, is_folder: bool) -> RunEntry:
+    relative = path.name if path == root and not is_folder else "." if path == root else str(path.relative_to(root))
+    temporary = TEMP_MARKER in path.name or bool(HF_TEMP.match(path.name))
+    try:
+        ckpt = open_checkpoint(path)
+    except CkptkitError as exc:
+        return RunEntry(path, relative, is_folder, None, None, Progress(), _disk_size(path),
+                        Health("broken", _unreadable_reason(exc, path)), temporary)
+    health = quick_health(ckpt)
+    if temporary:
+        health = Health("broken", "temporary: left by a save that did not finish (never renamed into place)",
+                        health.errors, health.warnings, health.codes)
+    best = ckpt.extra.get("best_model_checkpoint") if ckpt.format == "hf-trainer" else None
+    return RunEntry(path, relative, is_folder, ckpt.format, ckpt.family, ckpt.progress, ckpt.size_bytes,
+                    health, temporary, best_reference=str(best) if best else None, backup=is_backup(path))
+
+
+def quick_health(ckpt: Checkpoint) -> Health:
+    """ok / warnings / broken from the checkpoint's own (non-deep, no siblings) validation."""
+    from ckptkit.validation import validate_checkpoint
+
+    report = validate_checkpoint(ckpt, siblings=False)
+    errors = [f for f in report.findings if f.severity is Severity.ERROR]
+    warnings = [f for f in report.findings if f.severity is Severity.WARNING]
+    codes = sorted({f.code for f in errors + warnings})
+    if errors:
+        return Health("broken", _one_line(errors[0]), len(errors), len(warnings), codes)
+    if warnings:
+        return Health("warnings", _one_line(warnings[0]), 0, len(warnings), codes)
+    return Health("ok", None, 0, 0, codes)
+
+
+def _one_line(finding: Finding) -> str:
+    return f"{finding.code}: {finding.message}"
+
+
+def _unreadable_reason(exc: CkptkitError, path: Path) -> str:
+    if isinstance(exc, NotACheckpointError) and path.is_dir():
+        if any(p.suffix == ".distcp" for p in path.iterdir()):
+            # DCP's coordinator writes .metadata last, after every rank's data files.
+            return "DCP data files without .metadata: the save did not finish"
+        return "not a checkpoint folder ckptkit knows (no trainer_state.json, .metadata, weights + config...)"
+    return exc.message
+
+
+def _disk_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def is_whole(entry: RunEntry) -> bool:
+    """Safe to resume from: read, no error findings, not a leftover temporary nor a repair's
+    backup, progress known."""
+    return entry.health.status != "broken" and not entry.temporary and not entry.backup and entry.progress.known
+
+
+def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
+    """The most advanced whole and consistent checkpoint (entries are ordered by progress).
+
+    The one picked is also checked against its ckptkit manifest's CRC-32s, as the resume will
+    check it (`ls` itself only compares sizes): a file rolled back to an older copy of the same
+    size (a sync client's restore) is marked broken and the next one back is taken instead.
+    """
+    for entry in reversed([e for e in entries if is_whole(e)]):
+        problems = _manifest_crc_problems(entry.path)
+        if not problems:
+            return entry
+        entry.health = Health("broken", f"integrity.manifest-mismatch: {problems[0]}; a resume refuses it",
+                              entry.health.errors + 1, entry.health.warnings,
+                              sorted({*entry.health.codes, "integrity.manifest-mismatch"}))
+    return None
+
+
+def _manifest_crc_problems(path: Path) -> list[str]:
+    from ckptkit.storage.manifest import manifest_problems, read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except CkptkitError:
+        return []   # an unreadable manifest is already a finding of the entry's validation
+    return manifest_problems(path, manifest) if manifest is not None else []
+
+
+def _most_advanced(entries: list[RunEntry]) -> list[RunEntry]:
+    known = [e for e in entries if e.progress.known and not e.temporary and not e.backup]
+    if not known:
+        return []
+    top = known[-1].progress.sort_key()
+    return [e for e in known if e.progress.sort_key() == top]
+
+
+def _mark(run: Run) -> None:
+    best_folders = _hf_best_folders(run.entries)
+    for entry in _most_advanced(run.entries):
+        entry.markers.append("latest")
+    for entry in run.entries:
+        if entry.backup:
+            entry.markers.append("backup")
+        if entry.temporary or entry.backup:   # none of these, whatever name it borrows
+            continue
+        if BEST_NAME.search(entry.path.name) or entry.path in best_folders:
+            entry.markers.append("best")
+        if entry.progress.training_finished or FINAL_NAME.search(entry.path.name):
+            entry.markers.append("final")
+    run.resume = pick_resume(run.entries)
+    if run.resume is not None:
+        run.resume.markers.append("resume")
+
+
+def _hf_best_folders(entries: list[RunEntry]) -> set[Path]:
+    """HF Trainer names its best checkpoint in trainer_state.json; the newest state of each
+    output folder knows the final answer. The stored path is relative to wherever training
+    ran, so it is matched by folder name among the siblings."""
+    newest: dict[Path, RunEntry] = {}
+    for entry in entries:          # ordered by progress: later ones overwrite
+        if entry.best_reference:
+            newest[entry.path.parent] = entry
+    return {parent / Path(e.best_reference).name for parent, e in newest.items() if e.best_reference}
+
+
+def _run_findings(run: Run) -> None:
+    from ckptkit.runs.traps import TRAPS
+
+    for trap in TRAPS:
+        for subjects, finding in trap(run):
+            run.findings.append(finding)
+            run.subjects.append(subjects)
+
+
+def run_findings_for(path: str | os.PathLike[str]) -> list[Finding]:
+    """Run-level findings about the checkpoint at `path`, from the directory it lies in.
+
+    For a run directory itself (not a checkpoint), all of its run-level findings.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    is_checkpoint = path.is_file() or _recognised_folder(path)
+    run = scan_run(path.parent if is_checkpoint else path)
+    if not is_checkpoint:
+        return list(run.findings)
+    target = path.resolve()
+    return [f for f, subjects in zip(run.findings, run.subjects) if any(s.resolve() == target for s in subjects)]

@@ -1,0 +1,108 @@
+"""Run-level findings: the traps of a whole run directory that no single checkpoint shows.
+
+Each trap looks at a scanned `Run` (entries ordered by progress) and yields
+(the checkpoints it is about, Finding). Codes are `run.*`. Registered in TRAPS.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ckptkit.core.checkpoint import Finding, Severity
+from ckptkit.runs import BEST_NAME, HF_CHECKPOINT, HF_TEMP, RECENT_NAME, TEMP_MARKER, Run, RunEntry
+
+Trap = Callable[[Run], Iterator[tuple[list[Path], Finding]]]
+
+
+def _ahead_of(entry: RunEntry, run: Run) -> RunEntry | None:
+    """The most advanced readable checkpoint beside `entry` (same folder) strictly further than it.
+
+    Only siblings are compared: a directory may hold several runs, whose counters mean nothing
+    to each other; the checkpoints of one run are saved into one folder.
+    """
+    if not entry.progress.known:
+        return None
+    key = entry.progress.sort_key()
+    ahead = [e for e in run.entries if e.path.parent == entry.path.parent and e.progress.known
+             and not e.temporary and not e.backup and e.health.status != "broken" and e.progress.sort_key() > key]
+    return ahead[-1] if ahead else None
+
+
+def _latest_fix(run: Run) -> str:
+    return f"ckptkit latest {shlex.quote(str(run.root))}"
+
+
+def _named_but_behind(run: Run, name: re.Pattern[str], skip_temporary: bool) -> Iterator[tuple[RunEntry, RunEntry]]:
+    """Checkpoints whose file name matches `name` while a sibling got further, with that sibling."""
+    for entry in run.entries:
+        if not name.search(entry.path.name) or entry.backup or (skip_temporary and entry.temporary):
+            continue
+        later = _ahead_of(entry, run)
+        if later is not None:
+            yield entry, later
+
+
+def best_behind_latest(run: Run) -> Iterator[tuple[list[Path], Finding]]:
+    """Seed 004: `--resume checkpoints/best_model.pt` throws away every step after the best one."""
+    for entry, later in _named_but_behind(run, BEST_NAME, skip_temporary=False):
+        yield [entry.path], Finding(
+            "run.best-not-latest", Severity.WARNING, entry.relative,
+            f"{entry.relative} is the best model ({entry.progress.describe()}); {later.relative} is further "
+            f"({later.progress.describe()}). Resuming from the best model repeats the training after it and "
+            f"drops the later optimizer/scheduler state: resume from {later.relative}", _latest_fix(run))
+
+
+def stale_recent(run: Run) -> Iterator[tuple[list[Path], Finding]]:
+    """Seed 003: a 'last'/'recent' checkpoint older than another one (overwritten, or rolled back)."""
+    for entry, later in _named_but_behind(run, RECENT_NAME, skip_temporary=True):
+        yield [entry.path], Finding(
+            "run.stale-latest", Severity.WARNING, entry.relative,
+            f"{entry.relative} is named as the newest checkpoint but holds {entry.progress.describe()}, "
+            f"older than {later.relative} ({later.progress.describe()}): it was overwritten by an older "
+            f"save or restored from an old copy. Resume from {later.relative}", _latest_fix(run))
+
+
+def temporary_leftovers(run: Run) -> Iterator[tuple[list[Path], Finding]]:
+    """Interrupted saves: Trainer's `tmp-checkpoint-N`, ckptkit's `*.ckptkit-tmp-*`."""
+    for entry in run.entries:
+        if not entry.temporary:
+            continue
+        who = ("Trainer writes tmp-checkpoint-N and renames it to checkpoint-N when complete"
+               if HF_TEMP.match(entry.path.name) else
+               f"ckptkit's atomic writes use '{TEMP_MARKER}' names until the write is complete")
+        yield [entry.path], Finding(
+            "run.temporary-leftover", Severity.WARNING, entry.relative,
+            f"{entry.relative} is a temporary checkpoint left by a save that did not finish ({who}): "
+            "never resume from it; delete it once no save is running",
+            f"rm -r {shlex.quote(str(entry.path))}")
+
+
+def hf_missing_trainer_state(run: Run) -> Iterator[tuple[list[Path], Finding]]:
+    """Seed 002: an HF checkpoint-N without trainer_state.json resumes at step 0."""
+    for entry in run.entries:
+        if entry.is_folder and HF_CHECKPOINT.match(entry.path.name) and not HF_TEMP.match(entry.path.name) \
+                and not (entry.path / "trainer_state.json").is_file():
+            yield [entry.path], Finding(
+                "run.hf-missing-trainer-state", Severity.ERROR, entry.relative,
+                f"{entry.relative} has no trainer_state.json: --resume_from_checkpoint {entry.relative} would "
+                "restart at step 0 (epoch, global_step, log_history and best metric are lost)", _latest_fix(run))
+
+
+def latest_unusable(run: Run) -> Iterator[tuple[list[Path], Finding]]:
+    """The furthest checkpoint cannot be resumed from: say so, and what will be used instead."""
+    known = [e for e in run.entries if e.progress.known and not e.temporary and not e.backup]
+    if not known or known[-1].health.status != "broken":
+        return
+    top = known[-1]
+    instead = (f"the most advanced usable one is {run.resume.relative} ({run.resume.progress.describe()})"
+               if run.resume else "no other checkpoint is usable")
+    yield [top.path], Finding(
+        "run.latest-broken", Severity.WARNING, top.relative,
+        f"the most advanced checkpoint, {top.relative} ({top.progress.describe()}), is broken "
+        f"({top.health.reason}); {instead}", _latest_fix(run))
+
+
+TRAPS: list[Trap] = [best_behind_latest, stale_recent, temporary_leftovers, hf_missing_trainer_state,
+                     latest_unusable]

@@ -1,0 +1,150 @@
+"""Finding the parts of a training checkpoint in a decoded tree, whatever the layout calls them.
+
+Key names are documented constants, searched in order; the first present wins and the key used
+is recorded, so every message can name it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ckptkit.core.checkpoint import TensorRef
+from ckptkit.storage.safe_pickle import PickledObject
+
+MODEL_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "weights")
+OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states", "optim", "opt")
+SCHEDULER_KEYS = ("scheduler_state_dict", "scheduler", "lr_scheduler", "lr_schedulers", "sched")
+SCALER_KEYS = ("scaler_state_dict", "scaler", "grad_scaler", "amp_scaler", "amp")
+RNG_KEYS = ("rng_state", "rng_states", "random_state", "rng")
+CONFIG_KEYS = ("config", "hyper_parameters", "hparams", "model_args", "args", "training_args", "cfg")
+# Progress counters are reported through Progress, not as metrics.
+COUNTER_KEYS = frozenset({"epoch", "global_step", "step", "iter_num", "iteration", "total_batches",
+                          "steps_per_epoch", "max_steps", "micro_step"})
+
+
+def flatten_state_dict(value: Any, prefix: str = "", strict: bool = False) -> dict[str, TensorRef] | None:
+    """A model state dict as {dotted name: tensor}, or None when `value` is not one.
+
+    Nested dicts of tensors flatten with '.'. Under a known model key, non-tensor leaves (e.g.
+    `_extra_state`) are skipped; with `strict` (recognising a bare state dict at the top of a
+    file) any non-tensor leaf means "not a state dict". At least one tensor is required.
+    """
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, TensorRef] = {}
+    for k, v in value.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, TensorRef):
+            out[name] = v
+        elif isinstance(v, dict):
+            nested = flatten_state_dict(v, name + ".", strict)
+            if nested is None:
+                return None
+            out.update(nested)
+        elif strict:
+            return None
+    return out or None
+
+
+def is_optimizer_state(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("param_groups"), list)
+            and isinstance(value.get("state"), dict))
+
+
+def first_present(tree: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]:
+    for key in keys:
+        if key in tree:
+            return key, tree[key]
+    return None, None
+
+
+def unwrap_single(value: Any) -> Any:
+    """Lightning keeps optimizer/scheduler states in lists; a list of one is that one."""
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
+def config_fields(value: Any) -> Any:
+    """A config as a plain value: a pickled dataclass/Namespace shows its fields."""
+    if isinstance(value, PickledObject):
+        return {k: config_fields(v) for k, v in value.fields().items()}
+    if isinstance(value, dict):
+        return {str(k): config_fields(v) for k, v in value.items()}
+    return value
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_history(value: Any) -> bool:
+    """A list of numbers or of per-step dicts: a loss curve, a metric history, a log."""
+    return isinstance(value, list) and all(is_number(v) or isinstance(v, dict) for v in value)
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, TensorRef):
+        return None
+    return None
+
+
+# Buffers a state dict holds between parameters; they are never handed to an optimizer.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "position_ids",
+                   "inv_freq", "attn.bias", "attn.masked_bias", "_float_tensor")
+
+
+def optimizer_param_order(opt: dict[str, Any]) -> list[Any]:
+    """The optimizer's parameter indices in the order of its param groups (= model order)."""
+    order: list[Any] = []
+    for group in opt.get("param_groups") or []:
+        if isinstance(group, dict):
+            order.extend(group.get("params") or [])
+    return order
+
+
+def optimizer_param_names(opt: Any, model: dict[str, TensorRef]) -> dict[Any, str]:
+    """{optimizer state index: model key}, matched by order and shape; {} when that is not sound.
+
+    Optimizers number parameters group after group, each group in `model.parameters()` order,
+    which is the state dict's order minus buffers. Within each group, a parameter with state
+    takes the next unused floating, non-buffer model tensor of its state's shape; one without
+    state the next unused one. Nothing is named when a parameter with state finds no tensor,
+    or when the model's keys are sorted: safetensors files (and state dicts rebuilt from them)
+    store keys alphabetically, which loses the parameter order ("layers.10" before "layers.2").
+    """
+    if not is_optimizer_state(opt) or not model or list(model) == sorted(model):
+        return {}
+    state = opt["state"] if isinstance(opt["state"], dict) else {}
+    candidates = [(k, t) for k, t in model.items() if t.dtype.is_floating and not k.endswith(BUFFER_SUFFIXES)]
+    used: set[str] = set()
+    names: dict[Any, str] = {}
+    for group in opt.get("param_groups") or []:
+        pos = 0
+        for index in (group.get("params") or []) if isinstance(group, dict) else []:
+            shape = _state_shape(state.get(index))
+            while pos < len(candidates) and (candidates[pos][0] in used or
+                                             (shape is not None and candidates[pos][1].shape != shape)):
+                pos += 1
+            if pos >= len(candidates):
+                if shape is not None:
+                    return {}
+                break
+            names[index] = candidates[pos][0]
+            used.add(candidates[pos][0])
+            pos += 1
+    return names
+
+
+def _state_shape(entry: Any) -> tuple[int, ...] | None:
+    """The parameter's shape as its state's moment tensors have it (not the scalar `step`)."""
+    if isinstance(entry, dict):
+        for value in entry.values():
+            if isinstance(value, TensorRef) and (value.numel != 1 or value.shape):
+                return tuple(value.shape)
+    return None

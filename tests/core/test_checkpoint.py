@@ -1,0 +1,60 @@
+"""TensorRef and StorageRef: spans, reads, maps of files that change."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ckptkit.core.checkpoint import ByteRange, StorageRef, TensorRef
+from ckptkit.core.dtypes import dtype_named
+from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.formats import open_checkpoint
+
+
+def _storage(path: Path, offset: int, length: int, numel: int) -> StorageRef:
+    return StorageRef("0", dtype_named("float32"), numel, "cpu", locate=lambda: ByteRange(path, offset, length))
+
+
+def test_an_empty_view_past_the_end_of_an_empty_storage_fits_and_reads_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    empty = TensorRef(dtype_named("float32"), (1, 0), (1, 1), _storage(path, 0, 0, 0), storage_offset=1)
+    assert empty.fits_storage()
+    assert bytes(empty.read_bytes()) == b""
+    assert empty.to_torch().shape == (1, 0)
+
+
+def test_a_view_reaching_past_its_storage_does_not_fit(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(16))
+    view = TensorRef(dtype_named("float32"), (2, 2), (2, 1), _storage(path, 0, 16, 4), storage_offset=1)
+    assert not view.fits_storage()
+
+
+def test_reading_a_storage_the_file_is_too_short_for_names_it_as_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(10))
+    tensor = TensorRef(dtype_named("float32"), (4,), (1,), _storage(path, 2, 16, 4))
+    with pytest.raises(CorruptCheckpointError, match="the file ends 8 bytes before the storage's last byte: truncated"):
+        tensor.read_bytes()
+
+
+def test_a_checkpoint_rewritten_in_place_is_read_from_its_new_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint-recent.pth"
+    torch.save({"w": torch.zeros(4)}, path)
+    assert open_checkpoint(path).tree["w"].to_torch().tolist() == [0.0] * 4
+    tmp = tmp_path / "tmp.pth"
+    torch.save({"w": torch.ones(4)}, tmp)
+    os.replace(tmp, path)
+    assert open_checkpoint(path).tree["w"].to_torch().tolist() == [1.0] * 4
+
+
+def test_scalar_value_reads_one_element_tensors_of_each_dtype(tmp_path: Path) -> None:
+    path = tmp_path / "s.pt"
+    values = {"f32": torch.tensor(3.0), "bf16": torch.tensor(2.5, dtype=torch.bfloat16),
+              "i64": torch.tensor(-7), "b": torch.tensor(True), "one": torch.tensor([4.0])}
+    torch.save(values, path)
+    tree = open_checkpoint(path).tree
+    assert {k: tree[k].scalar_value() for k in values} == {"f32": 3.0, "bf16": 2.5, "i64": -7, "b": True, "one": 4.0}
