@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ckptkit import __version__
+from ckptkit.core.version import VERSION
 from ckptkit.core.errors import CkptkitError
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
@@ -48,7 +48,7 @@ class CkptkitGroup(click.Group):
 
 
 @click.group(cls=CkptkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="ckptkit")
+@click.version_option(VERSION, prog_name="ckptkit")
 def main() -> None:
     """Checkpoint forensics and repair for PyTorch training runs.
 

@@ -8,7 +8,7 @@ import click
 from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
 from ckptkit.cli.render import emit_json
 from ckptkit.cli.repair_render import check_backup_options, render_result, write_options
-from ckptkit.repair import ALL_CODES, repair
+from ckptkit.repair import ALL_CODES, repair_checkpoint
 
 
 @main.command("repair")
@@ -38,7 +38,7 @@ def repair_command(path: Path, fixes: tuple[str, ...], dry_run: bool, backup: Pa
       ckptkit repair runs/checkpoint-500 --fix counters.hf-step-mismatch --dry-run
     """
     check_backup_options(backup, no_backup)
-    result = repair(path, list(fixes) if fixes else None, dry_run=dry_run, backup=backup,
+    result = repair_checkpoint(path, list(fixes) if fixes else None, dry_run=dry_run, backup=backup,
                     keep_backup=not no_backup)
     if as_json:
         emit_json(result.to_json())

@@ -20,7 +20,7 @@ from ckptkit.repair.rewrite import check_rewritable, check_writable_tree, rewrit
 __all__ = ["ALL_CODES", "Change", "RepairPlan", "RepairResult", "fix_epoch", "repair"]
 
 
-def repair(path: str | os.PathLike[str], fixes: list[str] | None = None, *, dry_run: bool = False,
+def repair_checkpoint(path: str | os.PathLike[str], fixes: list[str] | None = None, *, dry_run: bool = False,
            backup: str | os.PathLike[str] | None = None, keep_backup: bool = True) -> RepairResult:
     """Apply the fixes named by `fixes` (finding codes); with None, plan every applicable fix and
     write nothing. Raises CkptkitError for an unknown code or unusable input (nothing modified)."""

@@ -11,7 +11,7 @@ import torch
 
 from ckptkit.core.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
-from ckptkit.repair import repair
+from ckptkit.repair import repair_checkpoint
 from ckptkit.validation import validate_path
 from tests.repair.conftest import REAL
 
@@ -24,7 +24,7 @@ def _records(path: Path) -> dict[str, bytes]:
 def test_listing_without_fix_names_the_applicable_fixes_and_writes_nothing(samples: Path) -> None:
     path = samples / "experiment" / "checkpoints" / "best_model.pt"
     before = path.read_bytes()
-    result = repair(path)
+    result = repair_checkpoint(path)
     assert result.plan.fixes == ["security.pickled-class"]
     assert [(c.key, c.after) for c in result.plan.changes] == [
         ("config", {"d_model": 32, "n_layers": 2, "batch_size": 4, "max_steps": 2000, "save_interval": 500})]
@@ -34,14 +34,14 @@ def test_listing_without_fix_names_the_applicable_fixes_and_writes_nothing(sampl
 def test_pickled_config_becomes_a_dict_and_the_file_loads_with_weights_only(samples: Path) -> None:
     path = samples / "experiment" / "checkpoints" / "best_model.pt"
     records = _records(path)
-    result = repair(path, ["security.pickled-class"])
+    result = repair_checkpoint(path, ["security.pickled-class"])
     assert result.written
     tree = torch.load(path, weights_only=True)
     assert tree["config"] == {"d_model": 32, "n_layers": 2, "batch_size": 4, "max_steps": 2000, "save_interval": 500}
     assert tree["global_step"] == 500
     assert _records(path) == records
     assert [f.code for f in validate_path(path).findings if f.code.startswith("security.")] == []
-    assert repair(path, ["security.pickled-class"]).status == "already consistent, nothing written"
+    assert repair_checkpoint(path, ["security.pickled-class"]).status == "already consistent, nothing written"
 
 
 def test_module_prefixes_are_stripped_from_model_keys_only(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_module_prefixes_are_stripped_from_model_keys_only(tmp_path: Path) -> No
     path = tmp_path / "ddp.pth"
     torch.save({"model_state_dict": wrapped, "optimizer_state_dict": opt.state_dict(), "epoch": 3}, path)
     records = _records(path)
-    result = repair(path, ["compat.module-prefix"])
+    result = repair_checkpoint(path, ["compat.module-prefix"])
     assert [(c.before, c.after) for c in result.plan.changes][0] == ("module._orig_mod.0.weight", "0.weight")
     tree = torch.load(path, weights_only=True)
     assert list(tree["model_state_dict"]) == list(model.state_dict())
@@ -67,7 +67,7 @@ def test_module_prefixes_are_stripped_from_model_keys_only(tmp_path: Path) -> No
 def test_keys_with_a_prefix_on_only_some_entries_are_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "mixed.pth"
     torch.save({"module.a": torch.zeros(2), "b": torch.ones(2)}, path)
-    result = repair(path, ["compat.module-prefix"])
+    result = repair_checkpoint(path, ["compat.module-prefix"])
     assert not result.written and "only 1 of 2 keys" in result.plan.cannot_fix[0]
 
 
@@ -75,7 +75,7 @@ def test_missing_epoch_is_restored_from_the_retrieval_file_name_and_history(tmp_
     path = tmp_path / "optimized_model_epoch_4_recall_0.2000.pt"
     torch.save({"model_state_dict": {"w": torch.zeros(2)}, "recall_at_10": 0.2,
                 "train_losses": [0.9, 0.8, 0.7, 0.6]}, path)
-    result = repair(path, ["counters.missing-epoch"])
+    result = repair_checkpoint(path, ["counters.missing-epoch"])
     assert torch.load(path, weights_only=True)["epoch"] == 4
     assert open_checkpoint(path).progress.epochs_completed == 4
     assert "from the file name (epoch_4_recall_0.2000) and the length of 'train_losses'" in result.plan.notes[0]
@@ -85,7 +85,7 @@ def test_missing_epoch_with_disagreeing_evidence_changes_nothing(tmp_path: Path)
     path = tmp_path / "optimized_model_epoch_4_recall_0.2000.pt"
     torch.save({"model_state_dict": {"w": torch.zeros(2)}, "recall_at_10": 0.2, "train_losses": [0.9, 0.8]}, path)
     before = path.read_bytes()
-    result = repair(path, ["counters.missing-epoch"])
+    result = repair_checkpoint(path, ["counters.missing-epoch"])
     assert not result.written and "disagrees" in result.plan.cannot_fix[0] and path.read_bytes() == before
 
 
@@ -95,9 +95,9 @@ def test_hf_folder_global_step_is_resynced_with_the_folder_name(tmp_path: Path) 
     state = json.loads((folder / "trainer_state.json").read_text())
     state["global_step"] = 3
     (folder / "trainer_state.json").write_text(json.dumps(state))
-    listed = repair(folder)
+    listed = repair_checkpoint(folder)
     assert listed.plan.fixes == ["counters.hf-step-mismatch"] and not listed.written
-    result = repair(folder, ["counters.hf-step-mismatch"])
+    result = repair_checkpoint(folder, ["counters.hf-step-mismatch"])
     assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 4
     assert json.loads((folder / "trainer_state.json.bak").read_text())["global_step"] == 3
     assert result.written
@@ -105,13 +105,13 @@ def test_hf_folder_global_step_is_resynced_with_the_folder_name(tmp_path: Path) 
 
 def test_an_unknown_fix_code_is_refused(samples: Path) -> None:
     with pytest.raises(CkptkitError, match="no automatic fix for counters.nope"):
-        repair(samples / "legacy" / "model_legacy.pt", ["counters.nope"])
+        repair_checkpoint(samples / "legacy" / "model_legacy.pt", ["counters.nope"])
 
 
 def test_a_file_that_is_one_pickled_object_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "training_args.bin"
     shutil.copy(REAL / "hf_full" / "checkpoint-4" / "training_args.bin", path)
-    result = repair(path, ["security.pickled-class"])
+    result = repair_checkpoint(path, ["security.pickled-class"])
     assert not result.written and "one pickled transformers.training_args.TrainingArguments" in result.plan.cannot_fix[0]
 
 
@@ -122,7 +122,7 @@ def test_a_trainer_folder_not_named_by_step_takes_global_step_from_its_log(tmp_p
     logged = max(e["step"] for e in state["log_history"])
     state["global_step"] = logged - 2
     (folder / "trainer_state.json").write_text(json.dumps(state))
-    result = repair(folder, ["counters.hf-step-mismatch"], keep_backup=False)
+    result = repair_checkpoint(folder, ["counters.hf-step-mismatch"], keep_backup=False)
     assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == logged
     assert "log_history reaches step" in result.plan.notes[0]
 
@@ -130,5 +130,5 @@ def test_a_trainer_folder_not_named_by_step_takes_global_step_from_its_log(tmp_p
 def test_the_compile_prefix_code_strips_orig_mod(tmp_path: Path) -> None:
     path = tmp_path / "compiled.pth"
     torch.save({"model_state_dict": {"_orig_mod.fc.weight": torch.ones(2, 2)}, "epoch": 0}, path)
-    repair(path, ["compat.compile-prefix"], keep_backup=False)
+    repair_checkpoint(path, ["compat.compile-prefix"], keep_backup=False)
     assert list(torch.load(path, weights_only=True)["model_state_dict"]) == ["fc.weight"]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.families import FAMILIES, GENERIC, UnrepresentableProgress, family_named
 from ckptkit.formats import open_checkpoint
-from ckptkit.repair import fix_epoch, repair
+from ckptkit.repair import fix_epoch, repair_checkpoint
 from ckptkit.repair.changes import apply_changes, plan_sets
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool, torch.float64]
@@ -83,7 +83,7 @@ def test_stripping_prefixes_keeps_every_tensor_and_record_byte(model: Any, prefi
         path = Path(tmp) / "ddp.pth"
         torch.save({"model_state_dict": OrderedDict((prefix + k, v) for k, v in model.items()), "epoch": 1}, path)
         records = _records(path)
-        repair(path, ["compat.module-prefix"], keep_backup=False)
+        repair_checkpoint(path, ["compat.module-prefix"], keep_backup=False)
         _assert_same_tensors(torch.load(path, weights_only=True)["model_state_dict"], model)
         assert _records(path) == records
 
@@ -111,7 +111,7 @@ def test_a_pickled_config_becomes_its_fields_and_every_tensor_stays(model: Any, 
         torch.save({"model_state_dict": model, "global_step": 5, "best_val_loss": 0.5,
                     "config": DrawnConfig(fields)}, path)
         records = _records(path)
-        result = repair(path, ["security.pickled-class"], keep_backup=False)
+        result = repair_checkpoint(path, ["security.pickled-class"], keep_backup=False)
         assert result.written
         loaded = torch.load(path, weights_only=True)
         assert loaded["config"] == fields
