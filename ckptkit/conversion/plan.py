@@ -14,9 +14,9 @@ from ckptkit.core.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tens
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.families import family_named
-from ckptkit.views.jsonable import to_jsonable
 from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
 from ckptkit.storage.tensor_bytes import AssembledStorage, DerivedStorage
+from ckptkit.views.jsonable import to_jsonable
 
 # Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
 # format requires strings). "format": "pt" is the Hugging Face convention loaders check.

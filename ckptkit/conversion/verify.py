@@ -17,8 +17,8 @@ from typing import Any
 from ckptkit.core.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, WriteVerificationError
-from ckptkit.views.jsonable import to_jsonable
 from ckptkit.storage.tensor_bytes import on_disk, same_bytes, same_ranges, tensor_chunks, tensor_range
+from ckptkit.views.jsonable import to_jsonable
 
 # Small chunks compare faster: each pair is compared while it is still in the CPU cache.
 COMPARE_CHUNK = 1 << 20

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptkit.core.checkpoint import TensorRef, iter_tensors
-from ckptkit.diffing.report import (CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SHAPE_CHANGED, Change,
-                                    TensorDiff)
+from ckptkit.diffing.report import CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SHAPE_CHANGED, Change, TensorDiff
 from ckptkit.diffing.values import Tolerance, compare_values
+from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
 from ckptkit.views.jsonable import summarize, to_jsonable
 from ckptkit.views.keys import KeyRename, match_keys
-from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
 
 
 @dataclass

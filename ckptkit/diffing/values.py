@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ckptkit.core.checkpoint import ByteRange, TensorRef, release_mapped_pages
-from ckptkit.diffing.report import Tolerance, ValueStats
 from ckptkit.core.dtypes import DType
+from ckptkit.diffing.report import Tolerance, ValueStats
 
 if TYPE_CHECKING:
     import numpy as np

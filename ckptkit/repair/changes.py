@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptkit.core.checkpoint import TensorRef
-from ckptkit.views.jsonable import to_jsonable
 from ckptkit.storage.safe_pickle import PickledObject
+from ckptkit.views.jsonable import to_jsonable
 
 KeyPath = tuple[Any, ...]
 ABSENT = "(absent)"

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.storage import crc
 from ckptkit.storage.atomic import atomic_write_file, start_writeback
-from ckptkit.core.errors import CorruptCheckpointError
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "ckptkit-manifest"

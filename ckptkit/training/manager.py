@@ -23,23 +23,29 @@ never touched by the write of the next one.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ckptkit.storage.atomic import abandoned_writes, atomic_write_file
 from ckptkit.core.errors import WriteVerificationError
-from ckptkit.storage.manifest import (ChecksumWriter, Manifest, ManifestFile, TakenManifest, put_back_manifest, take_manifest,
-                              write_manifest)
+from ckptkit.storage.atomic import abandoned_writes, atomic_write_file
+from ckptkit.storage.manifest import (
+    ChecksumWriter,
+    Manifest,
+    ManifestFile,
+    TakenManifest,
+    put_back_manifest,
+    take_manifest,
+    write_manifest,
+)
 from ckptkit.training import layout
 from ckptkit.training.layout import DEFAULT_LAYOUT, CheckpointLayout, TrainingState, build_checkpoint
 from ckptkit.training.retention import delete_checkpoint, list_checkpoints, select_for_deletion, superseded_best
 from ckptkit.training.rng import capture_rng_states_all_ranks
 from ckptkit.training.snapshot import BackgroundWriter, StagingArea
-
 
 # The disk starts on each 64 MiB as soon as it is serialized (see ChecksumWriter): for a 4 GB
 # state the write then overlaps serialization instead of waiting for the final fsync.

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ckptkit.storage.atomic import is_temporary
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, ResumeRefusedError
+from ckptkit.storage.atomic import is_temporary
 from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.training import layout
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, is_sharded_checkpoint, unwrap_model

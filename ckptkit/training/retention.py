@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.storage.atomic import fsync_dir, is_temporary
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.storage.atomic import fsync_dir, is_temporary
 from ckptkit.storage.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest
 from ckptkit.training.layout import LAYOUTS
 

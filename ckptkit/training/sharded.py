@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ckptkit.storage.atomic import commit_dir, new_temp_dir
 from ckptkit.core.errors import WriteVerificationError
+from ckptkit.storage.atomic import commit_dir, new_temp_dir
 from ckptkit.storage.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, TrainingState, build_checkpoint
 from ckptkit.training.snapshot import StagingArea

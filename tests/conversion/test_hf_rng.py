@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from ckptkit.core.checkpoint import TensorRef
 from ckptkit.conversion import ConvertOptions, convert_checkpoint
-from ckptkit.diffing import CheckpointDiff, diff_paths
+from ckptkit.core.checkpoint import TensorRef
 from ckptkit.core.errors import UnsupportedFeatureError
+from ckptkit.diffing import CheckpointDiff, diff_paths
 from ckptkit.formats import open_checkpoint
 from ckptkit.storage.tensor_bytes import tensor_chunks
 from ckptkit.validation import validate_path

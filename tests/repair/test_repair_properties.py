@@ -12,7 +12,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.families import FAMILIES, GENERIC, UnrepresentableProgress, family_named
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair import fix_epoch, repair_checkpoint
@@ -23,7 +22,7 @@ SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[Healt
 
 
 @st.composite
-def state_dicts(draw: Any) -> "OrderedDict[str, torch.Tensor]":
+def state_dicts(draw: Any) -> OrderedDict[str, torch.Tensor]:
     """Tensors of several dtypes, some of them views sharing one storage (tied weights, slices)."""
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for i in range(draw(st.integers(1, 5))):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptkit.core.errors import CkptkitError, WriteVerificationError
 from ckptkit.storage import atomic
 from ckptkit.storage.atomic import (
     TEMP_MARKER,
@@ -19,7 +20,6 @@ from ckptkit.storage.atomic import (
     is_temporary,
     recover_dir,
 )
-from ckptkit.core.errors import CkptkitError, WriteVerificationError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,6 @@ as the original did, with storage records byte-identical."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -13,10 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.torch_zip import write_torch_zip
 from ckptkit.storage.pickle_writer import dumps_tree
-from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.storage.safe_pickle import NumpyArray
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16,

@@ -9,8 +9,16 @@ import torch
 
 from ckptkit.core.errors import ResumeRefusedError, WriteVerificationError
 from ckptkit.storage.manifest import read_manifest
-from ckptkit.training import (EXPERIMENT, PRETRAINED, RETRIEVAL, CheckpointManager, layout_of, list_checkpoints,
-                              load_for_resume, verify_for_resume)
+from ckptkit.training import (
+    EXPERIMENT,
+    PRETRAINED,
+    RETRIEVAL,
+    CheckpointManager,
+    layout_of,
+    list_checkpoints,
+    load_for_resume,
+    verify_for_resume,
+)
 
 
 def _retrieval_state(make_state, *, step: int, recall: float | None, micro_step: int = 0):

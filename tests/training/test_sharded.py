@@ -3,18 +3,18 @@ gloo group: asynchronous and synchronous writes, one save under several names, f
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
-from ckptkit.runs import resuming
 from ckptkit.core.checkpoint import Severity
-from ckptkit.formats import open_checkpoint
 from ckptkit.core.errors import ResumeRefusedError
+from ckptkit.formats import open_checkpoint
+from ckptkit.runs import resuming
 from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, TrainingState, load_for_resume
 from ckptkit.training import sharded as sharded_module
