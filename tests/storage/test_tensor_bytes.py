@@ -66,6 +66,12 @@ def test_chunks_that_do_not_cover_the_tensor_are_refused(tmp_path: Path) -> None
         AssembledStorage("w", dtype_named("float32"), (4, 3), tmp_path, [((0, 0), refs["a"])])
 
 
+def test_a_chunk_with_fewer_dimensions_than_its_tensor_is_refused(tmp_path: Path) -> None:
+    refs = _refs(tmp_path, {"a": torch.zeros(12)})
+    with pytest.raises(CorruptCheckpointError, match=r"'w' has 2 dimensions but a chunk at offsets \[0\] has 1"):
+        AssembledStorage("w", dtype_named("float32"), (4, 3), tmp_path, [((0,), refs["a"])])
+
+
 @given(data=st.binary(max_size=200), cuts_a=st.lists(st.integers(0, 200)), cuts_b=st.lists(st.integers(0, 200)),
        flip=st.one_of(st.none(), st.integers(0, 199)))
 def test_same_bytes_ignores_chunk_boundaries_and_sees_any_flipped_byte(
