@@ -69,7 +69,7 @@ def verify_torch_file(path: Path, shown_as: Path, expected_tree: Any, uncast_tre
     if [n for n, _ in want] != [n for n, _ in have]:
         raise WriteVerificationError(shown_as, "written tensor names differ from the source's")
     pairs: dict[str, tuple[StorageRef, StorageRef]] = {}
-    for (name, a), (_, b) in zip(want, have):
+    for (name, a), (_, b) in zip(want, have, strict=True):   # same names, checked above
         if (a.dtype, a.shape, a.stride, a.storage_offset, a.storage.key, a.is_parameter, a.requires_grad) != (
                 b.dtype, b.shape, b.stride, b.storage_offset, b.storage.key, b.is_parameter, b.requires_grad):
             raise WriteVerificationError(shown_as, f"tensor {name!r} reads back with a different layout "
