@@ -146,7 +146,7 @@ def check_archive(original: Path, written: Path, data_pkl: bytes, expected: dict
     for key, crc in expected.items():
         info = index.record_info(key)
         where = locate(key) if info is not None else None
-        if info is None or info.CRC != crc or (where.offset, where.length) != checked[key]:
+        if info is None or where is None or info.CRC != crc or (where.offset, where.length) != checked[key]:
             raise WriteVerificationError(original, f"storage record data/{key}: the new archive's directory "
                                          "does not match the record that was written; nothing was replaced")
 
