@@ -25,7 +25,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -104,7 +104,7 @@ class CheckpointManager:
         of a non-sharded run get an empty list). Raises the error of a previous failed write.
         """
         names = [self.layout.checkpoint_name(k, state, self.sharded) for k in kinds]
-        targets = [(kind, self.run_dir / name) for kind, name in zip(kinds, names)]
+        targets = [(kind, self.run_dir / name) for kind, name in zip(kinds, names, strict=True)]
         rng_state = capture_rng_states_all_ranks()
         if self._sharded_saver is not None:
             self._writer.wait()   # the staging buffers and the gloo group are free again
@@ -158,7 +158,8 @@ class CheckpointManager:
             "trainer": state.trainer,
         }
 
-    def _write_all(self, snapshot: dict[str, Any], targets: list[tuple[str, Path]], fields: dict[str, dict[str, Any]]) -> None:
+    def _write_all(self, snapshot: dict[str, Any], targets: list[tuple[str, Path]],
+                   fields: dict[str, dict[str, Any]]) -> None:
         for kind, path in targets:
             snapshot[layout.CKPTKIT] = {**snapshot[layout.CKPTKIT], "kind": kind}
             (self.layout.write or write_checkpoint_file)(path, snapshot, fields[kind])
@@ -200,7 +201,8 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
 
     def write(f: Any) -> None:
         writer = written["w"] = ChecksumWriter(f, writeback_every=WRITEBACK_EVERY)
-        torch.save(checkpoint, writer)
+        # torch.save only calls write() and flush() on a file object; its annotation asks for IO[bytes].
+        torch.save(checkpoint, cast(IO[bytes], writer))
 
     def verify(tmp: Path) -> None:
         _verify_written(path, tmp, written["w"].size, set(checkpoint))
@@ -215,7 +217,8 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
         if old_manifest:
             put_back_manifest(path, old_manifest[0])  # where the old file is still in place
         raise
-    manifest = Manifest(checkpoint=path.name, files=(ManifestFile(path.name, written["w"].size, written["w"].crc32),), **manifest_fields)
+    files = (ManifestFile(path.name, written["w"].size, written["w"].crc32),)
+    manifest = Manifest(checkpoint=path.name, files=files, **manifest_fields)
     write_manifest(path, manifest)
     return manifest
 
@@ -227,8 +230,10 @@ def _verify_written(target: Path, tmp: Path, size: int, keys: set[str]) -> None:
     try:
         loaded = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # any failure to load back means we must not replace the old file
-        raise WriteVerificationError(target, f"the new file does not load back with torch.load(weights_only=True): {exc}") from exc
+        raise WriteVerificationError(
+            target, f"the new file does not load back with torch.load(weights_only=True): {exc}") from exc
     found = set(loaded) if isinstance(loaded, dict) else set()
     del loaded
     if found != keys:
-        raise WriteVerificationError(target, f"read back keys {sorted(found)}, wrote {sorted(keys)}; the old file was kept")
+        raise WriteVerificationError(target, f"read back keys {sorted(found)}, wrote {sorted(keys)}; "
+                                     "the old file was kept")

@@ -96,7 +96,8 @@ class BackgroundWriter:
 
     def __init__(self, *, asynchronous: bool = True) -> None:
         self.asynchronous = asynchronous
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptkit-writer") if asynchronous else None
+        self._executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptkit-writer")
+                          if asynchronous else None)
         self._pending: Future[None] | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
