@@ -71,7 +71,8 @@ def test_fix_epoch_is_idempotent_and_never_touches_a_tensor(model: Any, stored: 
         _assert_same_tensors(loaded["model_state_dict"], model)
         assert _records(path) == records
         progress = open_checkpoint(path).progress
-        assert (progress.epochs_completed, progress.step_in_epoch) == ((epoch, 0) if step is None else (epoch - 1, step))
+        expected = (epoch, 0) if step is None else (epoch - 1, step)
+        assert (progress.epochs_completed, progress.step_in_epoch) == expected
         assert first.written == (first.plan.changes != [])
 
 

@@ -59,7 +59,7 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -104,7 +104,8 @@ def test_pickled_config_object_is_rewritten_with_its_fields_and_class(tmp_path: 
 
 def test_parameters_keep_requires_grad_through_a_rewrite(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.pt", tmp_path / "dst.pt"
-    torch.save({"p": torch.nn.Parameter(torch.ones(3)), "q": torch.nn.Parameter(torch.ones(2), requires_grad=False)}, src)
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    torch.save({"p": torch.nn.Parameter(torch.ones(3)), "q": frozen}, src)
     _rewrite(src, dst)
     back = torch.load(dst, weights_only=True)
     assert isinstance(back["p"], torch.nn.Parameter) and back["p"].requires_grad

@@ -1,6 +1,7 @@
 """ckptkit.storage.tensor_bytes: contiguous bytes of views, casts, chunk assembly, stream comparison."""
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_same_bytes_ignores_chunk_boundaries_and_sees_any_flipped_byte(
         data: bytes, cuts_a: list[int], cuts_b: list[int], flip: int | None) -> None:
     def chunked(raw: bytes, cuts: list[int]) -> list[bytes]:
         edges = [0, *sorted(c for c in cuts if c < len(raw)), len(raw)]
-        return [raw[lo:hi] for lo, hi in zip(edges, edges[1:])]
+        return [raw[lo:hi] for lo, hi in pairwise(edges)]
 
     other = data
     if flip is not None and flip < len(data):
