@@ -1,7 +1,7 @@
 """Benchmark issue 8's checkpoint manager on one GPU, beside the baselines measured in the same run.
 
-    python scripts/bench_async_save.py                                # H100: ~4 GB state (20 x Linear(4096, 4096) + AdamW)
-    python scripts/bench_async_save.py --device cpu --size 256x4      # CPU smoke test of this script
+    python scripts/bench_async_save.py                            # H100: 20 x Linear(4096, 4096) + AdamW, ~4 GB
+    python scripts/bench_async_save.py --device cpu --size 256x4  # CPU smoke test of this script
 
 Measures, in one run and on the same state:
   * the training loop's stall per save: ckptkit's CheckpointManager.save (copy into reused pinned
@@ -21,8 +21,9 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tabulate import tabulate
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     r["torch_save"] = _torch_save_stall(model, optimizer, out / "torch-save.pt")
     r["dcp_async"] = _dcp_async_stalls(tensors, out / "dcp", repeats=2)
     r.update(_ours(model, optimizer, out / "run", saves=args.saves))
-    r["resume"], r["safetensors"] = _resume_times(model, optimizer, r.pop("last_path"), tensors, out / "state.safetensors")
+    r["resume"], r["safetensors"] = _resume_times(model, optimizer, r.pop("last_path"), tensors,
+                                                  out / "state.safetensors")
     _report(r, nbytes, device)
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
@@ -66,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="4096x20", help="WIDTHxLAYERS of the Linear stack (default 4096x20: ~4 GB with AdamW)")
+    parser.add_argument("--size", default="4096x20",
+                        help="WIDTHxLAYERS of the Linear stack (default 4096x20: ~4 GB with AdamW)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--saves", type=int, default=3, help="checkpoint saves to time (the first one allocates pinned buffers)")
+    parser.add_argument("--saves", type=int, default=3,
+                        help="checkpoint saves to time (the first one allocates pinned buffers)")
     parser.add_argument("--out", default="bench-out/async_save", help="scratch directory on the disk to measure")
     parser.add_argument("--keep", action="store_true", help="keep the files written")
     return parser
@@ -133,7 +137,7 @@ def _pinned_copy(tensors: dict[str, torch.Tensor]) -> float:
     buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors.values()]
 
     def copy() -> None:
-        for buffer, tensor in zip(buffers, tensors.values()):
+        for buffer, tensor in zip(buffers, tensors.values(), strict=True):   # one buffer per tensor
             buffer.copy_(tensor, non_blocking=pin)
 
     copy()  # first touch of the pages
@@ -161,7 +165,8 @@ def _dcp_async_stalls(tensors: dict[str, torch.Tensor], folder: Path, repeats: i
     stalls = []
     for i in range(repeats):
         target = folder / f"save-{i}"
-        stall, pending = _timed(lambda: dcp.async_save(dict(tensors), checkpoint_id=str(target), no_dist=True), device)
+        stall, pending = _timed(
+            lambda target=target: dcp.async_save(dict(tensors), checkpoint_id=str(target), no_dist=True), device)
         stalls.append(stall)
         upload = getattr(pending, "upload_completion", pending)  # Future, or AsyncSaveResponse in newer torch
         upload.result()
@@ -182,7 +187,8 @@ def _ours(model: torch.nn.Module, optimizer: torch.optim.Optimizer, run: Path, s
     with CheckpointManager(run, keep_last=1) as manager:
         for step in range(1, saves + 1):
             _fake_step(model, optimizer)
-            stall, paths = _timed(lambda: manager.save(_training_state(model, optimizer, step), ["periodic"]), device)
+            stall, paths = _timed(
+                lambda step=step: manager.save(_training_state(model, optimizer, step), ["periodic"]), device)
             start = time.perf_counter()
             interference.append(_loop_rate_while(manager, device))
             manager.wait()
@@ -232,19 +238,28 @@ def _resume_times(model: torch.nn.Module, optimizer: torch.optim.Optimizer, path
 def _report(r: dict[str, Any], nbytes: int, device: torch.device) -> None:
     steady = statistics.median(r["stalls"][1:]) if len(r["stalls"]) > 1 else r["stalls"][0]
     write_gbps = r["file_bytes"] / statistics.median(r["write_s"]) / 1e9
+    loop_speed = statistics.median(r["loop_rate"]) / r["idle_rate"]
+    safetensors_load = f"safetensors load_file{'' if device.type == 'cuda' else ' + clone'}"
     rows = [
-        ["loop stall per save, steady (s)", f"{steady:.3f}", f"torch.save {r['torch_save']:.2f} | dcp.async_save {r['dcp_async'][-1]:.2f}",
+        ["loop stall per save, steady (s)", f"{steady:.3f}",
+         f"torch.save {r['torch_save']:.2f} | dcp.async_save {r['dcp_async'][-1]:.2f}",
          f"{ANCHORS['torch_save']} | {ANCHORS['dcp_async']}", f"<= {TARGET_STALL_S}", _ok(steady <= TARGET_STALL_S)],
-        ["loop stall, first save (s)", f"{r['stalls'][0]:.3f}", f"dcp.async_save first {r['dcp_async'][0]:.2f}", "", "pinned buffers allocated once", ""],
-        ["copy into pinned memory only (s)", "", f"{r['pinned_copy']:.3f}", f"{ANCHORS['pinned_copy']}", "the floor", ""],
-        ["background write (GB/s)", f"{write_gbps:.2f} ({write_gbps / r['disk_gbps']:.2f}x disk)", f"disk {r['disk_gbps']:.2f}",
-         f"{ANCHORS['disk_gbps']}", f">= {TARGET_BANDWIDTH_RATIO}x disk", _ok(write_gbps >= TARGET_BANDWIDTH_RATIO * r["disk_gbps"])],
-        ["loop speed during the write", f"{statistics.median(r['loop_rate']) / r['idle_rate']:.0%} of idle", "", "", "", ""],
+        ["loop stall, first save (s)", f"{r['stalls'][0]:.3f}", f"dcp.async_save first {r['dcp_async'][0]:.2f}", "",
+         "pinned buffers allocated once", ""],
+        ["copy into pinned memory only (s)", "", f"{r['pinned_copy']:.3f}", f"{ANCHORS['pinned_copy']}",
+         "the floor", ""],
+        ["background write (GB/s)", f"{write_gbps:.2f} ({write_gbps / r['disk_gbps']:.2f}x disk)",
+         f"disk {r['disk_gbps']:.2f}", f"{ANCHORS['disk_gbps']}", f">= {TARGET_BANDWIDTH_RATIO}x disk",
+         _ok(write_gbps >= TARGET_BANDWIDTH_RATIO * r["disk_gbps"])],
+        ["loop speed during the write", f"{loop_speed:.0%} of idle", "", "", "", ""],
         ["resume: verify + load to device (s)", f"{r['resume']:.2f} ({r['resume'] / r['safetensors']:.2f}x)",
-         f"safetensors load_file{'' if device.type == 'cuda' else ' + clone'} {r['safetensors']:.2f}", "", f"<= {TARGET_RESUME_RATIO}x", _ok(r["resume"] <= TARGET_RESUME_RATIO * r["safetensors"])],
+         f"{safetensors_load} {r['safetensors']:.2f}", "", f"<= {TARGET_RESUME_RATIO}x",
+         _ok(r["resume"] <= TARGET_RESUME_RATIO * r["safetensors"])],
     ]
-    print(tabulate(rows, headers=["measurement", "ckptkit", "baseline (this run)", "issue 8 anchor (H100)", "target", "met"]))
-    print(f"per-save stalls: {', '.join(f'{s:.3f}' for s in r['stalls'])} s; checkpoint file {r['file_bytes'] / 1e9:.2f} GB"
+    headers = ["measurement", "ckptkit", "baseline (this run)", "issue 8 anchor (H100)", "target", "met"]
+    print(tabulate(rows, headers=headers))
+    stalls = ", ".join(f"{s:.3f}" for s in r["stalls"])
+    print(f"per-save stalls: {stalls} s; checkpoint file {r['file_bytes'] / 1e9:.2f} GB"
           f" for {nbytes / 1e9:.2f} GB of tensors")
     if device.type != "cuda":
         print("note: CPU smoke run; the targets are about an H100 and a ~4 GB state")

@@ -92,12 +92,12 @@ def main() -> None:
         outputs = ["copy.pth", "out.safetensors", "out.pth", "recipe.st"]
         runs: dict[str, list[tuple[float, int]]] = {name: [] for name in contenders}
         for _ in range(args.repeat):     # interleaved, so a noisy moment hits every contender alike
-            for (name, cmd), out in zip(contenders.items(), outputs):
+            for (name, cmd), out in zip(contenders.items(), outputs, strict=True):   # one output each
                 (d / out).unlink(missing_ok=True)
                 runs[name].append(measure(cmd))
         rows = {name: (statistics.median(s for s, _ in r), max(m for _, m in r)) for name, r in runs.items()}
-        print(f"median of {args.repeat} interleaved runs; checkpoint: {size / 1e6:.0f} MB ({LAYERS} x Linear + AdamW state), "
-              f"model weights {(d / 'recipe.st').stat().st_size / 1e6:.0f} MB")
+        print(f"median of {args.repeat} interleaved runs; checkpoint: {size / 1e6:.0f} MB "
+              f"({LAYERS} x Linear + AdamW state), model weights {(d / 'recipe.st').stat().st_size / 1e6:.0f} MB")
         for name, (secs, rss) in rows.items():
             print(f"  {name:48s} {secs:7.2f} s   peak RSS {rss / 2 ** 20:8.1f} MiB")
         copy_s = rows["durable copy (cp + sync)"][0]

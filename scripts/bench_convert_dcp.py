@@ -25,8 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.bench_common import (REPO_ROOT, big_pth_in_child, compile_bytecode, run_measured,  # noqa: E402
-                                  warm_page_cache, width_for)
+from scripts.bench_common import REPO_ROOT, big_pth_in_child, compile_bytecode, run_measured, warm_page_cache, width_for  # noqa: E402
 
 READ = ("import sys, torch, torch.distributed.checkpoint; from ckptkit.formats import open_checkpoint; "
         "open_checkpoint(sys.argv[1])")

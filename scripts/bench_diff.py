@@ -21,8 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench_common import (FULL_WIDTH, Measured, compile_bytecode, run_measured, warm_page_cache,  # noqa: E402
-                                  width_for)
+from scripts.bench_common import FULL_WIDTH, Measured, compile_bytecode, run_measured, warm_page_cache, width_for  # noqa: E402
 
 PERTURBED_LAYERS = (3, 11, 20)
 

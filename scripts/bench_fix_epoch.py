@@ -24,6 +24,7 @@ records byte-identical before and after.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -71,17 +72,22 @@ def fix_epoch(path: Path, epoch: int, *flags: str):
     return m
 
 
-def main() -> int:
-    compile_bytecode()
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=float, default=1200, help="checkpoint size (default: the 1.2 GB one)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
-    parser.add_argument("--repeat", type=int, default=9, help="timed runs of each (default 9: the median needs them on a noisy disk)")
+    parser.add_argument("--repeat", type=int, default=9,
+                        help="timed runs of each (default 9: the median needs them on a noisy disk)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds of quiet after the sync before "
                         "each timed command (default 1)")
     parser.add_argument("--control", action="store_true",
                         help="time cp + sync in fix-epoch's place too (checks the scheme: ratio ~1.0x)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    compile_bytecode()
+    args = _parser().parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-fix-epoch-", dir=args.dir))
     source = work / "checkpoint-recent.pth"
     # Written by a child process: this one must not import torch, or every process it forks
@@ -126,7 +132,7 @@ def main() -> int:
         # nothing dirty, and the previous timed write's output just freed. Their order
         # alternates, so neither always follows the other's freeing (discard) of 1.2 GB.
         timed = control if args.control else fix_epoch_backup_kept
-        steps = [durable_copy, lambda: timed(2 + i)]
+        steps = [durable_copy, functools.partial(timed, 2 + i)]
         for step in steps if i % 2 == 0 else steps[::-1]:
             settle(source, args.settle)
             step()
@@ -137,10 +143,18 @@ def main() -> int:
         nobackup.append(m.seconds)
         rss.append(m.peak_rss_bytes / 2**20)
         assert record_digests(source) == before, "a tensor record changed"
+    _report(baseline, ours, nobackup, rss, control=args.control)
+    print(f"tensor records byte-identical before/after: yes ({len(before)} records, CRC32 of the bytes)")
+    source.unlink()
+    os.rmdir(work)
+    return 0
+
+
+def _report(baseline: list[float], ours: list[float], nobackup: list[float], rss: list[float], control: bool) -> None:
     base, mine, bare = (statistics.median(x) for x in (baseline, ours, nobackup))
     ratio = mine / base
     print(f"durable copy (cp + sync):       median {base:.2f} s  {[round(s, 2) for s in baseline]}")
-    label = "cp + sync again (--control):   " if args.control else "ckptkit fix-epoch (backup kept):"
+    label = "cp + sync again (--control):   " if control else "ckptkit fix-epoch (backup kept):"
     print(f"{label} median {mine:.2f} s  {[round(s, 2) for s in ours]}")
     print(f"ckptkit fix-epoch --no-backup:   median {bare:.2f} s  {[round(s, 2) for s in nobackup]}")
     print(f"ratio: {ratio:.2f}x (target <= {TIME_TARGET}x)  {'OK' if ratio <= TIME_TARGET else 'OVER'}"
@@ -149,10 +163,6 @@ def main() -> int:
           f"{min(ours) / min(baseline):.2f}x")
     print(f"peak RSS: {max(rss):.0f} MiB (target <= {RSS_TARGET_MIB} MiB)  "
           f"{'OK' if max(rss) <= RSS_TARGET_MIB else 'OVER'}")
-    print(f"tensor records byte-identical before/after: yes ({len(before)} records, CRC32 of the bytes)")
-    source.unlink()
-    os.rmdir(work)
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_common import (Measured, big_pth_in_child, compile_bytecode, repo_env, run_measured,  # noqa: E402
-                                  warm_page_cache)
+from scripts.bench_common import Measured, big_pth_in_child, compile_bytecode, repo_env, run_measured, warm_page_cache  # noqa: E402
 
 TIME_TARGET = 0.15          # inspect wall time / torch.load(mmap=True) wall time
 RSS_TARGET = 64 * 2 ** 20   # bytes

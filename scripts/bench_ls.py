@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.bench_common import compile_bytecode  # noqa: E402
-
 import torch
+
+from scripts.bench_common import compile_bytecode  # noqa: E402
 
 TENSORS_PER_CHECKPOINT = 200       # a 300 MB model has a few hundred tensors
 TARGET_SECONDS = 1.0
@@ -45,8 +45,8 @@ def _adam_state(model: dict[str, torch.Tensor]) -> dict[str, object]:
 
 def build_run(root: Path, size_mb: int) -> None:
     """10 checkpoints of ~size_mb each; steps 100..1000 assigned so names do not sort by progress."""
-    from safetensors.torch import save_file
     import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
 
     size = size_mb * 1_000_000
     steps = iter([700, 100, 1000, 300, 900, 200, 500, 800, 400, 600])

@@ -1,8 +1,8 @@
 """Fixtures shared across the test packages."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -115,7 +115,7 @@ def assert_same_tree(original: Any, read: Any, where: str = "<top>",
             assert_same_tree(original[k], read[k], f"{where}.{k}", storages)
     elif isinstance(original, (list, tuple)):
         assert len(read) == len(original), f"{where}: lengths differ"
-        for i, (a, b) in enumerate(zip(original, read)):
+        for i, (a, b) in enumerate(zip(original, read, strict=True)):
             assert_same_tree(a, b, f"{where}.{i}", storages)
     elif isinstance(original, float) and math.isnan(original):
         assert math.isnan(read), f"{where}: NaN read as {read!r}"

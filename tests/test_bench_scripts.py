@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("flags, timed_label", [([], "ckptkit fix-epoch (backup kept):"),
                                                  (["--control"], "cp + sync again (--control):")])
 def test_bench_fix_epoch_runs_and_checks_the_records(tmp_path: Path, flags: list[str], timed_label: str) -> None:
-    proc = subprocess.run([sys.executable, "scripts/bench_fix_epoch.py", "--size-mb", "4", "--repeat", "1", "--settle", "0",
-                           "--dir", str(tmp_path), *flags], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "scripts/bench_fix_epoch.py", "--size-mb", "4", "--repeat", "1",
+                           "--settle", "0", "--dir", str(tmp_path), *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [line.split(" median")[0].strip() for line in lines[1:4]] == [

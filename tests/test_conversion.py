@@ -123,7 +123,8 @@ def _training_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 def test_training_state_is_refused_by_safetensors_unless_weights_only_and_nothing_is_written(tmp_path: Path) -> None:
     _training_checkpoint(tmp_path / "ckpt.pth")
-    with pytest.raises(UnsupportedFeatureError, match=r"optimizer \(optimizer_state_dict\) would be lost.*--weights-only"):
+    with pytest.raises(UnsupportedFeatureError,
+                       match=r"optimizer \(optimizer_state_dict\) would be lost.*--weights-only"):
         convert_checkpoint(tmp_path / "ckpt.pth", tmp_path / "m.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth"]
 
@@ -264,7 +265,7 @@ def _same_tree(a: object, b: object) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and set(a) == set(b) and all(_same_tree(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -401,7 +402,8 @@ def test_dcp_to_pth_to_dcp_gives_what_torch_reads_from_the_original(tmp_path: Pa
     assert result.target_format == "dcp" and (tmp_path / "again" / ".metadata").is_file()
     dcp_to_torch_save(source, tmp_path / "a.pth")
     dcp_to_torch_save(tmp_path / "again", tmp_path / "b.pth")
-    assert _same_tree(torch.load(tmp_path / "a.pth", weights_only=True), torch.load(tmp_path / "b.pth", weights_only=True))
+    assert _same_tree(torch.load(tmp_path / "a.pth", weights_only=True),
+                      torch.load(tmp_path / "b.pth", weights_only=True))
 
 
 def test_an_hf_trainer_folder_packed_then_unpacked_is_the_same_checkpoint_and_loads_with_from_pretrained(
@@ -457,7 +459,8 @@ def test_dtype_to_dcp_casts_the_model_exactly_as_torch_does_and_keeps_optimizer_
     assert (result.cast_to, result.cast_tensors, result.verified_tensors) == ("bfloat16", 2, 4)
     template = {"model": {"w": torch.zeros(6, 5, dtype=torch.bfloat16), "tied": torch.zeros(6, 5, dtype=torch.bfloat16),
                           "count": torch.zeros(3, dtype=torch.int64)},
-                "optimizer": {"state": {0: {"exp_avg": torch.zeros(6, 5)}}, "param_groups": [{"lr": 0.0, "params": [0]}]},
+                "optimizer": {"state": {0: {"exp_avg": torch.zeros(6, 5)}},
+                              "param_groups": [{"lr": 0.0, "params": [0]}]},
                 "step": 0}
     dcp.load(template, storage_reader=dcp.FileSystemReader(str(tmp_path / "folder")), no_dist=True)
     assert torch.equal(template["model"]["w"], w.to(torch.bfloat16))

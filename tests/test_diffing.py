@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from ckptkit.diffing import DiffOptions, diff_paths
 from ckptkit.diffing import values as V
 from ckptkit.diffing.report import CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SHAPE_CHANGED
-from ckptkit.views.sections import optimizer_param_names
 from ckptkit.formats import open_checkpoint
+from ckptkit.views.sections import optimizer_param_names
 
 
 def _training_state(seed: int = 0) -> dict[str, Any]:

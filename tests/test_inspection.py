@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from ckptkit.core.checkpoint import StorageRef
 from ckptkit.cli.inspect_command import render_inspection
+from ckptkit.core.checkpoint import StorageRef
 from ckptkit.inspection import GroupRow, HistoryRow, ModuleRow, inspect_checkpoint
 from scripts.make_seed_samples import write_samples
 from tests.tensor_trees import layout_dicts

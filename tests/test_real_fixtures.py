@@ -22,7 +22,8 @@ from scripts.describe_real_fixtures import StubUnpickler, distcp_items, pickle_g
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 HF_CHECKPOINT_STEPS = (4, 8, 10)
-TORCH_TENSOR_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch", "FloatStorage"), ("collections", "OrderedDict")}
+TORCH_TENSOR_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"), ("torch", "FloatStorage"),
+                        ("collections", "OrderedDict")}
 NUMPY_RNG_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
     ("torch._utils", "_rebuild_tensor_v2"), ("torch", "ByteStorage"), ("collections", "OrderedDict"),
@@ -189,7 +190,8 @@ def test_the_sharded_index_maps_every_key_to_an_existing_shard() -> None:
 def test_accelerate_save_state_writes_these_files_all_as_torch_zips_but_the_model() -> None:
     folder = REAL / "accelerate"
     names = {p.name for p in folder.iterdir()}
-    assert names == {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"}
+    assert names == {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                     "custom_checkpoint_0.pkl"}
     for name in names - {"model.safetensors"}:
         assert zipfile.is_zipfile(folder / name), name
     assert globals_of(folder / "random_states_0.pkl") == NUMPY_RNG_GLOBALS
@@ -214,7 +216,8 @@ def test_accelerate_counters_are_optimizer_steps_except_the_rng_step() -> None:
         ("mid_epoch/epoch=1-step=4.ckpt", 1, 4, 1),
     ],
 )
-def test_lightning_ckpt_counters_match_the_file_name(name: str, epoch: int, global_step: int, batches_processed: int) -> None:
+def test_lightning_ckpt_counters_match_the_file_name(
+        name: str, epoch: int, global_step: int, batches_processed: int) -> None:
     ckpt = torch.load(REAL / "lightning" / name, weights_only=True)
     assert list(ckpt) == [
         "epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",

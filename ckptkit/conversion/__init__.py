@@ -25,17 +25,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.storage.atomic import atomic_write_dir, atomic_write_file, default_backup_path
-from ckptkit.core.checkpoint import Checkpoint, TensorRef, iter_tensors
-from ckptkit.conversion.plan import (SAFETENSORS_FORMATS, TensorPlan, dropped_sections, model_cast_ids, model_tensors,
-                                     plan_tensors, rekeyed, safetensors_metadata, target_dtype, torch_tree,
-                                     with_whole_tensors)
-from ckptkit.conversion.shards import shard_layout, verify_shards, write_shards
-from ckptkit.conversion.shards import INDEX_NAME, shard_names  # noqa: F401  (re-exported: public API)
+from ckptkit.conversion.plan import (
+    SAFETENSORS_FORMATS,
+    TensorPlan,
+    dropped_sections,
+    model_cast_ids,
+    model_tensors,
+    plan_tensors,
+    rekeyed,
+    safetensors_metadata,
+    target_dtype,
+    torch_tree,
+    with_whole_tensors,
+)
+from ckptkit.conversion.shards import INDEX_NAME, shard_layout, shard_names, verify_shards, write_shards  # noqa: F401  (re-exported: public API)
 from ckptkit.conversion.verify import verify_safetensors, verify_torch_file
+from ckptkit.core.checkpoint import Checkpoint, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
+from ckptkit.storage.atomic import atomic_write_dir, atomic_write_file, default_backup_path
 from ckptkit.storage.tensor_bytes import DerivedStorage, on_disk
 
 TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "torch-zip", "pth": "torch-zip",

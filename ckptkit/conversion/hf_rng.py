@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.core.checkpoint import TensorRef
 from ckptkit.conversion.plan import not_rewritable, with_plain_arrays
+from ckptkit.core.checkpoint import TensorRef
 from ckptkit.formats.hf_trainer import RNG_FILE
 
 ACCELERATE_FILE = re.compile(r"random_states_(\d+)\.pkl$")

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Checkpoint, Progress
+from ckptkit.views import sections as S
 
 # Metrics some families keep for their best model, and whether Trainer's best_metric means the same.
 BEST_METRICS = ("best_val_loss", "best_metric", "best_val_f1", "best_val_acc")

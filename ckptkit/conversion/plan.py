@@ -14,9 +14,9 @@ from ckptkit.core.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tens
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.families import family_named
-from ckptkit.views.jsonable import to_jsonable
 from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
 from ckptkit.storage.tensor_bytes import AssembledStorage, DerivedStorage
+from ckptkit.views.jsonable import to_jsonable
 
 # Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
 # format requires strings). "format": "pt" is the Hugging Face convention loaders check.
@@ -190,7 +190,9 @@ def rekeyed(tree: Any, cast_ids: set[int], to: DType | None, renumber: bool) -> 
 
     def mapped(t: TensorRef) -> TensorRef:
         s = storage_for(t)
-        return t if s is t.storage else replace(t, storage=s, dtype=s.dtype if s.dtype != s.elements else t.dtype)
+        if not isinstance(s, DerivedStorage):   # neither cast nor renumbered: t.storage itself
+            return t
+        return replace(t, storage=s, dtype=s.dtype if s.casts else t.dtype)
 
     memo: dict[int, TensorRef] = {}
     return map_tensors(tree, lambda t: memo.setdefault(id(t), mapped(t)))
@@ -218,6 +220,12 @@ def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tup
         return restored_tree(ckpt, model_tensors(ckpt, None)), []
     if not dropped_sections(ckpt):
         return model_tensors(ckpt, None), []
+    return folder_tree(ckpt)
+
+
+def folder_tree(ckpt: Checkpoint) -> tuple[dict[str, Any], list[str]]:
+    """An HF Trainer or accelerate folder as one tree: its sections under conventional keys,
+    each that torch.load(weights_only=True) could not read back left out and named."""
     tree: dict[str, Any] = OrderedDict(model=OrderedDict(ckpt.model))
     dropped: list[str] = []
     for key, section in FOLDER_SECTIONS:

@@ -19,9 +19,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckptkit.conversion.plan import (
+    META_ALIASES,
+    META_CONFIG,
+    META_DTYPE,
+    META_LAYOUT,
+    META_METRICS,
+    META_PROGRESS,
+    META_SOURCE_FORMAT,
+)
 from ckptkit.core.checkpoint import Checkpoint, TensorRef
-from ckptkit.conversion.plan import (META_ALIASES, META_CONFIG, META_DTYPE, META_LAYOUT, META_METRICS,
-                                     META_PROGRESS, META_SOURCE_FORMAT)
 from ckptkit.families import Family, UnrepresentableProgress, family_named, recognise
 
 PROGRESS_KEY = "ckptkit_progress"   # the source's Progress.to_json(), when no family counter can hold it

@@ -48,7 +48,7 @@ def shard_layout(plan: TensorPlan, max_bytes: int) -> ShardLayout:
     files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     total = sum(t.numel * plan.casts.get(n, t.dtype).itemsize for n, t in plan.tensors.items())
     index = {"metadata": {"total_size": total},
-             "weight_map": {name: file for file, names in zip(files, shards) for name in names}}
+             "weight_map": {name: file for file, names in zip(files, shards, strict=True) for name in names}}
     return ShardLayout(files, shards, index)
 
 
@@ -57,7 +57,7 @@ def write_shards(folder: Path, plan: TensorPlan, meta: dict[str, str], layout: S
     from ckptkit.formats.safetensors_file import write_safetensors
 
     written = 0
-    for file, names in zip(layout.files, layout.shards):
+    for file, names in zip(layout.files, layout.shards, strict=True):   # one file per shard
         with open(folder / file, "xb") as f:
             written += write_safetensors(f, {n: plan.tensors[n] for n in names}, meta, plan.casts)
     (folder / INDEX_NAME).write_text(json.dumps(layout.index, indent=2) + "\n", encoding="utf-8")
@@ -67,7 +67,7 @@ def write_shards(folder: Path, plan: TensorPlan, meta: dict[str, str], layout: S
 def verify_shards(folder: Path, shown_as: Path, plan: TensorPlan, meta: dict[str, str], layout: ShardLayout) -> int:
     """Every shard's tensors against the source, and the index; returns the tensors checked."""
     checked = 0
-    for file, names in zip(layout.files, layout.shards):
+    for file, names in zip(layout.files, layout.shards, strict=True):   # one file per shard
         subset = {n: plan.tensors[n] for n in names}
         checked += verify_safetensors(folder / file, shown_as / file, subset, meta, plan.casts)
     verify_index(folder / INDEX_NAME, shown_as / INDEX_NAME, layout.index)

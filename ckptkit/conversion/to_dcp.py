@@ -24,13 +24,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.conversion.plan import map_leaves
+from ckptkit.core.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
-from ckptkit.views.jsonable import to_jsonable
 from ckptkit.storage.safe_pickle import TorchDeviceValue, TorchDtypeValue
 from ckptkit.storage.tensor_bytes import CHUNK, DerivedStorage, same_bytes, tensor_chunks
+from ckptkit.views.jsonable import to_jsonable
 
 
 def placeholder_state(tree: Any, where: Path) -> tuple[Any, dict[int, TensorRef]]:

@@ -18,13 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Checkpoint
 from ckptkit.conversion.hf_rng import TRAINING_ARGS_NOTE, hf_rng_files
 from ckptkit.conversion.hf_state import trainer_state_from_progress
-from ckptkit.conversion.plan import (TensorPlan, dropped_sections, json_members, model_tensors, plan_tensors,
-                                     rekeyed, safetensors_metadata)
+from ckptkit.conversion.plan import (
+    TensorPlan,
+    dropped_sections,
+    json_members,
+    model_tensors,
+    plan_tensors,
+    rekeyed,
+    safetensors_metadata,
+)
 from ckptkit.conversion.shards import ShardLayout, shard_layout, verify_shards, write_shards
 from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
+from ckptkit.core.checkpoint import Checkpoint
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.formats.hf_trainer import TRAINER_STATE

@@ -17,8 +17,8 @@ from typing import Any
 from ckptkit.core.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, WriteVerificationError
-from ckptkit.views.jsonable import to_jsonable
 from ckptkit.storage.tensor_bytes import on_disk, same_bytes, same_ranges, tensor_chunks, tensor_range
+from ckptkit.views.jsonable import to_jsonable
 
 # Small chunks compare faster: each pair is compared while it is still in the CPU cache.
 COMPARE_CHUNK = 1 << 20
@@ -69,7 +69,7 @@ def verify_torch_file(path: Path, shown_as: Path, expected_tree: Any, uncast_tre
     if [n for n, _ in want] != [n for n, _ in have]:
         raise WriteVerificationError(shown_as, "written tensor names differ from the source's")
     pairs: dict[str, tuple[StorageRef, StorageRef]] = {}
-    for (name, a), (_, b) in zip(want, have):
+    for (name, a), (_, b) in zip(want, have, strict=True):   # same names, checked above
         if (a.dtype, a.shape, a.stride, a.storage_offset, a.storage.key, a.is_parameter, a.requires_grad) != (
                 b.dtype, b.shape, b.stride, b.storage_offset, b.storage.key, b.is_parameter, b.requires_grad):
             raise WriteVerificationError(shown_as, f"tensor {name!r} reads back with a different layout "

@@ -18,8 +18,19 @@ from pathlib import Path
 
 from ckptkit.core.checkpoint import Checkpoint, iter_tensors
 from ckptkit.diffing.meta import diff_meta
-from ckptkit.diffing.report import (SECTIONS, Change, CheckpointDiff, DiffOptions, GroupSummary, SideInfo,
-                                    TensorDiff, Tolerance, ValueStats, most_changed, summarize_groups)
+from ckptkit.diffing.report import (
+    SECTIONS,
+    Change,
+    CheckpointDiff,
+    DiffOptions,
+    GroupSummary,
+    SideInfo,
+    TensorDiff,
+    Tolerance,
+    ValueStats,
+    most_changed,
+    summarize_groups,
+)
 from ckptkit.diffing.state import diff_optimizer, diff_section
 from ckptkit.diffing.trees import DiffContext, diff_tensor_maps
 from ckptkit.formats import open_checkpoint
@@ -41,7 +52,7 @@ def diff_checkpoints(a: Checkpoint, b: Checkpoint, options: DiffOptions = DiffOp
     unknown = set(options.sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
-    from ckptkit.conversion.plan import with_whole_tensors   # the one assembly of DCP chunks
+    from ckptkit.conversion.plan import with_whole_tensors  # the one assembly of DCP chunks
 
     # A tensor saved in chunks (DCP shards) is compared as the whole tensor they make up.
     a, b = with_whole_tensors(a), with_whole_tensors(b)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import TensorRef
 from ckptkit.diffing.report import ONLY_A, ONLY_B, Change
-from ckptkit.diffing.trees import (DiffContext, brief, compare_tensor_pair, diff_dicts, diff_tree, one_sided,
-                                   only_in)
+from ckptkit.diffing.trees import DiffContext, brief, compare_tensor_pair, diff_dicts, diff_tree, one_sided, only_in
+from ckptkit.views import sections as S
 
 # Reported under "meta" as learning rates, so they are not repeated per group here.
 _META_GROUP_KEYS = frozenset({"lr"})

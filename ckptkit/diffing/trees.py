@@ -13,12 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptkit.core.checkpoint import TensorRef, iter_tensors
-from ckptkit.diffing.report import (CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SHAPE_CHANGED, Change,
-                                    TensorDiff)
-from ckptkit.diffing.values import Tolerance, compare_values
+from ckptkit.diffing.report import (
+    CHANGED,
+    EQUAL,
+    IDENTICAL,
+    ONLY_A,
+    ONLY_B,
+    SHAPE_CHANGED,
+    Change,
+    TensorDiff,
+    Tolerance,
+)
+from ckptkit.diffing.values import compare_values
+from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
 from ckptkit.views.jsonable import summarize, to_jsonable
 from ckptkit.views.keys import KeyRename, match_keys
-from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
 
 
 @dataclass
@@ -173,11 +182,11 @@ def values_equal(a: Any, b: Any) -> bool:
         return (isinstance(a, PickledObject) and isinstance(b, PickledObject)
                 and a.qualified_name == b.qualified_name and values_equal(a.fields(), b.fields()))
     if isinstance(a, NumpyArray) or isinstance(b, NumpyArray):
-        return a == b
+        return bool(a == b)
     if isinstance(a, dict) and isinstance(b, dict):
         return list(a) == list(b) and all(values_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b, strict=True))
     if type(a) is not type(b) and not (_is_number(a) and _is_number(b)):
         return False
     return bool(a == b)

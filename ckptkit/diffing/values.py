@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ckptkit.core.checkpoint import ByteRange, TensorRef, release_mapped_pages
-from ckptkit.diffing.report import Tolerance, ValueStats
 from ckptkit.core.dtypes import DType
+from ckptkit.diffing.report import Tolerance, ValueStats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,14 +39,17 @@ def compare_values(a: TensorRef, b: TensorRef, tol: Tolerance) -> ValueStats:
     if a.dtype == b.dtype and a.is_contiguous() and b.is_contiguous() and bytes_equal(a, b):
         return ValueStats.identical(a.numel)
     acc = _Accumulator(tol)
-    for xa, xb in zip(decoded_chunks(a), decoded_chunks(b)):
+    # Equal element counts: both sides decode to chunks of the same sizes.
+    for xa, xb in zip(decoded_chunks(a), decoded_chunks(b), strict=True):
         acc.add(*_common_type(xa, xb))
     return acc.result(a.numel)
 
 
 def bytes_equal(a: TensorRef, b: TensorRef) -> bool:
-    """Whether two contiguous tensors hold the same bytes; stops at the first differing chunk."""
-    for (ra, wa), (rb, wb) in zip(_byte_chunks(a, COMPARE_CHUNK_BYTES), _byte_chunks(b, COMPARE_CHUNK_BYTES)):
+    """Whether two contiguous tensors of one dtype and element count hold the same bytes; stops
+    at the first differing chunk."""
+    chunks_a, chunks_b = _byte_chunks(a, COMPARE_CHUNK_BYTES), _byte_chunks(b, COMPARE_CHUNK_BYTES)
+    for (ra, wa), (rb, wb) in zip(chunks_a, chunks_b, strict=True):
         same = _chunk_equal(ra, rb)
         release_mapped_pages(wa)
         release_mapped_pages(wb)

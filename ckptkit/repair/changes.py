@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptkit.core.checkpoint import TensorRef
-from ckptkit.views.jsonable import to_jsonable
 from ckptkit.storage.safe_pickle import PickledObject
+from ckptkit.views.jsonable import to_jsonable
 
 KeyPath = tuple[Any, ...]
 ABSENT = "(absent)"
@@ -135,33 +135,39 @@ def first_difference(a: Any, b: Any, where: str = "") -> str | None:
     if isinstance(a, TensorRef) or isinstance(b, TensorRef):
         return None if _same_tensor(a, b) else f"{here}: tensor"
     if isinstance(a, PickledObject) or isinstance(b, PickledObject):
-        if not (isinstance(a, PickledObject) and isinstance(b, PickledObject)) or (
-                a.qualified_name != b.qualified_name or a.called != b.called):
-            return f"{here}: pickled object"
-        return (first_difference(list(a.args), list(b.args), here + "(args)")
-                or first_difference(a.state, b.state, here + "(state)")
-                or first_difference(list(a.items), list(b.items), here + "(items)"))
+        return _object_difference(a, b, here)
     if type(a) is not type(b):
         return f"{here}: {type(a).__name__} vs {type(b).__name__}"
     if isinstance(a, dict):
         if list(a) != list(b):
             return f"{here}: keys"
-        for k in a:
-            found = first_difference(a[k], b[k], f"{where}.{k}" if where else str(k))
-            if found:
-                return found
-        return None
+        return _first_child_difference(((k, a[k], b[k]) for k in a), where)
     if isinstance(a, (list, tuple)):
         if len(a) != len(b):
             return f"{here}: length"
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = first_difference(x, y, f"{where}.{i}" if where else str(i))
-            if found:
-                return found
-        return None
+        return _first_child_difference(((i, x, y) for i, (x, y) in enumerate(zip(a, b, strict=True))), where)
     if isinstance(a, float) and math.isnan(a) and math.isnan(b):
         return None
     return None if a == b else f"{here}: {a!r} vs {b!r}"
+
+
+def _first_child_difference(children: Iterable[tuple[object, Any, Any]], where: str) -> str | None:
+    """The first difference among (key or index, a's child, b's child), named below `where`."""
+    for name, x, y in children:
+        found = first_difference(x, y, f"{where}.{name}" if where else str(name))
+        if found:
+            return found
+    return None
+
+
+def _object_difference(a: Any, b: Any, here: str) -> str | None:
+    """Pickled objects differ by their class, how they were built, or their args, state, items."""
+    if not (isinstance(a, PickledObject) and isinstance(b, PickledObject)) or (
+            a.qualified_name != b.qualified_name or a.called != b.called):
+        return f"{here}: pickled object"
+    return (first_difference(list(a.args), list(b.args), here + "(args)")
+            or first_difference(a.state, b.state, here + "(state)")
+            or first_difference(list(a.items), list(b.items), here + "(items)"))
 
 
 def _same_tensor(a: Any, b: Any) -> bool:

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Checkpoint, TensorRef
 from ckptkit.families import RETRIEVAL_NAME, family_named
 from ckptkit.repair.changes import Change, KeyPath, plan_sets
 from ckptkit.storage.safe_pickle import PickledObject
+from ckptkit.views import sections as S
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DistributedDataParallel / DataParallel, torch.compile
 EPOCH_IN_NAME = re.compile(r"epoch[_=-]?(\d+)", re.IGNORECASE)

@@ -22,8 +22,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ckptkit.storage.manifest import (Manifest, ManifestFile, TakenManifest, file_crc32, manifest_path, put_back_manifest,
-                              read_manifest, take_manifest, write_manifest)
+from ckptkit.storage.manifest import (
+    Manifest,
+    ManifestFile,
+    TakenManifest,
+    file_crc32,
+    manifest_path,
+    put_back_manifest,
+    read_manifest,
+    take_manifest,
+    write_manifest,
+)
+
 
 class ManifestRefresh:
     """The manifest covering one file a repair rewrites: take it, put it back, or renew it."""

@@ -15,17 +15,17 @@ import os
 import queue
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
-from ckptkit.storage.atomic import atomic_write_file, start_writeback
 from ckptkit.core.checkpoint import Checkpoint, StorageRef
-from ckptkit.storage.crc import range_crc32
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
-from ckptkit.formats.torch_zip import (ArchiveIndex, RecordLocator, decode_data_pkl, read_archive_index,
-                                      write_torch_zip)
+from ckptkit.formats.torch_zip import ArchiveIndex, RecordLocator, decode_data_pkl, read_archive_index, write_torch_zip
 from ckptkit.repair.changes import first_difference
 from ckptkit.repair.manifests import ManifestRefresh
+from ckptkit.storage.atomic import atomic_write_file, start_writeback
+from ckptkit.storage.crc import range_crc32
 
 REWRITABLE = ("torch-zip", "torch-legacy")
 CHUNK = 8 << 20
@@ -146,7 +146,7 @@ def check_archive(original: Path, written: Path, data_pkl: bytes, expected: dict
     for key, crc in expected.items():
         info = index.record_info(key)
         where = locate(key) if info is not None else None
-        if info is None or info.CRC != crc or (where.offset, where.length) != checked[key]:
+        if info is None or where is None or info.CRC != crc or (where.offset, where.length) != checked[key]:
             raise WriteVerificationError(original, f"storage record data/{key}: the new archive's directory "
                                          "does not match the record that was written; nothing was replaced")
 

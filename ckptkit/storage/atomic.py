@@ -26,8 +26,9 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from ckptkit.core.errors import CkptkitError
 
@@ -117,7 +118,7 @@ def default_backup_path(target: Path) -> Path:
 
 def atomic_write_file(
     target: Path,
-    write: Callable[[BinaryIO], None],
+    write: Callable[[BinaryIO], object],   # what it returns (f.write's count, say) is ignored
     *,
     verify: Callable[[Path], None] | None = None,
     backup: Path | None = None,

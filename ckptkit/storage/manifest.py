@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.storage import crc
 from ckptkit.storage.atomic import atomic_write_file, start_writeback
-from ckptkit.core.errors import CorruptCheckpointError
 
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "ckptkit-manifest"
@@ -199,7 +199,8 @@ def manifest_problems(checkpoint: Path, manifest: Manifest, *, checksums: bool =
             continue
         size = os.stat(path).st_size
         if size != entry.size:
-            problems.append(f"{entry.path}: {size} bytes on disk, the manifest says {entry.size} (truncated or overwritten)")
+            problems.append(f"{entry.path}: {size} bytes on disk, the manifest says {entry.size} "
+                            "(truncated or overwritten)")
         elif checksums and (found := file_crc32(path)) != entry.crc32:
             problems.append(f"{entry.path}: CRC-32 {found} on disk, the manifest says {entry.crc32} (bytes damaged)")
     return problems

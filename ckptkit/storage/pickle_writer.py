@@ -37,10 +37,15 @@ class TreePickler:
         return self.out.getvalue()
 
     def save(self, v: Any) -> None:
+        if not self._save_scalar(v):
+            self._save_compound(v)
+
+    def _save_scalar(self, v: Any) -> bool:
+        """None, bools, numbers, strings and bytes; False (nothing written) for any other value."""
         w = self.out.write
         if v is None:
             w(NONE)
-        elif v is True or v is False:
+        elif v is True or v is False:   # before int: bool is an int
             w(NEWTRUE if v else NEWFALSE)
         elif isinstance(v, int):
             self._int(v)
@@ -52,9 +57,16 @@ class TreePickler:
             self._global("_codecs", "encode")
             self._tuple([bytes(v).decode("latin1"), "latin1"])
             w(REDUCE)
-        elif isinstance(v, TensorRef):
+        else:
+            return False
+        return True
+
+    def _save_compound(self, v: Any) -> None:
+        """Tensors, containers, and the stand-ins the safe unpickler makes for pickled objects."""
+        w = self.out.write
+        if isinstance(v, TensorRef):
             self._tensor(v)
-        elif isinstance(v, OrderedDict):
+        elif isinstance(v, OrderedDict):   # before dict: an OrderedDict is a dict
             self._global("collections", "OrderedDict")
             w(EMPTY_TUPLE + REDUCE)
             self._setitems(v)
@@ -63,11 +75,7 @@ class TreePickler:
             self._setitems(v)
         elif isinstance(v, list):
             w(EMPTY_LIST)
-            if v:
-                w(MARK)
-                for item in v:
-                    self.save(item)
-                w(APPENDS)
+            self._appends(v)
         elif isinstance(v, tuple):
             self._tuple(list(v))
         elif isinstance(v, (set, frozenset)):
@@ -115,6 +123,14 @@ class TreePickler:
         for item in items:
             self.save(item)
         self.out.write(small or TUPLE)
+
+    def _appends(self, items: list[Any]) -> None:
+        if not items:
+            return
+        self.out.write(MARK)
+        for item in items:
+            self.save(item)
+        self.out.write(APPENDS)
 
     def _setitems(self, d: dict[Any, Any]) -> None:
         if not d:
@@ -174,10 +190,7 @@ class TreePickler:
             if pairs:
                 self._setitems(dict(obj.items))
             else:
-                self.out.write(MARK)
-                for item in obj.items:
-                    self.save(item)
-                self.out.write(APPENDS)
+                self._appends(obj.items)
         if obj.state is not None:
             self.save(obj.state)
             self.out.write(BUILD)

@@ -14,26 +14,29 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ckptkit.core.checkpoint import ByteRange, StorageRef, TensorRef
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CorruptCheckpointError
+
+if TYPE_CHECKING:   # torch is imported where bytes are converted, never on the path of `inspect`
+    import torch
 
 CHUNK = 16 << 20   # a multiple of every itemsize, so chunks never split an element
 
 
 def tensor_chunks(t: TensorRef, to: DType | None = None, chunk_size: int = CHUNK) -> Iterator[bytes]:
     """The elements of `t` in row-major order as bytes (cast to `to` when given)."""
-    cast = to is not None and to != t.dtype
+    cast = to if to != t.dtype else None
     if t.numel == 0:
         return
     if t.is_contiguous():
         size = t.dtype.itemsize
         chunks = t.storage.iter_chunks(chunk_size, t.storage_offset * size, t.nbytes)
-        yield from (cast_bytes(c, t.dtype, to) for c in chunks) if cast else chunks
+        yield from (cast_bytes(c, t.dtype, cast) for c in chunks) if cast is not None else chunks
         return
-    yield _gathered(t, to if cast else None)
+    yield _gathered(t, cast)
 
 
 def storage_chunks(storage: StorageRef, to: DType | None = None, chunk_size: int = CHUNK) -> Iterator[bytes]:
@@ -70,7 +73,7 @@ def _gathered(t: TensorRef, to: DType | None) -> bytes:
     return _as_bytes(view)
 
 
-def _frombuffer(raw: Any, dtype: DType) -> Any:
+def _frombuffer(raw: bytes | bytearray, dtype: DType) -> torch.Tensor:
     import torch
 
     with warnings.catch_warnings():   # read-only bytes are fine: the tensor is never written
@@ -78,7 +81,7 @@ def _frombuffer(raw: Any, dtype: DType) -> Any:
         return torch.frombuffer(raw, dtype=getattr(torch, dtype.name))
 
 
-def _as_bytes(tensor: Any) -> bytes:
+def _as_bytes(tensor: torch.Tensor) -> bytes:
     import torch
 
     flat = tensor.contiguous().reshape(-1)
@@ -267,6 +270,10 @@ class AssembledStorage(ProducedStorage):
         super().__init__(key, dtype, numel, "cpu", origin)
         self.shape = shape
         self.pieces = sorted(pieces, key=lambda p: tuple(p[0]))
+        for offsets, t in self.pieces:
+            if len(offsets) != len(shape) or len(t.shape) != len(shape):
+                raise CorruptCheckpointError(origin, f"tensor {key!r} has {len(shape)} dimensions but a chunk at "
+                                             f"offsets {list(offsets)} has {len(t.shape)}")
         covered = sum(t.numel for _, t in self.pieces)
         if covered != numel:
             raise CorruptCheckpointError(origin, f"tensor {key!r}: its chunks hold {covered} of {numel} elements")
@@ -283,5 +290,6 @@ class AssembledStorage(ProducedStorage):
 
         whole = torch.empty(self.shape, dtype=getattr(torch, self.dtype.name))
         for offsets, t in self.pieces:
-            whole[tuple(slice(o, o + n) for o, n in zip(offsets, t.shape))] = t.to_torch()
+            # One offset per dimension (checked when the pieces were given).
+            whole[tuple(slice(o, o + n) for o, n in zip(offsets, t.shape, strict=True))] = t.to_torch()
         return _as_bytes(whole)

@@ -23,23 +23,29 @@ never touched by the write of the next one.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, cast
 
 import torch
 import torch.distributed as dist
 
-from ckptkit.storage.atomic import abandoned_writes, atomic_write_file
 from ckptkit.core.errors import WriteVerificationError
-from ckptkit.storage.manifest import (ChecksumWriter, Manifest, ManifestFile, TakenManifest, put_back_manifest, take_manifest,
-                              write_manifest)
+from ckptkit.storage.atomic import abandoned_writes, atomic_write_file
+from ckptkit.storage.manifest import (
+    ChecksumWriter,
+    Manifest,
+    ManifestFile,
+    TakenManifest,
+    put_back_manifest,
+    take_manifest,
+    write_manifest,
+)
 from ckptkit.training import layout
 from ckptkit.training.layout import DEFAULT_LAYOUT, CheckpointLayout, TrainingState, build_checkpoint
 from ckptkit.training.retention import delete_checkpoint, list_checkpoints, select_for_deletion, superseded_best
 from ckptkit.training.rng import capture_rng_states_all_ranks
 from ckptkit.training.snapshot import BackgroundWriter, StagingArea
-
 
 # The disk starts on each 64 MiB as soon as it is serialized (see ChecksumWriter): for a 4 GB
 # state the write then overlaps serialization instead of waiting for the final fsync.
@@ -98,7 +104,7 @@ class CheckpointManager:
         of a non-sharded run get an empty list). Raises the error of a previous failed write.
         """
         names = [self.layout.checkpoint_name(k, state, self.sharded) for k in kinds]
-        targets = [(kind, self.run_dir / name) for kind, name in zip(kinds, names)]
+        targets = [(kind, self.run_dir / name) for kind, name in zip(kinds, names, strict=True)]
         rng_state = capture_rng_states_all_ranks()
         if self._sharded_saver is not None:
             self._writer.wait()   # the staging buffers and the gloo group are free again
@@ -152,7 +158,8 @@ class CheckpointManager:
             "trainer": state.trainer,
         }
 
-    def _write_all(self, snapshot: dict[str, Any], targets: list[tuple[str, Path]], fields: dict[str, dict[str, Any]]) -> None:
+    def _write_all(self, snapshot: dict[str, Any], targets: list[tuple[str, Path]],
+                   fields: dict[str, dict[str, Any]]) -> None:
         for kind, path in targets:
             snapshot[layout.CKPTKIT] = {**snapshot[layout.CKPTKIT], "kind": kind}
             (self.layout.write or write_checkpoint_file)(path, snapshot, fields[kind])
@@ -194,7 +201,8 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
 
     def write(f: Any) -> None:
         writer = written["w"] = ChecksumWriter(f, writeback_every=WRITEBACK_EVERY)
-        torch.save(checkpoint, writer)
+        # torch.save only calls write() and flush() on a file object; its annotation asks for IO[bytes].
+        torch.save(checkpoint, cast(IO[bytes], writer))
 
     def verify(tmp: Path) -> None:
         _verify_written(path, tmp, written["w"].size, set(checkpoint))
@@ -209,7 +217,8 @@ def write_checkpoint_file(path: Path, checkpoint: dict[str, Any], manifest_field
         if old_manifest:
             put_back_manifest(path, old_manifest[0])  # where the old file is still in place
         raise
-    manifest = Manifest(checkpoint=path.name, files=(ManifestFile(path.name, written["w"].size, written["w"].crc32),), **manifest_fields)
+    files = (ManifestFile(path.name, written["w"].size, written["w"].crc32),)
+    manifest = Manifest(checkpoint=path.name, files=files, **manifest_fields)
     write_manifest(path, manifest)
     return manifest
 
@@ -221,8 +230,10 @@ def _verify_written(target: Path, tmp: Path, size: int, keys: set[str]) -> None:
     try:
         loaded = torch.load(tmp, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # any failure to load back means we must not replace the old file
-        raise WriteVerificationError(target, f"the new file does not load back with torch.load(weights_only=True): {exc}") from exc
+        raise WriteVerificationError(
+            target, f"the new file does not load back with torch.load(weights_only=True): {exc}") from exc
     found = set(loaded) if isinstance(loaded, dict) else set()
     del loaded
     if found != keys:
-        raise WriteVerificationError(target, f"read back keys {sorted(found)}, wrote {sorted(keys)}; the old file was kept")
+        raise WriteVerificationError(target, f"read back keys {sorted(found)}, wrote {sorted(keys)}; "
+                                     "the old file was kept")

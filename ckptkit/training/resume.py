@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ckptkit.storage.atomic import is_temporary
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, ResumeRefusedError
+from ckptkit.storage.atomic import is_temporary
 from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.training import layout
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, is_sharded_checkpoint, unwrap_model
@@ -125,7 +125,7 @@ def _resolve(path: Path) -> tuple[Path, list[str], dict[str, Any]]:
     if not path.is_dir() or is_sharded_checkpoint(path) or is_model_folder(path):
         return (path, *_verify(path))
     notes = [f"{p.name}: left by an interrupted save (no manifest); not used" for p in unconfirmed_checkpoints(path)]
-    refusals = []
+    refusals: list[str] = []
     for record in reversed(list_checkpoints(path)):
         try:
             warnings, checkpoint = _verify(record.path)
@@ -177,7 +177,8 @@ def _verify(path: Path) -> tuple[list[str], dict[str, Any]]:
     if missing := [k for k in required if k not in checkpoint]:
         raise ResumeRefusedError(path, f"missing {', '.join(missing)}; a resume needs them")
     if layout.DATA_POSITION not in checkpoint:
-        warnings.append("no data_position: the data order restarts at the beginning of an epoch; resume will not be exact")
+        warnings.append("no data_position: the data order restarts at the beginning of an epoch; "
+                        "resume will not be exact")
     if layout.RNG_STATE not in checkpoint:
         warnings.append("no rng_state: random streams (dropout, sampling) will differ from the original run")
     return warnings, checkpoint
@@ -229,7 +230,8 @@ def _load_checkpoint_dict(path: Path) -> dict[str, Any]:
         return load_model_folder(path)
     source = path / TRAINING_STATE_FILE if path.is_dir() else path
     if path.is_dir() and not (path / DCP_METADATA_FILE).is_file():
-        raise ResumeRefusedError(path, "a folder without torch.distributed.checkpoint .metadata is not a checkpoint ckptkit can resume")
+        raise ResumeRefusedError(path, "a folder without torch.distributed.checkpoint .metadata "
+                                 "is not a checkpoint ckptkit can resume")
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError as exc:

@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckptkit.storage.atomic import fsync_dir, is_temporary
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.storage.atomic import fsync_dir, is_temporary
 from ckptkit.storage.manifest import MANIFEST_SUFFIX, Manifest, manifest_path, read_manifest
 from ckptkit.training.layout import LAYOUTS
 
@@ -83,7 +83,8 @@ def _named_by_a_layout(name: str) -> bool:
     return any(layout.owns_name(name) for layout in LAYOUTS.values())
 
 
-def select_for_deletion(records: list[CheckpointRecord], keep_last: int, keep_best: bool = True) -> list[CheckpointRecord]:
+def select_for_deletion(records: list[CheckpointRecord], keep_last: int,
+                        keep_best: bool = True) -> list[CheckpointRecord]:
     """The periodic checkpoints retention may delete: all but the ``keep_last`` most advanced,
     the best by metric, and the newest of the whole run (which no rule may ever delete)."""
     if keep_last < 1:

@@ -84,7 +84,9 @@ def restore_rng_states_all_ranks(rng_state: dict[str, Any], rank: int, world_siz
 def _capture_numpy() -> dict[str, Any] | None:
     if np is None:
         return None
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)   # legacy=True: ("MT19937", keys, pos, has_gauss, cached), never a dict
+    kind, keys, pos, has_gauss, cached = state
     return {
         "kind": str(kind),
         "keys": torch.from_numpy(keys.astype(np.int64)),

@@ -20,8 +20,9 @@ Vocabulary (also the checkpoint's ``data_position`` dict):
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from ckptkit.storage.atomic import commit_dir, new_temp_dir
 from ckptkit.core.errors import WriteVerificationError
+from ckptkit.storage.atomic import commit_dir, new_temp_dir
 from ckptkit.storage.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
 from ckptkit.training.layout import DCP_METADATA_FILE, TRAINING_STATE_FILE, TrainingState, build_checkpoint
 from ckptkit.training.snapshot import StagingArea
@@ -69,13 +71,16 @@ class ShardedSaver:
                 # Through a snapshot for its canonical (interned) strings: equal states, byte-equal files.
                 trainer_states[kind] = StagingArea(pin_memory=False).snapshot(
                     build_checkpoint(state, rng_state, kind, world_size=world_size, sharded=True))
-        name = [str(new_temp_dir(first)) if rank == 0 else None]
+        name = [str(new_temp_dir(first)) if rank == 0 else ""]   # the other ranks receive rank 0's
         dist.broadcast_object_list(name, src=0)
         tmp = Path(name[0])
         if self.asynchronous:
             kwargs = {} if self._stager is None else {"async_stager": self._stager}
             written = dcp.async_save(tensors, checkpoint_id=str(tmp), process_group=self._group, **kwargs)
-            shards_written = written.result
+            # A Future, as the stager stages synchronously; torch answers an AsyncSaveResponse
+            # (staging and upload futures) only to stagers that stage in the background.
+            upload = written if isinstance(written, Future) else written.upload_completion
+            shards_written: Callable[[], object] = upload.result
         else:
             dcp.save(tensors, checkpoint_id=str(tmp))
             shards_written = _nothing
@@ -160,8 +165,8 @@ def load_sharded_into(path: Path, model: torch.nn.Module, optimizer: torch.optim
     """Collective: every rank reads its own shards of model and optimizer state from ``path``."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     tensors = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(tensors, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optimizer"])
+    dcp.load(tensors, checkpoint_id=str(path))   # fills model_sd and optim_sd in place
+    set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd)
 
 
 def _verify_sharded(tmp: Path) -> None:

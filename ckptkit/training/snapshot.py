@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -95,7 +96,8 @@ class BackgroundWriter:
 
     def __init__(self, *, asynchronous: bool = True) -> None:
         self.asynchronous = asynchronous
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptkit-writer") if asynchronous else None
+        self._executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckptkit-writer")
+                          if asynchronous else None)
         self._pending: Future[None] | None = None
 
     def submit(self, job: Callable[[], None]) -> None:

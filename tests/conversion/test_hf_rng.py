@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -180,8 +181,8 @@ def test_a_rank_without_numpy_state_leaves_every_rng_file_out_and_names_why(
 
 
 def test_an_rng_layout_ckptkit_cannot_map_is_named_under_dropped_on_the_command_line(tmp_path: Path) -> None:
-    torch.save({"model": {"w": torch.ones(2)}, "rng_state": {"seed": 7, "generator": torch.zeros(4, dtype=torch.uint8)}},
-               tmp_path / "a.pth")
+    rng_state = {"seed": 7, "generator": torch.zeros(4, dtype=torch.uint8)}
+    torch.save({"model": {"w": torch.ones(2)}, "rng_state": rng_state}, tmp_path / "a.pth")
     done = CliRunner().invoke(main, ["convert", str(tmp_path / "a.pth"), str(tmp_path / "hf"), "--to", "hf"])
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["model.safetensors"]

@@ -104,7 +104,8 @@ def test_a_streamed_cast_is_byte_for_byte_the_folder_of_torchs_own_cast(
     dcp.load(template, storage_reader=dcp.FileSystemReader(str(tmp_path / "streamed")), no_dist=True)
     assert torch.equal(_bits(template["model"]["w"]), _bits(state["model"]["w"].to(dtype)))
     assert torch.equal(_bits(template["model"]["head"]), _bits(state["model"]["emb"].to(dtype)))
-    assert torch.equal(_bits(template["optimizer"]["state"][0]["exp_avg"]), _bits(state["optimizer"]["state"][0]["exp_avg"]))
+    assert torch.equal(_bits(template["optimizer"]["state"][0]["exp_avg"]),
+                       _bits(state["optimizer"]["state"][0]["exp_avg"]))
 
 
 def test_the_writer_takes_one_tensor_at_a_time_even_where_cuda_is_available(

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from ckptkit.core.checkpoint import TensorRef
 from ckptkit.conversion import ConvertOptions, convert_checkpoint
-from ckptkit.diffing import CheckpointDiff, diff_paths
+from ckptkit.core.checkpoint import TensorRef
 from ckptkit.core.errors import UnsupportedFeatureError
+from ckptkit.diffing import CheckpointDiff, diff_paths
 from ckptkit.formats import open_checkpoint
 from ckptkit.storage.tensor_bytes import tensor_chunks
 from ckptkit.validation import validate_path
@@ -54,7 +54,8 @@ def assert_paired_and_exactly_equal(report: CheckpointDiff, names: dict[str, tor
     assert report.equal, [t.to_json() for t in report.differing_tensors] + [c.to_json() for c in report.changes]
     paired = {t.name.removeprefix("model."): t for t in report.tensors}
     assert sorted(paired) == sorted(names)
-    assert all(t.values is not None and t.values.changed_elements == t.values.max_abs_diff == 0 for t in paired.values())
+    assert all(t.values is not None and t.values.changed_elements == t.values.max_abs_diff == 0
+               for t in paired.values())
 
 
 def test_each_item_keeps_the_strides_and_storage_offset_it_was_saved_with(strided_dcp: Path) -> None:
@@ -127,7 +128,7 @@ def test_two_ranks_strided_chunks_assemble_into_the_global_tensors(tmp_path: Pat
     for name, chunks in ckpt.chunks.items():
         whole = expected[name.removeprefix("model.")]
         for c in chunks:
-            part = whole[tuple(slice(o, o + n) for o, n in zip(c.offsets, c.sizes))]
+            part = whole[tuple(slice(o, o + n) for o, n in zip(c.offsets, c.sizes, strict=True))]
             assert_bit_equal(c.tensor.to_torch(), part, f"{name} chunk at {c.offsets}")
     dcp_to_torch_save(STRIDED_TWO_RANKS, tmp_path / "torch.pth")
     torch_model = torch.load(tmp_path / "torch.pth", weights_only=True)["model"]
@@ -178,15 +179,16 @@ def strided_states(draw: st.DrawFn) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for i, base in enumerate(draw(tensor_pools())):
         order = draw(st.permutations(range(base.dim())))
-        view = _view(base.permute(tuple(order)), draw(st.sampled_from(["whole", "step-slice", "offset-slice", "transpose"])))
+        how = draw(st.sampled_from(["whole", "step-slice", "offset-slice", "transpose"]))
+        view = _view(base.permute(tuple(order)), how)
         state[f"t{i}"] = view
     return state
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(state=strided_states())
-def test_any_permuted_or_sliced_tensor_reads_back_bit_equal_through_dcp(state: dict[str, torch.Tensor],
-                                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_any_permuted_or_sliced_tensor_reads_back_bit_equal_through_dcp(
+        state: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> None:
     folder = write_dcp(tmp_path_factory.mktemp("h") / "ckpt", state)
     read = open_checkpoint(folder).tree
     for name, original in state.items():

@@ -77,7 +77,8 @@ def test_tensor_data_cut_short_names_the_tensor(tmp_path: Path) -> None:
 def test_offsets_that_disagree_with_shape_and_dtype_are_reported(tmp_path: Path) -> None:
     path = _write(tmp_path / "m.safetensors", {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}},
                   bytes(16))
-    with pytest.raises(CorruptCheckpointError, match=r"tensor 'w': float32\[2, 2\] needs 16 bytes but its offsets span 12"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"tensor 'w': float32\[2, 2\] needs 16 bytes but its offsets span 12"):
         open_checkpoint(path)
 
 
@@ -95,7 +96,8 @@ def test_damaged_header_entries_are_named(tmp_path: Path, header: object, proble
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-3, 40) | st.text(max_size=5),
-                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+                           lambda kids: (st.lists(kids, max_size=3)
+                                         | st.dictionaries(st.text(max_size=5), kids, max_size=3)),
                            max_leaves=8)
 entries = st.fixed_dictionaries({}, optional={"dtype": st.sampled_from(["F32", "BF16", "I8", "X"]) | json_values,
                                               "shape": st.lists(st.integers(-2, 4), max_size=3) | json_values,

@@ -70,7 +70,8 @@ def test_record_header_disagreeing_with_the_pickle_is_reported(tmp_path: Path) -
     data = bytearray(path.read_bytes())
     data[header_at: header_at + 8] = (2).to_bytes(8, "little")
     path.write_bytes(bytes(data))
-    with pytest.raises(CorruptCheckpointError, match=r"storage record .\d+. holds 2 elements but the pickle declares 3: the file is damaged"):
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"storage record .\d+. holds 2 elements but the pickle declares 3: the file is damaged"):
         open_checkpoint(path)
 
 

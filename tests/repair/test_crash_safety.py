@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ckptkit.storage.atomic import TEMP_MARKER, is_temporary
 from ckptkit.formats import open_checkpoint
+from ckptkit.storage.atomic import TEMP_MARKER, is_temporary
 from ckptkit.validation import validate_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

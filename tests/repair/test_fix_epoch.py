@@ -213,13 +213,15 @@ def test_an_index_that_decodes_to_another_tree_is_refused_and_the_original_kept(
         return real_dumps({**tree, "epoch": 7})[0] if "model_state_dict" in tree else data, storages
 
     monkeypatch.setattr(rewrite, "dumps_tree", wrong_epoch)
-    with pytest.raises(CkptkitError, match=r"the rewritten index decodes differently \(epoch: 1 vs 7\); nothing was replaced"):
+    with pytest.raises(CkptkitError,
+                       match=r"the rewritten index decodes differently \(epoch: 1 vs 7\); nothing was replaced"):
         fix_epoch(path, 1)
     assert path.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]
 
 
-def test_a_data_pkl_that_reads_back_other_than_written_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_data_pkl_that_reads_back_other_than_written_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ckptkit.repair import rewrite
 
     path = tmp_path / "training_state.pth"
@@ -231,7 +233,8 @@ def test_a_data_pkl_that_reads_back_other_than_written_is_refused(tmp_path: Path
         real_write(out, tree, *args, dumped=(data.replace(b"total_batches", b"total_batchez"), storages), **kwargs)
 
     monkeypatch.setattr(rewrite, "write_torch_zip", write_other_index)
-    with pytest.raises(CkptkitError, match="data.pkl read back with other bytes than were written; nothing was replaced"):
+    with pytest.raises(CkptkitError,
+                       match="data.pkl read back with other bytes than were written; nothing was replaced"):
         fix_epoch(path, 1)
     assert path.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]
@@ -252,7 +255,8 @@ def test_a_directory_entry_pointing_away_from_the_checked_record_is_refused(
         return ByteRange(found.path, found.offset + 64, found.length) if moved else found
 
     monkeypatch.setattr(RecordLocator, "__call__", shifted)
-    with pytest.raises(CkptkitError, match="data/0: the new archive's directory does not match the record that was written"):
+    with pytest.raises(CkptkitError,
+                       match="data/0: the new archive's directory does not match the record that was written"):
         fix_epoch(path, 1)
     assert path.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["training_state.pth"]

@@ -112,7 +112,8 @@ def test_a_file_that_is_one_pickled_object_is_left_alone(tmp_path: Path) -> None
     path = tmp_path / "training_args.bin"
     shutil.copy(REAL / "hf_full" / "checkpoint-4" / "training_args.bin", path)
     result = repair_checkpoint(path, ["security.pickled-class"])
-    assert not result.written and "one pickled transformers.training_args.TrainingArguments" in result.plan.cannot_fix[0]
+    assert not result.written
+    assert "one pickled transformers.training_args.TrainingArguments" in result.plan.cannot_fix[0]
 
 
 def test_a_trainer_folder_not_named_by_step_takes_global_step_from_its_log(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.families import FAMILIES, GENERIC, UnrepresentableProgress, family_named
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair import fix_epoch, repair_checkpoint
@@ -23,7 +22,7 @@ SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[Healt
 
 
 @st.composite
-def state_dicts(draw: Any) -> "OrderedDict[str, torch.Tensor]":
+def state_dicts(draw: Any) -> OrderedDict[str, torch.Tensor]:
     """Tensors of several dtypes, some of them views sharing one storage (tied weights, slices)."""
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for i in range(draw(st.integers(1, 5))):
@@ -72,7 +71,8 @@ def test_fix_epoch_is_idempotent_and_never_touches_a_tensor(model: Any, stored: 
         _assert_same_tensors(loaded["model_state_dict"], model)
         assert _records(path) == records
         progress = open_checkpoint(path).progress
-        assert (progress.epochs_completed, progress.step_in_epoch) == ((epoch, 0) if step is None else (epoch - 1, step))
+        expected = (epoch, 0) if step is None else (epoch - 1, step)
+        assert (progress.epochs_completed, progress.step_in_epoch) == expected
         assert first.written == (first.plan.changes != [])
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ckptkit.core.errors import CkptkitError, WriteVerificationError
 from ckptkit.storage import atomic
 from ckptkit.storage.atomic import (
     TEMP_MARKER,
@@ -19,7 +20,6 @@ from ckptkit.storage.atomic import (
     is_temporary,
     recover_dir,
 )
-from ckptkit.core.errors import CkptkitError, WriteVerificationError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,7 +170,8 @@ def test_a_replaced_folder_moves_the_old_one_to_the_backup(tmp_path: Path, monke
 
 
 @pytest.mark.parametrize("exchange_supported", [True, False])
-def test_a_replaced_folder_without_backup_leaves_only_the_new_one(tmp_path: Path, monkeypatch, exchange_supported) -> None:
+def test_a_replaced_folder_without_backup_leaves_only_the_new_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange_supported: bool) -> None:
     if not exchange_supported:
         monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     target = tmp_path / "ckpt"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptkit.storage import crc
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.storage import crc
 
 
 @given(a=st.binary(max_size=300), b=st.binary(max_size=300))

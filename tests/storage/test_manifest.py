@@ -22,7 +22,8 @@ from ckptkit.storage.manifest import (
 
 def _manifest_for(path: Path) -> Manifest:
     return Manifest(checkpoint=path.name, files=describe_files(path), kind="periodic", global_step=20,
-                    progress={"epoch": 1, "batch_in_epoch": 9}, metric={"name": "val_loss", "value": 2.5, "mode": "min"})
+                    progress={"epoch": 1, "batch_in_epoch": 9},
+                    metric={"name": "val_loss", "value": 2.5, "mode": "min"})
 
 
 def test_the_checksum_writer_counts_the_bytes_and_crc_of_what_reached_the_file(tmp_path: Path) -> None:
@@ -89,9 +90,11 @@ def test_truncation_and_flipped_bits_are_reported_against_the_manifest(tmp_path:
     data = bytearray(ckpt.read_bytes())
     data[100] ^= 0x04
     ckpt.write_bytes(bytes(data))
-    assert manifest_problems(ckpt, manifest)[0].startswith(f"a.pt: CRC-32 {file_crc32(ckpt)} on disk, the manifest says")
+    found = manifest_problems(ckpt, manifest)[0]
+    assert found.startswith(f"a.pt: CRC-32 {file_crc32(ckpt)} on disk, the manifest says")
     ckpt.write_bytes(bytes(range(200)))
-    assert manifest_problems(ckpt, manifest) == ["a.pt: 200 bytes on disk, the manifest says 256 (truncated or overwritten)"]
+    assert manifest_problems(ckpt, manifest) == [
+        "a.pt: 200 bytes on disk, the manifest says 256 (truncated or overwritten)"]
     ckpt.unlink()
     assert manifest_problems(ckpt, manifest) == ["a.pt: missing (the manifest lists 256 bytes)"]
 

@@ -3,7 +3,6 @@ as the original did, with storage records byte-identical."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -13,10 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.torch_zip import write_torch_zip
 from ckptkit.storage.pickle_writer import dumps_tree
-from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.storage.safe_pickle import NumpyArray
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16,
@@ -60,7 +59,7 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, dict):
         return isinstance(b, dict) and list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -105,7 +104,8 @@ def test_pickled_config_object_is_rewritten_with_its_fields_and_class(tmp_path: 
 
 def test_parameters_keep_requires_grad_through_a_rewrite(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.pt", tmp_path / "dst.pt"
-    torch.save({"p": torch.nn.Parameter(torch.ones(3)), "q": torch.nn.Parameter(torch.ones(2), requires_grad=False)}, src)
+    frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    torch.save({"p": torch.nn.Parameter(torch.ones(3)), "q": frozen}, src)
     _rewrite(src, dst)
     back = torch.load(dst, weights_only=True)
     assert isinstance(back["p"], torch.nn.Parameter) and back["p"].requires_grad

@@ -1,6 +1,7 @@
 """ckptkit.storage.tensor_bytes: contiguous bytes of views, casts, chunk assembly, stream comparison."""
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -66,13 +67,19 @@ def test_chunks_that_do_not_cover_the_tensor_are_refused(tmp_path: Path) -> None
         AssembledStorage("w", dtype_named("float32"), (4, 3), tmp_path, [((0, 0), refs["a"])])
 
 
+def test_a_chunk_with_fewer_dimensions_than_its_tensor_is_refused(tmp_path: Path) -> None:
+    refs = _refs(tmp_path, {"a": torch.zeros(12)})
+    with pytest.raises(CorruptCheckpointError, match=r"'w' has 2 dimensions but a chunk at offsets \[0\] has 1"):
+        AssembledStorage("w", dtype_named("float32"), (4, 3), tmp_path, [((0,), refs["a"])])
+
+
 @given(data=st.binary(max_size=200), cuts_a=st.lists(st.integers(0, 200)), cuts_b=st.lists(st.integers(0, 200)),
        flip=st.one_of(st.none(), st.integers(0, 199)))
 def test_same_bytes_ignores_chunk_boundaries_and_sees_any_flipped_byte(
         data: bytes, cuts_a: list[int], cuts_b: list[int], flip: int | None) -> None:
     def chunked(raw: bytes, cuts: list[int]) -> list[bytes]:
         edges = [0, *sorted(c for c in cuts if c < len(raw)), len(raw)]
-        return [raw[lo:hi] for lo, hi in zip(edges, edges[1:])]
+        return [raw[lo:hi] for lo, hi in pairwise(edges)]
 
     other = data
     if flip is not None and flip < len(data):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,7 +11,8 @@ from ckptkit.training import DataPosition, TrainingState
 torch.set_num_threads(1)
 
 
-def _make_state(*, step: int = 0, micro_step: int = 0, val_loss: float | None = None, scaler: bool = False) -> TrainingState:
+def _make_state(*, step: int = 0, micro_step: int = 0, val_loss: float | None = None,
+                scaler: bool = False) -> TrainingState:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -1,4 +1,5 @@
-"""Checkpoint layouts: seed 004's is the default; seed 001's names, keys, metric and resume needs; seed 003's folders."""
+"""Checkpoint layouts: seed 004's is the default; seed 001's names, keys, metric and resume needs;
+seed 003's folders."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,16 @@ import torch
 
 from ckptkit.core.errors import ResumeRefusedError, WriteVerificationError
 from ckptkit.storage.manifest import read_manifest
-from ckptkit.training import (EXPERIMENT, PRETRAINED, RETRIEVAL, CheckpointManager, layout_of, list_checkpoints,
-                              load_for_resume, verify_for_resume)
+from ckptkit.training import (
+    EXPERIMENT,
+    PRETRAINED,
+    RETRIEVAL,
+    CheckpointManager,
+    layout_of,
+    list_checkpoints,
+    load_for_resume,
+    verify_for_resume,
+)
 
 
 def _retrieval_state(make_state, *, step: int, recall: float | None, micro_step: int = 0):
@@ -31,11 +40,13 @@ def test_seed_004_is_the_default_layout_and_a_checkpoint_without_a_layout_name_i
     assert RETRIEVAL.owns_name("interrupted_model_epoch_3_batch_7.pt") and not RETRIEVAL.owns_name("best_model.pt")
 
 
-def test_a_retrieval_save_uses_seed_001_names_and_keys_and_records_recall_as_a_max_metric(tmp_path: Path, make_state) -> None:
+def test_a_retrieval_save_uses_seed_001_names_and_keys_and_records_recall_as_a_max_metric(
+        tmp_path: Path, make_state) -> None:
     state = _retrieval_state(make_state, step=10, recall=0.41234)  # position (2, 0): two epochs done
     with CheckpointManager(tmp_path, layout=RETRIEVAL) as manager:
         paths = manager.save(state, ["best", "periodic"])
-    assert [p.name for p in paths] == ["best_optimized_model_recall_0.4123.pt", "optimized_model_epoch_2_recall_0.4123.pt"]
+    assert [p.name for p in paths] == ["best_optimized_model_recall_0.4123.pt",
+                                       "optimized_model_epoch_2_recall_0.4123.pt"]
     ckpt = torch.load(paths[1], weights_only=True)
     assert (ckpt["epoch"], ckpt["loss"], ckpt["recall_at_10"], ckpt["global_step"]) == (2, 1.25, 0.41234, 10)
     assert "epoch_loss_sum" not in ckpt and "best_val_loss" not in ckpt and "train_history" not in ckpt
@@ -43,7 +54,8 @@ def test_a_retrieval_save_uses_seed_001_names_and_keys_and_records_recall_as_a_m
     assert read_manifest(paths[1]).metric == {"name": "recall_at_10", "value": 0.41234, "mode": "max"}
 
 
-def test_an_interrupt_inside_an_epoch_is_named_by_its_batch_and_keeps_the_epoch_loss_so_far(tmp_path: Path, make_state) -> None:
+def test_an_interrupt_inside_an_epoch_is_named_by_its_batch_and_keeps_the_epoch_loss_so_far(
+        tmp_path: Path, make_state) -> None:
     state = _retrieval_state(make_state, step=6, recall=None, micro_step=1)  # batch 13: epoch 1, batch 3
     with CheckpointManager(tmp_path, layout=RETRIEVAL) as manager:
         [path] = manager.save(state, ["interrupt"])
@@ -72,8 +84,8 @@ def test_a_resume_requires_the_layouts_own_keys(tmp_path: Path) -> None:
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "optimized_model_epoch_1_recall_0.5000.pt"
-    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(), "recall_at_10": 0.5,
-                "ckptkit": {"version": 1, "trainer": "retrieval", "layout": "retrieval"}}, path)
+    torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(),
+                "recall_at_10": 0.5, "ckptkit": {"version": 1, "trainer": "retrieval", "layout": "retrieval"}}, path)
     with pytest.raises(ResumeRefusedError, match="missing epoch; a resume needs them"):
         verify_for_resume(path)
 
@@ -124,21 +136,25 @@ def _classifier_state(make_state, *, step: int, f1: float | None, micro_step: in
     })
 
 
-def test_a_training_state_save_writes_a_save_pretrained_folder_with_seed_003s_counters(tmp_path: Path, make_state) -> None:
+def test_a_training_state_save_writes_a_save_pretrained_folder_with_seed_003s_counters(
+        tmp_path: Path, make_state) -> None:
     state = _classifier_state(make_state, step=6, f1=None, micro_step=1)  # batch 13: epoch 2 (1-based), 3 batches in
     with CheckpointManager(tmp_path, layout=PRETRAINED) as manager:
         [path] = manager.save(state, ["interrupt"])
-    assert path.name == "last_checkpoint" and PRETRAINED.owns_name("best_model") and not PRETRAINED.owns_name("best_model.pt")
+    assert path.name == "last_checkpoint"
+    assert PRETRAINED.owns_name("best_model") and not PRETRAINED.owns_name("best_model.pt")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "training_state.pth"]
     ckpt = torch.load(path / "training_state.pth", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"], ckpt["total_batches"], ckpt["global_step"]) == (2, 3, 10, 6)
     assert "model_state_dict" not in ckpt and "model_config" not in ckpt and ckpt["accumulation"]["micro_step"] == 1
     assert layout_of(ckpt) is PRETRAINED and (path / "config.json").read_text() == '{\n  "num_labels": 2\n}\n'
     point = load_for_resume(tmp_path)
-    assert point.path == path and sorted(point.checkpoint["model_state_dict"]) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert point.path == path
+    assert sorted(point.checkpoint["model_state_dict"]) == ["0.bias", "0.weight", "2.bias", "2.weight"]
 
 
-def test_a_folder_that_does_not_read_back_leaves_the_old_folder_and_its_manifest(tmp_path: Path, make_state, monkeypatch) -> None:
+def test_a_folder_that_does_not_read_back_leaves_the_old_folder_and_its_manifest(
+        tmp_path: Path, make_state, monkeypatch) -> None:
     from ckptkit.training import pretrained_layout
 
     with CheckpointManager(tmp_path, layout=PRETRAINED, asynchronous=False) as manager:

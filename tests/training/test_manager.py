@@ -15,7 +15,8 @@ SEED_004_KEYS = {"model_state_dict", "optimizer_state_dict", "scheduler_state_di
                  "best_val_loss", "config", "train_history", "val_history"}
 
 
-def test_a_periodic_checkpoint_is_a_weights_only_dict_in_seed_004_layout_with_a_manifest(tmp_path: Path, make_state) -> None:
+def test_a_periodic_checkpoint_is_a_weights_only_dict_in_seed_004_layout_with_a_manifest(
+        tmp_path: Path, make_state) -> None:
     state = make_state(step=20, val_loss=2.5)
     with CheckpointManager(tmp_path) as manager:
         paths = manager.save(state, ["periodic"])
@@ -55,7 +56,8 @@ def test_best_and_periodic_at_the_same_step_are_two_files_naming_their_kind(tmp_
     assert read_manifest(tmp_path / "best_model.pt").kind == "best"
 
 
-def test_a_mid_window_checkpoint_keeps_the_accumulated_gradients_and_says_so_in_its_name(tmp_path: Path, make_state) -> None:
+def test_a_mid_window_checkpoint_keeps_the_accumulated_gradients_and_says_so_in_its_name(
+        tmp_path: Path, make_state) -> None:
     state = make_state(step=7, micro_step=1)
     with CheckpointManager(tmp_path) as manager:
         (path,) = manager.save(state, ["interrupt"])
@@ -85,7 +87,8 @@ def test_retention_keeps_the_last_two_and_the_best_by_validation_loss(tmp_path: 
     ]
 
 
-def test_a_write_that_does_not_read_back_keeps_the_old_file_and_its_manifest(tmp_path: Path, make_state, monkeypatch) -> None:
+def test_a_write_that_does_not_read_back_keeps_the_old_file_and_its_manifest(
+        tmp_path: Path, make_state, monkeypatch) -> None:
     with CheckpointManager(tmp_path) as manager:
         manager.save(make_state(step=10, val_loss=1.0), ["best"])
     old_bytes = (tmp_path / "best_model.pt").read_bytes()

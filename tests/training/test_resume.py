@@ -46,7 +46,8 @@ def test_a_checkpoint_with_one_flipped_bit_is_refused(tmp_path: Path, make_state
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
-    with pytest.raises(ResumeRefusedError, match=r"CRC-32 [0-9a-f]{8} on disk, the manifest says [0-9a-f]{8} \(bytes damaged\)"):
+    with pytest.raises(ResumeRefusedError,
+                       match=r"CRC-32 [0-9a-f]{8} on disk, the manifest says [0-9a-f]{8} \(bytes damaged\)"):
         verify_for_resume(path)
 
 
@@ -79,7 +80,8 @@ def test_a_loadable_checkpoint_without_manifest_passes_with_a_warning(tmp_path: 
 
 def test_a_pickled_config_class_is_refused_with_the_repair_hint(tmp_path: Path) -> None:
     path = tmp_path / "best_model.pt"
-    torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "global_step": 2000, "config": ExperimentConfig()}, path)
+    torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "global_step": 2000,
+                "config": ExperimentConfig()}, path)
     with pytest.raises(ResumeRefusedError, match="`ckptkit repair` rewrites it as a plain dict"):
         verify_for_resume(path)
 
@@ -131,7 +133,8 @@ def test_a_run_directory_without_a_complete_checkpoint_is_refused(tmp_path: Path
         resolve_checkpoint(tmp_path)
 
 
-def test_restore_brings_back_weights_optimizer_scheduler_gradients_and_random_streams(tmp_path: Path, make_state) -> None:
+def test_restore_brings_back_weights_optimizer_scheduler_gradients_and_random_streams(
+        tmp_path: Path, make_state) -> None:
     state = make_state(step=7, micro_step=1, val_loss=1.25)
     random.seed(4)
     torch.manual_seed(4)
@@ -141,10 +144,11 @@ def test_restore_brings_back_weights_optimizer_scheduler_gradients_and_random_st
     torch.manual_seed(99), random.seed(99)
     progress = load_for_resume(path).restore(fresh.model, fresh.optimizer, fresh.scheduler)
     assert (random.random(), torch.rand(2).tolist()) == expected_draws
-    for a, b in zip(state.model.parameters(), fresh.model.parameters()):
+    for a, b in zip(state.model.parameters(), fresh.model.parameters(), strict=True):
         assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
     saved_opt, fresh_opt = state.optimizer.state_dict(), fresh.optimizer.state_dict()
-    assert all(torch.equal(saved_opt["state"][i]["exp_avg_sq"], fresh_opt["state"][i]["exp_avg_sq"]) for i in saved_opt["state"])
+    assert all(torch.equal(saved_opt["state"][i]["exp_avg_sq"], fresh_opt["state"][i]["exp_avg_sq"])
+               for i in saved_opt["state"])
     assert fresh.scheduler.state_dict() == state.scheduler.state_dict()
     assert (progress.global_step, progress.best_val_loss, progress.window_loss_sum) == (7, 1.25, 0.75)
     assert progress.position == state.position and progress.warnings == []

@@ -32,7 +32,8 @@ def _write(run: Path, name: str, step: int, loss: float | None, kind: str = "per
 
 
 def test_the_last_k_by_progress_and_the_best_are_kept(tmp_path: Path) -> None:
-    records = [_record(f"checkpoint_step_{s}.pt", s, loss) for s, loss in [(5, 3.0), (10, 1.0), (15, 2.0), (20, 2.5), (25, 2.2)]]
+    steps_and_losses = [(5, 3.0), (10, 1.0), (15, 2.0), (20, 2.5), (25, 2.2)]
+    records = [_record(f"checkpoint_step_{s}.pt", s, loss) for s, loss in steps_and_losses]
     deleted = select_for_deletion(records, keep_last=2)
     assert [r.path.name for r in deleted] == ["checkpoint_step_5.pt", "checkpoint_step_15.pt"]
 
@@ -72,7 +73,8 @@ def test_files_without_a_manifest_are_listed_as_unconfirmed_and_never_as_checkpo
     (tmp_path / "checkpoint_step_10.pt").write_bytes(b"x")
     (tmp_path / "checkpoint_step_15.pt.ckptkit-tmp-new-abc").write_bytes(b"x")
     assert [r.path.name for r in list_checkpoints(tmp_path)] == ["checkpoint_step_5.pt"]
-    assert [p.name for p in unconfirmed_checkpoints(tmp_path)] == ["checkpoint_step_10.pt", "checkpoint_step_15.pt.ckptkit-tmp-new-abc"]
+    assert [p.name for p in unconfirmed_checkpoints(tmp_path)] == [
+        "checkpoint_step_10.pt", "checkpoint_step_15.pt.ckptkit-tmp-new-abc"]
 
 
 def test_a_manifest_whose_checkpoint_is_gone_is_not_listed(tmp_path: Path) -> None:
@@ -87,7 +89,8 @@ _losses = st.one_of(st.none(), st.floats(0.0, 10.0, allow_nan=False), st.just(fl
 
 @settings(max_examples=200, deadline=None)
 @given(
-    entries=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 3), _losses, st.sampled_from(["periodic", "interrupt", "best", "final"])),
+    entries=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 3), _losses,
+                               st.sampled_from(["periodic", "interrupt", "best", "final"])),
                      min_size=1, max_size=12),
     keep_last=st.integers(1, 4),
 )

@@ -57,7 +57,8 @@ def test_a_changed_world_size_warns_that_random_streams_will_differ() -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_cuda_states_on_a_machine_without_cuda_are_reported_not_restored() -> None:
     state = {**capture_rng_state(), "cuda": [torch.zeros(16, dtype=torch.uint8)]}
-    assert restore_rng_state(state) == ["the checkpoint has CUDA RNG states but CUDA is not available here; not restored"]
+    assert restore_rng_state(state) == [
+        "the checkpoint has CUDA RNG states but CUDA is not available here; not restored"]
 
 
 @pytest.mark.gpu

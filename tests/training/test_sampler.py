@@ -80,7 +80,8 @@ def test_resume_warnings_name_every_changed_setting() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(num_samples=st.integers(4, 40), batch_size=st.integers(1, 4), stop=st.integers(0, 60))
-def test_resuming_at_any_batch_continues_the_uninterrupted_stream_without_repeat_or_skip(num_samples, batch_size, stop) -> None:
+def test_resuming_at_any_batch_continues_the_uninterrupted_stream_without_repeat_or_skip(
+        num_samples: int, batch_size: int, stop: int) -> None:
     sampler = ResumableSampler(num_samples, batch_size, seed=11)
     start = sampler.start_position(grad_accum=3)
     uninterrupted = _take(sampler.iterate_from(start), stop + 8)

@@ -3,18 +3,18 @@ gloo group: asynchronous and synchronous writes, one save under several names, f
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 
-from ckptkit.runs import resuming
 from ckptkit.core.checkpoint import Severity
-from ckptkit.formats import open_checkpoint
 from ckptkit.core.errors import ResumeRefusedError
+from ckptkit.formats import open_checkpoint
+from ckptkit.runs import resuming
 from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, TrainingState, load_for_resume
 from ckptkit.training import sharded as sharded_module
@@ -52,7 +52,7 @@ def test_an_asynchronous_save_that_is_best_and_periodic_writes_the_shards_once_a
         torch.nn.init.zeros_(param)
     progress = load_for_resume(run).restore(fresh.model, fresh.optimizer)
     assert progress.global_step == 4
-    for mine, saved in zip(fresh.model.parameters(), state.model.parameters()):
+    for mine, saved in zip(fresh.model.parameters(), state.model.parameters(), strict=True):
         assert torch.equal(mine, saved)
 
 
@@ -69,8 +69,8 @@ def test_asynchronous_and_synchronous_sharded_saves_write_the_same_bytes(
     for files in written.values():
         del files[".metadata"]
     assert written[True] == written[False] and len(written[True]) == 2
-    described = [FileSystemReader(str(tmp_path / f"async-{a}" / "checkpoint_step_6")).read_metadata().state_dict_metadata
-                 for a in (True, False)]
+    readers = [FileSystemReader(str(tmp_path / f"async-{a}" / "checkpoint_step_6")) for a in (True, False)]
+    described = [r.read_metadata().state_dict_metadata for r in readers]
     assert described[0] == described[1] and "model.0.weight" in described[0]
 
 
