@@ -55,7 +55,40 @@ _API = {
     "ConversionResult": "ckptkit.conversion",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = [
+    "__version__",
+    "Checkpoint",
+    "TensorRef",
+    "Progress",
+    "Finding",
+    "Severity",
+    "CkptkitError",
+    "CorruptCheckpointError",
+    "MissingFileError",
+    "NotACheckpointError",
+    "UnsupportedFeatureError",
+    "ResumeRefusedError",
+    "open_checkpoint",
+    "detect_format",
+    "inspect_checkpoint",
+    "Inspection",
+    "validate_path",
+    "validate_checkpoint",
+    "ValidationReport",
+    "scan_run",
+    "Run",
+    "RunEntry",
+    "diff_paths",
+    "diff_checkpoints",
+    "DiffOptions",
+    "CheckpointDiff",
+    "fix_epoch",
+    "repair_checkpoint",
+    "RepairResult",
+    "convert_checkpoint",
+    "ConvertOptions",
+    "ConversionResult",
+]
 
 
 def __getattr__(name: str) -> Any:

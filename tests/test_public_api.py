@@ -10,6 +10,7 @@ import ckptkit
 def test_every_exported_name_resolves_to_the_object_its_module_defines() -> None:
     import importlib
 
+    assert ckptkit.__all__ == ["__version__", *ckptkit._API]
     for name in ckptkit.__all__:
         value = getattr(ckptkit, name)
         if name != "__version__":
