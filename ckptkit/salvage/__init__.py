@@ -14,13 +14,18 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, WriteVerificationError
+from ckptkit.core.errors import (
+    CkptkitError,
+    CorruptCheckpointError,
+    MissingFileError,
+    WriteVerificationError,
+)
 from ckptkit.formats.base import HEAD_BYTES
 from ckptkit.formats.safetensors_file import SafetensorsFormat
 from ckptkit.salvage.report import LostItem, RecoveredItem, Resumability, SalvageReport
 from ckptkit.storage.atomic import atomic_write_dir, atomic_write_file
 
-__all__ = ["salvage", "salvage_file", "SalvageReport", "RecoveredItem", "LostItem", "Resumability"]
+__all__ = ["LostItem", "RecoveredItem", "Resumability", "SalvageReport", "salvage", "salvage_file"]
 
 
 def salvage(damaged: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -72,7 +77,10 @@ def _salvage_safetensors(path: Path, out: Path) -> SalvageReport:
     report, tensors, metadata = salvage_safetensors(path)
     if not tensors:
         raise CorruptCheckpointError(path, f"no tensor of its {len(report.lost)} is complete: nothing to salvage")
-    atomic_write_file(out, lambda f: write_safetensors(f, tensors, metadata), verify=_same_tensors(tensors))
+    def write(f: BinaryIO) -> None:
+        write_safetensors(f, tensors, metadata)
+
+    atomic_write_file(out, write, verify=_same_tensors(tensors))
     return report
 
 

@@ -20,7 +20,9 @@ _COUNTER_MEMBERS = ("trainer_state.json", "training_state.pth")
 
 def salvage_folder(path: Path, out_tmp: Path) -> SalvageReport:
     """Salvage every file below `path` into the (empty, temporary) folder `out_tmp`."""
-    from ckptkit.salvage import salvage_file   # the file-level dispatcher: one home for it
+    from ckptkit.salvage import (
+        salvage_file,  # the file-level dispatcher: one home for it
+    )
 
     report = SalvageReport(path, None, "folder")
     for source in sorted(p for p in path.rglob("*") if p.is_file()):

@@ -4,7 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef, iter_tensors, mapped_bytes
+from ckptkit.core.checkpoint import (
+    ByteRange,
+    Checkpoint,
+    StorageRef,
+    iter_tensors,
+    mapped_bytes,
+)
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.families import build_checkpoint
 from ckptkit.formats.torch_zip import ArchiveIndex, decode_data_pkl
@@ -122,7 +128,7 @@ def _by_key_or_order(tree: Any, records: dict[str, FoundRecord], damaged: dict[s
     def locate(s: StorageRef) -> tuple[ByteRange, int] | str:
         if id(s) in matched:
             return matched[id(s)]
-        return (f"no intact record of the damaged file matches it by key and size"
+        return ("no intact record of the damaged file matches it by key and size"
                 + (f" (record data/{s.key}: {damaged[s.key]})" if s.key in damaged else ""))
     return locate
 

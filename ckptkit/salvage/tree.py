@@ -44,7 +44,7 @@ class _Rebuilder:
                 where, crc = found
                 key = str(sum(1 for s in self.storages.values() if isinstance(s, StorageRef)))
                 self.storages[id(old)] = StorageRef(key, old.dtype, old.numel, old.location,
-                                                    locate=lambda w=where: w, stored_nbytes=where.length)
+                                                    locate=_fixed(where), stored_nbytes=where.length)
                 self.result.crcs[key] = crc
                 self.result.ranges[key] = where
         return self.storages[id(old)]
@@ -79,6 +79,10 @@ class _Rebuilder:
         self.result.recovered = [r for r in self.result.recovered if not r.name.startswith(path + ".")]
         self.result.lost.extend(LostItem(r.name, f"intact, but dropped with {path or 'the list'}: "
                                          "another element of that list was lost") for r in inside)
+
+
+def _fixed(where: ByteRange) -> Callable[[], ByteRange]:
+    return lambda: where
 
 
 def rebuild(tree: Any, locate: Callable[[StorageRef], tuple[ByteRange, int] | str],
