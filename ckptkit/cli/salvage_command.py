@@ -9,7 +9,7 @@ from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
 from ckptkit.cli.render import emit_json, heading, human_bytes, table
 from ckptkit.salvage import SalvageReport, salvage
 
-_SHOWN = 20     # recovered items listed in the text output; --json lists them all
+_SHOWN = 10     # recovered items listed in the text output; --json lists them all
 
 
 @main.command("salvage")
@@ -51,7 +51,13 @@ def render_salvage(report: SalvageReport) -> str:
            f"  recovered  {len(recovered)} item(s), {human_bytes(sum(r[2] for r in recovered))}",
            f"  lost       {len(lost)} item(s)" + ("" if lost else ": nothing")]
     if lost:
-        out += ["", heading("Lost"), table([(x.name, x.reason) for x in lost], ["name", "why"], widths=[48, 64])]
+        parts: dict[str, int] = {}
+        for x in lost:
+            parts[x.name.split(".", 1)[0]] = parts.get(x.name.split(".", 1)[0], 0) + 1
+        more = len(lost) - _SHOWN
+        out += ["", heading("Lost" + (f" (first {_SHOWN}; --json lists all {len(lost)})" if more > 0 else "")),
+                table([(x.name, x.reason) for x in lost[:_SHOWN]], ["name", "why"], widths=[48, 64]),
+                "  by part: " + ", ".join(f"{name} {n}" for name, n in parts.items())]
     if recovered:
         rows = [(name, what, checked) for name, what, _, checked in recovered[:_SHOWN]]
         more = len(recovered) - _SHOWN

@@ -141,9 +141,11 @@ def _crash_resumes(run: str, entries: list[RunEntry]) -> list[ResumeMark]:
                   and (cut_at is None or e.progress.global_step <= cut_at)]
         if later and before:
             base = before[-1]
+            how = ("is a temporary left by a save that never finished" if cut.temporary else
+                   "was never confirmed (no manifest: the process died while saving it)")
             marks.append(ResumeMark(run, float(base.progress.global_step or 0), "step",
-                                    f"{cut.relative} was cut short by a crash and later checkpoints exist: "
-                                    f"the run resumed from {base.relative}"))
+                                    f"{cut.relative} {how}, and later checkpoints exist: the run "
+                                    f"resumed from {base.relative}"))
     return marks
 
 

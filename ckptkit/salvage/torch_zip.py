@@ -18,7 +18,7 @@ from ckptkit.salvage.report import LostItem, RecoveredItem, Resumability, Salvag
 from ckptkit.salvage.tree import Rebuilt, rebuild
 from ckptkit.salvage.zip_scan import FoundRecord, ZipScan, scan_zip
 
-_MISSING = "its record is gone (cut off, or its header was overwritten)"
+_MISSING = "gone (cut off, or its header was overwritten)"
 
 
 def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageReport, Rebuilt, str]:
@@ -26,7 +26,8 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
     scan = scan_zip(path)
     prefix = scan.prefix
     if prefix is None:
-        raise CorruptCheckpointError(path, "no zip record could be found in it: nothing to salvage")
+        raise CorruptCheckpointError(path, "no zip record found: not a torch.save zip archive (salvage reads those, "
+                                     "safetensors files and checkpoint folders), or every header in it is gone")
     records = {name[len(prefix) + 6:]: rec for name, rec in scan.found.items() if name.startswith(prefix + "/data/")}
     damaged = {d.name[len(prefix) + 6:]: d.reason for d in scan.damaged if d.name.startswith(prefix + "/data/")}
     pkl = scan.found.get(f"{prefix}/data.pkl")

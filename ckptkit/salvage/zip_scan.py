@@ -145,7 +145,7 @@ def _from_descriptor(fd: int, view: mmap.mmap, start: int, path: Path) -> tuple[
         if range_crc32(fd, path, start, length) != crc:
             return "CRC-32 mismatch: its bytes were changed"
         return ByteRange(path, start, length), crc, end
-    return "cut off: the file ends before the record's end (no data descriptor found)"
+    return "cut off: the file ends inside it (no data descriptor)"
 
 
 def _zip64_size(extra: bytes) -> int:
