@@ -22,6 +22,7 @@ from ckptkit.core.errors import (
 )
 from ckptkit.formats.base import HEAD_BYTES
 from ckptkit.formats.safetensors_file import SafetensorsFormat
+from ckptkit.formats.torch_zip import ZIP_MAGIC
 from ckptkit.salvage.report import LostItem, RecoveredItem, Resumability, SalvageReport
 from ckptkit.storage.atomic import atomic_write_dir, atomic_write_file
 
@@ -67,6 +68,9 @@ def salvage_file(path: Path, out: Path, names_from: Path | None) -> SalvageRepor
         raise CorruptCheckpointError(path, "empty file (0 bytes): nothing to salvage")
     if SafetensorsFormat().sniff(path, head):
         return _salvage_safetensors(path, out)
+    if path.suffix == ".safetensors" and not head.startswith(ZIP_MAGIC):
+        raise CorruptCheckpointError(path, "its safetensors header is damaged (the length or the opening '{' "
+                                     "changed): without it no tensor can be located")
     return _salvage_zip(path, out, names_from)
 
 
@@ -89,6 +93,8 @@ def _salvage_zip(path: Path, out: Path, names_from: Path | None) -> SalvageRepor
     from ckptkit.salvage.torch_zip import salvage_torch_zip
 
     report, rebuilt, prefix = salvage_torch_zip(path, names_from)
+    if names_from is not None and any(r.name == "data.pkl" for r in report.recovered):
+        report.notes.append(f"--names-from {names_from} was not needed: the file's own data.pkl is intact")
     if report.complete and names_from is None and _zip_reads_whole(path):
         # Nothing lost and the archive is sound: its own bytes are the best copy.
         atomic_write_file(out, lambda f: _copy(path, f), verify=_zip_checks)

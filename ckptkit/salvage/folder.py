@@ -46,11 +46,30 @@ def salvage_folder(path: Path, out_tmp: Path) -> SalvageReport:
             shutil.copyfile(source, dest)
             report.recovered.append(RecoveredItem(name, "JSON file", source.stat().st_size, "JSON parses"))
         else:
+            checked = _readable(source)
+            if checked.startswith("unreadable"):
+                report.lost.append(LostItem(name, checked))
+                continue
             shutil.copyfile(source, dest)
-            report.recovered.append(RecoveredItem(name, "file", source.stat().st_size,
-                                                  "unchecked: copied as it is"))
+            report.recovered.append(RecoveredItem(name, "file", source.stat().st_size, checked))
     report.resume = _resumability(report)
     return report
+
+
+def _readable(source: Path) -> str:
+    """How far a member salvage cannot rebuild was checked: a format ckptkit knows must read
+    (a pickle to its end, through the restricted unpickler); anything else is copied unchecked."""
+    from ckptkit.formats import detect_format, open_checkpoint
+
+    try:
+        detect_format(source)
+    except CkptkitError:
+        return "unchecked: copied as it is (no format ckptkit reads)"
+    try:
+        open_checkpoint(source)
+    except CkptkitError as exc:
+        return f"unreadable: {exc.message}"
+    return "reads whole (index; no checksum to compare)"
 
 
 def _kind(source: Path) -> str:

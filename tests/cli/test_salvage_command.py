@@ -44,8 +44,8 @@ def test_a_file_with_nothing_to_salvage_gets_one_line_and_exit_2(tmp_path: Path)
     result = invoke("salvage", str(junk), str(tmp_path / "out.pt"))
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"ckptkit: error: {junk}: no zip record found: not a torch.save zip archive (salvage reads those, "
-        "safetensors files and checkpoint folders), or every header in it is gone"]
+        (f"ckptkit: error: {junk}: no zip record found: not a torch.save zip archive (salvage reads those, "
+         "safetensors files and checkpoint folders), or every header in it is gone")]
     assert not (tmp_path / "out.pt").exists()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import shutil
 import zipfile
 from pathlib import Path
@@ -127,6 +128,13 @@ def test_a_checkpoint_cut_in_its_optimizer_keeps_the_model_and_says_it_cannot_re
     # A parameter whose moments are half there is dropped whole, never resumed half-empty.
     for entry in rescued["optimizer_state_dict"]["state"].values():
         assert set(entry) == {"step", "exp_avg", "exp_avg_sq"}
+    # ckptkit's own writer puts CRC and sizes in the local headers (no data descriptors): cut
+    # the rescued file in turn and salvage it again.
+    again = tmp_path / "cut-again.pt"
+    rescued_bytes = (tmp_path / "rescued.pt").read_bytes()
+    again.write_bytes(rescued_bytes[: len(rescued_bytes) // 2])
+    second = assert_only_originals(tmp_path / "rescued.pt", again, tmp_path / "rescued-again.pt", must_salvage=True)
+    assert second is not None and second["lost"] and not second["complete"]
 
 
 def test_an_intact_checkpoint_is_copied_whole_and_reported_complete(tmp_path: Path) -> None:
@@ -198,3 +206,22 @@ def test_salvage_never_writes_over_its_input_or_an_existing_file(tmp_path: Path)
     with pytest.raises(CkptkitError, match="never replaces"):
         salvage(original, tmp_path / "taken.pt")
     assert (tmp_path / "taken.pt").read_bytes() == b"mine"
+
+
+def test_a_folder_member_that_no_longer_reads_is_lost_never_copied(tmp_path: Path) -> None:
+    folder = tmp_path / "accelerate"
+    shutil.copytree(REAL / "accelerate", folder)
+    rng = folder / "random_states_0.pkl"                      # accelerate writes it with torch.save
+    rng.write_bytes(rng.read_bytes()[:100])                  # cut inside its data.pkl
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])   # its header length overwritten
+    (folder / "sampler.pkl").write_bytes(pickle.dumps({"epoch": 3, "seen": list(range(50))}, protocol=2)[:40])
+    (folder / "notes.txt").write_text("lr sweep 3")
+    report = salvage(folder, tmp_path / "rescued")
+    lost = {x.name: x.reason for x in report.all_lost()}
+    assert set(lost) == {"random_states_0.pkl", "model.safetensors", "sampler.pkl"}
+    assert "safetensors header is damaged" in lost["model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "rescued").iterdir()) == [
+        "custom_checkpoint_0.pkl", "notes.txt", "optimizer.bin", "scheduler.bin"]
+    assert {r.name: r.checked for r in report.recovered} == {"notes.txt": "unchecked: copied as it is (no format ckptkit reads)"}
+    assert all(m.complete for m in report.members)
