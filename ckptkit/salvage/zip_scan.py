@@ -11,7 +11,6 @@ Nothing is ever called recovered without a CRC that matches.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 from dataclasses import dataclass, field
@@ -64,23 +63,43 @@ class ZipScan:
 def scan_zip(path: Path) -> ZipScan:
     """Every member of the zip at `path` found through its local header, checked by CRC-32."""
     scan = ZipScan(path)
-    size = path.stat().st_size
-    if size == 0:
-        return scan
     fd = os.open(path, os.O_RDONLY)
     try:
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
-            pos = view.find(ZIP_MAGIC, 0)
-            while pos >= 0:
-                pos = _one_member(scan, fd, view, pos, size)
-                pos = view.find(ZIP_MAGIC, pos)
+        view = _File(fd, os.fstat(fd).st_size)
+        pos = view.find(ZIP_MAGIC, 0)
+        while pos >= 0:
+            pos = _one_member(scan, fd, view, pos, view.size)
+            pos = view.find(ZIP_MAGIC, pos)
     finally:
         os.close(fd)
     _drop_duplicates(scan)
     return scan
 
 
-def _one_member(scan: ZipScan, fd: int, view: mmap.mmap, pos: int, size: int) -> int:
+class _File:
+    """Slices and searches of an open file by pread, a window at a time: memory stays at one
+    window whatever the file's size (a map would count every page searched in our RSS)."""
+
+    WINDOW = 4 << 20
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+
+    def __getitem__(self, span: slice) -> bytes:
+        start, stop = max(0, span.start), min(self.size, span.stop)
+        return os.pread(self.fd, stop - start, start) if stop > start else b""
+
+    def find(self, needle: bytes, start: int) -> int:
+        while start < self.size:
+            chunk = os.pread(self.fd, self.WINDOW + len(needle) - 1, start)
+            at = chunk.find(needle)
+            if at >= 0:
+                return start + at
+            start += self.WINDOW
+        return -1
+
+
+def _one_member(scan: ZipScan, fd: int, view: _File, pos: int, size: int) -> int:
     """Read the member whose local header starts at `pos`; returns where to look for the next."""
     raw = view[pos: pos + LOCAL_HEADER.size]
     if len(raw) < LOCAL_HEADER.size:
@@ -120,6 +139,8 @@ def _name(raw: bytes, name_len: int) -> str | None:
 
 def _from_header(fd: int, start: int, length: int, crc: int, size: int,
                  path: Path) -> tuple[ByteRange, int, int] | str:
+    if length < 0:
+        return "its header is damaged (zip64 size missing)"
     if start + length > size:
         return f"cut off: its {length} bytes run {start + length - size} past the end of the file"
     if range_crc32(fd, path, start, length) != crc:
@@ -127,7 +148,7 @@ def _from_header(fd: int, start: int, length: int, crc: int, size: int,
     return ByteRange(path, start, length), crc, start + length
 
 
-def _from_descriptor(fd: int, view: mmap.mmap, start: int, path: Path) -> tuple[ByteRange, int, int] | str:
+def _from_descriptor(fd: int, view: _File, start: int, path: Path) -> tuple[ByteRange, int, int] | str:
     """The first descriptor after `start` whose size equals its distance from `start`: a
     descriptor's 4-byte signature plus a size naming exactly this spot is no accident."""
     at = view.find(DESCRIPTOR_MAGIC, start)
