@@ -107,14 +107,14 @@ def _one_run(data: PlotData, run: str, entries: list[RunEntry]) -> None:
             continue
     merged: dict[str, Series] = {}
     for entry, ckpt in reversed(read):              # newest first; older ones fill gaps only
-        for s in series_of(ckpt, run, entry.relative):
+        for s in series_of(ckpt, run, _shown(entry)):
             if s.metric not in merged:
                 merged[s.metric] = s
             else:
                 merged[s.metric].fill_from(s)
-    newest = {s.metric: s for s in series_of(read[-1][1], run, read[-1][0].relative)} if read else {}
+    newest = {s.metric: s for s in series_of(read[-1][1], run, _shown(read[-1][0]))} if read else {}
     for entry, ckpt in read[:-1]:
-        for at, axis, why in resumes_between(newest, series_of(ckpt, run, entry.relative)):
+        for at, axis, why in resumes_between(newest, series_of(ckpt, run, _shown(entry))):
             data.resumes.append(ResumeMark(run, at, axis, why))
     for metric in sorted(merged):
         data.resumes.extend(ResumeMark(run, at, merged[metric].axis, why) for at, why in merged[metric].restarts())
@@ -149,6 +149,10 @@ def _crash_resumes(run: str, entries: list[RunEntry]) -> list[ResumeMark]:
     return marks
 
 
+def _shown(entry: RunEntry) -> str:
+    return entry.path.name if entry.relative == "." else entry.relative
+
+
 def _marker(run: str, entry: RunEntry) -> Marker:
     p = entry.progress
     kind = ("broken" if entry.health.status == "broken" or entry.temporary else
@@ -161,4 +165,4 @@ def _marker(run: str, entry: RunEntry) -> Marker:
         if found:
             step = int(found.group(1))
             note = f"{note or 'counters unknown'}; placed at step {step} from its name"
-    return Marker(run, entry.relative, step, epoch, kind, note, tuple(entry.markers))
+    return Marker(run, _shown(entry), step, epoch, kind, note, tuple(entry.markers))
