@@ -55,8 +55,13 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
     report.lost.extend(rebuilt.lost)
     written = {w.offset for w in rebuilt.ranges.values()}
     unused = {k for k, rec in records.items() if rec.where.offset not in written}
-    if unused:
-        report.notes.append(f"{len(unused)} intact record(s) that nothing names were left out "
+    if unused and pkl is None:
+        # Intact bytes of the damaged file that OTHER could not name: not written, so lost.
+        report.lost.extend(LostItem(f"(unnamed record data/{k})", f"intact ({records[k].where.length} bytes), but "
+                                    f"no tensor of {names_from.name if names_from else 'OTHER'} matches it by key and size")
+                           for k in sorted(unused, key=lambda k: (len(k), k)))
+    elif unused:
+        report.notes.append(f"{len(unused)} intact record(s) that data.pkl does not name were left out "
                             f"({sum(records[k].where.length for k in unused)} bytes)")
     report.resume = resumability(ckpt, report, counters, counters.startswith(("recovered", "none")))
     return report, rebuilt, prefix

@@ -225,3 +225,21 @@ def test_a_folder_member_that_no_longer_reads_is_lost_never_copied(tmp_path: Pat
         "custom_checkpoint_0.pkl", "notes.txt", "optimizer.bin", "scheduler.bin"]
     assert {r.name: r.checked for r in report.recovered} == {"notes.txt": "unchecked: copied as it is (no format ckptkit reads)"}
     assert all(m.complete for m in report.members)
+
+
+def test_records_another_checkpoint_cannot_name_are_reported_lost(tmp_path: Path) -> None:
+    original = experiment_checkpoint(tmp_path / "checkpoint_step_10.pt")
+    other = tmp_path / "weights_only.pt"
+    torch.save({"model_state_dict": torch.load(original, weights_only=True)["model_state_dict"]}, other)
+    data = bytearray(original.read_bytes())
+    at = data.find(b"data.pkl") + 60
+    data[at: at + 40] = b"\xff" * 40
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    report = salvage(damaged, tmp_path / "rescued.pt", names_from=other)
+    unnamed = [x.name for x in report.lost if x.name.startswith("(unnamed")]
+    assert len(unnamed) == 12 and not report.complete     # AdamW's step, exp_avg, exp_avg_sq for 4 params
+    got = tensors_by_path(torch.load(tmp_path / "rescued.pt", weights_only=True))
+    want = tensors_by_path(torch.load(original, weights_only=True))
+    assert sorted(got) == sorted(k for k in want if k.startswith("model_state_dict."))
+    assert all(bits(got[k]) == bits(want[k]) for k in got)
