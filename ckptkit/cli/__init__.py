@@ -81,6 +81,8 @@ COMMAND_MODULES: dict[str, str] = {
     "fix-epoch": "ckptkit.cli.fix_epoch_command",
     "repair": "ckptkit.cli.repair_command",
     "convert": "ckptkit.cli.convert_command",
+    "salvage": "ckptkit.cli.salvage_command",
     "resume": "ckptkit.cli.resume_command",
     "demo": "ckptkit.cli.demo_command",
+    "plot": "ckptkit.cli.plot_command",
 }

@@ -42,6 +42,16 @@ class SafetensorsFormat:
 def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors (lazy) and __metadata__ of the safetensors file `path`, or of the one that
     starts at byte `base` of it (DCP's SAFETENSORS serialization appends one to a .distcp file)."""
+    header, metadata, data_start, size = read_header_entries(path, base)
+    tensors: dict[str, Any] = {}
+    for name, info in header.items():
+        tensors[name] = header_tensor(path, name, info, data_start, size)
+    return tensors, metadata
+
+
+def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str], int, int]:
+    """(raw header entries, __metadata__, where the data starts, file size): the header alone,
+    so that `ckptkit salvage` can take the tensors of a truncated file one by one."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(base)
@@ -60,18 +70,14 @@ def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], 
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError(path, "safetensors __metadata__ is not a JSON object")
-    data_start = base + 8 + n
-    tensors: dict[str, Any] = {}
-    for name, info in header.items():
-        tensors[name] = _tensor(path, name, info, data_start, size)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+    return header, {str(k): str(v) for k, v in metadata.items()}, base + 8 + n, size
 
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any:
+def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any:
     try:
         code, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
         dtype = BY_SAFETENSORS[code]

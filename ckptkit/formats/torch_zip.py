@@ -22,7 +22,7 @@ from ckptkit.formats.base import unpickle_or_raise
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
 ZIP_MAGIC = b"PK\x03\x04"
-_LOCAL_HEADER = struct.Struct("<4s5HLLLHH")
+LOCAL_HEADER = _LOCAL_HEADER = struct.Struct("<4s5HLLLHH")   # public: salvage scans by it
 
 
 class TorchZipFormat:
