@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 ENTRY_POINT_GROUP = "ckptkit.trainers"
-_CHECKOUT_PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+_TREE = Path(__file__).resolve().parents[2]  # a checkout's root, or the site-packages ckptkit is in
 
 
 @dataclass(frozen=True)
@@ -26,23 +26,47 @@ class TrainerEntry:
 
 
 def registered_trainers() -> dict[str, TrainerEntry]:
-    """Every registered trainer by name; in a source checkout, the checkout's own entries win
-    (they match the code that is running)."""
-    found = {ep.name: ep.value.split(":")[0].strip() for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    found.update(_checkout_entries(_CHECKOUT_PYPROJECT))
-    return {name: TrainerEntry(name, module) for name, module in sorted(found.items())}
+    """Every registered trainer by name, under the name this source tree gives it (a checkout's
+    own entries first: they match the code that is running)."""
+    return {name: TrainerEntry(name, modules[0]) for name, modules in sorted(_module_names().items())}
 
 
 def find_trainer(name: str | None) -> TrainerEntry | None:
-    """The registered trainer of that name whose module can be imported here, if any."""
-    entry = registered_trainers().get(name or "")
-    if entry is None:
-        return None
+    """The registered trainer of that name, under a module name that imports here: the one that
+    is part of this ckptkit's own tree if any (a checkout's ``trainers.lm``, or an editable or
+    wheel install's ``ckptkit_trainers.lm``), else any importable one; None if none imports."""
+    importable = [(module, origin) for module in _module_names().get(name or "", [])
+                  if (origin := _origin(module)) is not None]
+    ours = [module for module, origin in importable if _TREE in origin.parents]
+    chosen = ours or [module for module, _ in importable]
+    return TrainerEntry(name, chosen[0]) if name and chosen else None
+
+
+def trainer_module(name: str) -> str:
+    """The module ``python -m`` should run for a registered trainer (KeyError: not registered)."""
+    entry = find_trainer(name) or registered_trainers()[name]
+    return entry.module
+
+
+def _module_names() -> dict[str, list[str]]:
+    """name -> module names to try: the checkout's mapping, then the installed metadata's."""
+    names: dict[str, list[str]] = {}
+    for name, module in _checkout_entries(_TREE / "pyproject.toml").items():
+        names.setdefault(name, []).append(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        module = ep.value.split(":")[0].strip()
+        if module not in names.setdefault(ep.name, []):
+            names[ep.name].append(module)
+    return names
+
+
+def _origin(module: str) -> Path | None:
+    """Where ``module`` would be imported from, without importing it (its parent packages are)."""
     try:
-        importable = importlib.util.find_spec(entry.module) is not None
-    except ModuleNotFoundError:  # its parent package is not there either
-        importable = False
-    return entry if importable else None
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # its parent package is not there either
+        return None
+    return Path(spec.origin).resolve() if spec is not None and spec.origin else None
 
 
 def _checkout_entries(pyproject: Path) -> dict[str, str]:
