@@ -1,4 +1,4 @@
-"""The recsys trainer (the LlamaRec retriever's system): a sequential recommender on synthetic
+"""The recsys trainer (the LlamaRec retriever's checkpoints): a sequential recommender on synthetic
 interactions, in one file: config, data, model, loop, command line.
 
 Commands (from the repository root)::

@@ -1,4 +1,4 @@
-"""The retrieval trainer (the "optimized_model_epoch" retrieval system): a two-tower recommender
+"""The retrieval trainer (the fashion recommender's checkpoints): a two-tower recommender
 on synthetic interactions, in one file: config, data, model, loop, command line.
 
 Commands (from the repository root)::
