@@ -17,10 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ckptkit.runs.trainer_registry import trainer_module
+
 # The tiny preset has 11 batches per epoch; 25 is inside the third epoch, 5 batches after the
 # periodic save at step 20 started, so the crash can also catch a background write in flight.
 KILL_AT_MICRO_STEP = 25
-TRAINER = ["-m", "trainers.lm", "--config", "tiny"]
+TRAINER = ["-m", trainer_module("lm"), "--config", "tiny"]  # the LM trainer, as registered
 
 
 @dataclass

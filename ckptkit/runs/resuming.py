@@ -15,11 +15,8 @@ from ckptkit.core.checkpoint import Checkpoint, Finding, Progress, Severity
 from ckptkit.core.errors import NotACheckpointError, ResumeRefusedError
 from ckptkit.formats import detect_format, open_checkpoint
 from ckptkit.runs import scan_run
+from ckptkit.runs.trainer_registry import find_trainer, registered_trainers
 from ckptkit.validation import validate_checkpoint
-
-# trainer name stored in a checkpoint's "ckptkit" entry -> module that resumes it
-BUNDLED_TRAINERS: dict[str, str] = {"lm": "trainers.lm", "retrieval": "trainers.retrieval", "recsys": "trainers.recsys",
-                                     "pretrained": "trainers.pretrained"}
 
 
 @dataclass
@@ -50,11 +47,15 @@ def plan_resume(target: str | os.PathLike[str], trainer_args: tuple[str, ...] = 
         raise ResumeRefusedError(path, f"validation found errors, refusing to resume: {first.code}: "
                                  f"{first.message}{more}; see `ckptkit validate {path}`")
     trainer = trainer_of(ckpt)
-    if trainer not in BUNDLED_TRAINERS:
-        known = ", ".join(sorted(BUNDLED_TRAINERS))
-        raise ResumeRefusedError(path, f"was not written by a bundled ckptkit trainer ({known}); resume it "
-                                 f"with its own training script, e.g. --resume_from_checkpoint {path}")
-    command = [sys.executable, "-m", BUNDLED_TRAINERS[trainer], "--resume", str(path), *trainer_args]
+    entry = find_trainer(trainer)
+    if entry is None:
+        registered = registered_trainers()
+        if trainer in registered:
+            raise ResumeRefusedError(path, f"was written by the '{trainer}' trainer, whose module "
+                                     f"{registered[trainer].module} cannot be imported here")
+        raise ResumeRefusedError(path, f"was not written by a bundled ckptkit trainer ({', '.join(registered)}); "
+                                 f"resume it with its own training script, e.g. --resume_from_checkpoint {path}")
+    command = [sys.executable, "-m", entry.module, "--resume", str(path), *trainer_args]
     if ckpt.format == "dcp":   # FSDP shards: the trainer runs under torchrun, one process per rank
         ranks = _world_size(ckpt)
         command[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m"]

@@ -3,7 +3,11 @@
 Saving: :class:`CheckpointManager` (atomic, verified, asynchronous, manifests, retention) fed a
 :class:`TrainingState`. Data: :class:`ResumableSampler` and :class:`DataPosition`. Resuming:
 :func:`load_for_resume` -> :class:`ResumePoint` -> ``restore(...)`` -> :class:`RestoredProgress`,
-gated by :func:`verify_for_resume`. Progress display: :class:`ProgressLine`.
+gated by :func:`verify_for_resume`. Progress display: :class:`ProgressLine`. What every training
+script does the same way (device, seeds, autocast, Ctrl+C/SIGTERM as a save-and-stop, DDP/FSDP
+helpers): :mod:`ckptkit.training.runtime`; its shared command-line pieces (run flags, resume
+rules and report): :mod:`ckptkit.training.run_command`. The bundled trainers call these
+explicitly; there is no base class to fill in.
 """
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ loop that still iterated (and skipped) the first ``resume_step`` batches, so it 
 twice ("1812it" for 1270 batches). Here the line is *rendered from the data position itself*,
 never from a counter of loop iterations, so it cannot drift from where the run really is.
 
-Writes only when the stream is a TTY (logs and ``--json`` stay clean); no tqdm dependency.
+On a TTY the line is redrawn in place; anywhere else (a log file, a pipe) it is silent unless
+``every`` is given, and then a full ``progress: ...`` line is written every ``every`` seconds,
+so a long run is never silent for long. No tqdm dependency.
 """
 from __future__ import annotations
 
@@ -36,14 +38,24 @@ def render_progress(position: DataPosition, global_step: int, max_steps: int, lo
     return " | ".join(parts)
 
 
-class ProgressLine:
-    """Redraws one status line in place on a TTY at most ``max_per_second`` times; silent otherwise."""
+def render_epoch_position(position: DataPosition, global_step: int, epochs: int) -> str:
+    """``epoch 2 | batch 5/12 | step 8 | 1 of 4 epochs complete``: an epoch trainer's resume point."""
+    return (f"epoch {position.epoch + 1} | batch {position.batch_in_epoch}/{position.steps_per_epoch} | "
+            f"step {global_step} | {position.epoch} of {epochs} epochs complete")
 
-    def __init__(self, stream: TextIO | None = None, *, max_per_second: float = 10.0, force: bool = False) -> None:
+
+class ProgressLine:
+    """Redraws one status line in place on a TTY at most ``max_per_second`` times; elsewhere
+    a ``progress:`` line every ``every`` seconds (counted from construction), or nothing."""
+
+    def __init__(self, stream: TextIO | None = None, *, max_per_second: float = 10.0, force: bool = False,
+                 every: float | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.enabled = force or _isatty(self.stream)
         self._min_interval = 1.0 / max_per_second
         self._last_draw = float("-inf")
+        self._every = None if self.enabled else every
+        self._last_line = time.monotonic()
         self._width = 0
         self.last_text = ""
 
@@ -53,6 +65,10 @@ class ProgressLine:
         if self.enabled and now - self._last_draw >= self._min_interval:
             self._draw(self.last_text)
             self._last_draw = now
+        elif self._every is not None and now - self._last_line >= self._every:
+            self.stream.write(f"progress: {self.last_text}\n")
+            self.stream.flush()
+            self._last_line = now
 
     def message(self, text: str) -> None:
         """Print a full line above the progress line (log lines, eval results)."""

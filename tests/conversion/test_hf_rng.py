@@ -18,8 +18,7 @@ from ckptkit.cli import main
 from ckptkit.conversion import ConvertOptions, convert_checkpoint
 from ckptkit.conversion.hf_rng import TRAINING_ARGS_NOTE
 from ckptkit.training.rng import capture_rng_state, restore_rng_state
-from trainers.lm.config import PRESETS
-from trainers.lm.loop import LMRun, RunOptions
+from trainers.lm import PRESETS, LMRun, RunOptions
 
 ACCELERATE = Path(__file__).parents[1] / "fixtures" / "real" / "accelerate"
 

@@ -17,8 +17,7 @@ from ckptkit.cli import main
 from ckptkit.conversion import ConvertOptions, convert_checkpoint
 from ckptkit.conversion.to_hf import NO_TRAINER_STATE_NOTE
 from scripts.make_seed_samples import write_samples
-from trainers.lm.config import PRESETS
-from trainers.lm.loop import LMRun, RunOptions
+from trainers.lm import PRESETS, LMRun, RunOptions
 
 BATCH, SAMPLES, TRAINED = 2, 8, 5          # 4 steps per epoch: step 5 is 1 batch into the second epoch
 TINY_GPT2 = dict(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32)

@@ -12,7 +12,7 @@ from ckptkit.cli import main as cli
 from ckptkit.core.errors import CorruptCheckpointError, ResumeRefusedError
 from ckptkit.runs.resuming import plan_resume
 from scripts.make_seed_samples import write_samples
-from trainers.lm.cli import main as train
+from trainers.lm import main as train
 
 FLAGS = ["--config", "tiny", "--max-steps", "8", "--save-interval", "4", "--eval-interval", "4"]
 

@@ -16,8 +16,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ckptkit.training import load_for_resume  # noqa: E402
-from trainers.lm.config import PRESETS  # noqa: E402
-from trainers.lm.loop import LMRun, RunOptions, distributed_session  # noqa: E402
+from trainers.lm import PRESETS, LMRun, RunOptions, distributed_session  # noqa: E402
 
 CONFIG = dataclasses.replace(PRESETS["tiny"], grad_accum=2, max_steps=8, save_interval=3, eval_interval=3)
 STOP_AT_MICRO_STEP = 7  # inside a window: distributed runs stop at its end (micro-step 8, step 4)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ckptkit.storage.manifest import read_manifest
-from trainers.lm.cli import main
+from trainers.lm import main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ["--config", "tiny", "--max-steps", "16", "--grad-accum", "2", "--save-interval", "5", "--eval-interval", "5"]
@@ -96,7 +96,7 @@ def test_a_run_killed_right_after_submitting_a_save_resumes_to_the_uninterrupted
 
 
 def test_sigterm_saves_an_interrupt_checkpoint_at_the_current_micro_step_and_exits_143(tmp_path: Path) -> None:
-    from trainers.lm import loop
+    import trainers.lm as loop
 
     run = tmp_path / "run"
     original = loop.LMRun._micro_step

@@ -10,8 +10,7 @@ import torch
 
 from ckptkit.training import load_for_resume
 from ckptkit.training.snapshot import StagingArea
-from trainers.lm.config import PRESETS
-from trainers.lm.loop import LMRun, RunOptions
+from trainers.lm import PRESETS, LMRun, RunOptions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

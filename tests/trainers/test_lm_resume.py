@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptkit.training import load_for_resume
-from trainers.lm.config import PRESETS
-from trainers.lm.loop import LMRun, RunOptions
+from trainers.lm import PRESETS, LMRun, RunOptions
 
 # 11 batches per epoch, 2 per optimizer step: windows straddle epoch ends; 14 steps = 28 batches.
 CONFIG = dataclasses.replace(PRESETS["tiny"], grad_accum=2, max_steps=14, save_interval=4, eval_interval=4)

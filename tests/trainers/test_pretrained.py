@@ -22,9 +22,7 @@ from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.runs.resuming import plan_resume
 from ckptkit.training import ProgressLine, load_for_resume
 from ckptkit.validation import validate_path
-from trainers.pretrained.cli import main
-from trainers.pretrained.config import PRESETS
-from trainers.pretrained.loop import PretrainedRun, RunOptions
+from trainers.pretrained import PRESETS, PretrainedRun, RunOptions, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = PRESETS["tiny"]  # 12 batches per epoch, a mid-epoch save every 5 batches, 3 epochs = 36 batches

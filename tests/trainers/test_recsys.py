@@ -17,9 +17,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.runs.resuming import plan_resume
 from ckptkit.training import load_for_resume
 from ckptkit.validation import validate_path
-from trainers.recsys.cli import main
-from trainers.recsys.config import PRESETS
-from trainers.recsys.loop import RecsysRun, RunOptions
+from trainers.recsys import PRESETS, RecsysRun, RunOptions, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = PRESETS["tiny"]  # 10 batches per epoch, 2 per optimizer step, 4 epochs = 40 batches

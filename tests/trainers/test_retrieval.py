@@ -17,9 +17,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.runs.resuming import plan_resume
 from ckptkit.training import load_for_resume
 from ckptkit.validation import validate_path
-from trainers.retrieval.cli import main
-from trainers.retrieval.config import PRESETS
-from trainers.retrieval.loop import RetrievalRun, RunOptions
+from trainers.retrieval import PRESETS, RetrievalRun, RunOptions, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = PRESETS["tiny"]  # 12 batches per epoch, 2 per optimizer step, 4 epochs = 48 batches

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from ckptkit.training import load_for_resume
-from trainers.retrieval.config import PRESETS
-from trainers.retrieval.loop import RetrievalRun, RunOptions
+from trainers.retrieval import PRESETS, RetrievalRun, RunOptions
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

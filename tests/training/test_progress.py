@@ -49,3 +49,24 @@ def test_a_message_clears_the_line_and_redraws_it_below() -> None:
     line.update(_position(0, 5), 1, 10)
     line.message("saved")
     assert stream.getvalue().endswith("saved\n" + "\r" + line.last_text)
+
+
+def test_off_a_terminal_a_progress_line_is_written_every_interval_with_the_position() -> None:
+    stream = io.StringIO()
+    line = ProgressLine(stream, every=0.0)   # 0: at every update (the interval is the caller's choice)
+    line.update(_position(1, 1008), global_step=2522, max_steps=12700)
+    assert stream.getvalue() == "progress: epoch 2 | batch 1008/1270 (79.4%) | step 2522/12700\n"
+
+
+def test_off_a_terminal_no_progress_line_is_written_before_the_interval_has_passed() -> None:
+    stream = io.StringIO()
+    line = ProgressLine(stream, every=3600.0)
+    line.update(_position(0, 5), global_step=1, max_steps=10)
+    line.message("eval step 1: val_loss 3.0")
+    assert stream.getvalue() == "eval step 1: val_loss 3.0\n"
+
+
+def test_a_terminal_gets_the_live_line_and_no_progress_lines() -> None:
+    stream = _Tty()
+    ProgressLine(stream, max_per_second=1e9, every=0.0).update(_position(0, 5), global_step=1, max_steps=10)
+    assert "progress:" not in stream.getvalue() and stream.getvalue().startswith("\repoch 1 | batch 5/1270")

@@ -15,6 +15,7 @@ from ckptkit.core.checkpoint import Severity
 from ckptkit.core.errors import ResumeRefusedError
 from ckptkit.formats import open_checkpoint
 from ckptkit.runs import resuming
+from ckptkit.runs.trainer_registry import TrainerEntry
 from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, TrainingState, load_for_resume
 from ckptkit.training import sharded as sharded_module
@@ -111,7 +112,7 @@ def test_ckptkit_reads_its_sharded_folder_with_the_training_state_beside_the_sha
     assert ckpt.extra["ckptkit"]["trainer"] == "unit" and ckpt.extra["ckptkit"]["sharded"] is True
     assert sorted(ckpt.model) == ["0.bias", "0.weight", "2.bias", "2.weight"]   # from the shards
     # `ckptkit resume` runs such a folder's trainer under torchrun, one process per rank, with --fsdp
-    monkeypatch.setitem(resuming.BUNDLED_TRAINERS, "unit", "trainers.unit")
+    monkeypatch.setattr(resuming, "find_trainer", lambda name: TrainerEntry(name, "trainers.unit") if name == "unit" else None)
     plan = resuming.plan_resume(run, ("--log-interval", "1"))
     assert plan.checkpoint == run / "checkpoint_step_4"
     assert plan.command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m",

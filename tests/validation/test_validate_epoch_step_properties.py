@@ -18,8 +18,7 @@ from ckptkit.training import DataPosition, TrainingState
 from ckptkit.training.layout import build_checkpoint
 from ckptkit.validation.epoch_step import CODE
 from tests.validation.helpers import codes, run, trained_state
-from trainers.lm.config import PRESETS
-from trainers.lm.loop import LMRun, RunOptions
+from trainers.lm import PRESETS, LMRun, RunOptions
 
 REAL = Path(__file__).parent.parent / "fixtures" / "real"
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

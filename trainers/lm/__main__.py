@@ -1,5 +1,0 @@
-import sys
-
-from trainers.lm.cli import main
-
-sys.exit(main())

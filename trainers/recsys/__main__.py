@@ -1,5 +1,0 @@
-import sys
-
-from trainers.recsys.cli import main
-
-sys.exit(main())

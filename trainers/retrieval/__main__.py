@@ -1,5 +1,0 @@
-import sys
-
-from trainers.retrieval.cli import main
-
-sys.exit(main())
