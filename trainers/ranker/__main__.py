@@ -1,0 +1,5 @@
+import sys
+
+from trainers.ranker.cli import main
+
+sys.exit(main())
