@@ -33,8 +33,8 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_callback import ExportableState
 
 from ckptkit.core.errors import ResumeRefusedError
-from ckptkit.integrations.hf_checkpoints import (commit_checkpoint, pick_checkpoint,
-                                                 read_resume_state, rotate, write_resume_state)
+from ckptkit.integrations.hf_checkpoints import (commit_checkpoint, drop_orphan_manifests, newest_verified,
+                                                 pick_checkpoint, read_resume_state, rotate, write_resume_state)
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,11 @@ class ExactResume(TrainerCallback):
             logger.error("%s: not confirmed, a resume passes over it: %s", folder, errors[0])
         rotate(Path(args.output_dir), args.save_total_limit, state.best_model_checkpoint)
 
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if args.should_save and Path(args.output_dir).is_dir():
+            drop_orphan_manifests(Path(args.output_dir))
+
     # -- helpers ------------------------------------------------------------------------------
     def _trainer(self) -> Trainer:
         if self.trainer is None:
@@ -203,7 +208,22 @@ def _rotate_after_verification(output_dir: str, *args: Any, **kwargs: Any) -> No
     _trainer_rotate(output_dir, *args, **kwargs)
 
 
+_trainer_sort = hf_trainer_module.sort_checkpoints
+
+
+def _sort_sparing_newest_verified(output_dir: str, *args: Any, **kwargs: Any) -> list[str]:
+    """With save_total_limit=1, Trainer's _finalize_training deletes every folder this returns
+    except the best: under ExactResume the newest verified folder is not offered (a resume
+    that extends the run needs it)."""
+    folders = _trainer_sort(output_dir, *args, **kwargs)
+    if str(Path(output_dir).resolve()) not in _GUARDED_OUTPUT_DIRS:
+        return folders
+    keep = newest_verified(Path(output_dir))
+    return [f for f in folders if keep is None or Path(f).resolve() != keep.resolve()]
+
+
 hf_trainer_module.rotate_checkpoints = _rotate_after_verification
+hf_trainer_module.sort_checkpoints = _sort_sparing_newest_verified
 
 
 def hyperparameters(args: TrainingArguments, state: TrainerState, train_dataloader: Any) -> dict[str, Any]:

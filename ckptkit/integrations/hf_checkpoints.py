@@ -54,7 +54,10 @@ def pick_checkpoint(target: str | os.PathLike[str]) -> ResumePick:
     if CHECKPOINT_FOLDER.match(target.name) and target.is_dir():
         return ResumePick(target, [], verify_checkpoint(target))
     run = scan_run(target)
-    folders = [e for e in run.entries if e.is_folder and CHECKPOINT_FOLDER.match(e.path.name)]
+    # By the step in the name, as Trainer saves them: a folder whose trainer_state.json never got
+    # written has no progress to sort by, yet it is the newest and must be named as passed over.
+    folders = sorted((e for e in run.entries if e.is_folder and CHECKPOINT_FOLDER.match(e.path.name)),
+                     key=lambda e: int(CHECKPOINT_FOLDER.match(e.path.name).group(1)))  # type: ignore[union-attr]
     if not folders:
         return ResumePick(None)
     passed_over: list[str] = []
@@ -142,13 +145,12 @@ def rotate(output_dir: Path, limit: int | None, best: str | None) -> list[Path]:
     """Delete the oldest checkpoint-N folders beyond `limit`, never the newest verified one, the
     newest of all (just saved), nor the best; manifests of deleted folders go first, and manifests
     left without their folder go too. Returns what was deleted."""
-    folders = sorted((p for p in Path(output_dir).iterdir() if p.is_dir() and CHECKPOINT_FOLDER.match(p.name)),
-                     key=lambda p: int(CHECKPOINT_FOLDER.match(p.name).group(1)))  # type: ignore[union-attr]
-    _drop_orphan_manifests(Path(output_dir))
+    folders = checkpoint_folders(Path(output_dir))
+    drop_orphan_manifests(Path(output_dir))
     if not limit or limit <= 0 or len(folders) <= limit:
         return []
-    verified = [p for p in folders if manifest_path(p).exists()]
-    protected = {folders[-1], *verified[-1:]}
+    verified = newest_verified(Path(output_dir))
+    protected = {folders[-1], *([verified] if verified else [])}
     if best:
         protected |= {p for p in folders if p.name == Path(best).name}
     deleted = []
@@ -162,8 +164,19 @@ def rotate(output_dir: Path, limit: int | None, best: str | None) -> list[Path]:
     return deleted
 
 
-def _drop_orphan_manifests(output_dir: Path) -> None:
-    """Trainer's own rotation (when rotation was not handed to us) deletes folders, not manifests."""
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """checkpoint-N folders, by N (the global step Trainer names them by)."""
+    return sorted((p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_FOLDER.match(p.name)),
+                  key=lambda p: int(CHECKPOINT_FOLDER.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def newest_verified(output_dir: Path) -> Path | None:
+    verified = [p for p in checkpoint_folders(output_dir) if manifest_path(p).exists()]
+    return verified[-1] if verified else None
+
+
+def drop_orphan_manifests(output_dir: Path) -> None:
+    """Trainer deletes folders, not manifests (its end-of-training cleanup for save_total_limit=1)."""
     for entry in output_dir.glob("checkpoint-*.manifest.json"):
         folder = entry.with_name(entry.name[: -len(".manifest.json")])
         if not folder.exists():

@@ -19,7 +19,10 @@ from ckptkit.validation import validate_checkpoint
 
 # trainer name stored in a checkpoint's "ckptkit" entry -> module that resumes it
 BUNDLED_TRAINERS: dict[str, str] = {"lm": "trainers.lm", "retrieval": "trainers.retrieval", "recsys": "trainers.recsys",
-                                     "pretrained": "trainers.pretrained"}
+                                     "pretrained": "trainers.pretrained",
+                                     # HF Trainer LoRA ranker: its checkpoint-N/ folders carry the name in
+                                     # ckptkit_resume.json (ckptkit.integrations.hf.ExactResume)
+                                     "ranker": "trainers.ranker"}
 
 
 @dataclass
