@@ -134,17 +134,20 @@ def ranking_metrics(scores: np.ndarray, labels: np.ndarray, vocab: Vocabulary, k
 
 
 class StopAt(TrainerCallback):
-    """--stop-at-step: stop after that optimizer step (and its save, if one is due);
-    --kill-at-step: SIGKILL right after that step's save (a real crash, no cleanup)."""
+    """--stop-at-step: stop after that optimizer step, once its save (if one is due) is written,
+    so the saved folder is the one the uninterrupted run writes (its TrainerControl says
+    nothing of the stop); --kill-at-step: SIGKILL right after that step's save (a real crash)."""
 
     def __init__(self, stop: int | None, kill: int | None) -> None:
         self.stop, self.kill = stop, kill
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step == self.stop:
+        if state.global_step == self.stop and not control.should_save:
             control.should_training_stop = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.stop:
+            control.should_training_stop = True
         if state.global_step == self.kill:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
