@@ -273,9 +273,11 @@ def restore_random_states(states: dict[str, Any], generators: dict[str, torch.Ge
     if "torch_cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_unb64(s) for s in states["torch_cuda"]])
     saved = states.get("generators", {})
-    if set(saved) != set(generators):
-        raise ResumeRefusedError(None, f"the train dataloader's generators are {sorted(generators)}, "
-                                 f"the checkpoint recorded {sorted(saved)}: its data order cannot be replayed")
+    if unknown := sorted(set(generators) - set(saved)):
+        raise ResumeRefusedError(None, f"the train dataloader draws from {', '.join(unknown)}, which the checkpoint "
+                                 "did not record: its data order cannot be replayed")
+    # A recorded generator the fresh loader does not have yet is one its sampler creates and seeds
+    # itself inside iter() (accelerate's SeedableRandomSampler: seed + epoch): nothing to restore.
     for name, generator in generators.items():
         generator.set_state(_unb64(saved[name]))
 

@@ -117,3 +117,14 @@ def test_a_ranker_run_never_rotates_away_its_last_verified_folder(tmp_path: Path
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-1", "checkpoint-1.manifest.json", "checkpoint-2"]
     with pytest.warns(UserWarning, match="passed over checkpoint-2"):
         assert verified_checkpoint(tmp_path) == str(tmp_path / "checkpoint-1")
+
+
+def test_ckptkit_itself_never_imports_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, ckptkit, ckptkit.cli, ckptkit.runs.resuming, ckptkit.validation, ckptkit.repair.hf_trainer; "
+            "print(sorted(m for m in ('transformers', 'peft', 'accelerate') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout.strip() == "[]", proc.stderr
