@@ -27,10 +27,14 @@ def small_config(**changes: Any) -> RankerConfig:
 
 
 def train(cfg: RankerConfig, out: Path, resume: Path | None = None, exact: bool = True,
-          stop_at: int | None = None) -> Any:
+          stop_at: int | None = None, draw_before_train: bool = False) -> Any:
+    """`draw_before_train`: the resuming script draws one random number of its own after building
+    the Trainer (which seeds), as a script that samples anything does."""
     trainer, _ = build_trainer(cfg, out, "cpu", exact=exact)
     if stop_at is not None:
         trainer.add_callback(StopAt(stop_at, None))
+    if draw_before_train:
+        torch.rand(1)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return trainer
 

@@ -29,7 +29,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one_bitwise(uninterrupted: dict[
                                                             loader: str, stop: str) -> None:
     full = final_state(uninterrupted[loader])
     resume = copy_checkpoint(uninterrupted[loader] / f"checkpoint-{STOPS[stop]}", tmp_path)
-    train(small_config(loader_seed=LOADERS[loader]), tmp_path, resume=resume)
+    train(small_config(loader_seed=LOADERS[loader]), tmp_path, resume=resume, draw_before_train=True)
     resumed = final_state(tmp_path)
     assert differences(full, resumed) == []
     # what the comparison covers, so that an empty difference means something

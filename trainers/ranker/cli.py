@@ -57,6 +57,11 @@ def _run(args: argparse.Namespace) -> int:
     from trainers.ranker.train import RankerConfig, StopAt, build_trainer
     from ckptkit.integrations.hf import verified_checkpoint
 
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
+        return EXIT_USAGE
     overrides = {field: getattr(args, flag) for flag, field in _CONFIG_FLAGS.items() if getattr(args, flag) is not None}
     resume = None
     if args.resume is not None:
