@@ -128,3 +128,16 @@ def test_ckptkit_itself_never_imports_transformers() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_fix_epoch_on_a_ranker_folder_renews_its_manifest(run: Path) -> None:
+    from ckptkit.core.checkpoint import Severity
+    from ckptkit.repair.hf_trainer import fix_epoch_hf
+    from ckptkit.storage.manifest import read_manifest
+    from ckptkit.validation import validate_path
+
+    result = fix_epoch_hf(run / "checkpoint-4", 2, None, dry_run=False, backup=None, keep_backup=True)
+    assert result.written
+    assert read_manifest(run / "checkpoint-4").global_step == 6   # 2 complete epochs x 3 steps
+    errors = [f.code for f in validate_path(run / "checkpoint-4", deep=True).findings if f.severity is Severity.ERROR]
+    assert errors == ["counters.hf-step-mismatch"]   # the folder rename fix-epoch leaves to the user; no manifest error
