@@ -27,6 +27,9 @@ SCHEDULER_FILE = "scheduler.pt"
 SCALER_FILE = "scaler.pt"
 RNG_FILE = re.compile(r"rng_state(_\d+)?\.pth$")
 ADAPTER_CONFIG = "adapter_config.json"
+# Written into the folder by ckptkit.integrations.hf.ExactResume: what an exact resume needs that
+# Trainer does not keep, and which bundled trainer (if any) wrote the folder.
+EXACT_RESUME_STATE = "ckptkit_resume.json"
 
 
 class HFTrainerFormat:
@@ -55,6 +58,8 @@ class HFTrainerFormat:
         args = _training_args(reading, names)
         sections = read_training_state(reading, names)
         adapter = reading.read_json(ADAPTER_CONFIG, "LoRA adapter config") if ADAPTER_CONFIG in names else None
+        resume_state = (reading.read_json(EXACT_RESUME_STATE, "ckptkit exact-resume state")
+                        if EXACT_RESUME_STATE in names else None)
         ckpt = reading.finish(self.name, "lora-adapter" if ADAPTER_CONFIG in names else "full-model",
                               hf_progress(state, args))
         ckpt.model = model
@@ -66,6 +71,8 @@ class HFTrainerFormat:
             ckpt.config, ckpt.sources["config"] = args, TRAINING_ARGS
         if isinstance(state, dict):
             _fill_trainer_state(ckpt, state)
+        if isinstance(resume_state, dict) and isinstance(resume_state.get("ckptkit"), dict):
+            ckpt.extra["ckptkit"] = resume_state["ckptkit"]
         return ckpt
 
 

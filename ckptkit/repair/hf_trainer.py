@@ -16,6 +16,7 @@ from typing import Any
 from ckptkit.storage.atomic import atomic_write_file, default_backup_path
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
+from ckptkit.repair.manifests import ManifestRefresh
 
 TRAINER_STATE = "trainer_state.json"
 FOLDER_STEP = re.compile(r"^checkpoint-(\d+)$")
@@ -143,11 +144,24 @@ def _carry_out(folder: Path, state: dict[str, Any], plan: RepairPlan, *, dry_run
     text = json.dumps(state, indent=2, sort_keys=True) + "\n"   # as the Trainer writes it
     where = Path(backup) if backup is not None else default_backup_path(target) if keep_backup else None
 
+    # A folder written under ckptkit's ExactResume has a manifest covering trainer_state.json:
+    # renewed with the new bytes, as for any rewritten member (see repair/manifests.py).
+    manifest = ManifestRefresh.covering(target)
+
     def verify(tmp: Path) -> None:
         if json.loads(tmp.read_text(encoding="utf-8")) != state:
             raise WriteVerificationError(target, "read back differently; nothing was replaced")
+        if manifest is not None:
+            manifest.take()
 
-    atomic_write_file(target, lambda f: f.write(text.encode("utf-8")), verify=verify, backup=where)
+    try:
+        atomic_write_file(target, lambda f: f.write(text.encode("utf-8")), verify=verify, backup=where)
+    except BaseException:
+        if manifest is not None:
+            manifest.put_back()
+        raise
+    if manifest is not None:
+        manifest.renew(state)
     result.written = True
     result.backups = [str(where)] if where is not None else []
     return result
