@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
+from ckptkit.families import optimizer_step
 from ckptkit.formats import open_checkpoint
 from ckptkit.views.jsonable import summarize, to_jsonable
 from ckptkit.views.keys import module_prefixes
@@ -178,16 +179,7 @@ def optimizer_summary(opt: Any, source: str) -> OptimizerSummary | None:
                        g.get("betas"), g.get("momentum"))
               for i, g in enumerate(opt["param_groups"]) if isinstance(g, dict)]
     state = opt["state"] if isinstance(opt["state"], dict) else {}
-    return OptimizerSummary(source, optimizer_kind(opt), groups, len(state), _optimizer_step(state))
-
-
-def _optimizer_step(state: dict[Any, Any]) -> Any:
-    for entry in state.values():
-        if isinstance(entry, dict) and "step" in entry:
-            step = entry["step"]
-            value = step.scalar_value() if isinstance(step, TensorRef) else step
-            return int(value) if isinstance(value, float) and value.is_integer() else value
-    return None
+    return OptimizerSummary(source, optimizer_kind(opt), groups, len(state), optimizer_step(opt))
 
 
 def _plain_section(value: Any) -> dict[str, Any] | None:

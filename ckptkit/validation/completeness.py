@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.validation.counters import TRAINING_FAMILIES
+from ckptkit.validation.counters import is_training_layout
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -18,7 +18,7 @@ PRETRAINED_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetenso
 
 def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
     ckpt = ctx.ckpt
-    if ckpt.family not in TRAINING_FAMILIES or ckpt.path.is_dir():
+    if not is_training_layout(ckpt.family) or ckpt.path.is_dir():
         return
     has_counters = ckpt.progress.known
     has_optimizer = S.is_optimizer_state(ckpt.optimizer)     # an empty {} placeholder is not one

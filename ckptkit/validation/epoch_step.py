@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import dig
-from ckptkit.validation.param_matching import optimizer_step
+from ckptkit.families import (Family, UnrepresentableProgress, counters_tree, dig, family_named,
+                              optimizer_step)
 from ckptkit.validation.position_range import place, position_args, position_in_range
 
 if TYPE_CHECKING:
@@ -118,19 +118,35 @@ def hf_updates_per_epoch(state: dict[str, Any], args: dict[str, Any] | None) -> 
 # --- ckptkit's own trainer: data_position ----------------------------------------------------
 
 def _data_position(ctx: ValidationContext) -> Iterable[Finding]:
-    tree = ctx.ckpt.tree
-    position = tree.get("data_position") if isinstance(tree, dict) else None
+    """ckptkit's trainers write the system's own 'epoch' beside data_position from one counter:
+    the family says which 'epoch' that position stores, and the two must agree."""
+    found, family = counters_tree(ctx.ckpt), family_named(ctx.ckpt.family)
+    if found is None or family is None:
+        return
+    member, tree = found
+    position = tree.get("data_position")
     if not isinstance(position, dict):
         return
-    epoch, top = S.as_int(position.get("epoch")), S.as_int(tree.get("epoch"))
-    offset = 1 if ctx.ckpt.family == "recsys" else 0   # seed 000: 'epoch' = index of the last finished epoch
-    if epoch is not None and top is not None and epoch != top + offset:
-        yield Finding(CODE, Severity.WARNING, ctx.where("epoch"),
-                      f"'epoch' = {top} but data_position.epoch = {epoch}: the trainer writes both from one "
-                      f"counter (epochs completed), so they cannot both be true; ckptkit resumes from "
-                      f"data_position (epoch {epoch}), a reader of 'epoch' would start epoch {top + offset}",
-                      ctx.command("fix-epoch", *position_args(epoch, S.as_int(position.get("batch_in_epoch")) or 0)))
+    epoch, batch, top = S.as_int(position.get("epoch")), S.as_int(position.get("batch_in_epoch")) or 0, S.as_int(tree.get("epoch"))
+    expected = _stored_epoch(family, tree, epoch, batch)
+    if expected is not None and top is not None and top != expected:
+        yield Finding(CODE, Severity.WARNING, ctx.where("epoch", member),
+                      f"'epoch' = {top} but data_position says {place(epoch, batch)}, which this layout "  # type: ignore[arg-type]
+                      f"stores as 'epoch' = {expected}: the trainer writes both from one counter, so they "
+                      f"cannot both be true; ckptkit resumes from data_position, the system's own resume "
+                      "reads 'epoch'", ctx.command("fix-epoch", *position_args(epoch, batch)))  # type: ignore[arg-type]
     yield from _batches_against_updates(ctx, position, S.as_int(tree.get("global_step")))
+
+
+def _stored_epoch(family: Family, tree: dict[str, Any], epoch: int | None, batch: int) -> int | None:
+    """The 'epoch' the family's own convention stores for data_position's place (None: unknown)."""
+    if epoch is None or family.record is None or epoch < 0 or batch < 0:
+        return None
+    try:
+        value = family.record(tree, epoch, batch).get(("epoch",))
+    except UnrepresentableProgress:
+        return None
+    return S.as_int(value)
 
 
 def _batches_against_updates(ctx: ValidationContext, position: dict[str, Any], step: int | None) -> Iterable[Finding]:

@@ -70,16 +70,16 @@ def test_a_step_past_the_trainers_steps_per_epoch_is_refused_and_nothing_is_writ
     assert torch.load(path, weights_only=True)["data_position"]["batch_in_epoch"] == 8
 
 
-def test_recsys_stores_the_index_of_the_last_finished_epoch(samples: Path) -> None:
+def test_llamarec_stores_the_number_of_epochs_finished(samples: Path) -> None:
     path = samples / "recsys" / "models" / "checkpoint-recent.pth"
     fix_epoch(path, 3, keep_backup=False)
-    assert _counters(path, "epoch") == {"epoch": 2}
+    assert _counters(path, "epoch") == {"epoch": 3}
     assert open_checkpoint(path).progress.epochs_completed == 3
     assert not path.with_name("checkpoint-recent.pth.bak").exists()
 
 
 def test_recsys_refuses_a_mid_epoch_position(samples: Path) -> None:
-    with pytest.raises(UnsupportedFeatureError, match="saves at epoch ends only"):
+    with pytest.raises(UnsupportedFeatureError, match="LlamaRec saves 'epoch' = epochs finished"):
         fix_epoch(samples / "recsys" / "models" / "checkpoint-recent.pth", 3, step=10)
 
 
@@ -106,7 +106,7 @@ def test_a_legacy_file_is_rewritten_as_a_zip_archive_with_the_same_tensors(sampl
     assert open_checkpoint(path).format == "torch-zip"
     assert any("rewritten as a torch.save zip archive" in n for n in result.plan.notes)
     after = torch.load(path, weights_only=True)
-    assert after["epoch"] == 6
+    assert after["epoch"] == 7
     for key, tensor in before["model_state_dict"].items():
         assert torch.equal(after["model_state_dict"][key], tensor)
 

@@ -114,8 +114,8 @@ def test_data_position_agreeing_with_global_step_is_quiet(save: Any, state: dict
 def test_top_level_epoch_disagreeing_with_data_position_is_reported(save: Any, state: dict[str, Any]) -> None:
     finding = only(run(trainer_checkpoint(save, state, 7, epoch=3)), CODE)
     assert finding.where == "checkpoint_step_7.pt: epoch"
-    assert finding.message.startswith("'epoch' = 3 but data_position.epoch = 1: the trainer writes both from one "
-                                      "counter")
+    assert finding.message.startswith("'epoch' = 3 but data_position says epoch 2, step 5 of it, which this "
+                                      "layout stores as 'epoch' = 1: the trainer writes both from one counter")
     assert finding.fix.endswith("--epoch 2 --step 5")
 
 

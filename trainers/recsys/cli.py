@@ -34,7 +34,6 @@ TRAINER = EpochTrainer(
     # flag name -> RecsysConfig field (seed 000's names: --lr, --num_epochs, --batch_size)
     config_flags={"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
                   "seed": "seed", "precision": "precision", "epochs": "epochs"},
-    seed_epoch_offset=1,  # the seed's 'epoch' is the index of the last finished epoch
 )
 
 

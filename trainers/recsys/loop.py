@@ -76,8 +76,8 @@ class RecsysRun(EpochRun):
                 keys.EPOCH_LOSS_SUM: r.epoch_loss_sum}
 
     def _seed_position(self, ckpt: Any) -> tuple[DataPosition, str]:
-        # the seed's own trainer stores 'epoch' as the index of the last finished epoch
-        position = replace(self.sampler.start_position(self.cfg.grad_accum), epoch=int(ckpt[keys.EPOCH]) + 1)
+        # LlamaRec stores 'epoch' = epochs finished (ckptkit.families.llamarec)
+        position = replace(self.sampler.start_position(self.cfg.grad_accum), epoch=int(ckpt[keys.EPOCH]))
         return position, "no data_position: continuing at the start of the next epoch"
 
     def _record_from(self, ckpt: Any, global_step: int, position: DataPosition) -> RecsysRecord:
