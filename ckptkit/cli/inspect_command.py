@@ -51,6 +51,10 @@ def render_inspection(r: Inspection, show_tensors: bool) -> str:
            f"  progress  {r.progress.describe()}"]
     out += [f"            {field}: {source}" for field, source in r.progress.sources.items()]
     out += [f"            note: {note}" for note in r.progress.notes]
+    if r.progress.stored:
+        out.append("  stored    " + ", ".join(f"{k} = {v}" for k, v in r.progress.stored.items()))
+    if r.progress.resume is not None:
+        out.append(f"  resume    {r.progress.resume.describe()}")
     out += _members(r) + _model(r, show_tensors) + _chunks(r, show_tensors) + _optimizer(r)
     for title, section in (("Scheduler", r.scheduler), ("AMP scaler", r.scaler)):
         if section is not None:

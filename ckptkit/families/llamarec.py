@@ -37,7 +37,11 @@ def matches(tree: Tree) -> bool:
 def progress(tree: Tree, path: Path) -> Progress:
     p = Progress()
     epoch = S.as_int(tree.get("epoch"))
-    if epoch is not None:
+    if epoch is not None and epoch >= 1 and untrained(tree):
+        p.epochs_completed, p.epoch_complete = 0, True
+        p.sources["epochs_completed"] = (f"key 'epoch' = {epoch}, but the optimizer never stepped: saved by "
+                                         "validate(0) before any training, so no epoch is done")
+    elif epoch is not None:
         p.epochs_completed, p.epoch_complete = epoch, True
         p.sources["epochs_completed"] = (f"key 'epoch' = {epoch}: epochs finished (LlamaRec logs the 0-based "
                                          "loop index + 1 and resumes at range(epoch, num_epochs))")
@@ -48,6 +52,11 @@ def progress(tree: Tree, path: Path) -> Progress:
         p.sources["training_finished"] = "file name ends with '.final' (written when training completed)"
     read_position(tree, p)   # ckptkit's trainer: where inside the next epoch an interrupt stopped
     return p
+
+
+def untrained(tree: Tree) -> bool:
+    """Saved before the first optimizer step (validate(0) at the start of train())."""
+    return optimizer_never_stepped(tree.get("optimizer_state_dict"))
 
 
 def record(tree: Tree, epochs: int, step: int) -> CounterValues:
@@ -71,7 +80,7 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
 
 def traps(tree: Tree, path: Path, p: Progress) -> Iterator[TrapHit]:
     epoch = S.as_int(tree.get("epoch"))
-    if epoch is not None and epoch >= 1 and optimizer_never_stepped(tree.get("optimizer_state_dict")):
+    if epoch is not None and epoch >= 1 and untrained(tree):
         yield TrapHit(
             "counters.untrained-progress", Severity.WARNING, "epoch",
             f"'epoch' = {epoch} claims {epoch} finished epoch(s) but the optimizer never stepped (its state "
