@@ -64,9 +64,15 @@ def progress(tree: Tree, path: Path) -> Progress:
 
 
 def record(tree: Tree, epochs: int, step: int) -> CounterValues:
+    """A finished epoch E is written (E, total_batches) where total_batches is stored: EnStack's
+    resume (since 01ce568) trains E again from (E, 0) but starts E + 1 from step >= its batches.
+    Without total_batches, (E, 0) as its own fix_checkpoint_epoch.py writes. ckptkit's trainer
+    keeps (E, 0): it resumes from data_position."""
     total = S.as_int(tree.get("total_batches"))
-    if step == 0:
-        values: CounterValues = {("epoch",): epochs, ("step",): 0}
+    if step == 0 and epochs > 0 and total is not None and total >= 1 and not has_position(tree):
+        values: CounterValues = {("epoch",): epochs, ("step",): total}
+    elif step == 0:
+        values = {("epoch",): epochs, ("step",): 0}
     elif total is not None and step >= total:
         raise UnrepresentableProgress(f"step {step} is not inside an epoch of total_batches = {total} "
                                       "batches; record a finished epoch with --complete instead")

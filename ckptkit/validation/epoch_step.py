@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 CODE = "counters.epoch-step-mismatch"
 TRAINER_STATE = "trainer_state.json"
-TRAINING_STATE = "training_state.pth"
 # Lightning 2.x: where the fit loop counts optimizer steps (trainer.global_step reads one of them).
 LIGHTNING_STEP_COUNTERS = {
     "automatic": ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total", "completed"),
@@ -224,26 +223,24 @@ def _lightning_fix(ctx: ValidationContext, fit: Any, completed: int) -> str:
 # --- seed 003: training_state.pth ------------------------------------------------------------
 
 def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
-    tree, member = ctx.ckpt.tree, None
-    if ctx.ckpt.path.is_dir() and isinstance(tree, dict) and isinstance(tree.get(TRAINING_STATE), dict):
-        tree, member = tree[TRAINING_STATE], TRAINING_STATE
-    elif ctx.ckpt.family != "training-state" or not isinstance(tree, dict):
+    """The optimizer cannot have stepped more often than batches were trained, by the family's
+    own reading of its position (EnStack: 1-based epoch, step 0 = its end), file or folder alike."""
+    found, p = counters_tree(ctx.ckpt), ctx.ckpt.progress
+    if found is None or "data_position" in found[1]:
+        return      # ckptkit's trainers: data_position against global_step is checked above
+    member, tree = found
+    total, updates = p.steps_per_epoch, optimizer_step(tree.get("optimizer_state_dict"))
+    if None in (p.epochs_completed, total, updates) or total <= 0:   # type: ignore[operator]
         return
-    epoch, step, total = (S.as_int(tree.get(k)) for k in ("epoch", "step", "total_batches"))
-    opt = tree.get("optimizer_state_dict")
-    updates = optimizer_step(opt) if S.is_optimizer_state(opt) else None
-    if None in (epoch, step, total, updates) or total <= 0 or epoch < 1:   # type: ignore[operator]
-        return
-    # The layout's convention: epoch is 1-based; step = batches done in it, 0 (or total) = its end.
-    done = epoch * total if step == 0 or step >= total else (epoch - 1) * total + step   # type: ignore[operator]
+    done = p.epochs_completed * total + (p.step_in_epoch or 0)   # type: ignore[operator]
     if updates <= done:   # type: ignore[operator]
         return
     epochs, within = divmod(updates, total)   # type: ignore[operator]
-    said = "the end of epoch" if step == 0 else f"batch {step} of epoch"
     yield Finding(CODE, Severity.WARNING, ctx.where("step", member),
-                  f"'epoch' = {epoch}, 'step' = {step} (with total_batches = {total}: {said} {epoch}) is "
-                  f"{done} batches into training, but the optimizer has taken {updates} steps: each step takes "
-                  "at least one batch, so they cannot both be true (unless this run started from another run's "
-                  "optimizer state or total_batches changed between runs). With no gradient accumulation the "
-                  f"optimizer's steps put the run at {place(epochs, within)}; if so, record it with the fix command",
+                  f"{', '.join(f'{k!r} = {v}' for k, v in p.stored.items())} ({p.describe()}) is {done} batches "
+                  "into training, "
+                  f"but the optimizer has taken {updates} steps: each step takes at least one batch, so they "
+                  "cannot both be true (unless this run started from another run's optimizer state or "
+                  "total_batches changed between runs). With no gradient accumulation the optimizer's steps put "
+                  f"the run at {place(epochs, within)}; if so, record it with the fix command",
                   ctx.command("fix-epoch", *position_args(epochs, within)))

@@ -229,9 +229,9 @@ def test_seed_003_position_behind_the_optimizers_steps_is_reported(save: Any, st
     assert finding.severity is Severity.WARNING
     assert finding.where == "training_state.pth: step"
     assert finding.message.startswith(
-        "'epoch' = 1, 'step' = 1000 (with total_batches = 1270: batch 1000 of epoch 1) is 1000 batches into "
-        "training, but the optimizer has taken 1278 steps: each step takes at least one batch, so they cannot "
-        "both be true")
+        "'epoch' = 1, 'step' = 1000, 'total_batches' = 1270 (epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)) is "
+        "1000 batches into training, but the optimizer has taken 1278 steps: each step takes at least one "
+        "batch, so they cannot both be true")
     assert "the optimizer's steps put the run at epoch 2, step 8 of it" in finding.message
     assert finding.fix.endswith("training_state.pth --epoch 2 --step 8")
 
