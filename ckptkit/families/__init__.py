@@ -30,7 +30,7 @@ from ckptkit.views import sections as S
 
 __all__ = ["FAMILIES", "GENERIC", "RETRIEVAL_NAME", "CounterValues", "Family", "FamilyNames", "KeyPath",
            "TrapHit", "Tree", "UnrepresentableProgress", "build_checkpoint", "dig", "family_named",
-           "counters_tree", "interpret", "leftover_copy", "optimizer_step", "recognise"]
+           "counters_tree", "interpret", "system_folder", "leftover_copy", "optimizer_step", "recognise"]
 
 # Order matters: the first family whose `matches` accepts a tree wins.
 FAMILIES: list[Family] = [LIGHTNING, NANOGPT, EXPERIMENT, FASHION, ENSTACK, LLAMAREC]
@@ -69,6 +69,14 @@ def leftover_copy(name: str) -> tuple[str, str, str] | None:
             if m:
                 return kind, family.description.split(" ")[0], m.group("name")
     return None
+
+
+def system_folder(ckpt: Checkpoint) -> bool:
+    """A folder as the training system itself saves it (EnStack's model + training_state.pth),
+    checked like the state file inside it; not a format's folder whose parts live elsewhere (DCP)."""
+    family, found = family_named(ckpt.family), counters_tree(ckpt)
+    return (ckpt.path.is_dir() and family is not None and found is not None
+            and found[0] is not None and found[0] == family.names.state_file)
 
 
 def counters_tree(ckpt: Checkpoint) -> tuple[str | None, Tree] | None:

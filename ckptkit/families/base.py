@@ -47,6 +47,7 @@ class FamilyNames:
     final: tuple[str, ...] = ()
     temporary: re.Pattern[str] | None = None   # a save in progress (never resume from it)
     backup: re.Pattern[str] | None = None      # the previous copy kept during a swap
+    state_file: str | None = None   # the member holding the counters in the system's checkpoint folder
 
 
 @dataclass(frozen=True)

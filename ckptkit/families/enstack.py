@@ -133,7 +133,8 @@ def traps(tree: Tree, path: Path, p: Progress) -> Iterator[TrapHit]:
 ENSTACK = Family(
     "training-state", "EnStack training_state.pth (epoch 1-based, step with 0 = end of epoch, total_batches)",
     matches, progress, record, (("steps_per_epoch", "total_batches"),),
-    names=FamilyNames(recent=("last_checkpoint",), best=("best_model",), temporary=TEMPORARY, backup=BACKUP),
+    names=FamilyNames(recent=("last_checkpoint",), best=("best_model",), temporary=TEMPORARY, backup=BACKUP,
+                      state_file=STATE_FILE),
     resume=resume, traps=traps,
     counter_keys=(("epoch",), ("step",), ("total_batches",), ("global_step",), *POSITION_KEYS),
 )

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
+from ckptkit.families import system_folder
 from ckptkit.validation.counters import is_training_layout
 
 if TYPE_CHECKING:
@@ -18,8 +19,8 @@ PRETRAINED_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetenso
 
 def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
     ckpt = ctx.ckpt
-    if not is_training_layout(ckpt.family) or ckpt.path.is_dir():
-        return
+    if not is_training_layout(ckpt.family) or (ckpt.path.is_dir() and not system_folder(ckpt)):
+        return      # a folder is checked here when a member holds a family's counters (EnStack's)
     has_counters = ckpt.progress.known
     has_optimizer = S.is_optimizer_state(ckpt.optimizer)     # an empty {} placeholder is not one
     if not ckpt.model:
