@@ -24,7 +24,7 @@ from ckptkit.families.generic import stored as generic_stored
 from ckptkit.families.lightning import LIGHTNING
 from ckptkit.families.llamarec import LLAMAREC
 from ckptkit.families.nanogpt import NANOGPT
-from ckptkit.formats.base import security_findings
+from ckptkit.formats.base import register_tree_interpreter, security_findings
 from ckptkit.storage.safe_pickle import GlobalRef, PickledObject
 from ckptkit.views import sections as S
 
@@ -118,6 +118,9 @@ def build_checkpoint(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef])
     _fill_sections(ckpt, tree)
     ckpt.progress = interpret(family, tree, path)
     return ckpt
+
+
+register_tree_interpreter(build_checkpoint)
 
 
 def _fill_sections(ckpt: Checkpoint, tree: Tree) -> None:
