@@ -42,6 +42,9 @@ class ModelSummary:
     dtypes: dict[str, int]
     modules: list[ModuleRow]
     tensor_list: list[TensorRow]
+    # Names that are one tensor (same storage, offset, shape and strides: tied weights, e.g. an
+    # embedding and an LM head). Parameters and bytes count each once.
+    ties: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -128,11 +131,15 @@ def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
 
 def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
     rows = [TensorRow(name, t.dtype.name, list(t.shape), t.numel) for name, t in model.items()]
+    same: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    for name, t in model.items():
+        same.setdefault((id(t.storage), t.storage_offset, t.shape, t.stride), []).append(name)
+    unique = [model[names[0]] for names in same.values()]
     return ModelSummary(
-        source=source, tensors=len(rows), parameters=sum(r.parameters for r in rows),
-        bytes=sum(t.nbytes for t in model.values()),
+        source=source, tensors=len(rows), parameters=sum(t.numel for t in unique),
+        bytes=sum(t.nbytes for t in unique),
         dtypes=dict(Counter(t.dtype.name for t in model.values())),
-        modules=_module_rows(model), tensor_list=rows)
+        modules=_module_rows(model), tensor_list=rows, ties=[n for n in same.values() if len(n) > 1])
 
 
 def _module_rows(model: dict[str, TensorRef]) -> list[ModuleRow]:

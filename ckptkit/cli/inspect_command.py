@@ -86,6 +86,7 @@ def _model(r: Inspection, show_tensors: bool) -> list[str]:
            f"  {m.tensors} tensors, {number(m.parameters)} parameters, {human_bytes(m.bytes)}, {dtypes}",
            table([(row.prefix, row.tensors, number(row.parameters), row.dtypes) for row in m.modules],
                  ["module", "tensors", "parameters", "dtypes"])]
+    out += [f"  tied (one storage, counted once): {' = '.join(names)}" for names in m.ties]
     if show_tensors:
         out += ["", table([(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", number(t.parameters))
                            for t in m.tensor_list], ["tensor", "dtype", "shape", "elements"])]

@@ -336,3 +336,21 @@ def test_a_final_file_is_not_called_stale_when_the_run_was_extended_past_it(tmp_
     llamarec_file(out, "checkpoint-recent.pth.final", 4)
     llamarec_file(out, "checkpoint-recent.pth", 5)
     assert [f.code for f in scan_run(out).findings] == []
+
+
+# --- inspect: tied weights -----------------------------------------------------------------------
+
+def test_inspect_counts_a_tied_embedding_and_head_once_and_names_the_tie(tmp_path: Path) -> None:
+    from ckptkit.inspection import inspect_checkpoint
+
+    embed = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight                 # tied, as GPT-2 / nanoGPT do
+    state = {"embed.weight": embed.weight, "head.weight": head.weight, "norm": torch.ones(4)}
+    torch.save({"model": state, "iter_num": 3, "model_args": {}}, tmp_path / "ckpt.pt")
+    summary = inspect_checkpoint(tmp_path / "ckpt.pt").model
+    assert summary is not None
+    assert (summary.tensors, summary.parameters, summary.bytes) == (3, 44, 44 * 4)
+    assert summary.ties == [["embed.weight", "head.weight"]]
+    output = CliRunner().invoke(cli, ["inspect", str(tmp_path / "ckpt.pt")]).output
+    assert "tied (one storage, counted once): embed.weight = head.weight" in output
