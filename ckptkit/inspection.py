@@ -186,7 +186,7 @@ def optimizer_summary(opt: Any, source: str) -> OptimizerSummary | None:
                        g.get("betas"), g.get("momentum"))
               for i, g in enumerate(opt["param_groups"]) if isinstance(g, dict)]
     state = opt["state"] if isinstance(opt["state"], dict) else {}
-    return OptimizerSummary(source, optimizer_kind(opt), groups, len(state), optimizer_step(opt))
+    return OptimizerSummary(source, optimizer_kind(opt), groups, len(state), optimizer_step(opt, limit=1))
 
 
 def _plain_section(value: Any) -> dict[str, Any] | None:

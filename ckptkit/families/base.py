@@ -117,12 +117,13 @@ def optimizer_never_stepped(optimizer: Any) -> bool:
         isinstance(g, dict) and g.get("params") for g in optimizer["param_groups"])
 
 
-def optimizer_step(optimizer: Any) -> int | None:
+def optimizer_step(optimizer: Any, limit: int | None = None) -> int | None:
     """How many steps an Adam-style optimizer took: the largest per-parameter `step`, or None.
 
     The one rule ckptkit uses (validation, fix-epoch): parameters frozen for a while or added
     later have smaller counts, so the largest is the optimizer's own. A step that cannot be read
-    (truncated bytes) is an integrity finding elsewhere, not a counter here.
+    (truncated bytes) is an integrity finding elsewhere, not a counter here. `limit`: look at the
+    first entries with a step only (`inspect` reads one 4-byte scalar, not one per parameter).
     """
     state = optimizer.get("state") if isinstance(optimizer, dict) else None
     steps: list[int] = []
@@ -135,4 +136,6 @@ def optimizer_step(optimizer: Any) -> int | None:
                 value = None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
             steps.append(int(value))
+            if limit is not None and len(steps) >= limit:
+                break
     return max(steps) if steps else None
