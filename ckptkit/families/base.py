@@ -71,6 +71,8 @@ class Family:
     epoch_histories: bool = False
     # The file name encodes the epoch (fix-epoch says how to rename).
     name_pattern: re.Pattern[str] | None = None
+    # Why the system is known to train with fp16 AMP (its scripts), in words; None: not known.
+    amp_evidence: str | None = None
 
     def stored(self, tree: Tree) -> dict[str, Any]:
         """The family's counters as stored, dotted key -> value (only those present)."""

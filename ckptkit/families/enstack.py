@@ -107,8 +107,17 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction | None:
 def traps(tree: Tree, path: Path, p: Progress) -> Iterator[TrapHit]:
     """Where inside an epoch the checkpoint was taken, and whether that can be told."""
     epoch, step, total = (S.as_int(tree.get(k)) for k in ("epoch", "step", "total_batches"))
+    if total is not None and total < 1:
+        yield TrapHit("counters.position-out-of-range", Severity.ERROR, "total_batches",
+                      f"expected total_batches >= 1, found {total}: an epoch has at least one batch, so "
+                      "'step' cannot be placed in it and the share of the epoch done is unknown")
+    if step is not None and step < 0:
+        yield TrapHit("counters.position-out-of-range", Severity.ERROR, "step",
+                      f"expected 0 <= step <= total_batches{f' = {total}' if total is not None else ''}, "
+                      f"found step = {step}: a batch count cannot be negative, so this position names no "
+                      "batch of the data and a resume from it would skip or repeat batches")
     if epoch is None or (step is not None and step < 0) or (total is not None and total < 1):
-        return      # no position to describe: counters.position-out-of-range says why
+        return
     fix_complete = ("fix-epoch", "--epoch", str(epoch), "--complete")
     if step and total is not None and step > total:
         yield TrapHit("counters.step-past-epoch-end", Severity.ERROR, "step",

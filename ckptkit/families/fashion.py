@@ -78,4 +78,5 @@ FASHION = Family(
     names=FamilyNames(best=("best_*",), final=("final_*",)),
     resume=resume, traps=traps, counter_keys=(("epoch",), ("global_step",), *POSITION_KEYS),
     epoch_histories=True, name_pattern=NAME,
+    amp_evidence="the fashion recommender's train.sh and run_resume_training.sh pass --mixed-precision",
 )

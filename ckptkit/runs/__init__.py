@@ -25,7 +25,7 @@ from ckptkit.storage.atomic import TEMP_MARKER, is_backup
 
 HF_CHECKPOINT = re.compile(r"checkpoint-\d+$")
 HF_TEMP = re.compile(r"tmp-checkpoint-\d+$")
-# Names that promise "the newest": seed 003's last_checkpoint, seed 000's checkpoint-recent, last.ckpt.
+# Names that promise "the newest": EnStack's last_checkpoint, LlamaRec's checkpoint-recent, last.ckpt.
 RECENT_NAME = re.compile(r"(^|[-_.])(last|latest|recent|newest)([-_.]|$)", re.IGNORECASE)
 BEST_NAME = re.compile(r"best", re.IGNORECASE)
 FINAL_NAME = re.compile(r"final", re.IGNORECASE)

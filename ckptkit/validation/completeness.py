@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import system_folder
+from ckptkit.families import family_named, system_folder
 from ckptkit.validation.counters import is_training_layout
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
 def _model_elsewhere(ctx: ValidationContext, has_optimizer: bool) -> Iterable[Finding]:
     """A training_state.pth keeps weights in save_pretrained files beside it."""
     folder = ctx.ckpt.path.parent
-    if ctx.ckpt.family == "training-state":
+    family = family_named(ctx.ckpt.family)
+    if family is not None and family.names.state_file is not None:     # EnStack's training_state.pth
         if not any((folder / name).exists() for name in PRETRAINED_WEIGHTS):
             yield Finding("completeness.missing-weights", Severity.ERROR, ctx.where(),
                           f"expected model weights saved with save_pretrained beside this file "
