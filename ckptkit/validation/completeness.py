@@ -43,6 +43,8 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
 
 def _model_elsewhere(ctx: ValidationContext, has_optimizer: bool) -> Iterable[Finding]:
     """A training_state.pth keeps weights in save_pretrained files beside it."""
+    if ctx.ckpt.path.is_dir():
+        return      # a folder's missing weights are its reader's folder.missing-weights
     folder = ctx.ckpt.path.parent
     family = family_named(ctx.ckpt.family)
     if family is not None and family.names.state_file is not None:     # EnStack's training_state.pth
