@@ -20,6 +20,7 @@ from ckptkit.families.experiment import EXPERIMENT
 from ckptkit.families.fashion import FASHION
 from ckptkit.families.fashion import NAME as RETRIEVAL_NAME
 from ckptkit.families.generic import GENERIC
+from ckptkit.families.generic import has_nested_counters
 from ckptkit.families.generic import stored as generic_stored
 from ckptkit.families.lightning import LIGHTNING
 from ckptkit.families.llamarec import LLAMAREC
@@ -99,7 +100,7 @@ def build_checkpoint(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef])
     ckpt = Checkpoint(path=path, format=fmt, family="unknown", size_bytes=path.stat().st_size,
                       tree=tree, files=[path])
     ckpt.findings.extend(security_findings(path, path.name, globals_))
-    bare = S.flatten_state_dict(tree, strict=True)
+    bare = None if has_nested_counters(tree) else S.flatten_state_dict(tree, strict=True)
     if bare is not None:
         ckpt.family, ckpt.model = "state-dict", bare
         ckpt.sources["model"] = "(top level)"

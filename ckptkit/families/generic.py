@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Progress
+from ckptkit.core.checkpoint import Progress, TensorRef
+from ckptkit.core.errors import CkptkitError
 from ckptkit.families.base import CounterValues, Family, KeyPath, Tree, whole_epochs_only
 from ckptkit.views import sections as S
 
@@ -17,15 +18,33 @@ STEP_KEYS = ("global_step", "iter_num", "iteration", "step")
 NESTED = ("trainer", "train_state", "training_state", "state", "progress", "meta", "metadata")
 
 
+def counter(value: Any) -> int | None:
+    """An integer counter, stored as a number or (torchtitan's DCP train_state) a one-element
+    integer tensor, whose few bytes are read (as inspect reads an optimizer's step)."""
+    if isinstance(value, TensorRef):
+        if value.numel != 1 or not value.dtype.name.startswith(("int", "uint")):
+            return None
+        try:
+            return S.as_int(value.scalar_value())
+        except (CkptkitError, OSError, ValueError):
+            return None
+    return S.as_int(value)
+
+
 def _counter_home(tree: Tree) -> tuple[KeyPath, dict[str, Any]]:
     """Where the counters are: the top level, or the first known sub-dict holding one."""
     if any(S.as_int(tree.get(k)) is not None for k in (*STEP_KEYS, "epoch")):
         return (), tree
     for name in NESTED:
         sub = tree.get(name)
-        if isinstance(sub, dict) and any(S.as_int(sub.get(k)) is not None for k in (*STEP_KEYS, "epoch")):
+        if isinstance(sub, dict) and any(counter(sub.get(k)) is not None for k in (*STEP_KEYS, "epoch")):
             return (name,), sub
     return (), tree
+
+
+def has_nested_counters(tree: Any) -> bool:
+    """A tree whose counters sit one level down (it may otherwise look like a bare state dict)."""
+    return isinstance(tree, dict) and _counter_home(tree)[0] != ()
 
 
 def progress(tree: Tree, path: Path) -> Progress:
@@ -33,12 +52,12 @@ def progress(tree: Tree, path: Path) -> Progress:
     prefix, home = _counter_home(tree)
     where = "".join(f"{k}." for k in prefix)
     for key in STEP_KEYS:
-        if S.as_int(home.get(key)) is not None:
-            p.global_step = S.as_int(home[key])
+        if counter(home.get(key)) is not None:
+            p.global_step = counter(home[key])
             p.sources["global_step"] = f"key '{where}{key}' = {p.global_step}"
             break
-    if S.as_int(home.get("epoch")) is not None:
-        p.epochs_completed = S.as_int(home["epoch"])
+    if counter(home.get("epoch")) is not None:
+        p.epochs_completed = counter(home["epoch"])
         p.sources["epochs_completed"] = (f"key '{where}epoch' = {p.epochs_completed} (meaning not known for this "
                                          "layout: taken as epochs completed)")
     return p
@@ -53,7 +72,7 @@ def record(tree: Tree, epochs: int, step: int) -> CounterValues:
 
 def stored(tree: Tree) -> dict[str, Any]:
     prefix, home = _counter_home(tree)
-    return {".".join((*prefix, k)): home[k] for k in (*STEP_KEYS, "epoch") if S.as_int(home.get(k)) is not None}
+    return {".".join((*prefix, k)): counter(home[k]) for k in (*STEP_KEYS, "epoch") if counter(home.get(k)) is not None}
 
 
 GENERIC = Family("generic", "dict with a model and training state", lambda t: True, progress, record,
