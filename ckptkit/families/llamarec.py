@@ -37,7 +37,7 @@ def matches(tree: Tree) -> bool:
 def progress(tree: Tree, path: Path) -> Progress:
     p = Progress()
     epoch = S.as_int(tree.get("epoch"))
-    if epoch is not None and epoch >= 1 and untrained(tree):
+    if epoch == 1 and untrained(tree):
         p.epochs_completed, p.epoch_complete = 0, True
         p.sources["epochs_completed"] = (f"key 'epoch' = {epoch}, but the optimizer never stepped: saved by "
                                          "validate(0) before any training, so no epoch is done")
@@ -80,13 +80,13 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
 
 def traps(tree: Tree, path: Path, p: Progress) -> Iterator[TrapHit]:
     epoch = S.as_int(tree.get("epoch"))
-    if epoch is not None and epoch >= 1 and untrained(tree):
+    if epoch == 1 and untrained(tree):     # validate(0) logs exactly epoch 1
         yield TrapHit(
             "counters.untrained-progress", Severity.WARNING, "epoch",
-            f"'epoch' = {epoch} claims {epoch} finished epoch(s) but the optimizer never stepped (its state "
-            "is empty): this is the file LlamaRec saves before training starts (validate(0) logs epoch 1), "
-            "left in place when a run dies in its second epoch. --resume_from_checkpoint would skip "
-            f"{epoch} epoch(s) of training on untrained weights; record that no epoch is done",
+            "'epoch' = 1 claims a finished epoch but the optimizer never stepped (its state is empty): this "
+            "is the file LlamaRec saves before training starts (validate(0) logs epoch 1), left in place "
+            "when a run dies in its second epoch. --resume_from_checkpoint would skip the first epoch on "
+            "untrained weights; record that no epoch is done",
             ("fix-epoch", "--epoch", "0", "--complete"))
 
 
