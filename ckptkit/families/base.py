@@ -79,7 +79,7 @@ class Family:
         out: dict[str, Any] = {}
         for path in self.counter_keys:
             value = dig(tree, *path)
-            if value is not None and not isinstance(value, (dict, list, TensorRef)):
+            if isinstance(value, (int, float, str)):   # a counter as stored; other values are not one
                 out[".".join(path)] = value
         return out
 

@@ -364,3 +364,10 @@ def test_a_torchtitan_style_dcp_folder_reads_its_step_from_train_state(tmp_path:
     p = open_checkpoint(tmp_path / "step-30").progress
     assert (p.global_step, p.stored) == (30, {"train_state.step": 30})
     assert p.sources["global_step"] == "key 'train_state.step' = 30"
+
+
+def test_stored_counters_that_are_not_numbers_are_not_shown_as_counters(tmp_path: Path) -> None:
+    torch.save({"total_batches": (torch.tensor(1.5),), "epoch": 2, "step": 1, "best_val_f1": 0.1}, tmp_path / "t.pth")
+    p = open_checkpoint(tmp_path / "t.pth").progress
+    assert p.stored == {"epoch": 2, "step": 1}
+    json.dumps(p.to_json())
