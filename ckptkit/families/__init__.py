@@ -8,7 +8,6 @@ and folder names, traps, and what the system's own resume does. Sections (model,
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 

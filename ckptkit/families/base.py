@@ -71,6 +71,8 @@ class Family:
     epoch_histories: bool = False
     # The file name encodes the epoch (fix-epoch says how to rename).
     name_pattern: re.Pattern[str] | None = None
+    # What fix-epoch leaves as is in this layout (counters it cannot derive from an epoch), in words.
+    left_as_is: Callable[[Tree], list[str]] | None = None
     # Why the system is known to train with fp16 AMP (its scripts), in words; None: not known.
     amp_evidence: str | None = None
 

@@ -64,3 +64,26 @@ def _steps_for_position(tree: Tree, position: dict[str, Any], batches: int) -> C
     if "micro_step" in position:
         values[(POSITION, "micro_step")] = batches % accum
     return values
+
+
+def steps_left_as_is(tree: Tree) -> list[str]:
+    """What fix-epoch did not change among the step counters of a run_experiment.py LM or
+    ckptkit-trainer checkpoint, and why."""
+    step = S.as_int(tree.get("global_step"))
+    position = tree.get("data_position")
+    accum = S.as_int(position.get("grad_accum")) if isinstance(position, dict) else None
+    if step is None:
+        return []
+    if not accum or not isinstance(position, dict):
+        return [f"global_step = {step} was left as is: it counts optimizer steps and is what this layout's "
+                "trainer resumes from; the epoch alone does not determine it"]
+    out: list[str] = []      # global_step itself follows the position (_steps_for_position)
+    micro = S.as_int(position.get("micro_step")) or 0
+    if micro:
+        out.append(f"the position is {micro} batches into a gradient-accumulation window of {accum}: the "
+                   "gradients of those batches are not in the checkpoint, so the resumed window starts from "
+                   "zero gradients")
+    if "accumulation" in tree:
+        out.append("the saved 'accumulation' gradients belong to the old position and were left as is; "
+                   "delete them (or resume from a checkpoint saved on a window boundary) for a clean window")
+    return out

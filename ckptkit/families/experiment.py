@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ckptkit.core.checkpoint import Progress, ResumePrediction
 from ckptkit.families.base import CounterValues, Family, FamilyNames, Tree, has_any, whole_epochs_only
-from ckptkit.families.ckptkit_position import POSITION_KEYS, has_position, record_position
+from ckptkit.families.ckptkit_position import POSITION_KEYS, has_position, record_position, steps_left_as_is
 from ckptkit.views import sections as S
 
 SYSTEM = "run_experiment.py LM"
@@ -48,7 +48,7 @@ def progress(tree: Tree, path: Path) -> Progress:
         p.max_steps = S.as_int(config["max_steps"])
         p.sources["max_steps"] = f"key 'config' field max_steps = {p.max_steps}"
         if p.global_step is not None:
-            p.training_finished = p.global_step >= p.max_steps
+            p.training_finished = p.global_step >= config["max_steps"]
     return p
 
 
@@ -67,7 +67,7 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
     if p.training_finished:
         loses.insert(0, f"global step {p.global_step} is already at max_steps = {p.max_steps}: it re-saves and "
                         "stops at once; pass --extend-steps N (a new absolute total) to train further")
-    restores = [k for k in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict") if k in tree]
+    restores: list[str] = [k for k in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict") if k in tree]
     return ResumePrediction(SYSTEM, HOW, global_step=p.global_step, restores=[*restores, "global_step", "epoch"],
                             loses=loses)
 
@@ -76,5 +76,5 @@ EXPERIMENT = Family(
     "experiment", "run_experiment.py LM .pt (global_step, epoch, best_val_loss, config, histories)",
     matches, progress, record, (("global_step", "global_step"),),
     names=FamilyNames(best=("best_model.pt",), final=("final_model.pt",)),
-    resume=resume, counter_keys=(("global_step",), ("epoch",), *POSITION_KEYS),
+    resume=resume, counter_keys=(("global_step",), ("epoch",), *POSITION_KEYS), left_as_is=steps_left_as_is,
 )

@@ -50,7 +50,7 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
     loses = ["no GradScaler state: mixed-precision loss scaling starts over"]
     if p.step_in_epoch:
         loses.insert(0, f"the {p.step_in_epoch} batches already trained in that epoch are trained again")
-    restores = [k for k in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict") if k in tree]
+    restores: list[str] = [k for k in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict") if k in tree]
     return ResumePrediction(SYSTEM, HOW, start_epoch=epoch + 1, start_batch=0, restores=restores, loses=loses)
 
 

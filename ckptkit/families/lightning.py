@@ -66,6 +66,11 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
                             restores=["state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks"])
 
 
+def left_as_is(tree: Tree) -> list[str]:
+    return ["Lightning's global_step and its loops' batch and optimizer totals were left as is; "
+            "the file name (epoch=E-step=S) is not renamed"]
+
+
 LIGHTNING = Family("lightning", "PyTorch Lightning .ckpt", matches, progress, record, (("global_step", "global_step"),),
-                   resume=resume, counter_keys=(("epoch",), ("global_step",), _BATCH + ("is_last_batch",),
+                   resume=resume, left_as_is=left_as_is, counter_keys=(("epoch",), ("global_step",), _BATCH + ("is_last_batch",),
                                                 _BATCH + ("current", "processed")))

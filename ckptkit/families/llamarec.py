@@ -74,7 +74,7 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
         loses.insert(0, f"the {p.step_in_epoch} batches already trained in that epoch are trained again")
     if epoch is None:
         loses.insert(0, "no 'epoch' key: every epoch is trained again on top of these weights")
-    restores = [k for k in ("model_state_dict", "optimizer_state_dict") if k in tree]
+    restores: list[str] = [k for k in ("model_state_dict", "optimizer_state_dict") if k in tree]
     return ResumePrediction(SYSTEM, HOW, start_epoch=start + 1, start_batch=0, restores=restores, loses=loses)
 
 

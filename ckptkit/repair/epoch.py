@@ -13,7 +13,7 @@ from typing import Any
 
 from ckptkit.views import sections as S
 from ckptkit.storage.atomic import default_backup_path
-from ckptkit.core.checkpoint import Checkpoint, Progress, TensorRef
+from ckptkit.core.checkpoint import Checkpoint, Progress
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.families import UnrepresentableProgress, family_named, optimizer_step, recognise
 from ckptkit.formats import open_checkpoint
@@ -106,12 +106,9 @@ def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
     if opt_step is not None:
         out.append(f"optimizer step count = {opt_step} was left as is (Adam's bias correction uses it); "
                    "it only matters if you also rewind the weights")
-    if ckpt.family == "experiment":
-        out += _experiment_steps(ckpt)
-    if ckpt.family == "lightning":
-        out.append("Lightning's global_step and its loops' batch and optimizer totals were left as is; "
-                   "the file name (epoch=E-step=S) is not renamed")
     family = family_named(ckpt.family)
+    if family is not None and family.left_as_is is not None and isinstance(ckpt.tree, dict):
+        out += family.left_as_is(ckpt.tree)
     m = family.name_pattern.search(ckpt.path.name) if family and family.name_pattern else None
     if m and int(m.group("epoch")) != epochs:
         out.append(f"the file name says epoch {m.group('epoch')} but the file now records {epochs} epochs: "
@@ -120,29 +117,6 @@ def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
     for key, history in ckpt.histories.items():
         if family and family.epoch_histories and len(history) != epochs:
             out.append(f"history '{key}' has {len(history)} entries for {epochs} recorded epochs; it was left as is")
-    return out
-
-
-def _experiment_steps(ckpt: Checkpoint) -> list[str]:
-    """What became of the step counters of a seed-004 / ckptkit-trainer checkpoint."""
-    tree = ckpt.tree
-    step = S.as_int(tree.get("global_step"))
-    position = tree.get("data_position")
-    accum = S.as_int(position.get("grad_accum")) if isinstance(position, dict) else None
-    if step is None:
-        return []
-    if not accum:
-        return [f"global_step = {step} was left as is: it counts optimizer steps and is what this layout's "
-                "trainer resumes from; the epoch alone does not determine it"]
-    out: list[str] = []      # global_step itself follows the position (families._steps_for_position)
-    micro = S.as_int(position.get("micro_step")) or 0
-    if micro:
-        out.append(f"the position is {micro} batches into a gradient-accumulation window of {accum}: the "
-                   "gradients of those batches are not in the checkpoint, so the resumed window starts from "
-                   "zero gradients")
-    if "accumulation" in tree:
-        out.append("the saved 'accumulation' gradients belong to the old position and were left as is; "
-                   "delete them (or resume from a checkpoint saved on a window boundary) for a clean window")
     return out
 
 
