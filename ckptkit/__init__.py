@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.version import VERSION as __version__
 
+# Formats decode bytes; families interpret the trees they decode, registered on import. Imported
+# here so that every entry point (library, CLI, trainers) reads checkpoints with them registered.
+import ckptkit.families  # noqa: F401,I001  (after __version__: the families import ckptkit's layers)
+
 # name -> module that defines it; imported on first attribute access (PEP 562).
 _API = {
     "Checkpoint": "ckptkit.core.checkpoint",

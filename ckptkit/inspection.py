@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
+from ckptkit.families import optimizer_step
 from ckptkit.formats import open_checkpoint
 from ckptkit.views.jsonable import summarize, to_jsonable
 from ckptkit.views.keys import module_prefixes
@@ -41,6 +42,9 @@ class ModelSummary:
     dtypes: dict[str, int]
     modules: list[ModuleRow]
     tensor_list: list[TensorRow]
+    # Names that are one tensor (same storage, offset, shape and strides: tied weights, e.g. an
+    # embedding and an LM head). Parameters and bytes count each once.
+    ties: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -127,11 +131,15 @@ def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
 
 def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
     rows = [TensorRow(name, t.dtype.name, list(t.shape), t.numel) for name, t in model.items()]
+    same: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    for name, t in model.items():
+        same.setdefault((id(t.storage), t.storage_offset, t.shape, t.stride), []).append(name)
+    unique = [model[names[0]] for names in same.values()]
     return ModelSummary(
-        source=source, tensors=len(rows), parameters=sum(r.parameters for r in rows),
-        bytes=sum(t.nbytes for t in model.values()),
+        source=source, tensors=len(rows), parameters=sum(t.numel for t in unique),
+        bytes=sum(t.nbytes for t in unique),
         dtypes=dict(Counter(t.dtype.name for t in model.values())),
-        modules=_module_rows(model), tensor_list=rows)
+        modules=_module_rows(model), tensor_list=rows, ties=[n for n in same.values() if len(n) > 1])
 
 
 def _module_rows(model: dict[str, TensorRef]) -> list[ModuleRow]:
@@ -178,16 +186,7 @@ def optimizer_summary(opt: Any, source: str) -> OptimizerSummary | None:
                        g.get("betas"), g.get("momentum"))
               for i, g in enumerate(opt["param_groups"]) if isinstance(g, dict)]
     state = opt["state"] if isinstance(opt["state"], dict) else {}
-    return OptimizerSummary(source, optimizer_kind(opt), groups, len(state), _optimizer_step(state))
-
-
-def _optimizer_step(state: dict[Any, Any]) -> Any:
-    for entry in state.values():
-        if isinstance(entry, dict) and "step" in entry:
-            step = entry["step"]
-            value = step.scalar_value() if isinstance(step, TensorRef) else step
-            return int(value) if isinstance(value, float) and value.is_integer() else value
-    return None
+    return OptimizerSummary(source, optimizer_kind(opt), groups, len(state), optimizer_step(opt, limit=1))
 
 
 def _plain_section(value: Any) -> dict[str, Any] | None:

@@ -305,8 +305,8 @@ class RecsysRun:
     def _restore(self, resume: ResumePoint) -> RecsysRecord:
         restored = resume.restore(self.model, self.optimizer, self.scheduler, self.scaler)
         position, ckpt = restored.position, resume.checkpoint
-        if position is None:  # the original trainer's checkpoint: 'epoch' is the index of the last finished epoch
-            position = replace(self.sampler.start_position(self.cfg.grad_accum), epoch=int(ckpt[keys.EPOCH]) + 1)
+        if position is None:  # LlamaRec's own checkpoint: 'epoch' = epochs finished (ckptkit.families.llamarec)
+            position = replace(self.sampler.start_position(self.cfg.grad_accum), epoch=int(ckpt[keys.EPOCH]))
             restored.warnings.append("no data_position: continuing at the start of the next epoch")
         else:
             restored.warnings += self.sampler.resume_warnings(position)
@@ -394,8 +394,8 @@ def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Recsys
     out = args.out or (point.path.parent if point.path.is_file() else point.path)
     at = render_epoch_position(point.position, point.global_step, cfg.epochs) if point.position is not None else None
     print("\n".join(resume_report(point, at, notes)), flush=True)
-    # the original's 'epoch' is the index of the last finished epoch (-1: none)
-    done = point.position.epoch if point.position is not None else int(point.checkpoint.get(keys.EPOCH, -1)) + 1
+    # LlamaRec's own 'epoch' = epochs finished (0: none)
+    done = point.position.epoch if point.position is not None else int(point.checkpoint.get(keys.EPOCH, 0))
     if done >= cfg.epochs:
         return (f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
                 f"To train further: --epochs N (N > {done}).")

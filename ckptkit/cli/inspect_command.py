@@ -51,6 +51,10 @@ def render_inspection(r: Inspection, show_tensors: bool) -> str:
            f"  progress  {r.progress.describe()}"]
     out += [f"            {field}: {source}" for field, source in r.progress.sources.items()]
     out += [f"            note: {note}" for note in r.progress.notes]
+    if r.progress.stored:
+        out.append("  stored    " + ", ".join(f"{k} = {v}" for k, v in r.progress.stored.items()))
+    if r.progress.resume is not None:
+        out.append(f"  resume    {r.progress.resume.describe()}")
     out += _members(r) + _model(r, show_tensors) + _chunks(r, show_tensors) + _optimizer(r)
     for title, section in (("Scheduler", r.scheduler), ("AMP scaler", r.scaler)):
         if section is not None:
@@ -82,6 +86,7 @@ def _model(r: Inspection, show_tensors: bool) -> list[str]:
            f"  {m.tensors} tensors, {number(m.parameters)} parameters, {human_bytes(m.bytes)}, {dtypes}",
            table([(row.prefix, row.tensors, number(row.parameters), row.dtypes) for row in m.modules],
                  ["module", "tensors", "parameters", "dtypes"])]
+    out += [f"  tied (one storage, counted once): {' = '.join(names)}" for names in m.ties]
     if show_tensors:
         out += ["", table([(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", number(t.parameters))
                            for t in m.tensor_list], ["tensor", "dtype", "shape", "elements"])]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ckptkit.core.checkpoint import Severity
-from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
+from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, main
 from ckptkit.cli.render import emit_json, human_bytes, render_findings, table
 from ckptkit.runs import Run, RunEntry, scan_run
 
@@ -42,10 +42,15 @@ def ls_command(run_dir: Path, as_json: bool) -> None:
 def render_run(run: Run) -> str:
     if not run.entries:
         return f"no checkpoints found below {run.root}"
-    rows = [(e.relative + ("/" if e.is_folder else ""), e.format or "?", e.progress.describe(),
-             human_bytes(e.size_bytes), _health(e), ", ".join(e.markers)) for e in run.entries]
-    out = [table(rows, ["checkpoint", "format", "progress", "size", "health", "markers"],
-                 widths=[56, None, 44, None, 48, None], indent="")]
+    groups = run.groups() if len(run.runs()) > 1 else {run.root: run.entries}
+    out: list[str] = []
+    for folder, entries in groups.items():
+        if len(groups) > 1:     # several runs: one table each (their counters do not compare)
+            out += (["", f"run {folder}"] if out else [f"run {folder}"])
+        rows = [(e.relative + ("/" if e.is_folder else ""), e.format or "?", e.progress.describe(),
+                 human_bytes(e.size_bytes), _health(e), ", ".join(e.markers)) for e in entries]
+        out.append(table(rows, ["checkpoint", "format", "progress", "size", "health", "markers"],
+                         widths=[56, None, 44, None, 48, None], indent=""))
     if run.findings:
         out += ["", f"Run findings ({len(run.findings)})", render_findings(run.findings)]
     return "\n".join(out)
@@ -76,6 +81,11 @@ def latest_command(run_dir: Path, as_json: bool) -> None:
       python train.py --resume_from_checkpoint "$(ckptkit latest runs/x)"
     """
     run = scan_run(run_dir)
+    if run.resume is None and len(run.runs()) > 1:
+        names = [str(folder) for folder in run.runs()]
+        click.echo(f"ckptkit: {run_dir} holds {len(names)} runs ({', '.join(names)}): their counters do not compare; "
+                   f"name one, e.g. `ckptkit latest {names[-1]}`", err=True)
+        sys.exit(EXIT_ERROR)
     if run.resume is None:
         broken = sum(e.health.status == "broken" for e in run.entries)
         click.echo(f"ckptkit: no whole and consistent checkpoint below {run_dir} ({len(run.entries)} found, "

@@ -54,6 +54,8 @@ def render_report(report: ValidationReport) -> str:
     mode = "deep" if report.deep else "index only; add --deep to read tensor bytes"
     out = [heading(report.path), f"  format    {report.format}", f"  layout    {report.family}",
            f"  checks    {len(report.checks_run)} groups ({mode})"]
+    if report.resume:
+        out.append(f"  resume    {report.resume}")
     if not report.findings:
         return "\n".join(out + ["", "  clean: no findings"])
     summary = ", ".join(f"{counts[s.value]} {s.value}{'s' if counts[s.value] != 1 and s.value != 'info' else ''}"

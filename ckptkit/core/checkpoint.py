@@ -267,6 +267,48 @@ class Finding:
 
 
 @dataclass
+class ResumePrediction:
+    """What the training system's own resume code will do with a checkpoint, in its terms.
+
+    Told by the checkpoint's family (``ckptkit.families``), which knows that system's code:
+    which epoch and batch it starts at (human numbering: the 6th epoch is 6), what it restores
+    and what it silently loses.
+    """
+
+    system: str                          # "LlamaRec retriever", as its users know it
+    how: str                             # "--resume_from_checkpoint", "resume_training.py"
+    start_epoch: int | None = None       # 1-based epoch it trains first; None: it cannot tell
+    start_batch: int | None = None       # batches of that epoch skipped (0: from its start)
+    global_step: int | None = None       # for step-counted systems: the step it continues from
+    restores: list[str] = field(default_factory=list)
+    loses: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line, e.g. "LlamaRec retriever's --resume_from_checkpoint starts the 6th epoch at batch 0"."""
+        if self.start_epoch is not None:
+            where = f"starts the {ordinal(self.start_epoch)} epoch at batch {self.start_batch or 0}"
+        elif self.global_step is not None:
+            where = f"continues from global step {self.global_step}"
+        else:
+            where = "starts training from the beginning"
+        text = f"{self.system}'s {self.how} {where}"
+        if self.loses:
+            text += "; " + "; ".join(self.loses)
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"system": self.system, "how": self.how, "start_epoch": self.start_epoch,
+                "start_batch": self.start_batch, "global_step": self.global_step,
+                "restores": list(self.restores), "loses": list(self.loses), "summary": self.describe()}
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass
 class Progress:
     """Training progress in one language, whatever the family stored.
 
@@ -285,6 +327,10 @@ class Progress:
     training_finished: bool | None = None
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The counters as the file stores them (dotted key -> value), before any normalizing: users
+    # compare these with their own code's reading.
+    stored: dict[str, Any] = field(default_factory=dict)
+    resume: ResumePrediction | None = None   # what the system's own resume does with it
 
     @property
     def known(self) -> bool:
@@ -334,7 +380,8 @@ class Progress:
                 "steps_per_epoch": self.steps_per_epoch, "global_step": self.global_step,
                 "epoch_complete": self.epoch_complete, "epoch_float": self.epoch_float,
                 "max_steps": self.max_steps, "training_finished": self.training_finished,
-                "summary": self.describe(), "sources": dict(self.sources), "notes": list(self.notes)}
+                "summary": self.describe(), "sources": dict(self.sources), "notes": list(self.notes),
+                "stored": dict(self.stored), "resume": self.resume.to_json() if self.resume else None}
 
 
 @dataclass(frozen=True)

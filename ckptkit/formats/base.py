@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
@@ -26,6 +27,27 @@ class Format(Protocol):
 
     def read(self, path: Path) -> Checkpoint:
         """Read the index of the checkpoint (never tensor bytes) and recognise its parts."""
+
+
+# How a decoded tree becomes a Checkpoint (family, sections, progress) is the layer above's
+# business (ckptkit.families, which registers itself when the ckptkit package is imported):
+# formats decode bytes and hand the tree up, and never import that layer.
+TreeInterpreter = Callable[[Path, str, Any, list[GlobalRef]], Checkpoint]
+_INTERPRETER: list[TreeInterpreter] = []
+
+
+def register_tree_interpreter(interpret: TreeInterpreter) -> None:
+    _INTERPRETER[:] = [interpret]
+
+
+def checkpoint_from_tree(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef]) -> Checkpoint:
+    """The Checkpoint of a single file's decoded tree, interpreted by the registered layer; a raw
+    one (family "unknown", security findings only) if none is registered."""
+    if _INTERPRETER:
+        return _INTERPRETER[0](path, fmt, tree, globals_)
+    ckpt = Checkpoint(path=path, format=fmt, family="unknown", size_bytes=path.stat().st_size, tree=tree, files=[path])
+    ckpt.findings.extend(security_findings(path, path.name, globals_))
+    return ckpt
 
 
 def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list[Finding]:

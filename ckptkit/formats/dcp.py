@@ -20,7 +20,7 @@ from typing import Any
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, UnsupportedFeatureError
-from ckptkit.formats.base import security_findings, unpickle_or_raise
+from ckptkit.formats.base import checkpoint_from_tree, security_findings, unpickle_or_raise
 from ckptkit.formats.folder import FolderReading, take_training_state
 from ckptkit.formats.safetensors_file import read_safetensors_header
 from ckptkit.formats.torch_zip import ZIP_MAGIC, read_zip_pickle
@@ -62,8 +62,6 @@ class DcpFormat:
                                          f"{str(exc)[:120]})") from None
 
     def _read(self, path: Path) -> Checkpoint:
-        from ckptkit.families import build_checkpoint
-
         meta_path = path / METADATA
         result = unpickle_or_raise(meta_path, "DCP .metadata", lambda: safe_loads(meta_path.read_bytes()))
         fields = _fields_of(result.value, "Metadata", meta_path)
@@ -78,7 +76,7 @@ class DcpFormat:
         if (path / CKPTKIT_TRAINING_STATE).is_file():
             state = reading.open_member(CKPTKIT_TRAINING_STATE, "ckptkit training state (counters, scheduler, "
                                         "RNG, data position)")
-        ckpt = build_checkpoint(path, self.name, tree, [])
+        ckpt = checkpoint_from_tree(path, self.name, tree, [])
         if state is not None and isinstance(state.tree, dict):
             ckpt.tree = {**{k: v for k, v in state.tree.items() if k not in tree}, **tree}
             take_training_state(ckpt, state, CKPTKIT_TRAINING_STATE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Checkpoint
-from ckptkit.formats.base import unpickle_or_raise
+from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.formats.torch_legacy import MAGIC_PREFIX
 from ckptkit.storage.safe_pickle import safe_loads
 
@@ -17,7 +17,5 @@ class PickleFormat:
         return len(head) > 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and not head.startswith(MAGIC_PREFIX)
 
     def read(self, path: Path) -> Checkpoint:
-        from ckptkit.families import build_checkpoint
-
         result = unpickle_or_raise(path, "pickle", lambda: safe_loads(path.read_bytes()))
-        return build_checkpoint(path, self.name, result.value, result.globals)
+        return checkpoint_from_tree(path, self.name, result.value, result.globals)

@@ -13,6 +13,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
+from ckptkit.formats.base import checkpoint_from_tree
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef, TensorRef, make_tensor
 from ckptkit.core.dtypes import BY_SAFETENSORS, DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
@@ -31,10 +32,8 @@ class SafetensorsFormat:
         return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
 
     def read(self, path: Path) -> Checkpoint:
-        from ckptkit.families import build_checkpoint
-
         tensors, metadata = read_safetensors_header(path)
-        ckpt = build_checkpoint(path, self.name, tensors, [])
+        ckpt = checkpoint_from_tree(path, self.name, tensors, [])
         ckpt.metadata.update(metadata)
         return ckpt
 

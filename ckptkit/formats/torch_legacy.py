@@ -14,7 +14,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
-from ckptkit.formats.base import unpickle_or_raise
+from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.storage.safe_pickle import StorageType, safe_load_stream
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -30,10 +30,8 @@ class TorchLegacyFormat:
         return head.startswith(MAGIC_PREFIX)
 
     def read(self, path: Path) -> Checkpoint:
-        from ckptkit.families import build_checkpoint
-
         tree, globals_, records = read_legacy(path)
-        ckpt = build_checkpoint(path, self.name, tree, globals_)
+        ckpt = checkpoint_from_tree(path, self.name, tree, globals_)
         ckpt.metadata["storage_records"] = str(records)
         return ckpt
 

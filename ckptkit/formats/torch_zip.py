@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Callable
 
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
-from ckptkit.formats.base import unpickle_or_raise
+from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -33,10 +33,8 @@ class TorchZipFormat:
         return head.startswith(ZIP_MAGIC)
 
     def read(self, path: Path) -> Checkpoint:
-        from ckptkit.families import build_checkpoint
-
         tree, globals_, members = read_zip_pickle(path)
-        ckpt = build_checkpoint(path, self.name, tree, globals_)
+        ckpt = checkpoint_from_tree(path, self.name, tree, globals_)
         ckpt.metadata.update(members)
         return ckpt
 

@@ -13,11 +13,13 @@ from typing import Any
 
 from ckptkit.views import sections as S
 from ckptkit.storage.atomic import default_backup_path
-from ckptkit.core.checkpoint import Checkpoint, Progress, TensorRef
+from ckptkit.core.checkpoint import Checkpoint, Progress
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
-from ckptkit.families import RETRIEVAL_NAME, UnrepresentableProgress, family_named, recognise
+from ckptkit.families import UnrepresentableProgress, family_named, optimizer_step, recognise
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
+from ckptkit.repair.hf_trainer import TRAINER_STATE, fix_epoch_hf
+from ckptkit.repair.position import describe_action, target_position
 from ckptkit.repair.rewrite import check_rewritable, check_writable_tree, rewrite_file, rewrite_note
 
 
@@ -33,22 +35,6 @@ def training_state_member(folder: Path) -> Path | None:
     return None
 
 
-def target_position(epoch: int, step: int | None) -> tuple[int, int]:
-    """(epochs completed, batches into the next epoch) for human `--epoch N [--step S]`."""
-    if epoch < 0:
-        raise ValueError(f"--epoch must be 0 or more, got {epoch}")
-    if step is None:
-        return epoch, 0
-    if epoch < 1 or step < 1:
-        raise ValueError("--step S means S batches of epoch N are done: needs N >= 1 and S >= 1 "
-                         "(for a finished epoch use --complete)")
-    return epoch - 1, step
-
-
-def describe_action(epoch: int, step: int | None) -> str:
-    return f"fix-epoch --epoch {epoch} " + ("--complete" if step is None else f"--step {step}")
-
-
 def fix_epoch(path: str | os.PathLike[str], epoch: int, *, step: int | None = None, dry_run: bool = False,
               backup: str | os.PathLike[str] | None = None, keep_backup: bool = True) -> RepairResult:
     """Set the recorded progress of the checkpoint at `path`; see the module docstring.
@@ -62,8 +48,6 @@ def fix_epoch(path: str | os.PathLike[str], epoch: int, *, step: int | None = No
     except ValueError as exc:
         raise CkptkitError(path, str(exc)) from None
     if path.is_dir():
-        from ckptkit.repair.hf_trainer import TRAINER_STATE, fix_epoch_hf
-
         if (path / TRAINER_STATE).is_file():
             return fix_epoch_hf(path, epoch, step, dry_run=dry_run, backup=backup, keep_backup=keep_backup)
         path = training_state_member(path) or path
@@ -122,56 +106,18 @@ def left_inconsistent(ckpt: Checkpoint, epochs: int, within: int) -> list[str]:
     if opt_step is not None:
         out.append(f"optimizer step count = {opt_step} was left as is (Adam's bias correction uses it); "
                    "it only matters if you also rewind the weights")
-    if ckpt.family == "experiment":
-        out += _experiment_steps(ckpt)
-    if ckpt.family == "lightning":
-        out.append("Lightning's global_step and its loops' batch and optimizer totals were left as is; "
-                   "the file name (epoch=E-step=S) is not renamed")
-    m = RETRIEVAL_NAME.search(ckpt.path.name)
+    family = family_named(ckpt.family)
+    if family is not None and family.left_as_is is not None and isinstance(ckpt.tree, dict):
+        out += family.left_as_is(ckpt.tree)
+    m = family.name_pattern.search(ckpt.path.name) if family and family.name_pattern else None
     if m and int(m.group("epoch")) != epochs:
         out.append(f"the file name says epoch {m.group('epoch')} but the file now records {epochs} epochs: "
                    f"rename it yourself (ckptkit never renames), e.g. mv '{ckpt.path.name}' "
                    f"'{ckpt.path.name.replace(m.group(0), f'epoch_{epochs}_recall_' + m.group('recall'))}'")
     for key, history in ckpt.histories.items():
-        if ckpt.family == "retrieval" and len(history) != epochs:
+        if family and family.epoch_histories and len(history) != epochs:
             out.append(f"history '{key}' has {len(history)} entries for {epochs} recorded epochs; it was left as is")
     return out
-
-
-def _experiment_steps(ckpt: Checkpoint) -> list[str]:
-    """What became of the step counters of a seed-004 / ckptkit-trainer checkpoint."""
-    tree = ckpt.tree
-    step = S.as_int(tree.get("global_step"))
-    position = tree.get("data_position")
-    accum = S.as_int(position.get("grad_accum")) if isinstance(position, dict) else None
-    if step is None:
-        return []
-    if not accum:
-        return [f"global_step = {step} was left as is: it counts optimizer steps and is what this layout's "
-                "trainer resumes from; the epoch alone does not determine it"]
-    out: list[str] = []      # global_step itself follows the position (families._steps_for_position)
-    micro = S.as_int(position.get("micro_step")) or 0
-    if micro:
-        out.append(f"the position is {micro} batches into a gradient-accumulation window of {accum}: the "
-                   "gradients of those batches are not in the checkpoint, so the resumed window starts from "
-                   "zero gradients")
-    if "accumulation" in tree:
-        out.append("the saved 'accumulation' gradients belong to the old position and were left as is; "
-                   "delete them (or resume from a checkpoint saved on a window boundary) for a clean window")
-    return out
-
-
-def optimizer_step(optimizer: Any) -> int | None:
-    """The largest per-parameter `step` in an optimizer state dict (Adam-style), or None."""
-    state = optimizer.get("state") if S.is_optimizer_state(optimizer) else None
-    steps: list[int] = []
-    for entry in (state or {}).values():
-        value = entry.get("step") if isinstance(entry, dict) else None
-        if isinstance(value, TensorRef):
-            value = value.scalar_value()
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            steps.append(int(value))
-    return max(steps) if steps else None
 
 
 def carry_out(ckpt: Checkpoint, plan: RepairPlan, *, dry_run: bool, backup: Any, keep_backup: bool) -> RepairResult:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, TensorRef
-from ckptkit.families import RETRIEVAL_NAME, family_named
+from ckptkit.families import family_named
 from ckptkit.repair.changes import Change, KeyPath, plan_sets
 from ckptkit.storage.safe_pickle import PickledObject
 from ckptkit.views import sections as S
@@ -79,14 +79,14 @@ def restore_missing_epoch(ckpt: Checkpoint) -> FixPlan:
     family = family_named(ckpt.family)
     if ckpt.progress.known or family is None or family.record is None or not isinstance(ckpt.tree, dict):
         return out
-    if ckpt.optimizer is None and ckpt.family != "retrieval":
+    if ckpt.optimizer is None and not family.epoch_histories:
         return out      # weights or RNG state alone: no training position to restore (as validate says)
     evidence: dict[str, int] = {}
-    m = RETRIEVAL_NAME.search(ckpt.path.name) or EPOCH_IN_NAME.search(ckpt.path.name)
+    m = (family.name_pattern.search(ckpt.path.name) if family.name_pattern else None) or EPOCH_IN_NAME.search(ckpt.path.name)
     if m:
         evidence[f"the file name ({m.group(0)})"] = int(m.group(1))
     for key in PER_EPOCH_HISTORIES:
-        if ckpt.family == "retrieval" and S.is_history(ckpt.tree.get(key)):
+        if family.epoch_histories and S.is_history(ckpt.tree.get(key)):
             evidence[f"the length of '{key}' (one entry per epoch)"] = len(ckpt.tree[key])
     if not evidence:
         out.cannot_fix.append("no epoch counter, and neither the file name nor a per-epoch history says how "

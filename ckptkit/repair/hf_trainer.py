@@ -17,6 +17,7 @@ from ckptkit.storage.atomic import atomic_write_file, default_backup_path
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
 from ckptkit.repair.manifests import ManifestRefresh
+from ckptkit.repair.position import describe_action, target_position
 
 TRAINER_STATE = "trainer_state.json"
 FOLDER_STEP = re.compile(r"^checkpoint-(\d+)$")
@@ -52,7 +53,6 @@ def steps_per_epoch(folder: Path, state: dict[str, Any]) -> int:
 
 def fix_epoch_hf(folder: Path, epoch: int, step: int | None, *, dry_run: bool, backup: Any,
                  keep_backup: bool) -> RepairResult:
-    from ckptkit.repair.epoch import describe_action, target_position
 
     state = read_trainer_state(folder)
     epochs, within = target_position(epoch, step)

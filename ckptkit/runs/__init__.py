@@ -18,13 +18,14 @@ from typing import Any
 from ckptkit.core.checkpoint import Checkpoint, Finding, Progress, Severity
 from ckptkit.core.errors import CkptkitError, MissingFileError, NotACheckpointError
 from ckptkit.formats import FILE_FORMATS, folder_formats, open_checkpoint
+from ckptkit.families import leftover_copy
 from ckptkit.formats.base import HEAD_BYTES
 
 from ckptkit.storage.atomic import TEMP_MARKER, is_backup
 
 HF_CHECKPOINT = re.compile(r"checkpoint-\d+$")
 HF_TEMP = re.compile(r"tmp-checkpoint-\d+$")
-# Names that promise "the newest": seed 003's last_checkpoint, seed 000's checkpoint-recent, last.ckpt.
+# Names that promise "the newest": EnStack's last_checkpoint, LlamaRec's checkpoint-recent, last.ckpt.
 RECENT_NAME = re.compile(r"(^|[-_.])(last|latest|recent|newest)([-_.]|$)", re.IGNORECASE)
 BEST_NAME = re.compile(r"best", re.IGNORECASE)
 FINAL_NAME = re.compile(r"final", re.IGNORECASE)
@@ -78,12 +79,35 @@ class Run:
     entries: list[RunEntry]                      # ordered by training progress, least advanced first
     findings: list[Finding] = field(default_factory=list)
     subjects: list[list[Path]] = field(default_factory=list)   # per finding: the checkpoints it is about
-    resume: RunEntry | None = None               # what `ckptkit latest` prints
+    resume: RunEntry | None = None               # what `ckptkit latest` prints (None when several runs)
+
+    def groups(self) -> dict[Path, list[RunEntry]]:
+        """The runs below the root, by the folder their checkpoints are saved in (each training
+        system saves one run's checkpoints into one folder), each ordered by progress."""
+        out: dict[Path, list[RunEntry]] = {}
+        for entry in self.entries:
+            out.setdefault(run_folder(entry), []).append(entry)
+        return out
+
+    def runs(self) -> list[Path]:
+        """The folders holding a run: at least one checkpoint with known progress that is not a
+        temporary or backup copy. More than one: `latest` must be told which."""
+        return [folder for folder, entries in self.groups().items()
+                if any(e.progress.known and not e.temporary and not e.backup for e in entries)]
 
     def to_json(self) -> dict[str, Any]:
         return {"root": str(self.root), "checkpoints": [e.to_json() for e in self.entries],
                 "resume": self.resume.relative if self.resume else None,
+                "runs": [self._relative(f) for f in self.runs()],
                 "findings": [f.to_json() for f in self.findings]}
+
+    def _relative(self, folder: Path) -> str:
+        return "." if folder == self.root else str(folder.relative_to(self.root)) if self.root in folder.parents else str(folder)
+
+
+def run_folder(entry: RunEntry) -> Path:
+    """The folder of the run a checkpoint belongs to: the folder it was saved into."""
+    return entry.path.parent if entry.relative != "." else entry.path
 
 
 def scan_run(root: str | os.PathLike[str]) -> Run:
@@ -162,19 +186,21 @@ def _is_checkpoint_file(path: Path) -> bool:
 
 def _entry(root: Path, path: Path, is_folder: bool) -> RunEntry:
     relative = path.name if path == root and not is_folder else "." if path == root else str(path.relative_to(root))
-    temporary = TEMP_MARKER in path.name or bool(HF_TEMP.match(path.name))
+    leftover = leftover_copy(path.name)     # a training system's own temporary / backup names
+    temporary = TEMP_MARKER in path.name or bool(HF_TEMP.match(path.name)) or (leftover or ("",))[0] == "temporary"
+    backup = is_backup(path) or (leftover or ("",))[0] == "backup"
     try:
         ckpt = open_checkpoint(path)
     except CkptkitError as exc:
         return RunEntry(path, relative, is_folder, None, None, Progress(), _disk_size(path),
-                        Health("broken", _unreadable_reason(exc, path)), temporary)
+                        Health("broken", _unreadable_reason(exc, path)), temporary, backup=backup)
     health = quick_health(ckpt)
     if temporary:
         health = Health("broken", "temporary: left by a save that did not finish (never renamed into place)",
                         health.errors, health.warnings, health.codes)
     best = ckpt.extra.get("best_model_checkpoint") if ckpt.format == "hf-trainer" else None
     return RunEntry(path, relative, is_folder, ckpt.format, ckpt.family, ckpt.progress, ckpt.size_bytes,
-                    health, temporary, best_reference=str(best) if best else None, backup=is_backup(path))
+                    health, temporary, best_reference=str(best) if best else None, backup=backup)
 
 
 def quick_health(ckpt: Checkpoint) -> Health:
@@ -225,13 +251,17 @@ def is_whole(entry: RunEntry) -> bool:
 
 
 def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
-    """The most advanced whole and consistent checkpoint (entries are ordered by progress).
+    """The most advanced whole and consistent checkpoint (entries are ordered by progress); at
+    equal progress, one without warnings before one with (a weights-only copy, a missing
+    optimizer: `completeness.*`).
 
     The one picked is also checked against its ckptkit manifest's CRC-32s, as the resume will
     check it (`ls` itself only compares sizes): a file rolled back to an older copy of the same
     size (a sync client's restore) is marked broken and the next one back is taken instead.
     """
-    for entry in reversed([e for e in entries if is_whole(e)]):
+    whole = sorted((e for e in entries if is_whole(e)),
+                   key=lambda e: (e.progress.sort_key(), e.health.status == "ok", -e.health.warnings))
+    for entry in reversed(whole):
         problems = _manifest_crc_problems(entry.path)
         if not problems:
             return entry
@@ -261,8 +291,9 @@ def _most_advanced(entries: list[RunEntry]) -> list[RunEntry]:
 
 def _mark(run: Run) -> None:
     best_folders = _hf_best_folders(run.entries)
-    for entry in _most_advanced(run.entries):
-        entry.markers.append("latest")
+    for entries in run.groups().values():    # "latest" within each run: counters of two runs do not compare
+        for entry in _most_advanced(entries):
+            entry.markers.append("latest")
     for entry in run.entries:
         if entry.backup:
             entry.markers.append("backup")
@@ -272,9 +303,13 @@ def _mark(run: Run) -> None:
             entry.markers.append("best")
         if entry.progress.training_finished or FINAL_NAME.search(entry.path.name):
             entry.markers.append("final")
-    run.resume = pick_resume(run.entries)
-    if run.resume is not None:
-        run.resume.markers.append("resume")
+    runs = run.runs()
+    for folder, entries in run.groups().items():
+        pick = pick_resume(entries) if folder in runs else None
+        if pick is not None:
+            pick.markers.append("resume")
+            if len(runs) == 1:
+                run.resume = pick
 
 
 def _hf_best_folders(entries: list[RunEntry]) -> set[Path]:

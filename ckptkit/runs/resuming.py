@@ -90,6 +90,9 @@ def _choose_checkpoint(target: Path) -> Path:
         if not target.is_dir():
             raise
     run = scan_run(target)
+    if run.resume is None and len(run.runs()) > 1:
+        raise ResumeRefusedError(target, f"holds {len(run.runs())} runs ({', '.join(map(str, run.runs()))}); "
+                                 "pass the folder of the one to resume")
     if run.resume is None:
         raise ResumeRefusedError(target, "no whole, consistent checkpoint below this folder; "
                                  f"see `ckptkit ls {target}`")

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.runs import BEST_NAME, HF_CHECKPOINT, HF_TEMP, RECENT_NAME, TEMP_MARKER, Run, RunEntry
+from ckptkit.families import leftover_copy
+from ckptkit.runs import BEST_NAME, FINAL_NAME, HF_CHECKPOINT, HF_TEMP, RECENT_NAME, TEMP_MARKER, Run, RunEntry
 
 Trap = Callable[[Run], Iterator[tuple[list[Path], Finding]]]
 
@@ -45,18 +46,23 @@ def _named_but_behind(run: Run, name: re.Pattern[str], skip_temporary: bool) -> 
 
 
 def best_behind_latest(run: Run) -> Iterator[tuple[list[Path], Finding]]:
-    """Seed 004: `--resume checkpoints/best_model.pt` throws away every step after the best one."""
+    """run_experiment.py LM: `--resume checkpoints/best_model.pt` throws away every step after the
+    best one. Information: every healthy run whose metric stopped improving looks like this."""
     for entry, later in _named_but_behind(run, BEST_NAME, skip_temporary=False):
         yield [entry.path], Finding(
-            "run.best-not-latest", Severity.WARNING, entry.relative,
+            "run.best-not-latest", Severity.INFO, entry.relative,
             f"{entry.relative} is the best model ({entry.progress.describe()}); {later.relative} is further "
             f"({later.progress.describe()}). Resuming from the best model repeats the training after it and "
             f"drops the later optimizer/scheduler state: resume from {later.relative}", _latest_fix(run))
 
 
 def stale_recent(run: Run) -> Iterator[tuple[list[Path], Finding]]:
-    """Seed 003: a 'last'/'recent' checkpoint older than another one (overwritten, or rolled back)."""
+    """EnStack: a 'last'/'recent' checkpoint older than another one (overwritten, or rolled back).
+    A final file (`checkpoint-recent.pth.final`) is the end of the run it finished: a run
+    extended past it is newer, not the final file stale."""
     for entry, later in _named_but_behind(run, RECENT_NAME, skip_temporary=True):
+        if FINAL_NAME.search(entry.path.name) or entry.backup:
+            continue
         yield [entry.path], Finding(
             "run.stale-latest", Severity.WARNING, entry.relative,
             f"{entry.relative} is named as the newest checkpoint but holds {entry.progress.describe()}, "
@@ -69,9 +75,11 @@ def temporary_leftovers(run: Run) -> Iterator[tuple[list[Path], Finding]]:
     for entry in run.entries:
         if not entry.temporary:
             continue
+        leftover = leftover_copy(entry.path.name)
         who = ("Trainer writes tmp-checkpoint-N and renames it to checkpoint-N when complete"
                if HF_TEMP.match(entry.path.name) else
-               f"ckptkit's atomic writes use '{TEMP_MARKER}' names until the write is complete")
+               f"{leftover[1]} saves into {entry.path.name} and moves it to {leftover[2]} when complete"
+               if leftover else f"ckptkit's atomic writes use '{TEMP_MARKER}' names until the write is complete")
         yield [entry.path], Finding(
             "run.temporary-leftover", Severity.WARNING, entry.relative,
             f"{entry.relative} is a temporary checkpoint left by a save that did not finish ({who}): "
@@ -90,19 +98,42 @@ def hf_missing_trainer_state(run: Run) -> Iterator[tuple[list[Path], Finding]]:
                 "restart at step 0 (epoch, global_step, log_history and best metric are lost)", _latest_fix(run))
 
 
+def swap_leftover(run: Run) -> Iterator[tuple[list[Path], Finding]]:
+    """EnStack: save_checkpoint moves last_checkpoint to .backup_last_checkpoint, then the new copy
+    in; a crash between the two leaves no last_checkpoint, and the next train() deletes every
+    .backup_* (and the resume scripts skip '.' folders): the only finished copy is lost."""
+    for entry in run.entries:
+        leftover = leftover_copy(entry.path.name)
+        if leftover is None or leftover[0] != "backup" or (entry.path.parent / leftover[2]).exists():
+            continue
+        target = entry.path.parent / leftover[2]
+        yield [entry.path], Finding(
+            "run.swap-leftover", Severity.WARNING, entry.relative,
+            f"{entry.relative} is the finished copy of {leftover[2]} that {leftover[1]} moved aside while "
+            f"saving, and {leftover[2]} is missing: the save crashed mid-swap. {leftover[1]}'s next training "
+            "start deletes every .backup_* folder; restore it first",
+            f"mv {shlex.quote(str(entry.path))} {shlex.quote(str(target))}")
+
+
 def latest_unusable(run: Run) -> Iterator[tuple[list[Path], Finding]]:
-    """The furthest checkpoint cannot be resumed from: say so, and what will be used instead."""
-    known = [e for e in run.entries if e.progress.known and not e.temporary and not e.backup]
+    """The furthest checkpoint of a run cannot be resumed from: say so, and what will be used instead."""
+    for entries in run.groups().values():
+        yield from _latest_unusable(run, entries)
+
+
+def _latest_unusable(run: Run, entries: list[RunEntry]) -> Iterator[tuple[list[Path], Finding]]:
+    known = [e for e in entries if e.progress.known and not e.temporary and not e.backup]
     if not known or known[-1].health.status != "broken":
         return
     top = known[-1]
-    instead = (f"the most advanced usable one is {run.resume.relative} ({run.resume.progress.describe()})"
-               if run.resume else "no other checkpoint is usable")
+    pick = next((e for e in entries if "resume" in e.markers), None)
+    instead = (f"the most advanced usable one is {pick.relative} ({pick.progress.describe()})"
+               if pick else "no other checkpoint is usable")
     yield [top.path], Finding(
         "run.latest-broken", Severity.WARNING, top.relative,
         f"the most advanced checkpoint, {top.relative} ({top.progress.describe()}), is broken "
         f"({top.health.reason}); {instead}", _latest_fix(run))
 
 
-TRAPS: list[Trap] = [best_behind_latest, stale_recent, temporary_leftovers, hf_missing_trainer_state,
+TRAPS: list[Trap] = [best_behind_latest, stale_recent, temporary_leftovers, swap_leftover, hf_missing_trainer_state,
                      latest_unusable]

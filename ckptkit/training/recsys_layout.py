@@ -6,25 +6,24 @@ File names, as the seed's trainer names them (one file each, overwritten in plac
     best_acc_model.pth             # whenever validation accuracy improves (mode max)
     checkpoint-recent.pth.final    # when training completes (no ``.pth`` ending)
 
-The seed's keys: ``model_state_dict``, ``optimizer_state_dict`` and ``epoch``, the 0-based index
-of the last finished epoch (the seed's trainer restarts at ``epoch + 1``; -1 before the first
-one ends). ckptkit adds ``accuracy`` (the last finished epoch's validation accuracy),
+LlamaRec's keys: ``model_state_dict``, ``optimizer_state_dict`` and ``epoch``, the number of
+epochs finished (LlamaRec logs the 0-based loop index + 1 and its resume loops
+``range(checkpoint['epoch'], num_epochs)``; see ``ckptkit.families.llamarec``). ckptkit adds ``accuracy`` (the last finished epoch's validation accuracy),
 ``best_acc`` (the best so far, which decides the next best file), ``global_step``, ``config`` and
 the extras every layout has (see :mod:`ckptkit.training.layout`). A checkpoint taken inside an
-epoch keeps ``epoch`` at the last finished one, so the seed's own trainer still reads it right,
-and adds ``epoch_loss_sum`` (the losses of the epoch's batches so far).
+epoch keeps ``epoch`` at the epochs finished, so LlamaRec's own resume starts that epoch over
+(it cannot skip into an epoch), and adds ``epoch_loss_sum`` (the losses of the epoch's batches so far).
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from ckptkit.families.llamarec import BEST, FINAL, RECENT
 from ckptkit.training.layout import (CONFIG, EPOCH, GLOBAL_STEP, MODEL, OPTIMIZER, CheckpointLayout, TrainingState,
                                      register_layout)
 
-RECENT_NAME = "checkpoint-recent.pth"
-BEST_NAME = "best_acc_model.pth"
-FINAL_NAME = RECENT_NAME + ".final"
+RECENT_NAME, BEST_NAME, FINAL_NAME = RECENT, BEST, FINAL   # the family owns its file names
 ACCURACY = "accuracy"
 BEST_ACC = "best_acc"
 EPOCH_LOSS_SUM = "epoch_loss_sum"
@@ -43,7 +42,7 @@ def _name(kind: str, state: TrainingState, sharded: bool) -> str:
 
 def _fields(state: TrainingState) -> dict[str, Any]:
     own = state.family_fields
-    fields = {EPOCH: state.position.epoch - 1, ACCURACY: own.get(ACCURACY), BEST_ACC: own.get(BEST_ACC)}
+    fields = {EPOCH: state.position.epoch, ACCURACY: own.get(ACCURACY), BEST_ACC: own.get(BEST_ACC)}
     if state.position.batch_in_epoch:
         fields[EPOCH_LOSS_SUM] = own.get(EPOCH_LOSS_SUM, 0.0)
     return {**fields, GLOBAL_STEP: state.global_step, CONFIG: state.config}

@@ -67,6 +67,7 @@ class ValidationReport:
     findings: list[Finding] = field(default_factory=list)
     checks_run: list[str] = field(default_factory=list)
     deep: bool = False
+    resume: str | None = None      # what the system's own resume will do (ckptkit.families), one line
 
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
@@ -77,7 +78,7 @@ class ValidationReport:
     def to_json(self) -> dict[str, Any]:
         worst = self.worst()
         return {"path": self.path, "format": self.format, "family": self.family, "deep": self.deep,
-                "worst": worst.value if worst else None, "checks_run": self.checks_run,
+                "worst": worst.value if worst else None, "checks_run": self.checks_run, "resume": self.resume,
                 "findings": [f.to_json() for f in self.findings]}
 
 
@@ -132,7 +133,8 @@ def validate_checkpoint(ckpt: Checkpoint, *, deep: bool = False, reference: Chec
                         progress_callback: Callable[[int, int], None] | None = None) -> ValidationReport:
     """Run every registered check on an opened checkpoint."""
     ctx = ValidationContext(ckpt, deep, reference, siblings, progress_callback)
-    report = ValidationReport(str(ckpt.path), ckpt.format, ckpt.family, deep=deep)
+    report = ValidationReport(str(ckpt.path), ckpt.format, ckpt.family, deep=deep,
+                              resume=ckpt.progress.resume.describe() if ckpt.progress.resume else None)
     seen: set[tuple[str, str, str]] = set()
     for name, check in CHECKS:
         report.checks_run.append(name)

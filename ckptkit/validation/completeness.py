@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.validation.counters import TRAINING_FAMILIES
+from ckptkit.families import family_named, system_folder
+from ckptkit.validation.counters import is_training_layout
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -18,8 +19,8 @@ PRETRAINED_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetenso
 
 def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
     ckpt = ctx.ckpt
-    if ckpt.family not in TRAINING_FAMILIES or ckpt.path.is_dir():
-        return
+    if not is_training_layout(ckpt.family) or (ckpt.path.is_dir() and not system_folder(ckpt)):
+        return      # a folder is checked here when a member holds a family's counters (EnStack's)
     has_counters = ckpt.progress.known
     has_optimizer = S.is_optimizer_state(ckpt.optimizer)     # an empty {} placeholder is not one
     if not ckpt.model:
@@ -42,8 +43,11 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
 
 def _model_elsewhere(ctx: ValidationContext, has_optimizer: bool) -> Iterable[Finding]:
     """A training_state.pth keeps weights in save_pretrained files beside it."""
+    if ctx.ckpt.path.is_dir():
+        return      # a folder's missing weights are its reader's folder.missing-weights
     folder = ctx.ckpt.path.parent
-    if ctx.ckpt.family == "training-state":
+    family = family_named(ctx.ckpt.family)
+    if family is not None and family.names.state_file is not None:     # EnStack's training_state.pth
         if not any((folder / name).exists() for name in PRETRAINED_WEIGHTS):
             yield Finding("completeness.missing-weights", Severity.ERROR, ctx.where(),
                           f"expected model weights saved with save_pretrained beside this file "

@@ -11,21 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import RETRIEVAL_NAME
-from ckptkit.validation.param_matching import optimizer_step
+from ckptkit.families import RETRIEVAL_NAME, counters_tree, family_named, optimizer_step
 from ckptkit.validation.position_range import check_position_range
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
 
 STEP_NAME = re.compile(r"(?:checkpoint|ckpt)[_-]?step[_-]?(?P<step>\d+)", re.IGNORECASE)
-TRAINING_FAMILIES = frozenset({"recsys", "retrieval", "experiment", "training-state", "nanogpt",
-                               "lightning", "generic"})
+
+
+def is_training_layout(family: str) -> bool:
+    """A dict layout with training counters (one of ckptkit.families), not a bare model or folder model."""
+    return family_named(family) is not None
 
 
 def check_counters(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _epoch_position(ctx)
-    yield from _epoch_convention(ctx)
+    yield from _family_traps(ctx)
     yield from _file_name(ctx)
     yield from _step_budget(ctx)
     yield from _optimizer_and_scheduler(ctx)
@@ -35,7 +37,7 @@ def check_counters(ctx: ValidationContext) -> Iterable[Finding]:
 def _epoch_position(ctx: ValidationContext) -> Iterable[Finding]:
     """Seed 003: where inside an epoch the checkpoint was taken, and whether that can be told."""
     p, tree = ctx.ckpt.progress, ctx.ckpt.tree
-    if ctx.ckpt.family not in TRAINING_FAMILIES or not isinstance(tree, dict):
+    if not is_training_layout(ctx.ckpt.family) or not isinstance(tree, dict):
         return
     # Folder formats keep counters in their own member files; their readers report them missing.
     if p.epochs_completed is None and p.global_step is None and not ctx.ckpt.path.is_dir():
@@ -45,42 +47,18 @@ def _epoch_position(ctx: ValidationContext) -> Iterable[Finding]:
                           "resume would restart at epoch 0 and repeat every epoch already trained",
                           ctx.repair("counters.missing-epoch"))
         return
-    if ctx.ckpt.family != "training-state":
-        return
-    epoch, step, total = (S.as_int(tree.get(k)) for k in ("epoch", "step", "total_batches"))
-    if epoch is None or (step is not None and step < 0) or (total is not None and total < 1):
-        return      # no position to describe: counters.position-out-of-range says why
-    fix_complete = ctx.command("fix-epoch", "--epoch", str(epoch), "--complete")
-    if step and total is not None and step > total:
-        yield Finding("counters.step-past-epoch-end", Severity.ERROR, ctx.where("step"),
-                      f"expected step <= total_batches = {total}, found step = {step}: the counters "
-                      "cannot both be right", fix_complete)
-    elif step and total is not None and step < total:
-        yield Finding("counters.incomplete-epoch", Severity.INFO, ctx.where("step"),
-                      f"epoch {epoch} incomplete, {100.0 * step / total:.1f}% done ({step}/{total} batches); "
-                      f"resume continues epoch {epoch} at batch {step}. If epoch {epoch} actually finished, "
-                      "record that with the fix command", fix_complete)
-    elif step and total is None:
-        yield Finding("counters.incomplete-epoch", Severity.INFO, ctx.where("step"),
-                      f"epoch {epoch} in progress at batch {step} (no total_batches stored, so the share "
-                      f"done is unknown); resume continues epoch {epoch} at batch {step}", fix_complete)
-    elif not step and total is None:
-        yield Finding("counters.ambiguous-step-zero", Severity.WARNING, ctx.where("step"),
-                      f"step = 0 without total_batches is ambiguous: by this layout's convention it marks "
-                      f"the end of epoch {epoch}, but it cannot be told apart from 'epoch {epoch} not "
-                      "started'; store total_batches, or confirm with the fix command",
-                      ctx.command("fix-epoch", "--epoch", str(epoch), "--complete"))
 
 
-def _epoch_convention(ctx: ValidationContext) -> Iterable[Finding]:
-    """Seed 001 stores epoch+1; say so in words, since a naive resume repeats or skips an epoch."""
-    if ctx.ckpt.family != "retrieval" or S.as_int(_get(ctx.ckpt.tree, "epoch")) is None:
+def _family_traps(ctx: ValidationContext) -> Iterable[Finding]:
+    """The traps the checkpoint's family knows from its system's code (``ckptkit.families``),
+    on the same tree whether the file or its folder was given."""
+    family, found = family_named(ctx.ckpt.family), counters_tree(ctx.ckpt)
+    if family is None or family.traps is None or found is None:
         return
-    stored = S.as_int(ctx.ckpt.tree["epoch"])
-    yield Finding("counters.epoch-plus-one", Severity.INFO, ctx.where("epoch"),
-                  f"epoch is stored as epoch+1 (this layout's convention): 'epoch' = {stored} means {stored} "
-                  f"epochs are complete, and a resume must start at 0-based epoch {stored} (the "
-                  f"{_ordinal(stored + 1)} epoch), not at {stored + 1}")
+    member, tree = found
+    for hit in family.traps(tree, ctx.ckpt.path, ctx.ckpt.progress):
+        yield Finding(hit.code, hit.severity, ctx.where(hit.key, member), hit.message,
+                      ctx.command(*hit.fix) if hit.fix else None)
 
 
 def _file_name(ctx: ValidationContext) -> Iterable[Finding]:
@@ -148,8 +126,3 @@ def _optimizer_and_scheduler(ctx: ValidationContext) -> Iterable[Finding]:
 
 def _get(tree: Any, key: str) -> Any:
     return tree.get(key) if isinstance(tree, dict) else None
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import dig
-from ckptkit.validation.param_matching import optimizer_step
+from ckptkit.families import (Family, UnrepresentableProgress, counters_tree, dig, family_named,
+                              optimizer_step)
 from ckptkit.validation.position_range import place, position_args, position_in_range
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 CODE = "counters.epoch-step-mismatch"
 TRAINER_STATE = "trainer_state.json"
-TRAINING_STATE = "training_state.pth"
 # Lightning 2.x: where the fit loop counts optimizer steps (trainer.global_step reads one of them).
 LIGHTNING_STEP_COUNTERS = {
     "automatic": ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total", "completed"),
@@ -118,19 +117,35 @@ def hf_updates_per_epoch(state: dict[str, Any], args: dict[str, Any] | None) -> 
 # --- ckptkit's own trainer: data_position ----------------------------------------------------
 
 def _data_position(ctx: ValidationContext) -> Iterable[Finding]:
-    tree = ctx.ckpt.tree
-    position = tree.get("data_position") if isinstance(tree, dict) else None
+    """ckptkit's trainers write the system's own 'epoch' beside data_position from one counter:
+    the family says which 'epoch' that position stores, and the two must agree."""
+    found, family = counters_tree(ctx.ckpt), family_named(ctx.ckpt.family)
+    if found is None or family is None:
+        return
+    member, tree = found
+    position = tree.get("data_position")
     if not isinstance(position, dict):
         return
-    epoch, top = S.as_int(position.get("epoch")), S.as_int(tree.get("epoch"))
-    offset = 1 if ctx.ckpt.family == "recsys" else 0   # seed 000: 'epoch' = index of the last finished epoch
-    if epoch is not None and top is not None and epoch != top + offset:
-        yield Finding(CODE, Severity.WARNING, ctx.where("epoch"),
-                      f"'epoch' = {top} but data_position.epoch = {epoch}: the trainer writes both from one "
-                      f"counter (epochs completed), so they cannot both be true; ckptkit resumes from "
-                      f"data_position (epoch {epoch}), a reader of 'epoch' would start epoch {top + offset}",
-                      ctx.command("fix-epoch", *position_args(epoch, S.as_int(position.get("batch_in_epoch")) or 0)))
+    epoch, batch, top = S.as_int(position.get("epoch")), S.as_int(position.get("batch_in_epoch")) or 0, S.as_int(tree.get("epoch"))
+    expected = _stored_epoch(family, tree, epoch, batch)
+    if expected is not None and top is not None and top != expected:
+        yield Finding(CODE, Severity.WARNING, ctx.where("epoch", member),
+                      f"'epoch' = {top} but data_position says {place(epoch, batch)}, which this layout "  # type: ignore[arg-type]
+                      f"stores as 'epoch' = {expected}: the trainer writes both from one counter, so they "
+                      f"cannot both be true; ckptkit resumes from data_position, the system's own resume "
+                      "reads 'epoch'", ctx.command("fix-epoch", *position_args(epoch, batch)))  # type: ignore[arg-type]
     yield from _batches_against_updates(ctx, position, S.as_int(tree.get("global_step")))
+
+
+def _stored_epoch(family: Family, tree: dict[str, Any], epoch: int | None, batch: int) -> int | None:
+    """The 'epoch' the family's own convention stores for data_position's place (None: unknown)."""
+    if epoch is None or family.record is None or epoch < 0 or batch < 0:
+        return None
+    try:
+        value = family.record(tree, epoch, batch).get(("epoch",))
+    except UnrepresentableProgress:
+        return None
+    return S.as_int(value)
 
 
 def _batches_against_updates(ctx: ValidationContext, position: dict[str, Any], step: int | None) -> Iterable[Finding]:
@@ -208,26 +223,24 @@ def _lightning_fix(ctx: ValidationContext, fit: Any, completed: int) -> str:
 # --- seed 003: training_state.pth ------------------------------------------------------------
 
 def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
-    tree, member = ctx.ckpt.tree, None
-    if ctx.ckpt.path.is_dir() and isinstance(tree, dict) and isinstance(tree.get(TRAINING_STATE), dict):
-        tree, member = tree[TRAINING_STATE], TRAINING_STATE
-    elif ctx.ckpt.family != "training-state" or not isinstance(tree, dict):
+    """The optimizer cannot have stepped more often than batches were trained, by the family's
+    own reading of its position (EnStack: 1-based epoch, step 0 = its end), file or folder alike."""
+    found, p = counters_tree(ctx.ckpt), ctx.ckpt.progress
+    if found is None or "data_position" in found[1]:
+        return      # ckptkit's trainers: data_position against global_step is checked above
+    member, tree = found
+    total, updates = p.steps_per_epoch, optimizer_step(tree.get("optimizer_state_dict"))
+    if None in (p.epochs_completed, total, updates) or total <= 0:   # type: ignore[operator]
         return
-    epoch, step, total = (S.as_int(tree.get(k)) for k in ("epoch", "step", "total_batches"))
-    opt = tree.get("optimizer_state_dict")
-    updates = optimizer_step(opt) if S.is_optimizer_state(opt) else None
-    if None in (epoch, step, total, updates) or total <= 0 or epoch < 1:   # type: ignore[operator]
-        return
-    # The layout's convention: epoch is 1-based; step = batches done in it, 0 (or total) = its end.
-    done = epoch * total if step == 0 or step >= total else (epoch - 1) * total + step   # type: ignore[operator]
+    done = p.epochs_completed * total + (p.step_in_epoch or 0)   # type: ignore[operator]
     if updates <= done:   # type: ignore[operator]
         return
     epochs, within = divmod(updates, total)   # type: ignore[operator]
-    said = "the end of epoch" if step == 0 else f"batch {step} of epoch"
     yield Finding(CODE, Severity.WARNING, ctx.where("step", member),
-                  f"'epoch' = {epoch}, 'step' = {step} (with total_batches = {total}: {said} {epoch}) is "
-                  f"{done} batches into training, but the optimizer has taken {updates} steps: each step takes "
-                  "at least one batch, so they cannot both be true (unless this run started from another run's "
-                  "optimizer state or total_batches changed between runs). With no gradient accumulation the "
-                  f"optimizer's steps put the run at {place(epochs, within)}; if so, record it with the fix command",
+                  f"{', '.join(f'{k!r} = {v}' for k, v in p.stored.items())} ({p.describe()}) is {done} batches "
+                  "into training, "
+                  f"but the optimizer has taken {updates} steps: each step takes at least one batch, so they "
+                  "cannot both be true (unless this run started from another run's optimizer state or "
+                  "total_batches changed between runs). With no gradient accumulation the optimizer's steps put "
+                  f"the run at {place(epochs, within)}; if so, record it with the fix command",
                   ctx.command("fix-epoch", *position_args(epochs, within)))

@@ -10,6 +10,7 @@ manifest and get no finding here.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckptkit.storage.atomic import is_temporary
@@ -33,7 +34,7 @@ def check_manifest(ctx: ValidationContext) -> Iterable[Finding]:
                       "and a resume refuses it")
         return
     if manifest is None:
-        if _written_by_ckptkit_trainer(ctx):
+        if _written_by_ckptkit_trainer(ctx) and not _member_of_confirmed_folder(path):
             yield Finding("completeness.unconfirmed", Severity.WARNING, ctx.where(),
                           f"written by ckptkit's trainer but no {manifest_path(path).name} beside it: its save "
                           "(or a repair of it) never confirmed it complete; a resume from the run directory "
@@ -42,6 +43,15 @@ def check_manifest(ctx: ValidationContext) -> Iterable[Finding]:
     for problem in manifest_problems(path, manifest, checksums=ctx.deep):
         yield Finding("integrity.manifest-mismatch", Severity.ERROR, ctx.where(),
                       f"does not match {manifest_path(path).name}: {problem}; a resume refuses it")
+
+
+def _member_of_confirmed_folder(path: Path) -> bool:
+    """A training_state.pth inside a checkpoint folder is vouched for by the folder's manifest, which
+    `validate` of the folder checks: the file and its folder get the same verdict."""
+    try:
+        return path.is_file() and read_manifest(path.parent) is not None
+    except CorruptCheckpointError:
+        return False
 
 
 def _written_by_ckptkit_trainer(ctx: ValidationContext) -> bool:

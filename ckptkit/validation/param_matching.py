@@ -98,21 +98,5 @@ def pair(opt: dict[str, Any], model: dict[str, TensorRef]) -> Pairing:
     return Pairing(len(params), len(model_parameters(model)), unmatched)
 
 
-def optimizer_step(opt: dict[str, Any]) -> int | None:
-    """The step count the optimizer recorded (the largest over its state entries)."""
-    steps: list[int] = []
-    state = opt.get("state") if isinstance(opt, dict) else None
-    for entry in (state or {}).values() if isinstance(state, dict) else []:
-        value = entry.get("step") if isinstance(entry, dict) else None
-        if isinstance(value, TensorRef):
-            try:
-                value = value.scalar_value()
-            except Exception:   # an unreadable step is an integrity finding, not a counter
-                value = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
-            steps.append(int(value))
-    return max(steps) if steps else None
-
-
 def describe_shape(shape: tuple[int, ...] | None) -> str:
     return "no state" if shape is None else "[" + ", ".join(map(str, shape)) + "]"

@@ -32,7 +32,6 @@ def check_position_range(ctx: ValidationContext) -> Iterable[Finding]:
     position = tree.get(POSITION) if isinstance(tree, dict) else None
     if isinstance(position, dict):
         yield from _data_position(ctx, position, S.as_int(tree.get("global_step")))
-    yield from _training_state(ctx)
 
 
 def position_args(epochs: int, within: int) -> list[str]:
@@ -128,21 +127,3 @@ def _target(epoch: int | None, batch: int | None, per_epoch: int | None, micro: 
         return divmod(batches, per_epoch), (f"epoch = {epoch} x steps_per_epoch = {per_epoch} + batch_in_epoch "
                                             f"= {batch} = {batches} batches")
     return None
-
-
-def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
-    tree, member = ctx.ckpt.tree, None
-    if ctx.ckpt.path.is_dir() and isinstance(tree, dict) and isinstance(tree.get("training_state.pth"), dict):
-        tree, member = tree["training_state.pth"], "training_state.pth"
-    elif ctx.ckpt.family != "training-state" or not isinstance(tree, dict):
-        return
-    step, total = S.as_int(tree.get("step")), S.as_int(tree.get("total_batches"))
-    if total is not None and total < 1:
-        yield Finding(OUT_OF_RANGE, Severity.ERROR, ctx.where("total_batches", member),
-                      f"expected total_batches >= 1, found {total}: an epoch has at least one batch, so "
-                      "'step' cannot be placed in it and the share of the epoch done is unknown")
-    if step is not None and step < 0:
-        yield Finding(OUT_OF_RANGE, Severity.ERROR, ctx.where("step", member),
-                      f"expected 0 <= step <= total_batches{f' = {total}' if total is not None else ''}, "
-                      f"found step = {step}: a batch count cannot be negative, so this position names no "
-                      "batch of the data and a resume from it would skip or repeat batches")

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.views import sections as S
+from ckptkit.families import family_named
 from ckptkit.core.checkpoint import Finding, Severity, TensorRef
 
 if TYPE_CHECKING:
@@ -43,9 +44,8 @@ def amp_evidence(ctx: ValidationContext) -> str | None:
             return f"config precision = {declared!r}"
         if isinstance(declared, str) and declared.lower() not in ("", "auto"):
             return None   # the run says it trained in another precision (fp32, bf16): no scaler needed
-    if ctx.ckpt.family == "retrieval":
-        return "this layout's trainer (seed 001) runs with --mixed-precision and gradient accumulation"
-    return None
+    family = family_named(ctx.ckpt.family)
+    return family.amp_evidence if family is not None else None
 
 
 def _scale(ctx: ValidationContext, scaler: Any) -> Iterable[Finding]:

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.checkpoint import Finding, Severity, iter_tensors
+from ckptkit.families import counters_tree, system_folder
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -21,9 +22,13 @@ def check_rng(ctx: ValidationContext) -> Iterable[Finding]:
         yield from _folder_ranks(ctx, ckpt.tree)
     else:
         yield from _state_sizes(ctx, ckpt.rng, ckpt.sources.get("rng", "rng_state"), None)
+    # On the tree holding the counters: a folder (EnStack's last_checkpoint/) and the
+    # training_state.pth inside it get the same verdict.
+    found = counters_tree(ckpt)
+    if found is not None and (not ckpt.path.is_dir() or system_folder(ckpt)):
         p = ckpt.progress
-        if p.epoch_complete is False and ckpt.rng is None and "data_position" not in _keys(ckpt.tree):
-            yield Finding("rng.mid-epoch-not-exact", Severity.WARNING, ctx.where(),
+        if p.epoch_complete is False and ckpt.rng is None and "data_position" not in _keys(found[1]):
+            yield Finding("rng.mid-epoch-not-exact", Severity.WARNING, ctx.where(member=found[0]),
                           f"mid-epoch checkpoint ({p.describe()}) with no RNG state and no data-loader "
                           "state: resume will not be exact; the resumed epoch is reshuffled with a fresh "
                           "random state, so skipping the batches already done repeats some samples and "

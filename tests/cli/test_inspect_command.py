@@ -77,7 +77,7 @@ JSON_SCHEMA: dict[str, tuple[type, ...]] = {
     "other_keys": (dict,), "metadata": (dict,), "findings": (list,), "members": (list,), "chunks": (dict,),
 }
 PROGRESS_KEYS = ["epochs_completed", "step_in_epoch", "steps_per_epoch", "global_step", "epoch_complete",
-                 "epoch_float", "max_steps", "training_finished", "summary", "sources", "notes"]
+                 "epoch_float", "max_steps", "training_finished", "summary", "sources", "notes", "stored", "resume"]
 
 
 def test_json_output_has_the_documented_schema(samples: dict[str, Path]) -> None:
@@ -90,7 +90,7 @@ def test_json_output_has_the_documented_schema(samples: dict[str, Path]) -> None
     assert data["schema"] == 1
     assert list(data["progress"]) == PROGRESS_KEYS
     assert data["progress"]["summary"] == "in epoch 1 (boundary unknown), global step 1000/2000"
-    assert list(data["model"]) == ["source", "tensors", "parameters", "bytes", "dtypes", "modules", "tensor_list"]
+    assert list(data["model"]) == ["source", "tensors", "parameters", "bytes", "dtypes", "modules", "tensor_list", "ties"]
     assert list(data["optimizer"]) == ["source", "kind", "groups", "state_entries", "step"]
     assert data["optimizer"]["groups"][0] == {"index": 0, "params": 4, "lr": 0.001, "weight_decay": 0.01,
                                               "betas": [0.9, 0.999], "momentum": None}
@@ -101,7 +101,7 @@ def test_json_output_has_the_documented_schema(samples: dict[str, Path]) -> None
 
 def test_json_output_of_the_legacy_sample_names_its_format(samples: dict[str, Path]) -> None:
     data = json.loads(_invoke(str(samples["legacy"]), "--json").stdout)
-    assert (data["format"], data["family"], data["progress"]["epochs_completed"]) == ("torch-legacy", "recsys", 6)
+    assert (data["format"], data["family"], data["progress"]["epochs_completed"]) == ("torch-legacy", "recsys", 5)
 
 
 # ---------------------------------------------------------------- bad input

@@ -18,7 +18,7 @@ def test_fix_epoch_dry_run_prints_the_diff_and_exits_0_without_writing(training_
     before = training_state.read_bytes()
     result = _run("fix-epoch", training_state, "--epoch", "1", "--complete", "--dry-run")
     assert result.exit_code == 0
-    assert "-step: 1000\n+step: 0" in result.output
+    assert "-step: 1000\n+step: 1270" in result.output
     assert "epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)  ->  epoch 1 complete" in result.output
     assert "scheduler scheduler_state_dict.last_epoch = 2 was left as is" in result.output
     assert result.output.rstrip().endswith("dry run, nothing written")

@@ -21,9 +21,9 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # name, family, epochs_completed, step_in_epoch, steps_per_epoch, global_step, epoch_complete,
 # max_steps, training_finished, describe()
 SEED_PROGRESS = [
-    ("checkpoint-recent.pth", "recsys", 6, None, None, None, True, None, None, "epoch 6 complete"),
-    ("checkpoint-recent.pth.final", "recsys", 6, None, None, None, True, None, True,
-     "epoch 6 complete, training finished"),
+    ("checkpoint-recent.pth", "recsys", 5, None, None, None, True, None, None, "epoch 5 complete"),
+    ("checkpoint-recent.pth.final", "recsys", 5, None, None, None, True, None, True,
+     "epoch 5 complete, training finished"),
     ("best_acc_model.pth", "state-dict", None, None, None, None, None, None, None,
      "unknown (no progress counters found)"),
     ("retrieval", "retrieval", 10, None, None, None, True, None, None, "epoch 10 complete"),
@@ -33,7 +33,7 @@ SEED_PROGRESS = [
      "in epoch 1 (boundary unknown), global step 2000/2000, training finished"),
     ("training_state.pth", "training-state", 0, 1000, 1270, None, False, None, None,
      "epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)"),
-    ("legacy", "recsys", 6, None, None, None, True, None, None, "epoch 6 complete"),
+    ("legacy", "recsys", 5, None, None, None, True, None, None, "epoch 5 complete"),
 ]
 
 
@@ -51,11 +51,11 @@ def test_each_seed_layout_maps_to_its_family_and_progress(
     assert p.describe() == words
 
 
-def test_retrieval_epoch_is_read_as_stored_plus_one_and_says_so(samples: dict[str, Path]) -> None:
+def test_fashion_recommender_epoch_is_read_as_epochs_finished_and_says_so(samples: dict[str, Path]) -> None:
     p = open_checkpoint(samples["retrieval"]).progress
-    assert p.sources["epochs_completed"] == "key 'epoch' = 10, stored as epoch+1"
-    assert p.notes == ["epoch is stored as epoch+1 (this layout's convention): 10 epochs are complete and "
-                       "a resume starts at 0-based epoch 10"]
+    assert p.sources["epochs_completed"] == "key 'epoch' = 10: epochs finished (saved as epoch + 1)"
+    assert p.stored == {"epoch": 10}
+    assert p.resume is not None and (p.resume.start_epoch, p.resume.start_batch) == (11, 0)
 
 
 def test_seed_sections_are_found_under_the_keys_each_system_uses(samples: dict[str, Path]) -> None:

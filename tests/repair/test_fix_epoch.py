@@ -19,12 +19,12 @@ def _counters(path: Path, *keys: str) -> dict:
     return {k: tree.get(k) for k in keys}
 
 
-def test_seed_003_epoch_1_complete_sets_step_to_0_and_keeps_total_batches(training_state: Path) -> None:
+def test_enstack_epoch_1_complete_sets_step_to_total_batches_so_its_resume_starts_epoch_2(training_state: Path) -> None:
     original = training_state.read_bytes()
     result = fix_epoch(training_state, 1)
     assert result.written and result.status == "written"
-    assert _counters(training_state, "epoch", "step", "total_batches") == {"epoch": 1, "step": 0, "total_batches": 1270}
-    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 1000, 0)]
+    assert _counters(training_state, "epoch", "step", "total_batches") == {"epoch": 1, "step": 1270, "total_batches": 1270}
+    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 1000, 1270)]
     assert result.plan.progress_before == "epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)"
     assert result.plan.progress_after == "epoch 1 complete"
     backup = training_state.with_name("training_state.pth.bak")
@@ -70,16 +70,16 @@ def test_a_step_past_the_trainers_steps_per_epoch_is_refused_and_nothing_is_writ
     assert torch.load(path, weights_only=True)["data_position"]["batch_in_epoch"] == 8
 
 
-def test_recsys_stores_the_index_of_the_last_finished_epoch(samples: Path) -> None:
+def test_llamarec_stores_the_number_of_epochs_finished(samples: Path) -> None:
     path = samples / "recsys" / "models" / "checkpoint-recent.pth"
     fix_epoch(path, 3, keep_backup=False)
-    assert _counters(path, "epoch") == {"epoch": 2}
+    assert _counters(path, "epoch") == {"epoch": 3}
     assert open_checkpoint(path).progress.epochs_completed == 3
     assert not path.with_name("checkpoint-recent.pth.bak").exists()
 
 
 def test_recsys_refuses_a_mid_epoch_position(samples: Path) -> None:
-    with pytest.raises(UnsupportedFeatureError, match="saves at epoch ends only"):
+    with pytest.raises(UnsupportedFeatureError, match="LlamaRec saves 'epoch' = epochs finished"):
         fix_epoch(samples / "recsys" / "models" / "checkpoint-recent.pth", 3, step=10)
 
 
@@ -106,7 +106,7 @@ def test_a_legacy_file_is_rewritten_as_a_zip_archive_with_the_same_tensors(sampl
     assert open_checkpoint(path).format == "torch-zip"
     assert any("rewritten as a torch.save zip archive" in n for n in result.plan.notes)
     after = torch.load(path, weights_only=True)
-    assert after["epoch"] == 6
+    assert after["epoch"] == 7
     for key, tensor in before["model_state_dict"].items():
         assert torch.equal(after["model_state_dict"][key], tensor)
 
@@ -121,7 +121,7 @@ def test_dry_run_plans_the_change_and_writes_nothing(training_state: Path) -> No
     before = training_state.read_bytes()
     result = fix_epoch(training_state, 1, dry_run=True)
     assert result.status == "dry run, nothing written"
-    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 1000, 0)]
+    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 1000, 1270)]
     assert training_state.read_bytes() == before
     assert not training_state.with_name("training_state.pth.bak").exists()
 
@@ -170,9 +170,9 @@ def test_the_real_seed_003_file_with_numpy_scalars_is_fixed_and_loads_with_weigh
     path = tmp_path / "training_state.pth"
     shutil.copy(REAL / "save_pretrained_training_state" / "last_checkpoint" / "training_state.pth", path)
     result = fix_epoch(path, 1)
-    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 4, 0)]
+    assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 4, 6)]
     tree = torch.load(path, weights_only=True)
-    assert (tree["epoch"], tree["step"], tree["total_batches"], tree["best_val_f1"]) == (1, 0, 6, 0.0667)
+    assert (tree["epoch"], tree["step"], tree["total_batches"], tree["best_val_f1"]) == (1, 6, 6, 0.0667)
 
 
 def test_a_damaged_tensor_record_stops_the_rewrite_and_leaves_the_original(tmp_path: Path) -> None:

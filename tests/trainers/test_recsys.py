@@ -45,14 +45,14 @@ def test_the_run_saves_seed_000_names_and_keys_with_ckptkit_extras_and_manifests
         "model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "accuracy", "best_acc",
         "global_step", "config", "rng_state", "data_position", "ckptkit",
     ]  # no scaler_state_dict: fp32 on CPU has no GradScaler
-    # seed 000: 'epoch' is the 0-based index of the last finished epoch
-    assert (final["epoch"], final["global_step"], final["data_position"]["epoch"]) == (3, 20, 4)
+    # LlamaRec: 'epoch' is the number of epochs finished, as data_position says
+    assert (final["epoch"], final["global_step"], final["data_position"]["epoch"]) == (4, 20, 4)
     assert final["accuracy"] == final["best_acc"] == pytest.approx(16 / 40)  # 16 of 40 users' next items
     assert final["ckptkit"] == {"version": 1, "trainer": "recsys", "kind": "final", "world_size": 1,
                                 "sharded": False, "layout": "recsys"}
     assert final["config"]["grad_accum"] == 2 and final["config"]["precision"] == "fp32"
     recent = torch.load(uninterrupted / RECENT, weights_only=True)
-    assert recent["ckptkit"]["kind"] == "periodic" and recent["epoch"] == 3
+    assert recent["ckptkit"]["kind"] == "periodic" and recent["epoch"] == 4
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_an_interrupted_run_resumed_from_its_interrupt_checkpoint_equals_the_uni
     point = load_for_resume(tmp_path)
     assert point.path.name == RECENT and point.checkpoint["ckptkit"]["kind"] == "interrupt"
     assert (point.position.epoch, point.position.batch_in_epoch, point.position.micro_step) == position
-    assert point.checkpoint["epoch"] == 0  # the last finished epoch, mid-epoch too
+    assert point.checkpoint["epoch"] == 1  # epochs finished, mid-epoch too: LlamaRec restarts the 2nd epoch
     assert ("accumulation" in point.checkpoint) == bool(position[2])
     assert _run(tmp_path, point).status == "finished"
     assert (tmp_path / FINAL).read_bytes() == (uninterrupted / FINAL).read_bytes()
@@ -141,7 +141,7 @@ def test_a_finished_run_is_refused_and_extended_with_num_epochs(uninterrupted: P
     assert main(["--resume_from_checkpoint", str(run / FINAL), "--num_epochs", "5", "--device", "cpu"]) == 0
     assert "note: training to 5 epochs (the run had 4)" in capsys.readouterr().out
     final = torch.load(run / FINAL, weights_only=True)
-    assert (final["epoch"], final["global_step"], final["data_position"]["epoch"]) == (4, 25, 5)
+    assert (final["epoch"], final["global_step"], final["data_position"]["epoch"]) == (5, 25, 5)
 
 
 def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_global_step_together(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_glob
     assert result.exit_code == 0, result.output
     fixed = torch.load(path, weights_only=True)
     position = fixed["data_position"]
-    assert (fixed["epoch"], position["epoch"], position["batch_in_epoch"], position["micro_step"], fixed["global_step"]) == (1, 2, 0, 0, 10)
+    assert (fixed["epoch"], position["epoch"], position["batch_in_epoch"], position["micro_step"], fixed["global_step"]) == (2, 2, 0, 0, 10)
     assert [f.code for f in validate_path(path).findings if f.severity is not Severity.INFO] == []
 
 
@@ -163,8 +163,8 @@ def test_best_acc_model_is_rewritten_only_when_accuracy_improves(tmp_path: Path)
     _run(tmp_path, stop_at_micro_step=30)  # the end of epoch 3, whose accuracy (0.275) only ties epoch 2's
     best = torch.load(tmp_path / BEST, weights_only=True)
     recent = torch.load(tmp_path / RECENT, weights_only=True)
-    assert (best["epoch"], best["ckptkit"]["kind"]) == (1, "best")
-    assert (recent["epoch"], recent["accuracy"], recent["ckptkit"]["kind"]) == (2, pytest.approx(11 / 40), "interrupt")
+    assert (best["epoch"], best["ckptkit"]["kind"]) == (2, "best")
+    assert (recent["epoch"], recent["accuracy"], recent["ckptkit"]["kind"]) == (3, pytest.approx(11 / 40), "interrupt")
     assert recent["best_acc"] == best["accuracy"] == recent["accuracy"]  # a tie is no improvement
 
 

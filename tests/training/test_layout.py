@@ -97,7 +97,7 @@ def _recsys_state(make_state, *, step: int, accuracy: float | None, micro_step: 
     })
 
 
-def test_a_recsys_save_uses_seed_000_names_with_epoch_as_the_last_finished_index_and_accuracy_as_a_max_metric(
+def test_a_recsys_save_uses_llamarec_names_with_epoch_as_the_epochs_finished_and_accuracy_as_a_max_metric(
     tmp_path: Path, make_state
 ) -> None:
     from ckptkit.training import RECSYS
@@ -107,14 +107,14 @@ def test_a_recsys_save_uses_seed_000_names_with_epoch_as_the_last_finished_index
         paths = manager.save(state, ["best", "periodic", "final"])
     assert [p.name for p in paths] == ["best_acc_model.pth", "checkpoint-recent.pth", "checkpoint-recent.pth.final"]
     ckpt = torch.load(paths[1], weights_only=True)
-    assert (ckpt["epoch"], ckpt["accuracy"], ckpt["best_acc"], ckpt["global_step"]) == (1, 0.375, 0.375, 10)
+    assert (ckpt["epoch"], ckpt["accuracy"], ckpt["best_acc"], ckpt["global_step"]) == (2, 0.375, 0.375, 10)
     assert "epoch_loss_sum" not in ckpt and ckpt["ckptkit"]["layout"] == "recsys"
     assert layout_of(ckpt) is RECSYS and RECSYS.required_keys == ("model_state_dict", "optimizer_state_dict", "epoch")
     assert read_manifest(paths[0]).metric == {"name": "accuracy", "value": 0.375, "mode": "max"}
     assert RECSYS.owns_name("checkpoint-recent.pth.final") and not RECSYS.owns_name("best_model.pt")
 
 
-def test_a_recsys_interrupt_overwrites_the_recent_checkpoint_and_keeps_epoch_at_the_last_finished_one(
+def test_a_recsys_interrupt_overwrites_the_recent_checkpoint_and_keeps_epoch_at_the_epochs_finished(
     tmp_path: Path, make_state
 ) -> None:
     from ckptkit.training import RECSYS
@@ -126,7 +126,7 @@ def test_a_recsys_interrupt_overwrites_the_recent_checkpoint_and_keeps_epoch_at_
             manager.save(state, ["periodic"])
     assert path.name == "checkpoint-recent.pth"
     ckpt = torch.load(path, weights_only=True)
-    assert (ckpt["epoch"], ckpt["data_position"]["epoch"], ckpt["epoch_loss_sum"]) == (0, 1, 0.5)
+    assert (ckpt["epoch"], ckpt["data_position"]["epoch"], ckpt["epoch_loss_sum"]) == (1, 1, 0.5)
 
 
 def _classifier_state(make_state, *, step: int, f1: float | None, micro_step: int = 0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ckptkit.formats import open_checkpoint
 from ckptkit.core.checkpoint import Severity
 from tests.validation.helpers import codes, only, run
 
@@ -60,16 +61,13 @@ def test_seed_000_with_epoch_has_no_missing_epoch(samples: dict[str, Path]) -> N
     assert "counters.missing-epoch" not in codes(run(samples["checkpoint-recent.pth"]))
 
 
-def test_seed_001_epoch_plus_one_is_explained_in_words(samples: dict[str, Path]) -> None:
-    finding = only(run(samples["retrieval"]), "counters.epoch-plus-one")
-    assert finding.severity is Severity.INFO
-    assert finding.message.startswith("epoch is stored as epoch+1 (this layout's convention): 'epoch' = 10 "
-                                      "means 10 epochs are complete")
-    assert "resume must start at 0-based epoch 10 (the 11th epoch), not at 11" in finding.message
-
-
-def test_other_layouts_are_not_told_about_epoch_plus_one(samples: dict[str, Path]) -> None:
-    assert "counters.epoch-plus-one" not in codes(run(samples["checkpoint-recent.pth"]))
+def test_the_fashion_recommenders_epoch_convention_is_said_by_the_resume_prediction_not_a_finding(
+        samples: dict[str, Path]) -> None:
+    assert "counters.epoch-plus-one" not in codes(run(samples["retrieval"]))
+    resume = open_checkpoint(samples["retrieval"]).progress.resume
+    assert resume is not None
+    assert resume.describe().startswith("fashion recommender's resume_training.py --checkpoint starts the 11th "
+                                        "epoch at batch 0")
 
 
 def retrieval(save: Any, state: dict[str, Any], name: str, epoch: int = 10, recall: float = 0.3456) -> Path:

@@ -114,8 +114,8 @@ def test_data_position_agreeing_with_global_step_is_quiet(save: Any, state: dict
 def test_top_level_epoch_disagreeing_with_data_position_is_reported(save: Any, state: dict[str, Any]) -> None:
     finding = only(run(trainer_checkpoint(save, state, 7, epoch=3)), CODE)
     assert finding.where == "checkpoint_step_7.pt: epoch"
-    assert finding.message.startswith("'epoch' = 3 but data_position.epoch = 1: the trainer writes both from one "
-                                      "counter")
+    assert finding.message.startswith("'epoch' = 3 but data_position says epoch 2, step 5 of it, which this "
+                                      "layout stores as 'epoch' = 1: the trainer writes both from one counter")
     assert finding.fix.endswith("--epoch 2 --step 5")
 
 
@@ -229,9 +229,9 @@ def test_seed_003_position_behind_the_optimizers_steps_is_reported(save: Any, st
     assert finding.severity is Severity.WARNING
     assert finding.where == "training_state.pth: step"
     assert finding.message.startswith(
-        "'epoch' = 1, 'step' = 1000 (with total_batches = 1270: batch 1000 of epoch 1) is 1000 batches into "
-        "training, but the optimizer has taken 1278 steps: each step takes at least one batch, so they cannot "
-        "both be true")
+        "'epoch' = 1, 'step' = 1000, 'total_batches' = 1270 (epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)) is "
+        "1000 batches into training, but the optimizer has taken 1278 steps: each step takes at least one "
+        "batch, so they cannot both be true")
     assert "the optimizer's steps put the run at epoch 2, step 8 of it" in finding.message
     assert finding.fix.endswith("training_state.pth --epoch 2 --step 8")
 
