@@ -21,7 +21,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.runs.resuming import plan_resume
 from ckptkit.training import ProgressLine, load_for_resume
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from trainers.pretrained.cli import main
 from trainers.pretrained.config import PRESETS
 from trainers.pretrained.loop import PretrainedRun, RunOptions
