@@ -13,6 +13,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef, TensorRef, make_tensor
 from ckptkit.core.dtypes import BY_SAFETENSORS, DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
@@ -61,9 +62,10 @@ def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], 
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError(path, "safetensors __metadata__ is not a JSON object")
     data_start = base + 8 + n
+    source = FileBytes(path)    # the file's map, made when a tensor's bytes are first read
     tensors: dict[str, Any] = {}
     for name, info in header.items():
-        tensors[name] = _tensor(path, name, info, data_start, size)
+        tensors[name] = _tensor(path, name, info, data_start, size, source)
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
@@ -71,7 +73,7 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any:
+def _tensor(path: Path, name: str, info: Any, data_start: int, size: int, source: FileBytes) -> Any:
     try:
         code, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
         dtype = BY_SAFETENSORS[code]
@@ -88,7 +90,7 @@ def _tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any
     if data_start + end > size:
         raise CorruptCheckpointError(path, f"tensor {name!r} ends at byte {data_start + end} but the file has "
                                      f"{size}: truncated")
-    where = ByteRange(path, data_start + begin, end - begin)
+    where = ByteRange(path, data_start + begin, end - begin, source)
     storage = StorageRef(name, dtype, numel, "cpu", locate=lambda: where, stored_nbytes=end - begin)
     return make_tensor(dtype.name, tuple(shape), storage)
 

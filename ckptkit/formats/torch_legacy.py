@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import unpickle_or_raise
@@ -34,7 +35,7 @@ class TorchLegacyFormat:
 
         tree, globals_, records = read_legacy(path)
         ckpt = build_checkpoint(path, self.name, tree, globals_)
-        ckpt.metadata["storage_records"] = str(records)
+        ckpt.details.storage_records = records
         return ckpt
 
 
@@ -42,6 +43,7 @@ def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
     size = path.stat().st_size
     storages: dict[str, StorageRef] = {}
     ranges: dict[str, ByteRange] = {}
+    source = FileBytes(path)     # the file's map, made when a tensor's bytes are first read
 
     def locate(key: str) -> ByteRange:
         if key not in ranges:
@@ -92,7 +94,7 @@ def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
                                              f"pickle declares {storage.numel}: the file is damaged")
             length = numel * storage.dtype.itemsize
             storage.stored_nbytes = min(length, max(0, size - offset - 8))
-            ranges[key] = ByteRange(path, offset + 8, length)
+            ranges[key] = ByteRange(path, offset + 8, length, source)
             offset += 8 + length
             if offset > size:
                 raise CorruptCheckpointError(

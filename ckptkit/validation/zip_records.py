@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange
 
 _LOCAL = struct.Struct("<4s5HLLLHH")
@@ -36,9 +37,10 @@ def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
     records: list[ZipRecord] = []
     problems: list[str] = []
     size = path.stat().st_size
+    source = FileBytes(path)    # one map for every record's bytes
     with zf, open(path, "rb") as f:
         for info in zf.infolist():
-            record, problem = _member(f, path, size, info)
+            record, problem = _member(f, path, size, info, source)
             if record is not None:
                 records.append(record)
             if problem is not None:
@@ -46,7 +48,8 @@ def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
     return records, problems
 
 
-def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo) -> tuple[ZipRecord | None, str | None]:
+def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo,
+            source: FileBytes) -> tuple[ZipRecord | None, str | None]:
     if not 0 <= info.header_offset < size:
         return None, f"the central directory puts its header at byte {info.header_offset}, outside the file"
     f.seek(info.header_offset)
@@ -66,7 +69,7 @@ def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo) -> tuple[
     offset = info.header_offset + _LOCAL.size + name_len + extra_len
     if offset + info.compress_size > size:
         return None, "its data runs past the end of the file: truncated"
-    record = ZipRecord(info.filename, ByteRange(path, offset, info.compress_size), info.CRC)
+    record = ZipRecord(info.filename, ByteRange(path, offset, info.compress_size, source), info.CRC)
     promised = (info.CRC, info.compress_size, info.file_size)
     if flags & _STREAMED:
         if (crc, csize, usize) not in ((0, 0, 0), promised) or not _descriptor_agrees(f, offset, info):
