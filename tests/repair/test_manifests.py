@@ -10,7 +10,8 @@ import pytest
 from ckptkit.storage import atomic
 from ckptkit.core.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
-from ckptkit.storage.manifest import file_crc32, manifest_path, read_manifest
+from ckptkit.storage.crc import file_crc32
+from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.repair import fix_epoch
 from ckptkit.runs import scan_run
 from ckptkit.training import CheckpointManager, load_for_resume
