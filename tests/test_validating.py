@@ -96,3 +96,10 @@ def test_validation_does_not_import_the_runs_layer_above_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]"
+
+
+def test_ls_reads_each_checkpoint_index_once(run_of_six: Path, reads: Counter[str]) -> None:
+    result = CliRunner().invoke(main, ["ls", str(run_of_six)])
+    assert result.exit_code == 1, result.output             # best_model.pt is behind the latest
+    assert reads == Counter({name: 1 for name in ["best_model.pt"] + [f"checkpoint_step_{s}.pt"
+                                                                     for s in (100, 200, 300, 400, 500)]})
