@@ -47,18 +47,23 @@ class StorageRef:
 
     Tensors that share a storage in the file share one StorageRef, so storage sharing
     (views, tied weights) survives reading. The byte position is resolved lazily because for
-    zip archives it needs a read of the member's local header.
+    zip archives it needs a read of the member's local header. Slots: a checkpoint of 100,000
+    tensors holds 100,000 of these, and memory should follow the index, not a dict per record.
     """
 
+    __slots__ = ("key", "dtype", "numel", "location", "stored_nbytes", "_locate", "_range")
+
     def __init__(self, key: str, dtype: DType, numel: int, location: str,
-                 locate: Callable[[], ByteRange], stored_nbytes: int | None = None) -> None:
+                 locate: Callable[[], ByteRange] | None = None, stored_nbytes: int | None = None,
+                 where: ByteRange | None = None) -> None:
+        """`locate`: finds the bytes when first asked; `where`: they are known already."""
         self.key = key
         self.dtype = dtype
         self.numel = numel                # elements declared by the pickle / header
         self.location = location          # device it was saved from: "cpu", "cuda:0"
         self.stored_nbytes = stored_nbytes  # bytes actually present in the file, when known
         self._locate = locate
-        self._range: ByteRange | None = None
+        self._range: ByteRange | None = where
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +71,7 @@ class StorageRef:
 
     def byte_range(self) -> ByteRange:
         if self._range is None:
+            assert self._locate is not None, "a StorageRef needs `locate` or `where`"
             self._range = self._locate()
         return self._range
 
@@ -132,9 +138,10 @@ _SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "bfloat16": "
                    "int32": "i", "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorRef:
-    """A tensor as described by the checkpoint: dtype, shape, stride, where its bytes are."""
+    """A tensor as described by the checkpoint: dtype, shape, stride, where its bytes are.
+    (Slots, as StorageRef's: one per tensor record.)"""
 
     dtype: DType
     shape: tuple[int, ...]
@@ -435,11 +442,12 @@ def iter_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, TensorRef]]
             stack.extend(reversed(items))
 
 
-def make_tensor(dtype_name: str, shape: tuple[int, ...], storage: StorageRef) -> TensorRef:
+def make_tensor(dtype_name: str | DType, shape: tuple[int, ...], storage: StorageRef) -> TensorRef:
     """A contiguous tensor covering `storage` from element 0 (safetensors, DCP chunks)."""
     stride: list[int] = []
     acc = 1
     for size in reversed(shape):
         stride.append(acc)
         acc *= size
-    return TensorRef(dtype_named(dtype_name), tuple(shape), tuple(reversed(stride)), storage)
+    dtype = dtype_named(dtype_name) if isinstance(dtype_name, str) else dtype_name
+    return TensorRef(dtype, tuple(shape), tuple(reversed(stride)), storage)

@@ -223,6 +223,8 @@ class ItemTensor(TensorRef):
     def deferred(cls, dtype: DType, shape: tuple[int, ...], read: Callable[[], TensorRef]) -> ItemTensor:
         tensor = cls.__new__(cls)
         tensor.dtype, tensor.shape, tensor._read = dtype, shape, read
+        # TensorRef has slots: fields with defaults have no class-level value to fall back on.
+        tensor.requires_grad, tensor.is_parameter, tensor.subclass = False, False, None
         return tensor
 
     def read_item(self) -> None:

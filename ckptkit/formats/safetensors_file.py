@@ -69,17 +69,15 @@ def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], 
     return tensors, {str(k): str(v) for k, v in metadata.items()}
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _tensor(path: Path, name: str, info: Any, data_start: int, size: int, source: FileBytes) -> Any:
     try:
         code, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
         dtype = BY_SAFETENSORS[code]
     except (KeyError, TypeError, ValueError):
         shape, begin, end, dtype = [], -1, -1, None
-    if dtype is None or not all(_is_count(v) for v in [*shape, begin, end]):
+    counts = [*shape, begin, end]
+    # C-level checks (100,000 tensors in a shard folder): ints (json's bools are not), none negative.
+    if dtype is None or not set(map(type, counts)) <= {int} or min(counts) < 0:
         raise CorruptCheckpointError(path, f"tensor {name!r}: header entry is damaged ({str(info)[:80]})")
     numel = 1
     for d in shape:
@@ -90,9 +88,9 @@ def _tensor(path: Path, name: str, info: Any, data_start: int, size: int, source
     if data_start + end > size:
         raise CorruptCheckpointError(path, f"tensor {name!r} ends at byte {data_start + end} but the file has "
                                      f"{size}: truncated")
-    where = ByteRange(path, data_start + begin, end - begin, source)
-    storage = StorageRef(name, dtype, numel, "cpu", locate=lambda: where, stored_nbytes=end - begin)
-    return make_tensor(dtype.name, tuple(shape), storage)
+    storage = StorageRef(name, dtype, numel, "cpu", where=ByteRange(path, data_start + begin, end - begin, source),
+                         stored_nbytes=end - begin)
+    return make_tensor(dtype, tuple(shape), storage)
 
 
 def write_safetensors(out: BinaryIO, tensors: Mapping[str, TensorRef], metadata: Mapping[str, str] | None = None,

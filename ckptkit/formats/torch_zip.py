@@ -7,6 +7,7 @@ resolved lazily, when somebody asks for the bytes.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import struct
@@ -14,6 +15,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, BinaryIO, Callable
 
 from ckptkit.core.byte_source import FileBytes
@@ -80,14 +82,14 @@ def _plain_archive_index(source: Any) -> ArchiveIndex | None:
     byteorder = read_member(source, order) if order is not None else b"little"
     if data is None or byteorder != b"little":
         return None
-    return ArchiveIndex(infos, prefix.rstrip("/"), data)   # type: ignore[arg-type]  # ZipEntry: ZipInfo's fields
+    return ArchiveIndex(infos, prefix.rstrip("/"), data)
 
 
 @dataclass
 class ArchiveIndex:
     """What a reader takes from a torch zip archive before decoding: its directory and data.pkl."""
 
-    infos: dict[str, zipfile.ZipInfo]   # the central directory, by member name
+    infos: Mapping[str, Any]   # the central directory by member name: zipfile.ZipInfo or ZipEntry (same fields)
     prefix: str                          # "archive" for <prefix>/data.pkl
     data_pkl: bytes
 
@@ -138,6 +140,7 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
     what = f"{index.prefix}/data.pkl"
     storages: dict[str, StorageRef] = {}
     locate = RecordLocator(path, index, base, source)
+    partial = functools.partial
 
     def persistent_load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -150,7 +153,7 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
             member = index.record_info(key)
             storages[key] = StorageRef(
                 key, stype.dtype, int(numel), str(location),
-                locate=lambda k=key: locate(k),
+                locate=partial(locate, key),   # smaller than a lambda: one per storage record
                 stored_nbytes=member.file_size if member is not None else None)
         return storages[key]
 
@@ -197,7 +200,8 @@ class RecordLocator:
     """
 
     def __init__(self, path: Path, index: ArchiveIndex, base: int = 0, source: FileBytes | None = None) -> None:
-        self.path, self.index, self.base = path, index, base
+        # Without data.pkl's bytes: the locator lives as long as the checkpoint's tensors do.
+        self.path, self.index, self.base = path, ArchiveIndex(index.infos, index.prefix, b""), base
         self.source = source if source is not None else FileBytes(path)
         self._found: dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError] = {}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")      # zipfile.structCentralDir
@@ -26,22 +27,45 @@ class ZipEntry:
     """What ckptkit reads of a member: the same attribute names as `zipfile.ZipInfo`."""
 
     __slots__ = ("filename", "orig_filename", "header_offset", "compress_type", "compress_size",
-                 "file_size", "CRC", "flag_bits")
+                 "file_size", "CRC", "flag_bits", "extract_version", "dos_time_date")
 
     def __init__(self, filename: str, header_offset: int, compress_type: int, compress_size: int,
-                 file_size: int, crc: int, flag_bits: int) -> None:
+                 file_size: int, crc: int, flag_bits: int, extract_version: int, dos_time_date: tuple[int, int]) -> None:
         self.filename = self.orig_filename = filename
         self.header_offset, self.compress_type = header_offset, compress_type
         self.compress_size, self.file_size, self.CRC, self.flag_bits = compress_size, file_size, crc, flag_bits
+        self.extract_version, self.dos_time_date = extract_version, dos_time_date   # as stored: (time, date)
 
 
-def read_directory(source: Any) -> dict[str, ZipEntry] | None:
+class ZipDirectory(Mapping[str, ZipEntry]):
+    """name -> ZipEntry, made when asked for: the directory's bytes and one position per name
+    are all that is kept (80,000 ZipEntry objects would hold three times the memory)."""
+
+    def __init__(self, data: bytes, positions: dict[str, int], concat: int) -> None:
+        self._data, self._positions, self._concat = data, positions, concat
+
+    def __getitem__(self, name: str) -> ZipEntry:
+        (_, _, _, version, _, flags, method, time, date, crc, csize, usize, _, _, _, _, _, _,
+         offset) = _CENTRAL.unpack_from(self._data, self._positions[name])
+        return ZipEntry(name, offset + self._concat, method, csize, usize, crc, flags, version, (time, date))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._positions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._positions)
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+
+def read_directory(source: Any) -> ZipDirectory | None:
     """name -> entry for every member of the archive in the open binary file `source`, or None
     when the archive is anything but a plain one (the caller then asks zipfile)."""
     try:
         end = zipfile._EndRecData(source)   # noqa: SLF001 - the EOCD search, zip64 included
-    except OSError:
-        return None
+    except (OSError, zipfile.BadZipFile, struct.error, ValueError, EOFError):
+        return None                         # damaged: zipfile says how, in the caller
     if not end:
         return None
     size_cd, offset_cd = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]
@@ -57,22 +81,26 @@ def read_directory(source: Any) -> dict[str, ZipEntry] | None:
     return _entries(data, concat)
 
 
-def _entries(data: bytes, concat: int) -> dict[str, ZipEntry] | None:
-    entries: dict[str, ZipEntry] = {}
+def _entries(data: bytes, concat: int) -> ZipDirectory | None:
+    """Every entry checked to be plain (else None), its position kept."""
+    positions: dict[str, int] = {}
     pos, unpack, fixed = 0, _CENTRAL.unpack_from, _CENTRAL.size
     while pos < len(data):
         if pos + fixed > len(data):
             return None
-        (magic, _, _, version, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len,
+        (magic, _, _, version, _, flags, _, _, _, _, csize, usize, name_len, extra_len, comment_len,
          _, _, _, offset) = unpack(data, pos)
         if (magic != _CENTRAL_MAGIC or flags & _ENCRYPTED or _ZIP64 in (csize, usize, offset)
                 or version > zipfile.MAX_EXTRACT_VERSION):
             return None
         raw = data[pos + fixed: pos + fixed + name_len]
-        name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
-        entries[name] = ZipEntry(name, offset + concat, method, csize, usize, crc, flags)
+        try:
+            name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
+        except UnicodeDecodeError:
+            return None
+        positions[name] = pos
         pos += fixed + name_len + extra_len + comment_len
-    return entries
+    return ZipDirectory(data, positions, concat)
 
 
 def read_member(source: Any, entry: ZipEntry) -> bytes | None:
