@@ -125,7 +125,7 @@ def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
         rng=_rng_entries(ckpt.rng), metrics=dict(ckpt.metrics),
         histories=[_history_row(k, v) for k, v in ckpt.histories.items()],
         config=ckpt.config, other_keys={k: summarize(v) for k, v in ckpt.extra.items()},
-        metadata=dict(ckpt.metadata), findings=list(ckpt.findings), members=list(ckpt.members),
+        metadata={**ckpt.metadata, **ckpt.details.shown()}, findings=list(ckpt.findings), members=list(ckpt.members),
         chunks=dict(ckpt.chunks))
 
 

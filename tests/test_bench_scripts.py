@@ -23,3 +23,21 @@ def test_bench_fix_epoch_runs_and_checks_the_records(tmp_path: Path, flags: list
     assert lines[4].startswith("ratio: ") and "(target <= 1.2x)" in lines[4]
     assert lines[-1] == "tensor records byte-identical before/after: yes (192 records, CRC32 of the bytes)"
     assert list(tmp_path.iterdir()) == []   # the benchmark leaves nothing behind
+
+
+def test_bench_scale_measures_every_command_against_the_baselines_and_prints_the_slopes(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "scripts/bench_scale.py", "--params", "20", "--shard-tensors", "100",
+                           "--chunks", "20", "--siblings", "2", "--repeat", "1", "--no-judge", "--dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert ".pth of 80 tensor records:" in out
+    for label in ("torch.load(mmap=True, weights_only=True)", "ckptkit inspect ", "ckptkit validate ",
+                  "ckptkit validate (among siblings)", "ckptkit validate --deep", "ckptkit ls (folder of one)",
+                  "ckptkit diff (3 tensors differ)", "ckptkit convert -> .safetensors",
+                  "safe_open key listing (10 shards)", "ckptkit inspect (shards)", "ckptkit validate (shards)",
+                  "DCP read_metadata", "ckptkit inspect (DCP)", "unpickling floor, bare C unpickler"):
+        assert label in out, label
+    assert out.count("  slope ") == 8 and "target <= 0.25x" in out and "RSS target <= 64 MiB" in out
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint_step_100.pt", "checkpoint_step_200.pt",
+                                                                    "checkpoint_step_300.pt"]

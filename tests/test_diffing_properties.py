@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from ckptkit.core.checkpoint import release_mapped_files
 from ckptkit.diffing import CheckpointDiff, diff_paths
 from ckptkit.diffing.report import CHANGED, ONLY_A, ONLY_B
 from ckptkit.views.keys import KNOWN_PREFIXES, strip_known_prefix
@@ -52,7 +51,6 @@ def save(state: dict[str, torch.Tensor], path: Path, fmt: str) -> Path:
 def diff_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], fmt: str) -> CheckpointDiff:
     with tempfile.TemporaryDirectory() as tmp:
         result = diff_paths(save(a, Path(tmp) / "a", fmt), save(b, Path(tmp) / "b", fmt))
-        release_mapped_files()
     return result
 
 

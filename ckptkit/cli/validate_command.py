@@ -10,7 +10,8 @@ from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
 from ckptkit.cli.progress import progress_for
 from ckptkit.cli.render import emit_json, heading, render_findings
-from ckptkit.validation import ValidationReport, validate_path
+from ckptkit.validating import validate_path
+from ckptkit.validation import ValidationReport
 
 
 @main.command("validate")
@@ -22,8 +23,11 @@ from ckptkit.validation import ValidationReport, validate_path
                    "mismatches and their cause.")
 @click.option("--fail-on", type=click.Choice([s.value for s in Severity]), default="error", show_default=True,
               help="Exit 1 when a finding of this severity or worse is present.")
+@click.option("--no-run", "no_run", is_flag=True,
+              help="Check PATH alone: skip the run-level checks (no other checkpoint of its folder is read).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in README).")
-def validate_command(path: Path, deep: bool, against: Path | None, fail_on: str, as_json: bool) -> None:
+def validate_command(path: Path, deep: bool, against: Path | None, fail_on: str, no_run: bool,
+                     as_json: bool) -> None:
     """Is this checkpoint whole, consistent and safe to resume from? Runs every check and
     reports all findings: a stable code, severity, where (file: key), expected vs found, and
     the ckptkit command that fixes it.
@@ -38,7 +42,8 @@ def validate_command(path: Path, deep: bool, against: Path | None, fail_on: str,
     """
     progress = progress_for("deep check", deep and not as_json)
     try:
-        report = validate_path(path, deep=deep, against=against, progress_callback=progress)
+        report = validate_path(path, deep=deep, against=against, siblings=not no_run,
+                               progress_callback=progress)
     finally:
         if progress is not None:
             progress.close()

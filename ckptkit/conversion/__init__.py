@@ -241,7 +241,7 @@ def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
 
     from ckptkit.storage.pickle_writer import dumps_tree
 
-    prefix = ckpt.metadata.get("zip_prefix")
+    prefix = ckpt.details.zip_prefix
     if ckpt.format != "torch-zip" or prefix is None:
         return {}
     _, storages = dumps_tree(tree)

@@ -8,7 +8,6 @@ model, optimizer, scheduler... in that tree and maps the family's progress count
 from __future__ import annotations
 
 import enum
-import mmap
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -16,17 +15,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.core.errors import CorruptCheckpointError
 
 
 @dataclass(frozen=True)
 class ByteRange:
-    """Where a storage's bytes lie: `length` bytes of `path` starting at `offset`."""
+    """Where a storage's bytes lie: `length` bytes of `path` starting at `offset`; `source`: the
+    map of `path` owned by the checkpoint that found the range (None: mapped when read)."""
 
     path: Path
     offset: int
     length: int
+    source: FileBytes | None = field(default=None, compare=False, repr=False)
+
+    def at(self, offset: int, length: int) -> ByteRange:
+        """Another range of the same file, read through the same map."""
+        return ByteRange(self.path, offset, length, self.source)
+
+    def mapped(self) -> memoryview:
+        """The whole file through this range's map (a map of its own when it has none)."""
+        if self.source is None:
+            object.__setattr__(self, "source", FileBytes(self.path))   # frozen: the map is a cache
+        assert self.source is not None
+        return self.source.view()
 
 
 class StorageRef:
@@ -34,18 +47,23 @@ class StorageRef:
 
     Tensors that share a storage in the file share one StorageRef, so storage sharing
     (views, tied weights) survives reading. The byte position is resolved lazily because for
-    zip archives it needs a read of the member's local header.
+    zip archives it needs a read of the member's local header. Slots: a checkpoint of 100,000
+    tensors holds 100,000 of these, and memory should follow the index, not a dict per record.
     """
 
+    __slots__ = ("key", "dtype", "numel", "location", "stored_nbytes", "_locate", "_range")
+
     def __init__(self, key: str, dtype: DType, numel: int, location: str,
-                 locate: Callable[[], ByteRange], stored_nbytes: int | None = None) -> None:
+                 locate: Callable[[], ByteRange] | None = None, stored_nbytes: int | None = None,
+                 where: ByteRange | None = None) -> None:
+        """`locate`: finds the bytes when first asked; `where`: they are known already."""
         self.key = key
         self.dtype = dtype
         self.numel = numel                # elements declared by the pickle / header
         self.location = location          # device it was saved from: "cpu", "cuda:0"
         self.stored_nbytes = stored_nbytes  # bytes actually present in the file, when known
         self._locate = locate
-        self._range: ByteRange | None = None
+        self._range: ByteRange | None = where
 
     @property
     def nbytes(self) -> int:
@@ -53,6 +71,7 @@ class StorageRef:
 
     def byte_range(self) -> ByteRange:
         if self._range is None:
+            assert self._locate is not None, "a StorageRef needs `locate` or `where`"
             self._range = self._locate()
         return self._range
 
@@ -65,7 +84,7 @@ class StorageRef:
                                          f"lie outside its record of {where.length} bytes")
         if length == 0:
             return memoryview(b"")
-        view = _mapped(where.path)[where.offset + start: where.offset + start + length]
+        view = where.mapped()[where.offset + start: where.offset + start + length]
         if len(view) != length:
             raise CorruptCheckpointError(where.path, f"storage {self.key!r}: the file ends {length - len(view)} "
                                          "bytes before the storage's last byte: truncated")
@@ -99,28 +118,9 @@ class StorageRef:
         return f"StorageRef({self.key!r}, {self.dtype.name}, numel={self.numel})"
 
 
-_MAPS: dict[Path, mmap.mmap] = {}
-_MAP_VERSIONS: dict[Path, tuple[int, int, int, int]] = {}
-
-
-def _mapped(path: Path) -> memoryview:
-    """One read-only map per file for the life of the process; the OS pages bytes in and out.
-
-    The map is made anew when the file changed under the same name: a trainer that rewrites
-    `checkpoint-recent.pth` in place (rename over it) must not be read through the old map.
-    """
-    st = path.stat()
-    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if _MAP_VERSIONS.get(path) != version:
-        with open(path, "rb") as f:
-            _MAPS[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)   # old map: closed by GC
-        _MAP_VERSIONS[path] = version
-    return memoryview(_MAPS[path])
-
-
 def mapped_bytes(where: ByteRange) -> memoryview:
     """The bytes of a range of a file, memory-mapped (pages are read when touched)."""
-    view = _mapped(where.path)
+    view = where.mapped()
     if where.offset < 0 or where.offset + where.length > len(view):
         raise CorruptCheckpointError(where.path, f"bytes {where.offset}..{where.offset + where.length} lie "
                                      f"past the end of the file ({len(view)} bytes): truncated")
@@ -128,39 +128,20 @@ def mapped_bytes(where: ByteRange) -> memoryview:
 
 
 def release_mapped_pages(where: ByteRange) -> None:
-    """Unmap the pages of `where` from this process (the OS page cache keeps them).
-
-    Mapped pages a process has touched count in its RSS until unmapped; streaming readers
-    (diffs, deep checks) call this after each chunk so that memory stays bounded whatever
-    the checkpoint's size. A later read of the same bytes simply maps them in again.
-    """
-    m = _MAPS.get(where.path)
-    if m is None or where.length <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    start = where.offset - where.offset % mmap.PAGESIZE
-    end = min(len(m), where.offset + where.length)
-    if end > start:
-        m.madvise(mmap.MADV_DONTNEED, start, end - start)
-
-
-def release_mapped_files() -> None:
-    """Drop cached maps (before a file is replaced in place, or in long-lived processes)."""
-    for m in _MAPS.values():
-        try:
-            m.close()
-        except BufferError:   # a memoryview still points into it; the GC will close it
-            pass
-    _MAPS.clear()
-    _MAP_VERSIONS.clear()
+    """Unmap the pages of `where` from this process (the OS page cache keeps them); see
+    `FileBytes.release`. A later read of the same bytes simply maps them in again."""
+    if where.source is not None:
+        where.source.release(where.offset, where.length)
 
 
 _SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "bfloat16": "H", "int64": "q",
                    "int32": "i", "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorRef:
-    """A tensor as described by the checkpoint: dtype, shape, stride, where its bytes are."""
+    """A tensor as described by the checkpoint: dtype, shape, stride, where its bytes are.
+    (Slots, as StorageRef's: one per tensor record.)"""
 
     dtype: DType
     shape: tuple[int, ...]
@@ -202,6 +183,8 @@ class TensorRef:
     def fits_storage(self) -> bool:
         if self.numel == 0:     # an empty view touches no element, whatever its offset
             return self.storage_offset >= 0
+        if self.storage_offset == 0 and self.is_contiguous():   # the common case, without the span
+            return self.nbytes <= self.storage.nbytes
         lo, hi = self.element_span()   # in this tensor's elements; an untyped storage counts bytes
         return lo >= 0 and hi * self.dtype.itemsize <= self.storage.nbytes
 
@@ -414,6 +397,27 @@ class TensorChunk:
 
 
 @dataclass
+class FormatDetails:
+    """What a format reader learned about how the file is laid out (not the file's own metadata).
+
+    Typed fields rather than strings in `Checkpoint.metadata`: code that needs the zip archive's
+    folder name asks `details.zip_prefix`, and `metadata` stays what the file itself says.
+    """
+
+    zip_prefix: str | None = None        # torch zip: the folder of <prefix>/data.pkl in the archive
+    storage_records: int | None = None   # torch zip / legacy: storage records in the file
+    dcp_version: str | None = None       # DCP: the version its .metadata records
+    dcp_tensors: int | None = None       # DCP: entries with tensor chunks
+    dcp_save_id: str | None = None       # DCP: the save id its storage_meta records, when any
+
+    def shown(self) -> dict[str, str]:
+        """As `inspect` lists them under "Format metadata" (names kept from before they were typed)."""
+        named = {"zip_prefix": self.zip_prefix, "storage_records": self.storage_records,
+                 "dcp_version": self.dcp_version, "tensors": self.dcp_tensors, "save_id": self.dcp_save_id}
+        return {k: str(v) for k, v in named.items() if v is not None}
+
+
+@dataclass
 class Checkpoint:
     """A read checkpoint: the decoded tree plus its recognised parts.
 
@@ -439,7 +443,8 @@ class Checkpoint:
     findings: list[Finding] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)   # section -> key or member file it came from
     files: list[Path] = field(default_factory=list)         # every file the checkpoint consists of
-    metadata: dict[str, str] = field(default_factory=dict)  # format-level metadata (safetensors __metadata__)
+    metadata: dict[str, str] = field(default_factory=dict)  # the file's own metadata (safetensors __metadata__)
+    details: FormatDetails = field(default_factory=FormatDetails)   # how the reader found it laid out
     members: list[MemberFile] = field(default_factory=list)  # folder formats: every member file
     chunks: dict[str, list[TensorChunk]] = field(default_factory=dict)  # chunked tensors (DCP): key -> chunks
 
@@ -447,23 +452,49 @@ class Checkpoint:
         """Every tensor in the checkpoint with its dotted key path, model and optimizer alike."""
         yield from iter_tensors(self.tree)
 
+    def close(self) -> None:
+        """Unmap the files this checkpoint's tensors were read through (dropping it does too)."""
+        closed: set[int] = set()
+        for _, tensor in self.tensors():
+            where = tensor.storage._range
+            if where is not None and where.source is not None and id(where.source) not in closed:
+                closed.add(id(where.source))
+                where.source.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def iter_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, TensorRef]]:
-    if isinstance(tree, TensorRef):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from iter_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from iter_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+    """Every tensor below `tree` with its dotted key path, depth first in insertion order.
+
+    Iterative: a recursive generator pays every level's `yield from` for every tensor, which
+    at 100,000 tensors four levels deep cost more than everything a check does with them.
+    """
+    stack: list[tuple[str, Any]] = [(prefix, tree)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, TensorRef):
+            yield where, node
+        elif isinstance(node, dict):
+            items = [(f"{where}.{k}" if where else str(k), v) for k, v in node.items()
+                     if isinstance(v, (TensorRef, dict, list, tuple))]
+            stack.extend(reversed(items))
+        elif isinstance(node, (list, tuple)):
+            items = [(f"{where}.{i}" if where else str(i), v) for i, v in enumerate(node)
+                     if isinstance(v, (TensorRef, dict, list, tuple))]
+            stack.extend(reversed(items))
 
 
-def make_tensor(dtype_name: str, shape: tuple[int, ...], storage: StorageRef) -> TensorRef:
+def make_tensor(dtype_name: str | DType, shape: tuple[int, ...], storage: StorageRef) -> TensorRef:
     """A contiguous tensor covering `storage` from element 0 (safetensors, DCP chunks)."""
     stride: list[int] = []
     acc = 1
     for size in reversed(shape):
         stride.append(acc)
         acc *= size
-    return TensorRef(dtype_named(dtype_name), tuple(shape), tuple(reversed(stride)), storage)
+    dtype = dtype_named(dtype_name) if isinstance(dtype_name, str) else dtype_name
+    return TensorRef(dtype, tuple(shape), tuple(reversed(stride)), storage)

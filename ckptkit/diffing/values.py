@@ -77,7 +77,7 @@ def _byte_chunks(t: TensorRef, size: int) -> Iterator[tuple[memoryview, ByteRang
     base = where.offset + t.element_span()[0] * t.dtype.itemsize
     for start in range(0, len(raw), size):
         chunk = raw[start: start + size]
-        yield chunk, ByteRange(where.path, base + start, len(chunk))
+        yield chunk, where.at(base + start, len(chunk))
 
 
 def decoded_chunks(t: TensorRef) -> Iterator[np.ndarray]:

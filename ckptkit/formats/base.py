@@ -7,8 +7,8 @@ never at the file name alone: the seeds use names like `checkpoint-recent.pth.fi
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, Severity

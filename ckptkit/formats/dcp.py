@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, UnsupportedFeatureError
@@ -84,10 +85,10 @@ class DcpFormat:
         ckpt.size_bytes, ckpt.files, ckpt.members = done.size_bytes, done.files, done.members
         ckpt.chunks = layout.chunks
         ckpt.findings = _unexpected_globals(meta_path, result.globals) + reading.findings + ckpt.findings
-        ckpt.metadata.update({"dcp_version": str(fields.get("version")), "tensors": str(len(layout.chunks))})
+        ckpt.details.dcp_version, ckpt.details.dcp_tensors = str(fields.get("version")), len(layout.chunks)
         storage_meta = fields.get("storage_meta")
         if isinstance(storage_meta, PickledObject) and storage_meta.fields().get("save_id"):
-            ckpt.metadata["save_id"] = str(storage_meta.fields()["save_id"])
+            ckpt.details.dcp_save_id = str(storage_meta.fields()["save_id"])
         return ckpt
 
 
@@ -99,6 +100,7 @@ class DcpLayout:
         self.chunks: dict[str, list[TensorChunk]] = {}
         self._missing_files: set[str] = set()
         self._sizes: dict[str, int | None] = {}
+        self._sources: dict[Path, FileBytes] = {}   # one map per .distcp file, for all its items
 
     def build_tree(self, state_meta: Any, planner: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(state_meta, dict):
@@ -143,7 +145,9 @@ class DcpLayout:
         """The chunk as its item stores it. An item that cannot be read leaves a chunk whose bytes
         cannot be found, said when they are asked for (validation reports it then)."""
         try:
-            return stored_chunk(self.path / loc[0], loc, fqn, key, dtype, sizes)
+            file = self.path / loc[0]
+            source = self._sources.setdefault(file, FileBytes(file))
+            return stored_chunk(file, loc, fqn, key, dtype, sizes, source)
         except CkptkitError as exc:
             error = exc
 
@@ -217,6 +221,8 @@ class ItemTensor(TensorRef):
     def deferred(cls, dtype: DType, shape: tuple[int, ...], read: Callable[[], TensorRef]) -> ItemTensor:
         tensor = cls.__new__(cls)
         tensor.dtype, tensor.shape, tensor._read = dtype, shape, read
+        # TensorRef has slots: fields with defaults have no class-level value to fall back on.
+        tensor.requires_grad, tensor.is_parameter, tensor.subclass = False, False, None
         return tensor
 
     def read_item(self) -> None:
@@ -224,7 +230,8 @@ class ItemTensor(TensorRef):
         self.stride, self.storage, self.storage_offset = stored.stride, stored.storage, stored.storage_offset
 
 
-def stored_chunk(file: Path, loc: Location, fqn: str, key: str, dtype: DType, sizes: tuple[int, ...]) -> TensorRef:
+def stored_chunk(file: Path, loc: Location, fqn: str, key: str, dtype: DType, sizes: tuple[int, ...],
+                 source: FileBytes | None = None) -> TensorRef:
     """A chunk's tensor as its item in `file` stores it: strides and storage offset as saved
     (read by the torch-zip reader, the item being a torch.save archive), the storage renamed
     `key` because every item calls its own "0" and conversions write storages by name.
@@ -236,7 +243,7 @@ def stored_chunk(file: Path, loc: Location, fqn: str, key: str, dtype: DType, si
     _refuse_transformed(file, loc, fqn)
     try:
         if _peek(file, start) == ZIP_MAGIC:
-            tensor, _, _ = read_zip_pickle(file, (start, length))
+            tensor, _, _ = read_zip_pickle(file, (start, length), source)
         else:   # SAFETENSORS serialization: one safetensors file per .distcp, its tensors named by fqn
             tensor = read_safetensors_header(file, start)[0].get(fqn)
     except OSError as exc:

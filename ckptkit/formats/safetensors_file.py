@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, BinaryIO
 
-from ckptkit.formats.base import checkpoint_from_tree
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef, TensorRef, make_tensor
 from ckptkit.core.dtypes import BY_SAFETENSORS, DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
+from ckptkit.formats.base import checkpoint_from_tree
 
 MAX_HEADER = 100 * 1024 * 1024   # safetensors' own limit
 
@@ -42,9 +43,10 @@ def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], 
     """The tensors (lazy) and __metadata__ of the safetensors file `path`, or of the one that
     starts at byte `base` of it (DCP's SAFETENSORS serialization appends one to a .distcp file)."""
     header, metadata, data_start, size = read_header_entries(path, base)
+    source = FileBytes(path)    # the file's map, made when a tensor's bytes are first read
     tensors: dict[str, Any] = {}
     for name, info in header.items():
-        tensors[name] = header_tensor(path, name, info, data_start, size)
+        tensors[name] = header_tensor(path, name, info, data_start, size, source)
     return tensors, metadata
 
 
@@ -72,17 +74,18 @@ def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict
     return header, {str(k): str(v) for k, v in metadata.items()}, base + 8 + n, size
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int) -> Any:
+def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int,
+                  source: FileBytes | None = None) -> Any:
+    """One header entry as a lazy tensor, its bytes checked to lie inside the file (`source`:
+    the file's shared map; None maps it when the bytes are first read)."""
     try:
         code, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
         dtype = BY_SAFETENSORS[code]
     except (KeyError, TypeError, ValueError):
         shape, begin, end, dtype = [], -1, -1, None
-    if dtype is None or not all(_is_count(v) for v in [*shape, begin, end]):
+    counts = [*shape, begin, end]
+    # C-level checks (100,000 tensors in a shard folder): ints (json's bools are not), none negative.
+    if dtype is None or not set(map(type, counts)) <= {int} or min(counts) < 0:
         raise CorruptCheckpointError(path, f"tensor {name!r}: header entry is damaged ({str(info)[:80]})")
     numel = 1
     for d in shape:
@@ -93,9 +96,9 @@ def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int) 
     if data_start + end > size:
         raise CorruptCheckpointError(path, f"tensor {name!r} ends at byte {data_start + end} but the file has "
                                      f"{size}: truncated")
-    where = ByteRange(path, data_start + begin, end - begin)
-    storage = StorageRef(name, dtype, numel, "cpu", locate=lambda: where, stored_nbytes=end - begin)
-    return make_tensor(dtype.name, tuple(shape), storage)
+    storage = StorageRef(name, dtype, numel, "cpu", where=ByteRange(path, data_start + begin, end - begin, source),
+                         stored_nbytes=end - begin)
+    return make_tensor(dtype, tuple(shape), storage)
 
 
 def write_safetensors(out: BinaryIO, tensors: Mapping[str, TensorRef], metadata: Mapping[str, str] | None = None,

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
@@ -32,7 +33,7 @@ class TorchLegacyFormat:
     def read(self, path: Path) -> Checkpoint:
         tree, globals_, records = read_legacy(path)
         ckpt = checkpoint_from_tree(path, self.name, tree, globals_)
-        ckpt.metadata["storage_records"] = str(records)
+        ckpt.details.storage_records = records
         return ckpt
 
 
@@ -40,6 +41,7 @@ def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
     size = path.stat().st_size
     storages: dict[str, StorageRef] = {}
     ranges: dict[str, ByteRange] = {}
+    source = FileBytes(path)     # the file's map, made when a tensor's bytes are first read
 
     def locate(key: str) -> ByteRange:
         if key not in ranges:
@@ -90,7 +92,7 @@ def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
                                              f"pickle declares {storage.numel}: the file is damaged")
             length = numel * storage.dtype.itemsize
             storage.stored_nbytes = min(length, max(0, size - offset - 8))
-            ranges[key] = ByteRange(path, offset + 8, length)
+            ranges[key] = ByteRange(path, offset + 8, length, source)
             offset += 8 + length
             if offset > size:
                 raise CorruptCheckpointError(

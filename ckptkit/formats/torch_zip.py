@@ -7,18 +7,22 @@ resolved lazily, when somebody asks for the bytes.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
+from ckptkit.formats.zip_directory import read_directory, read_member
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -35,33 +39,55 @@ class TorchZipFormat:
     def read(self, path: Path) -> Checkpoint:
         tree, globals_, members = read_zip_pickle(path)
         ckpt = checkpoint_from_tree(path, self.name, tree, globals_)
-        ckpt.metadata.update(members)
+        ckpt.details.zip_prefix = members["zip_prefix"]
+        ckpt.details.storage_records = int(members["storage_records"])
         return ckpt
 
 
-def read_zip_pickle(path: Path, window: tuple[int, int] | None = None) -> tuple[Any, list[Any], dict[str, str]]:
+def read_zip_pickle(path: Path, window: tuple[int, int] | None = None,
+                    source: FileBytes | None = None) -> tuple[Any, list[Any], dict[str, str]]:
     """Decode a torch zip archive's `data.pkl` into a tree with lazy tensor leaves.
 
     `window` (start, length): the archive lies at that place inside `path` instead of being the
     whole file (each item of a DCP `.distcp` file is a complete torch.save archive); its tensors
     then keep their strides and storage offsets exactly as from a file of their own.
+    `source`: the map of `path` its tensors read through (shared by the items of one file).
     """
     with open(path, "rb") as f:
-        return _read_zip_pickle(path, FileSlice(f, *window) if window else f, window[0] if window else 0)
+        return _read_zip_pickle(path, FileSlice(f, *window) if window else f, window[0] if window else 0, source)
 
 
-def _read_zip_pickle(path: Path, source: Any, base: int) -> tuple[Any, list[Any], dict[str, str]]:
-    index = read_archive_index(path, source)
-    tree, globals_, storages = decode_data_pkl(path, index, base)
+def _read_zip_pickle(path: Path, opened: Any, base: int,
+                     source: FileBytes | None) -> tuple[Any, list[Any], dict[str, str]]:
+    index = read_archive_index(path, opened)
+    tree, globals_, storages = decode_data_pkl(path, index, base, source)
     members = {"zip_prefix": index.prefix, "storage_records": str(len(storages))}
     return tree, globals_, members
+
+
+def _plain_archive_index(source: Any) -> ArchiveIndex | None:
+    """The index of a plain archive (what torch writes) read without zipfile's ZipInfos; None
+    when anything is unusual, for zipfile to read (and word the error) instead."""
+    infos = read_directory(source)
+    if infos is None:
+        return None
+    pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
+    if not pickles:
+        return None
+    prefix = pickles[0][: -len("data.pkl")]
+    data = read_member(source, infos[pickles[0]])
+    order = infos.get(prefix + "byteorder")
+    byteorder = read_member(source, order) if order is not None else b"little"
+    if data is None or byteorder != b"little":
+        return None
+    return ArchiveIndex(infos, prefix.rstrip("/"), data)
 
 
 @dataclass
 class ArchiveIndex:
     """What a reader takes from a torch zip archive before decoding: its directory and data.pkl."""
 
-    infos: dict[str, zipfile.ZipInfo]   # the central directory, by member name
+    infos: Mapping[str, Any]   # the central directory by member name: zipfile.ZipInfo or ZipEntry (same fields)
     prefix: str                          # "archive" for <prefix>/data.pkl
     data_pkl: bytes
 
@@ -75,6 +101,10 @@ def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
     if source is None:
         with open(path, "rb") as f:
             return read_archive_index(path, f)
+    fast = _plain_archive_index(source)
+    if fast is not None:
+        return fast
+    source.seek(0)
     try:
         zf = zipfile.ZipFile(source)
     except zipfile.BadZipFile:
@@ -100,12 +130,15 @@ def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
     return ArchiveIndex(infos, prefix.rstrip("/"), data)
 
 
-def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0) -> tuple[Any, list[Any], dict[str, StorageRef]]:
+def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
+                    source: FileBytes | None = None) -> tuple[Any, list[Any], dict[str, StorageRef]]:
     """Unpickle `index.data_pkl` into a tree whose storages are located through `index.infos`
-    (lazily: a storage whose record is missing fails only when its bytes are asked for)."""
+    (lazily: a storage whose record is missing fails only when its bytes are asked for) and read
+    through `source` (default: a map of `path` of their own, made when first read)."""
     what = f"{index.prefix}/data.pkl"
     storages: dict[str, StorageRef] = {}
-    locate = RecordLocator(path, index, base)
+    locate = RecordLocator(path, index, base, source)
+    partial = functools.partial
 
     def persistent_load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -118,7 +151,7 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0) -> tuple[Any
             member = index.record_info(key)
             storages[key] = StorageRef(
                 key, stype.dtype, int(numel), str(location),
-                locate=lambda k=key: locate(k),
+                locate=partial(locate, key),   # smaller than a lambda: one per storage record
                 stored_nbytes=member.file_size if member is not None else None)
         return storages[key]
 
@@ -158,43 +191,38 @@ class FileSlice(io.RawIOBase):
 class RecordLocator:
     """Where each storage record of one archive lies, as a reader finds it: `locator(key)`.
 
-    The first call reads every record's local header through one open file (a repair or a
-    deep validation asks for all of them; one open per record cost more than the reads). A
-    record whose header is damaged or missing raises only when that record is asked for.
+    A record's local header is read through the file's map when that record is first asked
+    for (no system call per record, and `validate` reading the 20,000 one-element `step`
+    tensors of an optimizer touches only theirs). A record whose header is damaged or missing
+    raises only when that record is asked for.
     """
 
-    def __init__(self, path: Path, index: ArchiveIndex, base: int = 0) -> None:
-        self.path, self.index, self.base = path, index, base
-        self._found: dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError] | None = None
+    def __init__(self, path: Path, index: ArchiveIndex, base: int = 0, source: FileBytes | None = None) -> None:
+        # Without data.pkl's bytes: the locator lives as long as the checkpoint's tensors do.
+        self.path, self.index, self.base = path, ArchiveIndex(index.infos, index.prefix, b""), base
+        self.source = source if source is not None else FileBytes(path)
+        self._found: dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError] = {}
 
     def __call__(self, key: str) -> ByteRange:
-        if self._found is None:
-            self._found = self._read_headers()
         found = self._found.get(key)
         if found is None:
-            return locate_record(self.path, self.index.record_info(key), key, self.base)
+            try:
+                found = locate_record(self.path, self.index.record_info(key), key, self.base,
+                                      view=self.source.view(), source=self.source)
+            except (CorruptCheckpointError, UnsupportedFeatureError) as exc:
+                found = exc
+            self._found[key] = found
         if isinstance(found, Exception):
             raise found
         return found
 
-    def _read_headers(self) -> dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError]:
-        records = f"{self.index.prefix}/data/"
-        found: dict[str, ByteRange | CorruptCheckpointError | UnsupportedFeatureError] = {}
-        with open(self.path, "rb") as f:
-            for name, info in self.index.infos.items():
-                if name.startswith(records):
-                    key = name[len(records):]
-                    try:
-                        found[key] = locate_record(self.path, info, key, self.base, f)
-                    except (CorruptCheckpointError, UnsupportedFeatureError) as exc:
-                        found[key] = exc
-        return found
-
 
 def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0,
-                  f: BinaryIO | None = None) -> ByteRange:
+                  f: BinaryIO | None = None, *, view: memoryview | None = None,
+                  source: FileBytes | None = None) -> ByteRange:
     """Where storage record `key` lies in `path`; `base`: where the archive starts in the file
-    (DCP `.distcp` files concatenate whole torch.save archives); `f`: `path`, opened already."""
+    (DCP `.distcp` files concatenate whole torch.save archives); `f`: `path`, opened already;
+    `view`: `path`'s bytes, mapped already; `source`: the map the range is read through."""
     if info is None:
         raise CorruptCheckpointError(path, f"storage record data/{key} is missing from the archive")
     if info.compress_type != zipfile.ZIP_STORED:
@@ -202,16 +230,19 @@ def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int 
     if base + info.header_offset < 0:
         raise CorruptCheckpointError(path, f"storage record data/{key}: the zip directory points before the "
                                      "start of the archive")
-    if f is None:
+    at = base + info.header_offset
+    if view is not None:
+        raw = view[at: at + _LOCAL_HEADER.size]
+    elif f is None:
         with open(path, "rb") as own:
-            return locate_record(path, info, key, base, own)
-    f.seek(base + info.header_offset)
-    raw = f.read(_LOCAL_HEADER.size)
+            return locate_record(path, info, key, base, own, source=source)
+    else:
+        f.seek(at)
+        raw = f.read(_LOCAL_HEADER.size)
     if len(raw) < _LOCAL_HEADER.size or raw[:4] != ZIP_MAGIC:
         raise CorruptCheckpointError(path, f"storage record data/{key}: local zip header is damaged")
     name_len, extra_len = _LOCAL_HEADER.unpack(raw)[-2:]
-    offset = base + info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-    return ByteRange(path, offset, info.file_size)
+    return ByteRange(path, at + _LOCAL_HEADER.size + name_len + extra_len, info.file_size, source)
 
 
 # --- writing -----------------------------------------------------------------------------------

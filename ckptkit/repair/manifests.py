@@ -22,11 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ckptkit.storage import crc
 from ckptkit.storage.manifest import (
     Manifest,
     ManifestFile,
     TakenManifest,
-    file_crc32,
     manifest_path,
     put_back_manifest,
     read_manifest,
@@ -66,7 +66,7 @@ class ManifestRefresh:
     def renew(self, tree: Any) -> Manifest:
         """Write the manifest of the rewritten checkpoint (after the rename)."""
         name = _entry_name(self.owner, self.member)
-        files = tuple(ManifestFile(name, self.member.stat().st_size, file_crc32(self.member)) if f.path == name else f
+        files = tuple(ManifestFile(name, self.member.stat().st_size, crc.file_crc32(self.member)) if f.path == name else f
                       for f in self.manifest.files)
         renewed = replace(self.manifest, files=files, **_progress_fields(tree, self.manifest))
         write_manifest(self.owner, renewed)

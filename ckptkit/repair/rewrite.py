@@ -63,7 +63,7 @@ def rewrite_note(ckpt: Checkpoint) -> str | None:
 def rewrite_file(ckpt: Checkpoint, backup: Path | None) -> None:
     """Replace `ckpt.path` with `ckpt.tree` (already changed in memory) as a torch zip archive."""
     path = ckpt.path
-    prefix = ckpt.metadata.get("zip_prefix") or path.name.split(".")[0] or "archive"
+    prefix = ckpt.details.zip_prefix or path.name.split(".")[0] or "archive"
     data_pkl, storages = dumps_tree(ckpt.tree)
     expected = original_crcs(ckpt, storages)
     checked: dict[str, tuple[int, int]] = {}
@@ -206,7 +206,7 @@ def dumps_tree(tree: Any) -> tuple[bytes, dict[str, StorageRef]]:
 
 def original_crcs(ckpt: Checkpoint, storages: dict[str, StorageRef]) -> dict[str, int]:
     """The CRC32 of every storage record in `storages`, as the original file holds it."""
-    prefix = ckpt.metadata.get("zip_prefix")
+    prefix = ckpt.details.zip_prefix
     if ckpt.format == "torch-zip" and prefix is not None:
         with zipfile.ZipFile(ckpt.path) as zf:
             return {key: zf.getinfo(f"{prefix}/data/{key}").CRC for key in storages}

@@ -9,19 +9,21 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, Progress, Severity
 from ckptkit.core.errors import CkptkitError, MissingFileError, NotACheckpointError
-from ckptkit.formats import FILE_FORMATS, folder_formats, open_checkpoint
 from ckptkit.families import leftover_copy
+from ckptkit.formats import FILE_FORMATS, folder_formats, open_checkpoint
 from ckptkit.formats.base import HEAD_BYTES
-
 from ckptkit.storage.atomic import TEMP_MARKER, is_backup
+from ckptkit.validation import ValidationReport, validate_checkpoint
 
 HF_CHECKPOINT = re.compile(r"checkpoint-\d+$")
 HF_TEMP = re.compile(r"tmp-checkpoint-\d+$")
@@ -110,12 +112,22 @@ def run_folder(entry: RunEntry) -> Path:
     return entry.path.parent if entry.relative != "." else entry.path
 
 
-def scan_run(root: str | os.PathLike[str]) -> Run:
-    """Every checkpoint below `root`, read (index only), health-checked and ordered by progress."""
+def scan_run(root: str | os.PathLike[str], known: dict[Path, RunEntry] | None = None) -> Run:
+    """Every checkpoint below `root`, read (index only), health-checked and ordered by progress.
+
+    Each checkpoint is opened once; `known` (by path): entries already made from a checkpoint
+    the caller opened, which are taken as they are instead of being read again.
+    """
     root = Path(root)
     if not root.exists():
         raise MissingFileError(root, "no such file or folder")
-    entries = [_entry(root, path, is_folder) for path, is_folder in find_checkpoints(root)]
+    known = known or {}
+    entries = [known[path] if path in known else _entry(root, path, is_folder)
+               for path, is_folder in find_checkpoints(root)]
+    return _ordered_run(root, entries)
+
+
+def _ordered_run(root: Path, entries: list[RunEntry]) -> Run:
     entries.sort(key=lambda e: (e.progress.sort_key(), e.relative))
     run = Run(root, entries)
     _mark(run)
@@ -185,31 +197,51 @@ def _is_checkpoint_file(path: Path) -> bool:
 
 
 def _entry(root: Path, path: Path, is_folder: bool) -> RunEntry:
-    relative = path.name if path == root and not is_folder else "." if path == root else str(path.relative_to(root))
-    leftover = leftover_copy(path.name)     # a training system's own temporary / backup names
-    temporary = TEMP_MARKER in path.name or bool(HF_TEMP.match(path.name)) or (leftover or ("",))[0] == "temporary"
-    backup = is_backup(path) or (leftover or ("",))[0] == "backup"
     try:
         ckpt = open_checkpoint(path)
     except CkptkitError as exc:
-        return RunEntry(path, relative, is_folder, None, None, Progress(), _disk_size(path),
-                        Health("broken", _unreadable_reason(exc, path)), temporary, backup=backup)
-    health = quick_health(ckpt)
+        return RunEntry(path, _relative(root, path, is_folder), is_folder, None, None, Progress(),
+                        _disk_size(path), Health("broken", _unreadable_reason(exc, path)), _is_temporary(path),
+                        backup=_is_backup(path))
+    return entry_of(root, ckpt, quick_health(ckpt))
+
+
+def _relative(root: Path, path: Path, is_folder: bool) -> str:
+    return path.name if path == root and not is_folder else "." if path == root else str(path.relative_to(root))
+
+
+def _is_temporary(path: Path) -> bool:
+    """ckptkit's and HF Trainer's unfinished saves, and a training system's own temporary copies."""
+    leftover = leftover_copy(path.name)
+    return (TEMP_MARKER in path.name or bool(HF_TEMP.match(path.name))
+            or (leftover is not None and leftover[0] == "temporary"))
+
+
+def _is_backup(path: Path) -> bool:
+    """A repair's backup, or a training system's own backup copy (EnStack's .backup_*)."""
+    leftover = leftover_copy(path.name)
+    return is_backup(path) or (leftover is not None and leftover[0] == "backup")
+
+
+def entry_of(root: Path, ckpt: Checkpoint, health: Health) -> RunEntry:
+    """The run entry of an opened checkpoint whose index-only health is known."""
+    path, is_folder = ckpt.path, ckpt.path.is_dir()
+    relative, temporary = _relative(root, path, is_folder), _is_temporary(path)
     if temporary:
         health = Health("broken", "temporary: left by a save that did not finish (never renamed into place)",
                         health.errors, health.warnings, health.codes)
     best = ckpt.extra.get("best_model_checkpoint") if ckpt.format == "hf-trainer" else None
     return RunEntry(path, relative, is_folder, ckpt.format, ckpt.family, ckpt.progress, ckpt.size_bytes,
-                    health, temporary, best_reference=str(best) if best else None, backup=backup)
+                    health, temporary, best_reference=str(best) if best else None, backup=_is_backup(path))
 
 
-def quick_health(ckpt: Checkpoint) -> Health:
-    """ok / warnings / broken from the checkpoint's own (non-deep, no siblings) validation."""
-    from ckptkit.validation import validate_checkpoint
-
-    report = validate_checkpoint(ckpt, siblings=False)
-    errors = [f for f in report.findings if f.severity is Severity.ERROR]
-    warnings = [f for f in report.findings if f.severity is Severity.WARNING]
+def quick_health(ckpt: Checkpoint, report: ValidationReport | None = None) -> Health:
+    """ok / warnings / broken from the checkpoint's own (non-deep, no siblings) validation;
+    `report`: that validation already made (with or without --deep), not run again."""
+    report = report or validate_checkpoint(ckpt)
+    findings = report.index_only_findings()
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    warnings = [f for f in findings if f.severity is Severity.WARNING]
     codes = sorted({f.code for f in errors + warnings})
     if errors:
         return Health("broken", _one_line(errors[0]), len(errors), len(warnings), codes)
@@ -332,17 +364,39 @@ def _run_findings(run: Run) -> None:
             run.subjects.append(subjects)
 
 
-def run_findings_for(path: str | os.PathLike[str]) -> list[Finding]:
+def run_findings_for(path: str | os.PathLike[str], ckpt: Checkpoint | None = None,
+                     report: ValidationReport | None = None) -> list[Finding]:
     """Run-level findings about the checkpoint at `path`, from the directory it lies in.
 
+    `ckpt` and `report`: the checkpoint at `path` already opened and validated (the validate
+    verb's); it is not read again. Its siblings are read (each once, index only) only when a
+    trap compares it with them (`traps.compares_siblings`); otherwise no other file is opened.
     For a run directory itself (not a checkpoint), all of its run-level findings.
     """
     path = Path(path)
     if not path.exists():
         return []
     is_checkpoint = path.is_file() or _recognised_folder(path)
-    run = scan_run(path.parent if is_checkpoint else path)
     if not is_checkpoint:
-        return list(run.findings)
+        return list(scan_run(path).findings)
+    if ckpt is None:
+        try:
+            ckpt = open_checkpoint(path)
+        except CkptkitError:
+            return list(_about(scan_run(path.parent), path))
+    from ckptkit.runs.traps import compares_siblings  # traps imports this module's names
+
+    alone = entry_of(path.parent, ckpt, quick_health(ckpt, report))
+    run = _ordered_run(path.parent, [alone])            # the traps about it that need no sibling
+    if not compares_siblings(alone):
+        return list(_about(run, path))
+    return list(_about(scan_run(path.parent, {path: _unmarked(alone)}), path))
+
+
+def _unmarked(entry: RunEntry) -> RunEntry:
+    return dataclasses.replace(entry, markers=[])
+
+
+def _about(run: Run, path: Path) -> Iterator[Finding]:
     target = path.resolve()
-    return [f for f, subjects in zip(run.findings, run.subjects) if any(s.resolve() == target for s in subjects)]
+    return (f for f, subjects in zip(run.findings, run.subjects) if any(s.resolve() == target for s in subjects))

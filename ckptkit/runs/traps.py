@@ -137,3 +137,16 @@ def _latest_unusable(run: Run, entries: list[RunEntry]) -> Iterator[tuple[list[P
 
 TRAPS: list[Trap] = [best_behind_latest, stale_recent, temporary_leftovers, swap_leftover, hf_missing_trainer_state,
                      latest_unusable]
+
+
+def compares_siblings(entry: RunEntry) -> bool:
+    """Whether a trap in TRAPS could say something about `entry` that only its siblings show.
+
+    `ckptkit validate PATH` reads PATH's siblings only when this is true (a folder of 100
+    checkpoints is not read to validate one of them). It must stay in step with TRAPS: the
+    name-based traps compare a best/last/recent checkpoint with the ones further than it, and
+    `latest_unusable` speaks of a broken checkpoint when it is the furthest; the others
+    (temporary leftovers, a checkpoint-N without trainer_state.json) look at the entry alone.
+    """
+    name = entry.path.name
+    return bool(BEST_NAME.search(name) or RECENT_NAME.search(name) or entry.health.status == "broken")

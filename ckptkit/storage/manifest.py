@@ -33,7 +33,7 @@ class ManifestFile:
 
     path: str
     size: int
-    crc32: str  # 8 lowercase hex digits
+    crc32: int  # zlib's CRC-32, as storage.crc.file_crc32 gives it; 8 lowercase hex digits in the JSON
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,8 @@ class ChecksumWriter:
         self._f.flush()
 
     @property
-    def crc32(self) -> str:
-        return f"{self._crc:08x}"
+    def crc32(self) -> int:
+        return self._crc
 
 
 def manifest_path(checkpoint: Path) -> Path:
@@ -95,9 +95,9 @@ def is_manifest(path: Path) -> bool:
     return Path(path).name.endswith(MANIFEST_SUFFIX)
 
 
-def file_crc32(path: Path) -> str:
-    """The CRC-32 of a file as a manifest writes it (8 hex digits), on every core."""
-    return f"{crc.file_crc32(path):08x}"
+def _hex(crc32: int) -> str:
+    """A CRC-32 as the manifest JSON spells it: 8 lowercase hex digits."""
+    return f"{crc32:08x}"
 
 
 def describe_files(checkpoint: Path) -> tuple[ManifestFile, ...]:
@@ -106,7 +106,7 @@ def describe_files(checkpoint: Path) -> tuple[ManifestFile, ...]:
     base = checkpoint.parent
     paths = sorted(p for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() else [checkpoint]
     return tuple(
-        ManifestFile(p.relative_to(base).as_posix(), p.stat().st_size, file_crc32(p)) for p in paths
+        ManifestFile(p.relative_to(base).as_posix(), p.stat().st_size, crc.file_crc32(p)) for p in paths
     )
 
 
@@ -114,6 +114,8 @@ def write_manifest(checkpoint: Path, manifest: Manifest) -> Path:
     """Atomically write the manifest that marks ``checkpoint`` complete; returns its path."""
     body = asdict(manifest)
     body = {"format": MANIFEST_FORMAT, **body}
+    for entry in body["files"]:
+        entry["crc32"] = _hex(entry["crc32"])
     data = (json.dumps(body, indent=1, sort_keys=False) + "\n").encode()
     target = manifest_path(checkpoint)
     atomic_write_file(target, lambda f: f.write(data))
@@ -173,7 +175,7 @@ def read_manifest(checkpoint: Path) -> Manifest | None:
     if not isinstance(body, dict) or body.get("format") != MANIFEST_FORMAT:
         raise CorruptCheckpointError(path, f"not a {MANIFEST_FORMAT} file")
     try:
-        files = tuple(ManifestFile(str(f["path"]), int(f["size"]), str(f["crc32"])) for f in body["files"])
+        files = tuple(ManifestFile(str(f["path"]), int(f["size"]), int(str(f["crc32"]), 16)) for f in body["files"])
         return Manifest(
             checkpoint=str(body["checkpoint"]),
             files=files,
@@ -201,6 +203,7 @@ def manifest_problems(checkpoint: Path, manifest: Manifest, *, checksums: bool =
         if size != entry.size:
             problems.append(f"{entry.path}: {size} bytes on disk, the manifest says {entry.size} "
                             "(truncated or overwritten)")
-        elif checksums and (found := file_crc32(path)) != entry.crc32:
-            problems.append(f"{entry.path}: CRC-32 {found} on disk, the manifest says {entry.crc32} (bytes damaged)")
+        elif checksums and (found := crc.file_crc32(path)) != entry.crc32:
+            problems.append(f"{entry.path}: CRC-32 {_hex(found)} on disk, the manifest says {_hex(entry.crc32)} "
+                            "(bytes damaged)")
     return problems

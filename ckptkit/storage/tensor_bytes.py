@@ -117,7 +117,7 @@ def tensor_range(t: TensorRef) -> ByteRange | None:
     start = t.storage_offset * t.dtype.itemsize
     if start + t.nbytes > where.length:
         return None
-    return ByteRange(where.path, where.offset + start, t.nbytes)
+    return where.at(where.offset + start, t.nbytes)
 
 
 def same_ranges(a: ByteRange, b: ByteRange, chunk_size: int = 1 << 20) -> bool:

@@ -1,5 +1,9 @@
 """`validate`: run every check on a checkpoint and return all findings at once.
 
+This layer looks at the checkpoint alone (its files, and `--against` a reference). What its run
+directory says about it (a stale "last", a best model behind the latest...) is the runs layer's,
+above this one; `ckptkit.validating.validate_path`, the `validate` verb, adds those findings.
+
 A check is a function `(ValidationContext) -> Iterable[Finding]`, registered in CHECKS below
 (one module per group of checks under `ckptkit/validation/`). Checks never raise for a problem
 they find; they describe it as a Finding with a stable code, a severity, where it is (file and
@@ -26,7 +30,6 @@ class ValidationContext:
     ckpt: Checkpoint
     deep: bool = False
     reference: Checkpoint | None = None
-    siblings: bool = True          # look at the rest of the run directory (run-level checks)
     progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
 
     @property
@@ -68,6 +71,33 @@ class ValidationReport:
     checks_run: list[str] = field(default_factory=list)
     deep: bool = False
     resume: str | None = None      # what the system's own resume will do (ckptkit.families), one line
+    # The findings of each check group, before de-duplication: the run layer takes a checkpoint's
+    # health from its index-only checks, whether or not --deep ran too (not part of the JSON).
+    by_check: dict[str, list[Finding]] = field(default_factory=dict, repr=False, compare=False)
+
+    def index_only_findings(self) -> list[Finding]:
+        """The findings of every check group but the deep one (what `ls` shows as health)."""
+        return [f for name, found in self.by_check.items() if name != "deep" for f in found]
+
+    def add_group(self, name: str, findings: list[Finding], after: str = "read") -> None:
+        """Add a check group's findings (the run-level ones, composed by the verb) as if it had
+        run right after the group `after`: the order findings are listed in stays the same."""
+        groups = list(self.by_check.items())
+        at = next((i + 1 for i, (n, _) in enumerate(groups) if n == after), len(groups))
+        self.by_check = dict([*groups[:at], (name, findings), *groups[at:]])
+        self.checks_run.insert(at, name)
+        self._merge()
+
+    def _merge(self) -> None:
+        """findings: every group's, in group order, without repeats, worst first (stable)."""
+        seen: set[tuple[str, str, str]] = set()
+        self.findings = []
+        for found in self.by_check.values():
+            for finding in found:
+                if (finding.code, finding.where, finding.message) not in seen:
+                    seen.add((finding.code, finding.where, finding.message))
+                    self.findings.append(finding)
+        self.findings.sort(key=lambda f: -f.severity.rank)
 
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
@@ -87,18 +117,8 @@ def _read_findings(ctx: ValidationContext) -> Iterable[Finding]:
     yield from ctx.ckpt.findings
 
 
-def _run_findings(ctx: ValidationContext) -> Iterable[Finding]:
-    """Traps of the run the checkpoint belongs to (stale 'last', best-not-latest, temporaries...)."""
-    if not ctx.siblings:
-        return []
-    from ckptkit.runs import run_findings_for   # runs uses validation for its health column
-
-    return run_findings_for(ctx.ckpt.path)
-
-
 CHECKS: list[tuple[str, Check]] = [
     ("read", _read_findings),
-    ("run", _run_findings),
 ]
 
 
@@ -115,7 +135,6 @@ def _register_checks() -> None:
     from ckptkit.validation.optimizer import check_optimizer
     from ckptkit.validation.precision import check_mixed_precision
     from ckptkit.validation.rng import check_rng
-    from ckptkit.validation.run_level import check_run
     from ckptkit.validation.security import check_security
 
     CHECKS.extend([
@@ -124,27 +143,30 @@ def _register_checks() -> None:
         ("counters", check_counters), ("epoch-step", check_epoch_step), ("hf-folder", check_hf_folder),
         ("optimizer", check_optimizer),
         ("mixed-precision", check_mixed_precision), ("rng", check_rng), ("compatibility", check_compatibility),
-        ("run", check_run), ("deep", check_deep),
+        ("deep", check_deep),
     ])
 
 
 def validate_checkpoint(ckpt: Checkpoint, *, deep: bool = False, reference: Checkpoint | None = None,
-                        siblings: bool = True,
+                        siblings: bool = False,
                         progress_callback: Callable[[int, int], None] | None = None) -> ValidationReport:
-    """Run every registered check on an opened checkpoint."""
-    ctx = ValidationContext(ckpt, deep, reference, siblings, progress_callback)
+    """Run every registered check on an opened checkpoint (the checkpoint alone: `siblings=True`
+    is refused here; `ckptkit.validating.validate_path` adds the run-level findings)."""
+    _refuse_siblings(siblings)
+    ctx = ValidationContext(ckpt, deep, reference, progress_callback)
     report = ValidationReport(str(ckpt.path), ckpt.format, ckpt.family, deep=deep,
                               resume=ckpt.progress.resume.describe() if ckpt.progress.resume else None)
-    seen: set[tuple[str, str, str]] = set()
     for name, check in CHECKS:
         report.checks_run.append(name)
-        for finding in _run_check(name, check, ctx):
-            key = (finding.code, finding.where, finding.message)
-            if key not in seen:
-                seen.add(key)
-                report.findings.append(finding)
-    report.findings.sort(key=lambda f: -f.severity.rank)
+        report.by_check[name] = _run_check(name, check, ctx)
+    report._merge()
     return report
+
+
+def _refuse_siblings(siblings: bool) -> None:
+    if siblings:
+        raise TypeError("ckptkit.validation checks a checkpoint alone; for the run-level findings call "
+                        "ckptkit.validating.validate_path (the validate verb)")
 
 
 def _run_check(name: str, check: Check, ctx: ValidationContext) -> list[Finding]:
@@ -164,12 +186,14 @@ def _run_check(name: str, check: Check, ctx: ValidationContext) -> list[Finding]
 
 
 def validate_path(path: str | os.PathLike[str], *, deep: bool = False,
-                  against: str | os.PathLike[str] | None = None, siblings: bool = True,
+                  against: str | os.PathLike[str] | None = None, siblings: bool = False,
                   progress_callback: Callable[[int, int], None] | None = None) -> ValidationReport:
-    """Open `path` (and `against`) and validate; raises CkptkitError when input is unusable."""
+    """Open `path` (and `against`) and validate it alone; raises CkptkitError when input is
+    unusable. With its run's findings: `ckptkit.validating.validate_path`."""
+    _refuse_siblings(siblings)
     reference = open_checkpoint(Path(against)) if against is not None else None
     return validate_checkpoint(open_checkpoint(Path(path)), deep=deep, reference=reference,
-                               siblings=siblings, progress_callback=progress_callback)
+                               progress_callback=progress_callback)
 
 
 _register_checks()

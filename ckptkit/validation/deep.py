@@ -52,9 +52,12 @@ def check_deep(ctx: ValidationContext) -> Iterable[Finding]:
     yield from problems
     total = sum(r.where.length for r in records)
     done = 0
+    released = _Releaser()
     for record in records:
         yield from _scan_record(ctx, record, done, total)
+        released.add(record.where)
         done += record.where.length
+    released.flush()
     if ctx.progress_callback is not None:
         ctx.progress_callback(total, total)
 
@@ -160,8 +163,34 @@ def _scan_record(ctx: ValidationContext, record: Record, done: int, total: int) 
                 ctx.progress_callback(done + start + len(chunk), total)
     finally:
         view.release()
-        release_mapped_pages(record.where)
     yield from _record_findings(ctx, record, crc, stats)
+
+
+class _Releaser:
+    """Unmaps scanned records' pages (see `release_mapped_pages`) a span of at least RELEASE_BYTES
+    at a time: records lie in file order, and one system call per 256-byte optimizer record cost
+    more than scanning it. Memory stays at about one span plus one record."""
+
+    RELEASE_BYTES = 16 << 20
+
+    def __init__(self) -> None:
+        self.span: ByteRange | None = None
+
+    def add(self, where: ByteRange) -> None:
+        span = self.span
+        if span is not None and span.source is where.source and span.offset <= where.offset:
+            end = max(span.offset + span.length, where.offset + where.length)
+            self.span = span.at(span.offset, end - span.offset)
+        else:
+            self.flush()
+            self.span = where
+        if self.span.length >= self.RELEASE_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.span is not None:
+            release_mapped_pages(self.span)
+            self.span = None
 
 
 def _record_findings(ctx: ValidationContext, record: Record, crc: int, stats: ValueStats) -> Iterator[Finding]:

@@ -11,9 +11,11 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange
+from ckptkit.formats.zip_directory import read_directory
 
 _LOCAL = struct.Struct("<4s5HLLLHH")
 _DESCRIPTOR_MAGIC = b"PK\x07\x08"
@@ -30,46 +32,55 @@ class ZipRecord:
 def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
     """(records, problems): one record per member that checks out; problems in plain words."""
     try:
-        zf = zipfile.ZipFile(path)
+        with open(path, "rb") as f:
+            infos: Any = read_directory(f)   # a plain archive (torch's) without zipfile's ZipInfos
+        if infos is None:
+            with zipfile.ZipFile(path) as zf:
+                infos = {i.filename: i for i in zf.infolist()}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         return [], [f"zip directory cannot be read: {exc}"]
     records: list[ZipRecord] = []
     problems: list[str] = []
     size = path.stat().st_size
-    with zf, open(path, "rb") as f:
-        for info in zf.infolist():
-            record, problem = _member(f, path, size, info)
-            if record is not None:
-                records.append(record)
-            if problem is not None:
-                problems.append(f"member {info.filename}: {problem}")
+    source = FileBytes(path)    # one map for every record's bytes and headers
+    view = source.view()
+    for info in infos.values():
+        record, problem = _member(view, path, size, info, source)
+        if record is not None:
+            records.append(record)
+        if problem is not None:
+            problems.append(f"member {info.filename}: {problem}")
     return records, problems
 
 
-def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo) -> tuple[ZipRecord | None, str | None]:
-    if not 0 <= info.header_offset < size:
-        return None, f"the central directory puts its header at byte {info.header_offset}, outside the file"
-    f.seek(info.header_offset)
-    raw = f.read(_LOCAL.size)
+def _member(view: memoryview, path: Path, size: int, info: Any,
+            source: FileBytes) -> tuple[ZipRecord | None, str | None]:
+    """One member (a zipfile.ZipInfo or a zip_directory.ZipEntry) against its local header,
+    read through the file's map (no system call per member)."""
+    at = info.header_offset
+    if not 0 <= at < size:
+        return None, f"the central directory puts its header at byte {at}, outside the file"
+    raw = view[at: at + _LOCAL.size]
     if len(raw) < _LOCAL.size or raw[:4] != b"PK\x03\x04":
-        return None, f"local header is damaged (no signature at byte {info.header_offset})"
+        return None, f"local header is damaged (no signature at byte {at})"
     _, version, flags, method, time, date, crc, csize, usize, name_len, extra_len = _LOCAL.unpack(raw)
-    if f.read(name_len) != info.orig_filename.encode("utf-8", "replace"):
+    at += _LOCAL.size
+    if view[at: at + name_len] != info.orig_filename.encode("utf-8", "replace"):
         return None, "the local header names it differently from the central directory"
     if (version, flags, method, time, date) != (info.extract_version, info.flag_bits, info.compress_type,
                                                 *_dos_time_date(info)):
         return None, "local header and central directory disagree (version, flags or time): one of them is damaged"
-    if not _padding_intact(f.read(extra_len)):
+    if not _padding_intact(bytes(view[at + name_len: at + name_len + extra_len])):
         return None, "the local header's extra field (torch's 'FB' alignment padding) was changed: the file is damaged"
     if method != zipfile.ZIP_STORED or info.compress_type != zipfile.ZIP_STORED:
         return None, "compressed (torch never writes compressed members)"
     offset = info.header_offset + _LOCAL.size + name_len + extra_len
     if offset + info.compress_size > size:
         return None, "its data runs past the end of the file: truncated"
-    record = ZipRecord(info.filename, ByteRange(path, offset, info.compress_size), info.CRC)
+    record = ZipRecord(info.filename, ByteRange(path, offset, info.compress_size, source), info.CRC)
     promised = (info.CRC, info.compress_size, info.file_size)
     if flags & _STREAMED:
-        if (crc, csize, usize) not in ((0, 0, 0), promised) or not _descriptor_agrees(f, offset, info):
+        if (crc, csize, usize) not in ((0, 0, 0), promised) or not _descriptor_agrees(view, offset, info):
             return record, _DISAGREE
     elif (crc, csize, usize) != promised and not (crc == info.CRC and 0xFFFFFFFF in (csize, usize)):
         return record, _DISAGREE     # (zip64 keeps the real sizes in the extra field)
@@ -79,10 +90,10 @@ def _member(f: BinaryIO, path: Path, size: int, info: zipfile.ZipInfo) -> tuple[
 _DISAGREE = "local header and central directory disagree (CRC or sizes): one of them is damaged"
 
 
-def _descriptor_agrees(f: BinaryIO, data_offset: int, info: zipfile.ZipInfo) -> bool:
+def _descriptor_agrees(view: memoryview, data_offset: int, info: Any) -> bool:
     """The data descriptor after a streamed member repeats its CRC and sizes (32- or 64-bit)."""
-    f.seek(data_offset + info.compress_size)
-    raw = f.read(24)
+    at = data_offset + info.compress_size
+    raw = bytes(view[at: at + 24])
     if raw[:4] == _DESCRIPTOR_MAGIC:
         raw = raw[4:]
     if len(raw) < 12:
@@ -95,7 +106,10 @@ def _descriptor_agrees(f: BinaryIO, data_offset: int, info: zipfile.ZipInfo) -> 
     return len(raw) >= 20 and struct.unpack("<QQ", raw[4:20]) == (info.compress_size, info.file_size)
 
 
-def _dos_time_date(info: zipfile.ZipInfo) -> tuple[int, int]:
+def _dos_time_date(info: Any) -> tuple[int, int]:
+    stored = getattr(info, "dos_time_date", None)     # a ZipEntry keeps them as the directory has them
+    if stored is not None:
+        return stored
     y, mo, d, h, mi, sec = info.date_time
     return h << 11 | mi << 5 | sec // 2, (y - 1980) << 9 | mo << 5 | d
 

@@ -22,7 +22,7 @@ from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.diffing import CheckpointDiff, diff_paths
 from ckptkit.formats import open_checkpoint
 from ckptkit.storage.tensor_bytes import tensor_chunks
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from scripts.make_sharded_dcp_fixture import strided_values
 from tests.run_builders import strided_dcp_state as strided_state
 from tests.run_builders import write_dcp

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ckptkit.cli import main
 from ckptkit.conversion import ConvertOptions, convert_checkpoint
 from ckptkit.formats import open_checkpoint
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 
 REAL_SHARDED = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "hf_sharded"
 

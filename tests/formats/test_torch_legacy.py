@@ -37,7 +37,7 @@ def test_legacy_file_is_detected_by_its_magic_number_and_counts_its_storage_reco
     path = _legacy_file(tmp_path / "model_legacy.bin")
     assert detect_format(path).name == "torch-legacy"
     ckpt = open_checkpoint(path)
-    assert ckpt.metadata["storage_records"] == "2"
+    assert ckpt.details.storage_records == 2 and ckpt.metadata == {}
     assert ckpt.model["w"].storage is ckpt.model["w_t"].storage
     assert ckpt.model["w_t"].stride == (1, 8)
 

@@ -73,7 +73,7 @@ def test_reading_records_storage_count_and_archive_prefix(tmp_path: Path) -> Non
     shared = torch.ones(4)
     torch.save({"a": shared, "b": shared[1:], "c": torch.zeros(2)}, path)
     ckpt = open_checkpoint(path)
-    assert ckpt.metadata == {"zip_prefix": "best_model", "storage_records": "2"}
+    assert (ckpt.details.zip_prefix, ckpt.details.storage_records, ckpt.metadata) == ("best_model", 2, {})
 
 
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])

@@ -19,7 +19,7 @@ import torch
 
 from ckptkit.formats import open_checkpoint
 from ckptkit.storage.atomic import TEMP_MARKER, is_temporary
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KILLS = 8

@@ -10,7 +10,7 @@ import torch
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair import fix_epoch
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from tests.repair.conftest import REAL
 
 

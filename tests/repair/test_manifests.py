@@ -12,7 +12,8 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.repair import fix_epoch
 from ckptkit.runs import scan_run
 from ckptkit.storage import atomic
-from ckptkit.storage.manifest import file_crc32, manifest_path, read_manifest
+from ckptkit.storage.crc import file_crc32
+from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, load_for_resume
 from ckptkit.training.layout import TRAINING_STATE_FILE
 from ckptkit.training.resume import resolve_checkpoint

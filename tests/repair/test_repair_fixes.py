@@ -12,7 +12,7 @@ import torch
 from ckptkit.core.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair import repair_checkpoint
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from tests.repair.conftest import REAL
 
 

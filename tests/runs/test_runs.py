@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptkit.runs import run_findings_for, scan_run
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from tests.run_builders import REAL, experiment_file, hf_checkpoint, seed003_folder
 
 

@@ -7,12 +7,12 @@ import pytest
 
 import ckptkit.storage.manifest as manifest_module
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.storage.crc import file_crc32
 from ckptkit.storage.manifest import (
     ChecksumWriter,
     Manifest,
     ManifestFile,
     describe_files,
-    file_crc32,
     manifest_path,
     manifest_problems,
     read_manifest,
@@ -33,7 +33,7 @@ def test_the_checksum_writer_counts_the_bytes_and_crc_of_what_reached_the_file(t
         writer.write(b"hello ")
         writer.write(memoryview(b"world"))
     assert writer.size == 11
-    assert writer.crc32 == file_crc32(path) == "0d4a1185"
+    assert writer.crc32 == file_crc32(path) == 0x0D4A1185
 
 
 def test_the_checksum_writer_starts_the_disk_on_every_span_it_was_asked_to(
@@ -58,7 +58,7 @@ def test_a_manifest_is_written_beside_its_checkpoint_and_read_back_equal(tmp_pat
     assert write_manifest(ckpt, manifest) == tmp_path / "checkpoint_step_20.pt.manifest.json"
     assert read_manifest(ckpt) == manifest
     assert json.loads(manifest_path(ckpt).read_text())["files"] == [
-        {"path": "checkpoint_step_20.pt", "size": 100, "crc32": file_crc32(ckpt)}
+        {"path": "checkpoint_step_20.pt", "size": 100, "crc32": f"{file_crc32(ckpt):08x}"}
     ]
 
 
@@ -91,7 +91,7 @@ def test_truncation_and_flipped_bits_are_reported_against_the_manifest(tmp_path:
     data[100] ^= 0x04
     ckpt.write_bytes(bytes(data))
     found = manifest_problems(ckpt, manifest)[0]
-    assert found.startswith(f"a.pt: CRC-32 {file_crc32(ckpt)} on disk, the manifest says")
+    assert found.startswith(f"a.pt: CRC-32 {file_crc32(ckpt):08x} on disk, the manifest says")
     ckpt.write_bytes(bytes(range(200)))
     assert manifest_problems(ckpt, manifest) == [
         "a.pt: 200 bytes on disk, the manifest says 256 (truncated or overwritten)"]
@@ -100,5 +100,5 @@ def test_truncation_and_flipped_bits_are_reported_against_the_manifest(tmp_path:
 
 
 def test_manifest_size_is_the_sum_of_its_files() -> None:
-    files = (ManifestFile("a", 3, "00000000"), ManifestFile("b", 4, "00000000"))
+    files = (ManifestFile("a", 3, 0), ManifestFile("b", 4, 0))
     assert Manifest(checkpoint="x", files=files).size == 7

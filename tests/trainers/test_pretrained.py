@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 
 from ckptkit.core.checkpoint import Severity
 from ckptkit.formats import open_checkpoint
-from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.runs.resuming import plan_resume
+from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.training import ProgressLine, load_for_resume
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from trainers.pretrained import PRESETS, PretrainedRun, RunOptions, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

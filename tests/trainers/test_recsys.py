@@ -16,7 +16,7 @@ from ckptkit.core.checkpoint import Severity
 from ckptkit.formats import open_checkpoint
 from ckptkit.runs.resuming import plan_resume
 from ckptkit.training import load_for_resume
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from trainers.recsys import PRESETS, RecsysRun, RunOptions, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ckptkit.core.errors import WriteVerificationError
-from ckptkit.storage.manifest import file_crc32, manifest_path, read_manifest
+from ckptkit.storage.crc import file_crc32
+from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, list_checkpoints
 from ckptkit.training import manager as manager_module
 

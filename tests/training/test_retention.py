@@ -18,7 +18,7 @@ from ckptkit.training.retention import (
 
 def _record(name: str, step: int, loss: float | None, kind: str = "periodic", batch: int = 0) -> CheckpointRecord:
     metric = None if loss is None else {"name": "val_loss", "value": loss, "mode": "min"}
-    manifest = Manifest(checkpoint=name, files=(ManifestFile(name, 1, "00000000"),), kind=kind, global_step=step,
+    manifest = Manifest(checkpoint=name, files=(ManifestFile(name, 1, 0),), kind=kind, global_step=step,
                         progress={"epoch": 0, "batch_in_epoch": batch, "steps_per_epoch": 100}, metric=metric)
     return CheckpointRecord(Path(name), manifest)
 

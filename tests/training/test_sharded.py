@@ -20,7 +20,7 @@ from ckptkit.storage.manifest import manifest_path, read_manifest
 from ckptkit.training import CheckpointManager, TrainingState, load_for_resume
 from ckptkit.training import sharded as sharded_module
 from ckptkit.training.layout import TRAINING_STATE_FILE
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ckptkit.core.checkpoint import Severity
-from ckptkit.validation import validate_path
+from ckptkit.validating import validate_path
 from tests.validation.helpers import codes, only, run
 
 REAL = Path(__file__).parent.parent / "fixtures" / "real"

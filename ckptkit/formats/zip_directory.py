@@ -1,0 +1,121 @@
+"""A torch.save archive's central directory, read in one pass without building `zipfile.ZipInfo`s.
+
+`zipfile.ZipFile` spends about 5 us per member making a ZipInfo (date, extra fields, ...); an
+archive of 80,000 storage records then costs 0.4 s before data.pkl is even read. torch writes
+plain archives (stored members, no encryption, no zip64 sizes below 4 GiB), so this reader
+takes the directory's fixed fields with `struct.unpack_from` and reads data.pkl's bytes through
+its local header, checking its CRC-32. Anything it does not expect (zip64 sizes, compressed
+or encrypted members, a bad signature) makes it return None, and the caller reads the archive
+with `zipfile` as before: its error messages for damaged archives stay what they were.
+"""
+from __future__ import annotations
+
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")      # zipfile.structCentralDir
+_LOCAL = struct.Struct("<4s5HLLLHH")
+_CENTRAL_MAGIC, _LOCAL_MAGIC = b"PK\x01\x02", b"PK\x03\x04"
+_UTF8_NAME, _ENCRYPTED = 0x800, 0x1
+_ZIP64 = 0xFFFFFFFF
+
+
+class ZipEntry:
+    """What ckptkit reads of a member: the same attribute names as `zipfile.ZipInfo`."""
+
+    __slots__ = ("filename", "orig_filename", "header_offset", "compress_type", "compress_size",
+                 "file_size", "CRC", "flag_bits", "extract_version", "dos_time_date")
+
+    def __init__(self, filename: str, header_offset: int, compress_type: int, compress_size: int,
+                 file_size: int, crc: int, flag_bits: int, extract_version: int, dos_time_date: tuple[int, int]) -> None:
+        self.filename = self.orig_filename = filename
+        self.header_offset, self.compress_type = header_offset, compress_type
+        self.compress_size, self.file_size, self.CRC, self.flag_bits = compress_size, file_size, crc, flag_bits
+        self.extract_version, self.dos_time_date = extract_version, dos_time_date   # as stored: (time, date)
+
+
+class ZipDirectory(Mapping[str, ZipEntry]):
+    """name -> ZipEntry, made when asked for: the directory's bytes and one position per name
+    are all that is kept (80,000 ZipEntry objects would hold three times the memory)."""
+
+    def __init__(self, data: bytes, positions: dict[str, int], concat: int) -> None:
+        self._data, self._positions, self._concat = data, positions, concat
+
+    def __getitem__(self, name: str) -> ZipEntry:
+        (_, _, _, version, _, flags, method, time, date, crc, csize, usize, _, _, _, _, _, _,
+         offset) = _CENTRAL.unpack_from(self._data, self._positions[name])
+        return ZipEntry(name, offset + self._concat, method, csize, usize, crc, flags, version, (time, date))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._positions
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._positions)
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+
+def read_directory(source: Any) -> ZipDirectory | None:
+    """name -> entry for every member of the archive in the open binary file `source`, or None
+    when the archive is anything but a plain one (the caller then asks zipfile)."""
+    try:
+        end = zipfile._EndRecData(source)   # noqa: SLF001 - the EOCD search, zip64 included
+    except (OSError, zipfile.BadZipFile, struct.error, ValueError, EOFError):
+        return None                         # damaged: zipfile says how, in the caller
+    if not end:
+        return None
+    size_cd, offset_cd = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]
+    concat = end[zipfile._ECD_LOCATION] - size_cd - offset_cd
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if offset_cd + concat < 0:
+        return None
+    source.seek(offset_cd + concat)
+    data = source.read(size_cd)
+    if len(data) != size_cd:
+        return None
+    return _entries(data, concat)
+
+
+def _entries(data: bytes, concat: int) -> ZipDirectory | None:
+    """Every entry checked to be plain (else None), its position kept."""
+    positions: dict[str, int] = {}
+    pos, unpack, fixed = 0, _CENTRAL.unpack_from, _CENTRAL.size
+    while pos < len(data):
+        if pos + fixed > len(data):
+            return None
+        (magic, _, _, version, _, flags, _, _, _, _, csize, usize, name_len, extra_len, comment_len,
+         _, _, _, offset) = unpack(data, pos)
+        if (magic != _CENTRAL_MAGIC or flags & _ENCRYPTED or _ZIP64 in (csize, usize, offset)
+                or version > zipfile.MAX_EXTRACT_VERSION):
+            return None
+        raw = data[pos + fixed: pos + fixed + name_len]
+        try:
+            name = raw.decode("utf-8" if flags & _UTF8_NAME else "cp437")
+        except UnicodeDecodeError:
+            return None
+        positions[name] = pos
+        pos += fixed + name_len + extra_len + comment_len
+    return ZipDirectory(data, positions, concat)
+
+
+def read_member(source: Any, entry: ZipEntry) -> bytes | None:
+    """A stored member's bytes, its CRC-32 checked; None for anything else (ask zipfile)."""
+    if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
+        return None
+    source.seek(entry.header_offset)
+    header = source.read(_LOCAL.size)
+    if len(header) != _LOCAL.size or header[:4] != _LOCAL_MAGIC:
+        return None
+    name_len, extra_len = _LOCAL.unpack(header)[-2:]
+    if source.read(name_len) != entry.filename.encode("utf-8" if entry.flag_bits & _UTF8_NAME else "cp437"):
+        return None
+    source.seek(entry.header_offset + _LOCAL.size + name_len + extra_len)
+    data = source.read(entry.file_size)
+    if len(data) != entry.file_size or zlib.crc32(data) != entry.CRC:
+        return None
+    return data
