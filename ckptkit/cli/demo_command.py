@@ -30,6 +30,8 @@ def demo_command(directory: Path | None, as_json: bool) -> None:
     def show(step: DemoStep) -> None:
         click.echo("\n" + heading(f"[{next(counter)}] {step.title}"))
         click.echo(click.style(f"$ {step.shown()}", fg="cyan"))
+        if step.note:
+            click.echo(f"({step.note})")
 
     if as_json:
         result = run_demo(root, lambda step: None, lambda out: None)

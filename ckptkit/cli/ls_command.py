@@ -42,10 +42,11 @@ def ls_command(run_dir: Path, as_json: bool) -> None:
 def render_run(run: Run) -> str:
     if not run.entries:
         return f"no checkpoints found below {run.root}"
+    # The checkpoint column is never wrapped: a path is copied whole (even one with spaces).
     rows = [(e.relative + ("/" if e.is_folder else ""), e.format or "?", e.progress.describe(),
              human_bytes(e.size_bytes), _health(e), ", ".join(e.markers)) for e in run.entries]
     out = [table(rows, ["checkpoint", "format", "progress", "size", "health", "markers"],
-                 widths=[56, None, 44, None, 48, None], indent="")]
+                 widths=[None, None, 44, None, 48, None], indent="")]
     if run.findings:
         out += ["", f"Run findings ({len(run.findings)})", render_findings(run.findings)]
     return "\n".join(out)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Checkpoint
+from ckptkit.core.checkpoint import Checkpoint, iter_tensors
 from ckptkit.conversion.hf_rng import TRAINING_ARGS_NOTE, hf_rng_files
 from ckptkit.conversion.hf_state import trainer_state_from_progress
 from ckptkit.conversion.plan import (TensorPlan, dropped_sections, json_members, model_tensors, plan_tensors,
@@ -47,6 +47,13 @@ class FolderPlan:
     notes: list[str] = field(default_factory=list)
     shards: ShardLayout | None = None                          # --max-shard-size: weights in shards
     verified: int = 0
+
+    def tensors_by_file(self) -> dict[str, int]:
+        """Tensors written, per file: the model's and every section's (the verified count covers all)."""
+        weights = self.weights_name if self.shards is None else self.weights_name.replace(".safetensors", "-*.safetensors")
+        counts = {weights: len(self.weights.tensors)}
+        counts.update((file, sum(1 for _ in iter_tensors(tree))) for file, tree in self.sections.items())
+        return counts
 
 
 def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DType | None,

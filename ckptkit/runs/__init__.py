@@ -261,8 +261,12 @@ def _most_advanced(entries: list[RunEntry]) -> list[RunEntry]:
 
 def _mark(run: Run) -> None:
     best_folders = _hf_best_folders(run.entries)
-    for entry in _most_advanced(run.entries):
-        entry.markers.append("latest")
+    run.resume = pick_resume(run.entries)
+    tied = _most_advanced(run.entries)
+    if tied:
+        # One `latest` among checkpoints at the same progress (best_model.pt and
+        # checkpoint_step_20.pt of one save): the one a resume takes when it is among them.
+        (run.resume if run.resume in tied else tied[-1]).markers.append("latest")
     for entry in run.entries:
         if entry.backup:
             entry.markers.append("backup")
@@ -272,7 +276,6 @@ def _mark(run: Run) -> None:
             entry.markers.append("best")
         if entry.progress.training_finished or FINAL_NAME.search(entry.path.name):
             entry.markers.append("final")
-    run.resume = pick_resume(run.entries)
     if run.resume is not None:
         run.resume.markers.append("resume")
 
