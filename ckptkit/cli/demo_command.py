@@ -21,7 +21,7 @@ def demo_command(directory: Path | None, as_json: bool) -> None:
 
     DIRECTORY (default: a new temporary folder) must be empty or not exist yet.
     """
-    root = directory or Path(tempfile.mkdtemp(prefix="ckptkit-demo-"))
+    root = (directory or Path(tempfile.mkdtemp(prefix="ckptkit-demo-"))).resolve()   # its commands show whole paths
     if root.exists() and any(root.iterdir()):
         raise click.BadParameter(f"{root} is not empty; give a new folder", param_hint="DIRECTORY")
     root.mkdir(parents=True, exist_ok=True)
