@@ -303,7 +303,8 @@ class Progress:
                     parts.append(f"epoch {current} INCOMPLETE: {self.step_in_epoch}/"
                                  f"{self.steps_per_epoch} batches ({pct:.1f}%)")
                 else:
-                    parts.append(f"epoch {current} INCOMPLETE: {self.step_in_epoch} batches done")
+                    done = self.step_in_epoch
+                    parts.append(f"epoch {current} INCOMPLETE: {done} batch{'' if done == 1 else 'es'} done")
             elif self.epoch_complete is False:
                 parts.append(f"epoch {self.epochs_completed + 1} INCOMPLETE (position in it unknown)")
             elif self.epoch_complete is None:

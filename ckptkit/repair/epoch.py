@@ -152,8 +152,9 @@ def _experiment_steps(ckpt: Checkpoint) -> list[str]:
     out: list[str] = []      # global_step itself follows the position (families._steps_for_position)
     micro = S.as_int(position.get("micro_step")) or 0
     if micro:
-        out.append(f"the position is {micro} batches into a gradient-accumulation window of {accum}: the "
-                   "gradients of those batches are not in the checkpoint, so the resumed window starts from "
+        those = "that batch" if micro == 1 else "those batches"
+        out.append(f"the position is {micro} batch{'' if micro == 1 else 'es'} into a gradient-accumulation window "
+                   f"of {accum}: the gradients of {those} are not in the checkpoint, so the resumed window starts from "
                    "zero gradients")
     if "accumulation" in tree:
         out.append("the saved 'accumulation' gradients belong to the old position and were left as is; "

@@ -70,6 +70,11 @@ def test_one_epoch_is_counted_in_the_singular() -> None:
     assert Progress(epochs_completed=4).describe() == "4 epochs completed (boundary unknown)"
 
 
+def test_one_batch_into_an_epoch_is_counted_in_the_singular() -> None:
+    progress = Progress(epochs_completed=1, step_in_epoch=1, epoch_complete=False, global_step=4)
+    assert progress.describe() == "epoch 2 INCOMPLETE: 1 batch done, global step 4"
+
+
 def test_a_run_that_ends_at_max_steps_inside_an_epoch_is_finished_not_incomplete() -> None:
     progress = Progress(epochs_completed=3, step_in_epoch=7, steps_per_epoch=11, global_step=40, max_steps=40,
                         epoch_complete=False, training_finished=True)
