@@ -18,8 +18,8 @@ from ckptkit.runs import Run, RunEntry, scan_run
 def ls_command(run_dir: Path, as_json: bool) -> None:
     """List every checkpoint below RUN_DIR, whatever its format, ordered by training progress
     (never by file name or time), with size, a quick health status and markers:
-    latest (furthest progress), best, final (training finished), resume (what
-    `ckptkit latest` picks). Run-level traps are listed under the table.
+    latest (furthest progress; of several saved at the same point, the one a resume
+    takes), best, final (training finished), resume (what `ckptkit latest` picks). Run-level traps are listed under the table.
 
     Exit 0 when every checkpoint is ok and no trap was found, 1 otherwise, 2 when RUN_DIR
     cannot be read.
