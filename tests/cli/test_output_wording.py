@@ -149,3 +149,16 @@ def test_two_checkpoints_of_one_save_get_one_latest_marker_the_one_a_resume_take
     run = scan_run(tmp_path)
     markers = {e.path.name: e.markers for e in run.entries}
     assert markers == {"best_model.pt": ["best"], "checkpoint_step_20.pt": ["latest", "resume"]}
+
+
+def test_a_sharded_manager_in_another_layout_is_refused_in_users_words(tmp_path: Path) -> None:
+    import pytest
+
+    from ckptkit.training import CheckpointManager
+    from ckptkit.training.retrieval_layout import RETRIEVAL
+
+    with pytest.raises(ValueError) as refused:
+        CheckpointManager(tmp_path, sharded=True, layout=RETRIEVAL)
+    assert str(refused.value) == ("sharded checkpoints are written in the experiment layout only (checkpoint_step_N, "
+                                  "best_model, final_model, as run_experiment.py LM names them), not 'retrieval'")
+    assert "seed" not in str(refused.value)
