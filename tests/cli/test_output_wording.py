@@ -162,3 +162,13 @@ def test_a_sharded_manager_in_another_layout_is_refused_in_users_words(tmp_path:
     assert str(refused.value) == ("sharded checkpoints are written in the experiment layout only (checkpoint_step_N, "
                                   "best_model, final_model, as run_experiment.py LM names them), not 'retrieval'")
     assert "seed" not in str(refused.value)
+
+
+def test_inspect_names_a_bare_state_dict_s_model_the_whole_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.ones(2, 2)}, str(path))
+    code, out = cli("inspect", path)
+    assert code == 0
+    assert "\nModel (the whole file)\n" in out and "((top level))" not in out
