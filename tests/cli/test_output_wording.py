@@ -172,3 +172,13 @@ def test_inspect_names_a_bare_state_dict_s_model_the_whole_file(tmp_path: Path) 
     code, out = cli("inspect", path)
     assert code == 0
     assert "\nModel (the whole file)\n" in out and "((top level))" not in out
+
+
+def test_repair_of_a_call_it_cannot_fix_does_not_say_already_consistent(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({**trained(), "evil": RunsCode()}, evil)
+    code, out = cli("repair", evil, "--fix", "security.pickled-class")
+    assert "already consistent" not in out
+    assert out.rstrip().endswith("nothing written: nothing here can be fixed automatically")
+    assert (f"evil calls posix.system: that is not a config; keep the weights alone with ckptkit convert {evil} "
+            f"{tmp_path / 'evil.safetensors'} --weights-only") in out
