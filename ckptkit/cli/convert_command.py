@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ckptkit.cli import EXIT_CLEAN, main
-from ckptkit.cli.render import emit_json, heading, human_bytes
+from ckptkit.cli.render import emit_json, heading, human_bytes, plural
 from ckptkit.conversion import TARGETS, ConversionResult, ConvertOptions, convert_checkpoint
 from ckptkit.conversion.plan import DTYPE_CHOICES
 
@@ -76,8 +76,10 @@ def convert_command(source: Path, output: Path, to: str | None, weights_only: bo
 def render_conversion(r: ConversionResult) -> str:
     out = [heading(f"{r.source} -> {r.output}"),
            f"  formats   {r.source_format} -> {r.target_format}",
-           f"  written   {r.tensors} tensors, {human_bytes(r.bytes_written)} in {len(r.files)} file(s)",
-           f"  verified  {r.verified_tensors} tensors read back and equal to the source"]
+           f"  written   {plural(r.tensors, 'tensor')}, {human_bytes(r.bytes_written)} in {plural(len(r.files), 'file')}",
+           f"  verified  {plural(r.verified_tensors, 'tensor')} read back and equal to the source"]
+    if len(r.tensors_by_file) > 1:
+        out.insert(3, "            " + ", ".join(f"{n} in {name}" for name, n in r.tensors_by_file.items() if n))
     if r.cast_to:
         out.append(f"  cast      {r.cast_tensors} floating tensors to {r.cast_to}")
     if r.aliases:

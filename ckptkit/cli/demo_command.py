@@ -21,7 +21,7 @@ def demo_command(directory: Path | None, as_json: bool) -> None:
 
     DIRECTORY (default: a new temporary folder) must be empty or not exist yet.
     """
-    root = directory or Path(tempfile.mkdtemp(prefix="ckptkit-demo-"))
+    root = (directory or Path(tempfile.mkdtemp(prefix="ckptkit-demo-"))).resolve()   # its commands show whole paths
     if root.exists() and any(root.iterdir()):
         raise click.BadParameter(f"{root} is not empty; give a new folder", param_hint="DIRECTORY")
     root.mkdir(parents=True, exist_ok=True)
@@ -30,6 +30,8 @@ def demo_command(directory: Path | None, as_json: bool) -> None:
     def show(step: DemoStep) -> None:
         click.echo("\n" + heading(f"[{next(counter)}] {step.title}"))
         click.echo(click.style(f"$ {step.shown()}", fg="cyan"))
+        if step.note:
+            click.echo(f"({step.note})")
 
     if as_json:
         result = run_demo(root, lambda step: None, lambda out: None)

@@ -162,8 +162,19 @@ def _other_tensors(r: CheckpointDiff) -> list[str]:
     if not other:
         return []
     return ["", heading("Other tensors that differ"),
-            table([(t.section, t.name, t.status, _num(t.values.max_abs_diff) if t.values else "-")
-                   for t in other], ["section", "key", "status", "max |a-b|"])]
+            table([(t.section, t.name, t.status, _difference(t)) for t in other],
+                  ["section", "key", "status", "difference"])]
+
+
+def _difference(t: TensorDiff) -> str:
+    """A generator's state is bytes, equal or not: a largest byte difference ("255") means nothing."""
+    v = t.values
+    if v is None:
+        return "-"
+    if t.section == "rng" or t.dtype_a in ("uint8", "bool"):
+        unit = "bytes" if t.dtype_a == "uint8" else "values"
+        return f"{v.changed_elements:,} of {v.numel:,} {unit} differ"
+    return f"max |a-b| {_num(v.max_abs_diff)}"
 
 
 def _changes(r: CheckpointDiff) -> list[str]:

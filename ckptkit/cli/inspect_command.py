@@ -82,7 +82,9 @@ def _model(r: Inspection, show_tensors: bool) -> list[str]:
     if m is None:
         return ["", heading("Model"), "  no model state found"]
     dtypes = ", ".join(f"{d} x{n}" for d, n in m.dtypes.items())
-    out = ["", heading(f"Model ({m.source})"),
+    # A bare state dict's source is "(top level)": "Model (the whole file)", not "Model ((top level))".
+    source = "the whole file" if m.source == "(top level)" else m.source
+    out = ["", heading(f"Model ({source})"),
            f"  {m.tensors} tensors, {number(m.parameters)} parameters, {human_bytes(m.bytes)}, {dtypes}",
            table([(row.prefix, row.tensors, number(row.parameters), row.dtypes) for row in m.modules],
                  ["module", "tensors", "parameters", "dtypes"])]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, main
 from ckptkit.cli.render import emit_json, human_bytes, render_findings, table
+from ckptkit.core.checkpoint import Severity
 from ckptkit.runs import Run, RunEntry, scan_run
 
 
@@ -18,8 +18,8 @@ from ckptkit.runs import Run, RunEntry, scan_run
 def ls_command(run_dir: Path, as_json: bool) -> None:
     """List every checkpoint below RUN_DIR, whatever its format, ordered by training progress
     (never by file name or time), with size, a quick health status and markers:
-    latest (furthest progress), best, final (training finished), resume (what
-    `ckptkit latest` picks). Run-level traps are listed under the table.
+    latest (furthest progress; of several saved at the same point, the one a resume
+    takes), best, final (training finished), resume (what `ckptkit latest` picks). Run-level traps are listed under the table.
 
     Exit 0 when every checkpoint is ok and no trap was found, 1 otherwise, 2 when RUN_DIR
     cannot be read.
@@ -47,10 +47,11 @@ def render_run(run: Run) -> str:
     for folder, entries in groups.items():
         if len(groups) > 1:     # several runs: one table each (their counters do not compare)
             out += (["", f"run {folder}"] if out else [f"run {folder}"])
+        # The checkpoint column is never wrapped: a path is copied whole (even one with spaces).
         rows = [(e.relative + ("/" if e.is_folder else ""), e.format or "?", e.progress.describe(),
                  human_bytes(e.size_bytes), _health(e), ", ".join(e.markers)) for e in entries]
         out.append(table(rows, ["checkpoint", "format", "progress", "size", "health", "markers"],
-                         widths=[56, None, 44, None, 48, None], indent=""))
+                         widths=[None, None, 44, None, 48, None], indent=""))
     if run.findings:
         out += ["", f"Run findings ({len(run.findings)})", render_findings(run.findings)]
     return "\n".join(out)

@@ -27,9 +27,12 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], indent: str = "
 
 
 def _wrap(text: str, width: int | None) -> str:
+    """Wrap at spaces only: a path or a command longer than the column stays whole (a wider
+    column beats a file name split at a hyphen that nobody can copy and paste)."""
     if width is None:
         return text
-    return "\n".join(textwrap.fill(line, width) if line else line for line in text.splitlines())
+    return "\n".join(textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False) if line else line
+                     for line in text.splitlines())
 
 
 def human_bytes(n: int) -> str:
@@ -49,11 +52,17 @@ def number(n: Any) -> str:
     return str(n)
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """"1 file", "5 files": a count with its noun in the right number."""
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
 def heading(text: str) -> str:
     return click.style(text, bold=True)
 
 
 def render_findings(findings: list[Finding]) -> str:
-    rows = [(f.severity.value, f.code, f.where, f.message + (f"\n-> fix: {f.fix}" if f.fix else ""))
+    # The fix is a command to copy and paste: on one line of its own, never wrapped.
+    rows = [(f.severity.value, f.code, _wrap(f.where, 32), _wrap(f.message, 72) + (f"\n-> fix: {f.fix}" if f.fix else ""))
             for f in findings]
-    return table(rows, ["severity", "code", "where", "message"], widths=[None, None, 32, 72])
+    return table(rows, ["severity", "code", "where", "message"])

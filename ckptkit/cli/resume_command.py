@@ -34,7 +34,8 @@ def resume_command(target: Path, trainer_args: tuple[str, ...], dry_run: bool, a
     if as_json:
         emit_json(plan.to_json())
         return
-    click.echo(f"resuming {plan.checkpoint} ({plan.progress.describe()}) with the '{plan.trainer}' trainer")
+    verb = "would resume" if dry_run else "resuming"
+    click.echo(f"{verb} {plan.checkpoint} ({plan.progress.describe()}) with the '{plan.trainer}' trainer")
     if plan.findings:
         click.echo(render_findings(plan.findings))
     click.echo("$ " + shlex.join(["python", *plan.command[1:]]))

@@ -79,6 +79,7 @@ class ConversionResult:
     dropped: list[str] = field(default_factory=list)
     backup: Path | None = None
     notes: list[str] = field(default_factory=list)
+    tensors_by_file: dict[str, int] = field(default_factory=dict)   # when several files hold tensors
 
     def to_json(self) -> dict[str, Any]:
         return {"source": str(self.source), "output": str(self.output), "source_format": self.source_format,
@@ -86,7 +87,8 @@ class ConversionResult:
                 "tensors": self.tensors, "bytes_written": self.bytes_written,
                 "verified_tensors": self.verified_tensors, "aliases": self.aliases, "cast_to": self.cast_to,
                 "cast_tensors": self.cast_tensors, "dropped": self.dropped,
-                "backup": str(self.backup) if self.backup else None, "notes": self.notes}
+                "backup": str(self.backup) if self.backup else None, "notes": self.notes,
+                "tensors_by_file": self.tensors_by_file}
 
 
 def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike[str],
@@ -291,6 +293,8 @@ def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | 
     atomic_write_dir(output, lambda tmp: to_hf.populate(plan, tmp),
                      verify=lambda tmp: to_hf.verify(plan, tmp, output), backup=backup)
     files = sorted(output.iterdir())
-    return ConversionResult(ckpt.path, output, ckpt.format, "hf", files, len(plan.weights.tensors),
+    by_file = plan.tensors_by_file()
+    return ConversionResult(ckpt.path, output, ckpt.format, "hf", files, sum(by_file.values()),
                             sum(p.stat().st_size for p in files), plan.verified, plan.weights.aliases,
-                            to.name if to else None, len(plan.weights.casts), plan.dropped, notes=plan.notes)
+                            to.name if to else None, len(plan.weights.casts), plan.dropped, notes=plan.notes,
+                            tensors_by_file=by_file)

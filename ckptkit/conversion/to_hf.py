@@ -31,7 +31,7 @@ from ckptkit.conversion.plan import (
 )
 from ckptkit.conversion.shards import ShardLayout, shard_layout, verify_shards, write_shards
 from ckptkit.conversion.verify import verify_index, verify_safetensors, verify_torch_file
-from ckptkit.core.checkpoint import Checkpoint
+from ckptkit.core.checkpoint import Checkpoint, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.formats.hf_trainer import TRAINER_STATE
@@ -54,6 +54,13 @@ class FolderPlan:
     notes: list[str] = field(default_factory=list)
     shards: ShardLayout | None = None                          # --max-shard-size: weights in shards
     verified: int = 0
+
+    def tensors_by_file(self) -> dict[str, int]:
+        """Tensors written, per file: the model's and every section's (the verified count covers all)."""
+        weights = self.weights_name if self.shards is None else self.weights_name.replace(".safetensors", "-*.safetensors")
+        counts = {weights: len(self.weights.tensors)}
+        counts.update((file, sum(1 for _ in iter_tensors(tree))) for file, tree in self.sections.items())
+        return counts
 
 
 def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DType | None,

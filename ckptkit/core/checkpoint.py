@@ -322,6 +322,8 @@ class Progress:
     def describe(self) -> str:
         """Plain words: "epoch 3 complete, global step 4500", "epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)"."""
         parts: list[str] = []
+        if self.training_finished and self.epoch_complete is False and self.step_in_epoch:
+            return self._finished_mid_epoch()
         if self.epochs_completed is not None:
             if self.epoch_complete is False and self.step_in_epoch:
                 current = self.epochs_completed + 1
@@ -330,12 +332,14 @@ class Progress:
                     parts.append(f"epoch {current} INCOMPLETE: {self.step_in_epoch}/"
                                  f"{self.steps_per_epoch} batches ({pct:.1f}%)")
                 else:
-                    parts.append(f"epoch {current} INCOMPLETE: {self.step_in_epoch} batches done")
+                    done = self.step_in_epoch
+                    parts.append(f"epoch {current} INCOMPLETE: {done} batch{'' if done == 1 else 'es'} done")
             elif self.epoch_complete is False:
                 parts.append(f"epoch {self.epochs_completed + 1} INCOMPLETE (position in it unknown)")
             elif self.epoch_complete is None:
-                parts.append(f"{self.epochs_completed} epochs completed (boundary unknown)"
-                             if self.epochs_completed else "in epoch 1 (boundary unknown)")
+                done = self.epochs_completed
+                parts.append(f"{done} epoch{'' if done == 1 else 's'} completed (boundary unknown)"
+                             if done else "in epoch 1 (boundary unknown)")
             elif self.epochs_completed == 0:
                 parts.append("no epoch completed")
             else:
@@ -348,6 +352,16 @@ class Progress:
         if self.training_finished:
             parts.append("training finished")
         return ", ".join(parts) if parts else "unknown (no progress counters found)"
+
+    def _finished_mid_epoch(self) -> str:
+        """A run counted in steps ends where max_steps falls, inside an epoch: nothing is missing,
+        so no "INCOMPLETE" (which would send a user to resume it)."""
+        at = ""
+        if self.global_step is not None:
+            at = f" at global step {self.global_step}" + (f"/{self.max_steps}" if self.max_steps else "")
+        batches = f"{self.step_in_epoch}/{self.steps_per_epoch}" if self.steps_per_epoch else str(self.step_in_epoch)
+        epoch = f", {batches} batches into epoch {self.epochs_completed + 1}" if self.epochs_completed is not None else ""
+        return f"training finished{at}{epoch}"
 
     def sort_key(self) -> tuple[float, float, float]:
         """Orders checkpoints of one run by how far training got; unknown sorts first."""

@@ -80,9 +80,10 @@ def steps_left_as_is(tree: Tree) -> list[str]:
     out: list[str] = []      # global_step itself follows the position (_steps_for_position)
     micro = S.as_int(position.get("micro_step")) or 0
     if micro:
-        out.append(f"the position is {micro} batches into a gradient-accumulation window of {accum}: the "
-                   "gradients of those batches are not in the checkpoint, so the resumed window starts from "
-                   "zero gradients")
+        those = "that batch" if micro == 1 else "those batches"
+        out.append(f"the position is {micro} batch{'' if micro == 1 else 'es'} into a gradient-accumulation window "
+                   f"of {accum}: the gradients of {those} are not in the checkpoint, so the resumed window starts "
+                   "from zero gradients")
     if "accumulation" in tree:
         out.append("the saved 'accumulation' gradients belong to the old position and were left as is; "
                    "delete them (or resume from a checkpoint saved on a window boundary) for a clean window")

@@ -7,6 +7,7 @@ never at the file name alone: the seeds use names like `checkpoint-recent.pth.fi
 from __future__ import annotations
 
 import pickle
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,14 +60,23 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
                 "security.dangerous-global", Severity.ERROR, where,
                 f"the pickle calls {g.qualified_name}: loading it with torch.load(weights_only=False) "
                 f"would run that code; ckptkit did not run it. Do not load this file with "
-                f"weights_only=False", "ckptkit convert --weights-only"))
+                f"weights_only=False", weights_only_command(path)))
         elif g.kind == "class":
             findings.append(Finding(
                 "security.pickled-class", Severity.WARNING, where,
                 f"the pickle holds an instance of {g.qualified_name}: torch.load(weights_only=True) "
                 f"refuses it, and weights_only=False would import and run module {g.module!r}",
-                f"ckptkit repair {path} --fix security.pickled-class"))
+                f"ckptkit repair {shlex.quote(str(path))} --fix security.pickled-class"))
     return findings
+
+
+def weights_only_command(path: Path) -> str:
+    """The command that keeps a checkpoint's tensors in a safetensors file beside it, leaving every
+    pickled object behind: the way out of a pickle that must not be loaded. A DCP data or metadata
+    file names its folder (a member alone is not a checkpoint); a folder reader passes its folder."""
+    source = path.parent if path.suffix == ".distcp" or path.name == ".metadata" else path
+    target = source.with_name((source.stem if source.is_file() else source.name) + ".safetensors")
+    return f"ckptkit convert {shlex.quote(str(source))} {shlex.quote(str(target))} --weights-only"
 
 
 def unpickle_or_raise(path: Path, what: str, load: Any) -> UnpickleResult:

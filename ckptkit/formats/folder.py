@@ -16,6 +16,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorRef
 from ckptkit.core.errors import CkptkitError
+from ckptkit.formats.base import weights_only_command
 
 # Whole-model weight files, in the order transformers/peft prefer them when several exist.
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
@@ -74,7 +75,9 @@ class FolderReading:
         classes = [f for f in member.findings if classes_expected and f.code == "security.pickled-class"]
         for f in member.findings:
             if f not in classes:
-                self.findings.append(Finding(f.code, f.severity, self.where(f.where), f.message, f.fix))
+                # A member's weights-only way out converts the whole folder (its model is elsewhere).
+                fix = weights_only_command(self.path) if f.code == "security.dangerous-global" else f.fix
+                self.findings.append(Finding(f.code, f.severity, self.where(f.where), f.message, fix))
         if classes:
             root = getattr(member.tree, "qualified_name", "an object")
             self.add_finding("folder.pickled-objects", Severity.INFO, name,

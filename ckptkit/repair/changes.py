@@ -78,6 +78,9 @@ class RepairResult:
     def status(self) -> str:
         if self.written:
             return "written"
+        if self.plan.nothing_to_do and self.plan.cannot_fix:
+            # Not "already consistent": what is listed as left is exactly what is not.
+            return "nothing written: nothing here can be fixed automatically"
         if self.plan.nothing_to_do:
             return "already consistent, nothing written"
         return "dry run, nothing written" if self.dry_run else "nothing written"

@@ -13,6 +13,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, TensorRef
 from ckptkit.families import family_named
+from ckptkit.formats.base import weights_only_command
 from ckptkit.repair.changes import Change, KeyPath, plan_sets
 from ckptkit.storage.safe_pickle import PickledObject
 from ckptkit.views import sections as S
@@ -113,7 +114,7 @@ def plain_config(ckpt: Checkpoint) -> FixPlan:
     for path, obj in _pickled_objects(ckpt.tree, ()):
         if obj.is_dangerous:
             out.cannot_fix.append(f"{'.'.join(map(str, path)) or '(top level)'} calls {obj.qualified_name}: "
-                                  "that is not a config; drop it with ckptkit convert --weights-only")
+                                  f"that is not a config; keep the weights alone with {weights_only_command(ckpt.path)}")
             continue
         if path and isinstance(path[-1], str) and path[-1].startswith("("):
             out.cannot_fix.append(f"{obj.qualified_name} inside a tuple at {'.'.join(map(str, path[:-1]))}: left as is")

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ckptkit.storage.atomic import atomic_write_file, default_backup_path
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
 from ckptkit.repair.manifests import ManifestRefresh
 from ckptkit.repair.position import describe_action, target_position
+from ckptkit.storage.atomic import atomic_write_file, default_backup_path
 
 TRAINER_STATE = "trainer_state.json"
 FOLDER_STEP = re.compile(r"^checkpoint-(\d+)$")

@@ -323,9 +323,19 @@ def _most_advanced(entries: list[RunEntry]) -> list[RunEntry]:
 
 def _mark(run: Run) -> None:
     best_folders = _hf_best_folders(run.entries)
-    for entries in run.groups().values():    # "latest" within each run: counters of two runs do not compare
-        for entry in _most_advanced(entries):
-            entry.markers.append("latest")
+    runs = run.runs()
+    picks: list[RunEntry] = []
+    for folder, entries in run.groups().items():    # within each run: counters of two runs do not compare
+        pick = pick_resume(entries) if folder in runs else None
+        tied = _most_advanced(entries)
+        if tied:
+            # One `latest` among checkpoints at the same progress (best_model.pt and
+            # checkpoint_step_20.pt of one save): the one a resume takes when it is among them.
+            (pick if pick in tied else tied[-1]).markers.append("latest")
+        if pick is not None:
+            picks.append(pick)
+    if len(runs) == 1 and picks:
+        run.resume = picks[0]
     for entry in run.entries:
         if entry.backup:
             entry.markers.append("backup")
@@ -335,13 +345,8 @@ def _mark(run: Run) -> None:
             entry.markers.append("best")
         if entry.progress.training_finished or FINAL_NAME.search(entry.path.name):
             entry.markers.append("final")
-    runs = run.runs()
-    for folder, entries in run.groups().items():
-        pick = pick_resume(entries) if folder in runs else None
-        if pick is not None:
-            pick.markers.append("resume")
-            if len(runs) == 1:
-                run.resume = pick
+    for pick in picks:
+        pick.markers.append("resume")
 
 
 def _hf_best_folders(entries: list[RunEntry]) -> set[Path]:

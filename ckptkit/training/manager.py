@@ -76,7 +76,8 @@ class CheckpointManager:
         if keep_last is not None and keep_last < 1:
             raise ValueError("keep_last must be at least 1 (or None to keep every checkpoint)")
         if sharded and layout is not DEFAULT_LAYOUT:
-            raise ValueError(f"sharded checkpoints are written in seed 004's layout only, not {layout.name!r}")
+            raise ValueError("sharded checkpoints are written in the experiment layout only (checkpoint_step_N, "
+                             f"best_model, final_model, as run_experiment.py LM names them), not {layout.name!r}")
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.keep_best = keep_best

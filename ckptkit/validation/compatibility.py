@@ -107,10 +107,12 @@ def _keys(ctx: ValidationContext, ours: dict[str, TensorRef], ref: dict[str, Ten
     ref_name = ctx.reference.path.name if ctx.reference else "the reference"
     if missing:
         yield Finding("compat.missing-keys", Severity.ERROR, ctx.where(_first(missing)),
-                      f"{len(missing)} keys of {ref_name} are missing here: {_sample(missing)}")
+                      f"{_count_keys(len(missing))} of {ref_name} {'is' if len(missing) == 1 else 'are'} missing here: "
+                      f"{_sample(missing)}")
     if unexpected:
         yield Finding("compat.unexpected-keys", Severity.ERROR, ctx.where(_first(unexpected)),
-                      f"{len(unexpected)} keys here are unexpected by {ref_name}: {_sample(unexpected)}")
+                      f"{_count_keys(len(unexpected))} here {'is' if len(unexpected) == 1 else 'are'} unexpected by {ref_name}: "
+                      f"{_sample(unexpected)}")
 
 
 def _shapes(ctx: ValidationContext, ours: dict[str, TensorRef], ref: dict[str, TensorRef]) -> Iterable[Finding]:
@@ -149,3 +151,7 @@ def _first(keys: list[str]) -> str:
 
 def _sample(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _count_keys(n: int) -> str:
+    return f"{n} key" if n == 1 else f"{n} keys"

@@ -71,14 +71,19 @@ def against_model(ctx: ValidationContext, opt: dict[str, Any], model: dict[str, 
     pairing = pair(opt, model)
     if pairing.optimizer_count == 0 or (pairing.exact if exact else pairing.agrees):
         return
+    count_fits = pairing.optimizer_count == pairing.model_count if exact else pairing.optimizer_count <= pairing.model_count
+    stray = ""
     if pairing.unmatched is not None:
         i, p = pairing.unmatched
-        detail = (f"; optimizer entry {i} (id {p.index}, group {p.group}) has state of shape "
-                  f"{describe_shape(p.shape)}, which no remaining parameter of {model_desc} has")
+        stray = (f"optimizer entry {i} (id {p.index}, group {p.group}) has state of shape {describe_shape(p.shape)}, "
+                 f"which no remaining parameter of {model_desc} has")
+    if count_fits:
+        # The count is right and a shape is not: say so, not "expected at most 6, found 6".
+        what = f"{pairing.optimizer_count} entries for the {pairing.model_count} parameters of {model_desc}, but {stray}"
     else:
-        detail = ""
-    expected = f"{pairing.model_count}" if exact else f"at most {pairing.model_count}"
+        expected = f"{pairing.model_count}" if exact else f"at most {pairing.model_count}"
+        what = (f"expected {expected} entries shaped like the parameters of {model_desc}, "
+                f"found {pairing.optimizer_count}" + (f"; {stray}" if stray else ""))
     yield Finding(code, Severity.ERROR, ctx.section_where("optimizer", "state"),
-                  f"optimizer state built for a different set of trainable parameters: expected {expected} entries "
-                  f"shaped like the parameters of {model_desc}, found {pairing.optimizer_count}{detail}. "
+                  f"optimizer state built for a different set of trainable parameters: {what}. "
                   "Resuming would fail in load_state_dict or pair the Adam moments with the wrong weights")

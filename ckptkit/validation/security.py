@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ckptkit.core.checkpoint import Finding, Severity
+from ckptkit.formats.base import weights_only_command
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -21,4 +22,4 @@ def check_security(ctx: ValidationContext) -> Iterable[Finding]:
         yield Finding("security.tensor-subclass", Severity.WARNING, ctx.where(),
                       f"tensors are pickled as subclass {name}: torch.load(weights_only=True) refuses "
                       "it unless the class is allow-listed, and weights_only=False would import its module",
-                      ctx.command("convert", "--weights-only"))
+                      weights_only_command(ctx.ckpt.path))

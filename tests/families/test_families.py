@@ -131,7 +131,7 @@ def _lightning(epochs: tuple[int, int], batches: tuple[int, int], last_batch: bo
 @pytest.mark.parametrize("epochs, batches, last_batch, global_step, numbers, words", [
     ((1, 1), (3, 3), True, 3, (1, True, 0), "epoch 1 complete, global step 3"),
     ((0, 1), (2, 2), False, 2, (0, False, 2), "epoch 1 INCOMPLETE: 2 batches done, global step 2"),
-    ((1, 2), (1, 1), False, 4, (1, False, 1), "epoch 2 INCOMPLETE: 1 batches done, global step 4"),
+    ((1, 2), (1, 1), False, 4, (1, False, 1), "epoch 2 INCOMPLETE: 1 batch done, global step 4"),
     ((1, 2), (3, 3), True, 6, (2, True, 0), "epoch 2 complete, global step 6"),
 ])
 def test_lightning_progress_comes_from_the_fit_loop_counters(
@@ -167,7 +167,7 @@ REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
     ("epoch=1-step=6.ckpt", "epoch 2 complete, global step 6"),
     ("last.ckpt", "epoch 2 complete, global step 6"),
     ("mid_epoch/epoch=0-step=2.ckpt", "epoch 1 INCOMPLETE: 2 batches done, global step 2"),
-    ("mid_epoch/epoch=1-step=4.ckpt", "epoch 2 INCOMPLETE: 1 batches done, global step 4"),
+    ("mid_epoch/epoch=1-step=4.ckpt", "epoch 2 INCOMPLETE: 1 batch done, global step 4"),
     ("mid_epoch/epoch=1-step=6.ckpt", "epoch 2 complete, global step 6"),
 ])
 def test_real_lightning_checkpoints_read_as_the_epoch_and_step_in_their_names(name: str, words: str) -> None:

@@ -64,6 +64,7 @@ def test_cli_dry_run_prints_the_command_and_trains_nothing(run_dir: Path, tmp_pa
     result = CliRunner().invoke(cli, ["resume", str(run), "--dry-run", "--", "--extend-steps", "12"])
     assert result.exit_code == 0, result.output
     assert "with the 'lm' trainer" in result.output
+    assert result.output.startswith(f"would resume {run}")   # a dry run resumes nothing: no "resuming"
     assert "$ python -m trainers.lm --resume" in result.output and "--extend-steps 12" in result.output
     assert sorted(p.name for p in run.iterdir()) == before
 

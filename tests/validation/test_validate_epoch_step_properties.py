@@ -124,8 +124,8 @@ def test_fix_epoch_keeps_a_trainer_checkpoints_global_step_on_its_position(save:
     result = fix_epoch(path, 2, step=4, keep_backup=False)         # 13 batches = 6 steps + 1
     tree = torch.load(path, weights_only=True)
     assert (tree["global_step"], tree["data_position"]["micro_step"]) == (6, 1)
-    assert ("the position is 1 batches into a gradient-accumulation window of 2: the gradients of those "
-            "batches are not in the checkpoint") in result.plan.cannot_fix[-1]
+    assert ("the position is 1 batch into a gradient-accumulation window of 2: the gradients of that "
+            "batch are not in the checkpoint") in result.plan.cannot_fix[-1]
 
 
 def test_fix_epoch_moves_lightnings_epoch_progress_with_its_epoch(tmp_path: Path) -> None:
