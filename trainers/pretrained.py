@@ -31,14 +31,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckptkit.core.errors import CkptkitError
-from ckptkit.training import (PRETRAINED, CheckpointManager, DataPosition, ProgressLine, ResumableSampler,
-                              ResumePoint, TrainingState, load_for_resume)
+from ckptkit.training import (
+    PRETRAINED,
+    CheckpointManager,
+    DataPosition,
+    ProgressLine,
+    ResumableSampler,
+    ResumePoint,
+    TrainingState,
+    load_for_resume,
+)
 from ckptkit.training import pretrained_layout as keys
 from ckptkit.training.progress import render_epoch_position
-from ckptkit.training.run_command import (EXIT_OK, EXIT_USAGE, add_run_flags, config_for_resume,
-                                          existing_run_error, resume_report, run_options)
-from ckptkit.training.runtime import (RunOptions, StopRequest, autocast, clip_and_step, kill_if_at, pick_device,
-                                      resolve_precision, seed_training_streams, stop_at, stop_on_signals)
+from ckptkit.training.run_command import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_run_flags,
+    config_for_resume,
+    existing_run_error,
+    resume_report,
+    run_options,
+)
+from ckptkit.training.runtime import (
+    RunOptions,
+    StopRequest,
+    autocast,
+    clip_and_step,
+    kill_if_at,
+    pick_device,
+    resolve_precision,
+    seed_training_streams,
+    stop_at,
+    stop_on_signals,
+)
 
 TRAINER_NAME = "pretrained"  # stored in every checkpoint; `ckptkit resume` finds this module by it
 # what `python -m` runs: trainers.pretrained in the repository, ckptkit_trainers.pretrained when installed
@@ -208,7 +233,8 @@ class PretrainedRun:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.sampler = ResumableSampler(self.data.num_train, cfg.batch_size, cfg.seed)
         self.stop = StopRequest()
-        self.record = self._restore(resume) if resume else ClassifierRecord(0, self.sampler.start_position(cfg.grad_accum))
+        fresh = ClassifierRecord(0, self.sampler.start_position(cfg.grad_accum))
+        self.record = self._restore(resume) if resume else fresh
         self.display = ProgressLine(options.progress_stream, every=options.progress_every)
 
     def run(self) -> TrainResult:
@@ -216,15 +242,24 @@ class PretrainedRun:
         max_steps = cfg.epochs * self.sampler.steps_per_epoch // cfg.grad_accum
         saved: list[Path] = []
         status = "finished"
-        with CheckpointManager(self.options.out, keep_last=self.options.keep_last, layout=PRETRAINED,
-                               asynchronous=self.options.asynchronous_save) as manager:
+        with CheckpointManager(
+            self.options.out,
+            keep_last=self.options.keep_last,
+            layout=PRETRAINED,
+            asynchronous=self.options.asynchronous_save,
+        ) as manager:
             for leftover in manager.removed_leftovers:
-                self.display.message(f"removed {leftover.name}: the unfinished write of a crashed save "
-                                     "(the checkpoint it was to replace is intact)")
+                self.display.message(
+                    f"removed {leftover.name}: the unfinished write of a crashed save "
+                    "(the checkpoint it was to replace is intact)"
+                )
             batches = self.sampler.iterate_from(r.position)
             while r.position.epoch < cfg.epochs:
                 sample_ids = next(batches).sample_ids
-                tokens, labels = self.data.train_tokens[sample_ids].to(self.device), self.data.train_labels[sample_ids].to(self.device)
+                tokens, labels = (
+                    self.data.train_tokens[sample_ids].to(self.device),
+                    self.data.train_labels[sample_ids].to(self.device),
+                )
                 with autocast(cfg.precision, self.device):
                     loss = F.cross_entropy(self.model(tokens).float(), labels)
                 self.scaler.scale(loss / cfg.grad_accum).backward()  # the original logs no training loss
@@ -256,9 +291,11 @@ class PretrainedRun:
         r.last_f1 = f1
         if improved:
             r.best_f1, r.best_acc = f1, acc
-        self.display.message(f"epoch {r.position.epoch}/{self.cfg.epochs} COMPLETED | step {r.global_step} | "
-                             f"val f1 {f1:.4f} | val acc {acc:.4f}{' (best)' if improved else ''} | "
-                             f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
+        self.display.message(
+            f"epoch {r.position.epoch}/{self.cfg.epochs} COMPLETED | step {r.global_step} | "
+            f"val f1 {f1:.4f} | val acc {acc:.4f}{' (best)' if improved else ''} | "
+            f"lr {self.optimizer.param_groups[0]['lr']:.2e}"
+        )
         return (["best"] if improved else []) + ["final" if r.position.epoch >= self.cfg.epochs else "periodic"]
 
     @torch.no_grad()
@@ -272,10 +309,20 @@ class PretrainedRun:
     def _state(self) -> TrainingState:
         r = self.record
         return TrainingState(
-            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-            config=self.cfg.to_dict(), position=r.position, global_step=r.global_step, trainer=TRAINER_NAME,
-            family_fields={keys.BEST_F1: max(r.best_f1, 0.0), keys.BEST_ACC: r.best_acc, keys.VAL_F1: r.last_f1,
-                           keys.MODEL_CONFIG: self.cfg.model_config()},
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            config=self.cfg.to_dict(),
+            position=r.position,
+            global_step=r.global_step,
+            trainer=TRAINER_NAME,
+            family_fields={
+                keys.BEST_F1: max(r.best_f1, 0.0),
+                keys.BEST_ACC: r.best_acc,
+                keys.VAL_F1: r.last_f1,
+                keys.MODEL_CONFIG: self.cfg.model_config(),
+            },
         )
 
     def _restore(self, resume: ResumePoint) -> ClassifierRecord:
@@ -292,7 +339,8 @@ class PretrainedRun:
         self.notes += restored.warnings
         best_f1 = ckpt.get(keys.BEST_F1)
         return ClassifierRecord(
-            global_step=int(ckpt.get("global_step", 0)), position=position,
+            global_step=int(ckpt.get("global_step", 0)),
+            position=position,
             best_f1=float(best_f1) if best_f1 is not None and position.epoch > 0 else -1.0,
             best_acc=float(ckpt.get(keys.BEST_ACC) or 0.0),
         )
@@ -300,26 +348,41 @@ class PretrainedRun:
 
 # -- command line: the original's flags; a resume may change --epochs and --save-steps -----------
 
-CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
-                "seed": "seed", "precision": "precision", "epochs": "epochs",
-                "save_steps": "save_steps"}  # flag -> ClassifierConfig field
-RESUME_CHANGES = {"epochs": "--epochs {value} from here on (the run had {old})",
-                  "save_steps": "--save-steps {value} from here on (the run had {old})"}
+CONFIG_FLAGS = {
+    "batch_size": "batch_size",
+    "gradient_accumulation": "grad_accum",
+    "lr": "learning_rate",
+    "seed": "seed",
+    "precision": "precision",
+    "epochs": "epochs",
+    "save_steps": "save_steps",
+}  # flag -> ClassifierConfig field
+RESUME_CHANGES = {
+    "epochs": "--epochs {value} from here on (the run had {old})",
+    "save_steps": "--save-steps {value} from here on (the run had {old})",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="Tiny text classifier on built-in synthetic sequences (EnStack-style).")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}", description="Tiny text classifier on built-in synthetic sequences (EnStack-style)."
+    )
     parser.add_argument("--config", choices=sorted(PRESETS), help=f"model/data preset (default {DEFAULT_PRESET})")
     parser.add_argument("--batch-size", type=int, help="batch size (the original's default 16)")
     parser.add_argument("--epochs", type=int, help="total epochs; on resume, raise it to train further")
     parser.add_argument("--save-steps", type=int, help="a mid-epoch last_checkpoint every N batches (default 500)")
     parser.add_argument("--gradient-accumulation", type=int, help="batches per optimizer step (default 1)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
-    parser.add_argument("--out", type=Path, help="run directory (default runs/pretrained; on resume: the checkpoint's run)")
-    parser.add_argument("--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint folder, or run directory (newest valid)")
+    parser.add_argument(
+        "--out", type=Path, help="run directory (default runs/pretrained; on resume: the checkpoint's run)"
+    )
+    parser.add_argument(
+        "--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint folder, or run directory (newest valid)"
+    )
     add_run_flags(parser)
     parser.set_defaults(keep_last=None)  # one last_checkpoint/ is replaced in place: nothing to prune
     return parser
@@ -345,16 +408,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run.run()
     out, r = run.options.out, result.record
     if result.status == "interrupted":
-        run.display.message(f"interrupted in epoch {r.position.epoch + 1} after batch {r.position.batch_in_epoch}/"
-                            f"{r.position.steps_per_epoch}; saved {out / 'last_checkpoint'}")
+        run.display.message(
+            f"interrupted in epoch {r.position.epoch + 1} after batch {r.position.batch_in_epoch}/"
+            f"{r.position.steps_per_epoch}; saved {out / 'last_checkpoint'}"
+        )
         run.display.message(f"resume with: python -m {MODULE} --resume {out}")
         return run.stop.exit_code
-    run.display.message(f"finished: {r.position.epoch} epochs, step {r.global_step}; best val f1 {r.best_f1:.4f}; "
-                        f"model in {out / 'last_checkpoint'}")
+    run.display.message(
+        f"finished: {r.position.epoch} epochs, step {r.global_step}; best val f1 {r.best_f1:.4f}; "
+        f"model in {out / 'last_checkpoint'}"
+    )
     return EXIT_OK
 
 
-def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[ClassifierConfig, RunOptions, ResumePoint | None] | str:
+def prepare(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[ClassifierConfig, RunOptions, ResumePoint | None] | str:
     """A fresh run's (config, options, None), a resumed one's (config, options, point), or why not."""
     if args.resume is None:
         out = args.out or Path("runs/pretrained")
@@ -370,8 +439,10 @@ def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Classi
     print("\n".join(resume_report(point, at, notes)), flush=True)
     done = point.position.epoch if point.position is not None else int(point.checkpoint.get(keys.EPOCH, 0))
     if done >= cfg.epochs:
-        return (f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-                f"To train further: --epochs N (N > {done}).")
+        return (
+            f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
+            f"To train further: --epochs N (N > {done})."
+        )
     return cfg, run_options(args, out), point
 
 

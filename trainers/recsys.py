@@ -33,15 +33,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckptkit.core.errors import CkptkitError
-from ckptkit.training import (RECSYS, CheckpointManager, DataPosition, ProgressLine, ResumableSampler,
-                              ResumePoint, TrainingState, load_for_resume)
+from ckptkit.training import (
+    RECSYS,
+    CheckpointManager,
+    DataPosition,
+    ProgressLine,
+    ResumableSampler,
+    ResumePoint,
+    TrainingState,
+    load_for_resume,
+)
 from ckptkit.training import recsys_layout as keys
 from ckptkit.training.progress import render_epoch_position
-from ckptkit.training.run_command import (EXIT_OK, EXIT_USAGE, add_run_flags, config_for_resume,
-                                          existing_run_error, resume_report, run_options)
-from ckptkit.training.runtime import (RunOptions, StopRequest, autocast, clip_and_step, kill_if_at, pick_device,
-                                      resolve_precision, seed_training_streams, set_peak_lr, stop_at,
-                                      stop_on_signals)
+from ckptkit.training.run_command import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_run_flags,
+    config_for_resume,
+    existing_run_error,
+    resume_report,
+    run_options,
+)
+from ckptkit.training.runtime import (
+    RunOptions,
+    StopRequest,
+    autocast,
+    clip_and_step,
+    kill_if_at,
+    pick_device,
+    resolve_precision,
+    seed_training_streams,
+    set_peak_lr,
+    stop_at,
+    stop_on_signals,
+)
 
 TRAINER_NAME = "recsys"  # stored in every checkpoint; `ckptkit resume` finds this module by it
 # what `python -m` runs: trainers.recsys in the repository, ckptkit_trainers.recsys when installed
@@ -283,7 +308,8 @@ class RecsysRun:
         self.display.message(f"epoch {r.position.epoch}/{self.cfg.epochs} | step {r.global_step} | loss {loss:.4f} | "
                              f"acc {r.accuracy:.4f}{' (best)' if improved else ''} | "
                              f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
-        return (["best"] if improved else []) + ["periodic"] + (["final"] if r.position.epoch >= self.cfg.epochs else [])
+        final = r.position.epoch >= self.cfg.epochs
+        return (["best"] if improved else []) + ["periodic"] + (["final"] if final else [])
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -296,10 +322,19 @@ class RecsysRun:
     def _state(self) -> TrainingState:
         r = self.record
         return TrainingState(
-            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-            config=self.cfg.to_dict(), position=r.position, global_step=r.global_step, trainer=TRAINER_NAME,
-            family_fields={keys.ACCURACY: r.accuracy, keys.BEST_ACC: r.best_acc if math.isfinite(r.best_acc) else None,
-                           keys.EPOCH_LOSS_SUM: r.epoch_loss_sum},
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            config=self.cfg.to_dict(),
+            position=r.position,
+            global_step=r.global_step,
+            trainer=TRAINER_NAME,
+            family_fields={
+                keys.ACCURACY: r.accuracy,
+                keys.BEST_ACC: r.best_acc if math.isfinite(r.best_acc) else None,
+                keys.EPOCH_LOSS_SUM: r.epoch_loss_sum,
+            },
         )
 
     def _restore(self, resume: ResumePoint) -> RecsysRecord:
@@ -316,7 +351,8 @@ class RecsysRun:
             set_peak_lr(self.optimizer, self.scheduler, lr, lr_factor(step, self.cfg.warmup_steps, self.cfg.lr_decay))
         best, accuracy = ckpt.get(keys.BEST_ACC), ckpt.get(keys.ACCURACY)
         return RecsysRecord(
-            global_step=restored.global_step, position=position,
+            global_step=restored.global_step,
+            position=position,
             accuracy=None if accuracy is None else float(accuracy),
             best_acc=-math.inf if best is None else float(best),
             epoch_loss_sum=float(ckpt.get(keys.EPOCH_LOSS_SUM, 0.0)),
@@ -325,23 +361,41 @@ class RecsysRun:
 
 # -- command line: the original's flags (--lr, --num_epochs, --resume_from_checkpoint) ----------
 
-CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
-                "seed": "seed", "precision": "precision", "epochs": "epochs"}  # flag -> RecsysConfig field
+CONFIG_FLAGS = {
+    "batch_size": "batch_size",
+    "gradient_accumulation": "grad_accum",
+    "lr": "learning_rate",
+    "seed": "seed",
+    "precision": "precision",
+    "epochs": "epochs",
+}  # flag -> RecsysConfig field
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="Sequential recommender on built-in synthetic interactions.")
-    parser.add_argument("--config", "--dataset_code", choices=sorted(PRESETS), help=f"model/data preset (default {DEFAULT_PRESET})")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}", description="Sequential recommender on built-in synthetic interactions."
+    )
+    parser.add_argument(
+        "--config", "--dataset_code", choices=sorted(PRESETS), help=f"model/data preset (default {DEFAULT_PRESET})"
+    )
     parser.add_argument("--batch_size", "--batch-size", type=int, help="batch size (default 128)")
     parser.add_argument("--epochs", "--num_epochs", type=int, help="total epochs; on resume, raise it to train further")
     parser.add_argument("--gradient-accumulation", type=int, help="batches per optimizer step (default 1)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--lr", type=float, help="peak learning rate; on resume, the new peak from the next step on")
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
-    parser.add_argument("--out", type=Path, help=f"run directory (default {DEFAULT_OUT}; on resume: the checkpoint's run)")
-    parser.add_argument("--resume", "--resume_from_checkpoint", type=Path, metavar="PATH|RUN_DIR",
-                        help="checkpoint, or run directory (newest valid)")
+    parser.add_argument(
+        "--out", type=Path, help=f"run directory (default {DEFAULT_OUT}; on resume: the checkpoint's run)"
+    )
+    parser.add_argument(
+        "--resume",
+        "--resume_from_checkpoint",
+        type=Path,
+        metavar="PATH|RUN_DIR",
+        help="checkpoint, or run directory (newest valid)",
+    )
     add_run_flags(parser)
     parser.set_defaults(keep_last=None)  # every checkpoint name is overwritten in place: nothing to prune
     return parser
@@ -369,25 +423,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.status == "interrupted":
         # an epoch's end and the interrupt may both have written checkpoint-recent.pth
         saved = ", ".join(dict.fromkeys(p.name for p in result.checkpoints))
-        run.display.message(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
-                            f"{position.steps_per_epoch}; saved {saved}")
+        run.display.message(
+            f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
+            f"{position.steps_per_epoch}; saved {saved}"
+        )
         run.display.message(f"resume with: python -m {MODULE} --resume {out}")
         return run.stop.exit_code
     final = [p.name for p in result.checkpoints if p.name == keys.FINAL_NAME]
-    run.display.message(f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
-                        f"{out / final[-1] if final else out}")
+    run.display.message(
+        f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
+        f"{out / final[-1] if final else out}"
+    )
     return EXIT_OK
 
 
-def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[RecsysConfig, RunOptions, ResumePoint | None] | str:
+def prepare(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[RecsysConfig, RunOptions, ResumePoint | None] | str:
     """A fresh run's (config, options, None), a resumed one's (config, options, point), or why not."""
     if args.resume is None:
         out = args.out or DEFAULT_OUT
         if error := existing_run_error(out):
             return error
         cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        print(f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}",
-              flush=True)
+        print(
+            f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}",
+            flush=True,
+        )
         return cfg, run_options(args, out), None
     point = load_for_resume(args.resume)
     cfg, notes = config_for_resume(point, args, overrides, RecsysConfig, TRAINER_NAME)
@@ -397,8 +459,10 @@ def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[Recsys
     # the original's 'epoch' is the index of the last finished epoch (-1: none)
     done = point.position.epoch if point.position is not None else int(point.checkpoint.get(keys.EPOCH, -1)) + 1
     if done >= cfg.epochs:
-        return (f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-                f"To train further: --epochs N (N > {done}).")
+        return (
+            f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
+            f"To train further: --epochs N (N > {done})."
+        )
     return cfg, run_options(args, out), point
 
 

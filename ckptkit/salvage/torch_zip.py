@@ -37,32 +37,46 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
         tree, globals_ = _decode(path, prefix, pkl)
         ckpt = build_checkpoint(path, "torch-zip", tree, globals_)
         rebuilt = rebuild(tree, lambda s: _by_key(s, records, damaged), _optimizer_key(ckpt))
-        report.recovered.append(RecoveredItem("data.pkl", "the tree: names, counters, settings", pkl.where.length, "CRC-32"))
+        report.recovered.append(
+            RecoveredItem("data.pkl", "the tree: names, counters, settings", pkl.where.length, "CRC-32")
+        )
         counters = f"recovered: {ckpt.progress.describe()}" if ckpt.progress.known else "none in the checkpoint"
     elif names_from is not None:
         ckpt = _names_source(names_from)
         rebuilt = rebuild(ckpt.tree, _by_key_or_order(ckpt.tree, records, damaged), _optimizer_key(ckpt))
         report.lost.append(LostItem("data.pkl", _why(scan, f"{prefix}/data.pkl")))
         report.notes.append(f"names, shapes and every non-tensor value (counters, settings) come from {names_from}")
-        counters = (f"taken from {names_from.name} ({ckpt.progress.describe()}), not from the damaged file: "
-                    "set them with `ckptkit fix-epoch`")
+        counters = (
+            f"taken from {names_from.name} ({ckpt.progress.describe()}), not from the damaged file: "
+            "set them with `ckptkit fix-epoch`"
+        )
     else:
-        raise CorruptCheckpointError(path, f"{prefix}/data.pkl (the names and shapes of every tensor) is "
-                                     f"{_why(scan, prefix + '/data.pkl')}; {len(records)} tensor records are intact. "
-                                     "Give another checkpoint of the same run to name them: "
-                                     f"ckptkit salvage {path} OUT --names-from OTHER")
+        raise CorruptCheckpointError(
+            path,
+            f"{prefix}/data.pkl (the names and shapes of every tensor) is "
+            f"{_why(scan, prefix + '/data.pkl')}; {len(records)} tensor records are intact. "
+            "Give another checkpoint of the same run to name them: "
+            f"ckptkit salvage {path} OUT --names-from OTHER",
+        )
     report.recovered.extend(rebuilt.recovered)
     report.lost.extend(rebuilt.lost)
     written = {w.offset for w in rebuilt.ranges.values()}
     unused = {k for k, rec in records.items() if rec.where.offset not in written}
     if unused and pkl is None:
         # Intact bytes of the damaged file that OTHER could not name: not written, so lost.
-        report.lost.extend(LostItem(f"(unnamed record data/{k})", f"intact ({records[k].where.length} bytes), but "
-                                    f"no tensor of {names_from.name if names_from else 'OTHER'} matches it by key and size")
-                           for k in sorted(unused, key=lambda k: (len(k), k)))
+        report.lost.extend(
+            LostItem(
+                f"(unnamed record data/{k})",
+                f"intact ({records[k].where.length} bytes), but "
+                f"no tensor of {names_from.name if names_from else 'OTHER'} matches it by key and size",
+            )
+            for k in sorted(unused, key=lambda k: (len(k), k))
+        )
     elif unused:
-        report.notes.append(f"{len(unused)} intact record(s) that data.pkl does not name were left out "
-                            f"({sum(records[k].where.length for k in unused)} bytes)")
+        report.notes.append(
+            f"{len(unused)} intact record(s) that data.pkl does not name were left out "
+            f"({sum(records[k].where.length for k in unused)} bytes)"
+        )
     report.resume = resumability(ckpt, report, counters, counters.startswith(("recovered", "none")))
     return report, rebuilt, prefix
 
@@ -70,7 +84,7 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
 def _optimizer_key(ckpt: Checkpoint) -> str | None:
     source = ckpt.sources.get("optimizer")
     if source is None or not isinstance(ckpt.optimizer, dict) or "state" not in ckpt.optimizer:
-        return None    # (Lightning keeps a list of optimizer states: whole-list loss covers it)
+        return None  # (Lightning keeps a list of optimizer states: whole-list loss covers it)
     return "" if source == "(top level)" else source
 
 
@@ -91,13 +105,17 @@ def _why(scan: ZipScan, name: str) -> str:
     return f"damaged ({reason})" if reason else "gone (cut off, or its header was overwritten)"
 
 
-def _by_key(storage: StorageRef, records: dict[str, FoundRecord], damaged: dict[str, str]) -> tuple[ByteRange, int] | str:
+def _by_key(
+    storage: StorageRef, records: dict[str, FoundRecord], damaged: dict[str, str]
+) -> tuple[ByteRange, int] | str:
     rec = records.get(storage.key)
     if rec is None:
         return f"record data/{storage.key}: {damaged.get(storage.key, _MISSING)}"
     if rec.where.length != storage.nbytes:
-        return (f"record data/{storage.key} holds {rec.where.length} bytes but its tensors need "
-                f"{storage.nbytes}: a header was damaged")
+        return (
+            f"record data/{storage.key} holds {rec.where.length} bytes but its tensors need "
+            f"{storage.nbytes}: a header was damaged"
+        )
     return rec.where, rec.crc
 
 
@@ -106,8 +124,10 @@ def _names_source(names_from: Path) -> Checkpoint:
 
     ckpt = open_checkpoint(names_from)
     if not any(True for _ in iter_tensors(ckpt.tree)) or ckpt.members:
-        raise UnsupportedFeatureError(names_from, "--names-from needs a single-file checkpoint with tensors "
-                                      "(a .pt/.pth/.bin/.safetensors of the same run)")
+        raise UnsupportedFeatureError(
+            names_from,
+            "--names-from needs a single-file checkpoint with tensors (a .pt/.pth/.bin/.safetensors of the same run)",
+        )
     return ckpt
 
 
@@ -127,15 +147,22 @@ def _by_key_or_order(tree: Any, records: dict[str, FoundRecord], damaged: dict[s
             used.add(s.key)
     rest_s = [s for s in storages if id(s) not in matched]
     rest_r = sorted((k for k in records if k not in used), key=lambda k: (len(k), k))
-    if rest_s and len(rest_s) == len(rest_r) and all(s.nbytes == records[k].where.length for s, k in zip(rest_s, rest_r)):
-        for s, k in zip(rest_s, rest_r):
+    # Left-over storages and records pair up in order only when they are as many and each size agrees.
+    if (
+        rest_s
+        and len(rest_s) == len(rest_r)
+        and all(s.nbytes == records[k].where.length for s, k in zip(rest_s, rest_r, strict=True))
+    ):
+        for s, k in zip(rest_s, rest_r, strict=True):
             matched[id(s)] = (records[k].where, records[k].crc)
 
     def locate(s: StorageRef) -> tuple[ByteRange, int] | str:
         if id(s) in matched:
             return matched[id(s)]
-        return ("no intact record of the damaged file matches it by key and size"
-                + (f" (record data/{s.key}: {damaged[s.key]})" if s.key in damaged else ""))
+        return "no intact record of the damaged file matches it by key and size" + (
+            f" (record data/{s.key}: {damaged[s.key]})" if s.key in damaged else ""
+        )
+
     return locate
 
 

@@ -100,7 +100,9 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, list[s
     if requested == "auto":
         return ("bf16" if device.type == "cuda" else "fp32"), []
     if requested in ("bf16", "fp16") and device.type != "cuda":
-        return "fp32", [f"precision {requested} needs CUDA; training in fp32 on CPU (numbers will differ from a GPU run)"]
+        return "fp32", [
+            f"precision {requested} needs CUDA; training in fp32 on CPU (numbers will differ from a GPU run)"
+        ]
     return requested, []
 
 
@@ -134,8 +136,13 @@ def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float, fac
         group["initial_lr"], group["lr"] = lr, lr * factor
 
 
-def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                  scaler: torch.amp.GradScaler, max_norm: float = 1.0) -> None:
+def clip_and_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    max_norm: float = 1.0,
+) -> None:
     """The end of an accumulation window: unscale, clip, step (skipped by the scaler on inf),
     zero the gradients, advance the schedule."""
     scaler.unscale_(optimizer)
@@ -147,6 +154,7 @@ def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sche
 
 
 # -- several ranks (torchrun): the same calls work with one process, where they do nothing -------
+
 
 @contextlib.contextmanager
 def distributed_session() -> Iterator[None]:

@@ -19,7 +19,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_and_refuses_other_batches(tmp_path: Path) -> None:
+def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_and_refuses_other_batches(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "ranker"
     stopped = _run("-m", "trainers.ranker", "--out", str(out), *FLAGS, "--stop-at-step", "4")
     assert stopped.returncode == 0, stopped.stderr[-2000:]
@@ -28,7 +30,7 @@ def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_
     listed = _run("-m", "ckptkit", "ls", str(out), "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {row["path"]: row for row in json.loads(listed.stdout)["checkpoints"]}
-    assert rows["checkpoint-4"]["markers"] == ["latest", "best", "resume"]   # not "final": it stopped early
+    assert rows["checkpoint-4"]["markers"] == ["latest", "best", "resume"]  # not "final": it stopped early
     assert rows["checkpoint-4"]["progress"]["global_step"] == 4
     assert all(row["health"]["status"] == "ok" for row in rows.values())
     assert _run("-m", "ckptkit", "validate", str(out / "checkpoint-4")).returncode == 0
@@ -46,4 +48,3 @@ def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_
     cfg = RankerConfig(samples=12, epochs=2, val_iterations=1)
     train(cfg, tmp_path / "uninterrupted")
     assert differences(final_state(tmp_path / "uninterrupted"), final_state(out)) == []
-

@@ -76,9 +76,18 @@ def test_two_runs_give_two_lines_and_a_history_that_parts_ways_marks_the_resume(
 
 
 def test_retrieval_histories_are_per_epoch_lists(tmp_path: Path) -> None:
-    torch.save({"epoch": 4, "model_state_dict": {"w": torch.ones(2)}, "optimizer_state_dict": {"state": {}, "param_groups": []},
-                "loss": 0.5, "recall_at_10": 0.3, "train_losses": [0.9, 0.7, 0.5], "val_recalls": [0.1, 0.2, 0.3]},
-               tmp_path / "optimized_model_epoch_3_recall_0.3000.pt")
+    torch.save(
+        {
+            "epoch": 4,
+            "model_state_dict": {"w": torch.ones(2)},
+            "optimizer_state_dict": {"state": {}, "param_groups": []},
+            "loss": 0.5,
+            "recall_at_10": 0.3,
+            "train_losses": [0.9, 0.7, 0.5],
+            "val_recalls": [0.1, 0.2, 0.3],
+        },
+        tmp_path / "optimized_model_epoch_3_recall_0.3000.pt",
+    )
     data = collect_series(tmp_path)
     assert series(data, tmp_path.name, "train_losses") == ([1.0, 2.0, 3.0], [0.9, 0.7, 0.5])
     assert next(s for s in data.series if s.metric == "val_recalls").axis == "epoch"
@@ -117,13 +126,15 @@ def test_a_run_without_histories_exits_2_and_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["plot", str(REAL / "lightning"), "--json"])
     assert result.exit_code == 2
     assert json.loads(result.output)["notes"] == [
-        "no checkpoint below it carries a history (a loss or metric per step or epoch)"]
+        "no checkpoint below it carries a history (a loss or metric per step or epoch)"
+    ]
 
 
 def test_a_save_left_unfinished_before_later_checkpoints_marks_a_resume_at_the_whole_one_before_it(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     lm_file(tmp_path / "checkpoint_step_2.pt", 2, [3.0, 2.5])
-    lm_file(tmp_path / "checkpoint_step_3.pt.ckptkit-tmp-new-1a2b", 3, [3.0, 2.5, 2.2])   # killed mid-save
+    lm_file(tmp_path / "checkpoint_step_3.pt.ckptkit-tmp-new-1a2b", 3, [3.0, 2.5, 2.2])  # killed mid-save
     lm_file(tmp_path / "checkpoint_step_4.pt", 4, [3.0, 2.5, 2.2, 1.9])
     data = collect_series(tmp_path)
     assert [(r.step, r.axis) for r in data.resumes] == [(2.0, "step")]

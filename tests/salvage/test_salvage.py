@@ -60,7 +60,9 @@ def data_pkl_span(original: Path) -> tuple[int, int]:
     return start, next(o for o in offsets if o > start)
 
 
-def assert_only_originals(original: Path, damaged: Path, out: Path, must_salvage: bool = False) -> dict[str, Any] | None:
+def assert_only_originals(
+    original: Path, damaged: Path, out: Path, must_salvage: bool = False
+) -> dict[str, Any] | None:
     """Salvage `damaged`; every tensor it wrote equals `original`'s at the same path, bit for bit,
     and every tensor of the original is either recovered or named as lost. `must_salvage`: the
     damage spared data.pkl, so giving up (exit 2) is not an answer."""
@@ -94,18 +96,22 @@ def test_a_cut_torch_zip_gives_back_exactly_the_records_before_the_cut(tmp_path_
     data = OPTIMIZER.read_bytes()
     damaged = tmp / "optimizer.pt"
     damaged.write_bytes(data[: int(len(data) * cut)])
-    assert_only_originals(OPTIMIZER, damaged, tmp / "rescued.pt", must_salvage=int(len(data) * cut) >= data_pkl_span(OPTIMIZER)[1])
+    assert_only_originals(
+        OPTIMIZER, damaged, tmp / "rescued.pt", must_salvage=int(len(data) * cut) >= data_pkl_span(OPTIMIZER)[1]
+    )
 
 
 @SLOW
-@given(where=st.floats(0.0, 1.0), junk=st.binary(min_size=1, max_size=300),
-       source=st.sampled_from([OPTIMIZER, LIGHTNING]))
-def test_an_overwritten_torch_zip_never_passes_off_a_changed_tensor(tmp_path_factory: Any, where: float,
-                                                                    junk: bytes, source: Path) -> None:
+@given(
+    where=st.floats(0.0, 1.0), junk=st.binary(min_size=1, max_size=300), source=st.sampled_from([OPTIMIZER, LIGHTNING])
+)
+def test_an_overwritten_torch_zip_never_passes_off_a_changed_tensor(
+    tmp_path_factory: Any, where: float, junk: bytes, source: Path
+) -> None:
     tmp = tmp_path_factory.mktemp("over")
     data = bytearray(source.read_bytes())
     at = int((len(data) - 1) * where)
-    data[at: at + len(junk)] = junk
+    data[at : at + len(junk)] = junk
     damaged = tmp / source.name
     damaged.write_bytes(bytes(data[: len(source.read_bytes())]))
     start, end = data_pkl_span(source)
@@ -149,7 +155,7 @@ def test_a_lost_data_pkl_is_named_from_another_checkpoint_of_the_run(tmp_path: P
     other = experiment_checkpoint(tmp_path / "checkpoint_step_5.pt")
     data = bytearray(original.read_bytes())
     at = data.find(b"data.pkl") + 60
-    data[at: at + 40] = b"\xff" * 40
+    data[at : at + 40] = b"\xff" * 40
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(bytes(data))
     with pytest.raises(CkptkitError, match="--names-from OTHER"):
@@ -193,7 +199,9 @@ def test_a_folder_keeps_its_whole_members_and_salvages_the_cut_optimizer(tmp_pat
     assert report.resume.model == "whole" and report.resume.counters == "recovered"
     assert report.resume.optimizer.startswith("partial:") and not report.resume.resumable
     out = tmp_path / "rescued"
-    assert json.loads((out / "trainer_state.json").read_text()) == json.loads((HF_FULL / "trainer_state.json").read_text())
+    assert json.loads((out / "trainer_state.json").read_text()) == json.loads(
+        (HF_FULL / "trainer_state.json").read_text()
+    )
     assert (out / "model.safetensors").read_bytes() == (HF_FULL / "model.safetensors").read_bytes()
     torch.load(out / "optimizer.pt", weights_only=True)
 
@@ -211,10 +219,10 @@ def test_salvage_never_writes_over_its_input_or_an_existing_file(tmp_path: Path)
 def test_a_folder_member_that_no_longer_reads_is_lost_never_copied(tmp_path: Path) -> None:
     folder = tmp_path / "accelerate"
     shutil.copytree(REAL / "accelerate", folder)
-    rng = folder / "random_states_0.pkl"                      # accelerate writes it with torch.save
-    rng.write_bytes(rng.read_bytes()[:100])                  # cut inside its data.pkl
+    rng = folder / "random_states_0.pkl"  # accelerate writes it with torch.save
+    rng.write_bytes(rng.read_bytes()[:100])  # cut inside its data.pkl
     weights = folder / "model.safetensors"
-    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])   # its header length overwritten
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])  # its header length overwritten
     (folder / "sampler.pkl").write_bytes(pickle.dumps({"epoch": 3, "seen": list(range(50))}, protocol=2)[:40])
     (folder / "notes.txt").write_text("lr sweep 3")
     report = salvage(folder, tmp_path / "rescued")
@@ -222,8 +230,14 @@ def test_a_folder_member_that_no_longer_reads_is_lost_never_copied(tmp_path: Pat
     assert set(lost) == {"random_states_0.pkl", "model.safetensors", "sampler.pkl"}
     assert "safetensors header is damaged" in lost["model.safetensors"]
     assert sorted(p.name for p in (tmp_path / "rescued").iterdir()) == [
-        "custom_checkpoint_0.pkl", "notes.txt", "optimizer.bin", "scheduler.bin"]
-    assert {r.name: r.checked for r in report.recovered} == {"notes.txt": "unchecked: copied as it is (no format ckptkit reads)"}
+        "custom_checkpoint_0.pkl",
+        "notes.txt",
+        "optimizer.bin",
+        "scheduler.bin",
+    ]
+    assert {r.name: r.checked for r in report.recovered} == {
+        "notes.txt": "unchecked: copied as it is (no format ckptkit reads)"
+    }
     assert all(m.complete for m in report.members)
 
 
@@ -233,12 +247,12 @@ def test_records_another_checkpoint_cannot_name_are_reported_lost(tmp_path: Path
     torch.save({"model_state_dict": torch.load(original, weights_only=True)["model_state_dict"]}, other)
     data = bytearray(original.read_bytes())
     at = data.find(b"data.pkl") + 60
-    data[at: at + 40] = b"\xff" * 40
+    data[at : at + 40] = b"\xff" * 40
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(bytes(data))
     report = salvage(damaged, tmp_path / "rescued.pt", names_from=other)
     unnamed = [x.name for x in report.lost if x.name.startswith("(unnamed")]
-    assert len(unnamed) == 12 and not report.complete     # AdamW's step, exp_avg, exp_avg_sq for 4 params
+    assert len(unnamed) == 12 and not report.complete  # AdamW's step, exp_avg, exp_avg_sq for 4 params
     got = tensors_by_path(torch.load(tmp_path / "rescued.pt", weights_only=True))
     want = tensors_by_path(torch.load(original, weights_only=True))
     assert sorted(got) == sorted(k for k in want if k.startswith("model_state_dict."))
