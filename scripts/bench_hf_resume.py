@@ -42,17 +42,10 @@ LOADERS = {
 }
 
 
-def run(
-    cfg: RankerConfig,
-    out: Path,
-    *,
-    exact: bool,
-    default_loader: bool,
-    resume: Path | None = None,
-    extra_draw: bool = False,
-) -> float:
+def run(cfg: RankerConfig, out: Path, *, exact: bool, default_loader: bool, resume: Path | None = None,
+        extra_draw: bool = False) -> float:
     trainer, _ = build_trainer(cfg, out, "cpu", exact=exact)
-    if default_loader:  # Trainer's own loader: accelerate's seedable sampler, reseeded per epoch
+    if default_loader:   # Trainer's own loader: accelerate's seedable sampler, reseeded per epoch
         trainer.get_train_dataloader = types.MethodType(type(trainer).__mro__[1].get_train_dataloader, trainer)
         trainer.data_collator = collate
     if extra_draw:
@@ -84,9 +77,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     per_step = []
     for index, (name, how) in enumerate(LOADERS.items()):
-        cfg = RankerConfig(
-            samples=36, epochs=2, val_iterations=3, patience=10, save_total_limit=None, loader_seed=how["loader_seed"]
-        )
+        cfg = RankerConfig(samples=36, epochs=2, val_iterations=3, patience=10, save_total_limit=None,
+                           loader_seed=how["loader_seed"])
         full_dir = out / f"{index}-full"
         per_step.append(run(cfg, full_dir, exact=True, default_loader=how["default_loader"]))
         full = final_state(full_dir)
@@ -95,23 +87,13 @@ def main() -> None:
             for stop in STOPS:
                 where = out / f"{index}-{exact}-{stop}"
                 resume = copy_checkpoint(full_dir / f"checkpoint-{stop}", where)
-                run(
-                    cfg,
-                    where,
-                    exact=exact,
-                    default_loader=how["default_loader"],
-                    resume=resume,
-                    extra_draw=how["extra_draw"],
-                )
+                run(cfg, where, exact=exact, default_loader=how["default_loader"], resume=resume,
+                    extra_draw=how["extra_draw"])
                 cells.append(verdict(full, final_state(where)))
-            print(
-                f"| {name} | {'Trainer + ExactResume' if exact else 'Trainer alone'} | " + " | ".join(cells) + " |",
-                flush=True,
-            )
-    print(
-        f"\nuninterrupted runs: {sum(per_step) / len(per_step):.3f} s per optimizer step on CPU "
-        "(2 micro-batches of 2 per step, eval + save every 3 steps)"
-    )
+            print(f"| {name} | {'Trainer + ExactResume' if exact else 'Trainer alone'} | " + " | ".join(cells) + " |",
+                  flush=True)
+    print(f"\nuninterrupted runs: {sum(per_step) / len(per_step):.3f} s per optimizer step on CPU "
+          "(2 micro-batches of 2 per step, eval + save every 3 steps)")
 
 
 if __name__ == "__main__":

@@ -212,9 +212,7 @@ def train_and_val(corpus_chars: int, block_size: int, seed: int) -> tuple[TextWi
     cut = int(len(tokens) * 0.9)
     return TextWindows(tokens[:cut], block_size), TextWindows(tokens[cut:], block_size)
 
-
 # -- model: a small GPT (after nanoGPT's model.py): pre-norm blocks, causal SDPA, tied embeddings --
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: LMConfig) -> None:
@@ -243,10 +241,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.n_embd, 4 * cfg.n_embd),
-            nn.GELU(),
-            nn.Linear(4 * cfg.n_embd, cfg.n_embd),
-            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +288,6 @@ class GPT(nn.Module):
 
 
 # -- training ------------------------------------------------------------------------------------
-
 
 def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
     """Linear warmup, then cosine decay to 10% at max_steps."""
@@ -358,12 +353,8 @@ class LMRun:
         p = self.progress
         saved: list[Path] = []
         status = "finished"
-        with CheckpointManager(
-            self.options.out,
-            keep_last=self.options.keep_last,
-            sharded=self.options.fsdp,
-            asynchronous=self.options.asynchronous_save,
-        ) as manager:
+        with CheckpointManager(self.options.out, keep_last=self.options.keep_last, sharded=self.options.fsdp,
+                               asynchronous=self.options.asynchronous_save) as manager:
             for leftover in manager.removed_leftovers:
                 self.log(
                     f"removed {leftover.name}: the unfinished write of a crashed save "
@@ -444,19 +435,10 @@ class LMRun:
     def _state(self) -> TrainingState:
         p = self.progress
         return TrainingState(
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            scaler=self.scaler,
-            config=self.cfg.to_dict(),
-            position=self.position,
-            global_step=p.global_step,
-            best_val_loss=p.best_val_loss,
-            last_val_loss=self.last_val_loss,
-            train_history=p.train_history,
-            val_history=p.val_history,
-            window_loss_sum=p.window_loss_sum,
-            trainer=TRAINER_NAME,
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            config=self.cfg.to_dict(), position=self.position, global_step=p.global_step,
+            best_val_loss=p.best_val_loss, last_val_loss=self.last_val_loss, train_history=p.train_history,
+            val_history=p.val_history, window_loss_sum=p.window_loss_sum, trainer=TRAINER_NAME,
         )
 
     def _restore(self, resume: ResumePoint) -> RestoredProgress:
@@ -511,15 +493,9 @@ def _make_optimizer(model: nn.Module, cfg: LMConfig) -> torch.optim.Optimizer:
 # -- command line: the original's presets; a resume may change the schedule flags ----------------
 
 CONFIG_FLAGS = {  # flag -> LMConfig field
-    "max_steps": "max_steps",
-    "save_interval": "save_interval",
-    "eval_interval": "eval_interval",
-    "log_interval": "log_interval",
-    "grad_accum": "grad_accum",
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "seed": "seed",
-    "precision": "precision",
+    "max_steps": "max_steps", "save_interval": "save_interval", "eval_interval": "eval_interval",
+    "log_interval": "log_interval", "grad_accum": "grad_accum", "batch_size": "batch_size",
+    "lr": "learning_rate", "seed": "seed", "precision": "precision",
 }
 
 
@@ -593,16 +569,8 @@ def prepare(
         return cfg, run_options(args, out), None
     point = load_for_resume(args.resume)
     changes = {f: f"--{f.replace('_', '-')} {{value}} used (the run had {{old}})" for f in SCHEDULE_FIELDS}
-    cfg, notes = config_for_resume(
-        point,
-        args,
-        overrides,
-        LMConfig,
-        TRAINER_NAME,
-        "LM",
-        changes,
-        hints={"max_steps": "; to train longer use --extend-steps"},
-    )
+    cfg, notes = config_for_resume(point, args, overrides, LMConfig, TRAINER_NAME, "LM", changes,
+                                   hints={"max_steps": "; to train longer use --extend-steps"})
     if args.extend_steps is not None:
         if args.extend_steps <= point.global_step:
             raise CkptkitError(
@@ -615,10 +583,8 @@ def prepare(
     at = render_progress(point.position, point.global_step, cfg.max_steps) if point.position is not None else None
     _say("\n".join(resume_report(point, at, notes)))
     if point.global_step >= cfg.max_steps:
-        return (
-            f"{point.path} is a finished run: step {point.global_step} of max_steps {cfg.max_steps}. "
-            f"Nothing to resume. To train further: --extend-steps N (N > {point.global_step})."
-        )
+        return (f"{point.path} is a finished run: step {point.global_step} of max_steps {cfg.max_steps}. "
+                f"Nothing to resume. To train further: --extend-steps N (N > {point.global_step}).")
     return cfg, run_options(args, out), point
 
 

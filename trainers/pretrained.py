@@ -242,17 +242,11 @@ class PretrainedRun:
         max_steps = cfg.epochs * self.sampler.steps_per_epoch // cfg.grad_accum
         saved: list[Path] = []
         status = "finished"
-        with CheckpointManager(
-            self.options.out,
-            keep_last=self.options.keep_last,
-            layout=PRETRAINED,
-            asynchronous=self.options.asynchronous_save,
-        ) as manager:
+        with CheckpointManager(self.options.out, keep_last=self.options.keep_last, layout=PRETRAINED,
+                               asynchronous=self.options.asynchronous_save) as manager:
             for leftover in manager.removed_leftovers:
-                self.display.message(
-                    f"removed {leftover.name}: the unfinished write of a crashed save "
-                    "(the checkpoint it was to replace is intact)"
-                )
+                self.display.message(f"removed {leftover.name}: the unfinished write of a crashed save "
+                                     "(the checkpoint it was to replace is intact)")
             batches = self.sampler.iterate_from(r.position)
             while r.position.epoch < cfg.epochs:
                 sample_ids = next(batches).sample_ids
@@ -291,11 +285,9 @@ class PretrainedRun:
         r.last_f1 = f1
         if improved:
             r.best_f1, r.best_acc = f1, acc
-        self.display.message(
-            f"epoch {r.position.epoch}/{self.cfg.epochs} COMPLETED | step {r.global_step} | "
-            f"val f1 {f1:.4f} | val acc {acc:.4f}{' (best)' if improved else ''} | "
-            f"lr {self.optimizer.param_groups[0]['lr']:.2e}"
-        )
+        self.display.message(f"epoch {r.position.epoch}/{self.cfg.epochs} COMPLETED | step {r.global_step} | "
+                             f"val f1 {f1:.4f} | val acc {acc:.4f}{' (best)' if improved else ''} | "
+                             f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
         return (["best"] if improved else []) + ["final" if r.position.epoch >= self.cfg.epochs else "periodic"]
 
     @torch.no_grad()
@@ -309,20 +301,10 @@ class PretrainedRun:
     def _state(self) -> TrainingState:
         r = self.record
         return TrainingState(
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            scaler=self.scaler,
-            config=self.cfg.to_dict(),
-            position=r.position,
-            global_step=r.global_step,
-            trainer=TRAINER_NAME,
-            family_fields={
-                keys.BEST_F1: max(r.best_f1, 0.0),
-                keys.BEST_ACC: r.best_acc,
-                keys.VAL_F1: r.last_f1,
-                keys.MODEL_CONFIG: self.cfg.model_config(),
-            },
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            config=self.cfg.to_dict(), position=r.position, global_step=r.global_step, trainer=TRAINER_NAME,
+            family_fields={keys.BEST_F1: max(r.best_f1, 0.0), keys.BEST_ACC: r.best_acc, keys.VAL_F1: r.last_f1,
+                           keys.MODEL_CONFIG: self.cfg.model_config()},
         )
 
     def _restore(self, resume: ResumePoint) -> ClassifierRecord:
@@ -339,8 +321,7 @@ class PretrainedRun:
         self.notes += restored.warnings
         best_f1 = ckpt.get(keys.BEST_F1)
         return ClassifierRecord(
-            global_step=int(ckpt.get("global_step", 0)),
-            position=position,
+            global_step=int(ckpt.get("global_step", 0)), position=position,
             best_f1=float(best_f1) if best_f1 is not None and position.epoch > 0 else -1.0,
             best_acc=float(ckpt.get(keys.BEST_ACC) or 0.0),
         )
@@ -348,19 +329,11 @@ class PretrainedRun:
 
 # -- command line: the original's flags; a resume may change --epochs and --save-steps -----------
 
-CONFIG_FLAGS = {
-    "batch_size": "batch_size",
-    "gradient_accumulation": "grad_accum",
-    "lr": "learning_rate",
-    "seed": "seed",
-    "precision": "precision",
-    "epochs": "epochs",
-    "save_steps": "save_steps",
-}  # flag -> ClassifierConfig field
-RESUME_CHANGES = {
-    "epochs": "--epochs {value} from here on (the run had {old})",
-    "save_steps": "--save-steps {value} from here on (the run had {old})",
-}
+CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
+                "seed": "seed", "precision": "precision", "epochs": "epochs",
+                "save_steps": "save_steps"}  # flag -> ClassifierConfig field
+RESUME_CHANGES = {"epochs": "--epochs {value} from here on (the run had {old})",
+                  "save_steps": "--save-steps {value} from here on (the run had {old})"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,16 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run.run()
     out, r = run.options.out, result.record
     if result.status == "interrupted":
-        run.display.message(
-            f"interrupted in epoch {r.position.epoch + 1} after batch {r.position.batch_in_epoch}/"
-            f"{r.position.steps_per_epoch}; saved {out / 'last_checkpoint'}"
-        )
+        run.display.message(f"interrupted in epoch {r.position.epoch + 1} after batch {r.position.batch_in_epoch}/"
+                            f"{r.position.steps_per_epoch}; saved {out / 'last_checkpoint'}")
         run.display.message(f"resume with: python -m {MODULE} --resume {out}")
         return run.stop.exit_code
-    run.display.message(
-        f"finished: {r.position.epoch} epochs, step {r.global_step}; best val f1 {r.best_f1:.4f}; "
-        f"model in {out / 'last_checkpoint'}"
-    )
+    run.display.message(f"finished: {r.position.epoch} epochs, step {r.global_step}; best val f1 {r.best_f1:.4f}; "
+                        f"model in {out / 'last_checkpoint'}")
     return EXIT_OK
 
 
@@ -439,10 +408,8 @@ def prepare(
     print("\n".join(resume_report(point, at, notes)), flush=True)
     done = point.position.epoch if point.position is not None else int(point.checkpoint.get(keys.EPOCH, 0))
     if done >= cfg.epochs:
-        return (
-            f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-            f"To train further: --epochs N (N > {done})."
-        )
+        return (f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
+                f"To train further: --epochs N (N > {done}).")
     return cfg, run_options(args, out), point
 
 

@@ -322,19 +322,10 @@ class RecsysRun:
     def _state(self) -> TrainingState:
         r = self.record
         return TrainingState(
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            scaler=self.scaler,
-            config=self.cfg.to_dict(),
-            position=r.position,
-            global_step=r.global_step,
-            trainer=TRAINER_NAME,
-            family_fields={
-                keys.ACCURACY: r.accuracy,
-                keys.BEST_ACC: r.best_acc if math.isfinite(r.best_acc) else None,
-                keys.EPOCH_LOSS_SUM: r.epoch_loss_sum,
-            },
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            config=self.cfg.to_dict(), position=r.position, global_step=r.global_step, trainer=TRAINER_NAME,
+            family_fields={keys.ACCURACY: r.accuracy, keys.BEST_ACC: r.best_acc if math.isfinite(r.best_acc) else None,
+                           keys.EPOCH_LOSS_SUM: r.epoch_loss_sum},
         )
 
     def _restore(self, resume: ResumePoint) -> RecsysRecord:
@@ -351,8 +342,7 @@ class RecsysRun:
             set_peak_lr(self.optimizer, self.scheduler, lr, lr_factor(step, self.cfg.warmup_steps, self.cfg.lr_decay))
         best, accuracy = ckpt.get(keys.BEST_ACC), ckpt.get(keys.ACCURACY)
         return RecsysRecord(
-            global_step=restored.global_step,
-            position=position,
+            global_step=restored.global_step, position=position,
             accuracy=None if accuracy is None else float(accuracy),
             best_acc=-math.inf if best is None else float(best),
             epoch_loss_sum=float(ckpt.get(keys.EPOCH_LOSS_SUM, 0.0)),
@@ -361,14 +351,8 @@ class RecsysRun:
 
 # -- command line: the original's flags (--lr, --num_epochs, --resume_from_checkpoint) ----------
 
-CONFIG_FLAGS = {
-    "batch_size": "batch_size",
-    "gradient_accumulation": "grad_accum",
-    "lr": "learning_rate",
-    "seed": "seed",
-    "precision": "precision",
-    "epochs": "epochs",
-}  # flag -> RecsysConfig field
+CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
+                "seed": "seed", "precision": "precision", "epochs": "epochs"}  # flag -> RecsysConfig field
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,13 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, help=f"run directory (default {DEFAULT_OUT}; on resume: the checkpoint's run)"
     )
-    parser.add_argument(
-        "--resume",
-        "--resume_from_checkpoint",
-        type=Path,
-        metavar="PATH|RUN_DIR",
-        help="checkpoint, or run directory (newest valid)",
-    )
+    parser.add_argument("--resume", "--resume_from_checkpoint", type=Path, metavar="PATH|RUN_DIR",
+                        help="checkpoint, or run directory (newest valid)")
     add_run_flags(parser)
     parser.set_defaults(keep_last=None)  # every checkpoint name is overwritten in place: nothing to prune
     return parser
@@ -423,17 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.status == "interrupted":
         # an epoch's end and the interrupt may both have written checkpoint-recent.pth
         saved = ", ".join(dict.fromkeys(p.name for p in result.checkpoints))
-        run.display.message(
-            f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
-            f"{position.steps_per_epoch}; saved {saved}"
-        )
+        run.display.message(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
+                            f"{position.steps_per_epoch}; saved {saved}")
         run.display.message(f"resume with: python -m {MODULE} --resume {out}")
         return run.stop.exit_code
     final = [p.name for p in result.checkpoints if p.name == keys.FINAL_NAME]
-    run.display.message(
-        f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
-        f"{out / final[-1] if final else out}"
-    )
+    run.display.message(f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
+                        f"{out / final[-1] if final else out}")
     return EXIT_OK
 
 
@@ -446,10 +421,8 @@ def prepare(
         if error := existing_run_error(out):
             return error
         cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        print(
-            f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}",
-            flush=True,
-        )
+        print(f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}",
+              flush=True)
         return cfg, run_options(args, out), None
     point = load_for_resume(args.resume)
     cfg, notes = config_for_resume(point, args, overrides, RecsysConfig, TRAINER_NAME)
@@ -459,10 +432,8 @@ def prepare(
     # the original's 'epoch' is the index of the last finished epoch (-1: none)
     done = point.position.epoch if point.position is not None else int(point.checkpoint.get(keys.EPOCH, -1)) + 1
     if done >= cfg.epochs:
-        return (
-            f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-            f"To train further: --epochs N (N > {done})."
-        )
+        return (f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
+                f"To train further: --epochs N (N > {done}).")
     return cfg, run_options(args, out), point
 
 

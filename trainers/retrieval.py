@@ -263,17 +263,11 @@ class RetrievalRun:
         max_steps = cfg.epochs * self.sampler.steps_per_epoch // cfg.grad_accum
         saved: list[Path] = []
         status = "finished"
-        with CheckpointManager(
-            self.options.out,
-            keep_last=self.options.keep_last,
-            layout=RETRIEVAL,
-            asynchronous=self.options.asynchronous_save,
-        ) as manager:
+        with CheckpointManager(self.options.out, keep_last=self.options.keep_last, layout=RETRIEVAL,
+                               asynchronous=self.options.asynchronous_save) as manager:
             for leftover in manager.removed_leftovers:
-                self.display.message(
-                    f"removed {leftover.name}: the unfinished write of a crashed save "
-                    "(the checkpoint it was to replace is intact)"
-                )
+                self.display.message(f"removed {leftover.name}: the unfinished write of a crashed save "
+                                     "(the checkpoint it was to replace is intact)")
             batches = self.sampler.iterate_from(r.position)
             while r.position.epoch < cfg.epochs:
                 users, items = (t.to(self.device) for t in self.data.batch(next(batches).sample_ids))
@@ -311,9 +305,8 @@ class RetrievalRun:
             f"recall@10 {recall:.4f}{' (best)' if improved else ''} | "
             f"lr {self.optimizer.param_groups[0]['lr']:.2e}"
         )
-        return (
-            (["best"] if improved else []) + ["periodic"] + (["final"] if r.position.epoch >= self.cfg.epochs else [])
-        )
+        final = r.position.epoch >= self.cfg.epochs
+        return (["best"] if improved else []) + ["periodic"] + (["final"] if final else [])
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -328,19 +321,12 @@ class RetrievalRun:
     def _state(self) -> TrainingState:
         r = self.record
         return TrainingState(
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            scaler=self.scaler,
-            config=self.cfg.to_dict(),
-            position=r.position,
-            global_step=r.global_step,
-            trainer=TRAINER_NAME,
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            config=self.cfg.to_dict(), position=r.position, global_step=r.global_step, trainer=TRAINER_NAME,
             family_fields={
                 keys.LOSS: r.train_losses[-1] if r.train_losses else None,
                 keys.RECALL: r.val_recalls[-1] if r.val_recalls else None,
-                keys.TRAIN_LOSSES: r.train_losses,
-                keys.VAL_RECALLS: r.val_recalls,
+                keys.TRAIN_LOSSES: r.train_losses, keys.VAL_RECALLS: r.val_recalls,
                 keys.EPOCH_LOSS_SUM: r.epoch_loss_sum,
             },
         )
@@ -358,8 +344,7 @@ class RetrievalRun:
             lr, step = self.cfg.learning_rate, self.scheduler.last_epoch
             set_peak_lr(self.optimizer, self.scheduler, lr, lr_factor(step, self.cfg.warmup_steps, self.cfg.lr_decay))
         return RetrievalRecord(
-            global_step=restored.global_step,
-            position=position,
+            global_step=restored.global_step, position=position,
             train_losses=[float(x) for x in ckpt.get(keys.TRAIN_LOSSES) or []],
             val_recalls=[float(x) for x in ckpt.get(keys.VAL_RECALLS) or []],
             epoch_loss_sum=float(ckpt.get(keys.EPOCH_LOSS_SUM, 0.0)),
@@ -368,31 +353,19 @@ class RetrievalRun:
 
 # -- command line: the original's flags (--batch, --gradient-accumulation, --mixed-precision) ----
 
-CONFIG_FLAGS = {
-    "batch": "batch_size",
-    "gradient_accumulation": "grad_accum",
-    "lr": "learning_rate",
-    "seed": "seed",
-    "precision": "precision",
-    "epochs": "epochs",
-}  # flag -> RetrievalConfig field
+CONFIG_FLAGS = {"batch": "batch_size", "gradient_accumulation": "grad_accum", "lr": "learning_rate",
+                "seed": "seed", "precision": "precision", "epochs": "epochs"}  # flag -> RetrievalConfig field
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {MODULE}", description="Two-tower retrieval model on built-in synthetic interactions."
-    )
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
+                                     description="Two-tower retrieval model on built-in synthetic interactions.")
     parser.add_argument("--config", choices=sorted(PRESETS), help=f"model/data preset (default {DEFAULT_PRESET})")
     parser.add_argument("--batch", type=int, help="batch size (the original's default 64)")
     parser.add_argument("--epochs", type=int, help="total epochs; on resume, raise it to train further")
     parser.add_argument("--gradient-accumulation", type=int, help="batches per optimizer step (default 2)")
-    parser.add_argument(
-        "--mixed-precision",
-        action="store_const",
-        const="fp16",
-        dest="precision",
-        help="fp16 autocast with a GradScaler (CUDA), as the original; its state is saved",
-    )
+    parser.add_argument("--mixed-precision", action="store_const", const="fp16", dest="precision",
+                        help="fp16 autocast with a GradScaler (CUDA), as the original; its state is saved")
     parser.add_argument(
         "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU"
     )
@@ -431,17 +404,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run.run()
     out, position = run.options.out, result.record.position
     if result.status == "interrupted":
-        run.display.message(
-            f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
-            f"{position.steps_per_epoch}; saved {', '.join(p.name for p in result.checkpoints)}"
-        )
+        run.display.message(f"interrupted in epoch {position.epoch + 1} after batch {position.batch_in_epoch}/"
+                            f"{position.steps_per_epoch}; saved {', '.join(p.name for p in result.checkpoints)}")
         run.display.message(f"resume with: python -m {MODULE} --resume {out}")
         return run.stop.exit_code
     final = [p.name for p in result.checkpoints if p.name.startswith("final_")]
-    run.display.message(
-        f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
-        f"{out / final[-1] if final else out}"
-    )
+    run.display.message(f"finished: {position.epoch} epochs, step {result.record.global_step}; final checkpoint "
+                        f"{out / final[-1] if final else out}")
     return EXIT_OK
 
 
@@ -454,10 +423,8 @@ def prepare(
         if error := existing_run_error(out):
             return error
         cfg = PRESETS[args.config or DEFAULT_PRESET].with_overrides(**overrides)
-        print(
-            f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}",
-            flush=True,
-        )
+        print(f"training {cfg.name} ({cfg.num_users} users, {cfg.num_items} items, {cfg.epochs} epochs) into {out}",
+              flush=True)
         return cfg, run_options(args, out), None
     point = load_for_resume(args.resume)
     cfg, notes = config_for_resume(point, args, overrides, RetrievalConfig, TRAINER_NAME)
@@ -466,10 +433,8 @@ def prepare(
     print("\n".join(resume_report(point, at, notes)), flush=True)
     done = point.position.epoch if point.position is not None else int(point.checkpoint.get(keys.EPOCH, 0))
     if done >= cfg.epochs:
-        return (
-            f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
-            f"To train further: --epochs N (N > {done})."
-        )
+        return (f"{point.path} is a finished run: epoch {done} of {cfg.epochs}. Nothing to resume. "
+                f"To train further: --epochs N (N > {done}).")
     return cfg, run_options(args, out), point
 
 

@@ -171,9 +171,8 @@ class ExactResume(TrainerCallback):
             },
         )
         metric = _metric(args, state)
-        errors = commit_checkpoint(
-            folder, global_step=state.global_step, epoch=state.epoch, trainer=self.trainer_name, metric=metric
-        )
+        errors = commit_checkpoint(folder, global_step=state.global_step, epoch=state.epoch,
+                                   trainer=self.trainer_name, metric=metric)
         if errors:
             logger.error("%s: not confirmed, a resume passes over it: %s", folder, errors[0])
         rotate(_output_dir(args), args.save_total_limit, state.best_model_checkpoint)
@@ -193,12 +192,10 @@ class ExactResume(TrainerCallback):
     def _counters(self) -> dict[str, Any]:
         trainer = self._trainer()
         tr_loss = getattr(trainer, "_tr_loss", None)
-        return {
-            "tr_loss": float(tr_loss.item()) if isinstance(tr_loss, torch.Tensor) else 0.0,
-            "total_loss_scalar": float(getattr(trainer, "_total_loss_scalar", 0.0)),
-            "globalstep_last_logged": int(getattr(trainer, "_globalstep_last_logged", 0)),
-            "initial_global_step": int(getattr(trainer, "_initial_global_step", 0)),
-        }
+        return {"tr_loss": float(tr_loss.item()) if isinstance(tr_loss, torch.Tensor) else 0.0,
+                "total_loss_scalar": float(getattr(trainer, "_total_loss_scalar", 0.0)),
+                "globalstep_last_logged": int(getattr(trainer, "_globalstep_last_logged", 0)),
+                "initial_global_step": int(getattr(trainer, "_initial_global_step", 0))}
 
     def _restore_counters(self, saved: dict[str, Any]) -> None:
         # The loss logged next, and train_loss at the end, average over the same steps as the
@@ -219,12 +216,9 @@ class ExactResume(TrainerCallback):
                 logger.warning("%s: %s was %r, now %r", self.resume_from, key, old, new)
         if refused:
             listed = "; ".join(f"{k} was {old!r} at the save, now {new!r}" for k, old, new in refused)
-            raise ResumeRefusedError(
-                self.resume_from,
-                f"resuming with other arguments would shift the batches "
-                f"or the learning-rate schedule: {listed}. Resume with the saved values, "
-                f"or allow a deliberate change with ExactResume(allow_changes=...)",
-            )
+            raise ResumeRefusedError(self.resume_from, f"resuming with other arguments would shift the batches "
+                                     f"or the learning-rate schedule: {listed}. Resume with the saved values, "
+                                     f"or allow a deliberate change with ExactResume(allow_changes=...)")
 
 
 _GUARDED_OUTPUT_DIRS: set[str] = set()
@@ -263,11 +257,9 @@ def hyperparameters(args: TrainingArguments, state: TrainerState, train_dataload
     values: dict[str, Any] = {name: getattr(args, name, None) for name in (*DATA_ORDER, *SCHEDULE, *HARMLESS)}
     values["train_samples"] = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
     values["batches_per_epoch"] = len(train_dataloader) if hasattr(train_dataloader, "__len__") else None
-    values["max_steps"] = state.max_steps  # what Trainer derived from epochs, or args.max_steps
-    return {
-        k: (float(v) if isinstance(v, float) else v if isinstance(v, (int, str, bool, type(None))) else str(v))
-        for k, v in values.items()
-    }
+    values["max_steps"] = state.max_steps   # what Trainer derived from epochs, or args.max_steps
+    return {k: (float(v) if isinstance(v, float) else v if isinstance(v, (int, str, bool, type(None))) else str(v))
+            for k, v in values.items()}
 
 
 def dataloader_generators(loader: Any) -> dict[str, torch.Generator]:
@@ -294,10 +286,8 @@ def dataloader_generators(loader: Any) -> dict[str, torch.Generator]:
 
 
 def capture_random_states(generators: dict[str, torch.Generator]) -> dict[str, Any]:
-    states: dict[str, Any] = {
-        "torch_cpu": _b64(torch.get_rng_state()),
-        "generators": {name: _b64(g.get_state()) for name, g in generators.items()},
-    }
+    states: dict[str, Any] = {"torch_cpu": _b64(torch.get_rng_state()),
+                              "generators": {name: _b64(g.get_state()) for name, g in generators.items()}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["torch_cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return states
@@ -309,11 +299,8 @@ def restore_random_states(states: dict[str, Any], generators: dict[str, torch.Ge
         torch.cuda.set_rng_state_all([_unb64(s) for s in states["torch_cuda"]])
     saved = states.get("generators", {})
     if unknown := sorted(set(generators) - set(saved)):
-        raise ResumeRefusedError(
-            None,
-            f"the train dataloader draws from {', '.join(unknown)}, which the checkpoint "
-            "did not record: its data order cannot be replayed",
-        )
+        raise ResumeRefusedError(None, f"the train dataloader draws from {', '.join(unknown)}, which the checkpoint "
+                                 "did not record: its data order cannot be replayed")
     # A recorded generator the fresh loader does not have yet is one its sampler creates and seeds
     # itself inside iter() (accelerate's SeedableRandomSampler: seed + epoch): nothing to restore.
     for name, generator in generators.items():
@@ -357,3 +344,4 @@ def _b64(tensor: torch.Tensor) -> str:
 
 def _unb64(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+

@@ -91,16 +91,8 @@ def _panel(ax: Any, title: str, series: list[Series], data: PlotData, styles: di
         for r in data.resumes:
             if r.run == run and r.axis in axis_names:
                 ax.axvline(r.step, color="0.35", ls="--", lw=1)
-                ax.annotate(
-                    f"{run} resumed",
-                    (r.step, 0.98),
-                    xycoords=("data", "axes fraction"),
-                    fontsize=7,
-                    rotation=90,
-                    va="top",
-                    ha="right",
-                    color="0.35",
-                )
+                ax.annotate(f"{run} resumed", (r.step, 0.98), xycoords=("data", "axes fraction"), fontsize=7,
+                            rotation=90, va="top", ha="right", color="0.35")
     ax.set_title(title, fontsize=10, loc="left")
     ax.set_xlabel(" / ".join(sorted(axis_names)))
     ax.grid(alpha=0.3)

@@ -46,18 +46,13 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
         rebuilt = rebuild(ckpt.tree, _by_key_or_order(ckpt.tree, records, damaged), _optimizer_key(ckpt))
         report.lost.append(LostItem("data.pkl", _why(scan, f"{prefix}/data.pkl")))
         report.notes.append(f"names, shapes and every non-tensor value (counters, settings) come from {names_from}")
-        counters = (
-            f"taken from {names_from.name} ({ckpt.progress.describe()}), not from the damaged file: "
-            "set them with `ckptkit fix-epoch`"
-        )
+        counters = (f"taken from {names_from.name} ({ckpt.progress.describe()}), not from the damaged file: "
+                    "set them with `ckptkit fix-epoch`")
     else:
-        raise CorruptCheckpointError(
-            path,
-            f"{prefix}/data.pkl (the names and shapes of every tensor) is "
-            f"{_why(scan, prefix + '/data.pkl')}; {len(records)} tensor records are intact. "
-            "Give another checkpoint of the same run to name them: "
-            f"ckptkit salvage {path} OUT --names-from OTHER",
-        )
+        raise CorruptCheckpointError(path, f"{prefix}/data.pkl (the names and shapes of every tensor) is "
+                                     f"{_why(scan, prefix + '/data.pkl')}; {len(records)} tensor records are intact. "
+                                     "Give another checkpoint of the same run to name them: "
+                                     f"ckptkit salvage {path} OUT --names-from OTHER")
     report.recovered.extend(rebuilt.recovered)
     report.lost.extend(rebuilt.lost)
     written = {w.offset for w in rebuilt.ranges.values()}
@@ -73,10 +68,8 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
             for k in sorted(unused, key=lambda k: (len(k), k))
         )
     elif unused:
-        report.notes.append(
-            f"{len(unused)} intact record(s) that data.pkl does not name were left out "
-            f"({sum(records[k].where.length for k in unused)} bytes)"
-        )
+        report.notes.append(f"{len(unused)} intact record(s) that data.pkl does not name were left out "
+                            f"({sum(records[k].where.length for k in unused)} bytes)")
     report.resume = resumability(ckpt, report, counters, counters.startswith(("recovered", "none")))
     return report, rebuilt, prefix
 
@@ -84,7 +77,7 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
 def _optimizer_key(ckpt: Checkpoint) -> str | None:
     source = ckpt.sources.get("optimizer")
     if source is None or not isinstance(ckpt.optimizer, dict) or "state" not in ckpt.optimizer:
-        return None  # (Lightning keeps a list of optimizer states: whole-list loss covers it)
+        return None    # (Lightning keeps a list of optimizer states: whole-list loss covers it)
     return "" if source == "(top level)" else source
 
 
@@ -112,10 +105,8 @@ def _by_key(
     if rec is None:
         return f"record data/{storage.key}: {damaged.get(storage.key, _MISSING)}"
     if rec.where.length != storage.nbytes:
-        return (
-            f"record data/{storage.key} holds {rec.where.length} bytes but its tensors need "
-            f"{storage.nbytes}: a header was damaged"
-        )
+        return (f"record data/{storage.key} holds {rec.where.length} bytes but its tensors need "
+                f"{storage.nbytes}: a header was damaged")
     return rec.where, rec.crc
 
 
@@ -159,10 +150,8 @@ def _by_key_or_order(tree: Any, records: dict[str, FoundRecord], damaged: dict[s
     def locate(s: StorageRef) -> tuple[ByteRange, int] | str:
         if id(s) in matched:
             return matched[id(s)]
-        return "no intact record of the damaged file matches it by key and size" + (
-            f" (record data/{s.key}: {damaged[s.key]})" if s.key in damaged else ""
-        )
-
+        return ("no intact record of the damaged file matches it by key and size"
+                + (f" (record data/{s.key}: {damaged[s.key]})" if s.key in damaged else ""))
     return locate
 
 

@@ -139,7 +139,8 @@ def _name(raw: bytes, name_len: int) -> str | None:
     return name
 
 
-def _from_header(fd: int, start: int, length: int, crc: int, size: int, path: Path) -> tuple[ByteRange, int, int] | str:
+def _from_header(fd: int, start: int, length: int, crc: int, size: int,
+                 path: Path) -> tuple[ByteRange, int, int] | str:
     if length < 0:
         return "its header is damaged (zip64 size missing)"
     if start + length > size:
@@ -155,8 +156,8 @@ def _from_descriptor(fd: int, view: _File, start: int, path: Path) -> tuple[Byte
     at = view.find(DESCRIPTOR_MAGIC, start)
     while at >= 0:
         length = at - start
-        small = view[at + 4 : at + 16]
-        large = view[at + 4 : at + 24]
+        small = view[at + 4: at + 16]
+        large = view[at + 4: at + 24]
         if len(small) == 12 and struct.unpack("<LLL", small)[1:] == (length, length):
             crc, end = struct.unpack("<L", small[:4])[0], at + 16
         elif len(large) == 20 and struct.unpack("<LQQ", large)[1:] == (length, length):
@@ -175,7 +176,7 @@ def _zip64_size(extra: bytes) -> int:
         kind, length = struct.unpack("<HH", extra[:4])
         if kind == 1 and length >= 16:
             return struct.unpack("<QQ", extra[4:20])[1]
-        extra = extra[4 + length :]
+        extra = extra[4 + length:]
     return -1
 
 
@@ -189,8 +190,5 @@ def _drop_duplicates(scan: ZipScan) -> None:
     for record in scan.damaged:
         if record.reason.startswith("a second record") and record.name in scan.found:
             first = scan.found.pop(record.name)
-            scan.damaged.append(
-                DamagedRecord(
-                    record.name, first.header_offset, "a second record has the same name: a header was damaged"
-                )
-            )
+            scan.damaged.append(DamagedRecord(record.name, first.header_offset,
+                                              "a second record has the same name: a header was damaged"))

@@ -147,16 +147,8 @@ def _metric(state: TrainingState) -> float | None:
     return None if value is None else float(value)
 
 
-PRETRAINED = register_layout(
-    CheckpointLayout(
-        name="training-state",
-        required_keys=(MODEL, OPTIMIZER, EPOCH),
-        metric_name="val_f1",
-        metric_mode="max",
-        checkpoint_name=_name,
-        owns_name=lambda name: name in (LAST_NAME, BEST_NAME),
-        family_fields=_fields,
-        metric=_metric,
-        write=write_model_folder,
-    )
-)
+PRETRAINED = register_layout(CheckpointLayout(
+    name="training-state", required_keys=(MODEL, OPTIMIZER, EPOCH), metric_name="val_f1", metric_mode="max",
+    checkpoint_name=_name, owns_name=lambda name: name in (LAST_NAME, BEST_NAME),
+    family_fields=_fields, metric=_metric, write=write_model_folder,
+))

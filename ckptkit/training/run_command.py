@@ -50,28 +50,16 @@ def add_run_flags(parser: argparse.ArgumentParser, fsdp: bool = False) -> None:
         "--kill-at-micro-step", type=int, metavar="M", help="SIGKILL this process after batch M (a real crash)"
     )
     parser.add_argument("--stop-at-micro-step", type=int, metavar="M", help="interrupt after batch M: save there, exit")
-    parser.add_argument(
-        "--progress-every",
-        type=float,
-        default=DEFAULT_PROGRESS_EVERY,
-        metavar="SECONDS",
-        help="when stdout is not a terminal, a progress line every SECONDS (0: none; "
-        f"default {DEFAULT_PROGRESS_EVERY:g}); a terminal gets a live line",
-    )
+    parser.add_argument("--progress-every", type=float, default=DEFAULT_PROGRESS_EVERY, metavar="SECONDS",
+                        help="when stdout is not a terminal, a progress line every SECONDS (0: none; "
+                             f"default {DEFAULT_PROGRESS_EVERY:g}); a terminal gets a live line")
 
 
 def run_options(args: argparse.Namespace, out: Path) -> RunOptions:
     every = args.progress_every if args.progress_every and args.progress_every > 0 else None
-    return RunOptions(
-        out=out,
-        keep_last=args.keep_last,
-        device=args.device,
-        asynchronous_save=not args.sync_save,
-        fsdp=getattr(args, "fsdp", False),
-        kill_at_micro_step=args.kill_at_micro_step,
-        stop_at_micro_step=args.stop_at_micro_step,
-        progress_every=every,
-    )
+    return RunOptions(out=out, keep_last=args.keep_last, device=args.device, asynchronous_save=not args.sync_save,
+                      fsdp=getattr(args, "fsdp", False), kill_at_micro_step=args.kill_at_micro_step,
+                      stop_at_micro_step=args.stop_at_micro_step, progress_every=every)
 
 
 def existing_run_error(out: Path) -> str | None:
@@ -81,16 +69,10 @@ def existing_run_error(out: Path) -> str | None:
     return None
 
 
-def config_for_resume(
-    point: ResumePoint,
-    args: argparse.Namespace,
-    overrides: dict[str, Any],
-    config_type: type[C],
-    trainer: str,
-    label: str | None = None,
-    changes: Mapping[str, str] = SEED_CHANGES,
-    hints: Mapping[str, str] | None = None,
-) -> tuple[C, list[str]]:
+def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: dict[str, Any],
+                      config_type: type[C], trainer: str, label: str | None = None,
+                      changes: Mapping[str, str] = SEED_CHANGES,
+                      hints: Mapping[str, str] | None = None) -> tuple[C, list[str]]:
     """The run's config from the checkpoint, with the flags a resume may change (``changes``),
     and notes. ``label`` names the trainer in errors where its users know it by another name;
     ``hints``: what to add to the note of a flag that is ignored (how to change it instead)."""

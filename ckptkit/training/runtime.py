@@ -136,13 +136,8 @@ def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float, fac
         group["initial_lr"], group["lr"] = lr, lr * factor
 
 
-def clip_and_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    max_norm: float = 1.0,
-) -> None:
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                  scaler: torch.amp.GradScaler, max_norm: float = 1.0) -> None:
     """The end of an accumulation window: unscale, clip, step (skipped by the scaler on inf),
     zero the gradients, advance the schedule."""
     scaler.unscale_(optimizer)
@@ -154,7 +149,6 @@ def clip_and_step(
 
 
 # -- several ranks (torchrun): the same calls work with one process, where they do nothing -------
-
 
 @contextlib.contextmanager
 def distributed_session() -> Iterator[None]:

@@ -30,7 +30,7 @@ def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_
     listed = _run("-m", "ckptkit", "ls", str(out), "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {row["path"]: row for row in json.loads(listed.stdout)["checkpoints"]}
-    assert rows["checkpoint-4"]["markers"] == ["latest", "best", "resume"]  # not "final": it stopped early
+    assert rows["checkpoint-4"]["markers"] == ["latest", "best", "resume"]   # not "final": it stopped early
     assert rows["checkpoint-4"]["progress"]["global_step"] == 4
     assert all(row["health"]["status"] == "ok" for row in rows.values())
     assert _run("-m", "ckptkit", "validate", str(out / "checkpoint-4")).returncode == 0
@@ -48,3 +48,4 @@ def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_
     cfg = RankerConfig(samples=12, epochs=2, val_iterations=1)
     train(cfg, tmp_path / "uninterrupted")
     assert differences(final_state(tmp_path / "uninterrupted"), final_state(out)) == []
+

@@ -126,15 +126,13 @@ def test_a_run_without_histories_exits_2_and_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["plot", str(REAL / "lightning"), "--json"])
     assert result.exit_code == 2
     assert json.loads(result.output)["notes"] == [
-        "no checkpoint below it carries a history (a loss or metric per step or epoch)"
-    ]
+        "no checkpoint below it carries a history (a loss or metric per step or epoch)"]
 
 
 def test_a_save_left_unfinished_before_later_checkpoints_marks_a_resume_at_the_whole_one_before_it(
-    tmp_path: Path,
-) -> None:
+        tmp_path: Path) -> None:
     lm_file(tmp_path / "checkpoint_step_2.pt", 2, [3.0, 2.5])
-    lm_file(tmp_path / "checkpoint_step_3.pt.ckptkit-tmp-new-1a2b", 3, [3.0, 2.5, 2.2])  # killed mid-save
+    lm_file(tmp_path / "checkpoint_step_3.pt.ckptkit-tmp-new-1a2b", 3, [3.0, 2.5, 2.2])   # killed mid-save
     lm_file(tmp_path / "checkpoint_step_4.pt", 4, [3.0, 2.5, 2.2, 1.9])
     data = collect_series(tmp_path)
     assert [(r.step, r.axis) for r in data.resumes] == [(2.0, "step")]

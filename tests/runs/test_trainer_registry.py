@@ -51,12 +51,11 @@ def test_the_trainer_module_of_this_tree_is_chosen_over_another_importable_one(m
     monkeypatch.setattr(trainer_registry, "_module_names", lambda: {"lm": ["json.decoder", "trainers.lm"]})
     assert find_trainer("lm") == TrainerEntry("lm", "trainers.lm")
     monkeypatch.setattr(trainer_registry, "_module_names", lambda: {"lm": ["no_such_pkg.lm", "json.decoder"]})
-    assert find_trainer("lm") == TrainerEntry("lm", "json.decoder")  # none of ours: any importable one
+    assert find_trainer("lm") == TrainerEntry("lm", "json.decoder")   # none of ours: any importable one
 
 
 def test_a_checkpoint_of_a_registered_trainer_whose_module_is_missing_is_refused_by_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "model.pt"
     torch.save({"model_state_dict": {"w": torch.zeros(2)}, "ckptkit": {"version": 1, "trainer": "gone"}}, path)
     monkeypatch.setattr(resuming, "registered_trainers", lambda: {"gone": TrainerEntry("gone", "no_such_pkg.gone")})

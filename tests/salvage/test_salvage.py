@@ -102,16 +102,14 @@ def test_a_cut_torch_zip_gives_back_exactly_the_records_before_the_cut(tmp_path_
 
 
 @SLOW
-@given(
-    where=st.floats(0.0, 1.0), junk=st.binary(min_size=1, max_size=300), source=st.sampled_from([OPTIMIZER, LIGHTNING])
-)
-def test_an_overwritten_torch_zip_never_passes_off_a_changed_tensor(
-    tmp_path_factory: Any, where: float, junk: bytes, source: Path
-) -> None:
+@given(where=st.floats(0.0, 1.0), junk=st.binary(min_size=1, max_size=300),
+       source=st.sampled_from([OPTIMIZER, LIGHTNING]))
+def test_an_overwritten_torch_zip_never_passes_off_a_changed_tensor(tmp_path_factory: Any, where: float,
+                                                                    junk: bytes, source: Path) -> None:
     tmp = tmp_path_factory.mktemp("over")
     data = bytearray(source.read_bytes())
     at = int((len(data) - 1) * where)
-    data[at : at + len(junk)] = junk
+    data[at: at + len(junk)] = junk
     damaged = tmp / source.name
     damaged.write_bytes(bytes(data[: len(source.read_bytes())]))
     start, end = data_pkl_span(source)
@@ -155,7 +153,7 @@ def test_a_lost_data_pkl_is_named_from_another_checkpoint_of_the_run(tmp_path: P
     other = experiment_checkpoint(tmp_path / "checkpoint_step_5.pt")
     data = bytearray(original.read_bytes())
     at = data.find(b"data.pkl") + 60
-    data[at : at + 40] = b"\xff" * 40
+    data[at: at + 40] = b"\xff" * 40
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(bytes(data))
     with pytest.raises(CkptkitError, match="--names-from OTHER"):
@@ -219,10 +217,10 @@ def test_salvage_never_writes_over_its_input_or_an_existing_file(tmp_path: Path)
 def test_a_folder_member_that_no_longer_reads_is_lost_never_copied(tmp_path: Path) -> None:
     folder = tmp_path / "accelerate"
     shutil.copytree(REAL / "accelerate", folder)
-    rng = folder / "random_states_0.pkl"  # accelerate writes it with torch.save
-    rng.write_bytes(rng.read_bytes()[:100])  # cut inside its data.pkl
+    rng = folder / "random_states_0.pkl"                      # accelerate writes it with torch.save
+    rng.write_bytes(rng.read_bytes()[:100])                  # cut inside its data.pkl
     weights = folder / "model.safetensors"
-    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])  # its header length overwritten
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])   # its header length overwritten
     (folder / "sampler.pkl").write_bytes(pickle.dumps({"epoch": 3, "seen": list(range(50))}, protocol=2)[:40])
     (folder / "notes.txt").write_text("lr sweep 3")
     report = salvage(folder, tmp_path / "rescued")
@@ -247,12 +245,12 @@ def test_records_another_checkpoint_cannot_name_are_reported_lost(tmp_path: Path
     torch.save({"model_state_dict": torch.load(original, weights_only=True)["model_state_dict"]}, other)
     data = bytearray(original.read_bytes())
     at = data.find(b"data.pkl") + 60
-    data[at : at + 40] = b"\xff" * 40
+    data[at: at + 40] = b"\xff" * 40
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(bytes(data))
     report = salvage(damaged, tmp_path / "rescued.pt", names_from=other)
     unnamed = [x.name for x in report.lost if x.name.startswith("(unnamed")]
-    assert len(unnamed) == 12 and not report.complete  # AdamW's step, exp_avg, exp_avg_sq for 4 params
+    assert len(unnamed) == 12 and not report.complete     # AdamW's step, exp_avg, exp_avg_sq for 4 params
     got = tensors_by_path(torch.load(tmp_path / "rescued.pt", weights_only=True))
     want = tensors_by_path(torch.load(original, weights_only=True))
     assert sorted(got) == sorted(k for k in want if k.startswith("model_state_dict."))

@@ -31,11 +31,8 @@ def run_pair(out: Path, fsdp: bool) -> dict[str, object]:
     ).run()
     point = load_for_resume(resumed)
     LMRun(CONFIG, RunOptions(out=resumed, fsdp=fsdp, progress_stream=quiet), point).run()
-    return {
-        "stopped_at": [stopped.global_step, stopped.position.batches_consumed],
-        "resumed_from": point.path.name,
-        "resume_warnings": point.warnings,
-    }
+    return {"stopped_at": [stopped.global_step, stopped.position.batches_consumed],
+            "resumed_from": point.path.name, "resume_warnings": point.warnings}
 
 
 def main(out: Path) -> None:

@@ -60,20 +60,8 @@ def test_flags_that_disagree_with_the_checkpoint_are_named_and_the_run_keeps_its
     finished_run: Path, tmp_path: Path, capsys
 ) -> None:
     run = _copy(finished_run, tmp_path)
-    code = main(
-        [
-            "--resume",
-            str(run / "checkpoint_step_10.pt"),
-            "--config",
-            "small",
-            "--grad-accum",
-            "4",
-            "--save-interval",
-            "3",
-            "--max-steps",
-            "99",
-        ]
-    )
+    code = main(["--resume", str(run / "checkpoint_step_10.pt"), "--config", "small", "--grad-accum", "4",
+                 "--save-interval", "3", "--max-steps", "99"])
     assert code == 0
     out = capsys.readouterr().out
     assert (
@@ -151,15 +139,7 @@ def test_sigterm_saves_an_interrupt_checkpoint_at_the_current_micro_step_and_exi
 
 def test_a_checkpoint_from_another_trainer_is_refused_by_name(tmp_path: Path, capsys) -> None:
     path = tmp_path / "best_model.pt"
-    torch.save(
-        {
-            "model_state_dict": {},
-            "optimizer_state_dict": {},
-            "global_step": 3,
-            "config": {"d_model": 64},
-            "ckptkit": {"version": 1, "trainer": "recsys"},
-        },
-        path,
-    )
+    torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "global_step": 3, "config": {"d_model": 64},
+                "ckptkit": {"version": 1, "trainer": "recsys"}}, path)
     assert main(["--resume", str(path)]) == 2
     assert capsys.readouterr().err.strip().endswith("was written by the 'recsys' trainer, not the LM trainer")

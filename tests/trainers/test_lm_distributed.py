@@ -68,48 +68,17 @@ def test_fsdp_sharded_checkpoints_resume_to_the_same_shards_and_state(two_rank_r
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "trainers.lm",
-            *args,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "trainers.lm", *args], env=env, capture_output=True, text=True, timeout=240)
 
 
 def test_an_fsdp_run_killed_while_its_async_save_is_in_flight_resumes_to_the_same_shards(
-    two_rank_runs, tmp_path: Path
-) -> None:
+        two_rank_runs, tmp_path: Path) -> None:
     out, _ = two_rank_runs
     run = tmp_path / "killed"
     # micro-step 12 completes step 6: its best+periodic save is submitted, then every rank is SIGKILLed
-    killed = _torchrun(
-        "--config",
-        "tiny",
-        "--grad-accum",
-        "2",
-        "--max-steps",
-        "8",
-        "--save-interval",
-        "3",
-        "--eval-interval",
-        "3",
-        "--fsdp",
-        "--out",
-        str(run),
-        "--kill-at-micro-step",
-        "12",
-    )
+    killed = _torchrun("--config", "tiny", "--grad-accum", "2", "--max-steps", "8", "--save-interval", "3",
+                       "--eval-interval", "3", "--fsdp", "--out", str(run), "--kill-at-micro-step", "12")
     assert killed.returncode != 0 and not (run / "final_model").exists()
     # step 3's folders are untouched and still confirmed, whatever the kill interrupted
     for name in ("checkpoint_step_3", "best_model"):
@@ -117,13 +86,12 @@ def test_an_fsdp_run_killed_while_its_async_save_is_in_flight_resumes_to_the_sam
     leftovers = [p.name for p in run.iterdir() if ".ckptkit-tmp-new-" in p.name]
     # `ckptkit resume RUN_DIR` finds the newest confirmed folder and relaunches the trainer under torchrun
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    resumed = subprocess.run(
-        [sys.executable, "-m", "ckptkit", "resume", str(run)], env=env, capture_output=True, text=True, timeout=240
-    )
+    resumed = subprocess.run([sys.executable, "-m", "ckptkit", "resume", str(run)], env=env,
+                             capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "--nproc-per-node=2 -m trainers.lm --resume" in resumed.stdout and "--fsdp" in resumed.stdout
     assert "resuming from" in resumed.stdout and "checkpoint_step_" in resumed.stdout
-    for name in leftovers:  # what the kill left half-written is cleared by the resumed run's manager
+    for name in leftovers:   # what the kill left half-written is cleared by the resumed run's manager
         assert f"removed {name}: the unfinished write of a crashed save" in resumed.stdout
     assert not [p.name for p in run.iterdir() if ".ckptkit-tmp-" in p.name]
     reference = out / "fsdp/uninterrupted/final_model"

@@ -91,16 +91,11 @@ def test_an_interrupt_after_any_batch_resumes_to_the_same_final_bytes(
 def test_the_uninterrupted_run_saved_best_periodic_and_final_with_manifests(uninterrupted: Path) -> None:
     names = sorted(p.name for p in uninterrupted.iterdir())
     assert names == [
-        "best_model.pt",
-        "best_model.pt.manifest.json",
-        "checkpoint_step_12.pt",
-        "checkpoint_step_12.pt.manifest.json",
-        "checkpoint_step_4.pt",
-        "checkpoint_step_4.pt.manifest.json",
-        "checkpoint_step_8.pt",
-        "checkpoint_step_8.pt.manifest.json",
-        "final_model.pt",
-        "final_model.pt.manifest.json",
+        "best_model.pt", "best_model.pt.manifest.json",
+        "checkpoint_step_12.pt", "checkpoint_step_12.pt.manifest.json",
+        "checkpoint_step_4.pt", "checkpoint_step_4.pt.manifest.json",
+        "checkpoint_step_8.pt", "checkpoint_step_8.pt.manifest.json",
+        "final_model.pt", "final_model.pt.manifest.json",
     ]
     final = torch.load(uninterrupted / "final_model.pt", weights_only=True)
     assert (final["global_step"], final["epoch"], final["data_position"]["batch_in_epoch"]) == (14, 2, 6)

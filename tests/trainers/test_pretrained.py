@@ -67,49 +67,23 @@ def _assert_same_folders(reference: Path, resumed: Path) -> None:
 
 def test_the_run_saves_seed_003_folders_with_its_keys_ckptkit_extras_and_manifests(uninterrupted: Path) -> None:
     assert sorted(p.name for p in uninterrupted.iterdir()) == [
-        "best_model",
-        "best_model.manifest.json",
-        "last_checkpoint",
-        "last_checkpoint.manifest.json",
-    ]
+        "best_model", "best_model.manifest.json", "last_checkpoint", "last_checkpoint.manifest.json"]
     last = uninterrupted / "last_checkpoint"
     assert sorted(p.name for p in last.iterdir()) == FOLDER_FILES
     state = torch.load(last / "training_state.pth", weights_only=True)
     assert list(state) == [
-        "optimizer_state_dict",
-        "scheduler_state_dict",
-        "epoch",
-        "step",
-        "total_batches",
-        "best_val_f1",
-        "best_val_acc",
-        "global_step",
-        "config",
-        "rng_state",
-        "data_position",
-        "ckptkit",
+        "optimizer_state_dict", "scheduler_state_dict", "epoch", "step", "total_batches", "best_val_f1", "best_val_acc",
+        "global_step", "config", "rng_state", "data_position", "ckptkit",
     ]  # the weights are in model.safetensors; no scaler_state_dict: fp32 on CPU has no GradScaler
     assert (state["epoch"], state["step"], state["total_batches"], state["global_step"]) == (3, 0, 12, 36)
     assert 0.5 < state["best_val_f1"] <= 1.0 and 0.5 < state["best_val_acc"] <= 1.0
-    assert state["ckptkit"] == {
-        "version": 1,
-        "trainer": "pretrained",
-        "kind": "final",
-        "world_size": 1,
-        "sharded": False,
-        "layout": "training-state",
-    }
+    assert state["ckptkit"] == {"version": 1, "trainer": "pretrained", "kind": "final", "world_size": 1,
+                                "sharded": False, "layout": "training-state"}
     assert state["config"]["save_steps"] == 5 and state["config"]["precision"] == "fp32"
     config = json.loads((last / "config.json").read_text())
     assert (config["architectures"], config["num_labels"], config["vocab_size"]) == (["TinyTextClassifier"], 2, 64)
     assert sorted(load_file(last / "model.safetensors")) == [
-        "classifier.bias",
-        "classifier.weight",
-        "dense.bias",
-        "dense.weight",
-        "embeddings.weight",
-        "positions.weight",
-    ]
+        "classifier.bias", "classifier.weight", "dense.bias", "dense.weight", "embeddings.weight", "positions.weight"]
     manifest = read_manifest(last)
     assert (
         sorted(f.path for f in manifest.files) == [f"last_checkpoint/{n}" for n in FOLDER_FILES]
@@ -182,7 +156,7 @@ def test_the_progress_line_after_a_resume_starts_at_the_true_batch(tmp_path: Pat
     assert drawn[0].startswith("epoch 2 | batch 8/12 (66.7%) | step 20/36")  # not seed 003's initial=resume_step count
     batches = [int(re.search(r"batch (\d+)/12", line).group(1)) for line in drawn]
     shown = [b for i, b in enumerate(batches) if i == 0 or b != batches[i - 1]]  # a log line redraws the last one
-    assert shown == [8, 9, 10, 11, 0, *range(1, 12), 0]  # 29 batches, each shown once, none past the epoch
+    assert shown == [8, 9, 10, 11, 0, *range(1, 12), 0]   # 29 batches, each shown once, none past the epoch
 
 
 def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrupted_bytes(
@@ -213,14 +187,8 @@ def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrup
     plan = plan_resume(killed)
     assert plan.trainer == "pretrained" and plan.command[1:3] == ["-m", "trainers.pretrained"]
     assert (plan.progress.epochs_completed, plan.progress.step_in_epoch) == (1, 5)
-    resumed = subprocess.run(
-        [sys.executable, "-m", "ckptkit", "resume", str(killed)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    resumed = subprocess.run([sys.executable, "-m", "ckptkit", "resume", str(killed)], env=env,
+                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "with the 'pretrained' trainer" in resumed.stdout and "at epoch 2 | batch 5/12 | step 17" in resumed.stdout
     assert "finished: 3 epochs, step 36" in resumed.stdout
@@ -307,12 +275,7 @@ def test_a_training_state_rolled_back_by_a_sync_is_skipped_for_the_newest_whole_
     shutil.copyfile(tmp_path / "best_model" / "training_state.pth", tmp_path / "last_checkpoint" / "training_state.pth")
     point = load_for_resume(tmp_path)
     assert point.path.name == "best_model" and (point.position.epoch, point.position.batch_in_epoch) == (1, 0)
-    assert any(
-        w.startswith(
-            "skipped last_checkpoint, newer but unusable: does not match its manifest: "
-            "last_checkpoint/training_state.pth: CRC-32"
-        )
-        for w in point.warnings
-    )
+    assert any(w.startswith("skipped last_checkpoint, newer but unusable: does not match its manifest: "
+                            "last_checkpoint/training_state.pth: CRC-32") for w in point.warnings)
     report = validate_path(tmp_path / "last_checkpoint", deep=True, siblings=False)
     assert [f.code for f in report.findings if f.severity is Severity.ERROR] == ["integrity.manifest-mismatch"]

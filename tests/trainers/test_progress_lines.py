@@ -61,7 +61,7 @@ def test_the_small_lm_preset_prints_a_progress_line_within_seconds_not_after_a_m
     reader.start()
     try:
         seen.wait(timeout=300)  # generous: two shared cores; the point is "not silent", not speed
-        proc.send_signal(signal.SIGTERM)  # the run saves where it is and exits 143
+        proc.send_signal(signal.SIGTERM)   # the run saves where it is and exits 143
         proc.wait(timeout=300)
         reader.join(timeout=60)
     finally:

@@ -134,14 +134,8 @@ def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrup
     plan = plan_resume(killed)
     assert plan.trainer == "recsys" and plan.command[1:3] == ["-m", "trainers.recsys"]
     assert plan.checkpoint.name == RECENT and plan.progress.epochs_completed == 2
-    resumed = subprocess.run(
-        [sys.executable, "-m", "ckptkit", "resume", str(killed), "--", "--device", "cpu"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    resumed = subprocess.run([sys.executable, "-m", "ckptkit", "resume", str(killed), "--", "--device", "cpu"], env=env,
+                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert "with the 'recsys' trainer" in resumed.stdout and "finished: 4 epochs, step 20" in resumed.stdout
     assert (killed / FINAL).read_bytes() == (uninterrupted / FINAL).read_bytes()

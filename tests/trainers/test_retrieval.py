@@ -49,44 +49,22 @@ def _assert_same_final(reference: Path, resumed: Path) -> None:
 def test_the_run_saves_seed_001_names_and_keys_with_ckptkit_extras_and_manifests(uninterrupted: Path) -> None:
     names = sorted(p.name for p in uninterrupted.iterdir() if not p.name.endswith(".manifest.json"))
     assert names == [
-        "best_optimized_model_recall_0.1458.pt",
-        "best_optimized_model_recall_0.2083.pt",
-        "best_optimized_model_recall_0.2292.pt",
-        "best_optimized_model_recall_0.2708.pt",
-        FINAL,
-        "optimized_model_epoch_1_recall_0.1458.pt",
-        "optimized_model_epoch_2_recall_0.2083.pt",
-        "optimized_model_epoch_3_recall_0.2292.pt",
-        "optimized_model_epoch_4_recall_0.2708.pt",
+        "best_optimized_model_recall_0.1458.pt", "best_optimized_model_recall_0.2083.pt",
+        "best_optimized_model_recall_0.2292.pt", "best_optimized_model_recall_0.2708.pt", FINAL,
+        "optimized_model_epoch_1_recall_0.1458.pt", "optimized_model_epoch_2_recall_0.2083.pt",
+        "optimized_model_epoch_3_recall_0.2292.pt", "optimized_model_epoch_4_recall_0.2708.pt",
     ]
     assert all((uninterrupted / (n + ".manifest.json")).is_file() for n in names)
     final = torch.load(uninterrupted / FINAL, weights_only=True)
     assert list(final) == [
-        "model_state_dict",
-        "optimizer_state_dict",
-        "scheduler_state_dict",
-        "epoch",
-        "loss",
-        "recall_at_10",
-        "train_losses",
-        "val_recalls",
-        "global_step",
-        "config",
-        "rng_state",
-        "data_position",
-        "ckptkit",
+        "model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "loss", "recall_at_10",
+        "train_losses", "val_recalls", "global_step", "config", "rng_state", "data_position", "ckptkit",
     ]  # no scaler_state_dict: fp32 on CPU has no GradScaler (an fp16 run saves it: test_retrieval_gpu)
     assert (final["epoch"], final["global_step"], final["recall_at_10"]) == (4, 24, final["val_recalls"][-1])
     assert len(final["train_losses"]) == 4 and final["train_losses"][-1] < final["train_losses"][0]
     assert final["loss"] == final["train_losses"][-1]
-    assert final["ckptkit"] == {
-        "version": 1,
-        "trainer": "retrieval",
-        "kind": "final",
-        "world_size": 1,
-        "sharded": False,
-        "layout": "retrieval",
-    }
+    assert final["ckptkit"] == {"version": 1, "trainer": "retrieval", "kind": "final", "world_size": 1,
+                                "sharded": False, "layout": "retrieval"}
     assert final["config"]["grad_accum"] == 2 and final["config"]["precision"] == "fp32"
 
 
@@ -161,14 +139,8 @@ def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrup
     plan = plan_resume(killed)
     assert plan.trainer == "retrieval" and plan.command[1:3] == ["-m", "trainers.retrieval"]
     assert plan.progress.epochs_completed == 2
-    resumed = subprocess.run(
-        [sys.executable, "-m", "ckptkit", "resume", str(killed)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    resumed = subprocess.run([sys.executable, "-m", "ckptkit", "resume", str(killed)], env=env,
+                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "with the 'retrieval' trainer" in resumed.stdout and "finished: 4 epochs, step 24" in resumed.stdout
     assert (killed / FINAL).read_bytes() == (uninterrupted / FINAL).read_bytes()
@@ -204,21 +176,13 @@ def test_a_finished_run_is_refused_and_extended_with_epochs(uninterrupted: Path,
     assert final["epoch"] == 5 and final["global_step"] == 30 and len(final["val_recalls"]) == 5
     assert final["config"]["learning_rate"] == 0.005 and final["scheduler_state_dict"]["base_lrs"] == [0.005]
     # warmup 4, decay 0.98 per step: step 30's learning rate from the new peak
-    assert final["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.005 * 0.98**26)
+    assert final["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(0.005 * 0.98 ** 26)
 
 
 def test_a_checkpoint_of_the_lm_trainer_is_refused_by_name(tmp_path: Path, capsys) -> None:
     path = tmp_path / "best_model.pt"
-    torch.save(
-        {
-            "model_state_dict": {},
-            "optimizer_state_dict": {},
-            "global_step": 3,
-            "config": {},
-            "ckptkit": {"version": 1, "trainer": "lm"},
-        },
-        path,
-    )
+    torch.save({"model_state_dict": {}, "optimizer_state_dict": {}, "global_step": 3, "config": {},
+                "ckptkit": {"version": 1, "trainer": "lm"}}, path)
     assert main(["--resume", str(path)]) == 2
     assert capsys.readouterr().err.strip().endswith("was written by the 'lm' trainer, not the retrieval trainer")
 

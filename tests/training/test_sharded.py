@@ -117,25 +117,14 @@ def test_ckptkit_reads_its_sharded_folder_with_the_training_state_beside_the_sha
     )
     plan = resuming.plan_resume(run, ("--log-interval", "1"))
     assert plan.checkpoint == run / "checkpoint_step_4"
-    assert plan.command[1:] == [
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=1",
-        "-m",
-        "trainers.unit",
-        "--resume",
-        str(run / "checkpoint_step_4"),
-        "--fsdp",
-        "--log-interval",
-        "1",
-    ]
+    assert plan.command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m",
+                                "trainers.unit", "--resume", str(run / "checkpoint_step_4"), "--fsdp",
+                                "--log-interval", "1"]
 
 
 @pytest.mark.usefixtures("one_rank_group")
 def test_a_damaged_training_state_member_is_named_and_the_folder_is_not_resumed(
-    tmp_path: Path, make_state: Callable[..., TrainingState]
-) -> None:
+        tmp_path: Path, make_state: Callable[..., TrainingState]) -> None:
     run = tmp_path / "run"
     with CheckpointManager(run, sharded=True) as manager:
         manager.save(make_state(step=4), ["periodic"])
