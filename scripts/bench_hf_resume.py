@@ -23,15 +23,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integrations.hf_runs import copy_checkpoint, differences, final_state  # noqa: E402
-from trainers.ranker import collate  # noqa: E402
-from trainers.ranker import RankerConfig, build_trainer  # noqa: E402
+from trainers.ranker import (  # noqa: E402
+    RankerConfig,
+    build_trainer,
+    collate,  # noqa: E402
+)
 
 STOPS = (3, 9, 12)
 LOADERS = {
     "Trainer's default (seedable sampler)": dict(loader_seed=None, default_loader=True, extra_draw=False),
-    "overridden get_train_dataloader, plain DataLoader(shuffle=True)": dict(loader_seed=None, default_loader=False, extra_draw=False),
+    "overridden get_train_dataloader, plain DataLoader(shuffle=True)": dict(
+        loader_seed=None, default_loader=False, extra_draw=False
+    ),
     "the same with its own seeded torch.Generator": dict(loader_seed=7, default_loader=False, extra_draw=False),
-    "plain, one extra torch.rand() before train() in the resumed process": dict(loader_seed=None, default_loader=False, extra_draw=True),
+    "plain, one extra torch.rand() before train() in the resumed process": dict(
+        loader_seed=None, default_loader=False, extra_draw=True
+    ),
 }
 
 

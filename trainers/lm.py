@@ -45,13 +45,42 @@ from torch import nn
 from torch.nn import functional as F
 
 from ckptkit.core.errors import CkptkitError
-from ckptkit.training import (CheckpointManager, DataPosition, ProgressLine, RestoredProgress, ResumableSampler,
-                              ResumePoint, TrainingState, load_for_resume, rank_and_world_size, render_progress)
-from ckptkit.training.run_command import (EXIT_OK, EXIT_USAGE, add_run_flags, config_for_resume,
-                                          existing_run_error, resume_report, run_options)
-from ckptkit.training.runtime import (RunOptions, StopRequest, any_rank, autocast, clip_and_step,
-                                      distributed_session, kill_if_at, mean_over_ranks, pick_device,
-                                      resolve_precision, seed_training_streams, stop_at, stop_on_signals)
+from ckptkit.training import (
+    CheckpointManager,
+    DataPosition,
+    ProgressLine,
+    RestoredProgress,
+    ResumableSampler,
+    ResumePoint,
+    TrainingState,
+    load_for_resume,
+    rank_and_world_size,
+    render_progress,
+)
+from ckptkit.training.run_command import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_run_flags,
+    config_for_resume,
+    existing_run_error,
+    resume_report,
+    run_options,
+)
+from ckptkit.training.runtime import (
+    RunOptions,
+    StopRequest,
+    any_rank,
+    autocast,
+    clip_and_step,
+    distributed_session,
+    kill_if_at,
+    mean_over_ranks,
+    pick_device,
+    resolve_precision,
+    seed_training_streams,
+    stop_at,
+    stop_on_signals,
+)
 
 TRAINER_NAME = "lm"  # stored in every checkpoint; `ckptkit resume` finds this module by it
 # what `python -m` runs: trainers.lm in the repository, ckptkit_trainers.lm when installed
@@ -110,7 +139,9 @@ PRESETS: dict[str, LMConfig] = {
     ),
     # Sizes as in the original's guide (~2M, ~15M, ~60M, ~200M, ~100M parameters).
     "small": LMConfig(name="small", n_layer=4, n_head=4, n_embd=192, block_size=128, batch_size=2, learning_rate=1e-3),
-    "medium": LMConfig(name="medium", n_layer=6, n_head=7, n_embd=448, block_size=256, batch_size=4, learning_rate=6e-4),
+    "medium": LMConfig(
+        name="medium", n_layer=6, n_head=7, n_embd=448, block_size=256, batch_size=4, learning_rate=6e-4
+    ),
     "large": LMConfig(name="large", n_layer=12, n_head=10, n_embd=640, block_size=256, batch_size=8),
     "xlarge": LMConfig(
         name="xlarge", n_layer=16, n_head=16, n_embd=1024, block_size=512, batch_size=4, corpus_chars=4_000_000,
@@ -210,7 +241,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(), nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout)
+            nn.Linear(cfg.n_embd, 4 * cfg.n_embd), nn.GELU(),
+            nn.Linear(4 * cfg.n_embd, cfg.n_embd), nn.Dropout(cfg.dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +273,9 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         positions = torch.arange(idx.shape[1], device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for block in self.blocks:
@@ -295,13 +329,21 @@ class LMRun:
             self.train_set.num_samples, cfg.batch_size, cfg.seed, world_size=self.world_size, rank=self.rank
         )
         self.stop = StopRequest()
-        self.progress = self._restore(resume) if resume else RestoredProgress(
+        fresh = RestoredProgress(
             global_step=0, position=self.sampler.start_position(cfg.grad_accum),
             best_val_loss=math.inf, train_history=[], val_history=[],
         )
+        self.progress = self._restore(resume) if resume else fresh
         self.last_val_loss = self.progress.val_history[-1]["val_loss"] if self.progress.val_history else None
         stream = options.progress_stream if self.rank == 0 else io.StringIO()
         self.display = ProgressLine(stream, every=options.progress_every)
+
+    @property
+    def position(self) -> DataPosition:
+        """The next batch to train on. Always set: a fresh run starts at the sampler's start and
+        `_restore` gives a checkpoint saved without one (a foreign one) the start of its epoch."""
+        assert self.progress.position is not None, "set in __init__"
+        return self.progress.position
 
     def log(self, text: str) -> None:
         if self.rank == 0:
@@ -314,14 +356,17 @@ class LMRun:
         with CheckpointManager(self.options.out, keep_last=self.options.keep_last, sharded=self.options.fsdp,
                                asynchronous=self.options.asynchronous_save) as manager:
             for leftover in manager.removed_leftovers:
-                self.log(f"removed {leftover.name}: the unfinished write of a crashed save (the checkpoint it was to replace is intact)")
-            batches = self.sampler.iterate_from(p.position)
+                self.log(
+                    f"removed {leftover.name}: the unfinished write of a crashed save "
+                    "(the checkpoint it was to replace is intact)"
+                )
+            batches = self.sampler.iterate_from(self.position)
             while p.global_step < self.cfg.max_steps:
                 self._micro_step(next(batches))
-                if p.position.micro_step == 0:
+                if self.position.micro_step == 0:
                     saved += self._finish_window(manager)
-                self.display.update(p.position, p.global_step, self.cfg.max_steps)
-                kill_if_at(self.options, p.position.batches_consumed)
+                self.display.update(self.position, p.global_step, self.cfg.max_steps)
+                kill_if_at(self.options, self.position.batches_consumed)
                 if self._should_stop():
                     saved += manager.save(self._state(), ["interrupt"])
                     status = "interrupted"
@@ -329,18 +374,18 @@ class LMRun:
         self.display.close()
         if self.world_size > 1:
             torch.distributed.barrier()  # rank 0's last write is on disk before any rank goes on (to resume from it)
-        return TrainResult(status, p.global_step, p.position, saved, p.train_history, p.val_history)
+        return TrainResult(status, p.global_step, self.position, saved, p.train_history, p.val_history)
 
     def _micro_step(self, batch: Any) -> None:
         p, cfg = self.progress, self.cfg
         inputs, targets = (t.to(self.device) for t in self.train_set.batch(batch.sample_ids))
-        last_in_window = p.position.micro_step + 1 == cfg.grad_accum
+        last_in_window = self.position.micro_step + 1 == cfg.grad_accum
         with self._gradient_sync(last_in_window):
             with autocast(cfg.precision, self.device):
                 _, loss = self.model(inputs, targets)
             self.scaler.scale(loss / cfg.grad_accum).backward()
         p.window_loss_sum += loss.item()
-        p.position = p.position.advanced()
+        p.position = self.position.advanced()
 
     def _finish_window(self, manager: CheckpointManager) -> list[Path]:
         """The optimizer step, its log line, and the checkpoints due at this step."""
@@ -350,11 +395,13 @@ class LMRun:
         p.global_step += 1
         loss = mean_over_ranks(p.window_loss_sum / cfg.grad_accum, self.device, self.world_size)
         p.window_loss_sum = 0.0
-        epoch = round(p.position.batches_consumed / p.position.steps_per_epoch, 4)  # float, as HF's log_history
+        epoch = round(self.position.batches_consumed / self.position.steps_per_epoch, 4)  # float, as HF's log_history
         p.train_history.append({"step": p.global_step, "loss": loss, "lr": lr, "epoch": epoch})
         if p.global_step % cfg.log_interval == 0:
-            self.log(f"step {p.global_step}/{cfg.max_steps} | epoch {p.position.epoch + 1} "
-                     f"batch {p.position.batch_in_epoch}/{p.position.steps_per_epoch} | loss {loss:.4f} | lr {lr:.2e}")
+            self.log(
+                f"step {p.global_step}/{cfg.max_steps} | epoch {self.position.epoch + 1} "
+                f"batch {self.position.batch_in_epoch}/{self.position.steps_per_epoch} | loss {loss:.4f} | lr {lr:.2e}"
+            )
         kinds = []
         if p.global_step % cfg.eval_interval == 0 or p.global_step == cfg.max_steps:
             if self._evaluate() < p.best_val_loss:
@@ -373,7 +420,9 @@ class LMRun:
         self.model.eval()
         losses = []
         for i in range(count):
-            inputs, targets = (t.to(self.device) for t in self.val_set.batch(torch.arange(i * batch_size, (i + 1) * batch_size)))
+            inputs, targets = (
+                t.to(self.device) for t in self.val_set.batch(torch.arange(i * batch_size, (i + 1) * batch_size))
+            )
             with autocast(self.cfg.precision, self.device):
                 losses.append(self.model(inputs, targets)[1].item())
         self.model.train()
@@ -387,7 +436,7 @@ class LMRun:
         p = self.progress
         return TrainingState(
             model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-            config=self.cfg.to_dict(), position=p.position, global_step=p.global_step,
+            config=self.cfg.to_dict(), position=self.position, global_step=p.global_step,
             best_val_loss=p.best_val_loss, last_val_loss=self.last_val_loss, train_history=p.train_history,
             val_history=p.val_history, window_loss_sum=p.window_loss_sum, trainer=TRAINER_NAME,
         )
@@ -404,19 +453,20 @@ class LMRun:
         return progress
 
     def _should_stop(self) -> bool:
-        local = self.stop.requested or stop_at(self.options, self.progress.position.batches_consumed)
-        if self.world_size > 1 and self.progress.position.micro_step:
+        local = self.stop.requested or stop_at(self.options, self.position.batches_consumed)
+        if self.world_size > 1 and self.position.micro_step:
             return False  # ranks' partial gradients differ: several ranks stop at window ends only
         return any_rank(local, self.device, self.world_size)
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
+    def _wrap(self, model: GPT) -> nn.Module:
         """FSDP2 (each block, then the whole) with --fsdp; DDP under torchrun; else as is."""
         if self.options.fsdp:
             from torch.distributed.fsdp import fully_shard
 
             for block in model.blocks:
                 fully_shard(block)
-            return fully_shard(model)
+            fully_shard(model)  # in place: the same module, now sharded
+            return model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -460,11 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="micro-batch size per rank")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--out", type=Path, help="run directory (default runs/lm; on resume: the checkpoint's run)")
-    parser.add_argument("--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint, or run directory (newest valid)")
+    parser.add_argument(
+        "--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint, or run directory (newest valid)"
+    )
     parser.add_argument("--extend-steps", type=int, metavar="N", help="continue a finished run up to N steps")
-    parser.add_argument("--keep-last", type=int, default=3, help="periodic checkpoints to keep (best and newest always kept)")
+    parser.add_argument(
+        "--keep-last", type=int, default=3, help="periodic checkpoints to keep (best and newest always kept)"
+    )
     add_run_flags(parser, fsdp=True)
     return parser
 
@@ -498,7 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[LMConfig, RunOptions, ResumePoint | None] | str:
+def prepare(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[LMConfig, RunOptions, ResumePoint | None] | str:
     """A fresh run's (config, options, None), a resumed one's (config, options, point), or why not."""
     if args.resume is None:
         if args.extend_steps is not None:
@@ -515,7 +573,10 @@ def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[LMConf
                                    hints={"max_steps": "; to train longer use --extend-steps"})
     if args.extend_steps is not None:
         if args.extend_steps <= point.global_step:
-            raise CkptkitError(point.path, f"--extend-steps {args.extend_steps} is not beyond the checkpoint's step {point.global_step}")
+            raise CkptkitError(
+                point.path,
+                f"--extend-steps {args.extend_steps} is not beyond the checkpoint's step {point.global_step}",
+            )
         notes.append(f"extending the run from max_steps {cfg.max_steps} to {args.extend_steps}")
         cfg = cfg.with_overrides(max_steps=args.extend_steps)
     out = args.out or (point.path.parent if point.path.is_file() or point.sharded else point.path)

@@ -31,14 +31,39 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckptkit.core.errors import CkptkitError
-from ckptkit.training import (PRETRAINED, CheckpointManager, DataPosition, ProgressLine, ResumableSampler,
-                              ResumePoint, TrainingState, load_for_resume)
+from ckptkit.training import (
+    PRETRAINED,
+    CheckpointManager,
+    DataPosition,
+    ProgressLine,
+    ResumableSampler,
+    ResumePoint,
+    TrainingState,
+    load_for_resume,
+)
 from ckptkit.training import pretrained_layout as keys
 from ckptkit.training.progress import render_epoch_position
-from ckptkit.training.run_command import (EXIT_OK, EXIT_USAGE, add_run_flags, config_for_resume,
-                                          existing_run_error, resume_report, run_options)
-from ckptkit.training.runtime import (RunOptions, StopRequest, autocast, clip_and_step, kill_if_at, pick_device,
-                                      resolve_precision, seed_training_streams, stop_at, stop_on_signals)
+from ckptkit.training.run_command import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_run_flags,
+    config_for_resume,
+    existing_run_error,
+    resume_report,
+    run_options,
+)
+from ckptkit.training.runtime import (
+    RunOptions,
+    StopRequest,
+    autocast,
+    clip_and_step,
+    kill_if_at,
+    pick_device,
+    resolve_precision,
+    seed_training_streams,
+    stop_at,
+    stop_on_signals,
+)
 
 TRAINER_NAME = "pretrained"  # stored in every checkpoint; `ckptkit resume` finds this module by it
 # what `python -m` runs: trainers.pretrained in the repository, ckptkit_trainers.pretrained when installed
@@ -208,7 +233,8 @@ class PretrainedRun:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.sampler = ResumableSampler(self.data.num_train, cfg.batch_size, cfg.seed)
         self.stop = StopRequest()
-        self.record = self._restore(resume) if resume else ClassifierRecord(0, self.sampler.start_position(cfg.grad_accum))
+        fresh = ClassifierRecord(0, self.sampler.start_position(cfg.grad_accum))
+        self.record = self._restore(resume) if resume else fresh
         self.display = ProgressLine(options.progress_stream, every=options.progress_every)
 
     def run(self) -> TrainResult:
@@ -224,7 +250,10 @@ class PretrainedRun:
             batches = self.sampler.iterate_from(r.position)
             while r.position.epoch < cfg.epochs:
                 sample_ids = next(batches).sample_ids
-                tokens, labels = self.data.train_tokens[sample_ids].to(self.device), self.data.train_labels[sample_ids].to(self.device)
+                tokens, labels = (
+                    self.data.train_tokens[sample_ids].to(self.device),
+                    self.data.train_labels[sample_ids].to(self.device),
+                )
                 with autocast(cfg.precision, self.device):
                     loss = F.cross_entropy(self.model(tokens).float(), labels)
                 self.scaler.scale(loss / cfg.grad_accum).backward()  # the original logs no training loss
@@ -308,18 +337,25 @@ RESUME_CHANGES = {"epochs": "--epochs {value} from here on (the run had {old})",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="Tiny text classifier on built-in synthetic sequences (EnStack-style).")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}", description="Tiny text classifier on built-in synthetic sequences (EnStack-style)."
+    )
     parser.add_argument("--config", choices=sorted(PRESETS), help=f"model/data preset (default {DEFAULT_PRESET})")
     parser.add_argument("--batch-size", type=int, help="batch size (the original's default 16)")
     parser.add_argument("--epochs", type=int, help="total epochs; on resume, raise it to train further")
     parser.add_argument("--save-steps", type=int, help="a mid-epoch last_checkpoint every N batches (default 500)")
     parser.add_argument("--gradient-accumulation", type=int, help="batches per optimizer step (default 1)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
-    parser.add_argument("--out", type=Path, help="run directory (default runs/pretrained; on resume: the checkpoint's run)")
-    parser.add_argument("--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint folder, or run directory (newest valid)")
+    parser.add_argument(
+        "--out", type=Path, help="run directory (default runs/pretrained; on resume: the checkpoint's run)"
+    )
+    parser.add_argument(
+        "--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint folder, or run directory (newest valid)"
+    )
     add_run_flags(parser)
     parser.set_defaults(keep_last=None)  # one last_checkpoint/ is replaced in place: nothing to prune
     return parser
@@ -354,7 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[ClassifierConfig, RunOptions, ResumePoint | None] | str:
+def prepare(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[ClassifierConfig, RunOptions, ResumePoint | None] | str:
     """A fresh run's (config, options, None), a resumed one's (config, options, point), or why not."""
     if args.resume is None:
         out = args.out or Path("runs/pretrained")

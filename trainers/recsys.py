@@ -33,15 +33,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckptkit.core.errors import CkptkitError
-from ckptkit.training import (RECSYS, CheckpointManager, DataPosition, ProgressLine, ResumableSampler,
-                              ResumePoint, TrainingState, load_for_resume)
+from ckptkit.training import (
+    RECSYS,
+    CheckpointManager,
+    DataPosition,
+    ProgressLine,
+    ResumableSampler,
+    ResumePoint,
+    TrainingState,
+    load_for_resume,
+)
 from ckptkit.training import recsys_layout as keys
 from ckptkit.training.progress import render_epoch_position
-from ckptkit.training.run_command import (EXIT_OK, EXIT_USAGE, add_run_flags, config_for_resume,
-                                          existing_run_error, resume_report, run_options)
-from ckptkit.training.runtime import (RunOptions, StopRequest, autocast, clip_and_step, kill_if_at, pick_device,
-                                      resolve_precision, seed_training_streams, set_peak_lr, stop_at,
-                                      stop_on_signals)
+from ckptkit.training.run_command import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_run_flags,
+    config_for_resume,
+    existing_run_error,
+    resume_report,
+    run_options,
+)
+from ckptkit.training.runtime import (
+    RunOptions,
+    StopRequest,
+    autocast,
+    clip_and_step,
+    kill_if_at,
+    pick_device,
+    resolve_precision,
+    seed_training_streams,
+    set_peak_lr,
+    stop_at,
+    stop_on_signals,
+)
 
 TRAINER_NAME = "recsys"  # stored in every checkpoint; `ckptkit resume` finds this module by it
 # what `python -m` runs: trainers.recsys in the repository, ckptkit_trainers.recsys when installed
@@ -283,7 +308,8 @@ class RecsysRun:
         self.display.message(f"epoch {r.position.epoch}/{self.cfg.epochs} | step {r.global_step} | loss {loss:.4f} | "
                              f"acc {r.accuracy:.4f}{' (best)' if improved else ''} | "
                              f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
-        return (["best"] if improved else []) + ["periodic"] + (["final"] if r.position.epoch >= self.cfg.epochs else [])
+        final = r.position.epoch >= self.cfg.epochs
+        return (["best"] if improved else []) + ["periodic"] + (["final"] if final else [])
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -330,16 +356,23 @@ CONFIG_FLAGS = {"batch_size": "batch_size", "gradient_accumulation": "grad_accum
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
-                                     description="Sequential recommender on built-in synthetic interactions.")
-    parser.add_argument("--config", "--dataset_code", choices=sorted(PRESETS), help=f"model/data preset (default {DEFAULT_PRESET})")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}", description="Sequential recommender on built-in synthetic interactions."
+    )
+    parser.add_argument(
+        "--config", "--dataset_code", choices=sorted(PRESETS), help=f"model/data preset (default {DEFAULT_PRESET})"
+    )
     parser.add_argument("--batch_size", "--batch-size", type=int, help="batch size (default 128)")
     parser.add_argument("--epochs", "--num_epochs", type=int, help="total epochs; on resume, raise it to train further")
     parser.add_argument("--gradient-accumulation", type=int, help="batches per optimizer step (default 1)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--lr", type=float, help="peak learning rate; on resume, the new peak from the next step on")
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
-    parser.add_argument("--out", type=Path, help=f"run directory (default {DEFAULT_OUT}; on resume: the checkpoint's run)")
+    parser.add_argument(
+        "--out", type=Path, help=f"run directory (default {DEFAULT_OUT}; on resume: the checkpoint's run)"
+    )
     parser.add_argument("--resume", "--resume_from_checkpoint", type=Path, metavar="PATH|RUN_DIR",
                         help="checkpoint, or run directory (newest valid)")
     add_run_flags(parser)
@@ -379,7 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[RecsysConfig, RunOptions, ResumePoint | None] | str:
+def prepare(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[RecsysConfig, RunOptions, ResumePoint | None] | str:
     """A fresh run's (config, options, None), a resumed one's (config, options, point), or why not."""
     if args.resume is None:
         out = args.out or DEFAULT_OUT

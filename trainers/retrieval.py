@@ -33,15 +33,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from ckptkit.core.errors import CkptkitError
-from ckptkit.training import (RETRIEVAL, CheckpointManager, DataPosition, ProgressLine, ResumableSampler,
-                              ResumePoint, TrainingState, load_for_resume)
+from ckptkit.training import (
+    RETRIEVAL,
+    CheckpointManager,
+    DataPosition,
+    ProgressLine,
+    ResumableSampler,
+    ResumePoint,
+    TrainingState,
+    load_for_resume,
+)
 from ckptkit.training import retrieval_layout as keys
 from ckptkit.training.progress import render_epoch_position
-from ckptkit.training.run_command import (EXIT_OK, EXIT_USAGE, add_run_flags, config_for_resume,
-                                          existing_run_error, resume_report, run_options)
-from ckptkit.training.runtime import (RunOptions, StopRequest, autocast, clip_and_step, kill_if_at, pick_device,
-                                      resolve_precision, seed_training_streams, set_peak_lr, stop_at,
-                                      stop_on_signals)
+from ckptkit.training.run_command import (
+    EXIT_OK,
+    EXIT_USAGE,
+    add_run_flags,
+    config_for_resume,
+    existing_run_error,
+    resume_report,
+    run_options,
+)
+from ckptkit.training.runtime import (
+    RunOptions,
+    StopRequest,
+    autocast,
+    clip_and_step,
+    kill_if_at,
+    pick_device,
+    resolve_precision,
+    seed_training_streams,
+    set_peak_lr,
+    stop_at,
+    stop_on_signals,
+)
 
 TRAINER_NAME = "retrieval"  # stored in every checkpoint; `ckptkit resume` finds this module by it
 # what `python -m` runs: trainers.retrieval in the repository, ckptkit_trainers.retrieval when installed
@@ -229,7 +254,8 @@ class RetrievalRun:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.sampler = ResumableSampler(self.data.num_train, cfg.batch_size, cfg.seed)
         self.stop = StopRequest()
-        self.record = self._restore(resume) if resume else RetrievalRecord(0, self.sampler.start_position(cfg.grad_accum))
+        fresh = RetrievalRecord(0, self.sampler.start_position(cfg.grad_accum))
+        self.record = self._restore(resume) if resume else fresh
         self.display = ProgressLine(options.progress_stream, every=options.progress_every)
 
     def run(self) -> TrainResult:
@@ -274,16 +300,21 @@ class RetrievalRun:
         improved = recall > r.best_recall
         r.train_losses.append(loss)
         r.val_recalls.append(recall)
-        self.display.message(f"epoch {r.position.epoch}/{self.cfg.epochs} | step {r.global_step} | loss {loss:.4f} | "
-                             f"recall@10 {recall:.4f}{' (best)' if improved else ''} | "
-                             f"lr {self.optimizer.param_groups[0]['lr']:.2e}")
-        return (["best"] if improved else []) + ["periodic"] + (["final"] if r.position.epoch >= self.cfg.epochs else [])
+        self.display.message(
+            f"epoch {r.position.epoch}/{self.cfg.epochs} | step {r.global_step} | loss {loss:.4f} | "
+            f"recall@10 {recall:.4f}{' (best)' if improved else ''} | "
+            f"lr {self.optimizer.param_groups[0]['lr']:.2e}"
+        )
+        final = r.position.epoch >= self.cfg.epochs
+        return (["best"] if improved else []) + ["periodic"] + (["final"] if final else [])
 
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
         with autocast(self.cfg.precision, self.device):
-            recall = self.model.recall_at(self.data.val_users.to(self.device), self.data.val_items.to(self.device), k=10)
+            recall = self.model.recall_at(
+                self.data.val_users.to(self.device), self.data.val_items.to(self.device), k=10
+            )
         self.model.train()
         return recall
 
@@ -335,12 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gradient-accumulation", type=int, help="batches per optimizer step (default 2)")
     parser.add_argument("--mixed-precision", action="store_const", const="fp16", dest="precision",
                         help="fp16 autocast with a GradScaler (CUDA), as the original; its state is saved")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
     parser.add_argument("--lr", type=float, help="peak learning rate; on resume, the new peak from the next step on")
     parser.add_argument("--seed", type=int, help="seed for data, init and sampling order")
-    parser.add_argument("--out", type=Path, help="run directory (default runs/retrieval; on resume: the checkpoint's run)")
-    parser.add_argument("--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint, or run directory (newest valid)")
-    parser.add_argument("--keep-last", type=int, default=3, help="epoch checkpoints to keep (best and newest always kept)")
+    parser.add_argument(
+        "--out", type=Path, help="run directory (default runs/retrieval; on resume: the checkpoint's run)"
+    )
+    parser.add_argument(
+        "--resume", type=Path, metavar="PATH|RUN_DIR", help="checkpoint, or run directory (newest valid)"
+    )
+    parser.add_argument(
+        "--keep-last", type=int, default=3, help="epoch checkpoints to keep (best and newest always kept)"
+    )
     add_run_flags(parser)
     return parser
 
@@ -375,7 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[RetrievalConfig, RunOptions, ResumePoint | None] | str:
+def prepare(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> tuple[RetrievalConfig, RunOptions, ResumePoint | None] | str:
     """A fresh run's (config, options, None), a resumed one's (config, options, point), or why not."""
     if args.resume is None:
         out = args.out or Path("runs/retrieval")

@@ -61,14 +61,25 @@ def render_salvage(report: SalvageReport) -> str:
     if recovered:
         rows = [(name, what, checked) for name, what, _, checked in recovered[:_SHOWN]]
         more = len(recovered) - _SHOWN
-        out += ["", heading("Recovered" + (f" (first {_SHOWN}; --json lists all {len(recovered)})" if more > 0 else "")),
-                table(rows, ["name", "what", "checked by"], widths=[48, 28, 40])]
+        out += [
+            "",
+            heading("Recovered" + (f" (first {_SHOWN}; --json lists all {len(recovered)})" if more > 0 else "")),
+            table(rows, ["name", "what", "checked by"], widths=[48, 28, 40]),
+        ]
     r = report.resume
-    out += ["", heading("Can a run resume from it?"), f"  model      {r.model}", f"  optimizer  {r.optimizer}",
-            f"  counters   {r.counters}",
-            "  verdict    " + ("yes: validate it, then resume (ckptkit validate " + str(report.output) + ")"
-                               if r.resumable else "no: use it for its weights, or resume from an older whole checkpoint "
-                               "(ckptkit latest RUN_DIR)")]
+    out += [
+        "",
+        heading("Can a run resume from it?"),
+        f"  model      {r.model}",
+        f"  optimizer  {r.optimizer}",
+        f"  counters   {r.counters}",
+        "  verdict    "
+        + (
+            "yes: validate it, then resume (ckptkit validate " + str(report.output) + ")"
+            if r.resumable
+            else "no: use it for its weights, or resume from an older whole checkpoint (ckptkit latest RUN_DIR)"
+        ),
+    ]
     out += [f"  note: {n}" for n in _notes(report)]
     return "\n".join(out)
 

@@ -25,16 +25,27 @@ import logging
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import transformers.trainer as hf_trainer_module
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import TrainOutput
 
 from ckptkit.core.errors import ResumeRefusedError
-from ckptkit.integrations.hf_checkpoints import (commit_checkpoint, drop_orphan_manifests, newest_verified,
-                                                 pick_checkpoint, read_resume_state, rotate, write_resume_state)
+from ckptkit.integrations.hf_checkpoints import (
+    commit_checkpoint,
+    drop_orphan_manifests,
+    newest_verified,
+    pick_checkpoint,
+    read_resume_state,
+    rotate,
+    write_resume_state,
+)
+
+if TYPE_CHECKING:
+    import optuna  # only named in Trainer.train's signature, which ExactResume repeats
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +96,22 @@ class ExactResume(TrainerCallback):
         trainer.add_callback(callback)
         original_train = trainer.train
 
-        def train(resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        # Trainer.train's own signature, so that callers see no difference.
+        def train(
+            resume_from_checkpoint: str | bool | None = None,
+            trial: optuna.Trial | dict[str, Any] | None = None,
+            ignore_keys_for_eval: list[str] | None = None,
+        ) -> TrainOutput:
             if resume_from_checkpoint is True:
-                resume_from_checkpoint = verified_checkpoint(trainer.args.output_dir)
+                resume_from_checkpoint = verified_checkpoint(_output_dir(trainer.args))
             callback.prepare(resume_from_checkpoint or None)
-            return original_train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            return original_train(
+                resume_from_checkpoint=resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval
+            )
 
+        # Replacing the bound method on this one instance is the point: mypy flags any method assignment.
         trainer.train = train  # type: ignore[method-assign]
-        _GUARDED_OUTPUT_DIRS.add(str(Path(trainer.args.output_dir).resolve()))
+        _GUARDED_OUTPUT_DIRS.add(str(_output_dir(trainer.args).resolve()))
         return callback
 
     def prepare(self, resume_from: str | Path | None) -> None:
@@ -133,30 +152,36 @@ class ExactResume(TrainerCallback):
                 train_dataloader: Any = None, **kwargs: Any) -> None:
         if not args.should_save:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = _output_dir(args) / f"checkpoint-{state.global_step}"
         params = hyperparameters(args, state, train_dataloader)
         per_epoch = params["batches_per_epoch"]
-        updates = max(per_epoch // args.gradient_accumulation_steps + int(per_epoch % args.gradient_accumulation_steps > 0), 1) if per_epoch else None
-        write_resume_state(folder, {
-            "ckptkit": {"trainer": self.trainer_name} if self.trainer_name else {},
-            "global_step": state.global_step,
-            "mid_epoch": bool(updates and state.global_step % updates),
-            "hyperparameters": params,
-            "epoch_start": self.epoch_start or capture_random_states(dataloader_generators(train_dataloader)),
-            "at_save": capture_random_states(dataloader_generators(train_dataloader)),
-            "logging": self._counters(),
-        })
+        accum = args.gradient_accumulation_steps
+        # optimizer updates per epoch: a last, partial window still steps
+        updates = max(per_epoch // accum + int(per_epoch % accum > 0), 1) if per_epoch else None
+        write_resume_state(
+            folder,
+            {
+                "ckptkit": {"trainer": self.trainer_name} if self.trainer_name else {},
+                "global_step": state.global_step,
+                "mid_epoch": bool(updates and state.global_step % updates),
+                "hyperparameters": params,
+                "epoch_start": self.epoch_start or capture_random_states(dataloader_generators(train_dataloader)),
+                "at_save": capture_random_states(dataloader_generators(train_dataloader)),
+                "logging": self._counters(),
+            },
+        )
         metric = _metric(args, state)
         errors = commit_checkpoint(folder, global_step=state.global_step, epoch=state.epoch,
                                    trainer=self.trainer_name, metric=metric)
         if errors:
             logger.error("%s: not confirmed, a resume passes over it: %s", folder, errors[0])
-        rotate(Path(args.output_dir), args.save_total_limit, state.best_model_checkpoint)
+        rotate(_output_dir(args), args.save_total_limit, state.best_model_checkpoint)
 
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-                     **kwargs: Any) -> None:
-        if args.should_save and Path(args.output_dir).is_dir():
-            drop_orphan_manifests(Path(args.output_dir))
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if args.should_save and _output_dir(args).is_dir():
+            drop_orphan_manifests(_output_dir(args))
 
     # -- helpers ------------------------------------------------------------------------------
     def _trainer(self) -> Trainer:
@@ -282,13 +307,22 @@ def restore_random_states(states: dict[str, Any], generators: dict[str, torch.Ge
         generator.set_state(_unb64(saved[name]))
 
 
+def _output_dir(args: TrainingArguments) -> Path:
+    """Typed optional, but TrainingArguments.__post_init__ fills in "trainer_output" when not given."""
+    assert args.output_dir is not None, "TrainingArguments.__post_init__ sets it"
+    return Path(args.output_dir)
+
+
 def restore_callback_states(trainer: Trainer, state: TrainerState) -> None:
     """EarlyStopping's patience (and any exportable callback's attributes) as saved in
     trainer_state.json, which Trainer restores only with restore_callback_states_from_checkpoint."""
+    # Typed as a list of callbacks, but TrainerState.__post_init__ turns it into the saved states
+    # by class name (a dict, as trainer_state.json stores it).
+    stored = cast("dict[str, Any]", state.stateful_callbacks)
     for callback in trainer.callback_handler.callbacks:
         if not isinstance(callback, ExportableState) or isinstance(callback, TrainerControl):
             continue
-        saved = state.stateful_callbacks.get(type(callback).__name__)
+        saved = stored.get(type(callback).__name__)
         saved = saved[0] if isinstance(saved, list) and saved else saved
         if isinstance(saved, dict):
             for attribute, value in saved.get("attributes", {}).items():

@@ -25,8 +25,14 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.formats.hf_trainer import EXACT_RESUME_STATE
 from ckptkit.runs import is_whole, scan_run
 from ckptkit.storage.atomic import atomic_write_file
-from ckptkit.storage.manifest import (Manifest, describe_files, manifest_path, manifest_problems,
-                                      read_manifest, write_manifest)
+from ckptkit.storage.manifest import (
+    Manifest,
+    describe_files,
+    manifest_path,
+    manifest_problems,
+    read_manifest,
+    write_manifest,
+)
 from ckptkit.training.retention import delete_checkpoint
 from ckptkit.validation import validate_checkpoint
 
@@ -153,7 +159,7 @@ def rotate(output_dir: Path, limit: int | None, best: str | None) -> list[Path]:
     protected = {folders[-1], *([verified] if verified else [])}
     if best:
         protected |= {p for p in folders if p.name == Path(best).name}
-    deleted = []
+    deleted: list[Path] = []
     keep = max(limit, len(protected))
     for folder in folders:
         if len(folders) - len(deleted) <= keep:

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import pairwise
+from typing import Any, cast
 
 from ckptkit.core.checkpoint import Checkpoint, TensorRef
 from ckptkit.views.sections import is_number
+
+# is_number (an int or a float, never a bool) returns a bool, not a TypeGuard: values it passed
+# are cast to what it checked.
+Number = int | float
 
 # Fields of a history entry that are positions or bookkeeping, never a curve worth drawing.
 _POSITION = ("step", "epoch")
@@ -35,7 +40,7 @@ class Series:
         """Positions where the saved history goes back: entries appended by a run that resumed
         from an earlier point without dropping what it had logged after it."""
         out = []
-        for (x0, _), (x1, _) in zip(self.points, self.points[1:]):
+        for (x0, _), (x1, _) in pairwise(self.points):
             if x1 <= x0:
                 out.append((x1, f"{self.metric} goes back from {self.axis} {x0:g} to {x1:g} in {self.source}"))
         return out
@@ -80,7 +85,8 @@ def _lightning_scores(ckpt: Checkpoint, run: str, where: str) -> list[Series]:
         monitor, score = state.get("monitor"), state.get("current_score")
         value = score.scalar_value() if isinstance(score, TensorRef) else score
         if isinstance(monitor, str) and is_number(value):
-            out.append(Series(run, monitor, "step", [(float(step), float(value))], f"{where}: {name} current_score"))
+            point = (float(step), float(cast(Number, value)))
+            out.append(Series(run, monitor, "step", [point], f"{where}: {name} current_score"))
     return out
 
 
@@ -98,7 +104,8 @@ def _dict_series(history: list[Any], run: str, source: str) -> list[Series]:
         for key, value in e.items():
             if key in _POSITION or not is_number(value) or any(b in key for b in _BOOKKEEPING):
                 continue
-            series.setdefault(key, Series(run, key, axis, source=source)).points.append((float(x), float(value)))
+            point = (float(cast(Number, x)), float(value))
+            series.setdefault(key, Series(run, key, axis, source=source)).points.append(point)
     return list(series.values())
 
 

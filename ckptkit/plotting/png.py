@@ -52,7 +52,7 @@ def write_png(data: PlotData, out: Path) -> None:
         raise CkptkitError(data.root, "nothing to draw: " + "; ".join(data.notes))
     fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, 2.6 * len(groups) + 0.6), squeeze=False)
     styles = {run: ("-", "--", ":", "-.")[i % 4] for i, run in enumerate(data.runs)}
-    for ax, (title, series) in zip(axes[:, 0], groups):
+    for ax, (title, series) in zip(axes[:, 0], groups, strict=True):
         _panel(ax, title, series, data, styles)
     fig.suptitle(f"{data.root.name or data.root}: history from the checkpoints "
                  "(star latest, diamond best, red X broken)", fontsize=10)
@@ -72,8 +72,17 @@ def _panel(ax: Any, title: str, series: list[Series], data: PlotData, styles: di
         # Earlier runs wide, later ones narrow on top: equal curves (a resume that matched the
         # uninterrupted run) stay visible as one line inside the other.
         order = data.runs.index(s.run)
-        ax.plot(xs, ys, styles[s.run], color=colour[s.metric], lw=max(1.0, 2.6 - 1.2 * order), label=label,
-                marker="." if len(xs) < 12 else None, zorder=2 + order, alpha=0.55 if order == 0 and len(data.runs) > 1 else 1)
+        ax.plot(
+            xs,
+            ys,
+            styles[s.run],
+            color=colour[s.metric],
+            lw=max(1.0, 2.6 - 1.2 * order),
+            label=label,
+            marker="." if len(xs) < 12 else None,
+            zorder=2 + order,
+            alpha=0.55 if order == 0 and len(data.runs) > 1 else 1,
+        )
     for run in sorted({s.run for s in series}):
         mine = [s for s in series if s.run == run]
         for m in data.markers:

@@ -37,7 +37,9 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
         tree, globals_ = _decode(path, prefix, pkl)
         ckpt = build_checkpoint(path, "torch-zip", tree, globals_)
         rebuilt = rebuild(tree, lambda s: _by_key(s, records, damaged), _optimizer_key(ckpt))
-        report.recovered.append(RecoveredItem("data.pkl", "the tree: names, counters, settings", pkl.where.length, "CRC-32"))
+        report.recovered.append(
+            RecoveredItem("data.pkl", "the tree: names, counters, settings", pkl.where.length, "CRC-32")
+        )
         counters = f"recovered: {ckpt.progress.describe()}" if ckpt.progress.known else "none in the checkpoint"
     elif names_from is not None:
         ckpt = _names_source(names_from)
@@ -57,9 +59,14 @@ def salvage_torch_zip(path: Path, names_from: Path | None) -> tuple[SalvageRepor
     unused = {k for k, rec in records.items() if rec.where.offset not in written}
     if unused and pkl is None:
         # Intact bytes of the damaged file that OTHER could not name: not written, so lost.
-        report.lost.extend(LostItem(f"(unnamed record data/{k})", f"intact ({records[k].where.length} bytes), but "
-                                    f"no tensor of {names_from.name if names_from else 'OTHER'} matches it by key and size")
-                           for k in sorted(unused, key=lambda k: (len(k), k)))
+        report.lost.extend(
+            LostItem(
+                f"(unnamed record data/{k})",
+                f"intact ({records[k].where.length} bytes), but "
+                f"no tensor of {names_from.name if names_from else 'OTHER'} matches it by key and size",
+            )
+            for k in sorted(unused, key=lambda k: (len(k), k))
+        )
     elif unused:
         report.notes.append(f"{len(unused)} intact record(s) that data.pkl does not name were left out "
                             f"({sum(records[k].where.length for k in unused)} bytes)")
@@ -91,7 +98,9 @@ def _why(scan: ZipScan, name: str) -> str:
     return f"damaged ({reason})" if reason else "gone (cut off, or its header was overwritten)"
 
 
-def _by_key(storage: StorageRef, records: dict[str, FoundRecord], damaged: dict[str, str]) -> tuple[ByteRange, int] | str:
+def _by_key(
+    storage: StorageRef, records: dict[str, FoundRecord], damaged: dict[str, str]
+) -> tuple[ByteRange, int] | str:
     rec = records.get(storage.key)
     if rec is None:
         return f"record data/{storage.key}: {damaged.get(storage.key, _MISSING)}"
@@ -106,8 +115,10 @@ def _names_source(names_from: Path) -> Checkpoint:
 
     ckpt = open_checkpoint(names_from)
     if not any(True for _ in iter_tensors(ckpt.tree)) or ckpt.members:
-        raise UnsupportedFeatureError(names_from, "--names-from needs a single-file checkpoint with tensors "
-                                      "(a .pt/.pth/.bin/.safetensors of the same run)")
+        raise UnsupportedFeatureError(
+            names_from,
+            "--names-from needs a single-file checkpoint with tensors (a .pt/.pth/.bin/.safetensors of the same run)",
+        )
     return ckpt
 
 
@@ -127,8 +138,13 @@ def _by_key_or_order(tree: Any, records: dict[str, FoundRecord], damaged: dict[s
             used.add(s.key)
     rest_s = [s for s in storages if id(s) not in matched]
     rest_r = sorted((k for k in records if k not in used), key=lambda k: (len(k), k))
-    if rest_s and len(rest_s) == len(rest_r) and all(s.nbytes == records[k].where.length for s, k in zip(rest_s, rest_r)):
-        for s, k in zip(rest_s, rest_r):
+    # Left-over storages and records pair up in order only when they are as many and each size agrees.
+    if (
+        rest_s
+        and len(rest_s) == len(rest_r)
+        and all(s.nbytes == records[k].where.length for s, k in zip(rest_s, rest_r, strict=True))
+    ):
+        for s, k in zip(rest_s, rest_r, strict=True):
             matched[id(s)] = (records[k].where, records[k].crc)
 
     def locate(s: StorageRef) -> tuple[ByteRange, int] | str:

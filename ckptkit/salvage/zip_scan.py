@@ -111,7 +111,9 @@ def _one_member(scan: ZipScan, fd: int, view: _File, pos: int, size: int) -> int
     extra = view[pos + LOCAL_HEADER.size + name_len: pos + LOCAL_HEADER.size + name_len + extra_len]
     start = pos + LOCAL_HEADER.size + name_len + extra_len
     if method != 0:
-        scan.damaged.append(DamagedRecord(name, pos, "compressed or its header is damaged (torch stores, never compresses)"))
+        scan.damaged.append(
+            DamagedRecord(name, pos, "compressed or its header is damaged (torch stores, never compresses)")
+        )
         return pos + 4
     if flags & _STREAMED:
         located = _from_descriptor(fd, view, start, scan.path)

@@ -24,6 +24,7 @@ from ckptkit.training.layout import (
 from ckptkit.training.manager import CheckpointManager, rank_and_world_size, write_checkpoint_file
 from ckptkit.training.pretrained_layout import PRETRAINED
 from ckptkit.training.progress import ProgressLine, render_progress
+from ckptkit.training.recsys_layout import RECSYS
 from ckptkit.training.resume import (
     RestoredProgress,
     ResumePoint,
@@ -32,7 +33,6 @@ from ckptkit.training.resume import (
     verify_for_resume,
 )
 from ckptkit.training.retention import CheckpointRecord, list_checkpoints, select_for_deletion
-from ckptkit.training.recsys_layout import RECSYS
 from ckptkit.training.retrieval_layout import RETRIEVAL
 from ckptkit.training.rng import (
     capture_rng_state,

@@ -28,11 +28,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ckptkit.storage.atomic import commit_dir, new_temp_dir
 from ckptkit.core.errors import ResumeRefusedError, WriteVerificationError
 from ckptkit.formats.save_pretrained import TRAINING_STATE as STATE_FILE
+from ckptkit.storage.atomic import commit_dir, new_temp_dir
 from ckptkit.storage.manifest import Manifest, describe_files, put_back_manifest, take_manifest, write_manifest
-from ckptkit.training.layout import CONFIG, EPOCH, GLOBAL_STEP, MODEL, OPTIMIZER, CheckpointLayout, TrainingState, register_layout
+from ckptkit.training.layout import (
+    CONFIG,
+    EPOCH,
+    GLOBAL_STEP,
+    MODEL,
+    OPTIMIZER,
+    CheckpointLayout,
+    TrainingState,
+    register_layout,
+)
 
 STEP = "step"
 TOTAL_BATCHES = "total_batches"
@@ -95,10 +104,13 @@ def _verify_folder(target: Path, tmp: Path, weights: set[str], keys: set[str]) -
         found_weights = set(load_file(str(tmp / WEIGHTS_FILE)))
         found_keys = set(torch.load(tmp / STATE_FILE, map_location="cpu", weights_only=True))
     except Exception as exc:  # a folder that does not read back must not replace the old one
-        raise WriteVerificationError(target, f"the new folder does not read back: {exc}; the old folder was kept") from exc
+        raise WriteVerificationError(
+            target, f"the new folder does not read back: {exc}; the old folder was kept"
+        ) from exc
     if found_weights != weights or found_keys != keys:
-        raise WriteVerificationError(target, "the new folder read back other tensors or keys than were written; "
-                                     "the old folder was kept")
+        raise WriteVerificationError(
+            target, "the new folder read back other tensors or keys than were written; the old folder was kept"
+        )
 
 
 def is_model_folder(path: Path) -> bool:
@@ -111,8 +123,9 @@ def load_model_folder(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # truncation, zip damage, a pickled class: do not resume
-        raise ResumeRefusedError(path, f"{STATE_FILE} does not load with torch.load(weights_only=True): "
-                                 f"{_first_line(exc)}") from exc
+        raise ResumeRefusedError(
+            path, f"{STATE_FILE} does not load with torch.load(weights_only=True): {_first_line(exc)}"
+        ) from exc
     if not isinstance(checkpoint, dict):
         raise ResumeRefusedError(path, f"{STATE_FILE} holds a {type(checkpoint).__name__}, not a dict")
     if not (path / WEIGHTS_FILE).is_file():

@@ -41,10 +41,14 @@ SEED_CHANGES: Mapping[str, str] = {
 def add_run_flags(parser: argparse.ArgumentParser, fsdp: bool = False) -> None:
     """Where the run runs, how it shows progress, and how to crash or stop it on purpose."""
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--sync-save", action="store_true", help="write checkpoints in the loop instead of in the background")
+    parser.add_argument(
+        "--sync-save", action="store_true", help="write checkpoints in the loop instead of in the background"
+    )
     if fsdp:
         parser.add_argument("--fsdp", action="store_true", help="under torchrun: FSDP with sharded (DCP) checkpoints")
-    parser.add_argument("--kill-at-micro-step", type=int, metavar="M", help="SIGKILL this process after batch M (a real crash)")
+    parser.add_argument(
+        "--kill-at-micro-step", type=int, metavar="M", help="SIGKILL this process after batch M (a real crash)"
+    )
     parser.add_argument("--stop-at-micro-step", type=int, metavar="M", help="interrupt after batch M: save there, exit")
     parser.add_argument("--progress-every", type=float, default=DEFAULT_PROGRESS_EVERY, metavar="SECONDS",
                         help="when stdout is not a terminal, a progress line every SECONDS (0: none; "
@@ -78,11 +82,14 @@ def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: d
     try:
         saved = config_type.from_dict(point.config)
     except TypeError as exc:  # missing fields: not this trainer's config (or none at all)
-        raise CkptkitError(point.path, f"its config is not one the {label} trainer writes ({exc}); cannot rebuild "
-                           "the model") from exc
+        raise CkptkitError(
+            point.path, f"its config is not one the {label} trainer writes ({exc}); cannot rebuild the model"
+        ) from exc
     cfg, notes = saved, []
     if args.config is not None and args.config != saved.name:
-        notes.append(f"--config {args.config} ignored: this run is '{saved.name}' (the config comes from the checkpoint)")
+        notes.append(
+            f"--config {args.config} ignored: this run is '{saved.name}' (the config comes from the checkpoint)"
+        )
     for name, value in overrides.items():
         old = getattr(saved, name)
         if name in changes:
@@ -98,7 +105,11 @@ def config_for_resume(point: ResumePoint, args: argparse.Namespace, overrides: d
 def resume_report(point: ResumePoint, at: str | None, notes: list[str]) -> list[str]:
     """The lines a resume starts with: the checkpoint (and how it was verified), where the run
     stands (``at``, rendered by the trainer from the data position), warnings, notes."""
-    verified = "" if any("no manifest" in w for w in point.warnings) else " (verified: manifest size and CRC-32, weights-only load)"
+    verified = (
+        ""
+        if any("no manifest" in w for w in point.warnings)
+        else " (verified: manifest size and CRC-32, weights-only load)"
+    )
     lines = [f"resuming from {point.path}{verified}"]
     if at is not None:
         lines.append(f"  at {at}")

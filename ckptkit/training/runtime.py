@@ -100,7 +100,9 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, list[s
     if requested == "auto":
         return ("bf16" if device.type == "cuda" else "fp32"), []
     if requested in ("bf16", "fp16") and device.type != "cuda":
-        return "fp32", [f"precision {requested} needs CUDA; training in fp32 on CPU (numbers will differ from a GPU run)"]
+        return "fp32", [
+            f"precision {requested} needs CUDA; training in fp32 on CPU (numbers will differ from a GPU run)"
+        ]
     return requested, []
 
 

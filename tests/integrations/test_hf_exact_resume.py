@@ -6,8 +6,15 @@ from pathlib import Path
 import pytest
 
 from ckptkit.core.errors import ResumeRefusedError
-from tests.integrations.hf_runs import (STOPS, copy_checkpoint, differences, final_state, max_adapter_difference,
-                                        small_config, train)
+from tests.integrations.hf_runs import (
+    STOPS,
+    copy_checkpoint,
+    differences,
+    final_state,
+    max_adapter_difference,
+    small_config,
+    train,
+)
 
 LOADERS = {"plain shuffled DataLoader": None, "DataLoader with its own generator": 7}
 

@@ -19,7 +19,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_and_refuses_other_batches(tmp_path: Path) -> None:
+def test_the_ranker_stopped_then_resumed_by_ckptkit_equals_an_uninterrupted_run_and_refuses_other_batches(
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "ranker"
     stopped = _run("-m", "trainers.ranker", "--out", str(out), *FLAGS, "--stop-at-step", "4")
     assert stopped.returncode == 0, stopped.stderr[-2000:]

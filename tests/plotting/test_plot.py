@@ -76,9 +76,18 @@ def test_two_runs_give_two_lines_and_a_history_that_parts_ways_marks_the_resume(
 
 
 def test_retrieval_histories_are_per_epoch_lists(tmp_path: Path) -> None:
-    torch.save({"epoch": 4, "model_state_dict": {"w": torch.ones(2)}, "optimizer_state_dict": {"state": {}, "param_groups": []},
-                "loss": 0.5, "recall_at_10": 0.3, "train_losses": [0.9, 0.7, 0.5], "val_recalls": [0.1, 0.2, 0.3]},
-               tmp_path / "optimized_model_epoch_3_recall_0.3000.pt")
+    torch.save(
+        {
+            "epoch": 4,
+            "model_state_dict": {"w": torch.ones(2)},
+            "optimizer_state_dict": {"state": {}, "param_groups": []},
+            "loss": 0.5,
+            "recall_at_10": 0.3,
+            "train_losses": [0.9, 0.7, 0.5],
+            "val_recalls": [0.1, 0.2, 0.3],
+        },
+        tmp_path / "optimized_model_epoch_3_recall_0.3000.pt",
+    )
     data = collect_series(tmp_path)
     assert series(data, tmp_path.name, "train_losses") == ([1.0, 2.0, 3.0], [0.9, 0.7, 0.5])
     assert next(s for s in data.series if s.metric == "val_recalls").axis == "epoch"

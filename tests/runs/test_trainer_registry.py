@@ -38,7 +38,9 @@ def test_another_project_s_pyproject_is_not_read_as_ckptkit_s(tmp_path: Path) ->
     assert trainer_registry._checkout_entries(tmp_path / "missing.toml") == {}
 
 
-def test_an_unregistered_name_and_a_module_that_cannot_be_imported_find_no_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unregistered_name_and_a_module_that_cannot_be_imported_find_no_trainer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert find_trainer(None) is None and find_trainer("nanogpt") is None
     monkeypatch.setattr(trainer_registry, "_module_names", lambda: {"gone": ["no_such_pkg.gone", "json.gone"]})
     assert find_trainer("gone") is None
@@ -57,5 +59,7 @@ def test_a_checkpoint_of_a_registered_trainer_whose_module_is_missing_is_refused
     path = tmp_path / "model.pt"
     torch.save({"model_state_dict": {"w": torch.zeros(2)}, "ckptkit": {"version": 1, "trainer": "gone"}}, path)
     monkeypatch.setattr(resuming, "registered_trainers", lambda: {"gone": TrainerEntry("gone", "no_such_pkg.gone")})
-    with pytest.raises(ResumeRefusedError, match="written by the 'gone' trainer, whose module no_such_pkg.gone cannot be imported"):
+    with pytest.raises(
+        ResumeRefusedError, match="written by the 'gone' trainer, whose module no_such_pkg.gone cannot be imported"
+    ):
         resuming.plan_resume(path)

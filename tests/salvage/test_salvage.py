@@ -60,7 +60,9 @@ def data_pkl_span(original: Path) -> tuple[int, int]:
     return start, next(o for o in offsets if o > start)
 
 
-def assert_only_originals(original: Path, damaged: Path, out: Path, must_salvage: bool = False) -> dict[str, Any] | None:
+def assert_only_originals(
+    original: Path, damaged: Path, out: Path, must_salvage: bool = False
+) -> dict[str, Any] | None:
     """Salvage `damaged`; every tensor it wrote equals `original`'s at the same path, bit for bit,
     and every tensor of the original is either recovered or named as lost. `must_salvage`: the
     damage spared data.pkl, so giving up (exit 2) is not an answer."""
@@ -94,7 +96,9 @@ def test_a_cut_torch_zip_gives_back_exactly_the_records_before_the_cut(tmp_path_
     data = OPTIMIZER.read_bytes()
     damaged = tmp / "optimizer.pt"
     damaged.write_bytes(data[: int(len(data) * cut)])
-    assert_only_originals(OPTIMIZER, damaged, tmp / "rescued.pt", must_salvage=int(len(data) * cut) >= data_pkl_span(OPTIMIZER)[1])
+    assert_only_originals(
+        OPTIMIZER, damaged, tmp / "rescued.pt", must_salvage=int(len(data) * cut) >= data_pkl_span(OPTIMIZER)[1]
+    )
 
 
 @SLOW
@@ -193,7 +197,9 @@ def test_a_folder_keeps_its_whole_members_and_salvages_the_cut_optimizer(tmp_pat
     assert report.resume.model == "whole" and report.resume.counters == "recovered"
     assert report.resume.optimizer.startswith("partial:") and not report.resume.resumable
     out = tmp_path / "rescued"
-    assert json.loads((out / "trainer_state.json").read_text()) == json.loads((HF_FULL / "trainer_state.json").read_text())
+    assert json.loads((out / "trainer_state.json").read_text()) == json.loads(
+        (HF_FULL / "trainer_state.json").read_text()
+    )
     assert (out / "model.safetensors").read_bytes() == (HF_FULL / "model.safetensors").read_bytes()
     torch.load(out / "optimizer.pt", weights_only=True)
 
@@ -222,8 +228,14 @@ def test_a_folder_member_that_no_longer_reads_is_lost_never_copied(tmp_path: Pat
     assert set(lost) == {"random_states_0.pkl", "model.safetensors", "sampler.pkl"}
     assert "safetensors header is damaged" in lost["model.safetensors"]
     assert sorted(p.name for p in (tmp_path / "rescued").iterdir()) == [
-        "custom_checkpoint_0.pkl", "notes.txt", "optimizer.bin", "scheduler.bin"]
-    assert {r.name: r.checked for r in report.recovered} == {"notes.txt": "unchecked: copied as it is (no format ckptkit reads)"}
+        "custom_checkpoint_0.pkl",
+        "notes.txt",
+        "optimizer.bin",
+        "scheduler.bin",
+    ]
+    assert {r.name: r.checked for r in report.recovered} == {
+        "notes.txt": "unchecked: copied as it is (no format ckptkit reads)"
+    }
     assert all(m.complete for m in report.members)
 
 

@@ -26,7 +26,9 @@ def run_pair(out: Path, fsdp: bool) -> dict[str, object]:
     quiet = io.StringIO()
     LMRun(CONFIG, RunOptions(out=out / "uninterrupted", fsdp=fsdp, progress_stream=quiet)).run()
     resumed = out / "resumed"
-    stopped = LMRun(CONFIG, RunOptions(out=resumed, fsdp=fsdp, stop_at_micro_step=STOP_AT_MICRO_STEP, progress_stream=quiet)).run()
+    stopped = LMRun(
+        CONFIG, RunOptions(out=resumed, fsdp=fsdp, stop_at_micro_step=STOP_AT_MICRO_STEP, progress_stream=quiet)
+    ).run()
     point = load_for_resume(resumed)
     LMRun(CONFIG, RunOptions(out=resumed, fsdp=fsdp, progress_stream=quiet), point).run()
     return {"stopped_at": [stopped.global_step, stopped.position.batches_consumed],

@@ -29,10 +29,15 @@ def _copy(run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run, tmp_path / "run"))
 
 
-def test_resuming_a_finished_run_says_so_and_exits_2_instead_of_completing_immediately(finished_run: Path, capsys) -> None:
+def test_resuming_a_finished_run_says_so_and_exits_2_instead_of_completing_immediately(
+    finished_run: Path, capsys
+) -> None:
     assert main(["--resume", str(finished_run)]) == 2
     err = capsys.readouterr().err
-    assert f"error: {finished_run / 'final_model.pt'} is a finished run: step 16 of max_steps 16. Nothing to resume." in err
+    assert (
+        f"error: {finished_run / 'final_model.pt'} is a finished run: step 16 of max_steps 16. Nothing to resume."
+        in err
+    )
     assert "To train further: --extend-steps N (N > 16)." in err
 
 
@@ -51,13 +56,17 @@ def test_extend_steps_not_beyond_the_checkpoint_is_an_error(finished_run: Path, 
     assert "--extend-steps 16 is not beyond the checkpoint's step 16" in capsys.readouterr().err
 
 
-def test_flags_that_disagree_with_the_checkpoint_are_named_and_the_run_keeps_its_config(finished_run: Path, tmp_path: Path, capsys) -> None:
+def test_flags_that_disagree_with_the_checkpoint_are_named_and_the_run_keeps_its_config(
+    finished_run: Path, tmp_path: Path, capsys
+) -> None:
     run = _copy(finished_run, tmp_path)
     code = main(["--resume", str(run / "checkpoint_step_10.pt"), "--config", "small", "--grad-accum", "4",
                  "--save-interval", "3", "--max-steps", "99"])
     assert code == 0
     out = capsys.readouterr().out
-    assert f"resuming from {run / 'checkpoint_step_10.pt'} (verified: manifest size and CRC-32, weights-only load)" in out
+    assert (
+        f"resuming from {run / 'checkpoint_step_10.pt'} (verified: manifest size and CRC-32, weights-only load)" in out
+    )
     assert "  at epoch 2 | batch 9/11 (81.8%) | step 10/16" in out
     assert "note: --config small ignored: this run is 'tiny' (the config comes from the checkpoint)" in out
     assert "note: --grad-accum 4 ignored: the run uses 2" in out
@@ -69,7 +78,10 @@ def test_flags_that_disagree_with_the_checkpoint_are_named_and_the_run_keeps_its
 
 def test_a_fresh_run_into_a_directory_holding_a_run_is_refused(finished_run: Path, capsys) -> None:
     assert main([*FLAGS, "--out", str(finished_run)]) == 2
-    assert f"{finished_run} already holds a run's checkpoints; continue it with --resume {finished_run}" in capsys.readouterr().err
+    assert (
+        f"{finished_run} already holds a run's checkpoints; continue it with --resume {finished_run}"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_corrupt_checkpoint_is_refused_with_one_line_and_exit_2(finished_run: Path, tmp_path: Path, capsys) -> None:
@@ -77,16 +89,26 @@ def test_a_corrupt_checkpoint_is_refused_with_one_line_and_exit_2(finished_run: 
     os.truncate(run / "checkpoint_step_10.pt", 5000)
     assert main(["--resume", str(run / "checkpoint_step_10.pt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {run / 'checkpoint_step_10.pt'}: does not match its manifest: checkpoint_step_10.pt: 5000 bytes on disk")
+    assert err.startswith(
+        f"error: {run / 'checkpoint_step_10.pt'}: does not match its manifest: "
+        "checkpoint_step_10.pt: 5000 bytes on disk"
+    )
     assert len(err.splitlines()) == 1
 
 
-def test_a_run_killed_right_after_submitting_a_save_resumes_to_the_uninterrupted_bytes(finished_run: Path, tmp_path: Path, capsys) -> None:
+def test_a_run_killed_right_after_submitting_a_save_resumes_to_the_uninterrupted_bytes(
+    finished_run: Path, tmp_path: Path, capsys
+) -> None:
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     # micro-step 20 completes optimizer step 10, whose checkpoint is being written when the kill lands
-    done = subprocess.run([sys.executable, "-m", "trainers.lm", *FLAGS, "--out", str(killed), "--kill-at-micro-step", "20"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.lm", *FLAGS, "--out", str(killed), "--kill-at-micro-step", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert "finished" not in done.stdout and not (killed / "final_model.pt").exists()
     assert main(["--resume", str(killed)]) == 0

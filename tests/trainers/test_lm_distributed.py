@@ -48,7 +48,12 @@ def test_fsdp_sharded_checkpoints_resume_to_the_same_shards_and_state(two_rank_r
     out, results = two_rank_runs
     assert results["fsdp"] == {"stopped_at": [4, 8], "resumed_from": "checkpoint_step_4", "resume_warnings": []}
     a, b = out / "fsdp/uninterrupted/final_model", out / "fsdp/resumed/final_model"
-    assert sorted(p.name for p in a.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "ckptkit_training_state.pt"]
+    assert sorted(p.name for p in a.iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "ckptkit_training_state.pt",
+    ]
     for name in ("__0_0.distcp", "__1_0.distcp", "ckptkit_training_state.pt"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     dcp_to_torch_save(a, tmp_path / "a.pt")

@@ -65,7 +65,9 @@ def test_an_interrupted_run_resumed_from_its_interrupt_checkpoint_equals_the_uni
     _assert_same_run(uninterrupted, tmp_path)
 
 
-def test_resuming_from_a_periodic_checkpoint_after_a_crash_replays_the_lost_steps_exactly(uninterrupted: Path, tmp_path: Path) -> None:
+def test_resuming_from_a_periodic_checkpoint_after_a_crash_replays_the_lost_steps_exactly(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     # as if the run had been killed after step 9: its newest checkpoint is step 8
     shutil.copy(uninterrupted / "checkpoint_step_8.pt", tmp_path)
     shutil.copy(uninterrupted / "checkpoint_step_8.pt.manifest.json", tmp_path)
@@ -77,7 +79,9 @@ def test_resuming_from_a_periodic_checkpoint_after_a_crash_replays_the_lost_step
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stop_at=st.integers(1, 27))
-def test_an_interrupt_after_any_batch_resumes_to_the_same_final_bytes(uninterrupted: Path, tmp_path_factory, stop_at: int) -> None:
+def test_an_interrupt_after_any_batch_resumes_to_the_same_final_bytes(
+    uninterrupted: Path, tmp_path_factory, stop_at: int
+) -> None:
     out = tmp_path_factory.mktemp("any")
     _run(out, stop_at_micro_step=stop_at)
     _run(out, load_for_resume(out))

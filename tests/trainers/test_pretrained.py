@@ -55,7 +55,12 @@ def _assert_same_folders(reference: Path, resumed: Path) -> None:
         state_b = torch.load(b / "training_state.pth", weights_only=True)
         moments = [(s["exp_avg"], s["exp_avg_sq"]) for s in state_a["optimizer_state_dict"]["state"].values()]
         others = [(s["exp_avg"], s["exp_avg_sq"]) for s in state_b["optimizer_state_dict"]["state"].values()]
-        assert all(torch.equal(x, y) for pair, other in zip(moments, others) for x, y in zip(pair, other))
+        assert len(moments) == len(others)
+        assert all(
+            torch.equal(x, y)
+            for pair, other in zip(moments, others, strict=True)
+            for x, y in zip(pair, other, strict=True)
+        )
         for name in FOLDER_FILES:
             assert (a / name).read_bytes() == (b / name).read_bytes(), (folder, name)
 
@@ -80,7 +85,10 @@ def test_the_run_saves_seed_003_folders_with_its_keys_ckptkit_extras_and_manifes
     assert sorted(load_file(last / "model.safetensors")) == [
         "classifier.bias", "classifier.weight", "dense.bias", "dense.weight", "embeddings.weight", "positions.weight"]
     manifest = read_manifest(last)
-    assert sorted(f.path for f in manifest.files) == [f"last_checkpoint/{n}" for n in FOLDER_FILES] and manifest.kind == "final"
+    assert (
+        sorted(f.path for f in manifest.files) == [f"last_checkpoint/{n}" for n in FOLDER_FILES]
+        and manifest.kind == "final"
+    )
     assert manifest_problems(last, manifest) == []
 
 
@@ -119,7 +127,13 @@ def test_a_mid_epoch_folder_reads_as_save_pretrained_of_the_training_state_famil
     ckpt = open_checkpoint(tmp_path / "last_checkpoint")
     assert (ckpt.format, ckpt.family) == ("save-pretrained", "training-state")
     p = ckpt.progress
-    assert (p.epochs_completed, p.step_in_epoch, p.steps_per_epoch, p.epoch_complete, p.global_step) == (1, 7, 12, False, 19)
+    assert (p.epochs_completed, p.step_in_epoch, p.steps_per_epoch, p.epoch_complete, p.global_step) == (
+        1,
+        7,
+        12,
+        False,
+        19,
+    )
     state = torch.load(tmp_path / "last_checkpoint" / "training_state.pth", weights_only=True)
     assert (state["epoch"], state["step"]) == (2, 7)  # the seed's convention: epoch in progress, 1-based
 
@@ -145,12 +159,30 @@ def test_the_progress_line_after_a_resume_starts_at_the_true_batch(tmp_path: Pat
     assert shown == [8, 9, 10, 11, 0, *range(1, 12), 0]   # 29 batches, each shown once, none past the epoch
 
 
-def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrupted_bytes(uninterrupted: Path, tmp_path: Path) -> None:
+def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrupted_bytes(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     # batch 19: the last save committed (--sync-save) is the mid-epoch one at batch 5 of epoch 2
-    done = subprocess.run([sys.executable, "-m", "trainers.pretrained", "--config", "tiny", "--out", str(killed),
-                           "--sync-save", "--kill-at-micro-step", "19"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainers.pretrained",
+            "--config",
+            "tiny",
+            "--out",
+            str(killed),
+            "--sync-save",
+            "--kill-at-micro-step",
+            "19",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     plan = plan_resume(killed)
     assert plan.trainer == "pretrained" and plan.command[1:3] == ["-m", "trainers.pretrained"]
@@ -166,8 +198,16 @@ def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrup
 @pytest.mark.parametrize(
     ("member", "with_manifest", "said"),
     [
-        ("training_state.pth", True, "does not match its manifest: last_checkpoint/training_state.pth: 1000 bytes on disk"),
-        ("model.safetensors", True, "does not match its manifest: last_checkpoint/model.safetensors: 1000 bytes on disk"),
+        (
+            "training_state.pth",
+            True,
+            "does not match its manifest: last_checkpoint/training_state.pth: 1000 bytes on disk",
+        ),
+        (
+            "model.safetensors",
+            True,
+            "does not match its manifest: last_checkpoint/model.safetensors: 1000 bytes on disk",
+        ),
         ("training_state.pth", False, "training state file cannot be read: zip archive is truncated or damaged"),
         ("model.safetensors", False, "model weights file cannot be read: tensor 'dense.weight' ends at byte"),
     ],
@@ -191,10 +231,16 @@ def test_a_damaged_folder_is_refused_with_one_line_and_exit_2(
 def test_a_finished_run_is_refused_and_extended_with_epochs(uninterrupted: Path, tmp_path: Path, capsys) -> None:
     run = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
     assert main(["--resume", str(run)]) == 2
-    assert "is a finished run: epoch 3 of 3. Nothing to resume. To train further: --epochs N (N > 3)." in capsys.readouterr().err
+    assert (
+        "is a finished run: epoch 3 of 3. Nothing to resume. To train further: --epochs N (N > 3)."
+        in capsys.readouterr().err
+    )
     assert main(["--resume", str(run), "--epochs", "4", "--batch-size", "8"]) == 0
     out = capsys.readouterr().out
-    assert "note: --epochs 4 from here on (the run had 3)" in out and "note: --batch-size 8 ignored: the run uses 16" in out
+    assert (
+        "note: --epochs 4 from here on (the run had 3)" in out
+        and "note: --batch-size 8 ignored: the run uses 16" in out
+    )
     state = torch.load(run / "last_checkpoint" / "training_state.pth", weights_only=True)
     assert (state["epoch"], state["step"], state["global_step"], state["config"]["epochs"]) == (4, 0, 48, 4)
 
@@ -210,7 +256,13 @@ def test_fix_epoch_on_the_folder_moves_every_counter_and_renews_its_manifest(tmp
     assert result.exit_code == 0, result.output
     fixed = torch.load(folder / "training_state.pth", weights_only=True)
     position = fixed["data_position"]
-    assert (fixed["epoch"], fixed["step"], position["epoch"], position["batch_in_epoch"], fixed["global_step"]) == (1, 0, 1, 0, 12)
+    assert (fixed["epoch"], fixed["step"], position["epoch"], position["batch_in_epoch"], fixed["global_step"]) == (
+        1,
+        0,
+        1,
+        0,
+        12,
+    )
     assert manifest_problems(folder, read_manifest(folder)) == []
     point = load_for_resume(folder)
     assert (point.position.epoch, point.position.batch_in_epoch, point.global_step) == (1, 0, 12)

@@ -32,8 +32,20 @@ def test_a_resumed_run_s_first_progress_line_is_the_batch_after_the_checkpoint(t
 
 @pytest.mark.slow
 def test_the_small_lm_preset_prints_a_progress_line_within_seconds_not_after_a_minute(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "trainers.lm", "--config", "small", "--device", "cpu", "--out", str(tmp_path / "run"),
-               "--progress-every", "1", "--sync-save"]
+    command = [
+        sys.executable,
+        "-m",
+        "trainers.lm",
+        "--config",
+        "small",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        "--progress-every",
+        "1",
+        "--sync-save",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []

@@ -82,7 +82,13 @@ def test_a_mid_epoch_interrupt_checkpoint_reads_as_an_incomplete_epoch_of_the_re
     ckpt = open_checkpoint(tmp_path / RECENT)
     assert ckpt.family == "recsys"
     p = ckpt.progress
-    assert (p.epochs_completed, p.step_in_epoch, p.steps_per_epoch, p.epoch_complete, p.global_step) == (1, 3, 10, False, 6)
+    assert (p.epochs_completed, p.step_in_epoch, p.steps_per_epoch, p.epoch_complete, p.global_step) == (
+        1,
+        3,
+        10,
+        False,
+        6,
+    )
     assert p.describe().startswith("epoch 2 INCOMPLETE: 3/10 batches")
 
 
@@ -91,13 +97,17 @@ def test_ls_reads_the_run_as_recsys_and_marks_the_final_file(uninterrupted: Path
 
     run = scan_run(uninterrupted)
     entries = {e.path.name: e for e in run.entries}
-    assert {name: open_checkpoint(uninterrupted / name).family for name in entries} == {n: "recsys" for n in (BEST, RECENT, FINAL)}
+    assert {name: open_checkpoint(uninterrupted / name).family for name in entries} == {
+        n: "recsys" for n in (BEST, RECENT, FINAL)
+    }
     assert "final" in entries[FINAL].markers and "final" not in entries[RECENT].markers
     assert entries[FINAL].progress.training_finished and entries[FINAL].progress.epochs_completed == 4
     assert run.resume is not None and run.resume.path.name == FINAL
 
 
-def test_validate_finds_no_errors_and_no_warnings_in_the_trainers_checkpoints(uninterrupted: Path, tmp_path: Path) -> None:
+def test_validate_finds_no_errors_and_no_warnings_in_the_trainers_checkpoints(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     _run(tmp_path, stop_at_micro_step=13)
     for path in [uninterrupted / BEST, uninterrupted / RECENT, uninterrupted / FINAL, tmp_path / RECENT]:
         report = validate_path(path, deep=True)
@@ -105,13 +115,20 @@ def test_validate_finds_no_errors_and_no_warnings_in_the_trainers_checkpoints(un
         assert noisy == [], (path, noisy)
 
 
-def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrupted_bytes(uninterrupted: Path, tmp_path: Path) -> None:
+def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrupted_bytes(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     flags = ["--config", "tiny", "--out", str(killed), "--device", "cpu"]
     # batch 25 is mid epoch 3; --sync-save: epoch 2's checkpoints are surely committed by then
-    done = subprocess.run([sys.executable, "-m", "trainers.recsys", *flags, "--sync-save", "--kill-at-micro-step", "25"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.recsys", *flags, "--sync-save", "--kill-at-micro-step", "25"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert not (killed / FINAL).exists()
     plan = plan_resume(killed)
@@ -137,14 +154,19 @@ def test_a_corrupt_checkpoint_is_refused_with_one_line_and_exit_2(uninterrupted:
 def test_a_finished_run_is_refused_and_extended_with_num_epochs(uninterrupted: Path, tmp_path: Path, capsys) -> None:
     run = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
     assert main(["--resume_from_checkpoint", str(run / FINAL), "--device", "cpu"]) == 2
-    assert "is a finished run: epoch 4 of 4. Nothing to resume. To train further: --epochs N (N > 4)." in capsys.readouterr().err
+    assert (
+        "is a finished run: epoch 4 of 4. Nothing to resume. To train further: --epochs N (N > 4)."
+        in capsys.readouterr().err
+    )
     assert main(["--resume_from_checkpoint", str(run / FINAL), "--num_epochs", "5", "--device", "cpu"]) == 0
     assert "note: training to 5 epochs (the run had 4)" in capsys.readouterr().out
     final = torch.load(run / FINAL, weights_only=True)
     assert (final["epoch"], final["global_step"], final["data_position"]["epoch"]) == (5, 25, 5)
 
 
-def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_global_step_together(tmp_path: Path) -> None:
+def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_global_step_together(
+    tmp_path: Path,
+) -> None:
     from click.testing import CliRunner
 
     from ckptkit.cli import main as cli
@@ -155,7 +177,8 @@ def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_glob
     assert result.exit_code == 0, result.output
     fixed = torch.load(path, weights_only=True)
     position = fixed["data_position"]
-    assert (fixed["epoch"], position["epoch"], position["batch_in_epoch"], position["micro_step"], fixed["global_step"]) == (2, 2, 0, 0, 10)
+    assert (fixed["epoch"], position["epoch"], position["batch_in_epoch"], position["micro_step"],
+            fixed["global_step"]) == (2, 2, 0, 0, 10)
     assert [f.code for f in validate_path(path).findings if f.severity is not Severity.INFO] == []
 
 
@@ -168,7 +191,9 @@ def test_best_acc_model_is_rewritten_only_when_accuracy_improves(tmp_path: Path)
     assert recent["best_acc"] == best["accuracy"] == recent["accuracy"]  # a tie is no improvement
 
 
-def test_a_recsys_file_without_a_manifest_in_the_run_is_named_and_not_resumed_from(uninterrupted: Path, tmp_path: Path) -> None:
+def test_a_recsys_file_without_a_manifest_in_the_run_is_named_and_not_resumed_from(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     run = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
     (run / (FINAL + ".manifest.json")).unlink()  # as if the save of the final file crashed before its commit
     point = load_for_resume(run)

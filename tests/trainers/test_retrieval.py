@@ -25,7 +25,9 @@ FINAL = "final_optimized_model_epoch_4_recall_0.2708.pt"
 
 
 def _run(out: Path, resume=None, **options) -> object:
-    return RetrievalRun(CONFIG, RunOptions(out=out, keep_last=None, progress_stream=io.StringIO(), **options), resume).run()
+    return RetrievalRun(
+        CONFIG, RunOptions(out=out, keep_last=None, progress_stream=io.StringIO(), **options), resume
+    ).run()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,9 @@ def test_the_run_saves_seed_001_names_and_keys_with_ckptkit_extras_and_manifests
     ("stop_at", "saved_as", "position"),
     [
         pytest.param(12, "interrupted_model_epoch_1_batch_0.pt", (1, 0, 0), id="at-the-end-of-an-epoch"),
-        pytest.param(17, "interrupted_model_epoch_1_batch_5.pt", (1, 5, 1), id="mid-epoch-inside-an-accumulation-window"),
+        pytest.param(
+            17, "interrupted_model_epoch_1_batch_5.pt", (1, 5, 1), id="mid-epoch-inside-an-accumulation-window"
+        ),
     ],
 )
 def test_an_interrupted_run_resumed_from_its_interrupt_checkpoint_equals_the_uninterrupted_run(
@@ -91,11 +95,19 @@ def test_a_mid_epoch_interrupt_checkpoint_reads_as_an_incomplete_epoch_of_the_re
     ckpt = open_checkpoint(tmp_path / "interrupted_model_epoch_1_batch_5.pt")
     assert ckpt.family == "retrieval"
     p = ckpt.progress
-    assert (p.epochs_completed, p.step_in_epoch, p.steps_per_epoch, p.epoch_complete, p.global_step) == (1, 5, 12, False, 8)
+    assert (p.epochs_completed, p.step_in_epoch, p.steps_per_epoch, p.epoch_complete, p.global_step) == (
+        1,
+        5,
+        12,
+        False,
+        8,
+    )
     assert p.describe().startswith("epoch 2 INCOMPLETE: 5/12 batches")
 
 
-def test_validate_finds_no_errors_and_no_warnings_in_the_trainers_checkpoints(uninterrupted: Path, tmp_path: Path) -> None:
+def test_validate_finds_no_errors_and_no_warnings_in_the_trainers_checkpoints(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     _run(tmp_path, stop_at_micro_step=17)
     for path in [*sorted(uninterrupted.glob("*.pt")), tmp_path / "interrupted_model_epoch_1_batch_5.pt"]:
         # siblings=False: keep_last=None kept every superseded best file, which run.best-not-latest flags
@@ -107,14 +119,21 @@ def test_validate_finds_no_errors_and_no_warnings_in_the_trainers_checkpoints(un
         assert noisy == [], (path.name, noisy)
 
 
-def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrupted_bytes(uninterrupted: Path, tmp_path: Path) -> None:
+def test_a_run_killed_mid_epoch_is_continued_by_ckptkit_resume_to_the_uninterrupted_bytes(
+    uninterrupted: Path, tmp_path: Path
+) -> None:
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     flags = ["--config", "tiny", "--out", str(killed)]
     # batch 30 is mid epoch 3; --sync-save: epoch 2's checkpoints are surely committed by then
     # (in the background they may still be in flight: then the resume replays from epoch 1)
-    done = subprocess.run([sys.executable, "-m", "trainers.retrieval", *flags, "--sync-save", "--kill-at-micro-step", "30"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.retrieval", *flags, "--sync-save", "--kill-at-micro-step", "30"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert not list(killed.glob("final_*"))
     plan = plan_resume(killed)
@@ -143,10 +162,15 @@ def test_a_corrupt_checkpoint_is_refused_with_one_line_and_exit_2(uninterrupted:
 def test_a_finished_run_is_refused_and_extended_with_epochs(uninterrupted: Path, tmp_path: Path, capsys) -> None:
     run = Path(shutil.copytree(uninterrupted, tmp_path / "run"))
     assert main(["--resume", str(run / FINAL)]) == 2
-    assert "is a finished run: epoch 4 of 4. Nothing to resume. To train further: --epochs N (N > 4)." in capsys.readouterr().err
+    assert (
+        "is a finished run: epoch 4 of 4. Nothing to resume. To train further: --epochs N (N > 4)."
+        in capsys.readouterr().err
+    )
     assert main(["--resume", str(run / FINAL), "--epochs", "5", "--batch", "16", "--lr", "0.005"]) == 0
     out = capsys.readouterr().out
-    assert "note: training to 5 epochs (the run had 4)" in out and "note: --batch-size 16 ignored: the run uses 32" in out
+    assert (
+        "note: training to 5 epochs (the run had 4)" in out and "note: --batch-size 16 ignored: the run uses 32" in out
+    )
     assert "note: --lr 0.005 used from here on (the run had 0.01)" in out
     final = torch.load(next(run.glob("final_optimized_model_epoch_5_*.pt")), weights_only=True)
     assert final["epoch"] == 5 and final["global_step"] == 30 and len(final["val_recalls"]) == 5
@@ -163,7 +187,9 @@ def test_a_checkpoint_of_the_lm_trainer_is_refused_by_name(tmp_path: Path, capsy
     assert capsys.readouterr().err.strip().endswith("was written by the 'lm' trainer, not the retrieval trainer")
 
 
-def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_global_step_together(tmp_path: Path) -> None:
+def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_global_step_together(
+    tmp_path: Path,
+) -> None:
     from click.testing import CliRunner
 
     from ckptkit.cli import main as cli
@@ -174,4 +200,10 @@ def test_fix_epoch_on_an_interrupt_checkpoint_moves_epoch_data_position_and_glob
     assert result.exit_code == 0, result.output
     fixed = torch.load(path, weights_only=True)
     position = fixed["data_position"]
-    assert (fixed["epoch"], position["epoch"], position["batch_in_epoch"], position["micro_step"], fixed["global_step"]) == (2, 2, 0, 0, 12)
+    assert (
+        fixed["epoch"],
+        position["epoch"],
+        position["batch_in_epoch"],
+        position["micro_step"],
+        fixed["global_step"],
+    ) == (2, 2, 0, 0, 12)

@@ -112,7 +112,9 @@ def test_ckptkit_reads_its_sharded_folder_with_the_training_state_beside_the_sha
     assert ckpt.extra["ckptkit"]["trainer"] == "unit" and ckpt.extra["ckptkit"]["sharded"] is True
     assert sorted(ckpt.model) == ["0.bias", "0.weight", "2.bias", "2.weight"]   # from the shards
     # `ckptkit resume` runs such a folder's trainer under torchrun, one process per rank, with --fsdp
-    monkeypatch.setattr(resuming, "find_trainer", lambda name: TrainerEntry(name, "trainers.unit") if name == "unit" else None)
+    monkeypatch.setattr(
+        resuming, "find_trainer", lambda name: TrainerEntry(name, "trainers.unit") if name == "unit" else None
+    )
     plan = resuming.plan_resume(run, ("--log-interval", "1"))
     assert plan.checkpoint == run / "checkpoint_step_4"
     assert plan.command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1", "-m",
