@@ -10,6 +10,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ckptkit.conversion.metadata_keys import (
+    META_ALIASES,
+    META_CONFIG,
+    META_DTYPE,
+    META_LAYOUT,
+    META_METRICS,
+    META_PROGRESS,
+    META_SOURCE_FORMAT,
+)
+from ckptkit.conversion.restore import restored_tree
 from ckptkit.core.checkpoint import Checkpoint, StorageRef, TensorRef, iter_tensors, make_tensor
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.core.errors import UnsupportedFeatureError
@@ -18,17 +28,8 @@ from ckptkit.storage.safe_pickle import NumpyArray, PickledObject
 from ckptkit.storage.tensor_bytes import AssembledStorage, DerivedStorage
 from ckptkit.views.jsonable import to_jsonable
 
-# Keys ckptkit puts in a safetensors file's __metadata__ (every value a JSON string, as the
-# format requires strings). "format": "pt" is the Hugging Face convention loaders check.
 # Sources whose __metadata__ ckptkit reads back: one file, or shards that each carry the same.
 SAFETENSORS_FORMATS = ("safetensors", "safetensors-shards")
-META_SOURCE_FORMAT = "ckptkit.source_format"   # "torch-zip", "torch-legacy", "safetensors"
-META_PROGRESS = "ckptkit.progress"             # Progress.to_json() of the source
-META_CONFIG = "ckptkit.config"                 # the source's config section, as JSON
-META_METRICS = "ckptkit.metrics"               # the source's scalar metrics {name: value}
-META_ALIASES = "ckptkit.aliases"               # {tied name: name written}: same storage, same span
-META_DTYPE = "ckptkit.dtype"                   # the dtype floating tensors were cast to, if any
-META_LAYOUT = "ckptkit.layout"                 # {"family", "model", "config"}: the source's dict layout
 
 DTYPE_CHOICES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}
 TRAINING_SECTIONS = ("optimizer", "scheduler", "scaler", "rng")
@@ -215,8 +216,6 @@ def source_tree(ckpt: Checkpoint, weights_only: bool, select: str | None) -> tup
     if ckpt.format in TORCH_FORMATS or ckpt.format == "dcp":
         return ckpt.tree, []
     if ckpt.format in SAFETENSORS_FORMATS:
-        from ckptkit.conversion.restore import restored_tree
-
         return restored_tree(ckpt, model_tensors(ckpt, None)), []
     if not dropped_sections(ckpt):
         return model_tensors(ckpt, None), []

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptkit.conversion.plan import (
+from ckptkit.conversion.metadata_keys import (
     META_ALIASES,
     META_CONFIG,
     META_DTYPE,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.families import leftover_copy
-from ckptkit.runs import BEST_NAME, FINAL_NAME, HF_CHECKPOINT, HF_TEMP, RECENT_NAME, TEMP_MARKER, Run, RunEntry
+from ckptkit.runs.entries import BEST_NAME, FINAL_NAME, HF_CHECKPOINT, HF_TEMP, RECENT_NAME, TEMP_MARKER, Run, RunEntry
 
 Trap = Callable[[Run], Iterator[tuple[list[Path], Finding]]]
 

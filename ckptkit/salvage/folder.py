@@ -10,6 +10,7 @@ from ckptkit.core.errors import CkptkitError
 from ckptkit.formats.base import HEAD_BYTES
 from ckptkit.formats.safetensors_file import SafetensorsFormat
 from ckptkit.formats.torch_zip import ZIP_MAGIC
+from ckptkit.salvage.files import salvage_file
 from ckptkit.salvage.report import LostItem, RecoveredItem, Resumability, SalvageReport
 
 # Which member holds which part, by the names the folder formats use (ckptkit.formats.folder).
@@ -20,10 +21,6 @@ _COUNTER_MEMBERS = ("trainer_state.json", "training_state.pth")
 
 def salvage_folder(path: Path, out_tmp: Path) -> SalvageReport:
     """Salvage every file below `path` into the (empty, temporary) folder `out_tmp`."""
-    from ckptkit.salvage import (
-        salvage_file,  # the file-level dispatcher: one home for it
-    )
-
     report = SalvageReport(path, None, "folder")
     for source in sorted(p for p in path.rglob("*") if p.is_file()):
         name = str(source.relative_to(path))
