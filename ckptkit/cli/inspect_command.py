@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, main
-from ckptkit.cli.render import emit_json, heading, human_bytes, number, render_findings, table
+from ckptkit.cli.render import emit_json, heading, human_bytes, layout_line, number, render_findings, table
 from ckptkit.inspection import Inspection, inspect_checkpoint
 from ckptkit.views.jsonable import summarize, to_jsonable
 
@@ -46,7 +46,7 @@ def inspect_command(path: Path, tensors: bool, as_json: bool) -> None:
 def render_inspection(r: Inspection, show_tensors: bool) -> str:
     out = [heading(r.path),
            f"  format    {r.format}",
-           f"  layout    {r.family}",
+           layout_line(r.family),
            f"  size      {human_bytes(r.size_bytes)} ({r.size_bytes:,} bytes)",
            f"  progress  {r.progress.describe()}"]
     out += [f"            {field}: {source}" for field, source in r.progress.sources.items()]

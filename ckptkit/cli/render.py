@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ckptkit.core.checkpoint import Finding
+from ckptkit.families import family_named
 
 
 def emit_json(data: Any) -> None:
@@ -20,7 +21,7 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], indent: str = "
     rows = [[_wrap(str(cell), width) for cell, width in zip(row, widths)] for row in rows] if widths else list(rows)
     # Wrapped here, not with tabulate's maxcolwidths: that re-parses cells as numbers even with
     # disable_numparse and fails on "1,000".
-    from tabulate import tabulate   # imported here: it costs a fifth of a second at every start
+    from tabulate import tabulate  # imported here: it costs a fifth of a second at every start
 
     text = tabulate(rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
     return "\n".join(indent + line for line in text.splitlines())
@@ -55,6 +56,12 @@ def number(n: Any) -> str:
 def plural(n: int, word: str, many: str | None = None) -> str:
     """"1 file", "5 files": a count with its noun in the right number."""
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def layout_line(family: str) -> str:
+    """The `layout` line: the family's name and, where it has one, what users call that layout."""
+    known = family_named(family)
+    return f"  layout    {family}: {known.description}" if known else f"  layout    {family}"
 
 
 def heading(text: str) -> str:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
 from ckptkit.cli.progress import progress_for
-from ckptkit.cli.render import emit_json, heading, render_findings
+from ckptkit.cli.render import emit_json, heading, layout_line, render_findings
+from ckptkit.core.checkpoint import Severity
 from ckptkit.validating import validate_path
 from ckptkit.validation import ValidationReport
 
@@ -57,7 +57,7 @@ def validate_command(path: Path, deep: bool, against: Path | None, fail_on: str,
 def render_report(report: ValidationReport) -> str:
     counts = Counter(f.severity.value for f in report.findings)
     mode = "deep" if report.deep else "index only; add --deep to read tensor bytes"
-    out = [heading(report.path), f"  format    {report.format}", f"  layout    {report.family}",
+    out = [heading(report.path), f"  format    {report.format}", layout_line(report.family),
            f"  checks    {len(report.checks_run)} groups ({mode})"]
     if report.resume:
         out.append(f"  resume    {report.resume}")

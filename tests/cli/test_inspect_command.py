@@ -41,7 +41,7 @@ def test_training_state_progress_is_shown_in_plain_words(samples: dict[str, Path
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "  format    torch-zip" in lines
-    assert "  layout    training-state" in lines
+    assert "  layout    training-state: EnStack training_state.pth (epoch 1-based, step with 0 = end of epoch, total_batches)" in lines
     assert "  progress  epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)" in lines
     assert "            steps_per_epoch: key 'total_batches' = 1270" in lines
     assert "  AdamW, 1 param groups, 4 state entries, step 2" in lines
