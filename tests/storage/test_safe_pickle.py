@@ -72,10 +72,12 @@ def test_a_pickle_that_would_run_code_is_read_as_an_inert_blocked_call(tmp_path:
     result = safe_loads(data)
     assert not marker.exists()
     module, _, name = qualified.rpartition(".")
-    assert result.dangerous == [GlobalRef(module, name, "dangerous")]
+    [dangerous] = result.dangerous
+    assert (dangerous.module, dangerous.name, dangerous.kind) == (module, name, "dangerous")
+    assert dangerous.call.startswith(f"{qualified}(")
     assert isinstance(result.value, PickledObject) and result.value.is_dangerous
     assert result.value.qualified_name == qualified
-    assert repr(result.value).startswith(f"<blocked call {qualified}(")
+    assert repr(result.value) == f"<blocked call {dangerous.call}>"
 
 
 def test_a_pickled_dataclass_config_shows_its_fields_through_the_stub() -> None:
