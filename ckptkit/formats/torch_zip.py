@@ -35,10 +35,23 @@ class TorchZipFormat:
     def read(self, path: Path) -> Checkpoint:
         from ckptkit.families import build_checkpoint
 
-        tree, globals_, members = read_zip_pickle(path)
+        try:
+            tree, globals_, members = read_zip_pickle(path)
+        except NotACheckpointError:
+            # Not a torch.save layout; torch.load, numpy.load or a script may still unpickle its
+            # members, so each pickle member is read and judged (formats/pickle_members.py).
+            return _read_other_zip(path, build_checkpoint)
         ckpt = build_checkpoint(path, self.name, tree, globals_)
         ckpt.metadata.update(members)
         return ckpt
+
+
+def _read_other_zip(path: Path, build_checkpoint: Any) -> Checkpoint:
+    from ckptkit.formats.pickle_members import read_zip_pickles
+
+    with zipfile.ZipFile(path) as zf:
+        tree, globals_ = read_zip_pickles(path, zf)
+    return build_checkpoint(path, "zip-pickles", tree, globals_)
 
 
 def read_zip_pickle(path: Path, window: tuple[int, int] | None = None) -> tuple[Any, list[Any], dict[str, str]]:
