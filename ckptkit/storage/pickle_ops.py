@@ -143,6 +143,16 @@ def load_bytearray8(self: Any) -> None:
     self.append(buffer)
 
 
+def load_frame(self: Any) -> None:
+    size, = unpack("<Q", self.read(8))
+    if size > self._max_length:
+        raise PickleLimitError(f"FRAME claims {size:,} bytes in a pickle of {self._max_length:,} (length limit)")
+    self._unframer.load_frame(size)
+    frame = self._unframer.current_frame
+    if frame is not None and len(frame.getbuffer()) < size:
+        raise pickle.UnpicklingError(f"pickle ends inside a FRAME of {size:,} bytes")
+
+
 def _check_growth(target: Any) -> None:
     """Re-check a dict's or set's keys each time its size doubles past 1024: keys added one
     SETITEM at a time could otherwise collide without any single batch showing it."""
@@ -158,7 +168,7 @@ def install_ops(dispatch: dict[int, Any]) -> None:
                             (pickle.BUILD, load_build), (pickle.SETITEM, load_setitem),
                             (pickle.SETITEMS, load_setitems), (pickle.DICT, load_dict),
                             (pickle.ADDITEMS, load_additems), (pickle.FROZENSET, load_frozenset),
-                            (pickle.BYTEARRAY8, load_bytearray8)):
+                            (pickle.BYTEARRAY8, load_bytearray8), (pickle.FRAME, load_frame)):
         dispatch[opcode[0]] = handler
 
 

@@ -1,0 +1,87 @@
+"""One test per attack technique: the verdict names the call and its arguments, nothing runs.
+
+Through the library (`safe_loads`, `open_checkpoint`) and through the CLI (`validate`: exit 1 for
+a payload that reads to the end, exit 2 with the call named for one that stops early).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ckptkit.cli import main
+from ckptkit.core.errors import CkptkitError
+from ckptkit.formats import open_checkpoint
+from ckptkit.storage.safe_pickle import PARTIAL_ATTR, safe_loads
+from tests.security.corpus import containers, hostile, hostile_structures
+
+MARKER = Path("/nonexistent-ckptkit-marker")
+TECHNIQUES = sorted(hostile(MARKER))
+CONTAINERS = sorted(containers(MARKER))
+STRUCTURES = sorted(hostile_structures())
+
+
+def _dangerous_calls(data: bytes) -> list[str]:
+    """The dangerous verdicts, read to the end or, for a pickle that stops early, before the stop."""
+    try:
+        globals_ = safe_loads(data).globals
+    except Exception as exc:   # fail closed: the error carries what was seen before the stop
+        globals_ = getattr(exc, PARTIAL_ATTR, [])
+    return [g.call or g.qualified_name for g in globals_ if g.kind == "dangerous"]
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+def test_each_hostile_technique_is_named_as_dangerous_with_its_call(tmp_path: Path, technique: str) -> None:
+    marker = tmp_path / "MARKER"
+    data, named = hostile(marker)[technique]
+    calls = _dangerous_calls(data)
+    assert any(named in c for c in calls), calls
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("technique", CONTAINERS)
+def test_a_payload_inside_each_container_is_found_and_validate_exits_1(tmp_path: Path, technique: str) -> None:
+    marker = tmp_path / "MARKER"
+    name, data = containers(marker)[technique]
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / name
+    path.write_bytes(data)
+    ckpt = open_checkpoint(path)
+    [finding] = [f for f in ckpt.findings if f.code == "security.dangerous-global"]
+    assert f"would call os.system('touch {marker}') when loaded" in finding.message
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 1 and "security.dangerous-global" in result.output
+    assert not marker.exists()
+
+
+def test_a_payload_followed_by_damage_is_an_error_that_names_the_call(tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    data, _ = hostile(marker)["payload followed by garbage"]
+    (tmp_path / "run").mkdir()
+    path = tmp_path / "run" / "state.pkl"
+    path.write_bytes(data)
+    with pytest.raises(CkptkitError) as info:
+        open_checkpoint(path)
+    assert f"it could not be verified, and before that point it would call os.system('touch {marker}')" \
+        in str(info.value)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2 and "could not be verified" in result.output and "Traceback" not in result.output
+
+
+def test_a_damaged_pickle_without_calls_says_it_could_not_be_verified(tmp_path: Path) -> None:
+    path = tmp_path / "state.pkl"
+    path.write_bytes(b"\x80\x02}q\x00X\x05\x00\x00\x00ep")
+    with pytest.raises(CkptkitError, match=r"pickle is damaged: .* \(so it could not be verified as safe to load\)"):
+        open_checkpoint(path)
+
+
+@pytest.mark.parametrize("technique", STRUCTURES)
+def test_each_hostile_structure_is_refused_with_one_line_naming_the_limit(tmp_path: Path, technique: str) -> None:
+    data, limit = hostile_structures()[technique]
+    path = tmp_path / "state.pkl"
+    path.write_bytes(data)
+    with pytest.raises(CkptkitError) as info:
+        open_checkpoint(path)
+    message = str(info.value)
+    assert limit in message and "\n" not in message and message.startswith(str(path))
