@@ -17,7 +17,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import StorageRef, TensorRef
 from ckptkit.core.dtypes import DType, dtype_named
-from ckptkit.storage.pickle_limits import check_keys
+from ckptkit.storage.pickle_limits import PickleLimitError, check_keys
 from ckptkit.storage.pickle_values import (_STRUCT_CODES, NumpyArray, NumpyDtype, PickledObject, TorchDeviceValue,
                                            TorchDtypeValue, UnsupportedPickle)
 
@@ -167,7 +167,8 @@ def _bounded(make: Callable[..., Any]) -> Callable[..., Any]:
             size = arg if isinstance(arg, int) and not isinstance(arg, bool) else (
                 len(arg) if isinstance(arg, range) else 0)
             if make in (bytes, bytearray, list, tuple, set, frozenset) and size > MAX_BUILT_ITEMS:
-                raise pickle.UnpicklingError(f"{make.__name__}() of {size} items: no checkpoint builds that")
+                raise PickleLimitError(f"{make.__name__}() of {size:,} items: no checkpoint builds that "
+                                       f"(container-size limit {MAX_BUILT_ITEMS:,})")
         if make in (set, frozenset, dict) and args and isinstance(args[0], (list, tuple)):
             check_keys(args[0] if make is not dict else [kv[0] for kv in args[0] if isinstance(kv, tuple) and kv],
                        make.__name__)

@@ -42,9 +42,19 @@ def _instantiate(self: Any, klass: Any, args: list[Any]) -> None:
     self.append(self.call(klass, tuple(args), new_only=new_only))
 
 
+def _read_name(self: Any, encoding: str) -> tuple[str, str]:
+    module, name = self.readline(), self.readline()
+    if not (module.endswith(b"\n") and name.endswith(b"\n")):
+        raise pickle.UnpicklingError("pickle ends inside a global's name")
+    return module[:-1].decode(encoding), name[:-1].decode(encoding)
+
+
+def load_global(self: Any) -> None:
+    self.append(self.find_class(*_read_name(self, "utf-8")))
+
+
 def load_inst(self: Any) -> None:
-    module = self.readline()[:-1].decode("ascii")
-    name = self.readline()[:-1].decode("ascii")
+    module, name = _read_name(self, "ascii")
     _instantiate(self, self.find_class(module, name), self.pop_mark())
 
 
@@ -168,7 +178,8 @@ def install_ops(dispatch: dict[int, Any]) -> None:
                             (pickle.BUILD, load_build), (pickle.SETITEM, load_setitem),
                             (pickle.SETITEMS, load_setitems), (pickle.DICT, load_dict),
                             (pickle.ADDITEMS, load_additems), (pickle.FROZENSET, load_frozenset),
-                            (pickle.BYTEARRAY8, load_bytearray8), (pickle.FRAME, load_frame)):
+                            (pickle.BYTEARRAY8, load_bytearray8), (pickle.FRAME, load_frame),
+                            (pickle.GLOBAL, load_global)):
         dispatch[opcode[0]] = handler
 
 
