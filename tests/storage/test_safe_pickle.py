@@ -158,9 +158,9 @@ def test_codecs_encode_refuses_anything_but_text_encodings() -> None:
 
 
 @pytest.mark.parametrize("data, what", [
-    (b"\x80\x02c__builtin__\nbytes\nJ\x00\xe4\x0bT\x85R.", "bytes() of 1410065408 items"),
+    (b"\x80\x02c__builtin__\nbytes\nJ\x00\xe4\x0bT\x85R.", "bytes() of 1,410,065,408 items"),
     (b"\x80\x02c__builtin__\nlist\nc__builtin__\nrange\n\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85R\x85R.",
-     "list() of 1000000000000 items"),
+     "list() of 1,000,000,000,000 items"),
 ])
 def test_harmless_builtins_refuse_sizes_meant_to_exhaust_memory(data: bytes, what: str) -> None:
     with pytest.raises(pickle.UnpicklingError, match=re.escape(what)):
