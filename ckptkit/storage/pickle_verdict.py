@@ -58,7 +58,7 @@ def call_verdict(module: str, name: str) -> str:
     root = parts[0]
     if root in DANGEROUS_MODULES or (root in sys.stdlib_module_names and root not in _NOT_STDLIB):
         return "dangerous"
-    if "." in name or not name[:1].isupper():
+    if "." in name or not name.lstrip("_")[:1].isupper():
         return "dangerous"   # a method of a class, or a function: it runs with the pickle's arguments
     return "class"
 
@@ -90,6 +90,10 @@ def is_plain(value: Any, plain_callables: frozenset[Any], depth: int = 0) -> boo
         return True
     if isinstance(value, PickledObject):
         return not value.is_dangerous
+    if isinstance(value, type) and issubclass(value, PickledObject):
+        # a name passed as a value (a memory-format constant, an enum class) runs nothing by being
+        # passed; a system or code hook passed to a constructor might be called by it
+        return value._global.kind != "dangerous" or value in plain_callables
     if isinstance(value, type) or callable(value):
         return value in plain_callables
     if depth >= 6:

@@ -5,6 +5,7 @@ a payload that reads to the end, exit 2 with the call named for one that stops e
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,51 @@ def test_each_hostile_structure_is_refused_with_one_line_naming_the_limit(tmp_pa
         open_checkpoint(path)
     message = str(info.value)
     assert limit in message and "\n" not in message and message.startswith(str(path))
+
+
+def _inject(pickle_bytes: bytes, marker: Path) -> bytes:
+    """The same pickle, with a payload called and popped just before STOP: pickle.load runs it and
+    still returns the original object, so the file keeps working for its reader."""
+    from tests.security.corpus import call, g, s
+    assert pickle_bytes.endswith(b".")
+    return pickle_bytes[:-1] + call(g("os", "system"), s(f"touch {marker}")) + b"0."
+
+
+def _rezip(src: Path, dst: Path, marker: Path) -> None:
+    import zipfile
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info.filename, _inject(data, marker) if info.filename.endswith("data.pkl") else data)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "real"
+
+
+@pytest.mark.parametrize("member", ["training_args.bin", "optimizer.pt", "rng_state.pth"])
+def test_a_payload_in_a_member_of_an_hf_trainer_folder_is_named(tmp_path: Path, member: str) -> None:
+    import shutil
+    marker = tmp_path / "MARKER"
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(FIXTURES / "hf_full" / "checkpoint-4", folder)
+    _rezip(FIXTURES / "hf_full" / "checkpoint-4" / member, folder / member, marker)
+    result = CliRunner().invoke(main, ["validate", str(folder), "--json"])
+    assert result.exit_code == 1, result.output
+    [finding] = [f for f in json.loads(result.output)["findings"] if f["code"] == "security.dangerous-global"]
+    assert finding["where"] == f"checkpoint-4/{member}"
+    assert finding["message"].startswith(f"the pickle would call os.system('touch {marker}') when loaded")
+    assert not marker.exists()
+
+
+def test_a_payload_in_a_dcp_metadata_file_is_named_even_under_a_dcp_name(tmp_path: Path) -> None:
+    import shutil
+    from tests.security.corpus import call, g, s
+    marker = tmp_path / "MARKER"
+    folder = tmp_path / "dcp"
+    shutil.copytree(FIXTURES / "dcp", folder)
+    meta = (folder / ".metadata").read_bytes()
+    payload = call(g("torch.distributed.checkpoint.format_utils", "torch_save_to_dcp"), s(str(marker)), s("x"))
+    (folder / ".metadata").write_bytes(meta[:-1] + payload + b"0.")
+    ckpt = open_checkpoint(folder)
+    [finding] = [f for f in ckpt.findings if f.code == "security.dangerous-global"]
+    assert "would call torch.distributed.checkpoint.format_utils.torch_save_to_dcp(" in finding.message
