@@ -31,6 +31,7 @@ import time
 import zipfile
 from pathlib import Path
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # one BLAS thread: no per-thread buffers in children
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -216,6 +217,11 @@ def main() -> int:
     if args.profile == "ci":
         args.mutants = min(args.mutants, 24)
     import ckptkit.cli  # noqa: F401  (imported once, before forking)
+    try:   # `diff` compares values with torch: import it once here, not in every child (seconds each)
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        pass
 
     rng = random.Random(args.seed)
     pool = seeds()
@@ -249,9 +255,12 @@ def main() -> int:
                         "ls": ["ls", str(work)], "diff": ["diff", str(unit), str(target)]}[command]
                 status = run_child(argv, args.time_limit, mem_limit)
                 counts[status] += 1
-                if status != "ok" and len(failures) < 30:
-                    failures.append(f"{status}: {command} on {kind} of {file.relative_to(ROOT)} "
-                                    f"(--seed {args.seed}, mutant {n})")
+                if status != "ok":
+                    line = f"{status}: {command} on {kind} of {file.relative_to(ROOT)} (--seed {args.seed}, mutant {n})"
+                    if len(failures) < 30:
+                        failures.append(line)
+                    if args.progress:
+                        print(line, file=sys.stderr, flush=True)
             shutil.rmtree(work, ignore_errors=True)
             if args.progress and (n + 1) % args.progress == 0:
                 print(f"[{n + 1} mutants, {time.monotonic() - started:.0f} s] {counts}", file=sys.stderr, flush=True)
