@@ -67,7 +67,11 @@ class SafeUnpickler(pickle._Unpickler):
     in an array that one damaged LONG_BINPUT index resizes to billions of zero-filled entries, it
     allocates a BYTEARRAY8's claimed length before reading it, and it inserts dict keys with no
     way to refuse a hash-collision flood, so a hostile file costs memory or time before anything
-    can refuse it. Here every such opcode is checked first. (Measured: see docs/safety.md.)
+    can refuse it. Here every such opcode is checked first. Measured on an 80,000-record torch
+    data.pkl (8 MB) on a loaded 2-core machine: a C `pickle.Unpickler` subclass with the same
+    find_class takes 4.8 s, this one 9.8 s (about 1.0 s vs 1.9 s unloaded); the allow-list itself
+    costs nothing measurable per record (main's unpickler: 8.9 s, this one 8.5 s, same run).
+    Safety first: a faster C path would need those limits enforced before the C code runs.
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
