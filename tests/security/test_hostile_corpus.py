@@ -134,3 +134,17 @@ def test_a_payload_in_a_dcp_metadata_file_is_named_even_under_a_dcp_name(tmp_pat
     ckpt = open_checkpoint(folder)
     [finding] = [f for f in ckpt.findings if f.code == "security.dangerous-global"]
     assert "would call torch.distributed.checkpoint.format_utils.torch_save_to_dcp(" in finding.message
+
+
+def test_a_hostile_sibling_in_a_run_folder_is_listed_as_broken_naming_the_limit(tmp_path: Path) -> None:
+    import shutil
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(FIXTURES / "lightning" / "last.ckpt", run / "epoch1.ckpt")
+    (run / "checkpoint_2.pt").write_bytes(hostile_structures()["memo DAG of 2**63 paths"][0])
+    (run / "checkpoint_3.pt").write_bytes(hostile_structures()["dict keys that all hash alike"][0])
+    result = CliRunner().invoke(main, ["ls", str(run), "--json"])
+    health = {c["path"]: c["health"] for c in json.loads(result.output)["checkpoints"]}
+    assert health["epoch1.ckpt"]["status"] == "ok"
+    assert health["checkpoint_2.pt"]["status"] == "broken" and "(tree-size limit)" in health["checkpoint_2.pt"]["reason"]
+    assert health["checkpoint_3.pt"]["status"] == "broken" and "hash-collision limit" in health["checkpoint_3.pt"]["reason"]
