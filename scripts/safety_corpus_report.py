@@ -27,7 +27,8 @@ def verdict(path: Path) -> str:
         ckpt = open_checkpoint(path)
     except CkptkitError as exc:
         text = str(exc)
-        return "caught" if ("would call" in text or "limit" in text or "contains itself" in text) else "refused"
+        return "caught" if ("would call" in text or "limit" in text or "contains itself" in text
+                           or "ends inside a FRAME" in text) else "refused"
     return "caught" if any(f.code == "security.dangerous-global" for f in ckpt.findings) else "clean"
 
 

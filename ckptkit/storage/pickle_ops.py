@@ -155,8 +155,9 @@ def load_bytearray8(self: Any) -> None:
 
 def load_frame(self: Any) -> None:
     size, = unpack("<Q", self.read(8))
-    if size > self._max_length:
-        raise PickleLimitError(f"FRAME claims {size:,} bytes in a pickle of {self._max_length:,} (length limit)")
+    if size > self._max_length:   # checked before reading: a cut file, or a hostile length
+        raise pickle.UnpicklingError(f"pickle ends inside a FRAME of {size:,} bytes (the file has "
+                                     f"{self._max_length:,}): truncated or a damaged length")
     self._unframer.load_frame(size)
     frame = self._unframer.current_frame
     if frame is not None and len(frame.getbuffer()) < size:

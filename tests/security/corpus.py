@@ -177,7 +177,7 @@ def hostile_structures() -> dict[str, tuple[bytes, str]]:
         "a hundred thousand open MARKs": (PROTO2 + b"(" * 100_000 + b")" * 1 + b".", "depth limit"),
         "dict keys that all hash alike": (bytes(flood) + b"u.", "hash-collision limit"),
         "BYTEARRAY8 claiming 2**40 bytes": (b"\x80\x05\x96" + struct.pack("<Q", 1 << 40) + b".", "length limit"),
-        "FRAME claiming 2**62 bytes": (b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"N.", "length limit"),
+        "FRAME claiming 2**62 bytes": (b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"N.", "ends inside a FRAME"),
         "bytes() of 10**11 items": (p2(call(g("builtins", "bytes"), b"\x8a\x05" + (10**11).to_bytes(5, "little"))),
                                     "no checkpoint builds that"),
     }
