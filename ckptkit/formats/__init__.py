@@ -16,12 +16,14 @@ from pathlib import Path
 from ckptkit.core.checkpoint import Checkpoint
 from ckptkit.core.errors import CkptkitError, MissingFileError, NotACheckpointError
 from ckptkit.formats.base import HEAD_BYTES, Format
-from ckptkit.formats.pickle_file import PickleFormat
+from ckptkit.formats.pickle_file import NumpyFormat, PickleFormat
 from ckptkit.formats.safetensors_file import SafetensorsFormat
 from ckptkit.formats.torch_legacy import TorchLegacyFormat
 from ckptkit.formats.torch_zip import TorchZipFormat
 
-FILE_FORMATS: list[Format] = [TorchZipFormat(), TorchLegacyFormat(), SafetensorsFormat(), PickleFormat()]
+# PickleFormat comes last: protocol 0/1 pickles have no magic number, only opcodes that parse.
+FILE_FORMATS: list[Format] = [TorchZipFormat(), TorchLegacyFormat(), SafetensorsFormat(), NumpyFormat(),
+                              PickleFormat()]
 _FOLDER_FORMATS: list[Format] = []
 
 

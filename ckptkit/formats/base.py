@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
-from ckptkit.storage.safe_pickle import GlobalRef, UnpickleResult, UnsupportedPickle
+from ckptkit.storage.pickle_limits import PickleLimitError
+from ckptkit.storage.safe_pickle import PARTIAL_ATTR, GlobalRef, UnpickleResult, UnsupportedPickle
 
 HEAD_BYTES = 64
 
@@ -56,11 +57,11 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
     findings = []
     for g in globals_:
         if g.kind == "dangerous":
+            what = (f"would call {g.call}" if g.call else f"names {g.qualified_name}, which can run code")
             findings.append(Finding(
                 "security.dangerous-global", Severity.ERROR, where,
-                f"the pickle calls {g.qualified_name}: loading it with torch.load(weights_only=False) "
-                f"would run that code; ckptkit did not run it. Do not load this file with "
-                f"weights_only=False", weights_only_command(path)))
+                f"the pickle {what} when loaded with torch.load(weights_only=False); ckptkit did not "
+                f"run it. Do not load this file with weights_only=False", weights_only_command(path)))
         elif g.kind == "class":
             findings.append(Finding(
                 "security.pickled-class", Severity.WARNING, where,
@@ -80,21 +81,41 @@ def weights_only_command(path: Path) -> str:
 
 
 def unpickle_or_raise(path: Path, what: str, load: Any) -> UnpickleResult:
-    """Run an unpickling callable, turning any failure into one CorruptCheckpointError line."""
+    """Run an unpickling callable, turning any failure into one CorruptCheckpointError line.
+
+    Fail closed: a pickle that could not be read to its end is never called safe, and the calls
+    it makes before the stop (pickle.load makes them before it reaches the damage) are named."""
     try:
         return load()
-    except RecursionError:
-        raise CorruptCheckpointError(path, f"{what}: pickle nests too deeply to be a checkpoint") from None
-    except MemoryError:
-        raise CorruptCheckpointError(path, f"{what}: pickle asks for more memory than the machine has") from None
+    except RecursionError as exc:
+        raise CorruptCheckpointError(path, f"{what}: pickle nests too deeply to be a checkpoint{_unverified(exc)}") from None
+    except MemoryError as exc:
+        raise CorruptCheckpointError(path, f"{what}: pickle asks for more memory than the machine has"
+                                     f"{_unverified(exc)}") from None
+    except PickleLimitError as exc:
+        raise CorruptCheckpointError(path, f"{what} refused: {_first_line(exc)}{_unverified(exc)}") from None
     except UnsupportedPickle as exc:
-        raise UnsupportedFeatureError(path, f"{what}: {_first_line(exc)}") from None
+        raise UnsupportedFeatureError(path, f"{what}: {_first_line(exc)}{_unverified(exc)}") from None
     except (pickle.UnpicklingError, EOFError) as exc:
-        raise CorruptCheckpointError(path, f"{what} is damaged: {_first_line(exc) or 'pickle data ends early'}") from None
-    except CorruptCheckpointError:
+        raise CorruptCheckpointError(path, f"{what} is damaged: {_first_line(exc) or 'pickle data ends early'}"
+                                     f"{_unverified(exc)}") from None
+    except CorruptCheckpointError as exc:
+        if getattr(exc, PARTIAL_ATTR, None):
+            raise CorruptCheckpointError(exc.path, f"{exc.message}{_unverified(exc)}") from None
         raise
     except Exception as exc:  # any other exception from the unpickler means the bytes are wrong
-        raise CorruptCheckpointError(path, f"{what} is damaged: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise CorruptCheckpointError(path, f"{what} is damaged: {type(exc).__name__}: {_first_line(exc)}"
+                                     f"{_unverified(exc)}") from None
+
+
+def _unverified(exc: BaseException) -> str:
+    """'; not verified safe to load ...': what the calls seen before the stop would do."""
+    seen = [g for g in getattr(exc, PARTIAL_ATTR, None) or [] if g.kind == "dangerous"]
+    if not seen:
+        return " (so it could not be verified as safe to load)"
+    calls = "; ".join(g.call or g.qualified_name for g in seen[:3]) + (f"; and {len(seen) - 3} more" if len(seen) > 3 else "")
+    return (f"; it could not be verified, and before that point it would call {calls} when loaded with "
+            "torch.load(weights_only=False): do not load it")
 
 
 def _first_line(exc: BaseException) -> str:

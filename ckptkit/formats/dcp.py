@@ -164,7 +164,8 @@ class DcpLayout:
             _refuse_transformed(file, loc, fqn)
             value, globals_, _ = read_zip_pickle(file, (loc[1], loc[2]))
         except Exception as exc:   # whatever fails while decoding the item, its bytes are not what DCP writes
-            why = exc.message if isinstance(exc, UnsupportedFeatureError) else type(exc).__name__
+            # the reader's own message: for a pickle that stops early it names the calls it saw first
+            why = exc.message if isinstance(exc, CkptkitError) else type(exc).__name__
             self.reading.add_finding("dcp.unreadable-item", Severity.ERROR, loc[0],
                                      f"item {fqn!r} at bytes {loc[1]}..{loc[1] + loc[2]} cannot be read ({why})")
             return None
@@ -301,7 +302,8 @@ def _dtype(properties: Any, path: Path, fqn: str) -> Any:
 
 
 def _unexpected_globals(path: Path, globals_: list[GlobalRef]) -> list[Any]:
-    others = [g for g in globals_ if not g.qualified_name.startswith(_EXPECTED_GLOBALS)]
+    # DCP's own classes are expected; a call judged dangerous never is (torch_save_to_dcp is a DCP name).
+    others = [g for g in globals_ if g.kind == "dangerous" or not g.qualified_name.startswith(_EXPECTED_GLOBALS)]
     return security_findings(path, f"{path.parent.name}/{METADATA}", others)
 
 

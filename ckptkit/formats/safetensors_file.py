@@ -58,7 +58,8 @@ def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict
         f.seek(base)
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        raw = f.read(n)
+        # a damaged length is checked before reading: f.read(2**60) would try to allocate it first
+        raw = f.read(n) if base + 8 + n <= size else b""
     if len(head) < 8 or base + 8 + n > size or len(raw) < n:
         raise CorruptCheckpointError(path, f"safetensors header says {n} bytes but the file has "
                                      f"{max(0, size - base - 8)} after the length: truncated")

@@ -37,11 +37,24 @@ class TorchZipFormat:
         return head.startswith(ZIP_MAGIC)
 
     def read(self, path: Path) -> Checkpoint:
-        tree, globals_, members = read_zip_pickle(path)
+        try:
+            tree, globals_, members = read_zip_pickle(path)
+        except NotACheckpointError:
+            # Not a torch.save layout; torch.load, numpy.load or a script may still unpickle its
+            # members, so each pickle member is read and judged (formats/pickle_members.py).
+            return _read_other_zip(path)
         ckpt = checkpoint_from_tree(path, self.name, tree, globals_)
         ckpt.details.zip_prefix = members["zip_prefix"]
         ckpt.details.storage_records = int(members["storage_records"])
         return ckpt
+
+
+def _read_other_zip(path: Path) -> Checkpoint:
+    from ckptkit.formats.pickle_members import read_zip_pickles
+
+    with zipfile.ZipFile(path) as zf:
+        tree, globals_ = read_zip_pickles(path, zf)
+    return checkpoint_from_tree(path, "zip-pickles", tree, globals_)
 
 
 def read_zip_pickle(path: Path, window: tuple[int, int] | None = None,

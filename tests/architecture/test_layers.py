@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("families",),
     ("validation",),
     ("runs",),
-    ("inspection", "diffing", "repair", "conversion", "salvage", "plotting", "demo"),
+    ("inspection", "validating", "diffing", "repair", "conversion", "salvage", "plotting", "demo"),
     ("training",),
     ("integrations",),
     ("cli", "__main__"),

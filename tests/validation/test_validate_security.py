@@ -35,7 +35,8 @@ def test_a_plain_dict_config_has_no_security_finding(save: Any, state: dict[str,
 def test_a_global_that_would_run_code_is_an_error(save: Any) -> None:
     finding = only(run(save({"w": torch.ones(2), "evil": RunsCode()})), "security.dangerous-global")
     assert finding.severity is Severity.ERROR
-    assert "would run that code; ckptkit did not run it" in finding.message
+    assert "would call posix.system('echo this must never run') when loaded with torch.load(weights_only=False); " \
+           "ckptkit did not run it" in finding.message
 
 
 def test_a_tensor_subclass_is_reported(save: Any) -> None:

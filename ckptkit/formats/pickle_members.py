@@ -1,0 +1,110 @@
+"""Pickles wherever a checkpoint can hide them: protocol 0-5 heads, NumPy `.npy` object arrays,
+and the pickle members of a zip that is not laid out like `torch.save` (picklescan's
+`malicious1.zip`, a NumPy `.npz`).
+
+`torch.load`, `numpy.load(allow_pickle=True)` and `pickle.load` would each unpickle these, so each
+is read with the restricted unpickler and its calls judged like any other pickle's.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import pickletools
+import struct
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError
+from ckptkit.formats.base import unpickle_or_raise
+from ckptkit.storage.pickle_values import GlobalRef, NumpyArray
+from ckptkit.storage.safe_pickle import safe_load_stream, safe_loads
+
+NPY_MAGIC = b"\x93NUMPY"
+MAX_ZIP_MEMBERS = 10_000
+MAX_MEMBER_BYTES = 256 << 20
+# Opcodes a protocol 0/1 pickle starts with (no PROTO header): a class, a mark, an empty
+# container, or a scalar. Text that starts with one of these must also parse as opcodes.
+_FIRST_OPCODES = frozenset("c ( } ] ) I L F S V N K J M G X U T B i".split())
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """True when `head` starts a pickle of any protocol: PROTO 2-5, or protocol 0/1 opcodes
+    that parse (at least two whole opcodes in the head, none unknown)."""
+    if len(head) > 2 and head[0] == 0x80:
+        return 2 <= head[1] <= 5
+    if not head or chr(head[0]) not in _FIRST_OPCODES:
+        return False
+    count = 0
+    try:
+        for opcode, _, pos in pickletools.genops(io.BytesIO(head)):
+            count += 1
+            if opcode.name == "STOP":
+                return count >= 2
+    except ValueError as exc:   # the head ends inside an opcode: fine if enough came before
+        return count >= 2 and "unknown opcode" not in str(exc)
+    except Exception:
+        return False
+    return count >= 2
+
+
+def read_npy(path: Path, f: Any, what: str) -> tuple[Any, list[GlobalRef]]:
+    """A `.npy` array: its header, and for an object array (dtype 'O') the pickle after it."""
+    magic = f.read(8)
+    if not magic.startswith(NPY_MAGIC) or len(magic) < 8:
+        raise CorruptCheckpointError(path, f"{what}: not a NumPy .npy array (bad magic)")
+    size_bytes = f.read(2 if magic[6] == 1 else 4)
+    if len(size_bytes) not in (2, 4):
+        raise CorruptCheckpointError(path, f"{what}: .npy header ends early")
+    size = struct.unpack("<H" if len(size_bytes) == 2 else "<I", size_bytes)[0]
+    if size > 1 << 16:
+        raise CorruptCheckpointError(path, f"{what}: .npy header claims {size:,} bytes (header-length limit 65,536)")
+    try:
+        header = ast.literal_eval(f.read(size).decode("latin1"))
+        descr, shape = header["descr"], tuple(header["shape"])
+    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
+        raise CorruptCheckpointError(path, f"{what}: .npy header is damaged ({type(exc).__name__})") from None
+    if "O" not in str(descr):
+        return NumpyArray(str(descr), shape), []
+    # numpy.load(allow_pickle=True) unpickles what follows: the array's objects.
+    result = unpickle_or_raise(path, f"{what} (object array pickle)", lambda: safe_load_stream(f))
+    return result.value, result.globals
+
+
+def read_zip_pickles(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any], list[GlobalRef]]:
+    """Every member of a non-torch.save zip that holds a pickle (or a .npy array), decoded."""
+    tree: dict[str, Any] = {}
+    globals_: list[GlobalRef] = []
+    infos = zf.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise CorruptCheckpointError(path, f"zip holds {len(infos):,} members (member-count limit {MAX_ZIP_MEMBERS:,})")
+    for info in infos:
+        if info.is_dir() or info.file_size == 0:
+            continue
+        if info.file_size > MAX_MEMBER_BYTES:
+            continue   # tensor-sized payloads are not pickles anyone loads whole
+        try:
+            data = zf.read(info)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
+                zlib.error) as exc:
+            raise CorruptCheckpointError(path, f"zip member {info.filename} is damaged: {exc}") from None
+        what = f"zip member {info.filename}"
+        if data.startswith(NPY_MAGIC):
+            value, found = read_npy(path, io.BytesIO(data), what)
+        elif looks_like_pickle(data[:64]):
+            result = unpickle_or_raise(path, what, lambda d=data: safe_loads(d, _stub_persistent))
+            value, found = result.value, result.globals
+        else:
+            continue
+        tree[info.filename] = value
+        globals_.extend(found)
+    if not tree:
+        raise NotACheckpointError(path, "a zip archive, but not a torch.save checkpoint (no <name>/data.pkl) "
+                                  "and no pickle or .npy member")
+    return tree, globals_
+
+
+def _stub_persistent(pid: Any) -> Any:
+    # A pickle outside a torch.save layout has no storage records to point at: keep the id inert.
+    return ("persistent id", str(pid)[:80])
