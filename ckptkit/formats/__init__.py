@@ -7,23 +7,17 @@ imported on first use, so commands given a single file never load them.
 """
 from __future__ import annotations
 
-import gc
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Checkpoint
-from ckptkit.core.errors import CkptkitError, MissingFileError, NotACheckpointError
-from ckptkit.formats.base import HEAD_BYTES, Format
-from ckptkit.formats.pickle_file import NumpyFormat, PickleFormat
-from ckptkit.formats.safetensors_file import SafetensorsFormat
-from ckptkit.formats.torch_legacy import TorchLegacyFormat
-from ckptkit.formats.torch_zip import TorchZipFormat
+from ckptkit.core.errors import MissingFileError, NotACheckpointError
+from ckptkit.formats.base import Format
+from ckptkit.formats.files import FILE_FORMATS, cyclic_gc_paused, detect_file_format, open_file, read_with
 
-# PickleFormat comes last: protocol 0/1 pickles have no magic number, only opcodes that parse.
-FILE_FORMATS: list[Format] = [TorchZipFormat(), TorchLegacyFormat(), SafetensorsFormat(), NumpyFormat(),
-                              PickleFormat()]
+__all__ = ["FILE_FORMATS", "cyclic_gc_paused", "detect_file_format", "detect_format", "folder_formats",
+           "open_checkpoint", "open_file", "read_with"]
+
 _FOLDER_FORMATS: list[Format] = []
 
 
@@ -53,58 +47,10 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
                 return fmt
         raise NotACheckpointError(path, "a folder, but no checkpoint format ckptkit knows "
                                   "(use `ckptkit ls` to find checkpoints below it)")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEAD_BYTES)
-    except OSError as exc:
-        raise MissingFileError(path, f"cannot be read: {exc.strerror}") from None
-    if not head:
-        raise NotACheckpointError(path, "empty file (0 bytes): the save was interrupted before "
-                                  "anything was written")
-    for fmt in FILE_FORMATS:
-        if fmt.sniff(path, head):
-            return fmt
-    raise NotACheckpointError(path, f"not a checkpoint ckptkit knows ({_describe_head(head)})")
+    return detect_file_format(path)
 
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint's index safely (no code from the file runs, no tensor bytes are read)."""
     path = Path(path)
-    fmt = detect_format(path)
-    try:
-        with cyclic_gc_paused():
-            return fmt.read(path)
-    except CkptkitError:
-        raise
-    except OSError as exc:
-        raise MissingFileError(path, f"cannot be read: {exc.strerror or exc}") from None
-
-
-@contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Pause Python's cycle collector while an index is decoded.
-
-    Decoding 80,000 tensor records allocates a few hundred thousand objects that all stay
-    alive; the collector keeps re-scanning them as they pile up (about a third of the reading
-    time, measured on `scripts/bench_scale.py`'s .pth) and frees nothing, since an index tree
-    holds no cycles. Reference counting still frees everything else as usual; the collector
-    runs again once the reading is done.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _describe_head(head: bytes) -> str:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as exc:   # a character cut by the end of the head is still text
-        text = head[: exc.start].decode("utf-8") if exc.start >= max(1, len(head) - 3) else "\x00"
-    if any(ord(c) < 32 and c not in "\t\r\n" for c in text):   # NULs and control bytes: binary
-        return f"unknown binary content starting {head[:8].hex(' ')}"
-    first = text.strip().splitlines()[0][:40] if text.strip() else ""
-    return f"a text file starting {first!r}"
+    return read_with(detect_format(path), path)

@@ -17,6 +17,7 @@ from typing import Any
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorRef
 from ckptkit.core.errors import CkptkitError
 from ckptkit.formats.base import weights_only_command
+from ckptkit.formats.files import open_file
 
 # Whole-model weight files, in the order transformers/peft prefer them when several exist.
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
@@ -61,10 +62,8 @@ class FolderReading:
         `classes_expected`: the member is known to hold pickled objects of the library that wrote
         it (HF `training_args.bin`), which nothing loads on resume, so their stubs are noted, not warned.
         """
-        from ckptkit.formats import open_checkpoint
-
         try:
-            member = open_checkpoint(self.path / name)
+            member = open_file(self.path / name)
         except CkptkitError as exc:
             self._note(name, role, None)
             self.add_finding("folder.unreadable-member", Severity.ERROR, name,

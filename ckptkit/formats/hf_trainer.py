@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Checkpoint, Progress, Severity
+from ckptkit.core.checkpoint import Checkpoint, Progress, ResumePrediction, Severity
 from ckptkit.core.errors import NotACheckpointError
 from ckptkit.formats.folder import FolderReading, has_weights, member_names
 from ckptkit.views import sections as S
@@ -69,6 +69,7 @@ class HFTrainerFormat:
             ckpt.extra["adapter_config"] = adapter
         if args is not None:
             ckpt.config, ckpt.sources["config"] = args, TRAINING_ARGS
+        ckpt.progress.resume = trainer_resume(ckpt.progress, args, exact=isinstance(resume_state, dict))
         if isinstance(state, dict):
             _fill_trainer_state(ckpt, state)
         if isinstance(resume_state, dict) and isinstance(resume_state.get("ckptkit"), dict):
@@ -140,6 +141,32 @@ def _fill_trainer_state(ckpt: Checkpoint, state: dict[str, Any]) -> None:
         ckpt.extra["best_model_checkpoint"] = state["best_model_checkpoint"]
     if isinstance(state.get("log_history"), list):
         ckpt.histories["log_history"] = state["log_history"]
+
+
+def trainer_resume(p: Progress, args: dict[str, Any] | None, exact: bool) -> ResumePrediction | None:
+    """What `Trainer.train(resume_from_checkpoint=folder)` does with it (transformers' trainer.py,
+    `_inner_training_loop`): epochs_trained = global_step // updates per epoch, and the first
+    (global_step % updates per epoch) x gradient_accumulation_steps batches of the next epoch
+    are skipped; optimizer, scheduler, scaler and RNG come from the folder. Not restored: the
+    callbacks' state unless restore_callback_states_from_checkpoint=True, and the order of a data
+    loader with a generator of its own (drawn before rng_state.pth is restored). ckptkit's
+    ExactResume (ckptkit_resume.json in the folder) restores both."""
+    if p.global_step is None:
+        return None
+    accum = S.as_int(args.get("gradient_accumulation_steps")) if isinstance(args, dict) else None
+    start_epoch = start_batch = None
+    if p.training_finished:
+        return ResumePrediction("HF Trainer", "train(resume_from_checkpoint=...)", None, None, p.global_step,
+                                [], ["training already reached max_steps: train() ends at once unless "
+                                     "max_steps or num_train_epochs is raised"])
+    if p.steps_per_epoch and accum:
+        start_epoch = p.global_step // p.steps_per_epoch + 1
+        start_batch = p.global_step % p.steps_per_epoch * accum
+    loses = [] if exact else [
+        "early-stopping patience restarts unless restore_callback_states_from_checkpoint=True",
+        "a data loader with a generator of its own draws another order for the resumed epoch"]
+    return ResumePrediction("HF Trainer", "train(resume_from_checkpoint=...)", start_epoch, start_batch,
+                            p.global_step, ["optimizer", "scheduler", "scaler", "RNG"], loses)
 
 
 def hf_progress(state: dict[str, Any] | None, args: dict[str, Any] | None) -> Progress:

@@ -124,3 +124,23 @@ def test_no_import_closes_a_cycle() -> None:
 @pytest.mark.parametrize("target, expected", [("ckptkit.storage.crc", 1), ("ckptkit.formats.dcp", 3), ("ckptkit.cli.render", 10)])
 def test_the_layer_rule_itself_places_modules(target: str, expected: int) -> None:
     assert layer(target) == expected
+
+
+TRAINERS = PACKAGE.parent / "trainers"
+
+
+def test_no_bundled_trainer_imports_another_and_the_library_imports_none() -> None:
+    """Each trainer is one module a reader holds in their head; the library finds trainers
+    through its registry (entry points), never by importing them."""
+    offenders = []
+    for path in sorted(TRAINERS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"trainers/{path.name} imports {n}" for n in names if n.split(".")[0] == "trainers"]
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{module} imports {n}" for n in names if n.split(".")[0] in ("trainers", "ckptkit_trainers")]
+    assert offenders == []
