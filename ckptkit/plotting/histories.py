@@ -74,7 +74,7 @@ def series_of(ckpt: Checkpoint, run: str, where: str) -> list[Series]:
 def _lightning_scores(ckpt: Checkpoint, run: str, where: str) -> list[Series]:
     """Lightning keeps no history, but each ModelCheckpoint callback's state holds the value of
     its monitored metric at this save (`current_score`, a one-element tensor): one point per file."""
-    callbacks = ckpt.extra.get("callbacks") if ckpt.family == "lightning" else None
+    callbacks = ckpt.extra.get("callbacks")   # Lightning's callback states; no other reader puts them there
     step = ckpt.progress.global_step
     if not isinstance(callbacks, dict) or step is None:
         return []
