@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from ckptkit.cli import main
 from ckptkit.cli.convert_command import parse_size
+from ckptkit import conversion
 from ckptkit.formats import safetensors_file, torch_zip
 
 
@@ -78,8 +79,9 @@ def _corrupting_storage_records(write_member):
 @pytest.mark.parametrize("target", ["model.safetensors", "model.pt"])
 def test_a_verification_mismatch_deletes_the_output_and_exits_2(
         model_pth: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
-    monkeypatch.setattr(safetensors_file, "write_safetensors",
-                        _corrupting_safetensors(safetensors_file.write_safetensors))
+    corrupt = _corrupting_safetensors(safetensors_file.write_safetensors)
+    monkeypatch.setattr(safetensors_file, "write_safetensors", corrupt)
+    monkeypatch.setattr(conversion, "write_safetensors", corrupt)   # the name conversion writes through
     monkeypatch.setattr(torch_zip, "_write_member", _corrupting_storage_records(torch_zip._write_member))
     before = sorted(p.name for p in model_pth.parent.iterdir())
     code, _, stderr = _run(str(model_pth), str(model_pth.with_name(target)), "--weights-only")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckptkit.conversion import to_hf
 from ckptkit.conversion.plan import (
     SAFETENSORS_FORMATS,
     TensorPlan,
@@ -34,17 +35,23 @@ from ckptkit.conversion.plan import (
     plan_tensors,
     rekeyed,
     safetensors_metadata,
+    source_tree,
     target_dtype,
     torch_tree,
     with_whole_tensors,
 )
+from ckptkit.conversion.restore import restore
 from ckptkit.conversion.shards import INDEX_NAME, shard_layout, shard_names, verify_shards, write_shards  # noqa: F401  (re-exported: public API)
+from ckptkit.conversion.to_dcp import placeholder_state, verify_dcp, write_dcp
 from ckptkit.conversion.verify import verify_safetensors, verify_torch_file
 from ckptkit.core.checkpoint import Checkpoint, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats import open_checkpoint
+from ckptkit.formats.safetensors_file import write_safetensors
+from ckptkit.formats.torch_zip import write_torch_zip
 from ckptkit.storage.atomic import atomic_write_dir, atomic_write_file, default_backup_path
+from ckptkit.storage.pickle_writer import dumps_tree
 from ckptkit.storage.tensor_bytes import DerivedStorage, on_disk
 
 TARGETS = {"safetensors": "safetensors", "torch": "torch-zip", "torch-zip": "torch-zip", "pth": "torch-zip",
@@ -173,7 +180,6 @@ def _to_safetensors(ckpt: Checkpoint, output: Path, options: ConvertOptions, to:
 
 def _write_single(output: Path, plan: TensorPlan, meta: dict[str, str],
                   backup: Path | None) -> tuple[list[Path], int, int]:
-    from ckptkit.formats.safetensors_file import write_safetensors
 
     counts = {"written": 0, "checked": 0}
 
@@ -204,7 +210,6 @@ def _write_shards(output: Path, plan: TensorPlan, meta: dict[str, str], max_byte
 
 def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
               backup: Path | None) -> ConversionResult:
-    from ckptkit.formats.torch_zip import write_torch_zip
 
     tree, uncast, aliases, dropped = torch_tree(ckpt, options.weights_only, options.select, to)
     counts = {"checked": 0}
@@ -226,7 +231,6 @@ def _to_torch(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType
 
 def _restoration_notes(ckpt: Checkpoint, options: ConvertOptions) -> list[str]:
     """What of a safetensors source's __metadata__ a .pth or DCP output carries (`restore`)."""
-    from ckptkit.conversion.restore import restore
 
     if ckpt.format not in SAFETENSORS_FORMATS:
         return []
@@ -240,8 +244,6 @@ def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
     """CRC32s of the records a torch zip source already holds and the output copies unchanged:
     write_torch_zip then copies them inside the kernel (the read-back compares every byte)."""
     import zipfile
-
-    from ckptkit.storage.pickle_writer import dumps_tree
 
     prefix = ckpt.details.zip_prefix
     if ckpt.format != "torch-zip" or prefix is None:
@@ -259,8 +261,6 @@ def _was_cast(t: TensorRef) -> bool:
 
 def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
             backup: Path | None) -> ConversionResult:
-    from ckptkit.conversion.plan import source_tree
-    from ckptkit.conversion.to_dcp import placeholder_state, verify_dcp, write_dcp
 
     tree, dropped = source_tree(ckpt, options.weights_only, options.select)
     if not isinstance(tree, dict):
@@ -286,7 +286,6 @@ def _to_dcp(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType |
 
 def _to_hf(ckpt: Checkpoint, output: Path, options: ConvertOptions, to: DType | None,
            backup: Path | None) -> ConversionResult:
-    from ckptkit.conversion import to_hf
 
     plan = to_hf.plan_folder(ckpt, options.weights_only, options.select, to, options.max_shard_size,
                              output.name)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ckptkit.conversion.plan import TensorPlan
 from ckptkit.conversion.verify import verify_index, verify_safetensors
+from ckptkit.formats.safetensors_file import write_safetensors
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -54,7 +55,6 @@ def shard_layout(plan: TensorPlan, max_bytes: int) -> ShardLayout:
 
 def write_shards(folder: Path, plan: TensorPlan, meta: dict[str, str], layout: ShardLayout) -> int:
     """Every shard and the index into `folder`; returns the shards' bytes."""
-    from ckptkit.formats.safetensors_file import write_safetensors
 
     written = 0
     for file, names in zip(layout.files, layout.shards, strict=True):   # one file per shard

@@ -24,10 +24,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ckptkit.conversion.plan import map_leaves
+from ckptkit.conversion.plan import map_leaves, with_whole_tensors
+from ckptkit.conversion.verify import check_casts
 from ckptkit.core.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, UnsupportedFeatureError, WriteVerificationError
+from ckptkit.formats import open_checkpoint
 from ckptkit.storage.safe_pickle import TorchDeviceValue, TorchDtypeValue
 from ckptkit.storage.tensor_bytes import CHUNK, DerivedStorage, same_bytes, tensor_chunks
 from ckptkit.views.jsonable import to_jsonable
@@ -181,8 +183,6 @@ def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any, uncast_tree: An
     """Every tensor of the written DCP folder against the source's, by dotted name; with
     `uncast_tree` (the tree before a --dtype cast), each cast tensor also against torch's cast
     of its source tensor (see `ckptkit.conversion.verify.verify_torch_file`)."""
-    from ckptkit.conversion.plan import with_whole_tensors
-    from ckptkit.formats import open_checkpoint
 
     try:
         got = with_whole_tensors(open_checkpoint(folder))
@@ -204,7 +204,6 @@ def verify_dcp(folder: Path, shown_as: Path, expected_tree: Any, uncast_tree: An
         if not same_bytes(tensor_chunks(out, None, 1 << 20), tensor_chunks(source, None, 1 << 20)):
             raise WriteVerificationError(shown_as, f"tensor {name!r}: bytes read back differ from the source's")
     if uncast_tree is not None:
-        from ckptkit.conversion.verify import check_casts
 
         check_casts(shown_as, dict(iter_tensors(uncast_tree)), have)
     return len(want)

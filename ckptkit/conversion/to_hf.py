@@ -35,6 +35,8 @@ from ckptkit.core.checkpoint import Checkpoint, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import UnsupportedFeatureError
 from ckptkit.formats.hf_trainer import TRAINER_STATE
+from ckptkit.formats.safetensors_file import write_safetensors
+from ckptkit.formats.torch_zip import write_torch_zip
 
 # transformers 5.23 Trainer.train(resume_from_checkpoint=...) opens this file unconditionally.
 NO_TRAINER_STATE_NOTE = ("no trainer_state.json written (the source has none, and its progress has no global "
@@ -105,8 +107,6 @@ def plan_folder(ckpt: Checkpoint, weights_only: bool, select: str | None, to: DT
 
 
 def populate(plan: FolderPlan, folder: Path) -> None:
-    from ckptkit.formats.safetensors_file import write_safetensors
-    from ckptkit.formats.torch_zip import write_torch_zip
 
     if plan.shards is not None:
         write_shards(folder, plan.weights, plan.metadata, plan.shards)

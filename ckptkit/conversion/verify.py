@@ -17,6 +17,8 @@ from typing import Any
 from ckptkit.core.checkpoint import StorageRef, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, WriteVerificationError
+from ckptkit.formats import open_checkpoint
+from ckptkit.formats.safetensors_file import read_safetensors_header
 from ckptkit.storage.tensor_bytes import on_disk, same_bytes, same_ranges, tensor_chunks, tensor_range
 from ckptkit.views.jsonable import to_jsonable
 
@@ -27,7 +29,6 @@ COMPARE_CHUNK = 1 << 20
 def verify_safetensors(path: Path, shown_as: Path, tensors: Mapping[str, TensorRef],
                        metadata: Mapping[str, str], casts: Mapping[str, DType]) -> int:
     """Every tensor of a written safetensors file against its source; returns the count checked."""
-    from ckptkit.formats.safetensors_file import read_safetensors_header
 
     try:
         written, written_meta = read_safetensors_header(path)
@@ -57,7 +58,6 @@ def verify_torch_file(path: Path, shown_as: Path, expected_tree: Any, uncast_tre
     its source tensor cast by torch, element by element as the source tensor reads them: the
     storage records above were produced by the same cast they are compared with, so a cast
     that read the source wrong (float8 bytes as uint8 numbers) would otherwise pass."""
-    from ckptkit.formats import open_checkpoint
 
     try:
         got = open_checkpoint(path)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ckptkit.conversion.plan import with_whole_tensors
 from ckptkit.core.checkpoint import Checkpoint, iter_tensors
 from ckptkit.diffing.meta import diff_meta
 from ckptkit.diffing.report import (
@@ -52,7 +53,6 @@ def diff_checkpoints(a: Checkpoint, b: Checkpoint, options: DiffOptions = DiffOp
     unknown = set(options.sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
-    from ckptkit.conversion.plan import with_whole_tensors  # the one assembly of DCP chunks
 
     # A tensor saved in chunks (DCP shards) is compared as the whole tensor they make up.
     a, b = with_whole_tensors(a), with_whole_tensors(b)

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.core.byte_source import FileBytes
-from ckptkit.core.checkpoint import ByteRange, Checkpoint, Severity, StorageRef, TensorChunk, TensorRef, make_tensor
+from ckptkit.core.checkpoint import (
+    ByteRange,
+    Checkpoint,
+    MemberFile,
+    Severity,
+    StorageRef,
+    TensorChunk,
+    TensorRef,
+    make_tensor,
+)
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, security_findings, unpickle_or_raise
@@ -339,7 +348,6 @@ def _peek(file: Path, offset: int) -> bytes:
 
 
 def _member(path: Path, name: str, role: str, fmt: str) -> Any:
-    from ckptkit.core.checkpoint import MemberFile
 
     size = (path / name).stat().st_size if (path / name).is_file() else 0
     return MemberFile(name, size, role, fmt if size else None)

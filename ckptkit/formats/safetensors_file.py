@@ -18,6 +18,7 @@ from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef, TensorRef
 from ckptkit.core.dtypes import BY_SAFETENSORS, DType
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree
+from ckptkit.storage.tensor_bytes import write_tensor
 
 MAX_HEADER = 100 * 1024 * 1024   # safetensors' own limit
 
@@ -110,7 +111,6 @@ def write_safetensors(out: BinaryIO, tensors: Mapping[str, TensorRef], metadata:
     written contiguous; tensors that share a storage are each written in full (safetensors has
     no sharing: the caller decides which names to leave out as aliases).
     """
-    from ckptkit.storage.tensor_bytes import write_tensor
 
     dtypes = dtypes or {}
     header, end = safetensors_header(tensors, metadata, dtypes)

@@ -22,7 +22,9 @@ from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
+from ckptkit.formats.pickle_members import read_zip_pickles
 from ckptkit.formats.zip_directory import read_directory, read_member
+from ckptkit.storage.pickle_writer import dumps_tree
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -50,7 +52,6 @@ class TorchZipFormat:
 
 
 def _read_other_zip(path: Path) -> Checkpoint:
-    from ckptkit.formats.pickle_members import read_zip_pickles
 
     with zipfile.ZipFile(path) as zf:
         tree, globals_ = read_zip_pickles(path, zf)
@@ -281,7 +282,6 @@ def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: in
     caller can check it while the next one is copied. `dumped`: `dumps_tree(tree)`, where the
     caller has it already.
     """
-    from ckptkit.storage.pickle_writer import dumps_tree
 
     data_pkl, storages = dumped if dumped is not None else dumps_tree(tree)
     with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:

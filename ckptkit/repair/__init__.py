@@ -15,6 +15,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import Change, RepairPlan, RepairResult, apply_changes
 from ckptkit.repair.epoch import carry_out, fix_epoch, training_state_member
 from ckptkit.repair.fixes import ALL_CODES, FIXES, FOLDER_FIXES
+from ckptkit.repair.hf_trainer import plan_step_resync, write_plan
 from ckptkit.repair.rewrite import check_rewritable, check_writable_tree, rewrite_note
 
 __all__ = ["ALL_CODES", "Change", "RepairPlan", "RepairResult", "fix_epoch", "repair"]
@@ -60,7 +61,6 @@ def repair_checkpoint(path: str | os.PathLike[str], fixes: list[str] | None = No
 
 def _repair_hf_folder(folder: Path, fixes: list[str] | None, *, dry_run: bool, backup: Any,
                       keep_backup: bool) -> RepairResult:
-    from ckptkit.repair.hf_trainer import plan_step_resync, write_plan
 
     wanted = fixes if fixes is not None else list(FOLDER_FIXES)
     plan = plan_step_resync(folder) if "counters.hf-step-mismatch" in wanted else RepairPlan(

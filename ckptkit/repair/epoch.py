@@ -15,6 +15,7 @@ from ckptkit.core.checkpoint import Checkpoint, Progress
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.families import UnrepresentableProgress, family_named, optimizer_step, recognise
 from ckptkit.formats import open_checkpoint
+from ckptkit.formats.dcp import CKPTKIT_TRAINING_STATE
 from ckptkit.repair.changes import RepairPlan, RepairResult, apply_changes, plan_sets
 from ckptkit.repair.hf_trainer import TRAINER_STATE, fix_epoch_hf
 from ckptkit.repair.position import describe_action, target_position
@@ -27,7 +28,6 @@ def training_state_member(folder: Path) -> Path | None:
     """The one torch.save file that holds a checkpoint folder's progress, if it has one: seed
     003's `training_state.pth` beside a save_pretrained model, or the training state beside the
     shards of ckptkit's sharded (DCP) checkpoints. Repairs of the folder rewrite that file."""
-    from ckptkit.formats.dcp import CKPTKIT_TRAINING_STATE  # here: single-file repairs never load DCP
 
     for name in ("training_state.pth", CKPTKIT_TRAINING_STATE):
         if (folder / name).is_file():

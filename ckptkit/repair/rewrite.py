@@ -26,6 +26,7 @@ from ckptkit.repair.changes import first_difference
 from ckptkit.repair.manifests import ManifestRefresh
 from ckptkit.storage.atomic import atomic_write_file, start_writeback
 from ckptkit.storage.crc import range_crc32
+from ckptkit.storage.pickle_writer import dumps_tree as dumps
 
 REWRITABLE = ("torch-zip", "torch-legacy")
 CHUNK = 8 << 20
@@ -199,7 +200,6 @@ class RecordChecker:
 def dumps_tree(tree: Any) -> tuple[bytes, dict[str, StorageRef]]:
     """The pickle bytes for `tree` and every storage it refers to (tensors inside pickled
     objects included), by key."""
-    from ckptkit.storage.pickle_writer import dumps_tree as dumps
 
     return dumps(tree)
 

@@ -11,10 +11,13 @@ from ckptkit.core.errors import (
     CorruptCheckpointError,
     WriteVerificationError,
 )
+from ckptkit.formats import open_checkpoint
 from ckptkit.formats.base import HEAD_BYTES
-from ckptkit.formats.safetensors_file import SafetensorsFormat
-from ckptkit.formats.torch_zip import ZIP_MAGIC
+from ckptkit.formats.safetensors_file import SafetensorsFormat, read_safetensors_header, write_safetensors
+from ckptkit.formats.torch_zip import ZIP_MAGIC, write_torch_zip
 from ckptkit.salvage.report import SalvageReport
+from ckptkit.salvage.safetensors import salvage_safetensors
+from ckptkit.salvage.torch_zip import salvage_torch_zip
 from ckptkit.storage.atomic import atomic_write_file
 
 
@@ -33,8 +36,6 @@ def salvage_file(path: Path, out: Path, names_from: Path | None) -> SalvageRepor
 
 
 def _salvage_safetensors(path: Path, out: Path) -> SalvageReport:
-    from ckptkit.formats.safetensors_file import write_safetensors
-    from ckptkit.salvage.safetensors import salvage_safetensors
 
     report, tensors, metadata = salvage_safetensors(path)
     if not tensors:
@@ -47,8 +48,6 @@ def _salvage_safetensors(path: Path, out: Path) -> SalvageReport:
 
 
 def _salvage_zip(path: Path, out: Path, names_from: Path | None) -> SalvageReport:
-    from ckptkit.formats.torch_zip import write_torch_zip
-    from ckptkit.salvage.torch_zip import salvage_torch_zip
 
     report, rebuilt, prefix = salvage_torch_zip(path, names_from)
     if names_from is not None and any(r.name == "data.pkl" for r in report.recovered):
@@ -73,7 +72,6 @@ def _zip_reads_whole(path: Path) -> bool:
 
 def _zip_checks(tmp: Path) -> None:
     """Read the written archive back: every record's CRC-32, then its tree."""
-    from ckptkit.formats import open_checkpoint
 
     if not _zip_reads_whole(tmp):
         raise WriteVerificationError(tmp, "the salvaged archive does not read back with matching CRC-32s")
@@ -82,7 +80,6 @@ def _zip_checks(tmp: Path) -> None:
 
 def _same_tensors(tensors: dict[str, Any]) -> Any:
     def verify(tmp: Path) -> None:
-        from ckptkit.formats.safetensors_file import read_safetensors_header
 
         written, _ = read_safetensors_header(tmp)
         for name, t in tensors.items():

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from ckptkit.core.errors import CkptkitError
+from ckptkit.formats import detect_format, open_checkpoint
 from ckptkit.formats.base import HEAD_BYTES
 from ckptkit.formats.safetensors_file import SafetensorsFormat
 from ckptkit.formats.torch_zip import ZIP_MAGIC
@@ -56,7 +57,6 @@ def salvage_folder(path: Path, out_tmp: Path) -> SalvageReport:
 def _readable(source: Path) -> str:
     """How far a member salvage cannot rebuild was checked: a format ckptkit knows must read
     (a pickle to its end, through the restricted unpickler); anything else is copied unchecked."""
-    from ckptkit.formats import detect_format, open_checkpoint
 
     try:
         detect_format(source)

@@ -13,6 +13,7 @@ from ckptkit.core.checkpoint import (
 )
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.families import build_checkpoint
+from ckptkit.formats import open_checkpoint
 from ckptkit.formats.torch_zip import ArchiveIndex, decode_data_pkl
 from ckptkit.salvage.report import LostItem, RecoveredItem, Resumability, SalvageReport
 from ckptkit.salvage.tree import Rebuilt, rebuild
@@ -111,7 +112,6 @@ def _by_key(
 
 
 def _names_source(names_from: Path) -> Checkpoint:
-    from ckptkit.formats import open_checkpoint
 
     ckpt = open_checkpoint(names_from)
     if not any(True for _ in iter_tensors(ckpt.tree)) or ckpt.members:

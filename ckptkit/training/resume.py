@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ckptkit.core.checkpoint import Severity
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError, MissingFileError, ResumeRefusedError
 from ckptkit.storage.atomic import is_temporary
 from ckptkit.storage.manifest import manifest_problems, read_manifest
@@ -30,6 +31,7 @@ from ckptkit.training.pretrained_layout import is_model_folder, load_model_folde
 from ckptkit.training.retention import list_checkpoints, unconfirmed_checkpoints
 from ckptkit.training.rng import restore_rng_states_all_ranks
 from ckptkit.training.sampler import DataPosition
+from ckptkit.validation import validate_path
 
 
 @dataclass
@@ -208,8 +210,6 @@ def _in_background(job: Callable[[], list[str]]) -> Callable[[], list[str]]:
 
 def _validator_warnings(path: Path) -> list[str]:
     """ckptkit's own validation, the same as `ckptkit validate PATH`: errors refuse the resume."""
-    from ckptkit.core.checkpoint import Severity
-    from ckptkit.validation import validate_path
 
     try:
         report = validate_path(path, siblings=False)

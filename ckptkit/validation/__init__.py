@@ -21,6 +21,18 @@ from typing import Any
 from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
 from ckptkit.core.errors import CkptkitError
 from ckptkit.formats import open_checkpoint
+from ckptkit.validation.compatibility import check_compatibility
+from ckptkit.validation.completeness import check_completeness
+from ckptkit.validation.counters import check_counters
+from ckptkit.validation.deep import check_deep
+from ckptkit.validation.epoch_step import check_epoch_step
+from ckptkit.validation.hf_folder import check_hf_folder
+from ckptkit.validation.integrity import check_integrity
+from ckptkit.validation.manifest import check_manifest
+from ckptkit.validation.optimizer import check_optimizer
+from ckptkit.validation.precision import check_mixed_precision
+from ckptkit.validation.rng import check_rng
+from ckptkit.validation.security import check_security
 
 
 @dataclass
@@ -124,18 +136,6 @@ CHECKS: list[tuple[str, Check]] = [
 
 def _register_checks() -> None:
     # One module per group of checks; they import this package only for type hints.
-    from ckptkit.validation.compatibility import check_compatibility
-    from ckptkit.validation.completeness import check_completeness
-    from ckptkit.validation.counters import check_counters
-    from ckptkit.validation.deep import check_deep
-    from ckptkit.validation.epoch_step import check_epoch_step
-    from ckptkit.validation.hf_folder import check_hf_folder
-    from ckptkit.validation.integrity import check_integrity
-    from ckptkit.validation.manifest import check_manifest
-    from ckptkit.validation.optimizer import check_optimizer
-    from ckptkit.validation.precision import check_mixed_precision
-    from ckptkit.validation.rng import check_rng
-    from ckptkit.validation.security import check_security
 
     CHECKS.extend([
         ("security", check_security), ("completeness", check_completeness), ("manifest", check_manifest),
