@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
 from ckptkit.cli.progress import progress_for
 from ckptkit.cli.render import emit_json, heading, render_findings
+from ckptkit.core.checkpoint import Severity
 from ckptkit.validating import validate_path
 from ckptkit.validation import ValidationReport
 

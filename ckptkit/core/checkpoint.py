@@ -145,7 +145,7 @@ class TensorRef:
 
     dtype: DType
     shape: tuple[int, ...]
-    stride: tuple[int, ...]
+    stride: tuple[int, ...]          # one per dimension of `shape`: every reader checks that
     storage: StorageRef
     storage_offset: int = 0          # in elements
     requires_grad: bool = False
@@ -167,7 +167,7 @@ class TensorRef:
         if self.numel == 0:          # as in torch: an empty tensor is contiguous whatever its strides
             return True
         expected = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
             if size != 1 and stride != expected:
                 return False
             expected *= size
@@ -177,7 +177,7 @@ class TensorRef:
         """First and one-past-last storage element this tensor touches ((o, o) when empty)."""
         if self.numel == 0:
             return self.storage_offset, self.storage_offset
-        last = self.storage_offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride))
+        last = self.storage_offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
         return self.storage_offset, last + 1
 
     def fits_storage(self) -> bool:
@@ -204,9 +204,12 @@ class TensorRef:
         raw = bytes(self.read_bytes())
         if fmt is None or len(raw) != self.dtype.itemsize:
             return None
+        value: float | int | bool      # what the formats in _SCALAR_FORMATS unpack to
         if self.dtype.name == "bfloat16":     # the high half of a float32
-            return struct.unpack("<f", b"\x00\x00" + raw)[0]
-        return struct.unpack("<" + fmt, raw)[0]
+            value = struct.unpack("<f", b"\x00\x00" + raw)[0]
+        else:
+            value = struct.unpack("<" + fmt, raw)[0]
+        return value
 
     def to_torch(self) -> Any:
         """A torch.Tensor with this tensor's values (a copy; imports torch)."""
@@ -360,7 +363,8 @@ class Progress:
         if self.global_step is not None:
             at = f" at global step {self.global_step}" + (f"/{self.max_steps}" if self.max_steps else "")
         batches = f"{self.step_in_epoch}/{self.steps_per_epoch}" if self.steps_per_epoch else str(self.step_in_epoch)
-        epoch = f", {batches} batches into epoch {self.epochs_completed + 1}" if self.epochs_completed is not None else ""
+        epoch = (f", {batches} batches into epoch {self.epochs_completed + 1}"
+                 if self.epochs_completed is not None else "")
         return f"training finished{at}{epoch}"
 
     def sort_key(self) -> tuple[float, float, float]:

@@ -3,14 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, cast
+from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, TensorRef
 from ckptkit.views.sections import is_number
-
-# is_number (an int or a float, never a bool) returns a bool, not a TypeGuard: values it passed
-# are cast to what it checked.
-Number = int | float
 
 # Fields of a history entry that are positions or bookkeeping, never a curve worth drawing.
 _POSITION = ("step", "epoch")
@@ -85,7 +81,7 @@ def _lightning_scores(ckpt: Checkpoint, run: str, where: str) -> list[Series]:
         monitor, score = state.get("monitor"), state.get("current_score")
         value = score.scalar_value() if isinstance(score, TensorRef) else score
         if isinstance(monitor, str) and is_number(value):
-            point = (float(step), float(cast(Number, value)))
+            point = (float(step), float(value))
             out.append(Series(run, monitor, "step", [point], f"{where}: {name} current_score"))
     return out
 
@@ -104,7 +100,7 @@ def _dict_series(history: list[Any], run: str, source: str) -> list[Series]:
         for key, value in e.items():
             if key in _POSITION or not is_number(value) or any(b in key for b in _BOOKKEEPING):
                 continue
-            point = (float(cast(Number, x)), float(value))
+            point = (float(x), float(value))
             series.setdefault(key, Series(run, key, axis, source=source)).points.append(point)
     return list(series.values())
 

@@ -5,7 +5,7 @@ is recorded, so every message can name it.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from ckptkit.core.checkpoint import TensorRef
 from ckptkit.storage.safe_pickle import PickledObject
@@ -45,7 +45,7 @@ def flatten_state_dict(value: Any, prefix: str = "", strict: bool = False) -> di
     return out or None
 
 
-def is_optimizer_state(value: Any) -> bool:
+def is_optimizer_state(value: Any) -> TypeGuard[dict[str, Any]]:
     return (isinstance(value, dict) and isinstance(value.get("param_groups"), list)
             and isinstance(value.get("state"), dict))
 
@@ -73,7 +73,7 @@ def config_fields(value: Any) -> Any:
     return value
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
