@@ -134,6 +134,13 @@ def release_mapped_pages(where: ByteRange) -> None:
         where.source.release(where.offset, where.length)
 
 
+# One point of a history section: a number (a loss curve) or a per-step dict (a training log).
+HistoryEntry = int | float | dict[str, Any]
+# A section as the file holds it (a decoded pickle or JSON subtree, e.g. one optimizer's state
+# dict or Lightning's list of them): its shape is the writer's, so code narrows it before use
+# (views.sections.is_optimizer_state, isinstance).
+Section = object
+
 _SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "bfloat16": "H", "int64": "q",
                    "int32": "i", "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
 
@@ -449,13 +456,13 @@ class Checkpoint:
     size_bytes: int
     tree: Any
     model: dict[str, TensorRef] = field(default_factory=dict)
-    optimizer: Any = None
-    scheduler: Any = None
-    scaler: Any = None
-    rng: Any = None
-    config: Any = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    histories: dict[str, list[Any]] = field(default_factory=dict)
+    optimizer: Section = None
+    scheduler: Section = None
+    scaler: Section = None
+    rng: Section = None
+    config: Section = None
+    metrics: dict[str, int | float] = field(default_factory=dict)     # scalars only (never a bool)
+    histories: dict[str, list[HistoryEntry]] = field(default_factory=dict)   # loss curves, logs
     extra: dict[str, Any] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
     findings: list[Finding] = field(default_factory=list)

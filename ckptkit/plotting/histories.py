@@ -53,9 +53,10 @@ def series_of(ckpt: Checkpoint, run: str, where: str) -> list[Series]:
     for name, history in sorted(ckpt.histories.items()):
         if not isinstance(history, list) or not history:
             continue
-        if all(is_number(v) for v in history):
+        values = [float(v) for v in history if is_number(v)]
+        if len(values) == len(history):
             # One value per epoch (the retrieval files' train_losses / val_recalls).
-            out.setdefault(name, Series(run, name, "epoch", [(float(i + 1), float(v)) for i, v in enumerate(history)],
+            out.setdefault(name, Series(run, name, "epoch", [(float(i + 1), v) for i, v in enumerate(values)],
                                         f"{where}: {name}"))
             continue
         for s in _dict_series(history, run, f"{where}: {name}"):

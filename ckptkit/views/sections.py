@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
-from ckptkit.core.checkpoint import TensorRef
+from ckptkit.core.checkpoint import HistoryEntry, TensorRef
 from ckptkit.storage.safe_pickle import PickledObject
 
 MODEL_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "weights")
@@ -77,7 +77,7 @@ def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_history(value: Any) -> bool:
+def is_history(value: Any) -> TypeGuard[list[HistoryEntry]]:
     """A list of numbers or of per-step dicts: a loss curve, a metric history, a log."""
     return isinstance(value, list) and all(is_number(v) or isinstance(v, dict) for v in value)
 
