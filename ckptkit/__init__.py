@@ -18,11 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.core.version import VERSION as __version__
-
 # Formats decode bytes; families interpret the trees they decode, registered on import. Imported
 # here so that every entry point (library, CLI, trainers) reads checkpoints with them registered.
 import ckptkit.families  # noqa: F401,I001  (after __version__: the families import ckptkit's layers)
+from ckptkit.core.version import VERSION as __version__
 
 # name -> module that defines it; imported on first attribute access (PEP 562).
 _API = {

@@ -66,7 +66,8 @@ def run_demo(root: Path, on_command: Callable[[DemoStep], None], on_output: Call
     result = DemoResult(root)
     latest: list[str] = []
 
-    def step(title: str, args: list[str], expect: tuple[int, ...] = (0,), capture: bool = False, note: str = "") -> bool:
+    def step(title: str, args: list[str], expect: tuple[int, ...] = (0,), capture: bool = False,
+             note: str = "") -> bool:
         s = DemoStep(title, args, expect, capture, note)
         on_command(s)
         proc = subprocess.run([sys.executable, *args], env=env, cwd=root, text=True,

@@ -9,10 +9,10 @@ from typing import Any
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
 from ckptkit.families import optimizer_step
 from ckptkit.formats import open_checkpoint
-from ckptkit.views.jsonable import summarize, to_jsonable
-from ckptkit.views.keys import module_prefixes
 from ckptkit.storage.safe_pickle import PickledObject
 from ckptkit.views import sections as S
+from ckptkit.views.jsonable import summarize, to_jsonable
+from ckptkit.views.keys import module_prefixes
 
 SCHEMA_VERSION = 1
 
@@ -103,7 +103,8 @@ class Inspection:
             "optimizer": to_jsonable(asdict(self.optimizer)) if self.optimizer else None,
             "scheduler": to_jsonable(self.scheduler), "scaler": to_jsonable(self.scaler), "rng": self.rng,
             "metrics": to_jsonable(self.metrics), "histories": to_jsonable([asdict(h) for h in self.histories]),
-            "config": to_jsonable(self.config), "other_keys": {str(k): v for k, v in self.other_keys.items()}, "metadata": self.metadata,
+            "config": to_jsonable(self.config), "other_keys": {str(k): v for k, v in self.other_keys.items()},
+            "metadata": self.metadata,
             "findings": [f.to_json() for f in self.findings],
             "members": [m.to_json() for m in self.members],
             "chunks": {k: [c.to_json() for c in cs] for k, cs in self.chunks.items()},

@@ -128,17 +128,19 @@ def cases_for(p: dict[str, Path], out: Path, tag: str) -> dict[str, Case]:
         "load": Case("torch.load(mmap=True, weights_only=True)", [PY, "-c", LOAD, str(p["pth"])]),
         "inspect": Case("ckptkit inspect", ck("inspect", p["alone"]), env),
         "validate": Case("ckptkit validate", ck("validate", p["alone"]), env),
-        "validate_run": Case(f"ckptkit validate (among siblings)", ck("validate", p["target"]), env),
+        "validate_run": Case("ckptkit validate (among siblings)", ck("validate", p["target"]), env),
         "deep": Case("ckptkit validate --deep", ck("validate", "--deep", p["alone"]), env),
         "ls": Case("ckptkit ls (folder of one)", ck("ls", p["alone"].parent), env),
         "diff": Case("ckptkit diff (3 tensors differ)", ck("diff", p["pth"], p["pth_b"]), env),
-        "convert": Case("ckptkit convert -> .safetensors", ck("convert", "--force", "--weights-only", p["pth"], out / "c.safetensors"), env),
+        "convert": Case("ckptkit convert -> .safetensors",
+                        ck("convert", "--force", "--weights-only", p["pth"], out / "c.safetensors"), env),
         "half_inspect": Case("inspect, half the tensors", ck("inspect", p["alone_half"]), env),
         "half_validate": Case("validate, half the tensors", ck("validate", p["alone_half"]), env),
         "half_deep": Case("validate --deep, half", ck("validate", "--deep", p["alone_half"]), env),
         "half_ls": Case("ls, half the tensors", ck("ls", p["alone_half"].parent), env),
         "half_diff": Case("diff, half the tensors", ck("diff", p["half"], p["half_b"]), env),
-        "half_convert": Case("convert, half the tensors", ck("convert", "--force", "--weights-only", p["half"], out / "h.safetensors"), env),
+        "half_convert": Case("convert, half the tensors",
+                             ck("convert", "--force", "--weights-only", p["half"], out / "h.safetensors"), env),
         "safe_open": Case("safe_open key listing (10 shards)", [PY, "-c", SAFE_OPEN, str(p["shards"])]),
         "sh_inspect": Case("ckptkit inspect (shards)", ck("inspect", p["shards"]), env),
         "sh_validate": Case("ckptkit validate (shards)", ck("validate", p["shards"]), env),
@@ -194,7 +196,8 @@ def report(c: dict[str, Case], records: int, crc_s: float, floor: list[float], t
         nonlocal ok
         s = c[key].median / c[half].median
         ok &= s <= 2.0
-        print(f"  slope {c[key].label:<40} {s:6.2f} (time at 2N / time at N; target <= 2) {'OK' if s <= 2.0 else 'MISSED'}")
+        verdict = "OK" if s <= 2.0 else "MISSED"
+        print(f"  slope {c[key].label:<40} {s:6.2f} (time at 2N / time at N; target <= 2) {verdict}")
 
     print(f"\n.pth of {records:,} tensor records{tag}: medians of interleaved runs, peak RSS the highest seen")
     for key in ("load",):

@@ -82,7 +82,7 @@ def test_run_findings_of_validate_equal_those_of_a_whole_scan_about_the_same_che
     (broken / "optimizer.pt").write_bytes((broken / "optimizer.pt").read_bytes()[:500])   # the furthest: broken
     target = tmp_path / name
     whole = scan_run(tmp_path)
-    expected = [(f.code, f.where) for f, about in zip(whole.findings, whole.subjects) if target in about]
+    expected = [(f.code, f.where) for f, about in zip(whole.findings, whole.subjects, strict=True) if target in about]
     found = [(f.code, f.where) for f in validate_path(target).findings if f.code.startswith("run.")]
     assert found == expected
     assert expected == {"checkpoint-1000": [], "checkpoint-2000": [],

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from ckptkit.core.version import VERSION
 from ckptkit.core.errors import CkptkitError
+from ckptkit.core.version import VERSION
 
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_ERROR = 0, 1, 2
 

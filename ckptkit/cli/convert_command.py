@@ -76,7 +76,8 @@ def convert_command(source: Path, output: Path, to: str | None, weights_only: bo
 def render_conversion(r: ConversionResult) -> str:
     out = [heading(f"{r.source} -> {r.output}"),
            f"  formats   {r.source_format} -> {r.target_format}",
-           f"  written   {plural(r.tensors, 'tensor')}, {human_bytes(r.bytes_written)} in {plural(len(r.files), 'file')}",
+           f"  written   {plural(r.tensors, 'tensor')}, {human_bytes(r.bytes_written)} "
+           f"in {plural(len(r.files), 'file')}",
            f"  verified  {plural(r.verified_tensors, 'tensor')} read back and equal to the source"]
     if len(r.tensors_by_file) > 1:
         out.insert(3, "            " + ", ".join(f"{n} in {name}" for name, n in r.tensors_by_file.items() if n))

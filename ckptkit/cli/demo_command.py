@@ -43,7 +43,8 @@ def demo_command(directory: Path | None, as_json: bool) -> None:
     click.echo("")
     if not result.ok:
         step, code = result.steps[-1]
-        click.echo(f"demo stopped: `{step.shown()}` exited {code} (expected {', '.join(map(str, step.expect))})", err=True)
+        expected = ", ".join(map(str, step.expect))
+        click.echo(f"demo stopped: `{step.shown()}` exited {code} (expected {expected})", err=True)
         raise SystemExit(EXIT_ERROR)
     verdict = "byte-identical" if result.identical else "NOT byte-identical"
     click.echo(heading(f"The resumed run's final_model.pt is {verdict} to the uninterrupted run's."))

@@ -1,6 +1,7 @@
 """`ckptkit diff A B`."""
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +11,18 @@ import click
 
 from ckptkit.cli import EXIT_CLEAN, EXIT_FINDINGS, main
 from ckptkit.cli.render import emit_json, heading, number, table
-from ckptkit.diffing.report import (CHANGED, EQUAL, IDENTICAL, ONLY_A, ONLY_B, SECTIONS, SHAPE_CHANGED,
-                                    CheckpointDiff, DiffOptions, TensorDiff)
+from ckptkit.diffing.report import (
+    CHANGED,
+    EQUAL,
+    IDENTICAL,
+    ONLY_A,
+    ONLY_B,
+    SECTIONS,
+    SHAPE_CHANGED,
+    CheckpointDiff,
+    DiffOptions,
+    TensorDiff,
+)
 from ckptkit.formats import open_checkpoint
 from ckptkit.views.keys import summarize_renames
 
@@ -44,7 +55,7 @@ def diff_command(a: Path, b: Path, atol: float, rtol: float, only: tuple[str, ..
       ckptkit diff model.pth model.safetensors --only model --atol 1e-3
       ckptkit diff resumed.pt uninterrupted.pt --json | jq .top
     """
-    from ckptkit.diffing import bytes_to_compare, diff_checkpoints   # numpy: only when diffing
+    from ckptkit.diffing import bytes_to_compare, diff_checkpoints  # numpy: only when diffing
 
     options = DiffOptions(atol=atol, rtol=rtol, sections=only or SECTIONS, top=top)
     ckpt_a, ckpt_b = open_checkpoint(a), open_checkpoint(b)
@@ -59,12 +70,11 @@ def diff_command(a: Path, b: Path, atol: float, rtol: float, only: tuple[str, ..
     raise SystemExit(EXIT_CLEAN if result.equal else EXIT_FINDINGS)
 
 
-class _Null:
+class _Null(io.StringIO):
+    """Where the bar draws when it is not shown: keeps nothing."""
+
     def write(self, text: str) -> int:
         return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def _bar_callback(bar: Any) -> Callable[[int], None]:

@@ -19,7 +19,8 @@ def ls_command(run_dir: Path, as_json: bool) -> None:
     """List every checkpoint below RUN_DIR, whatever its format, ordered by training progress
     (never by file name or time), with size, a quick health status and markers:
     latest (furthest progress; of several saved at the same point, the one a resume
-    takes), best, final (training finished), resume (what `ckptkit latest` picks). Run-level traps are listed under the table.
+    takes), best, final (training finished), resume (what `ckptkit latest` picks). Run-level traps are
+    listed under the table.
 
     Exit 0 when every checkpoint is ok and no trap was found, 1 otherwise, 2 when RUN_DIR
     cannot be read.
@@ -70,7 +71,8 @@ def _health(entry: RunEntry) -> str:
 
 @main.command("latest")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print {path, format, progress} as JSON instead of the bare path.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {path, format, progress} as JSON instead of the bare path.")
 def latest_command(run_dir: Path, as_json: bool) -> None:
     """Print only the path of the most advanced checkpoint below RUN_DIR that is whole and
     consistent (readable, no error findings, not a leftover temporary, progress known).

@@ -18,7 +18,10 @@ def emit_json(data: Any) -> None:
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], indent: str = "  ",
           widths: Sequence[int | None] | None = None) -> str:
-    rows = [[_wrap(str(cell), width) for cell, width in zip(row, widths)] for row in rows] if widths else list(rows)
+    if widths:      # one width per column
+        rows = [[_wrap(str(cell), width) for cell, width in zip(row, widths, strict=True)] for row in rows]
+    else:
+        rows = list(rows)
     # Wrapped here, not with tabulate's maxcolwidths: that re-parses cells as numbers even with
     # disable_numparse and fails on "1,000".
     from tabulate import tabulate  # imported here: it costs a fifth of a second at every start
@@ -70,6 +73,7 @@ def heading(text: str) -> str:
 
 def render_findings(findings: list[Finding]) -> str:
     # The fix is a command to copy and paste: on one line of its own, never wrapped.
-    rows = [(f.severity.value, f.code, _wrap(f.where, 32), _wrap(f.message, 72) + (f"\n-> fix: {f.fix}" if f.fix else ""))
+    rows = [(f.severity.value, f.code, _wrap(f.where, 32),
+             _wrap(f.message, 72) + (f"\n-> fix: {f.fix}" if f.fix else ""))
             for f in findings]
     return table(rows, ["severity", "code", "where", "message"])

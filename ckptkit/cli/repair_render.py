@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from ckptkit.cli.render import heading
-from ckptkit.views.jsonable import summarize, to_jsonable
 from ckptkit.repair import Change, RepairResult
+from ckptkit.views.jsonable import summarize, to_jsonable
 
 MAX_DIFF_LINES = 12
 

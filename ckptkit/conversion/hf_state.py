@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from ckptkit.core.checkpoint import Checkpoint, Progress
 from ckptkit.views import sections as S
@@ -144,7 +144,7 @@ def _log_history(ckpt: Checkpoint, global_step: int, out: HFTrainerState) -> lis
     return [e for _, _, e in sorted(entries, key=lambda item: (item[0], item[1]))]
 
 
-def _steps_logged(history: Any, global_step: int) -> bool:
+def _steps_logged(history: Any, global_step: int) -> TypeGuard[list[dict[str, Any]]]:
     if not isinstance(history, list) or not history:
         return False
     return all(isinstance(e, dict) and isinstance(e.get("step"), int) and not isinstance(e["step"], bool)

@@ -59,7 +59,8 @@ class FolderPlan:
 
     def tensors_by_file(self) -> dict[str, int]:
         """Tensors written, per file: the model's and every section's (the verified count covers all)."""
-        weights = self.weights_name if self.shards is None else self.weights_name.replace(".safetensors", "-*.safetensors")
+        weights = (self.weights_name if self.shards is None
+                   else self.weights_name.replace(".safetensors", "-*.safetensors"))
         counts = {weights: len(self.weights.tensors)}
         counts.update((file, sum(1 for _ in iter_tensors(tree))) for file, tree in self.sections.items())
         return counts

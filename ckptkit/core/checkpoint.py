@@ -134,6 +134,13 @@ def release_mapped_pages(where: ByteRange) -> None:
         where.source.release(where.offset, where.length)
 
 
+# One point of a history section: a number (a loss curve) or a per-step dict (a training log).
+HistoryEntry = int | float | dict[str, Any]
+# A section as the file holds it (a decoded pickle or JSON subtree, e.g. one optimizer's state
+# dict or Lightning's list of them): its shape is the writer's, so code narrows it before use
+# (views.sections.is_optimizer_state, isinstance).
+Section = object
+
 _SCALAR_FORMATS = {"float64": "d", "float32": "f", "float16": "e", "bfloat16": "H", "int64": "q",
                    "int32": "i", "int16": "h", "int8": "b", "uint8": "B", "bool": "?"}
 
@@ -145,7 +152,7 @@ class TensorRef:
 
     dtype: DType
     shape: tuple[int, ...]
-    stride: tuple[int, ...]
+    stride: tuple[int, ...]          # one per dimension of `shape`: every reader checks that
     storage: StorageRef
     storage_offset: int = 0          # in elements
     requires_grad: bool = False
@@ -167,7 +174,7 @@ class TensorRef:
         if self.numel == 0:          # as in torch: an empty tensor is contiguous whatever its strides
             return True
         expected = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
             if size != 1 and stride != expected:
                 return False
             expected *= size
@@ -177,7 +184,7 @@ class TensorRef:
         """First and one-past-last storage element this tensor touches ((o, o) when empty)."""
         if self.numel == 0:
             return self.storage_offset, self.storage_offset
-        last = self.storage_offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride))
+        last = self.storage_offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
         return self.storage_offset, last + 1
 
     def fits_storage(self) -> bool:
@@ -204,9 +211,12 @@ class TensorRef:
         raw = bytes(self.read_bytes())
         if fmt is None or len(raw) != self.dtype.itemsize:
             return None
+        value: float | int | bool      # what the formats in _SCALAR_FORMATS unpack to
         if self.dtype.name == "bfloat16":     # the high half of a float32
-            return struct.unpack("<f", b"\x00\x00" + raw)[0]
-        return struct.unpack("<" + fmt, raw)[0]
+            value = struct.unpack("<f", b"\x00\x00" + raw)[0]
+        else:
+            value = struct.unpack("<" + fmt, raw)[0]
+        return value
 
     def to_torch(self) -> Any:
         """A torch.Tensor with this tensor's values (a copy; imports torch)."""
@@ -360,7 +370,8 @@ class Progress:
         if self.global_step is not None:
             at = f" at global step {self.global_step}" + (f"/{self.max_steps}" if self.max_steps else "")
         batches = f"{self.step_in_epoch}/{self.steps_per_epoch}" if self.steps_per_epoch else str(self.step_in_epoch)
-        epoch = f", {batches} batches into epoch {self.epochs_completed + 1}" if self.epochs_completed is not None else ""
+        epoch = (f", {batches} batches into epoch {self.epochs_completed + 1}"
+                 if self.epochs_completed is not None else "")
         return f"training finished{at}{epoch}"
 
     def sort_key(self) -> tuple[float, float, float]:
@@ -445,13 +456,13 @@ class Checkpoint:
     size_bytes: int
     tree: Any
     model: dict[str, TensorRef] = field(default_factory=dict)
-    optimizer: Any = None
-    scheduler: Any = None
-    scaler: Any = None
-    rng: Any = None
-    config: Any = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    histories: dict[str, list[Any]] = field(default_factory=dict)
+    optimizer: Section = None
+    scheduler: Section = None
+    scaler: Section = None
+    rng: Section = None
+    config: Section = None
+    metrics: dict[str, int | float] = field(default_factory=dict)     # scalars only (never a bool)
+    histories: dict[str, list[HistoryEntry]] = field(default_factory=dict)   # loss curves, logs
     extra: dict[str, Any] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
     findings: list[Finding] = field(default_factory=list)

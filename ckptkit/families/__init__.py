@@ -12,14 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint
-from ckptkit.families.base import (CounterValues, Family, FamilyNames, KeyPath, TrapHit, Tree,
-                                   UnrepresentableProgress, dig, optimizer_step)
+from ckptkit.families.base import (
+    CounterValues,
+    Family,
+    FamilyNames,
+    KeyPath,
+    TrapHit,
+    Tree,
+    UnrepresentableProgress,
+    dig,
+    optimizer_step,
+)
 from ckptkit.families.enstack import ENSTACK
 from ckptkit.families.experiment import EXPERIMENT
 from ckptkit.families.fashion import FASHION
 from ckptkit.families.fashion import NAME as RETRIEVAL_NAME
-from ckptkit.families.generic import GENERIC
-from ckptkit.families.generic import has_nested_counters
+from ckptkit.families.generic import GENERIC, has_nested_counters
 from ckptkit.families.generic import stored as generic_stored
 from ckptkit.families.lightning import LIGHTNING
 from ckptkit.families.llamarec import LLAMAREC
@@ -125,11 +133,11 @@ register_tree_interpreter(build_checkpoint)
 
 def _fill_sections(ckpt: Checkpoint, tree: Tree) -> None:
     used: set[str] = set()
-    for key in S.MODEL_KEYS:
-        model = S.flatten_state_dict(tree.get(key))
+    for model_key in S.MODEL_KEYS:
+        model = S.flatten_state_dict(tree.get(model_key))
         if model is not None:
-            ckpt.model, ckpt.sources["model"] = model, key
-            used.add(key)
+            ckpt.model, ckpt.sources["model"] = model, model_key
+            used.add(model_key)
             break
     for attr, keys in (("optimizer", S.OPTIMIZER_KEYS), ("scheduler", S.SCHEDULER_KEYS),
                        ("scaler", S.SCALER_KEYS), ("rng", S.RNG_KEYS)):

@@ -18,7 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Progress, ResumePrediction, Severity
-from ckptkit.families.base import CounterValues, Family, FamilyNames, TrapHit, Tree, UnrepresentableProgress, has, has_any
+from ckptkit.families.base import (
+    CounterValues,
+    Family,
+    FamilyNames,
+    TrapHit,
+    Tree,
+    UnrepresentableProgress,
+    has,
+    has_any,
+)
 from ckptkit.families.ckptkit_position import POSITION_KEYS, has_position, read_position, record_position
 from ckptkit.views import sections as S
 
@@ -54,7 +63,8 @@ def progress(tree: Tree, path: Path) -> Progress:
         p.sources["epochs_completed"] = f"key 'step' = {step} >= total_batches = {total}: epoch {epoch} complete"
     else:
         p.epochs_completed, p.epoch_complete, p.step_in_epoch = epoch - 1, False, step
-        p.sources["epochs_completed"] = f"key 'epoch' = {epoch} (1-based) with 'step' = {step}: epoch {epoch} in progress"
+        p.sources["epochs_completed"] = (f"key 'epoch' = {epoch} (1-based) with 'step' = {step}: "
+                                         f"epoch {epoch} in progress")
         p.sources["step_in_epoch"] = f"key 'step' = {step}"
     if has_position(tree):   # ckptkit's trainer: global_step and data_position agree with epoch/step
         read_position(tree, p)

@@ -72,5 +72,6 @@ def left_as_is(tree: Tree) -> list[str]:
 
 
 LIGHTNING = Family("lightning", "PyTorch Lightning .ckpt", matches, progress, record, (("global_step", "global_step"),),
-                   resume=resume, left_as_is=left_as_is, counter_keys=(("epoch",), ("global_step",), _BATCH + ("is_last_batch",),
-                                                _BATCH + ("current", "processed")))
+                   resume=resume, left_as_is=left_as_is,
+                   counter_keys=(("epoch",), ("global_step",), _BATCH + ("is_last_batch",),
+                                 _BATCH + ("current", "processed")))

@@ -17,8 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Progress, ResumePrediction, Severity
-from ckptkit.families.base import (CounterValues, Family, FamilyNames, TrapHit, Tree, ckptkit_layout,
-                                   optimizer_never_stepped, whole_epochs_only)
+from ckptkit.families.base import (
+    CounterValues,
+    Family,
+    FamilyNames,
+    TrapHit,
+    Tree,
+    ckptkit_layout,
+    optimizer_never_stepped,
+    whole_epochs_only,
+)
 from ckptkit.families.ckptkit_position import POSITION_KEYS, has_position, read_position, record_position
 from ckptkit.views import sections as S
 

@@ -41,10 +41,11 @@ class AccelerateFormat:
             raise NotACheckpointError(path, "empty folder")
         reading = FolderReading(path)
         model: dict[str, TensorRef] = {}
-        for name in sorted(n for n in names if MODEL.match(n)):
+        weights = sorted(((n, w) for n in names if (w := MODEL.match(n))), key=lambda nw: nw[0])
+        for name, match in weights:
             member = reading.open_member(name, "model weights")
             if member is not None:
-                prefix = "" if MODEL.match(name).group(2) is None else f"{name.split('.')[0]}."
+                prefix = "" if match.group(2) is None else f"{name.split('.')[0]}."
                 model.update({prefix + k: t for k, t in (member.model or dict(member.tensors())).items()})
                 reading.sources["model"] = ", ".join(filter(None, [reading.sources.get("model"), name]))
         sections: dict[str, Any] = {}

@@ -198,10 +198,11 @@ def hf_progress(state: dict[str, Any] | None, args: dict[str, Any] | None) -> Pr
 def _steps_per_epoch(state: dict[str, Any], args: dict[str, Any] | None, p: Progress) -> int | None:
     # 1. A log entry at an exact epoch boundary gives updates per epoch directly.
     for entry in state.get("log_history") or []:
-        if isinstance(entry, dict) and S.is_number(entry.get("epoch")) and S.as_int(entry.get("step")):
+        step = S.as_int(entry.get("step")) if isinstance(entry, dict) else None
+        if step and S.is_number(entry.get("epoch")):
             ep = float(entry["epoch"])
             if ep >= 1 and ep.is_integer():
-                spe = S.as_int(entry["step"]) // int(ep)
+                spe = step // int(ep)
                 p.sources["steps_per_epoch"] = (f"trainer_state.json log_history: step {entry['step']} "
                                                 f"logged at epoch {ep:g}")
                 return spe

@@ -7,16 +7,17 @@ headers with seeks only; no tensor byte is read.
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
-from ckptkit.storage.safe_pickle import StorageType, safe_load_stream
+from ckptkit.storage.safe_pickle import StorageType, UnpickleResult, safe_load_stream
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 # protocol-2 pickle of MAGIC_NUMBER: PROTO 2, LONG1 10 bytes
@@ -37,18 +38,22 @@ class TorchLegacyFormat:
         return ckpt
 
 
-def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
-    size = path.stat().st_size
-    storages: dict[str, StorageRef] = {}
-    ranges: dict[str, ByteRange] = {}
-    source = FileBytes(path)     # the file's map, made when a tensor's bytes are first read
+class _Storages:
+    """The storages the object pickle names (its persistent ids), and where each one's bytes lie
+    once the records after the pickles have been walked."""
 
-    def locate(key: str) -> ByteRange:
-        if key not in ranges:
-            raise CorruptCheckpointError(path, f"storage {key!r} has no record in the file")
-        return ranges[key]
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.refs: dict[str, StorageRef] = {}
+        self.ranges: dict[str, ByteRange] = {}
 
-    def persistent_load(pid: Any) -> StorageRef:
+    def locate(self, key: str) -> ByteRange:
+        if key not in self.ranges:
+            raise CorruptCheckpointError(self.path, f"storage {key!r} has no record in the file")
+        return self.ranges[key]
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        path = self.path
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) == 6):
             kind = pid[0] if isinstance(pid, tuple) and pid else pid
             raise UnsupportedFeatureError(path, f"legacy persistent id {str(kind)[:40]!r} (whole pickled "
@@ -59,43 +64,60 @@ def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
         if view is not None:
             raise UnsupportedFeatureError(path, "storage views from torch < 0.4 are not supported")
         key = str(key)
-        if key not in storages:
-            storages[key] = StorageRef(key, stype.dtype, int(numel), str(location),
-                                       locate=lambda k=key: locate(k))
-        return storages[key]
+        if key not in self.refs:
+            self.refs[key] = StorageRef(key, stype.dtype, int(numel), str(location),
+                                        locate=functools.partial(self.locate, key))
+        return self.refs[key]
 
+
+def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
+    storages = _Storages(path)
     with open(path, "rb") as raw:
         f = io.BufferedReader(raw)
-        header = [unpickle_or_raise(path, f"header pickle {i + 1}", lambda: safe_load_stream(f))
-                  for i in range(3)]
-        if header[0].value != MAGIC_NUMBER:
-            raise CorruptCheckpointError(path, "legacy torch file with a wrong magic number")
-        sys_info = header[2].value if isinstance(header[2].value, dict) else {}
-        if sys_info.get("little_endian") is False:
-            raise UnsupportedFeatureError(path, "tensor data is big-endian; ckptkit reads little-endian only")
-        main = unpickle_or_raise(path, "object pickle", lambda: safe_load_stream(f, persistent_load))
+        header = _read_header(path, f)
+        main = unpickle_or_raise(path, "object pickle", lambda: safe_load_stream(f, storages.persistent_load))
         keys = unpickle_or_raise(path, "storage key list", lambda: safe_load_stream(f)).value
-        offset = f.tell()
         if not isinstance(keys, list):
             raise CorruptCheckpointError(path, "storage key list is damaged")
-        for key in map(str, keys):
-            storage = storages.get(key)
-            if storage is None:
-                raise CorruptCheckpointError(path, f"storage key {key!r} is listed but no tensor uses it")
-            raw.seek(offset)
-            count = raw.read(8)
-            if len(count) < 8:
-                raise CorruptCheckpointError(path, f"file ends before storage record {key!r}: truncated")
-            numel = struct.unpack("<q", count)[0]
-            if numel != storage.numel:
-                raise CorruptCheckpointError(path, f"storage record {key!r} holds {numel} elements but the "
-                                             f"pickle declares {storage.numel}: the file is damaged")
-            length = numel * storage.dtype.itemsize
-            storage.stored_nbytes = min(length, max(0, size - offset - 8))
-            ranges[key] = ByteRange(path, offset + 8, length, source)
-            offset += 8 + length
-            if offset > size:
-                raise CorruptCheckpointError(
-                    path, f"storage record {key!r} needs {length} bytes but the file ends "
-                          f"{offset - size} bytes early: truncated")
+        _walk_records(storages, raw, f.tell(), [str(k) for k in keys])
     return main.value, [g for h in header for g in h.globals] + main.globals, len(keys)
+
+
+def _read_header(path: Path, f: io.BufferedIOBase) -> list[UnpickleResult]:
+    """The magic-number, protocol-version and sys-info pickles, checked."""
+    header = [unpickle_or_raise(path, f"header pickle {i + 1}", lambda: safe_load_stream(f))
+              for i in range(3)]
+    if header[0].value != MAGIC_NUMBER:
+        raise CorruptCheckpointError(path, "legacy torch file with a wrong magic number")
+    sys_info = header[2].value if isinstance(header[2].value, dict) else {}
+    if sys_info.get("little_endian") is False:
+        raise UnsupportedFeatureError(path, "tensor data is big-endian; ckptkit reads little-endian only")
+    return header
+
+
+def _walk_records(storages: _Storages, raw: BinaryIO, offset: int, keys: list[str]) -> None:
+    """Find each storage's bytes: for every key, in order, an 8-byte element count, then the bytes.
+    Seeks over the bytes; reads only the counts."""
+    path = storages.path
+    size = path.stat().st_size
+    source = FileBytes(path)     # the file's map, made when a tensor's bytes are first read
+    for key in keys:
+        storage = storages.refs.get(key)
+        if storage is None:
+            raise CorruptCheckpointError(path, f"storage key {key!r} is listed but no tensor uses it")
+        raw.seek(offset)
+        count = raw.read(8)
+        if len(count) < 8:
+            raise CorruptCheckpointError(path, f"file ends before storage record {key!r}: truncated")
+        numel = struct.unpack("<q", count)[0]
+        if numel != storage.numel:
+            raise CorruptCheckpointError(path, f"storage record {key!r} holds {numel} elements but the "
+                                         f"pickle declares {storage.numel}: the file is damaged")
+        length = numel * storage.dtype.itemsize
+        storage.stored_nbytes = min(length, max(0, size - offset - 8))
+        storages.ranges[key] = ByteRange(path, offset + 8, length, source)
+        offset += 8 + length
+        if offset > size:
+            raise CorruptCheckpointError(
+                path, f"storage record {key!r} needs {length} bytes but the file ends "
+                      f"{offset - size} bytes early: truncated")

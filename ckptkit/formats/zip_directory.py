@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")      # zipfile.structCentralDir
@@ -21,6 +21,12 @@ _LOCAL = struct.Struct("<4s5HLLLHH")
 _CENTRAL_MAGIC, _LOCAL_MAGIC = b"PK\x01\x02", b"PK\x03\x04"
 _UTF8_NAME, _ENCRYPTED = 0x800, 0x1
 _ZIP64 = 0xFFFFFFFF
+# The end-of-central-directory record as zipfile._EndRecData returns it (APPNOTE 4.3.16: the
+# record's fields, then its comment and its offset in the file), and the zip64 records before it.
+_ECD_SIGNATURE, _ECD_SIZE, _ECD_OFFSET, _ECD_LOCATION = 0, 5, 6, 9
+_ZIP64_END_MAGIC, _ZIP64_END_SIZE, _ZIP64_LOCATOR_SIZE = b"PK\x06\x06", 56, 20
+# zipfile's EOCD search (zip64 included) is private, so typeshed omits it: bound once, typed here.
+_end_record: Callable[[Any], list[Any] | None] = zipfile._EndRecData  # type: ignore[attr-defined]
 
 
 class ZipEntry:
@@ -30,7 +36,8 @@ class ZipEntry:
                  "file_size", "CRC", "flag_bits", "extract_version", "dos_time_date")
 
     def __init__(self, filename: str, header_offset: int, compress_type: int, compress_size: int,
-                 file_size: int, crc: int, flag_bits: int, extract_version: int, dos_time_date: tuple[int, int]) -> None:
+                 file_size: int, crc: int, flag_bits: int, extract_version: int,
+                 dos_time_date: tuple[int, int]) -> None:
         self.filename = self.orig_filename = filename
         self.header_offset, self.compress_type = header_offset, compress_type
         self.compress_size, self.file_size, self.CRC, self.flag_bits = compress_size, file_size, crc, flag_bits
@@ -63,15 +70,15 @@ def read_directory(source: Any) -> ZipDirectory | None:
     """name -> entry for every member of the archive in the open binary file `source`, or None
     when the archive is anything but a plain one (the caller then asks zipfile)."""
     try:
-        end = zipfile._EndRecData(source)   # noqa: SLF001 - the EOCD search, zip64 included
+        end = _end_record(source)
     except (OSError, zipfile.BadZipFile, struct.error, ValueError, EOFError):
         return None                         # damaged: zipfile says how, in the caller
     if not end:
         return None
-    size_cd, offset_cd = end[zipfile._ECD_SIZE], end[zipfile._ECD_OFFSET]
-    concat = end[zipfile._ECD_LOCATION] - size_cd - offset_cd
-    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
-        concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    size_cd, offset_cd = end[_ECD_SIZE], end[_ECD_OFFSET]
+    concat = end[_ECD_LOCATION] - size_cd - offset_cd
+    if end[_ECD_SIGNATURE] == _ZIP64_END_MAGIC:
+        concat -= _ZIP64_END_SIZE + _ZIP64_LOCATOR_SIZE
     if offset_cd + concat < 0:
         return None
     source.seek(offset_cd + concat)
@@ -115,7 +122,7 @@ def read_member(source: Any, entry: ZipEntry) -> bytes | None:
     if source.read(name_len) != entry.filename.encode("utf-8" if entry.flag_bits & _UTF8_NAME else "cp437"):
         return None
     source.seek(entry.header_offset + _LOCAL.size + name_len + extra_len)
-    data = source.read(entry.file_size)
+    data: bytes = source.read(entry.file_size)
     if len(data) != entry.file_size or zlib.crc32(data) != entry.CRC:
         return None
     return data

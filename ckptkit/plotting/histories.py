@@ -3,14 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any, cast
+from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, TensorRef
 from ckptkit.views.sections import is_number
-
-# is_number (an int or a float, never a bool) returns a bool, not a TypeGuard: values it passed
-# are cast to what it checked.
-Number = int | float
 
 # Fields of a history entry that are positions or bookkeeping, never a curve worth drawing.
 _POSITION = ("step", "epoch")
@@ -57,9 +53,10 @@ def series_of(ckpt: Checkpoint, run: str, where: str) -> list[Series]:
     for name, history in sorted(ckpt.histories.items()):
         if not isinstance(history, list) or not history:
             continue
-        if all(is_number(v) for v in history):
+        values = [float(v) for v in history if is_number(v)]
+        if len(values) == len(history):
             # One value per epoch (the retrieval files' train_losses / val_recalls).
-            out.setdefault(name, Series(run, name, "epoch", [(float(i + 1), float(v)) for i, v in enumerate(history)],
+            out.setdefault(name, Series(run, name, "epoch", [(float(i + 1), v) for i, v in enumerate(values)],
                                         f"{where}: {name}"))
             continue
         for s in _dict_series(history, run, f"{where}: {name}"):
@@ -85,7 +82,7 @@ def _lightning_scores(ckpt: Checkpoint, run: str, where: str) -> list[Series]:
         monitor, score = state.get("monitor"), state.get("current_score")
         value = score.scalar_value() if isinstance(score, TensorRef) else score
         if isinstance(monitor, str) and is_number(value):
-            point = (float(step), float(cast(Number, value)))
+            point = (float(step), float(value))
             out.append(Series(run, monitor, "step", [point], f"{where}: {name} current_score"))
     return out
 
@@ -104,7 +101,7 @@ def _dict_series(history: list[Any], run: str, source: str) -> list[Series]:
         for key, value in e.items():
             if key in _POSITION or not is_number(value) or any(b in key for b in _BOOKKEEPING):
                 continue
-            point = (float(cast(Number, x)), float(value))
+            point = (float(x), float(value))
             series.setdefault(key, Series(run, key, axis, source=source)).points.append(point)
     return list(series.values())
 

@@ -83,7 +83,8 @@ def restore_missing_epoch(ckpt: Checkpoint) -> FixPlan:
     if ckpt.optimizer is None and not family.epoch_histories:
         return out      # weights or RNG state alone: no training position to restore (as validate says)
     evidence: dict[str, int] = {}
-    m = (family.name_pattern.search(ckpt.path.name) if family.name_pattern else None) or EPOCH_IN_NAME.search(ckpt.path.name)
+    m = ((family.name_pattern.search(ckpt.path.name) if family.name_pattern else None)
+         or EPOCH_IN_NAME.search(ckpt.path.name))
     if m:
         evidence[f"the file name ({m.group(0)})"] = int(m.group(1))
     for key in PER_EPOCH_HISTORIES:
@@ -114,7 +115,8 @@ def plain_config(ckpt: Checkpoint) -> FixPlan:
     for path, obj in _pickled_objects(ckpt.tree, ()):
         if obj.is_dangerous:
             out.cannot_fix.append(f"{'.'.join(map(str, path)) or '(top level)'} calls {obj.qualified_name}: "
-                                  f"that is not a config; keep the weights alone with {weights_only_command(ckpt.path)}")
+                                  "that is not a config; keep the weights alone with "
+                                  f"{weights_only_command(ckpt.path)}")
             continue
         if path and isinstance(path[-1], str) and path[-1].startswith("("):
             out.cannot_fix.append(f"{obj.qualified_name} inside a tuple at {'.'.join(map(str, path[:-1]))}: left as is")

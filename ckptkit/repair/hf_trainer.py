@@ -121,8 +121,9 @@ def _left_inconsistent(folder: Path, state: dict[str, Any], global_step: int) ->
     out = []
     named = folder_step(folder)
     if named is not None and named != global_step:
+        renamed = folder.with_name(f"checkpoint-{global_step}")
         out.append(f"the folder is named {folder.name} but global_step is now {global_step}: the Trainer finds "
-                   f"checkpoints by that name; rename it yourself: mv '{folder}' '{folder.with_name(f'checkpoint-{global_step}')}'")
+                   f"checkpoints by that name; rename it yourself: mv '{folder}' '{renamed}'")
     for member in ("scheduler.pt", "optimizer.pt"):
         if (folder / member).exists():
             out.append(f"{member} was left as is: its step counters (scheduler last_epoch, optimizer step) "

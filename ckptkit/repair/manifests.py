@@ -66,8 +66,8 @@ class ManifestRefresh:
     def renew(self, tree: Any) -> Manifest:
         """Write the manifest of the rewritten checkpoint (after the rename)."""
         name = _entry_name(self.owner, self.member)
-        files = tuple(ManifestFile(name, self.member.stat().st_size, crc.file_crc32(self.member)) if f.path == name else f
-                      for f in self.manifest.files)
+        rewritten = ManifestFile(name, self.member.stat().st_size, crc.file_crc32(self.member))
+        files = tuple(rewritten if f.path == name else f for f in self.manifest.files)
         renewed = replace(self.manifest, files=files, **_progress_fields(tree, self.manifest))
         write_manifest(self.owner, renewed)
         return renewed

@@ -336,4 +336,5 @@ def _unmarked(entry: RunEntry) -> RunEntry:
 
 def _about(run: Run, path: Path) -> Iterator[Finding]:
     target = path.resolve()
-    return (f for f, subjects in zip(run.findings, run.subjects) if any(s.resolve() == target for s in subjects))
+    return (f for f, subjects in zip(run.findings, run.subjects, strict=True)
+            if any(s.resolve() == target for s in subjects))

@@ -87,7 +87,9 @@ class Run:
                 "findings": [f.to_json() for f in self.findings]}
 
     def _relative(self, folder: Path) -> str:
-        return "." if folder == self.root else str(folder.relative_to(self.root)) if self.root in folder.parents else str(folder)
+        if folder == self.root:
+            return "."
+        return str(folder.relative_to(self.root)) if self.root in folder.parents else str(folder)
 
 
 def run_folder(entry: RunEntry) -> Path:

@@ -60,7 +60,7 @@ def plan_resume(target: str | os.PathLike[str], trainer_args: tuple[str, ...] = 
         ranks = _world_size(ckpt)
         command[1:2] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m"]
         command.insert(command.index("--resume") + 2, "--fsdp")
-    return ResumePlan(path, trainer, command, ckpt.progress, report.findings)
+    return ResumePlan(path, entry.name, command, ckpt.progress, report.findings)
 
 
 def _world_size(ckpt: Checkpoint) -> int:

@@ -76,7 +76,7 @@ def range_crc32(fd: int, path: Path, offset: int, length: int, *, threads: int |
     with ThreadPoolExecutor(workers, thread_name_prefix="ckptkit-crc") as pool:
         crcs = list(pool.map(lambda seg: _segment_crc(fd, path, *seg), segments))
     crc = crcs[0]
-    for (_, seg_length), seg_crc in zip(segments[1:], crcs[1:]):
+    for (_, seg_length), seg_crc in zip(segments[1:], crcs[1:], strict=True):
         crc = crc32_combine(crc, seg_crc, seg_length)
     return crc
 

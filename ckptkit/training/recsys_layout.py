@@ -8,7 +8,8 @@ File names, as the seed's trainer names them (one file each, overwritten in plac
 
 LlamaRec's keys: ``model_state_dict``, ``optimizer_state_dict`` and ``epoch``, the number of
 epochs finished (LlamaRec logs the 0-based loop index + 1 and its resume loops
-``range(checkpoint['epoch'], num_epochs)``; see ``ckptkit.families.llamarec``). ckptkit adds ``accuracy`` (the last finished epoch's validation accuracy),
+``range(checkpoint['epoch'], num_epochs)``; see ``ckptkit.families.llamarec``). ckptkit adds
+``accuracy`` (the last finished epoch's validation accuracy),
 ``best_acc`` (the best so far, which decides the next best file), ``global_step``, ``config`` and
 the extras every layout has (see :mod:`ckptkit.training.layout`). A checkpoint taken inside an
 epoch keeps ``epoch`` at the epochs finished, so LlamaRec's own resume starts that epoch over
@@ -20,8 +21,16 @@ import math
 from typing import Any
 
 from ckptkit.families.llamarec import BEST, FINAL, RECENT
-from ckptkit.training.layout import (CONFIG, EPOCH, GLOBAL_STEP, MODEL, OPTIMIZER, CheckpointLayout, TrainingState,
-                                     register_layout)
+from ckptkit.training.layout import (
+    CONFIG,
+    EPOCH,
+    GLOBAL_STEP,
+    MODEL,
+    OPTIMIZER,
+    CheckpointLayout,
+    TrainingState,
+    register_layout,
+)
 
 RECENT_NAME, BEST_NAME, FINAL_NAME = RECENT, BEST, FINAL   # the family owns its file names
 ACCURACY = "accuracy"

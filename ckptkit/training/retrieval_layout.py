@@ -21,8 +21,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ckptkit.training.layout import (CONFIG, EPOCH, GLOBAL_STEP, MODEL, OPTIMIZER, CheckpointLayout, TrainingState,
-                                     register_layout)
+from ckptkit.training.layout import (
+    CONFIG,
+    EPOCH,
+    GLOBAL_STEP,
+    MODEL,
+    OPTIMIZER,
+    CheckpointLayout,
+    TrainingState,
+    register_layout,
+)
 
 LOSS = "loss"
 RECALL = "recall_at_10"

@@ -11,11 +11,11 @@ import shlex
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity, TensorRef
-from ckptkit.views.keys import WRAPPERS, KeyMatch, Wrapper, match_keys
 from ckptkit.validation.optimizer import against_model
 from ckptkit.validation.param_matching import describe_shape
+from ckptkit.views import sections as S
+from ckptkit.views.keys import WRAPPERS, KeyMatch, Wrapper, match_keys
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -111,7 +111,8 @@ def _keys(ctx: ValidationContext, ours: dict[str, TensorRef], ref: dict[str, Ten
                       f"{_sample(missing)}")
     if unexpected:
         yield Finding("compat.unexpected-keys", Severity.ERROR, ctx.where(_first(unexpected)),
-                      f"{_count_keys(len(unexpected))} here {'is' if len(unexpected) == 1 else 'are'} unexpected by {ref_name}: "
+                      f"{_count_keys(len(unexpected))} here {'is' if len(unexpected) == 1 else 'are'} "
+                      f"unexpected by {ref_name}: "
                       f"{_sample(unexpected)}")
 
 
@@ -121,7 +122,8 @@ def _shapes(ctx: ValidationContext, ours: dict[str, TensorRef], ref: dict[str, T
         if r is None or r.shape == t.shape:
             continue
         mine, theirs = describe_shape(t.shape), describe_shape(r.shape)
-        differing = [i for i, (a, b) in enumerate(zip(t.shape, r.shape)) if a != b]
+        # Shapes of different rank compare on their common dimensions; the rank test below tells them apart.
+        differing = [i for i, (a, b) in enumerate(zip(t.shape, r.shape, strict=False)) if a != b]
         if (len(t.shape) == len(r.shape) and len(differing) == 1
                 and any(w in name.lower() for w in EMBEDDING_WORDS)):
             d = differing[0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.families import family_named, system_folder
 from ckptkit.validation.counters import is_training_layout
+from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

@@ -9,10 +9,10 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.families import RETRIEVAL_NAME, counters_tree, family_named, optimizer_step
 from ckptkit.validation.position_range import check_position_range
+from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

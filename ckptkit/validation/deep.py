@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ckptkit.core.checkpoint import (ByteRange, Finding, Severity, StorageRef, TensorRef, iter_tensors, mapped_bytes,
-                                release_mapped_pages)
+from ckptkit.core.checkpoint import (
+    ByteRange,
+    Finding,
+    Severity,
+    StorageRef,
+    TensorRef,
+    iter_tensors,
+    mapped_bytes,
+    release_mapped_pages,
+)
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats.dcp import TensorInChunksError
 from ckptkit.validation.zip_records import ZipRecord, zip_records

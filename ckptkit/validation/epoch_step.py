@@ -21,11 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import (Family, UnrepresentableProgress, counters_tree, dig, family_named,
-                              optimizer_step)
+from ckptkit.families import Family, UnrepresentableProgress, counters_tree, dig, family_named, optimizer_step
 from ckptkit.validation.position_range import place, position_args, position_in_range
+from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -66,7 +65,8 @@ def _hf_trainer(ctx: ValidationContext) -> Iterable[Finding]:
                       f"epoch = {float(epoch):.6g} counts data-loader batches ({float(epoch):.4g} epochs' "
                       f"worth) but global_step = {step} optimizer updates at {per_epoch} per epoch ({why}) is "
                       f"epoch {step / per_epoch:.4g} ({place(epochs, within)}): under gradient accumulation "
-                      f"they differ by less than 1/{per_epoch} of an epoch, here by {abs(float(epoch) - step / per_epoch):.4g}, "
+                      f"they differ by less than 1/{per_epoch} of an epoch, "
+                      f"here by {abs(float(epoch) - step / per_epoch):.4g}, "
                       "so they cannot both be true. The Trainer resumes from global_step; if global_step is "
                       "right, record it with the fix command",
                       ctx.command("fix-epoch", *position_args(epochs, within)))
@@ -105,11 +105,11 @@ def hf_updates_per_epoch(state: dict[str, Any], args: dict[str, Any] | None) -> 
     if (args is not None and user_max is not None and user_max <= 0 and max_steps and epochs
             and S.is_number(user_epochs) and float(user_epochs) == epochs and max_steps % epochs == 0):
         return max_steps // epochs, f"max_steps {max_steps} / num_train_epochs {epochs}"
-    logged = [(S.as_int(e.get("step")), e.get("epoch")) for e in state.get("log_history") or []
+    logged = [(S.as_int(e.get("step")), float(e["epoch"])) for e in state.get("log_history") or []
               if isinstance(e, dict) and S.is_number(e.get("epoch"))]
-    unrounded = any(round(float(ep), 2) != float(ep) for _, ep in logged)
+    unrounded = any(round(ep, 2) != ep for _, ep in logged)
     for step, ep in logged:
-        if unrounded and step and float(ep) >= 1 and float(ep).is_integer() and step % int(ep) == 0:
+        if unrounded and step and ep >= 1 and ep.is_integer() and step % int(ep) == 0:
             return step // int(ep), f"log_history: step {step} logged at epoch {int(ep)}"
     return None, ""
 
@@ -126,7 +126,8 @@ def _data_position(ctx: ValidationContext) -> Iterable[Finding]:
     position = tree.get("data_position")
     if not isinstance(position, dict):
         return
-    epoch, batch, top = S.as_int(position.get("epoch")), S.as_int(position.get("batch_in_epoch")) or 0, S.as_int(tree.get("epoch"))
+    epoch, batch = S.as_int(position.get("epoch")), S.as_int(position.get("batch_in_epoch")) or 0
+    top = S.as_int(tree.get("epoch"))
     expected = _stored_epoch(family, tree, epoch, batch)
     if expected is not None and top is not None and top != expected:
         yield Finding(CODE, Severity.WARNING, ctx.where("epoch", member),
@@ -149,14 +150,15 @@ def _stored_epoch(family: Family, tree: dict[str, Any], epoch: int | None, batch
 
 
 def _batches_against_updates(ctx: ValidationContext, position: dict[str, Any], step: int | None) -> Iterable[Finding]:
-    epoch, batch, per_epoch, micro, accum = (S.as_int(position.get(k)) for k in
-                                              ("epoch", "batch_in_epoch", "steps_per_epoch", "micro_step", "grad_accum"))
-    if None in (epoch, batch, per_epoch, micro, accum, step) or not position_in_range(position):
+    names = ("epoch", "batch_in_epoch", "steps_per_epoch", "micro_step", "grad_accum")
+    epoch, batch, per_epoch, micro, accum = (S.as_int(position.get(k)) for k in names)
+    if (epoch is None or batch is None or per_epoch is None or micro is None or accum is None or step is None
+            or not position_in_range(position)):
         return      # counters.position-out-of-range / step-past-epoch-end name the impossible counter
-    consumed, implied = epoch * per_epoch + batch, step * accum + micro   # type: ignore[operator]
+    consumed, implied = epoch * per_epoch + batch, step * accum + micro
     if consumed == implied:
         return
-    epochs, within = divmod(implied, per_epoch)   # type: ignore[operator]
+    epochs, within = divmod(implied, per_epoch)
     yield Finding(CODE, Severity.WARNING, ctx.where("data_position"),
                   f"data_position says {consumed} batches consumed (epoch = {epoch} x steps_per_epoch = "
                   f"{per_epoch} + batch_in_epoch = {batch}) but global_step = {step} optimizer steps x "

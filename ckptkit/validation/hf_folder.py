@@ -10,9 +10,9 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.validation.optimizer import against_model
+from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -47,8 +47,8 @@ def _trainer_state(ctx: ValidationContext, state: dict[str, Any], suffix: int | 
     history = state.get("log_history")
     if not isinstance(history, list):
         return
-    steps = [S.as_int(e.get("step")) for e in history if isinstance(e, dict)]
-    steps = [s for s in steps if s is not None]
+    logged = [S.as_int(e.get("step")) for e in history if isinstance(e, dict)]
+    steps = [s for s in logged if s is not None]
     backwards = next((i for i in range(1, len(steps)) if steps[i] < steps[i - 1]), None)
     if backwards is not None:
         yield Finding("counters.log-history-order", Severity.WARNING, ctx.where("log_history", TRAINER_STATE),

@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ckptkit.storage.atomic import is_temporary
 from ckptkit.core.checkpoint import Finding, Severity
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.storage.atomic import is_temporary
 from ckptkit.storage.manifest import manifest_path, manifest_problems, read_manifest
 
 if TYPE_CHECKING:

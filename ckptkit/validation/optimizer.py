@@ -5,9 +5,9 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity, TensorRef
 from ckptkit.validation.param_matching import describe_shape, optimizer_params, pair
+from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
@@ -30,7 +30,8 @@ def _groups(ctx: ValidationContext, opt: dict[str, Any]) -> Iterable[Finding]:
     seen: dict[Any, int] = {}
     for p in optimizer_params(opt):
         if p.index in seen:
-            yield Finding("optimizer.param-in-two-groups", Severity.ERROR, ctx.section_where("optimizer", "param_groups"),
+            yield Finding("optimizer.param-in-two-groups", Severity.ERROR,
+                          ctx.section_where("optimizer", "param_groups"),
                           f"parameter {p.index} is listed in group {seen[p.index]} and again in group "
                           f"{p.group}: expected each parameter in exactly one group; load_state_dict "
                           "will refuse this state")
@@ -65,13 +66,14 @@ def _learning_rates(ctx: ValidationContext, opt: dict[str, Any]) -> Iterable[Fin
                           "scheduler stepped; the resumed learning rate will follow the scheduler")
 
 
-def against_model(ctx: ValidationContext, opt: dict[str, Any], model: dict[str, TensorRef], model_desc: str, code: str = "optimizer.param-set-mismatch",
-                  exact: bool = False) -> Iterable[Finding]:
+def against_model(ctx: ValidationContext, opt: dict[str, Any], model: dict[str, TensorRef], model_desc: str,
+                  code: str = "optimizer.param-set-mismatch", exact: bool = False) -> Iterable[Finding]:
     """Every optimizer entry must find a parameter of its shape (all of them when `exact`)."""
     pairing = pair(opt, model)
     if pairing.optimizer_count == 0 or (pairing.exact if exact else pairing.agrees):
         return
-    count_fits = pairing.optimizer_count == pairing.model_count if exact else pairing.optimizer_count <= pairing.model_count
+    count_fits = (pairing.optimizer_count == pairing.model_count if exact
+                  else pairing.optimizer_count <= pairing.model_count)
     stray = ""
     if pairing.unmatched is not None:
         i, p = pairing.unmatched
@@ -79,7 +81,8 @@ def against_model(ctx: ValidationContext, opt: dict[str, Any], model: dict[str, 
                  f"which no remaining parameter of {model_desc} has")
     if count_fits:
         # The count is right and a shape is not: say so, not "expected at most 6, found 6".
-        what = f"{pairing.optimizer_count} entries for the {pairing.model_count} parameters of {model_desc}, but {stray}"
+        what = (f"{pairing.optimizer_count} entries for the {pairing.model_count} parameters of {model_desc}, "
+                f"but {stray}")
     else:
         expected = f"{pairing.model_count}" if exact else f"at most {pairing.model_count}"
         what = (f"expected {expected} entries shaped like the parameters of {model_desc}, "

@@ -31,7 +31,9 @@ class OptimizerParam:
 
 def optimizer_params(opt: dict[str, Any]) -> list[OptimizerParam]:
     """The optimizer's parameters in construction order, with the shape its state implies."""
-    state = opt.get("state") if isinstance(opt.get("state"), dict) else {}
+    state = opt.get("state")
+    if not isinstance(state, dict):
+        state = {}
     out: list[OptimizerParam] = []
     for g, group in enumerate(opt.get("param_groups") or []):
         if not isinstance(group, dict):

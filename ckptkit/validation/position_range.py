@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.views import sections as S
 from ckptkit.core.checkpoint import Finding, Severity
+from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

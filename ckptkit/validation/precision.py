@@ -5,9 +5,9 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ckptkit.views import sections as S
-from ckptkit.families import family_named
 from ckptkit.core.checkpoint import Finding, Severity, TensorRef
+from ckptkit.families import family_named
+from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext

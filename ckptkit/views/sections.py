@@ -5,9 +5,9 @@ is recorded, so every message can name it.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
-from ckptkit.core.checkpoint import TensorRef
+from ckptkit.core.checkpoint import HistoryEntry, TensorRef
 from ckptkit.storage.safe_pickle import PickledObject
 
 MODEL_KEYS = ("model_state_dict", "state_dict", "model", "module", "net", "network", "weights")
@@ -45,7 +45,7 @@ def flatten_state_dict(value: Any, prefix: str = "", strict: bool = False) -> di
     return out or None
 
 
-def is_optimizer_state(value: Any) -> bool:
+def is_optimizer_state(value: Any) -> TypeGuard[dict[str, Any]]:
     return (isinstance(value, dict) and isinstance(value.get("param_groups"), list)
             and isinstance(value.get("state"), dict))
 
@@ -73,11 +73,11 @@ def config_fields(value: Any) -> Any:
     return value
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def is_history(value: Any) -> bool:
+def is_history(value: Any) -> TypeGuard[list[HistoryEntry]]:
     """A list of numbers or of per-step dicts: a loss curve, a metric history, a log."""
     return isinstance(value, list) and all(is_number(v) or isinstance(v, dict) for v in value)
 

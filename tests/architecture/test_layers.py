@@ -121,7 +121,8 @@ def test_no_import_closes_a_cycle() -> None:
     assert [" -> ".join(cycle) for cycle in cycles] == []
 
 
-@pytest.mark.parametrize("target, expected", [("ckptkit.storage.crc", 1), ("ckptkit.formats.dcp", 3), ("ckptkit.cli.render", 10)])
+@pytest.mark.parametrize("target, expected",
+                         [("ckptkit.storage.crc", 1), ("ckptkit.formats.dcp", 3), ("ckptkit.cli.render", 10)])
 def test_the_layer_rule_itself_places_modules(target: str, expected: int) -> None:
     assert layer(target) == expected
 

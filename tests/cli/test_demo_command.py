@@ -28,7 +28,8 @@ def test_demo_tells_the_same_true_story_even_from_a_folder_that_shadows_the_pack
     for package in ("ckptkit", "trainers"):
         (cwd / package).mkdir(parents=True)
         # Shadows an installed package of that name (an empty folder would, as a namespace package).
-        (cwd / package / "__init__.py").write_text(f"raise SystemExit('the current folder\\'s {package}/ was imported')")
+        (cwd / package / "__init__.py").write_text(
+            f"raise SystemExit('the current folder\\'s {package}/ was imported')")
     monkeypatch.chdir(cwd)
     result = CliRunner().invoke(main, ["demo", "demo"])
     out, run = result.output, cwd / "demo" / "run"

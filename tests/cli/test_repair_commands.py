@@ -7,7 +7,6 @@ import torch
 from click.testing import CliRunner
 
 from ckptkit.cli import main
-from tests.repair.conftest import sample_dir, samples, training_state  # noqa: F401  (fixtures)
 
 
 def _run(*args: str):
@@ -99,6 +98,7 @@ def test_a_trainer_folder_dry_run_names_the_folder_rename_it_cannot_do(tmp_path:
     shutil.copytree(REAL / "hf_full" / "checkpoint-4", folder)
     result = _run("fix-epoch", folder, "--epoch", "1", "--dry-run")
     assert result.exit_code == 0
-    assert "epoch 0.8889 (trainer_state.json), global step 4  ->  epoch 1 (trainer_state.json), global step 5" in result.output
+    assert ("epoch 0.8889 (trainer_state.json), global step 4  ->  "
+            "epoch 1 (trainer_state.json), global step 5") in result.output
     assert "-global_step: 4\n+global_step: 5" in result.output
     assert f"mv '{folder}' '{tmp_path / 'checkpoint-5'}'" in result.output

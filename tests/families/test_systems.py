@@ -359,7 +359,8 @@ def test_inspect_counts_a_tied_embedding_and_head_once_and_names_the_tie(tmp_pat
 def test_a_torchtitan_style_dcp_folder_reads_its_step_from_train_state(tmp_path: Path) -> None:
     import torch.distributed.checkpoint as dcp
 
-    state = {"model": {"w": torch.ones(3, 2)}, "train_state": {"step": torch.tensor(30), "ntokens_seen": torch.tensor(9)}}
+    state = {"model": {"w": torch.ones(3, 2)},
+             "train_state": {"step": torch.tensor(30), "ntokens_seen": torch.tensor(9)}}
     dcp.save(state, checkpoint_id=str(tmp_path / "step-30"))
     p = open_checkpoint(tmp_path / "step-30").progress
     assert (p.global_step, p.stored) == (30, {"train_state.step": 30})

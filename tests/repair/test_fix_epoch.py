@@ -23,7 +23,8 @@ def test_enstack_epoch_1_complete_sets_step_to_total_batches_so_its_resume_start
     original = training_state.read_bytes()
     result = fix_epoch(training_state, 1)
     assert result.written and result.status == "written"
-    assert _counters(training_state, "epoch", "step", "total_batches") == {"epoch": 1, "step": 1270, "total_batches": 1270}
+    counters = _counters(training_state, "epoch", "step", "total_batches")
+    assert counters == {"epoch": 1, "step": 1270, "total_batches": 1270}
     assert [(c.key, c.before, c.after) for c in result.plan.changes] == [("step", 1000, 1270)]
     assert result.plan.progress_before == "epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)"
     assert result.plan.progress_after == "epoch 1 complete"

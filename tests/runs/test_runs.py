@@ -152,7 +152,7 @@ def test_real_hf_run_marks_the_best_checkpoint_from_the_newest_trainer_state() -
 def test_order_follows_global_step_whatever_the_folder_names(tmp_path_factory, steps: list[int], data) -> None:
     root = tmp_path_factory.mktemp("run")
     names = data.draw(st.permutations([f"checkpoint-{i}" for i in range(len(steps))]))
-    for name, step in zip(names, steps):
+    for name, step in zip(names, steps, strict=True):
         (root / name).mkdir()
         (root / name / "trainer_state.json").write_text(f'{{"global_step": {step}, "epoch": 0.5}}')
     run = scan_run(root)

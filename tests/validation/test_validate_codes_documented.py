@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ckptkit.views.keys import WRAPPERS
 from ckptkit.validation.compatibility import code_for
+from ckptkit.views.keys import WRAPPERS
 
 ROOT = Path(__file__).parent.parent.parent
 GROUPS = "security|completeness|integrity|counters|optimizer|precision|rng|compat|deep"

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ckptkit.formats import open_checkpoint
 from ckptkit.core.checkpoint import Severity
+from ckptkit.formats import open_checkpoint
 from tests.validation.helpers import codes, only, run
 
 

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import main
+from ckptkit.core.checkpoint import Severity
 from ckptkit.validation.epoch_step import CODE, hf_updates_per_epoch
 from tests.validation.helpers import codes, only, run
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import main
-from ckptkit.storage.manifest import manifest_path
+from ckptkit.core.checkpoint import Severity
 from ckptkit.runs import scan_run
+from ckptkit.storage.manifest import manifest_path
 from ckptkit.training import CheckpointManager
 from ckptkit.validation import validate_path
 from tests.training.conftest import _make_state
@@ -41,8 +40,9 @@ def test_a_checkpoint_whose_size_differs_from_its_manifest_is_an_error_without_d
     with open(ckpt, "ab") as f:
         f.write(b"\0" * 100)            # a zip still reads: only the manifest sees it
     assert _codes(ckpt) == [("integrity.manifest-mismatch", Severity.ERROR,
-                             f"does not match checkpoint_step_4.pt.manifest.json: checkpoint_step_4.pt: {size + 100} "
-                             f"bytes on disk, the manifest says {size} (truncated or overwritten); a resume refuses it")]
+                             "does not match checkpoint_step_4.pt.manifest.json: "
+                             f"checkpoint_step_4.pt: {size + 100} bytes on disk, the manifest says {size} "
+                             "(truncated or overwritten); a resume refuses it")]
     entry = {e.relative: e for e in scan_run(ckpt.parent).entries}["checkpoint_step_4.pt"]
     assert entry.health.status == "broken" and scan_run(ckpt.parent).resume is None
 

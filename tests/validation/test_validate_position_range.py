@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ckptkit.core.checkpoint import Severity
 from ckptkit.cli import main
+from ckptkit.core.checkpoint import Severity
 from ckptkit.core.errors import ResumeRefusedError
 from ckptkit.repair import fix_epoch
 from ckptkit.training import DataPosition, TrainingState
@@ -21,7 +21,7 @@ from ckptkit.training.layout import build_checkpoint
 from ckptkit.training.resume import verify_for_resume
 from ckptkit.validation.epoch_step import CODE as EPOCH_STEP
 from ckptkit.validation.position_range import OUT_OF_RANGE, PAST_END
-from tests.validation.helpers import codes, only, run, trained_state
+from tests.validation.helpers import codes, only, run
 
 RANGE_CODES = {OUT_OF_RANGE, PAST_END}
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,7 +16,8 @@ SCALER = {"scale": 32768.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth
 def test_seed_001_amp_run_without_grad_scaler_state(samples: dict[str, Path]) -> None:
     finding = only(run(samples["retrieval"]), "precision.missing-scaler")
     assert finding.severity is Severity.WARNING
-    assert "training used fp16 AMP (the fashion recommender's train.sh and run_resume_training.sh pass --mixed-precision)" in finding.message
+    assert ("training used fp16 AMP (the fashion recommender's train.sh and run_resume_training.sh "
+            "pass --mixed-precision)") in finding.message
     assert "but no GradScaler state was saved" in finding.message
 
 

@@ -31,7 +31,8 @@ from tests.validation.helpers import trained_state, zip_member_range
 FORMATS = ("torch-zip", "torch-legacy", "safetensors", "pickle")
 _serial = itertools.count()
 # CKPTKIT_PROPERTY_EXAMPLES=500 for a thorough local run; the default keeps the suite fast.
-PROPERTY = settings(max_examples=int(os.environ.get("CKPTKIT_PROPERTY_EXAMPLES", "25")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(max_examples=int(os.environ.get("CKPTKIT_PROPERTY_EXAMPLES", "25")), deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
