@@ -46,8 +46,8 @@ _EXEC_EVENTS = {"pickle.find_class", "os.system", "subprocess.Popen", "os.exec",
 
 def seeds() -> list[tuple[Path, Path]]:
     """(file to mutate, unit to run commands on): the file itself, or its checkpoint folder."""
-    from ckptkit.formats import detect_format
     from ckptkit.core.errors import CkptkitError
+    from ckptkit.formats import detect_format
 
     out = []
     for f in sorted(FIXTURES.rglob("*")):
@@ -164,6 +164,7 @@ def run_child(argv: list[str], time_limit: int, mem_limit: int) -> str:
             signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError()))
             signal.alarm(time_limit)
             from click.testing import CliRunner
+
             from ckptkit.cli import main
             result = CliRunner().invoke(main, argv)
             signal.alarm(0)

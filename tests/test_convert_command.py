@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from ckptkit import conversion
 from ckptkit.cli import main
 from ckptkit.cli.convert_command import parse_size
-from ckptkit import conversion
 from ckptkit.formats import safetensors_file, torch_zip
 
 

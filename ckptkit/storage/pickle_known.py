@@ -18,8 +18,15 @@ from typing import Any
 from ckptkit.core.checkpoint import StorageRef, TensorRef
 from ckptkit.core.dtypes import DType, dtype_named
 from ckptkit.storage.pickle_limits import PickleLimitError, check_keys
-from ckptkit.storage.pickle_values import (_STRUCT_CODES, NumpyArray, NumpyDtype, PickledObject, TorchDeviceValue,
-                                           TorchDtypeValue, UnsupportedPickle)
+from ckptkit.storage.pickle_values import (
+    _STRUCT_CODES,
+    NumpyArray,
+    NumpyDtype,
+    PickledObject,
+    TorchDeviceValue,
+    TorchDtypeValue,
+    UnsupportedPickle,
+)
 
 SAFE_BUILTINS = frozenset({"set", "frozenset", "slice", "complex", "bytearray", "range", "object",
                            "dict", "list", "tuple", "int", "float", "str", "bytes", "bool"})

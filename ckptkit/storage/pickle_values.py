@@ -37,7 +37,7 @@ class PickledObject:
 
     _global: GlobalRef
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "PickledObject":
+    def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
         obj = object.__new__(cls)
         obj.__dict__["args"] = args
         obj.__dict__["kwargs"] = kwargs

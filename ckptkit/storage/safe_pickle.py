@@ -30,10 +30,25 @@ from ckptkit.core.dtypes import BY_STORAGE_CLASS, dtype_named, is_torch_dtype_na
 from ckptkit.storage import pickle_limits as limits
 from ckptkit.storage.pickle_known import KNOWN, NEEDS_CALL, SAFE_BUILTINS
 from ckptkit.storage.pickle_ops import install_ops
-from ckptkit.storage.pickle_values import (GlobalRef, NumpyArray, NumpyDtype, PickledObject, StorageType,
-                                           TorchDeviceValue, TorchDtypeValue, UnsupportedPickle)
-from ckptkit.storage.pickle_verdict import (DANGEROUS_MODULES, PLAIN_STDLIB_CLASSES, call_verdict, is_plain,
-                                            reference_verdict, render_call, short_repr)
+from ckptkit.storage.pickle_values import (
+    GlobalRef,
+    NumpyArray,
+    NumpyDtype,
+    PickledObject,
+    StorageType,
+    TorchDeviceValue,
+    TorchDtypeValue,
+    UnsupportedPickle,
+)
+from ckptkit.storage.pickle_verdict import (
+    DANGEROUS_MODULES,
+    PLAIN_STDLIB_CLASSES,
+    call_verdict,
+    is_plain,
+    reference_verdict,
+    render_call,
+    short_repr,
+)
 
 __all__ = ["DANGEROUS_MODULES", "SAFE_BUILTINS", "GlobalRef", "NumpyArray", "NumpyDtype", "PickledObject",
            "StorageType", "TorchDeviceValue", "TorchDtypeValue", "UnsupportedPickle", "UnpickleResult",

@@ -7,7 +7,6 @@ wherever the technique takes one), so a test can prove that nothing ran.
 from __future__ import annotations
 
 import io
-import pickle
 import struct
 import zipfile
 from pathlib import Path

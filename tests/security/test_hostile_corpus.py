@@ -124,6 +124,7 @@ def test_a_payload_in_a_member_of_an_hf_trainer_folder_is_named(tmp_path: Path, 
 
 def test_a_payload_in_a_dcp_metadata_file_is_named_even_under_a_dcp_name(tmp_path: Path) -> None:
     import shutil
+
     from tests.security.corpus import call, g, s
     marker = tmp_path / "MARKER"
     folder = tmp_path / "dcp"
