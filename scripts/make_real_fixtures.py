@@ -350,7 +350,7 @@ def make_dcp() -> None:
 
 
 def make_save_pretrained_training_state() -> None:
-    """Seed 003's last_checkpoint/: save_pretrained model + training_state.pth, saved mid-epoch.
+    """EnStack's last_checkpoint/: save_pretrained model + training_state.pth, saved mid-epoch.
 
     The seed's trainer saves every save_steps batches with step=(step + 1) and at the end of an
     epoch with step=0; best_val_f1 comes from sklearn's f1_score (a numpy.float64) in such code,
@@ -406,7 +406,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
-| `save_pretrained_training_state/last_checkpoint/` | seed 003's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
+| `save_pretrained_training_state/last_checkpoint/` | EnStack's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
 
 ## Library versions used
 

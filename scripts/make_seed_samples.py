@@ -18,7 +18,7 @@ from torch import nn
 
 @dataclasses.dataclass
 class ExperimentConfig:
-    """Stands in for seed 004's config class: pickled as an object, as that trainer does."""
+    """Stands in for run_experiment.py's config class: pickled as an object, as that trainer does."""
 
     d_model: int = 32
     n_layers: int = 2
@@ -51,7 +51,7 @@ def write_samples(out: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     model, opt, sched = _trained(_mlp(0))
 
-    recsys = out / "recsys" / "models"          # seed 000
+    recsys = out / "recsys" / "models"          # LlamaRec retriever
     recsys.mkdir(parents=True, exist_ok=True)
     state = {"model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(), "epoch": 5}
     for name in ("checkpoint-recent.pth", "checkpoint-recent.pth.final"):
@@ -60,7 +60,7 @@ def write_samples(out: Path) -> dict[str, Path]:
     torch.save({"model_state_dict": model.state_dict()}, recsys / "best_acc_model.pth")
     paths["best_acc_model.pth"] = recsys / "best_acc_model.pth"
 
-    retrieval = out / "retrieval" / "checkpoints"   # seed 001: epoch stored as epoch+1
+    retrieval = out / "retrieval" / "checkpoints"   # fashion recommender: epoch stored as epoch+1
     retrieval.mkdir(parents=True, exist_ok=True)
     path = retrieval / "optimized_model_epoch_10_recall_0.3456.pt"
     torch.save({"epoch": 10, "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
@@ -69,7 +69,7 @@ def write_samples(out: Path) -> dict[str, Path]:
                 "val_recalls": [0.1, 0.2, 0.25, 0.28, 0.3, 0.31, 0.33, 0.34, 0.3401, 0.3456]}, path)
     paths["retrieval"] = path
 
-    experiment = out / "experiment" / "checkpoints"  # seed 004
+    experiment = out / "experiment" / "checkpoints"  # run_experiment.py LM
     experiment.mkdir(parents=True, exist_ok=True)
     for step, name in ((500, "checkpoint_step_500.pt"), (1000, "checkpoint_step_1000.pt"),
                        (500, "best_model.pt"), (2000, "final_model.pt")):
@@ -81,7 +81,7 @@ def write_samples(out: Path) -> dict[str, Path]:
                    experiment / name)
         paths[name] = experiment / name
 
-    last = out / "enstack" / "checkpoints" / "codebert" / "last_checkpoint"   # seed 003
+    last = out / "enstack" / "checkpoints" / "codebert" / "last_checkpoint"   # EnStack
     last.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(last / "model.safetensors"),

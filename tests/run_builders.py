@@ -47,7 +47,7 @@ def strided_dcp_state() -> dict[str, Any]:
 
 
 def seed003_folder(dest: Path, epoch: int, step: int, total_batches: int = 1270) -> Path:
-    """Seed 003's last_checkpoint layout (save_pretrained + training_state.pth) at epoch/step."""
+    """EnStack's last_checkpoint layout (save_pretrained + training_state.pth) at epoch/step."""
     import torch
 
     shutil.copytree(REAL / "save_pretrained_training_state" / "last_checkpoint", dest)
@@ -57,7 +57,7 @@ def seed003_folder(dest: Path, epoch: int, step: int, total_batches: int = 1270)
 
 
 def experiment_file(dest: Path, global_step: int) -> Path:
-    """Seed 004's experiment .pt dict (no pickled config class, so it reads clean)."""
+    """Run_experiment.py's experiment .pt dict (no pickled config class, so it reads clean)."""
     import torch
 
     dest.parent.mkdir(parents=True, exist_ok=True)

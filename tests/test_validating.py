@@ -34,7 +34,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
 @pytest.fixture
 def run_of_six(tmp_path: Path) -> Path:
-    """Five periodic checkpoints (steps 100..500) and best_model.pt (step 200), seed 004's run."""
+    """Five periodic checkpoints (steps 100..500) and best_model.pt (step 200), run_experiment.py's run."""
     for step in (100, 200, 300, 400, 500):
         experiment_file(tmp_path / f"checkpoint_step_{step}.pt", step)
     experiment_file(tmp_path / "best_model.pt", 200)

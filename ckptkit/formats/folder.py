@@ -164,7 +164,7 @@ class FolderReading:
 
 
 def take_training_state(ckpt: Checkpoint, state: Checkpoint, member: str) -> None:
-    """A folder's training-state member (seed 003's `training_state.pth`, ckptkit's sharded
+    """A folder's training-state member (EnStack's `training_state.pth`, ckptkit's sharded
     `ckptkit_training_state.pt`) gives the folder its family, progress and non-tensor
     sections; each section's source names the member."""
     ckpt.family, ckpt.progress = state.family, state.progress

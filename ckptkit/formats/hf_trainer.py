@@ -1,4 +1,4 @@
-"""Hugging Face Trainer `checkpoint-{step}/` folders (seed 002), full fine-tunes and LoRA adapters.
+"""Hugging Face Trainer `checkpoint-{step}/` folders (HF Trainer LoRA ranker), full fine-tunes and LoRA adapters.
 
 Members (transformers `Trainer._save_checkpoint`): weights (`model.safetensors`,
 `pytorch_model.bin`, a sharded `*.index.json`, or peft's `adapter_model.*` +

@@ -1,9 +1,9 @@
-"""`save_pretrained` model folders, alone or with a `training_state.pth` beside them (seed 003).
+"""`save_pretrained` model folders, alone or with a `training_state.pth` beside them (EnStack).
 
 `model.save_pretrained(dir)` writes `config.json` + weights (`model.safetensors`,
 `pytorch_model.bin`, or shards with a `*.index.json`); peft writes `adapter_config.json` +
 `adapter_model.*`. Such a folder alone is a model, not a resumable checkpoint: it has no
-progress. Seed 003's trainer adds `training_state.pth` (epoch, step where 0 marks the end of an
+progress. EnStack's trainer adds `training_state.pth` (epoch, step where 0 marks the end of an
 epoch, total_batches, best metrics, optimizer and scheduler): that file is read like any
 single-file checkpoint, so its progress is the `training-state` family's.
 """

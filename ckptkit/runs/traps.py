@@ -88,7 +88,7 @@ def temporary_leftovers(run: Run) -> Iterator[tuple[list[Path], Finding]]:
 
 
 def hf_missing_trainer_state(run: Run) -> Iterator[tuple[list[Path], Finding]]:
-    """Seed 002: an HF checkpoint-N without trainer_state.json resumes at step 0."""
+    """HF Trainer LoRA ranker: an HF checkpoint-N without trainer_state.json resumes at step 0."""
     for entry in run.entries:
         if entry.is_folder and HF_CHECKPOINT.match(entry.path.name) and not HF_TEMP.match(entry.path.name) \
                 and not (entry.path / "trainer_state.json").is_file():

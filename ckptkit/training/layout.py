@@ -1,22 +1,22 @@
-"""Checkpoint layouts ckptkit's training manager writes; seed 004's is the default.
+"""Checkpoint layouts ckptkit's training manager writes; run_experiment.py's is the default.
 
 A :class:`CheckpointLayout` says how a family names its files for a kind and progress, which
 names are its own, which keys a resume needs, and which of the checkpoint's keys are the
 family's own counters. Everything else in the dict (scheduler, scaler, RNG, data position,
 accumulation, ``ckptkit`` marker) is ckptkit's and the same for every layout. A checkpoint in a
 layout other than the default names it in its marker (``"layout": "retrieval"``), so a resume
-finds its required keys; seed 004's marker stays as it always was.
+finds its required keys; run_experiment.py's marker stays as it always was.
 
-Seed 004 (``EXPERIMENT``, the ``experiment`` family):
+run_experiment.py LM (``EXPERIMENT``, the ``experiment`` family):
 
 File names: ``checkpoint_step_{N}.pt`` (periodic), ``best_model.pt``, ``final_model.pt``, and
 ``checkpoint_step_{N}_micro_{k}.pt`` for a checkpoint taken inside a gradient-accumulation
 window (an interrupted run). Sharded (FSDP) runs use the same names without ``.pt`` for
 folders. Each checkpoint is a plain dict that ``torch.load(weights_only=True)`` accepts::
 
-    model_state_dict, optimizer_state_dict, scheduler_state_dict,   # seed 004
-    global_step, epoch, best_val_loss, config (plain dict),         # seed 004
-    train_history, val_history,                                     # seed 004
+    model_state_dict, optimizer_state_dict, scheduler_state_dict,   # run_experiment.py LM
+    global_step, epoch, best_val_loss, config (plain dict),         # run_experiment.py LM
+    train_history, val_history,                                     # run_experiment.py LM
     scaler_state_dict (AMP GradScaler, only when enabled),
     rng_state   {"world_size": W, "ranks": [...]}  (see ckptkit.training.rng),
     data_position  (see ckptkit.training.sampler.DataPosition),
@@ -85,7 +85,7 @@ class TrainingState:
     window_loss_sum: float = 0.0  # losses of the micro-batches accumulated so far (mid-window)
     trainer: str = "lm"
     # The family's own keys and values, for layouts whose counters TrainingState does not name
-    # (seed 001's loss, recall_at_10, train_losses, val_recalls); seed 004's layout ignores it.
+    # (the fashion recommender's loss, recall_at_10, train_losses, val_recalls); run_experiment.py's layout ignores it.
     family_fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,7 +133,7 @@ class CheckpointLayout:
     owns_name: Callable[[str], bool]  # whether a file name is one this layout writes
     family_fields: Callable[[TrainingState], dict[str, Any]]  # the family's keys, in file order
     metric: Callable[[TrainingState], float | None] = lambda state: state.last_val_loss
-    # Writes one checkpoint in place of the manager's single file (seed 003's folders):
+    # Writes one checkpoint in place of the manager's single file (EnStack's folders):
     # (path, checkpoint dict, manifest fields); None: ckptkit.training.manager.write_checkpoint_file.
     write: Callable[[Path, dict[str, Any], dict[str, Any]], Any] | None = None
 
@@ -152,7 +152,7 @@ def register_layout(layout: CheckpointLayout) -> CheckpointLayout:
 
 
 def layout_of(checkpoint: dict[str, Any]) -> CheckpointLayout:
-    """The layout a loaded checkpoint names in its ``ckptkit`` marker (seed 004's when none)."""
+    """The layout a loaded checkpoint names in its ``ckptkit`` marker (run_experiment.py's when none)."""
     marker = checkpoint.get(CKPTKIT)
     name = marker.get("layout") if isinstance(marker, dict) else None
     return LAYOUTS.get(name, DEFAULT_LAYOUT) if isinstance(name, str) else DEFAULT_LAYOUT
@@ -202,6 +202,6 @@ def build_checkpoint(
         "world_size": world_size,
         "sharded": sharded,
     }
-    if layout is not DEFAULT_LAYOUT:  # seed 004's marker (and bytes) stay as they always were
+    if layout is not DEFAULT_LAYOUT:  # run_experiment.py's marker (and bytes) stay as they always were
         ckpt[CKPTKIT]["layout"] = layout.name
     return ckpt

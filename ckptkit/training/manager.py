@@ -59,7 +59,7 @@ def rank_and_world_size() -> tuple[int, int]:
 
 
 class CheckpointManager:
-    """Saves checkpoints in ``layout`` (default seed 004's) into ``run_dir``; see the module docstring."""
+    """Saves checkpoints in ``layout`` (default run_experiment.py's) into ``run_dir``; see the module docstring."""
 
     def __init__(
         self,
@@ -176,7 +176,7 @@ class CheckpointManager:
             return
         records = list_checkpoints(self.run_dir)
         # superseded_best: layouts that put the metric in the best file's name leave one file per
-        # improvement (seed 004's best_model.pt is replaced in place and never has two)
+        # improvement (run_experiment.py's best_model.pt is replaced in place and never has two)
         for record in select_for_deletion(records, self.keep_last, self.keep_best) + superseded_best(records):
             delete_checkpoint(record.path)
 

@@ -1,4 +1,4 @@
-"""Seed 003's checkpoint layout (the text classifier): ``save_pretrained`` folders with a training state.
+"""EnStack's checkpoint layout (the text classifier): ``save_pretrained`` folders with a training state.
 
 Folders, as the seed's trainer names them (each replaced whole on every save)::
 

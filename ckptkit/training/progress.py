@@ -1,6 +1,6 @@
 """A one-line training progress display that always shows the true position.
 
-Seed 003's bar was ``tqdm(enumerate(loader), total=total_batches, initial=resume_step)`` over a
+EnStack's bar was ``tqdm(enumerate(loader), total=total_batches, initial=resume_step)`` over a
 loop that still iterated (and skipped) the first ``resume_step`` batches, so it counted them
 twice ("1812it" for 1270 batches). Here the line is *rendered from the data position itself*,
 never from a counter of loop iterations, so it cannot drift from where the run really is.

@@ -1,4 +1,4 @@
-"""Seed 000's checkpoint layout (the sequential recommender), as ckptkit's manager writes it.
+"""LlamaRec retriever's checkpoint layout (the sequential recommender), as ckptkit's manager writes it.
 
 File names, as the seed's trainer names them (one file each, overwritten in place)::
 

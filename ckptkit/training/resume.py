@@ -62,7 +62,7 @@ class ResumePoint:
 
     @property
     def global_step(self) -> int:
-        return int(self.checkpoint.get(layout.GLOBAL_STEP, 0))  # required by seed 004's layout
+        return int(self.checkpoint.get(layout.GLOBAL_STEP, 0))  # required by run_experiment.py's layout
 
     @property
     def trainer(self) -> str | None:
@@ -226,7 +226,7 @@ def _validator_warnings(path: Path) -> list[str]:
 
 
 def _load_checkpoint_dict(path: Path) -> dict[str, Any]:
-    if is_model_folder(path):   # seed 003's save_pretrained folder
+    if is_model_folder(path):   # EnStack's save_pretrained folder
         return load_model_folder(path)
     source = path / TRAINING_STATE_FILE if path.is_dir() else path
     if path.is_dir() and not (path / DCP_METADATA_FILE).is_file():

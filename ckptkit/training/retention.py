@@ -1,7 +1,7 @@
 """The checkpoints of a run directory, ordered by training progress, and which ones to prune.
 
 Progress comes from each checkpoint's manifest (global step, then batches consumed), never
-from modification times or names: a copied, restored or re-synced file (seed 003's rolled-back
+from modification times or names: a copied, restored or re-synced file (EnStack's rolled-back
 Google Drive checkpoint) has a new mtime but old progress, and ``checkpoint_step_500.pt``
 sorts after ``checkpoint_step_1000.pt`` by name.
 """
@@ -79,7 +79,7 @@ def unconfirmed_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _named_by_a_layout(name: str) -> bool:
-    """Seed 000's ``checkpoint-recent.pth(.final)`` and ``best_acc_model.pth`` do not end in .pt."""
+    """LlamaRec retriever's ``checkpoint-recent.pth(.final)`` and ``best_acc_model.pth`` do not end in .pt."""
     return any(layout.owns_name(name) for layout in LAYOUTS.values())
 
 

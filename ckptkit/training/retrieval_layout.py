@@ -1,4 +1,4 @@
-"""Seed 001's checkpoint layout (the fashion retrieval system), as ckptkit's manager writes it.
+"""The fashion recommender's checkpoint layout (the fashion retrieval system), as ckptkit's manager writes it.
 
 File names, as the seed's trainer names them::
 

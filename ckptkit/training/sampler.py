@@ -10,10 +10,10 @@ replaying the skipped ones and without touching any global RNG.
 Vocabulary (also the checkpoint's ``data_position`` dict):
 
 * ``epoch``: epochs completed, which is also the 0-based index of the epoch in progress
-  (seed 004's top-level ``epoch`` key holds the same value).
+  (run_experiment.py's top-level ``epoch`` key holds the same value).
 * ``batch_in_epoch``: batches of epoch ``epoch`` consumed so far, ``0..steps_per_epoch-1``.
   ``0`` means no partial epoch: at an epoch's end the position is ``(epoch + 1, 0)``.
-* ``steps_per_epoch``: batches (micro-batches, data-loader steps) per epoch, like seed 003's
+* ``steps_per_epoch``: batches (micro-batches, data-loader steps) per epoch, like EnStack's
   ``total_batches``. Optimizer steps per epoch are ``steps_per_epoch / grad_accum``.
 * ``micro_step``: batches already accumulated into the optimizer step in progress,
   ``0..grad_accum-1``; non-zero only for a checkpoint taken inside an accumulation window.

@@ -3,7 +3,7 @@
 Layout of ``checkpoint_step_{N}/`` (and ``best_model/``, ``final_model/``)::
 
     .metadata, __{rank}_0.distcp       DCP: {"model": ..., "optimizer": ...}, every rank its shards
-    ckptkit_training_state.pt          rank 0: the rest of the seed-004 dict (counters, config,
+    ckptkit_training_state.pt          rank 0: the rest of the run_experiment.py LM dict (counters, config,
                                        histories, scheduler, RNG of every rank, data position)
 
 plus ``checkpoint_step_{N}.manifest.json`` beside the folder, listing every file's size and

@@ -12,7 +12,7 @@ from ckptkit.views import sections as S
 if TYPE_CHECKING:
     from ckptkit.validation import ValidationContext
 
-# Files `save_pretrained` writes beside seed 003's training_state.pth.
+# Files `save_pretrained` writes beside EnStack's training_state.pth.
 PRETRAINED_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                       "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 

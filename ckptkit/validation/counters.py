@@ -35,7 +35,7 @@ def check_counters(ctx: ValidationContext) -> Iterable[Finding]:
 
 
 def _epoch_position(ctx: ValidationContext) -> Iterable[Finding]:
-    """Seed 003: where inside an epoch the checkpoint was taken, and whether that can be told."""
+    """EnStack: where inside an epoch the checkpoint was taken, and whether that can be told."""
     p, tree = ctx.ckpt.progress, ctx.ckpt.tree
     if not is_training_layout(ctx.ckpt.family) or not isinstance(tree, dict):
         return
@@ -88,7 +88,7 @@ def _file_name(ctx: ValidationContext) -> Iterable[Finding]:
 
 
 def _step_budget(ctx: ValidationContext) -> Iterable[Finding]:
-    """Seed 004: a checkpoint at max_steps resumes into a loop that is already over."""
+    """run_experiment.py LM: a checkpoint at max_steps resumes into a loop that is already over."""
     p = ctx.ckpt.progress
     if p.global_step is None or p.max_steps is None or p.global_step < p.max_steps:
         return

@@ -4,7 +4,7 @@ Each family counts differently, so each is checked in its own convention, and a 
 raised only when the two counters cannot both be true; where the checkpoint does not record
 enough to tell (steps per epoch, gradient accumulation), nothing is said:
 
-- HF Trainer (seed 002): the float `epoch` counts data-loader batches, `global_step` counts
+- HF Trainer (HF Trainer LoRA ranker): the float `epoch` counts data-loader batches, `global_step` counts
   optimizer updates. Under gradient accumulation they differ by less than one update's share of
   an epoch (1 / updates per epoch), never more, whatever the accumulation; updates per epoch must
   be known for certain (training_args.bin says max_steps was derived from whole epochs, or an
@@ -13,7 +13,7 @@ enough to tell (steps per epoch, gradient accumulation), nothing is said:
   = global_step x grad_accum + micro_step, and the top-level `epoch` repeats data_position's.
 - Lightning: `epoch` is written from `loops.fit_loop.epoch_progress.current.completed`; with
   automatic optimization and one optimizer, each optimizer step (global_step) takes a batch.
-- seed 003 (`epoch` 1-based, `step` 0 = end of epoch, `total_batches`): its only step counter is
+- EnStack (`epoch` 1-based, `step` 0 = end of epoch, `total_batches`): its only step counter is
   the optimizer's own; each optimizer step takes at least one batch, whatever the accumulation.
 """
 from __future__ import annotations
@@ -222,7 +222,7 @@ def _lightning_fix(ctx: ValidationContext, fit: Any, completed: int) -> str:
     return ctx.command("fix-epoch", *position_args(completed, done))
 
 
-# --- seed 003: training_state.pth ------------------------------------------------------------
+# --- EnStack: training_state.pth ------------------------------------------------------------
 
 def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
     """The optimizer cannot have stepped more often than batches were trained, by the family's

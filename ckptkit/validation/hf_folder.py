@@ -1,4 +1,4 @@
-"""Hugging Face Trainer `checkpoint-{step}/` folders (seed 002).
+"""Hugging Face Trainer `checkpoint-{step}/` folders (HF Trainer LoRA ranker).
 
 A folder checkpoint's `tree` holds one entry per member file (decoded json, decoded pickles,
 safetensors headers). The Trainer resumes from `trainer_state.json`; without it, or with a

@@ -7,7 +7,7 @@ other counters say. These are errors, and `verify_for_resume` refuses them like 
 - ckptkit's trainer (`data_position`, see `ckptkit.training.sampler`): `0 <= batch_in_epoch <
   steps_per_epoch` (an epoch's end is recorded as `(epoch + 1, 0)`, never as `steps_per_epoch`),
   `0 <= micro_step < grad_accum`, `epoch >= 0`, and at least one batch per epoch and per window.
-- seed 003 (`training_state.pth`): `step` counts batches done in the 1-based `epoch`, `0 <= step
+- EnStack (`training_state.pth`): `step` counts batches done in the 1-based `epoch`, `0 <= step
   <= total_batches` (0 and total_batches both mark its end; above it is
   `counters.step-past-epoch-end`, raised with that layout's other counter findings).
 """

@@ -122,7 +122,7 @@ def _dataset() -> list[dict[str, torch.Tensor]]:
 
 
 def _seed_004_style_checkpoint(path: Path, max_steps: int) -> None:
-    """A plain torch loop, optimizer grouped as Trainer groups it, saved as seed 004 saves."""
+    """A plain torch loop, optimizer grouped as Trainer groups it, saved as run_experiment.py LM saves."""
     import transformers
 
     model = _tiny_model()

@@ -1,4 +1,4 @@
-"""Seed 003's trainer: save_pretrained folders, exact resume, `ckptkit resume`, refusals, fix-epoch."""
+"""EnStack's trainer: save_pretrained folders, exact resume, `ckptkit resume`, refusals, fix-epoch."""
 from __future__ import annotations
 
 import dataclasses
@@ -153,7 +153,7 @@ def test_the_progress_line_after_a_resume_starts_at_the_true_batch(tmp_path: Pat
     run.display = ProgressLine(stream, force=True, max_per_second=1e9)
     run.run()
     drawn = [line.strip() for line in stream.getvalue().split("\r") if re.match(r"epoch \d+ \| batch", line)]
-    assert drawn[0].startswith("epoch 2 | batch 8/12 (66.7%) | step 20/36")  # not seed 003's initial=resume_step count
+    assert drawn[0].startswith("epoch 2 | batch 8/12 (66.7%) | step 20/36")  # not EnStack's initial=resume_step count
     batches = [int(re.search(r"batch (\d+)/12", line).group(1)) for line in drawn]
     shown = [b for i, b in enumerate(batches) if i == 0 or b != batches[i - 1]]  # a log line redraws the last one
     assert shown == [8, 9, 10, 11, 0, *range(1, 12), 0]   # 29 batches, each shown once, none past the epoch
@@ -270,7 +270,7 @@ def test_fix_epoch_on_the_folder_moves_every_counter_and_renews_its_manifest(tmp
 
 def test_a_training_state_rolled_back_by_a_sync_is_skipped_for_the_newest_whole_folder(tmp_path: Path) -> None:
     _run(tmp_path, stop_at_micro_step=19)
-    # Seed 003's Google Drive restored an older training_state.pth into last_checkpoint/ (epoch 1's
+    # EnStack's Google Drive restored an older training_state.pth into last_checkpoint/ (epoch 1's
     # end): the same size, other bytes, beside the weights of epoch 2, batch 7
     shutil.copyfile(tmp_path / "best_model" / "training_state.pth", tmp_path / "last_checkpoint" / "training_state.pth")
     point = load_for_resume(tmp_path)

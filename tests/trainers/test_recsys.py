@@ -1,4 +1,4 @@
-"""The recsys trainer (seed 000): its layout and names, exact resume, `ckptkit resume`, refusals."""
+"""The recsys trainer (LlamaRec retriever): its layout and names, exact resume, `ckptkit resume`, refusals."""
 from __future__ import annotations
 
 import io

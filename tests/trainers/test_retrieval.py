@@ -1,4 +1,4 @@
-"""The retrieval trainer (seed 001): its layout and names, exact resume, `ckptkit resume`, refusals."""
+"""The retrieval trainer (fashion recommender): its layout and names, exact resume, `ckptkit resume`, refusals."""
 from __future__ import annotations
 
 import io
@@ -114,7 +114,7 @@ def test_validate_finds_no_errors_and_no_warnings_in_the_trainers_checkpoints(
         report = validate_path(path, deep=True, siblings=False)
         assert open_checkpoint(path).family == "retrieval"
         noisy = [f.code for f in report.findings if f.severity is not Severity.INFO]
-        # config precision 'fp32' says no GradScaler was needed (seed 001's own files say nothing,
+        # config precision 'fp32' says no GradScaler was needed (the fashion recommender's own files say nothing,
         # and are still warned about)
         assert noisy == [], (path.name, noisy)
 

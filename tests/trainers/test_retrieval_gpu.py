@@ -1,4 +1,4 @@
-"""Seed 001's --mixed-precision on CUDA: fp16 autocast with a GradScaler whose state is saved
+"""The fashion recommender's --mixed-precision on CUDA: fp16 autocast with a GradScaler whose state is saved
 (the seed's bug was not saving it). Skipped cleanly without CUDA."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Checkpoint layouts: seed 004's is the default; seed 001's names, keys, metric and resume needs;
-seed 003's folders."""
+"""Checkpoint layouts: run_experiment.py's is the default; the fashion recommender's names, keys,
+metric and resume needs; EnStack's folders."""
 from __future__ import annotations
 
 import dataclasses

@@ -16,7 +16,7 @@ def _position(epoch: int, batch: int, micro: int = 0) -> DataPosition:
 
 
 def test_the_line_shows_the_true_position_after_resuming_mid_epoch() -> None:
-    # seed 003 resumed at batch 1000 of 1270 and its tqdm showed "1812it"; the true position is 1008
+    # EnStack resumed at batch 1000 of 1270 and its tqdm showed "1812it"; the true position is 1008
     text = render_progress(_position(1, 1008), global_step=2522, max_steps=12700, loss=2.31504)
     assert text == "epoch 2 | batch 1008/1270 (79.4%) | step 2522/12700 | loss 2.3150"
 
@@ -28,7 +28,7 @@ def test_the_line_shows_the_micro_step_inside_an_accumulation_window() -> None:
 def test_a_resumed_display_starts_at_the_saved_batch_not_at_zero_or_twice_it() -> None:
     stream = _Tty()
     line = ProgressLine(stream, max_per_second=1e9)
-    resumed_at = _position(0, 1000)   # seed 003: epoch 1 (1-based), batch 1000 done
+    resumed_at = _position(0, 1000)   # EnStack: epoch 1 (1-based), batch 1000 done
     line.update(resumed_at.advanced(), global_step=250, max_steps=3175)
     assert stream.getvalue().startswith("\repoch 1 | batch 1001/1270 (78.8%)")
 

@@ -15,7 +15,7 @@ from ckptkit.training import CheckpointManager, load_for_resume, resolve_checkpo
 
 
 @dataclasses.dataclass
-class ExperimentConfig:  # what seed 004 pickled into its checkpoints
+class ExperimentConfig:  # what run_experiment.py LM pickled into its checkpoints
     d_model: int = 64
 
 

@@ -1,4 +1,4 @@
-"""Progress counters: seed 003's epoch/step/total_batches, seed 001's epoch+1, file names, max_steps."""
+"""Progress counters: EnStack's epoch/step/total_batches, the fashion recommender's epoch+1, file names, max_steps."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from tests.validation.helpers import codes, only, run
 
 
 def training_state(save: Any, state: dict[str, Any], **counters: Any) -> Path:
-    """Seed 003's training_state.pth beside save_pretrained weights, with the given counters."""
+    """EnStack's training_state.pth beside save_pretrained weights, with the given counters."""
     path = save({**counters, "best_val_f1": 0.0667, "best_val_acc": 0.5,
                  "optimizer_state_dict": state["optimizer_state_dict"],
                  "scheduler_state_dict": state["scheduler_state_dict"]}, "training_state.pth")

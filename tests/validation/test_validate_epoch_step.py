@@ -36,7 +36,7 @@ def test_checkpoints_the_real_libraries_wrote_never_trip_it(path: Path) -> None:
     assert CODE not in codes(run(path))
 
 
-# --- Hugging Face Trainer (seed 002) ----------------------------------------------------------
+# --- Hugging Face Trainer (HF Trainer LoRA ranker) ----------------------------------------------------------
 
 def test_hf_epoch_more_than_one_update_share_away_from_global_step_is_reported(tmp_path: Path) -> None:
     folder = copy_folder("hf_full/checkpoint-8", tmp_path, epoch=0.6666666666666666)
@@ -212,7 +212,7 @@ def test_lightning_counters_as_written_are_quiet(tmp_path: Path) -> None:
     assert CODE not in codes(run(lightning(tmp_path)))
 
 
-# --- seed 003: training_state.pth ---------------------------------------------------------------
+# --- EnStack: training_state.pth ---------------------------------------------------------------
 
 def training_state(save: Any, state: dict[str, Any], optimizer_steps: int, **counters: Any) -> Path:
     optimizer = state["optimizer_state_dict"]

@@ -1,4 +1,4 @@
-"""Seed 002's HF Trainer folders (real fixtures) and run-level findings through validate."""
+"""The LlamaRec ranker's HF Trainer folders (real fixtures) and run-level findings through validate."""
 from __future__ import annotations
 
 import json

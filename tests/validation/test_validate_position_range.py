@@ -119,7 +119,7 @@ def test_validate_json_shows_the_finding_and_exits_1(save: Any, state: dict[str,
         ("error", "checkpoint_step_7.pt: data_position.micro_step", f"ckptkit fix-epoch {path} --epoch 2 --step 5")]
 
 
-# --- seed 003: training_state.pth -------------------------------------------------------------
+# --- EnStack: training_state.pth -------------------------------------------------------------
 
 def training_state(save: Any, state: dict[str, Any], **counters: Any) -> Path:
     return save({**counters, "best_val_f1": 0.0667, "best_val_acc": 0.5,
