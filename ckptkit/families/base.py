@@ -95,6 +95,12 @@ def dig(tree: Any, *keys: str) -> Any:
     return tree
 
 
+def position_args(epochs: int, within: int) -> list[str]:
+    """fix-epoch's arguments for `epochs` whole epochs done and `within` steps into the next."""
+    return ["--epoch", str(epochs), "--complete"] if within == 0 else ["--epoch", str(epochs + 1),
+                                                                      "--step", str(within)]
+
+
 def whole_epochs_only(step: int, why: str) -> None:
     if step:
         raise UnrepresentableProgress(f"cannot record a position inside an epoch: {why}; use --complete")

@@ -5,13 +5,21 @@ epoch-end saves (checked against real Lightning 2.6 checkpoints), ``is_last_batc
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from ckptkit.core.checkpoint import Progress, ResumePrediction
-from ckptkit.families.base import CounterValues, Family, Tree, dig, has, whole_epochs_only
+from ckptkit.core.checkpoint import Progress, ResumePrediction, Severity
+from ckptkit.families.base import CounterValues, Family, TrapHit, Tree, dig, has, position_args, whole_epochs_only
 from ckptkit.views import sections as S
 
 _BATCH = ("loops", "fit_loop", "epoch_loop.batch_progress")
+MISMATCH = "counters.epoch-step-mismatch"
+# Lightning 2.x: where the fit loop counts optimizer steps (trainer.global_step reads one of them).
+STEP_COUNTERS = {
+    "automatic": ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total", "completed"),
+    "manual": ("epoch_loop.manual_optimization.optim_step_progress", "total", "completed"),
+}
 
 
 def matches(tree: Tree) -> bool:
@@ -71,7 +79,57 @@ def left_as_is(tree: Tree) -> list[str]:
             "the file name (epoch=E-step=S) is not renamed"]
 
 
+def traps(tree: Tree, path: Path, p: Progress) -> Iterator[TrapHit]:
+    """Counters Lightning writes from one value that disagree: `epoch` is written from the loops'
+    epoch_progress.current.completed, and global_step from the loops' optimizer-step counter."""
+    fit = dig(tree, "loops", "fit_loop")
+    epoch, step = S.as_int(tree.get("epoch")), S.as_int(tree.get("global_step"))
+    completed = S.as_int(dig(fit, "epoch_progress", "current", "completed"))
+    if epoch is not None and completed is not None and epoch != completed:
+        yield TrapHit(MISMATCH, Severity.WARNING, "epoch",
+                      f"'epoch' = {epoch} but loops.fit_loop.epoch_progress.current.completed = {completed}: "
+                      "Lightning writes both from its current_epoch, so they cannot both be true; a resume "
+                      f"takes the loops' epoch {completed}, while the file name and tools reading 'epoch' say "
+                      f"{epoch}", _epoch_fix(fit, completed))
+    if step is not None:
+        yield from _step_traps(tree, fit, step)
+
+
+def _step_traps(tree: Tree, fit: Any, step: int) -> Iterator[TrapHit]:
+    """Lightning's global_step is its optimizer-step counter in the loops: automatic optimization's
+    optim_progress.optimizer.step.total.completed, or manual optimization's optim_step_progress
+    (whichever mode ran; the other stays 0). Accumulation does not enter: both count real steps."""
+    counted = {mode: S.as_int(dig(fit, *keys)) for mode, keys in STEP_COUNTERS.items()}
+    known = {mode: value for mode, value in counted.items() if value is not None}
+    expected = {v for v in known.values() if v} or ({0} if known else set())
+    if expected and step not in expected:
+        said = " and ".join(f"loops.fit_loop.{'.'.join(STEP_COUNTERS[mode])} = {value}"
+                            for mode, value in known.items() if value in expected)
+        yield TrapHit(MISMATCH, Severity.WARNING, "global_step",
+                      f"global_step = {step} but {said}: Lightning writes global_step from that optimizer-step "
+                      f"counter (gradient accumulation included), so they cannot both be true; a resume takes "
+                      f"the loops' {max(expected)} steps (schedule position, max_steps, step-based saving), "
+                      f"while the file name, ckptkit ls/latest and tools reading global_step say {step}")
+        return
+    batches = S.as_int(dig(fit, "epoch_loop.batch_progress", "total", "processed"))
+    one_optimizer = isinstance(tree.get("optimizer_states"), list) and len(tree["optimizer_states"]) == 1
+    if batches is not None and counted["manual"] == 0 and one_optimizer and step > batches:
+        yield TrapHit(MISMATCH, Severity.WARNING, "global_step",
+                      f"global_step = {step} optimizer steps but loops.fit_loop batch progress has processed "
+                      f"{batches} batches in all: with automatic optimization each step takes at least one "
+                      "batch, so they cannot both be true; the step counter (schedule, step-based saving and "
+                      "max_steps) runs ahead of the data")
+
+
+def _epoch_fix(fit: Any, completed: int) -> tuple[str, ...]:
+    batch = dig(fit, "epoch_loop.batch_progress")
+    done = S.as_int(dig(batch, "current", "processed")) or 0
+    if isinstance(batch, dict) and batch.get("is_last_batch"):
+        return ("fix-epoch", *position_args(completed + 1, 0))
+    return ("fix-epoch", *position_args(completed, done))
+
+
 LIGHTNING = Family("lightning", "PyTorch Lightning .ckpt", matches, progress, record, (("global_step", "global_step"),),
-                   resume=resume, left_as_is=left_as_is,
+                   resume=resume, traps=traps, left_as_is=left_as_is,
                    counter_keys=(("epoch",), ("global_step",), _BATCH + ("is_last_batch",),
                                  _BATCH + ("current", "processed")))

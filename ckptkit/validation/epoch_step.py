@@ -11,8 +11,7 @@ enough to tell (steps per epoch, gradient accumulation), nothing is said:
   unrounded log entry sits on an epoch boundary). Every `log_history` entry is such a pair too.
 - ckptkit's trainer (`data_position`): batches consumed = epoch x steps_per_epoch + batch_in_epoch
   = global_step x grad_accum + micro_step, and the top-level `epoch` repeats data_position's.
-- Lightning: `epoch` is written from `loops.fit_loop.epoch_progress.current.completed`; with
-  automatic optimization and one optimizer, each optimizer step (global_step) takes a batch.
+- Lightning: checked by its family (``ckptkit.families.lightning``, the same finding code).
 - EnStack (`epoch` 1-based, `step` 0 = end of epoch, `total_batches`): its only step counter is
   the optimizer's own; each optimizer step takes at least one batch, whatever the accumulation.
 """
@@ -22,8 +21,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import Family, UnrepresentableProgress, counters_tree, dig, family_named, optimizer_step
-from ckptkit.validation.position_range import place, position_args, position_in_range
+from ckptkit.families import Family, UnrepresentableProgress, counters_tree, family_named, optimizer_step
+from ckptkit.families.base import position_args
+from ckptkit.validation.position_range import place, position_in_range
 from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
@@ -31,11 +31,6 @@ if TYPE_CHECKING:
 
 CODE = "counters.epoch-step-mismatch"
 TRAINER_STATE = "trainer_state.json"
-# Lightning 2.x: where the fit loop counts optimizer steps (trainer.global_step reads one of them).
-LIGHTNING_STEP_COUNTERS = {
-    "automatic": ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total", "completed"),
-    "manual": ("epoch_loop.manual_optimization.optim_step_progress", "total", "completed"),
-}
 HF_STATE_SLACK = 1e-6      # trainer_state.json keeps the float epoch unrounded
 HF_LOG_SLACK = 0.01        # log_history epochs were rounded to 2 decimals by older transformers
 
@@ -43,7 +38,6 @@ HF_LOG_SLACK = 0.01        # log_history epochs were rounded to 2 decimals by ol
 def check_epoch_step(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _hf_trainer(ctx)
     yield from _data_position(ctx)
-    yield from _lightning(ctx)
     yield from _training_state(ctx)
 
 
@@ -167,59 +161,6 @@ def _batches_against_updates(ctx: ValidationContext, position: dict[str, Any], s
                   f"batch {consumed} while the schedule and step budget continue from step {step}. If "
                   "global_step is right, record its position with the fix command",
                   ctx.command("fix-epoch", *position_args(epochs, within)))
-
-
-# --- Lightning -------------------------------------------------------------------------------
-
-def _lightning(ctx: ValidationContext) -> Iterable[Finding]:
-    tree = ctx.ckpt.tree
-    if ctx.ckpt.family != "lightning" or not isinstance(tree, dict):
-        return
-    fit = dig(tree, "loops", "fit_loop")
-    epoch, step = S.as_int(tree.get("epoch")), S.as_int(tree.get("global_step"))
-    completed = S.as_int(dig(fit, "epoch_progress", "current", "completed"))
-    if epoch is not None and completed is not None and epoch != completed:
-        yield Finding(CODE, Severity.WARNING, ctx.where("epoch"),
-                      f"'epoch' = {epoch} but loops.fit_loop.epoch_progress.current.completed = {completed}: "
-                      "Lightning writes both from its current_epoch, so they cannot both be true; a resume "
-                      f"takes the loops' epoch {completed}, while the file name and tools reading 'epoch' say "
-                      f"{epoch}", _lightning_fix(ctx, fit, completed))
-    if step is not None:
-        yield from _lightning_steps(ctx, tree, fit, step)
-
-
-def _lightning_steps(ctx: ValidationContext, tree: dict[str, Any], fit: Any, step: int) -> Iterable[Finding]:
-    """Lightning's global_step is its optimizer-step counter in the loops: automatic optimization's
-    optim_progress.optimizer.step.total.completed, or manual optimization's optim_step_progress
-    (whichever mode ran; the other stays 0). Accumulation does not enter: both count real steps."""
-    counted = {mode: S.as_int(dig(fit, *path)) for mode, path in LIGHTNING_STEP_COUNTERS.items()}
-    known = {mode: value for mode, value in counted.items() if value is not None}
-    expected = {v for v in known.values() if v} or ({0} if known else set())
-    if expected and step not in expected:
-        said = " and ".join(f"loops.fit_loop.{'.'.join(LIGHTNING_STEP_COUNTERS[mode])} = {value}"
-                            for mode, value in known.items() if value in expected)
-        yield Finding(CODE, Severity.WARNING, ctx.where("global_step"),
-                      f"global_step = {step} but {said}: Lightning writes global_step from that optimizer-step "
-                      f"counter (gradient accumulation included), so they cannot both be true; a resume takes "
-                      f"the loops' {max(expected)} steps (schedule position, max_steps, step-based saving), "
-                      f"while the file name, ckptkit ls/latest and tools reading global_step say {step}")
-        return
-    batches = S.as_int(dig(fit, "epoch_loop.batch_progress", "total", "processed"))
-    one_optimizer = isinstance(tree.get("optimizer_states"), list) and len(tree["optimizer_states"]) == 1
-    if batches is not None and counted["manual"] == 0 and one_optimizer and step > batches:
-        yield Finding(CODE, Severity.WARNING, ctx.where("global_step"),
-                      f"global_step = {step} optimizer steps but loops.fit_loop batch progress has processed "
-                      f"{batches} batches in all: with automatic optimization each step takes at least one "
-                      "batch, so they cannot both be true; the step counter (schedule, step-based saving and "
-                      "max_steps) runs ahead of the data")
-
-
-def _lightning_fix(ctx: ValidationContext, fit: Any, completed: int) -> str:
-    batch = dig(fit, "epoch_loop.batch_progress")
-    done = S.as_int(dig(batch, "current", "processed")) or 0
-    if isinstance(batch, dict) and batch.get("is_last_batch"):
-        return ctx.command("fix-epoch", *position_args(completed + 1, 0))
-    return ctx.command("fix-epoch", *position_args(completed, done))
 
 
 # --- EnStack: training_state.pth ------------------------------------------------------------

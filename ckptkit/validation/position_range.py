@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.checkpoint import Finding, Severity
+from ckptkit.families.base import position_args
 from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
@@ -32,12 +33,6 @@ def check_position_range(ctx: ValidationContext) -> Iterable[Finding]:
     position = tree.get(POSITION) if isinstance(tree, dict) else None
     if isinstance(position, dict):
         yield from _data_position(ctx, position, S.as_int(tree.get("global_step")))
-
-
-def position_args(epochs: int, within: int) -> list[str]:
-    """fix-epoch's arguments for `epochs` whole epochs done and `within` steps into the next."""
-    return ["--epoch", str(epochs), "--complete"] if within == 0 else ["--epoch", str(epochs + 1),
-                                                                      "--step", str(within)]
 
 
 def place(epochs: int, within: int) -> str:
