@@ -24,7 +24,7 @@ _FOLDER_FORMATS: list[Format] = []
 def folder_formats() -> list[Format]:
     """The folder formats, strongest markers first (save_pretrained's config + weights are what
     the others also contain); imported on first use."""
-    if not _FOLDER_FORMATS:
+    if not _FOLDER_FORMATS:   # start-up: a command given one file never loads them
         from ckptkit.formats.accelerate_state import AccelerateFormat
         from ckptkit.formats.dcp import DcpFormat
         from ckptkit.formats.hf_trainer import HFTrainerFormat

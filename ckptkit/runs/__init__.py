@@ -32,6 +32,7 @@ from ckptkit.runs.entries import (
 )
 from ckptkit.runs.traps import TRAPS, compares_siblings
 from ckptkit.storage.atomic import TEMP_MARKER, is_backup
+from ckptkit.storage.manifest import manifest_problems, read_manifest
 from ckptkit.validation import ValidationReport, validate_checkpoint
 
 # Unrecognised files with these endings are shown as broken rows; other files are not checkpoints.
@@ -238,8 +239,6 @@ def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
 
 
 def _manifest_crc_problems(path: Path) -> list[str]:
-    from ckptkit.storage.manifest import manifest_problems, read_manifest
-
     try:
         manifest = read_manifest(path)
     except CkptkitError:

@@ -85,7 +85,7 @@ class ResumePoint:
         ckpt = self.checkpoint
         warnings: list[str] = []
         if self.sharded:
-            from ckptkit.training.sharded import load_sharded_into
+            from ckptkit.training.sharded import load_sharded_into  # torch.distributed.checkpoint is heavy
 
             load_sharded_into(self.path, model, optimizer)
         else:
