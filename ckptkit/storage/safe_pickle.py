@@ -93,6 +93,7 @@ class SafeUnpickler(pickle._Unpickler):
     # Set by pickle._Unpickler.__init__ and load(), which typeshed does not describe.
     _file_read: Callable[[int], bytes]
     _file_readline: Callable[[], bytes]
+    pop_mark: Callable[[], list[Any]]
     memo: dict[int, Any]
     metastack: list[list[Any]]
     stack: list[Any]
