@@ -30,6 +30,10 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from click.testing import Result
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # one BLAS thread: no per-thread buffers in children
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,42 +156,57 @@ def run_child(argv: list[str], time_limit: int, mem_limit: int) -> str:
     pid = os.fork()
     if pid == 0:   # child
         os.close(r)
-        status = "traceback"
-        try:
-            resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
-            executed: list[str] = []
-
-            def hook(event: str, args: tuple) -> None:
-                if event in _EXEC_EVENTS or event.startswith("os.exec") or event.startswith("os.spawn"):
-                    executed.append(event)
-            sys.addaudithook(hook)
-            signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError()))
-            signal.alarm(time_limit)
-            from click.testing import CliRunner
-
-            from ckptkit.cli import main
-            result = CliRunner().invoke(main, argv)
-            signal.alarm(0)
-            exc = result.exception
-            if executed or MARKER.exists():
-                status = "exec"
-            elif isinstance(exc, TimeoutError):
-                status = "hang"
-            elif isinstance(exc, MemoryError) or "MemoryError" in result.output:
-                status = "memory"
-            elif exc is not None and not isinstance(exc, SystemExit):
-                status = "traceback"
-            elif result.exit_code in (0, 1, 2) and "Traceback" not in result.output:
-                status = "ok"
-        except TimeoutError:
-            status = "hang"
-        except MemoryError:
-            status = "memory"
-        except BaseException:
-            status = "traceback"
+        status = _child_status(argv, time_limit, mem_limit)
         os.write(w, status.encode())
         os._exit(0)
     os.close(w)
+    return _wait_for_child(pid, r, time_limit)
+
+
+def _child_status(argv: list[str], time_limit: int, mem_limit: int) -> str:
+    """In the child: run the command under the memory and time limits, watching for exec."""
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (mem_limit, mem_limit))
+        executed: list[str] = []
+
+        def hook(event: str, args: tuple) -> None:
+            if event in _EXEC_EVENTS or event.startswith("os.exec") or event.startswith("os.spawn"):
+                executed.append(event)
+        sys.addaudithook(hook)
+        signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError()))
+        signal.alarm(time_limit)
+        from click.testing import CliRunner
+
+        from ckptkit.cli import main
+        result = CliRunner().invoke(main, argv)
+        signal.alarm(0)
+        return _classify(result, executed)
+    except TimeoutError:
+        return "hang"
+    except MemoryError:
+        return "memory"
+    except BaseException:
+        return "traceback"
+
+
+def _classify(result: Result, executed: list[str]) -> str:
+    """The verdict on one finished CliRunner result."""
+    exc = result.exception
+    if executed or MARKER.exists():
+        return "exec"
+    if isinstance(exc, TimeoutError):
+        return "hang"
+    if isinstance(exc, MemoryError) or "MemoryError" in result.output:
+        return "memory"
+    if exc is not None and not isinstance(exc, SystemExit):
+        return "traceback"
+    if result.exit_code in (0, 1, 2) and "Traceback" not in result.output:
+        return "ok"
+    return "traceback"
+
+
+def _wait_for_child(pid: int, r: int, time_limit: int) -> str:
+    """In the parent: the child's verdict, or 'hang' once it outlives its time limit."""
     deadline = time.monotonic() + time_limit + 5
     while True:
         done, code = os.waitpid(pid, os.WNOHANG)
@@ -204,7 +223,8 @@ def run_child(argv: list[str], time_limit: int, mem_limit: int) -> str:
     return out
 
 
-def main() -> int:
+# -- the campaign ---------------------------------------------------------------------------
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mutants", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -217,55 +237,44 @@ def main() -> int:
     args = parser.parse_args()
     if args.profile == "ci":
         args.mutants = min(args.mutants, 24)
-    import ckptkit.cli  # noqa: F401  (imported once, before forking)
-    try:   # `diff` compares values with torch: import it once here, not in every child (seconds each)
-        import numpy  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        pass
+    return args
 
-    rng = random.Random(args.seed)
-    pool = seeds()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    vsz = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    mem_limit = vsz + args.mem_mib * (1 << 20)
-    counts = {k: 0 for k in ("ok", "traceback", "hang", "memory", "exec")}
-    failures: list[str] = []
-    MARKER.unlink(missing_ok=True)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        for n in range(args.mutants):
-            file, unit = rng.choice(pool)
-            kind = MUTATIONS[n % len(MUTATIONS)] if args.profile == "ci" else rng.choice(MUTATIONS)
-            work = Path(tmp) / f"m{n}"
-            work.mkdir()
-            target = work / unit.name
-            if unit.is_dir():
-                shutil.copytree(unit, target)
-                victim = target / file.relative_to(unit)
-            else:
-                shutil.copy2(unit, target)
-                victim = target
-            data = victim.read_bytes()
-            new = zip_mutate(data, kind, rng) if data.startswith(b"PK") and kind not in (
-                "truncate", "header_length") and (kind != "bitflip" or rng.random() < 0.5) else None
-            victim.write_bytes(new if new is not None else mutate(data, kind, rng))
-            commands = COMMANDS if args.profile == "full" or n % 2 == 0 else COMMANDS[:2]
-            for command in commands:
-                argv = {"inspect": ["inspect", str(target)], "validate": ["validate", str(target)],
-                        "ls": ["ls", str(work)], "diff": ["diff", str(unit), str(target)]}[command]
-                status = run_child(argv, args.time_limit, mem_limit)
-                counts[status] += 1
-                if status != "ok":
-                    line = f"{status}: {command} on {kind} of {file.relative_to(ROOT)} (--seed {args.seed}, mutant {n})"
-                    if len(failures) < 30:
-                        failures.append(line)
-                    if args.progress:
-                        print(line, file=sys.stderr, flush=True)
-            shutil.rmtree(work, ignore_errors=True)
-            if args.progress and (n + 1) % args.progress == 0:
-                print(f"[{n + 1} mutants, {time.monotonic() - started:.0f} s] {counts}", file=sys.stderr, flush=True)
-    elapsed = time.monotonic() - started
+
+def _make_mutant(work: Path, file: Path, unit: Path, kind: str, rng: random.Random) -> Path:
+    """Copy `unit` (a file or folder) into `work`, damage its `file` by `kind`; the copy's path."""
+    work.mkdir()
+    target = work / unit.name
+    if unit.is_dir():
+        shutil.copytree(unit, target)
+        victim = target / file.relative_to(unit)
+    else:
+        shutil.copy2(unit, target)
+        victim = target
+    data = victim.read_bytes()
+    new = zip_mutate(data, kind, rng) if data.startswith(b"PK") and kind not in (
+        "truncate", "header_length") and (kind != "bitflip" or rng.random() < 0.5) else None
+    victim.write_bytes(new if new is not None else mutate(data, kind, rng))
+    return target
+
+
+def _run_commands(args: argparse.Namespace, n: int, work: Path, file: Path, unit: Path, target: Path,
+                  kind: str, mem_limit: int, counts: dict[str, int], failures: list[str]) -> None:
+    """Run this mutant's commands, counting verdicts and keeping the first 30 failures."""
+    commands = COMMANDS if args.profile == "full" or n % 2 == 0 else COMMANDS[:2]
+    for command in commands:
+        argv = {"inspect": ["inspect", str(target)], "validate": ["validate", str(target)],
+                "ls": ["ls", str(work)], "diff": ["diff", str(unit), str(target)]}[command]
+        status = run_child(argv, args.time_limit, mem_limit)
+        counts[status] += 1
+        if status != "ok":
+            line = f"{status}: {command} on {kind} of {file.relative_to(ROOT)} (--seed {args.seed}, mutant {n})"
+            if len(failures) < 30:
+                failures.append(line)
+            if args.progress:
+                print(line, file=sys.stderr, flush=True)
+
+
+def _print_report(args: argparse.Namespace, counts: dict[str, int], failures: list[str], elapsed: float) -> int:
     report = {"mutants": args.mutants, "runs": sum(counts.values()), "seconds": round(elapsed, 1),
               "clean_exits": counts["ok"], "tracebacks": counts["traceback"], "hangs": counts["hang"],
               "over_limit_memory": counts["memory"], "code_executions": counts["exec"], "failures": failures}
@@ -278,6 +287,36 @@ def main() -> int:
         for line in failures:
             print("  " + line)
     return 0 if counts["ok"] == report["runs"] else 1
+
+
+def main() -> int:
+    args = _parse_args()
+    import ckptkit.cli  # noqa: F401  (imported once, before forking)
+    try:   # `diff` compares values with torch: import it once here, not in every child (seconds each)
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        pass
+
+    rng = random.Random(args.seed)
+    pool = seeds()
+    vsz = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    mem_limit = vsz + args.mem_mib * (1 << 20)
+    counts = {k: 0 for k in ("ok", "traceback", "hang", "memory", "exec")}
+    failures: list[str] = []
+    MARKER.unlink(missing_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        for n in range(args.mutants):
+            file, unit = rng.choice(pool)
+            kind = MUTATIONS[n % len(MUTATIONS)] if args.profile == "ci" else rng.choice(MUTATIONS)
+            work = Path(tmp) / f"m{n}"
+            target = _make_mutant(work, file, unit, kind, rng)
+            _run_commands(args, n, work, file, unit, target, kind, mem_limit, counts, failures)
+            shutil.rmtree(work, ignore_errors=True)
+            if args.progress and (n + 1) % args.progress == 0:
+                print(f"[{n + 1} mutants, {time.monotonic() - started:.0f} s] {counts}", file=sys.stderr, flush=True)
+    return _print_report(args, counts, failures, time.monotonic() - started)
 
 
 if __name__ == "__main__":

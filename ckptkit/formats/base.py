@@ -80,7 +80,7 @@ def weights_only_command(path: Path) -> str:
     return f"ckptkit convert {shlex.quote(str(source))} {shlex.quote(str(target))} --weights-only"
 
 
-def unpickle_or_raise(path: Path, what: str, load: Any) -> UnpickleResult:
+def unpickle_or_raise(path: Path, what: str, load: Callable[[], UnpickleResult]) -> UnpickleResult:
     """Run an unpickling callable, turning any failure into one CorruptCheckpointError line.
 
     Fail closed: a pickle that could not be read to its end is never called safe, and the calls
@@ -88,7 +88,8 @@ def unpickle_or_raise(path: Path, what: str, load: Any) -> UnpickleResult:
     try:
         return load()
     except RecursionError as exc:
-        raise CorruptCheckpointError(path, f"{what}: pickle nests too deeply to be a checkpoint{_unverified(exc)}") from None
+        raise CorruptCheckpointError(path, f"{what}: pickle nests too deeply to be a checkpoint"
+                                     f"{_unverified(exc)}") from None
     except MemoryError as exc:
         raise CorruptCheckpointError(path, f"{what}: pickle asks for more memory than the machine has"
                                      f"{_unverified(exc)}") from None
@@ -113,7 +114,8 @@ def _unverified(exc: BaseException) -> str:
     seen = [g for g in getattr(exc, PARTIAL_ATTR, None) or [] if g.kind == "dangerous"]
     if not seen:
         return " (so it could not be verified as safe to load)"
-    calls = "; ".join(g.call or g.qualified_name for g in seen[:3]) + (f"; and {len(seen) - 3} more" if len(seen) > 3 else "")
+    calls = "; ".join(g.call or g.qualified_name for g in seen[:3])
+    calls += f"; and {len(seen) - 3} more" if len(seen) > 3 else ""
     return (f"; it could not be verified, and before that point it would call {calls} when loaded with "
             "torch.load(weights_only=False): do not load it")
 

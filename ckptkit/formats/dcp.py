@@ -13,6 +13,7 @@ bytes are first asked for (`ItemTensor`).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,9 @@ class DcpLayout:
             value = self._tensor(fqn, meta) if _is_tensor_meta(meta) else self._value(fqn)
             keys = planner.get(fqn)
             _insert(tree, list(keys) if isinstance(keys, (tuple, list)) and keys else [fqn], value)
-        return _lists_from_int_keys(tree)
+        # The top level stays a dict (the caller merges it with the training state) even when a
+        # damaged planner gives it only int keys; below it, int-keyed levels become lists.
+        return {k: _lists_from_int_keys(v) for k, v in tree.items()}
 
     def _tensor(self, fqn: str, meta: PickledObject) -> TensorRef:
         f = meta.fields()
@@ -137,8 +140,7 @@ class DcpLayout:
                 continue
             self._check_file(loc, fqn)
             key = f"{fqn}@{list(offsets)}"
-            tensor = ItemTensor.deferred(
-                dtype, sizes, lambda key=key, sizes=sizes, loc=loc: self._stored(fqn, key, dtype, sizes, loc))
+            tensor = ItemTensor.deferred(dtype, sizes, functools.partial(self._stored, fqn, key, dtype, sizes, loc))
             chunks.append(TensorChunk(offsets, sizes, loc[0], loc[1], loc[2], tensor))
         self.chunks[fqn] = chunks
         if len(chunks) == 1 and chunks[0].sizes == shape and chunks[0].tensor is not None:
@@ -223,6 +225,7 @@ class ItemTensor(TensorRef):
     its strides), which is read the first time one of them is asked for, so that opening a
     folder reads `.metadata` alone. Otherwise a plain TensorRef (dataclasses.replace works)."""
 
+    _read: Callable[[], TensorRef]   # set by deferred(), consumed by read_item()
     stride = _FromItem()
     storage = _FromItem()
     storage_offset = _FromItem()
@@ -304,7 +307,11 @@ def _dtype(properties: Any, path: Path, fqn: str) -> Any:
     # TensorProperties pickles as BUILD of a tuple (dtype, layout, requires_grad, memory_format,
     # pin_memory) in current torch; older torch wrote a plain dataclass dict.
     state = properties.state if isinstance(properties, PickledObject) else None
-    value = state[0] if isinstance(state, tuple) and state else (state or {}).get("dtype") if isinstance(state, dict) else None
+    value: Any = None
+    if isinstance(state, tuple) and state:
+        value = state[0]
+    elif isinstance(state, dict):
+        value = state.get("dtype")
     if not isinstance(value, TorchDtypeValue):
         raise CorruptCheckpointError(path, f"tensor {fqn!r}: no dtype in its properties")
     return dtype_named(value.name)

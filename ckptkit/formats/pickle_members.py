@@ -8,6 +8,7 @@ is read with the restricted unpickler and its calls judged like any other pickle
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import pickletools
 import struct
@@ -38,7 +39,7 @@ def looks_like_pickle(head: bytes) -> bool:
         return False
     count = 0
     try:
-        for opcode, _, pos in pickletools.genops(io.BytesIO(head)):
+        for opcode, _, _ in pickletools.genops(io.BytesIO(head)):
             count += 1
             if opcode.name == "STOP":
                 return count >= 2
@@ -93,7 +94,7 @@ def read_zip_pickles(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any], l
         if data.startswith(NPY_MAGIC):
             value, found = read_npy(path, io.BytesIO(data), what)
         elif looks_like_pickle(data[:64]):
-            result = unpickle_or_raise(path, what, lambda d=data: safe_loads(d, _stub_persistent))
+            result = unpickle_or_raise(path, what, functools.partial(safe_loads, data, _stub_persistent))
             value, found = result.value, result.globals
         else:
             continue

@@ -13,10 +13,10 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, cast
 
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
@@ -245,6 +245,7 @@ def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int 
         raise CorruptCheckpointError(path, f"storage record data/{key}: the zip directory points before the "
                                      "start of the archive")
     at = base + info.header_offset
+    raw: bytes | memoryview
     if view is not None:
         raw = view[at: at + _LOCAL_HEADER.size]
     elif f is None:
@@ -304,7 +305,7 @@ def write_torch_zip(out: Any, tree: Any, prefix: str = "archive", chunk_size: in
         _write_member(zf, out, f"{prefix}/.data/serialization_id", [b"0" * 40], 40)
 
 
-def _write_member(zf: zipfile.ZipFile, out: Any, name: str, chunks: Any, length: int,
+def _write_member(zf: zipfile.ZipFile, out: BinaryIO, name: str, chunks: Iterable[bytes] | None, length: int,
                   copy: tuple[ByteRange, int] | None = None) -> int:
     """Write one stored member; returns the offset in `out` where its data starts."""
     info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
@@ -325,15 +326,29 @@ def _write_member(zf: zipfile.ZipFile, out: Any, name: str, chunks: Any, length:
             where, crc = copy
             _copy_range(where, out)
             # zipfile fills the headers from these on close; the data went around its write().
-            member._file_size = member._compress_size = where.length
-            member._crc = crc
+            counters = cast(_ZipWriteCounters, member)
+            counters._file_size = counters._compress_size = where.length
+            counters._crc = crc
             return start
-        for chunk in chunks if chunks is not None else _range_chunks(copy[0]):
+        if chunks is None:
+            if copy is None:
+                raise ValueError(f"{name}: nothing to write (neither chunks nor a range to copy)")
+            chunks = _range_chunks(copy[0])
+        for chunk in chunks:
             member.write(chunk)
     return start
 
 
-def _copy_range(where: ByteRange, out: Any) -> None:
+class _ZipWriteCounters(Protocol):
+    """The private counters of the member writer zipfile.ZipFile.open(mode="w") returns
+    (zipfile._ZipWriteFile); _write_member checks they exist before setting them."""
+
+    _file_size: int
+    _compress_size: int
+    _crc: int
+
+
+def _copy_range(where: ByteRange, out: BinaryIO) -> None:
     """Append `where`'s bytes to `out` at its position: in the kernel where it can, else by chunks."""
     out.flush()
     start = out.tell()
@@ -368,7 +383,7 @@ def _copy_by_chunks(src: int, dst: int, src_offset: int, dst_offset: int, length
     return done
 
 
-def _range_chunks(where: ByteRange, chunk_size: int = 8 << 20) -> Any:
+def _range_chunks(where: ByteRange, chunk_size: int = 8 << 20) -> Iterator[bytes]:
     with open(where.path, "rb") as f:
         f.seek(where.offset)
         left = where.length

@@ -91,7 +91,7 @@ def _int_tuple(value: Any) -> tuple[int, ...] | None:
 
 def _rebuild_tensor(storage: StorageRef, offset: int, size: Any, stride: Any, *rest: Any) -> TensorRef:
     dtype = storage.dtype if isinstance(storage, StorageRef) else None
-    return _tensor_ref(dtype, storage, offset, size, stride, rest[0] if rest else False)  # type: ignore[arg-type]
+    return _tensor_ref(dtype, storage, offset, size, stride, rest[0] if rest else False)
 
 
 def _rebuild_tensor_v3(storage: StorageRef, offset: int, size: Any, stride: Any, requires_grad: Any,

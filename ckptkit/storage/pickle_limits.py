@@ -16,7 +16,10 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 MAX_DEPTH = 100                 # nesting of containers and objects; checkpoints nest < 20 deep
 MAX_TREE_NODES = 5_000_000      # containers met by a walk of the whole tree (shared parts per path)
@@ -89,14 +92,25 @@ def _children(node: Any, pickled_object: type) -> Iterable[Any]:
     if isinstance(node, pickled_object):
         d = node.__dict__
         return [d.get("args"), d.get("kwargs"), d.get("state"), d.get("items")]
-    return node
+    rest: Iterable[Any] = node   # a list, tuple, set or frozenset: check_tree walks only containers
+    return rest
+
+
+class SeekableBinary(Protocol):
+    """What BoundedReader needs of the file it wraps (an open file, BytesIO, a zip member)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: WriteableBuffer, /) -> int | None: ...
+    def readline(self, size: int | None = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
 
 
 class BoundedReader(io.RawIOBase):
     """A file wrapper that refuses reads longer than what is left of the file, so that a damaged
     or hostile length field (BINBYTES8 of 2**60) fails at once instead of allocating first."""
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: SeekableBinary) -> None:
         self._file = file
         here = file.tell()
         file.seek(0, io.SEEK_END)
@@ -116,10 +130,10 @@ class BoundedReader(io.RawIOBase):
             self._check(n)
         return self._file.read(n)
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
         return self._file.readinto(buffer)
 
-    def readline(self, limit: int = -1) -> bytes:
+    def readline(self, limit: int | None = -1) -> bytes:
         return self._file.readline(limit)
 
     def readable(self) -> bool:

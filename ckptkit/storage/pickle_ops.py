@@ -9,56 +9,59 @@ from __future__ import annotations
 import pickle
 from collections import OrderedDict
 from struct import unpack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.checkpoint import TensorRef
 from ckptkit.storage.pickle_limits import PickleLimitError, check_keys
 from ckptkit.storage.pickle_values import NumpyArray, NumpyDtype, PickledObject
 from ckptkit.storage.pickle_verdict import call_verdict, is_plain, render_call, short_repr
 
+if TYPE_CHECKING:   # safe_pickle installs these ops; the import is for the type only
+    from ckptkit.storage.safe_pickle import SafeUnpickler
 
-def load_reduce(self: Any) -> None:
+
+def load_reduce(self: SafeUnpickler) -> None:
     stack = self.stack
     args = stack.pop()
     stack[-1] = self.call(stack[-1], args)
 
 
-def load_newobj(self: Any) -> None:
+def load_newobj(self: SafeUnpickler) -> None:
     args = self.stack.pop()
     cls = self.stack.pop()
     self.append(self.call(cls, args, new_only=True))
 
 
-def load_newobj_ex(self: Any) -> None:
+def load_newobj_ex(self: SafeUnpickler) -> None:
     kwargs = self.stack.pop()
     args = self.stack.pop()
     cls = self.stack.pop()
     self.append(self.call(cls, args, kwargs, new_only=True))
 
 
-def _instantiate(self: Any, klass: Any, args: list[Any]) -> None:
+def _instantiate(self: SafeUnpickler, klass: Any, args: list[Any]) -> None:
     # INST/OBJ: klass(*args), or klass.__new__(klass) for a class given no arguments.
     new_only = not args and isinstance(klass, type)
     self.append(self.call(klass, tuple(args), new_only=new_only))
 
 
-def _read_name(self: Any, encoding: str) -> tuple[str, str]:
+def _read_name(self: SafeUnpickler, encoding: str) -> tuple[str, str]:
     module, name = self.readline(), self.readline()
     if not (module.endswith(b"\n") and name.endswith(b"\n")):
         raise pickle.UnpicklingError("pickle ends inside a global's name")
     return module[:-1].decode(encoding), name[:-1].decode(encoding)
 
 
-def load_global(self: Any) -> None:
+def load_global(self: SafeUnpickler) -> None:
     self.append(self.find_class(*_read_name(self, "utf-8")))
 
 
-def load_inst(self: Any) -> None:
+def load_inst(self: SafeUnpickler) -> None:
     module, name = _read_name(self, "ascii")
     _instantiate(self, self.find_class(module, name), self.pop_mark())
 
 
-def load_obj(self: Any) -> None:
+def load_obj(self: SafeUnpickler) -> None:
     args = self.pop_mark()
     if not args:
         raise pickle.UnpicklingError("OBJ with nothing to call")
@@ -66,7 +69,7 @@ def load_obj(self: Any) -> None:
     _instantiate(self, cls, args)
 
 
-def load_build(self: Any) -> None:
+def load_build(self: SafeUnpickler) -> None:
     state = self.stack.pop()
     inst = self.stack[-1]
     if isinstance(inst, PickledObject):
@@ -79,7 +82,7 @@ def load_build(self: Any) -> None:
         raise pickle.UnpicklingError(f"BUILD on a {type(inst).__name__} (pickle.load fails there too)")
 
 
-def _build_stub(self: Any, inst: PickledObject, state: Any) -> None:
+def _build_stub(self: SafeUnpickler, inst: PickledObject, state: Any) -> None:
     """BUILD: a plain dict (or (dict, slots)) state is the default update of the object's fields;
     any other state, or a `__setstate__` a previous BUILD planted in the object's dict, means
     pickle.load calls that __setstate__ with the state: judged like any other call."""
@@ -99,7 +102,7 @@ def _build_stub(self: Any, inst: PickledObject, state: Any) -> None:
     inst.__setstate__(state)
 
 
-def load_setitem(self: Any) -> None:
+def load_setitem(self: SafeUnpickler) -> None:
     stack = self.stack
     value = stack.pop()
     key = stack.pop()
@@ -108,7 +111,7 @@ def load_setitem(self: Any) -> None:
     _check_growth(target)
 
 
-def load_setitems(self: Any) -> None:
+def load_setitems(self: SafeUnpickler) -> None:
     items = self.pop_mark()
     target = self.stack[-1]
     keys = items[0::2]
@@ -118,13 +121,13 @@ def load_setitems(self: Any) -> None:
     _check_growth(target)
 
 
-def load_dict(self: Any) -> None:
+def load_dict(self: SafeUnpickler) -> None:
     items = self.pop_mark()
     check_keys(items[0::2], "dict")
     self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
 
 
-def load_additems(self: Any) -> None:
+def load_additems(self: SafeUnpickler) -> None:
     items = self.pop_mark()
     target = self.stack[-1]
     check_keys(items, "set")
@@ -137,13 +140,13 @@ def load_additems(self: Any) -> None:
         raise pickle.UnpicklingError(f"ADDITEMS on a {type(target).__name__}")
 
 
-def load_frozenset(self: Any) -> None:
+def load_frozenset(self: SafeUnpickler) -> None:
     items = self.pop_mark()
     check_keys(items, "frozenset")
     self.append(frozenset(items))
 
 
-def load_bytearray8(self: Any) -> None:
+def load_bytearray8(self: SafeUnpickler) -> None:
     size, = unpack("<Q", self.read(8))
     if size > self._max_length:
         raise PickleLimitError(f"BYTEARRAY8 claims {size:,} bytes in a pickle of {self._max_length:,} "
@@ -153,7 +156,7 @@ def load_bytearray8(self: Any) -> None:
     self.append(buffer)
 
 
-def load_frame(self: Any) -> None:
+def load_frame(self: SafeUnpickler) -> None:
     size, = unpack("<Q", self.read(8))
     if size > self._max_length:   # checked before reading: a cut file, or a hostile length
         raise pickle.UnpicklingError(f"pickle ends inside a FRAME of {size:,} bytes (the file has "

@@ -36,6 +36,14 @@ class PickledObject:
     """An inert stand-in for an instance of a class the pickle names; never runs its code."""
 
     _global: GlobalRef
+    # Set per instance by __new__ (through __dict__, so no class attribute exists): declared
+    # here so the type checker knows what the unpickler fills in.
+    args: tuple[Any, ...]            # the constructor arguments (REDUCE / NEWOBJ)
+    kwargs: dict[str, Any]           # NEWOBJ_EX keyword arguments
+    state: Any                       # whatever BUILD passed to __setstate__; None if none
+    items: list[Any]                 # SETITEM(S) (key, value) pairs or APPEND(S) values
+    called: bool                     # True when REDUCE called the class, not NEWOBJ
+    blocked: str                     # the refused call that made this object, as text
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
         obj = object.__new__(cls)

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ckptkit.core.dtypes import BY_STORAGE_CLASS, dtype_named, is_torch_dtype_name
 from ckptkit.storage import pickle_limits as limits
@@ -90,6 +90,14 @@ class SafeUnpickler(pickle._Unpickler):
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
+    # Set by pickle._Unpickler.__init__ and load(), which typeshed does not describe.
+    _file_read: Callable[[int], bytes]
+    _file_readline: Callable[[], bytes]
+    pop_mark: Callable[[], list[Any]]
+    memo: dict[int, Any]
+    metastack: list[list[Any]]
+    stack: list[Any]
+    proto: int
 
     def __init__(self, file: Any, persistent_load: Callable[[Any], Any] | None = None,
                  max_length: int | None = None) -> None:
@@ -98,7 +106,7 @@ class SafeUnpickler(pickle._Unpickler):
         self._max_length = max_length if max_length is not None else sys.maxsize
         self._refs: dict[tuple[str, str], str] = {}
         self._calls: dict[tuple[str, str], tuple[str, str]] = {}
-        self._stub_classes: dict[tuple[str, str], type] = {}
+        self._stub_classes: dict[tuple[str, str], type[PickledObject]] = {}
 
     # -- names ---------------------------------------------------------------------------
     def find_class(self, module: str, name: str) -> Any:
@@ -124,13 +132,14 @@ class SafeUnpickler(pickle._Unpickler):
         self._refs.setdefault(key, reference_verdict(module, name))
         return self._stub(module, name)
 
-    def _stub(self, module: str, name: str) -> type:
+    def _stub(self, module: str, name: str) -> type[PickledObject]:
         key = (module, name)
         if key not in self._stub_classes:
             qualname = name.rsplit(".", 1)[-1] or "object"
             kind = reference_verdict(module, name) if module else "dangerous"
-            self._stub_classes[key] = type(qualname, (PickledObject,), {
-                "_global": GlobalRef(module, name, kind), "__module__": "ckptkit.stubs"})
+            # type() with PickledObject as the only base builds a subclass of it.
+            self._stub_classes[key] = cast("type[PickledObject]", type(qualname, (PickledObject,), {
+                "_global": GlobalRef(module, name, kind), "__module__": "ckptkit.stubs"}))
         return self._stub_classes[key]
 
     def persistent_load(self, pid: Any) -> Any:
@@ -159,8 +168,8 @@ class SafeUnpickler(pickle._Unpickler):
             return result
         raise pickle.UnpicklingError(f"the pickle calls {short_repr(target)}, which is not callable")
 
-    def _call_stub(self, cls: type, args: tuple[Any, ...], kwargs: Any, new_only: bool) -> Any:
-        g: GlobalRef = cls._global   # type: ignore[attr-defined]
+    def _call_stub(self, cls: type[PickledObject], args: tuple[Any, ...], kwargs: Any, new_only: bool) -> Any:
+        g = cls._global
         verdict = call_verdict(g.module, g.name) if g.module else "dangerous"
         allowed = _PLAIN_TYPES | (frozenset(self._stub_classes.values())
                                   if (g.module, g.name) in PLAIN_STDLIB_CLASSES else frozenset())
@@ -192,13 +201,16 @@ class SafeUnpickler(pickle._Unpickler):
 
     # -- the load loop, with a work budget -----------------------------------------------
     def load(self) -> Any:
-        self._unframer = pickle._Unframer(self._file_read, self._file_readline)
+        # _Unframer and _Stop are the pure-Python unpickler's private helpers, absent from typeshed.
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
         self.read, self.readinto, self.readline = (self._unframer.read, self._unframer.readinto,
                                                    self._unframer.readline)
         self.metastack, self.stack = [], []
         self.append = self.stack.append
         self.proto = 0
-        read, dispatch, count = self.read, self.dispatch, 0
+        # typeshed types the table's functions as taking the C Unpickler; they take the _Unpickler.
+        dispatch = cast("dict[int, Callable[[SafeUnpickler], None]]", self.dispatch)
+        read, count = self.read, 0
         try:
             while True:
                 key = read(1)
@@ -211,7 +223,7 @@ class SafeUnpickler(pickle._Unpickler):
                 count += 1
                 if not count & 0xFFFF:
                     self._check_budget(count)
-        except pickle._Stop as stop:
+        except pickle._Stop as stop:  # type: ignore[attr-defined]
             return stop.value
 
     def _check_budget(self, count: int) -> None:
@@ -233,7 +245,8 @@ def safe_loads(data: bytes, persistent_load: Callable[[Any], Any] | None = None)
     return _load(SafeUnpickler(io.BytesIO(data), persistent_load, len(data)))
 
 
-def safe_load_stream(file: Any, persistent_load: Callable[[Any], Any] | None = None) -> UnpickleResult:
+def safe_load_stream(file: limits.SeekableBinary,
+                     persistent_load: Callable[[Any], Any] | None = None) -> UnpickleResult:
     """Unpickle one pickle from `file`, leaving the file positioned just after it."""
     bounded = limits.BoundedReader(file)
     return _load(SafeUnpickler(bounded, persistent_load, bounded.remaining()))

@@ -41,7 +41,8 @@ def test_training_state_progress_is_shown_in_plain_words(samples: dict[str, Path
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "  format    torch-zip" in lines
-    assert "  layout    training-state: EnStack training_state.pth (epoch 1-based, step with 0 = end of epoch, total_batches)" in lines
+    assert ("  layout    training-state: EnStack training_state.pth (epoch 1-based, step with 0 = end of epoch, "
+            "total_batches)") in lines
     assert "  progress  epoch 1 INCOMPLETE: 1000/1270 batches (78.7%)" in lines
     assert "            steps_per_epoch: key 'total_batches' = 1270" in lines
     assert "  AdamW, 1 param groups, 4 state entries, step 2" in lines
@@ -90,7 +91,8 @@ def test_json_output_has_the_documented_schema(samples: dict[str, Path]) -> None
     assert data["schema"] == 1
     assert list(data["progress"]) == PROGRESS_KEYS
     assert data["progress"]["summary"] == "in epoch 1 (boundary unknown), global step 1000/2000"
-    assert list(data["model"]) == ["source", "tensors", "parameters", "bytes", "dtypes", "modules", "tensor_list", "ties"]
+    assert list(data["model"]) == ["source", "tensors", "parameters", "bytes", "dtypes", "modules", "tensor_list",
+                                   "ties"]
     assert list(data["optimizer"]) == ["source", "kind", "groups", "state_entries", "step"]
     assert data["optimizer"]["groups"][0] == {"index": 0, "params": 4, "lr": 0.001, "weight_decay": 0.01,
                                               "betas": [0.9, 0.999], "momentum": None}

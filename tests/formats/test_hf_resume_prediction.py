@@ -18,7 +18,8 @@ def test_a_mid_epoch_trainer_folder_skips_the_batches_of_its_optimizer_steps_tim
     assert (resume.system, resume.start_epoch, resume.start_batch, resume.global_step) == ("HF Trainer", 1, 8, 4)
     assert resume.restores == ["optimizer", "scheduler", "scaler", "RNG"]
     assert any("restore_callback_states_from_checkpoint=True" in lost for lost in resume.loses)
-    assert resume.describe().startswith("HF Trainer's train(resume_from_checkpoint=...) starts the 1st epoch at batch 8")
+    assert resume.describe().startswith(
+        "HF Trainer's train(resume_from_checkpoint=...) starts the 1st epoch at batch 8")
 
 
 def test_a_finished_trainer_folder_is_predicted_to_stop_at_once() -> None:

@@ -71,7 +71,8 @@ def hostile(marker: Path) -> dict[str, tuple[bytes, str]]:
         "bdb.Bdb.run (a method by dotted name)": (p4(call(sg("bdb", "Bdb.run"), b"N", s("import os"))), "bdb.Bdb.run("),
         "pkgutil.resolve_name then a call": (p2(call(call(g("pkgutil", "resolve_name"), s("os:system")), s(cmd))),
                                              "pkgutil.resolve_name('os:system')"),
-        "importlib.import_module": (p2(call(g("importlib", "import_module"), s("os"))), "importlib.import_module('os')"),
+        "importlib.import_module": (p2(call(g("importlib", "import_module"), s("os"))),
+                                    "importlib.import_module('os')"),
         "operator.attrgetter chain": (p2(call(call(g("operator", "attrgetter"), s("system")),
                                               call(g("builtins", "__import__"), s("os")))), "operator.attrgetter("),
         "functools.partial of os.system": (p2(call(call(g("functools", "partial"), g("os", "system"), s(cmd)))),
@@ -79,7 +80,8 @@ def hostile(marker: Path) -> dict[str, tuple[bytes, str]]:
         "torch.serialization.load of another file": (p2(call(g("torch.serialization", "load"), s(m))),
                                                      "torch.serialization.load("),
         "torch.load": (p2(call(g("torch", "load"), s(m))), "torch.load("),
-        "pathlib.Path.write_text": (p4(call(sg("pathlib", "Path.write_text"), call(sg("pathlib", "Path"), s(m)), s("x"))),
+        "pathlib.Path.write_text": (p4(call(sg("pathlib", "Path.write_text"),
+                                            call(sg("pathlib", "Path"), s(m)), s("x"))),
                                     "pathlib.Path.write_text("),
         "DCP torch_save_to_dcp": (p2(call(g("torch.distributed.checkpoint.format_utils", "torch_save_to_dcp"),
                                           s(m), s(m))), "torch_save_to_dcp("),
@@ -94,7 +96,8 @@ def hostile(marker: Path) -> dict[str, tuple[bytes, str]]:
         "INST opcode (protocol 0)": (b"(S'" + cmd.encode() + b"'\nios\nsystem\n.", "os.system("),
         "OBJ opcode": (PROTO2 + b"(" + g("os", "system") + s(cmd) + b"o.", "os.system("),
         "BUILD plants __setstate__ then calls it": (
-            p2(g("__main__", "Config") + b")\x81" + b"}" + s("__setstate__") + g("os", "system") + b"sb" + s(cmd) + b"b"),
+            p2(g("__main__", "Config") + b")\x81" + b"}" + s("__setstate__") + g("os", "system") + b"sb"
+               + s(cmd) + b"b"),
             f"os.system('{cmd}')"),
         "_rebuild_from_type_v2 calling os.system": (
             p2(call(g("torch._tensor", "_rebuild_from_type_v2"), g("os", "system"), g("torch", "Tensor"),
@@ -157,7 +160,8 @@ def containers(marker: Path) -> dict[str, tuple[str, bytes]]:
         "zip member with no pickle-like name": ("weights.bin", tiny_zip({"x/y": payload})),
         "NumPy .npy object array": ("array.npy", npy_object_array(payload)),
         "NumPy .npz holding an object array": ("arrays.npz", tiny_zip({"a.npy": npy_object_array(payload)})),
-        "protocol 0 text pickle named .txt": ("notes.txt", b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."),
+        "protocol 0 text pickle named .txt": ("notes.txt",
+                                              b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."),
     }
 
 
