@@ -20,7 +20,7 @@ from ckptkit.views import sections as S
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")   # DistributedDataParallel / DataParallel, torch.compile
 EPOCH_IN_NAME = re.compile(r"epoch[_=-]?(\d+)", re.IGNORECASE)
-PER_EPOCH_HISTORIES = ("train_losses", "val_recalls")   # retrieval (seed 001): one entry per epoch
+PER_EPOCH_HISTORIES = ("train_losses", "val_recalls")   # the fashion recommender: one entry per epoch
 
 
 @dataclass
