@@ -19,6 +19,7 @@ from typing import Any
 
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError
 from ckptkit.formats.base import unpickle_or_raise
+from ckptkit.formats.zip_directory import member_fits
 from ckptkit.storage.pickle_values import GlobalRef, NumpyArray
 from ckptkit.storage.safe_pickle import safe_load_stream, safe_loads
 
@@ -78,6 +79,7 @@ def read_zip_pickles(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any], l
     tree: dict[str, Any] = {}
     globals_: list[GlobalRef] = []
     infos = zf.infolist()
+    archive_size = path.stat().st_size
     if len(infos) > MAX_ZIP_MEMBERS:
         raise CorruptCheckpointError(path, f"zip holds {len(infos):,} members (member-count limit {MAX_ZIP_MEMBERS:,})")
     for info in infos:
@@ -85,6 +87,9 @@ def read_zip_pickles(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any], l
             continue
         if info.file_size > MAX_MEMBER_BYTES:
             continue   # tensor-sized payloads are not pickles anyone loads whole
+        if not member_fits(info, archive_size):
+            raise CorruptCheckpointError(path, f"zip member {info.filename}: its directory entry says "
+                                         f"{info.compress_size:,} bytes, more than the archive's {archive_size:,}")
         try:
             data = zf.read(info)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,

@@ -23,7 +23,7 @@ from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.formats.pickle_members import read_zip_pickles
-from ckptkit.formats.zip_directory import read_directory, read_member
+from ckptkit.formats.zip_directory import member_fits, read_directory, read_member
 from ckptkit.storage.pickle_writer import dumps_tree
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
@@ -133,6 +133,12 @@ def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
         if not pickles:
             raise NotACheckpointError(path, "a zip archive, but not a torch.save checkpoint (no <name>/data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
+        size = source.seek(0, 2)
+        for name in (pickles[0], prefix + "byteorder"):
+            if name in infos and not member_fits(infos[name], size):
+                raise CorruptCheckpointError(path, f"{name}: its zip directory entry says "
+                                             f"{infos[name].compress_size:,} bytes, more than the archive's "
+                                             f"{size:,}: the directory is damaged")
         try:
             data = zf.read(pickles[0])
             byteorder = zf.read(prefix + "byteorder").decode() if prefix + "byteorder" in infos else "little"

@@ -110,9 +110,24 @@ def _entries(data: bytes, concat: int) -> ZipDirectory | None:
     return ZipDirectory(data, positions, concat)
 
 
+def member_fits(info: Any, archive_size: int) -> bool:
+    """Whether a directory entry's stored bytes can lie inside an archive of `archive_size` bytes.
+
+    Checked before a member is read: a damaged size field (a flipped high byte of a central
+    directory entry) would otherwise make the read allocate gigabytes for a file of kilobytes.
+    Stored members are as large as their bytes on disk; a compressed one is bounded by its
+    compressed size only.
+    """
+    stored = info.compress_type == zipfile.ZIP_STORED
+    return (info.header_offset + info.compress_size <= archive_size
+            and (not stored or info.file_size <= archive_size))
+
+
 def read_member(source: Any, entry: ZipEntry) -> bytes | None:
     """A stored member's bytes, its CRC-32 checked; None for anything else (ask zipfile)."""
     if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
+        return None
+    if not member_fits(entry, source.seek(0, 2)):
         return None
     source.seek(entry.header_offset)
     header = source.read(_LOCAL.size)
