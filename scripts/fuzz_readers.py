@@ -234,9 +234,14 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--workdir", default="/dev/shm" if Path("/dev/shm").is_dir() else None)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--progress", type=int, default=0, help="print running counts every N mutants")
+    parser.add_argument("--only", type=int, metavar="N",
+                        help="reproduce one failure: make mutants as the campaign does, run commands on mutant N alone")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="with --only: copy mutant N (and its folder) here")
     args = parser.parse_args()
     if args.profile == "ci":
         args.mutants = min(args.mutants, 24)
+    if args.only is not None:
+        args.mutants = args.only + 1
     return args
 
 
@@ -275,13 +280,14 @@ def _run_commands(args: argparse.Namespace, n: int, work: Path, file: Path, unit
 
 
 def _print_report(args: argparse.Namespace, counts: dict[str, int], failures: list[str], elapsed: float) -> int:
-    report = {"mutants": args.mutants, "runs": sum(counts.values()), "seconds": round(elapsed, 1),
+    report = {"mutants": args.mutants if args.only is None else 1, "runs": sum(counts.values()),
+              "seconds": round(elapsed, 1),
               "clean_exits": counts["ok"], "tracebacks": counts["traceback"], "hangs": counts["hang"],
               "over_limit_memory": counts["memory"], "code_executions": counts["exec"], "failures": failures}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{args.mutants} mutants, {report['runs']} command runs in {elapsed:.0f} s: "
+        print(f"{report['mutants']} mutants, {report['runs']} command runs in {elapsed:.0f} s: "
               f"{counts['ok']} clean exits, {counts['traceback']} tracebacks, {counts['hang']} hangs, "
               f"{counts['memory']} over-limit memory, {counts['exec']} code executions")
         for line in failures:
@@ -312,6 +318,12 @@ def main() -> int:
             kind = MUTATIONS[n % len(MUTATIONS)] if args.profile == "ci" else rng.choice(MUTATIONS)
             work = Path(tmp) / f"m{n}"
             target = _make_mutant(work, file, unit, kind, rng)
+            if args.only is not None and n != args.only:
+                shutil.rmtree(work, ignore_errors=True)
+                continue
+            if args.keep is not None:
+                shutil.copytree(work, args.keep / work.name, dirs_exist_ok=True)
+                print(f"mutant {n}: {kind} of {file.relative_to(ROOT)} kept in {args.keep / work.name}")
             _run_commands(args, n, work, file, unit, target, kind, mem_limit, counts, failures)
             shutil.rmtree(work, ignore_errors=True)
             if args.progress and (n + 1) % args.progress == 0:
