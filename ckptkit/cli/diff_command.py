@@ -88,7 +88,8 @@ def render_diff(r: CheckpointDiff) -> str:
            f"{heading('B')}  {r.b.path}  ({r.b.format}, {r.b.family}: {r.b.progress})",
            f"compared: {', '.join(r.sections)}; tolerance atol={r.tolerance.atol:g} rtol={r.tolerance.rtol:g}"]
     for name, side in (("A", r.a), ("B", r.b)):
-        out += [f"  {name} {f['severity']} {f['code']}: {f['where']}: {f['message']}" for f in side.security]
+        out += [f"  {name} {f['severity']} {f['code']}: {f['where']}: {f['message']}"
+                for f in side.security + side.damage]
     if "model" in r.sections:
         out += _model(r)
     if "optimizer" in r.sections:
@@ -99,6 +100,10 @@ def render_diff(r: CheckpointDiff) -> str:
 
 
 def _verdict(r: CheckpointDiff) -> str:
+    damaged = [name for name, side in (("A", r.a), ("B", r.b)) if side.damage]
+    if damaged:
+        unread = f"{' and '.join(damaged)} could not be read whole (see the errors above)"
+        return f"{_breakdown(r)}; {unread}" if r.difference_count else f"not equal: {unread}"
     if not r.equal:
         return _breakdown(r)
     if all(t.status == IDENTICAL for t in r.tensors):

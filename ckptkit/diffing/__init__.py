@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ckptkit.conversion.plan import with_whole_tensors
 from ckptkit.core.checkpoint import Checkpoint, iter_tensors
+from ckptkit.core.findings import Severity
 from ckptkit.diffing.meta import diff_meta
 from ckptkit.diffing.report import (
     SECTIONS,
@@ -95,4 +96,5 @@ def _groups(tensors: list[TensorDiff]) -> list[GroupSummary]:
 
 def _side(c: Checkpoint) -> SideInfo:
     security = [f.to_json() for f in c.findings if f.code.startswith("security.")]
-    return SideInfo(str(c.path), c.format, c.family, c.progress.describe(), security)
+    damage = [f.to_json() for f in c.findings if f.severity is Severity.ERROR and not f.code.startswith("security.")]
+    return SideInfo(str(c.path), c.format, c.family, c.progress.describe(), security, damage)

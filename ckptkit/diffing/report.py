@@ -158,6 +158,10 @@ class SideInfo:
     # What reading this side found unsafe (security.* findings: pickled code, pickled classes):
     # a diff that says "equal" must not hide that torch.load of this file would run code.
     security: list[dict[str, Any]] = field(default_factory=list)
+    # What reading this side could not read (the reader's error findings: an unreadable item, a
+    # missing shard): a value missing on this side may be damage, not a difference, and a pair
+    # with damage on either side is never called equal.
+    damage: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -182,8 +186,9 @@ class CheckpointDiff:
 
     @property
     def equal(self) -> bool:
-        """Equal within tolerance: no structural, value or metadata difference in the sections compared."""
-        return self.difference_count == 0
+        """Equal within tolerance: both sides read whole, and no structural, value or metadata
+        difference in the sections compared."""
+        return self.difference_count == 0 and not self.a.damage and not self.b.damage
 
     def to_json(self) -> dict[str, Any]:
         return {
