@@ -3,8 +3,8 @@
     PYTHONPATH=. python scripts/safety_corpus_report.py
 
 A hostile sample counts as caught when `open_checkpoint` reports `security.dangerous-global` for it
-or refuses it with an error that names a dangerous call or a limit; a benign one is a false
-positive when it gets `security.dangerous-global` or is refused.
+or refuses it with an error that names a dangerous call, a dangerous name it would load, or a
+limit; a benign one is a false positive when it gets `security.dangerous-global` or is refused.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def verdict(path: Path) -> str:
         ckpt = open_checkpoint(path)
     except CkptkitError as exc:
         text = str(exc)
-        return "caught" if ("would call" in text or "limit" in text or "contains itself" in text
+        return "caught" if ("would call" in text or "would load" in text or "limit" in text or "contains itself" in text
                            or "ends inside a FRAME" in text) else "refused"
     return "caught" if any(f.code == "security.dangerous-global" for f in ckpt.findings) else "clean"
 

@@ -110,13 +110,17 @@ def unpickle_or_raise(path: Path, what: str, load: Callable[[], UnpickleResult])
 
 
 def _unverified(exc: BaseException) -> str:
+    return unverified_suffix(getattr(exc, PARTIAL_ATTR, None) or [])
+
+
+def unverified_suffix(globals_: list[GlobalRef]) -> str:
     """'; not verified safe to load ...': what the calls seen before the stop would do."""
-    seen = [g for g in getattr(exc, PARTIAL_ATTR, None) or [] if g.kind == "dangerous"]
+    seen = [g for g in globals_ if g.kind == "dangerous"]
     if not seen:
         return " (so it could not be verified as safe to load)"
-    calls = "; ".join(g.call or g.qualified_name for g in seen[:3])
+    calls = "; ".join(f"call {g.call}" if g.call else f"load {g.qualified_name}" for g in seen[:3])
     calls += f"; and {len(seen) - 3} more" if len(seen) > 3 else ""
-    return (f"; it could not be verified, and before that point it would call {calls} when loaded with "
+    return (f"; it could not be verified, and before that point it would {calls} when loaded with "
             "torch.load(weights_only=False): do not load it")
 
 

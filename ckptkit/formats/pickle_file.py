@@ -2,13 +2,19 @@
 the restricted unpickler, no tensors."""
 from __future__ import annotations
 
+import dataclasses
+import io
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Checkpoint
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.formats.pickle_members import NPY_MAGIC, looks_like_pickle, read_npy
 from ckptkit.formats.torch_legacy import MAGIC_PREFIX
-from ckptkit.storage.safe_pickle import safe_loads
+from ckptkit.storage.pickle_values import GlobalRef
+from ckptkit.storage.safe_pickle import PARTIAL_ATTR, safe_loads_from
+
+# Pickles examined after the first: a stream of pickles is how some loaders save several objects.
+MAX_TRAILING_PICKLES = 16
 
 
 class PickleFormat:
@@ -19,8 +25,31 @@ class PickleFormat:
         return not head.startswith(MAGIC_PREFIX) and looks_like_pickle(head)
 
     def read(self, path: Path) -> Checkpoint:
-        result = unpickle_or_raise(path, "pickle", lambda: safe_loads(path.read_bytes()))
-        return checkpoint_from_tree(path, self.name, result.value, result.globals)
+        stream = io.BytesIO(path.read_bytes())
+        result = unpickle_or_raise(path, "pickle", lambda: safe_loads_from(stream))
+        return checkpoint_from_tree(path, self.name, result.value, result.globals + trailing_calls(stream))
+
+
+def trailing_calls(stream: io.BytesIO) -> list[GlobalRef]:
+    """The dangerous calls of pickles that follow the first one: one pickle.load stops at the
+    first STOP, but a loader that reads on (pickle.load in a loop) runs the next, so a payload
+    hidden behind a harmless first pickle is named too. Damage there ends the search quietly:
+    the file's content is the first pickle, read whole."""
+    found: list[GlobalRef] = []
+    for number in range(2, MAX_TRAILING_PICKLES + 2):
+        start = stream.tell()
+        if not looks_like_pickle(stream.read(64)):
+            break
+        stream.seek(start)
+        try:
+            globals_ = safe_loads_from(stream).globals
+        except Exception as exc:   # a damaged trailing pickle: what it called before the damage
+            globals_ = getattr(exc, PARTIAL_ATTR, None) or []
+            stream.seek(0, io.SEEK_END)
+        where = f"pickle #{number} of the file, which a loader that reads on runs"
+        found += [dataclasses.replace(g, call=f"{g.call or g.qualified_name} (in {where})")
+                  for g in globals_ if g.kind == "dangerous"]
+    return found
 
 
 class NumpyFormat:

@@ -11,6 +11,7 @@ import ast
 import functools
 import io
 import pickletools
+import re
 import struct
 import zipfile
 import zlib
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError
-from ckptkit.formats.base import unpickle_or_raise
-from ckptkit.formats.zip_directory import member_fits
+from ckptkit.formats.base import unpickle_or_raise, unverified_suffix
+from ckptkit.formats.zip_directory import member_fits, read_member_as_torch_does
 from ckptkit.storage.pickle_values import GlobalRef, NumpyArray
-from ckptkit.storage.safe_pickle import safe_load_stream, safe_loads
+from ckptkit.storage.safe_pickle import PARTIAL_ATTR, safe_load_stream, safe_loads
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_ZIP_MEMBERS = 10_000
@@ -31,21 +32,28 @@ MAX_MEMBER_BYTES = 256 << 20
 _FIRST_OPCODES = frozenset("c ( } ] ) I L F S V N K J M G X U T B i".split())
 
 
+_GLOBAL_LINE = re.compile(rb"c[A-Za-z_][\w.]*\n[A-Za-z_][\w.]*\n")
+
+
 def looks_like_pickle(head: bytes) -> bool:
-    """True when `head` starts a pickle of any protocol: PROTO 2-5, or protocol 0/1 opcodes
-    that parse (at least two whole opcodes in the head, none unknown)."""
+    """True when `head` starts a pickle of any protocol: PROTO 2-5, protocol 0/1 opcodes that
+    parse (at least two whole opcodes in the head, none unknown), or a protocol 0 GLOBAL: a
+    `c<module>\n<name>\n` line pair that pickle.load resolves (importing the module) before it
+    reads anything else, whatever follows."""
     if len(head) > 2 and head[0] == 0x80:
         return 2 <= head[1] <= 5
     if not head or chr(head[0]) not in _FIRST_OPCODES:
         return False
-    count = 0
+    count, first = 0, ""
     try:
         for opcode, _, _ in pickletools.genops(io.BytesIO(head)):
             count += 1
+            first = first or opcode.name
             if opcode.name == "STOP":
                 return count >= 2
     except ValueError as exc:   # the head ends inside an opcode: fine if enough came before
-        return count >= 2 and "unknown opcode" not in str(exc)
+        return (count >= 2 or (first == "GLOBAL" and _GLOBAL_LINE.match(head) is not None)) \
+            and "unknown opcode" not in str(exc)
     except Exception:
         return False
     return count >= 2
@@ -94,7 +102,8 @@ def read_zip_pickles(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any], l
             data = zf.read(info)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
                 zlib.error) as exc:
-            raise CorruptCheckpointError(path, f"zip member {info.filename} is damaged: {exc}") from None
+            raw = read_member_as_torch_does(zf.fp, info, MAX_MEMBER_BYTES)
+            raise refused_member_error(path, f"zip member {info.filename}", exc, raw) from None
         what = f"zip member {info.filename}"
         if data.startswith(NPY_MAGIC):
             value, found = read_npy(path, io.BytesIO(data), what)
@@ -109,6 +118,19 @@ def read_zip_pickles(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any], l
         raise NotACheckpointError(path, "a zip archive, but not a torch.save checkpoint (no <name>/data.pkl) "
                                   "and no pickle or .npy member")
     return tree, globals_
+
+
+def refused_member_error(path: Path, what: str, exc: BaseException, raw: bytes | None) -> CorruptCheckpointError:
+    """A zip member `zipfile` refuses (CRC-32 mismatch, encryption flag, a local name differing
+    from the directory's) is damage to ckptkit, but PyTorch's reader loads it anyway: the pickle
+    in `raw` (the member as PyTorch reads it) is examined, and the calls it would make are named."""
+    seen: list[GlobalRef] = []
+    if raw is not None and looks_like_pickle(raw[:64]):
+        try:
+            seen = safe_loads(raw, _stub_persistent).globals
+        except Exception as inner:   # damaged too: what it called before the damage
+            seen = getattr(inner, PARTIAL_ATTR, None) or []
+    return CorruptCheckpointError(path, f"{what} is damaged: {str(exc)[:200]}{unverified_suffix(seen)}")
 
 
 def _stub_persistent(pid: Any) -> Any:

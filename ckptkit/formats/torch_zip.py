@@ -22,8 +22,8 @@ from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
-from ckptkit.formats.pickle_members import read_zip_pickles
-from ckptkit.formats.zip_directory import member_fits, read_directory, read_member
+from ckptkit.formats.pickle_members import MAX_MEMBER_BYTES, read_zip_pickles, refused_member_error
+from ckptkit.formats.zip_directory import member_fits, read_directory, read_member, read_member_as_torch_does
 from ckptkit.storage.pickle_writer import dumps_tree
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
@@ -144,7 +144,8 @@ def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
             byteorder = zf.read(prefix + "byteorder").decode() if prefix + "byteorder" in infos else "little"
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
                 zlib.error) as exc:   # a flipped method byte makes zipfile inflate stored bytes
-            raise CorruptCheckpointError(path, f"{pickles[0]} is damaged: {exc}") from None
+            raw = read_member_as_torch_does(source, infos[pickles[0]], MAX_MEMBER_BYTES)
+            raise refused_member_error(path, pickles[0], exc, raw) from None
     if byteorder != "little":
         raise UnsupportedFeatureError(path, f"tensor data is {byteorder}-endian; ckptkit reads little-endian only")
     return ArchiveIndex(infos, prefix.rstrip("/"), data)

@@ -141,3 +141,28 @@ def read_member(source: Any, entry: ZipEntry) -> bytes | None:
     if len(data) != entry.file_size or zlib.crc32(data) != entry.CRC:
         return None
     return data
+
+
+def read_member_as_torch_does(source: Any, info: Any, limit: int) -> bytes | None:
+    """A member's bytes as PyTorch's own reader takes them, for the safety verdict on a member
+    `zipfile` refuses: the local header's lengths, and no check of the CRC-32 (PyTorch builds
+    miniz with MINIZ_DISABLE_ZIP_READER_CRC32_CHECKS), of the flag bits or of the local name.
+    Stored or deflated, at most `limit` bytes; None when even that cannot be read."""
+    size = source.seek(0, 2)
+    if not 0 <= info.header_offset < size:
+        return None
+    source.seek(info.header_offset)
+    header = source.read(_LOCAL.size)
+    if len(header) != _LOCAL.size or header[:4] != _LOCAL_MAGIC:
+        return None
+    name_len, extra_len = _LOCAL.unpack(header)[-2:]
+    source.seek(info.header_offset + _LOCAL.size + name_len + extra_len)
+    raw: bytes = source.read(min(info.compress_size, limit))
+    if info.compress_type == zipfile.ZIP_STORED:
+        return raw
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        return None
+    try:
+        return zlib.decompressobj(-15).decompress(raw, limit)
+    except zlib.error:
+        return None

@@ -120,6 +120,9 @@ class BoundedReader(io.RawIOBase):
     def remaining(self) -> int:
         return self._end - self._file.tell()
 
+    def tell(self) -> int:
+        return self._file.tell()
+
     def _check(self, n: int) -> None:
         if n is not None and n > self._end - self._file.tell():
             raise PickleLimitError(f"pickle asks for {n:,} bytes but only {self._end - self._file.tell():,} "

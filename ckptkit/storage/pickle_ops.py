@@ -78,8 +78,28 @@ def load_build(self: SafeUnpickler) -> None:
         inst.__setstate__(state)        # ckptkit's own decoding of numpy's state
     elif isinstance(inst, (TensorRef, OrderedDict)):
         pass                            # torch's Tensor.__setstate__ / a __dict__ update: nothing runs
+    elif isinstance(inst, type) or callable(inst):
+        _build_global(self, inst, state)
     else:
         raise pickle.UnpicklingError(f"BUILD on a {type(inst).__name__} (pickle.load fails there too)")
+
+
+def _build_global(self: SafeUnpickler, inst: Any, state: Any) -> None:
+    """BUILD on a module, class or function the pickle named: pickle.load sets its attributes
+    (setattr, or an update of its `__dict__`) for the whole process. That is how a pickle
+    replaces `torch._utils._rebuild_tensor` so that a later global resolves to `builtins.eval`:
+    dangerous, whatever the target."""
+    stub = inst._global if isinstance(inst, type) and issubclass(inst, PickledObject) else None
+    target = stub.qualified_name if stub else getattr(inst, "__qualname__", type(inst).__name__)
+    key = (stub.module, stub.name) if stub else ("", target)
+    fields = state[1] if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict) else state
+    if isinstance(fields, dict) and fields:
+        name, value = next(iter(fields.items()))
+        more = f" and {len(fields) - 1} more attributes" if len(fields) > 1 else ""
+        text = f"setattr({target}, {short_repr(name)}, {short_repr(value)}){more}"
+    else:
+        text = render_call(f"{target}.__setstate__", (state,))
+    self._record(key, "dangerous", text)
 
 
 def _build_stub(self: SafeUnpickler, inst: PickledObject, state: Any) -> None:
@@ -157,14 +177,16 @@ def load_bytearray8(self: SafeUnpickler) -> None:
 
 
 def load_frame(self: SafeUnpickler) -> None:
+    """FRAME as the C unpickler (the one torch.load runs) reads it: a read-ahead hint that needs
+    `size` bytes to follow, and no boundary: opcodes are read on across the frame's end as if it
+    were not there. The pure-Python unpickler enforces the boundary instead, so a pickle that
+    straddles one would show it something else than what torch.load runs."""
     size, = unpack("<Q", self.read(8))
-    if size > self._max_length:   # checked before reading: a cut file, or a hostile length
+    self.saw_frame = True
+    left = self._max_length - (self._source.tell() - self._start)
+    if size > left:   # the C unpickler fails here too: "pickle data was truncated"
         raise pickle.UnpicklingError(f"pickle ends inside a FRAME of {size:,} bytes (the file has "
-                                     f"{self._max_length:,}): truncated or a damaged length")
-    self._unframer.load_frame(size)
-    frame = self._unframer.current_frame
-    if frame is not None and len(frame.getbuffer()) < size:
-        raise pickle.UnpicklingError(f"pickle ends inside a FRAME of {size:,} bytes")
+                                     f"{max(left, 0):,} left): truncated or a damaged length")
 
 
 def _check_growth(target: Any) -> None:

@@ -33,6 +33,8 @@ DANGEROUS_MODULES = frozenset({
     "pathlib", "zipimport", "threading", "_thread", "ftplib", "smtplib", "telnetlib", "pip",
     "setuptools", "pkg_resources", "venv", "ensurepip", "bdb", "pydoc", "pkgutil", "cProfile",
     "profile", "trace", "doctest", "idlelib", "builtins", "__builtin__", "_posixsubprocess",
+    # libraries whose classes open connections or processes, and pickles of code
+    "aiohttp", "httpx", "urllib3", "paramiko", "pexpect", "fabric", "dill", "cloudpickle",
 })
 _DANGEROUS_NAMES = frozenset({"system", "popen", "eval", "exec", "execfile", "compile", "__import__",
                               "getattr", "apply", "open", "load", "loads", "run", "call"})

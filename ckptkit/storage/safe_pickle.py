@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from ckptkit.core.dtypes import BY_STORAGE_CLASS, dtype_named, is_torch_dtype_name
 from ckptkit.storage import pickle_limits as limits
+from ckptkit.storage.pickle_frames import names_the_c_unpickler_resolves
 from ckptkit.storage.pickle_known import KNOWN, NEEDS_CALL, SAFE_BUILTINS
 from ckptkit.storage.pickle_ops import install_ops
 from ckptkit.storage.pickle_values import (
@@ -104,6 +105,8 @@ class SafeUnpickler(pickle._Unpickler):
         super().__init__(file, encoding="latin1")
         self._persistent = persistent_load
         self._max_length = max_length if max_length is not None else sys.maxsize
+        self._source, self._start = file, file.tell()
+        self.saw_frame = False   # set by pickle_ops.load_frame
         self._refs: dict[tuple[str, str], str] = {}
         self._calls: dict[tuple[str, str], tuple[str, str]] = {}
         self._stub_classes: dict[tuple[str, str], type[PickledObject]] = {}
@@ -201,10 +204,9 @@ class SafeUnpickler(pickle._Unpickler):
 
     # -- the load loop, with a work budget -----------------------------------------------
     def load(self) -> Any:
-        # _Unframer and _Stop are the pure-Python unpickler's private helpers, absent from typeshed.
-        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
-        self.read, self.readinto, self.readline = (self._unframer.read, self._unframer.readinto,
-                                                   self._unframer.readline)
+        # Read straight from the file, with no frame boundaries: as the C unpickler (the one
+        # torch.load runs) does, see pickle_ops.load_frame.
+        self.read, self.readinto, self.readline = self._source.read, self._source.readinto, self._source.readline
         self.metastack, self.stack = [], []
         self.append = self.stack.append
         self.proto = 0
@@ -223,8 +225,25 @@ class SafeUnpickler(pickle._Unpickler):
                 count += 1
                 if not count & 0xFFFF:
                     self._check_budget(count)
-        except pickle._Stop as stop:  # type: ignore[attr-defined]
+        except pickle._Stop as stop:  # type: ignore[attr-defined]  # private, absent from typeshed
             return stop.value
+
+    def cross_check_frames(self) -> None:
+        """A framed pickle read whole: what the C unpickler resolves in the same bytes, and
+        ckptkit's reading did not, is dangerous (pickle_frames says why)."""
+        end = self._source.tell()
+        self._source.seek(self._start)
+        data = self._source.read(end - self._start)
+        self._source.seek(end)
+        for module, name in names_the_c_unpickler_resolves(data):
+            if (module, name) in _compat_pickle.NAME_MAPPING:   # the Python 2 spellings, as find_class maps them
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            else:
+                module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+            if (module, name) not in self._refs:
+                self._record((module, name), "dangerous",
+                             f"{module}.{name} (torch.load's C unpickler reaches it through this pickle's "
+                             "misaligned FRAMEs; a linear reading does not)")
 
     def _check_budget(self, count: int) -> None:
         if count > limits.MAX_OPCODES:
@@ -245,6 +264,12 @@ def safe_loads(data: bytes, persistent_load: Callable[[Any], Any] | None = None)
     return _load(SafeUnpickler(io.BytesIO(data), persistent_load, len(data)))
 
 
+def safe_loads_from(stream: io.BytesIO, persistent_load: Callable[[Any], Any] | None = None) -> UnpickleResult:
+    """Unpickle one pickle from an in-memory stream (no read can allocate more than it holds),
+    leaving it positioned just after the pickle's STOP."""
+    return _load(SafeUnpickler(stream, persistent_load, len(stream.getbuffer()) - stream.tell()))
+
+
 def safe_load_stream(file: limits.SeekableBinary,
                      persistent_load: Callable[[Any], Any] | None = None) -> UnpickleResult:
     """Unpickle one pickle from `file`, leaving the file positioned just after it."""
@@ -256,6 +281,8 @@ def _load(unpickler: SafeUnpickler) -> UnpickleResult:
     try:
         with _quiet_interpreter_reports():
             value = unpickler.load()
+            if unpickler.saw_frame:
+                unpickler.cross_check_frames()
         limits.check_tree(value, PickledObject)
     except BaseException as exc:
         if isinstance(exc, Exception | RecursionError | MemoryError):
