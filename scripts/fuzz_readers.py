@@ -5,7 +5,9 @@
 
 Each mutant is one fixture (a file, or the checkpoint folder holding it) with one mutation:
 truncation, bit flips, zip member shuffles/drops, damaged header lengths (zip, safetensors, pickle
-frames), a data.pkl replaced by deep nesting, a memo DAG, colliding dict keys, or a huge FRAME.
+frames), a data.pkl replaced by deep nesting, a memo DAG, colliding dict keys, or a huge FRAME,
+a FRAME header inserted at a random spot, a second pickle appended, or zip flag bits / CRC-32
+fields changed (what zipfile refuses and PyTorch reads).
 Every read command (inspect, validate, ls on the folder, diff against the original) runs on it in
 a forked child under a time limit (SIGALRM, then SIGKILL) and an address-space limit of 512 MiB
 above the parent's size. The child's audit hook counts code executions: a real `pickle.find_class`,
@@ -42,7 +44,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 MARKER = Path(tempfile.gettempdir()) / "ckptkit-fuzz-EXECUTED"
 COMMANDS = ("inspect", "validate", "ls", "diff")
 MUTATIONS = ("truncate", "bitflip", "zip_shuffle", "header_length", "deep_nesting", "memo_dag",
-             "hash_flood", "huge_frame")
+             "hash_flood", "huge_frame", "frame_insert", "trailing_pickle", "zip_flags")
 # ("exec" is left out: every import raises it for the module's own code)
 _EXEC_EVENTS = {"pickle.find_class", "os.system", "subprocess.Popen", "os.exec", "os.posix_spawn",
                 "os.spawn", "os.fork", "webbrowser.open"}
@@ -94,7 +96,39 @@ def _payload_pickle(rng: random.Random, kind: str) -> bytes:
     return b"\x80\x04\x95" + struct.pack("<Q", rng.choice([1 << 40, 1 << 62, 2**64 - 1])) + b"N."
 
 
+def _frame_insert(data: bytes, rng: random.Random) -> bytes:
+    """A FRAME header at a random spot: misaligned frames (protocol 4-5)."""
+    at = rng.randrange(0, max(1, len(data)))
+    size = rng.choice([0, 1, 2, 9, len(data) - at, rng.getrandbits(16)])
+    return data[:at] + b"\x95" + struct.pack("<Q", max(size, 0)) + data[at:]
+
+
+def _trailing_pickle(data: bytes, rng: random.Random) -> bytes:
+    """A second pickle behind the first: harmless, a payload, or a memo DAG."""
+    second = rng.choice([b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x04true\x85R.",
+                         b"\x80\x02}q\x00.", _payload_pickle(rng, "memo_dag")])
+    return data + second
+
+
+def _zip_flags(data: bytes, rng: random.Random) -> bytes:
+    """Flag bits or CRC-32 of a zip header: what zipfile refuses and PyTorch reads."""
+    out = bytearray(data)
+    spots = [i for i in range(len(out) - 4) if out[i:i + 4] in (b"PK\x03\x04", b"PK\x01\x02")]
+    if spots:
+        i = rng.choice(spots)
+        field = rng.choice([6, 8, 14, 16]) if out[i + 2] == 3 else rng.choice([8, 10, 16, 18])
+        if i + field + 4 <= len(out):
+            value = rng.choice([0x1, 0x20, 0x40, 0x8, rng.getrandbits(16)])
+            out[i + field:i + field + 2] = struct.pack("<H", value)
+    return bytes(out)
+
+
+_READER_MUTATIONS = {"frame_insert": _frame_insert, "trailing_pickle": _trailing_pickle, "zip_flags": _zip_flags}
+
+
 def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
+    if kind in _READER_MUTATIONS:
+        return _READER_MUTATIONS[kind](data, rng)
     if kind == "truncate":
         return data[: rng.randrange(0, max(1, len(data)))]
     if kind == "bitflip":
@@ -144,7 +178,8 @@ def zip_mutate(data: bytes, kind: str, rng: random.Random) -> bytes | None:
         else:
             for info, body in members:
                 if info.filename.endswith("data.pkl"):
-                    body = _payload_pickle(rng, kind) if kind != "bitflip" else mutate(body, "bitflip", rng)
+                    body = (mutate(body, kind, rng) if kind in ("bitflip", "frame_insert", "trailing_pickle")
+                            else _payload_pickle(rng, kind))
                 zout.writestr(info.filename, body)
     return buf.getvalue()
 
@@ -257,7 +292,7 @@ def _make_mutant(work: Path, file: Path, unit: Path, kind: str, rng: random.Rand
         victim = target
     data = victim.read_bytes()
     new = zip_mutate(data, kind, rng) if data.startswith(b"PK") and kind not in (
-        "truncate", "header_length") and (kind != "bitflip" or rng.random() < 0.5) else None
+        "truncate", "header_length", "zip_flags") and (kind != "bitflip" or rng.random() < 0.5) else None
     victim.write_bytes(new if new is not None else mutate(data, kind, rng))
     return target
 
