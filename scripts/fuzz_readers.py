@@ -330,6 +330,23 @@ def _print_report(args: argparse.Namespace, counts: dict[str, int], failures: li
     return 0 if counts["ok"] == report["runs"] else 1
 
 
+def _prewarm(pool: list[tuple[Path, Path]]) -> None:
+    """Run every command once in the parent on one fixture of each kind, so that the modules
+    they load lazily are imported before forking: a child then costs the command's own work
+    (about 0.07 s instead of 0.33 s on this project's fixtures)."""
+    from click.testing import CliRunner
+
+    from ckptkit.cli import main
+
+    kinds: dict[tuple[str, bool], tuple[Path, Path]] = {}
+    for file, unit in pool:
+        kinds.setdefault((file.suffix, unit.is_dir()), (file, unit))
+    for _, unit in kinds.values():
+        for argv in (["inspect", str(unit)], ["validate", str(unit)], ["ls", str(unit.parent)],
+                     ["diff", str(unit), str(unit)]):
+            CliRunner().invoke(main, argv)
+
+
 def main() -> int:
     args = _parse_args()
     import ckptkit.cli  # noqa: F401  (imported once, before forking)
@@ -341,6 +358,7 @@ def main() -> int:
 
     rng = random.Random(args.seed)
     pool = seeds()
+    _prewarm(pool)
     vsz = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     mem_limit = vsz + args.mem_mib * (1 << 20)
     counts = {k: 0 for k in ("ok", "traceback", "hang", "memory", "exec")}
