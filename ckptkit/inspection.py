@@ -1,11 +1,12 @@
 """`inspect`: what is in a checkpoint, as one dataclass the CLI renders as tables or JSON."""
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
-from operator import itemgetter
+from operator import attrgetter, itemgetter, mul
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
@@ -148,12 +149,14 @@ def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
     """Counts, sizes, dtypes and modules of a state dict, in one pass over its tensors (a mixture
     of experts holds 100,000 of them: nothing here is done twice per tensor)."""
     tensors = list(model.values())
-    numels = [t.numel for t in tensors]
-    dtype_names = [t.dtype.name for t in tensors]
-    if len({id(t.storage) for t in tensors}) == len(tensors):    # no two share a storage: no ties
+    shapes = list(map(attrgetter("shape"), tensors))
+    numel_of = {shape: math.prod(shape) for shape in set(shapes)}     # C-level columns, one prod per shape
+    numels = list(map(numel_of.__getitem__, shapes))
+    dtype_names = list(map(attrgetter("dtype.name"), tensors))
+    if len(set(map(id, map(attrgetter("storage"), tensors)))) == len(tensors):    # no shared storage: no ties
         ties: list[list[str]] = []
         parameters = sum(numels)
-        nbytes = sum(n * t.dtype.itemsize for n, t in zip(numels, tensors, strict=True))
+        nbytes = sum(map(mul, numels, map(attrgetter("dtype.itemsize"), tensors)))
     else:
         same: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
         for name, t in model.items():

@@ -12,8 +12,8 @@ import math
 import struct
 from collections.abc import Mapping
 from functools import partial
-from itertools import chain
-from operator import attrgetter, itemgetter, mul, sub
+from itertools import chain, repeat
+from operator import add, attrgetter, itemgetter, mul, sub
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -63,8 +63,8 @@ class _Damaged(Exception):
 def _checked_in_bulk(path: Path, header: dict[str, Any], data_start: int, size: int,
                      source: FileBytes) -> dict[str, TensorRef]:
     """The checks of `header_tensor` on every entry at once, column by column in C-level passes
-    (map, set, min), then one light loop that builds the tensors: a shard folder of 100,000
-    tensors spent more time here entry by entry than parsing the JSON. Accepts only what
+    (map, set, min), then the tensors built the same way: a shard folder of 100,000 tensors
+    spent more time here entry by entry than parsing the JSON. Accepts only what
     `header_tensor` accepts; anything else raises, and the caller reads entry by entry."""
     infos = list(header.values())
     if set(map(type, infos)) - {dict}:
@@ -82,18 +82,14 @@ def _checked_in_bulk(path: Path, header: dict[str, Any], data_start: int, size: 
     begins, ends = list(map(itemgetter(0), offsets)), list(map(itemgetter(1), offsets))
     if list(map(sub, ends, begins)) != nbytes or (ends and data_start + max(ends) > size):
         raise _Damaged
-    strides: dict[tuple[int, ...], tuple[int, ...]] = {}    # one per distinct shape, not per tensor
-    tensors: dict[str, TensorRef] = {}
-    for name, dtype, shape, numel, begin, length in zip(header, dtypes, shapes, numels, begins, nbytes, strict=True):
-        dims = tuple(shape)
-        stride = strides.get(dims)
-        if stride is None:
-            stride = strides[dims] = contiguous_stride(dims)
-        # The byte range is made when first asked for (most commands never read a tensor's bytes).
-        storage = StorageRef(name, dtype, numel, "cpu", partial(ByteRange, path, data_start + begin, length, source),
-                             length)
-        tensors[name] = TensorRef(dtype, dims, stride, storage)
-    return tensors
+    # The objects are made by C-level loops (map) calling their constructors: one stride per
+    # distinct shape, and each byte range made when first asked for (most commands never read
+    # a tensor's bytes).
+    dims = list(map(tuple, shapes))
+    strides = {shape: contiguous_stride(shape) for shape in set(dims)}
+    ranges = map(partial, repeat(ByteRange), repeat(path), map(add, repeat(data_start), begins), nbytes, repeat(source))
+    storages = map(StorageRef, header, dtypes, numels, repeat("cpu"), ranges, nbytes)
+    return dict(zip(header, map(TensorRef, dtypes, dims, map(strides.__getitem__, dims), storages), strict=True))
 
 
 def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str], int, int]:
