@@ -49,6 +49,7 @@ class FolderReading:
     members: dict[str, MemberFile] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)   # each member's own (safetensors __metadata__)
 
     def where(self, member: str) -> str:
         return f"{self.path.name}/{member}"
@@ -73,6 +74,7 @@ class FolderReading:
             return None
         self._note(name, role, member.format)
         self.tree[name] = member.tree
+        self.metadata[name] = member.metadata
         classes = [f for f in member.findings if classes_expected and f.code == "security.pickled-class"]
         for f in member.findings:
             if f not in classes:
