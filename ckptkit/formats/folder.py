@@ -137,7 +137,7 @@ class FolderReading:
             member = self.open_member(shard, "model weights shard")
             if member is None:
                 continue
-            tensors = dict(member.model) or dict(member.tensors())
+            tensors = member.model or dict(member.tensors())    # only read here: no copy
             absent = [k for k in keys if k not in tensors]
             if absent:
                 self.add_finding("folder.shard-key-missing", Severity.ERROR, shard,
