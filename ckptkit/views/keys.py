@@ -145,9 +145,8 @@ def module_prefixes(names: Iterable[str], max_depth: int = 4) -> dict[str, str]:
     # there instead of splitting 100,000 names once per shared level.
     shared = os.path.commonprefix([min(names), max(names)]).count(".")
     depth = max(1, min(shared + 1, max_depth))
-    while depth < max_depth:
-        prefixes = {".".join(k.split(".", depth)[:depth]) for k in names}
-        if len(prefixes) > 1 or all(k.count(".") < depth for k in names):
-            break
+    while True:     # the prefixes that decide the depth are the ones returned: computed once
+        prefixes = [".".join(k.split(".", depth)[:depth]) for k in names]
+        if depth >= max_depth or len(set(prefixes)) > 1 or all(k.count(".") < depth for k in names):
+            return dict(zip(names, prefixes, strict=True))
         depth += 1
-    return {k: ".".join(k.split(".", depth)[:depth]) for k in names}
