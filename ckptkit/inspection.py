@@ -1,9 +1,12 @@
 """`inspect`: what is in a checkpoint, as one dataclass the CLI renders as tables or JSON."""
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
+from operator import attrgetter, itemgetter, mul
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
@@ -41,10 +44,22 @@ class ModelSummary:
     bytes: int
     dtypes: dict[str, int]
     modules: list[ModuleRow]
-    tensor_list: list[TensorRow]
     # Names that are one tensor (same storage, offset, shape and strides: tied weights, e.g. an
     # embedding and an LM head). Parameters and bytes count each once.
     ties: list[list[str]] = field(default_factory=list)
+    # The tensors `tensor_list` describes: its rows are made when asked for (`--tensors`, `--json`),
+    # not for every inspect (100,000 rows cost more than the rest of the summary).
+    model: dict[str, TensorRef] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tensor_list(self) -> list[TensorRow]:
+        return [TensorRow(name, t.dtype.name, list(t.shape), t.numel) for name, t in self.model.items()]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "tensors": self.tensors, "parameters": self.parameters, "bytes": self.bytes,
+                "dtypes": self.dtypes, "modules": [asdict(m) for m in self.modules],
+                "tensor_list": [{"name": n, "dtype": t.dtype.name, "shape": list(t.shape), "parameters": t.numel}
+                                for n, t in self.model.items()], "ties": self.ties}
 
 
 @dataclass
@@ -99,7 +114,7 @@ class Inspection:
         return {
             "schema": SCHEMA_VERSION, "path": self.path, "format": self.format, "family": self.family,
             "size_bytes": self.size_bytes, "progress": self.progress.to_json(),
-            "model": asdict(self.model) if self.model else None,
+            "model": self.model.to_json() if self.model else None,
             "optimizer": to_jsonable(asdict(self.optimizer)) if self.optimizer else None,
             "scheduler": to_jsonable(self.scheduler), "scaler": to_jsonable(self.scaler), "rng": self.rng,
             "metrics": to_jsonable(self.metrics), "histories": to_jsonable([asdict(h) for h in self.histories]),
@@ -131,24 +146,41 @@ def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
 
 
 def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
-    rows = [TensorRow(name, t.dtype.name, list(t.shape), t.numel) for name, t in model.items()]
-    same: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
-    for name, t in model.items():
-        same.setdefault((id(t.storage), t.storage_offset, t.shape, t.stride), []).append(name)
-    unique = [model[names[0]] for names in same.values()]
-    return ModelSummary(
-        source=source, tensors=len(rows), parameters=sum(t.numel for t in unique),
-        bytes=sum(t.nbytes for t in unique),
-        dtypes=dict(Counter(t.dtype.name for t in model.values())),
-        modules=_module_rows(model), tensor_list=rows, ties=[n for n in same.values() if len(n) > 1])
+    """Counts, sizes, dtypes and modules of a state dict, in one pass over its tensors (a mixture
+    of experts holds 100,000 of them: nothing here is done twice per tensor)."""
+    tensors = list(model.values())
+    shapes = list(map(attrgetter("shape"), tensors))
+    numel_of = {shape: math.prod(shape) for shape in set(shapes)}     # C-level columns, one prod per shape
+    numels = list(map(numel_of.__getitem__, shapes))
+    dtype_names = list(map(attrgetter("dtype.name"), tensors))
+    if len(set(map(id, map(attrgetter("storage"), tensors)))) == len(tensors):    # no shared storage: no ties
+        ties: list[list[str]] = []
+        parameters = sum(numels)
+        nbytes = sum(map(mul, numels, map(attrgetter("dtype.itemsize"), tensors)))
+    else:
+        same: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], list[str]] = {}
+        for name, t in model.items():
+            same.setdefault((id(t.storage), t.storage_offset, t.shape, t.stride), []).append(name)
+        unique = [model[names[0]] for names in same.values()]
+        ties = [n for n in same.values() if len(n) > 1]
+        parameters, nbytes = sum(t.numel for t in unique), sum(t.nbytes for t in unique)
+    return ModelSummary(source=source, tensors=len(tensors), parameters=parameters, bytes=nbytes,
+                        dtypes=dict(Counter(dtype_names)), modules=_module_rows(model, numels, dtype_names),
+                        ties=ties, model=model)
 
 
-def _module_rows(model: dict[str, TensorRef]) -> list[ModuleRow]:
-    groups: dict[str, list[TensorRef]] = {}
-    for name, prefix in module_prefixes(model).items():
-        groups.setdefault(prefix, []).append(model[name])
-    return [ModuleRow(p, len(ts), sum(t.numel for t in ts), ",".join(sorted({t.dtype.name for t in ts})))
-            for p, ts in groups.items()]
+def _module_rows(model: dict[str, TensorRef], numels: list[int], dtype_names: list[str]) -> list[ModuleRow]:
+    """One row per module, in order of first appearance. Tensors of a module mostly follow each
+    other, so runs of one prefix are summed at once (groupby) and runs of a prefix seen before
+    are added to its row."""
+    groups: dict[str, tuple[int, int, set[str]]] = {}
+    rows = zip(module_prefixes(model).values(), numels, dtype_names, strict=True)
+    for prefix, run in groupby(rows, key=itemgetter(0)):
+        members = list(run)
+        count, params, dtypes = groups.get(prefix, (0, 0, set()))
+        dtypes.update(m[2] for m in members)
+        groups[prefix] = (count + len(members), params + sum(m[1] for m in members), dtypes)
+    return [ModuleRow(p, count, params, ",".join(sorted(dtypes))) for p, (count, params, dtypes) in groups.items()]
 
 
 _STATE_KINDS = [({"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, "Adam/AdamW (amsgrad)"),

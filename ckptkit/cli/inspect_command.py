@@ -8,7 +8,7 @@ import click
 
 from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, main
 from ckptkit.cli.render import emit_json, heading, human_bytes, layout_line, number, render_findings, table
-from ckptkit.inspection import Inspection, inspect_checkpoint
+from ckptkit.inspection import Inspection, ModuleRow, inspect_checkpoint
 from ckptkit.views.jsonable import summarize, to_jsonable
 
 
@@ -86,13 +86,30 @@ def _model(r: Inspection, show_tensors: bool) -> list[str]:
     source = "the whole file" if m.source == "(top level)" else m.source
     out = ["", heading(f"Model ({source})"),
            f"  {m.tensors} tensors, {number(m.parameters)} parameters, {human_bytes(m.bytes)}, {dtypes}",
-           table([(row.prefix, row.tensors, number(row.parameters), row.dtypes) for row in m.modules],
-                 ["module", "tensors", "parameters", "dtypes"])]
+           _module_table(m.modules, show_tensors)]
     out += [f"  tied (one storage, counted once): {' = '.join(names)}" for names in m.ties]
     if show_tensors:
         out += ["", table([(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", number(t.parameters))
                            for t in m.tensor_list], ["tensor", "dtype", "shape", "elements"])]
     return out
+
+
+# A mixture of experts has thousands of modules: the table shows the first and the last ones
+# (a summary one can read; 12,500 rows of it took longer to print than to read the checkpoint).
+MODULE_ROWS_SHOWN = (20, 5)
+
+
+def _module_table(modules: list[ModuleRow], show_tensors: bool) -> str:
+    head, tail = MODULE_ROWS_SHOWN
+    rows = [(row.prefix, str(row.tensors), number(row.parameters), row.dtypes) for row in
+            (modules if len(modules) <= head + tail + 1 else [*modules[:head], *modules[-tail:]])]
+    hidden = len(modules) - len(rows)
+    if hidden:
+        rows.insert(head, (f"... {hidden:,} more modules", "", "", ""))
+    text = table(rows, ["module", "tensors", "parameters", "dtypes"])
+    if hidden and not show_tensors:
+        text += f"\n  ({len(modules):,} modules: --json lists every one, --tensors every tensor)"
+    return text
 
 
 def _members(r: Inspection) -> list[str]:

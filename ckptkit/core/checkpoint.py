@@ -23,8 +23,8 @@ from ckptkit.core.progress import Progress, ResumePrediction, ordinal
 # Findings and progress have modules of their own; these names stay importable from here too, as
 # the one module that describes a whole checkpoint.
 __all__ = ["ByteRange", "Checkpoint", "Finding", "FormatDetails", "MemberFile", "Progress", "ResumePrediction",
-           "Severity", "StorageRef", "TensorChunk", "TensorRef", "iter_tensors", "make_tensor", "mapped_bytes",
-           "ordinal", "release_mapped_pages"]
+           "Severity", "StorageRef", "TensorChunk", "TensorRef", "contiguous_stride", "iter_tensors", "make_tensor",
+           "mapped_bytes", "ordinal", "release_mapped_pages"]
 
 
 @dataclass(frozen=True)
@@ -353,6 +353,9 @@ def iter_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, TensorRef]]
         where, node = stack.pop()
         if isinstance(node, TensorRef):
             yield where, node
+        elif isinstance(node, dict) and _flat_tensors(node):
+            # A state dict of tensors (a safetensors file, a shard): its paths made in C, not one by one.
+            yield from zip(map(f"{where}.".__add__, node) if where else node, node.values(), strict=True)
         elif isinstance(node, dict):
             items = [(f"{where}.{k}" if where else str(k), v) for k, v in node.items()
                      if isinstance(v, (TensorRef, dict, list, tuple))]
@@ -363,12 +366,22 @@ def iter_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, TensorRef]]
             stack.extend(reversed(items))
 
 
+def _flat_tensors(node: dict[Any, Any]) -> bool:
+    """`node` holds tensors only, under string keys (checked in C, without a loop in Python)."""
+    return bool(node) and set(map(type, node.values())) == {TensorRef} and set(map(type, node)) == {str}
+
+
 def make_tensor(dtype_name: str | DType, shape: tuple[int, ...], storage: StorageRef) -> TensorRef:
     """A contiguous tensor covering `storage` from element 0 (safetensors, DCP chunks)."""
+    dtype = dtype_named(dtype_name) if isinstance(dtype_name, str) else dtype_name
+    return TensorRef(dtype, tuple(shape), contiguous_stride(shape), storage)
+
+
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides, in elements, of a contiguous (row-major) tensor of `shape`."""
     stride: list[int] = []
     acc = 1
     for size in reversed(shape):
         stride.append(acc)
         acc *= size
-    dtype = dtype_named(dtype_name) if isinstance(dtype_name, str) else dtype_name
-    return TensorRef(dtype, tuple(shape), tuple(reversed(stride)), storage)
+    return tuple(reversed(stride))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ class FolderReading:
     members: dict[str, MemberFile] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)   # each member's own (safetensors __metadata__)
 
     def where(self, member: str) -> str:
         return f"{self.path.name}/{member}"
@@ -71,6 +74,7 @@ class FolderReading:
             return None
         self._note(name, role, member.format)
         self.tree[name] = member.tree
+        self.metadata[name] = member.metadata
         classes = [f for f in member.findings if classes_expected and f.code == "security.pickled-class"]
         for f in member.findings:
             if f not in classes:
@@ -121,8 +125,9 @@ class FolderReading:
             return {}
         model: dict[str, TensorRef] = {}
         by_shard: dict[str, list[str]] = {}
-        for key, shard in weight_map.items():
-            by_shard.setdefault(str(shard), []).append(str(key))
+        # A shard's keys mostly follow each other in the index: one step per run, not per key.
+        for shard, run in groupby(weight_map.items(), key=itemgetter(1)):
+            by_shard.setdefault(str(shard), []).extend(map(str, map(itemgetter(0), run)))
         for shard, keys in by_shard.items():
             if not (self.path / shard).is_file():
                 self.add_finding("folder.missing-shard", Severity.ERROR, index,
@@ -132,13 +137,14 @@ class FolderReading:
             member = self.open_member(shard, "model weights shard")
             if member is None:
                 continue
-            tensors = dict(member.model) or dict(member.tensors())
+            tensors = member.model or dict(member.tensors())    # only read here: no copy
             absent = [k for k in keys if k not in tensors]
             if absent:
                 self.add_finding("folder.shard-key-missing", Severity.ERROR, shard,
                                  f"the index says {len(absent)} tensors (e.g. {absent[0]!r}) are in this "
                                  "shard, but it does not hold them")
-            model.update({k: tensors[k] for k in keys if k in tensors})
+            model.update(zip(keys, map(tensors.__getitem__, keys), strict=True) if not absent else
+                         {k: tensors[k] for k in keys if k in tensors})
         self.sources["model"] = f"{index} ({len(by_shard)} shards)"
         return model
 

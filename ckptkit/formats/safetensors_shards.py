@@ -13,9 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Checkpoint, Progress, Severity
-from ckptkit.core.errors import CkptkitError
 from ckptkit.formats.folder import FolderReading, member_names
-from ckptkit.formats.safetensors_file import read_safetensors_header
 
 INDEX = "model.safetensors.index.json"
 
@@ -34,19 +32,16 @@ class SafetensorsShardsFormat:
         ckpt = reading.finish(self.name, "state-dict",
                               Progress(notes=["sharded weights only: no training progress is stored in them"]))
         ckpt.model = model
-        ckpt.metadata.update(_first_shard_metadata(path, reading))
+        ckpt.metadata.update(_first_shard_metadata(reading))
         if not model and not any(f.severity is Severity.ERROR for f in ckpt.findings):
             reading.add_finding("folder.missing-weights", Severity.ERROR, "", "no model weights found")
         return ckpt
 
 
-def _first_shard_metadata(path: Path, reading: FolderReading) -> dict[str, str]:
+def _first_shard_metadata(reading: FolderReading) -> dict[str, str]:
+    """The first shard's __metadata__, as its reading found it (each file is read once)."""
     index = reading.tree.get(INDEX)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     shards = sorted({str(s) for s in weight_map.values()}) if isinstance(weight_map, dict) else []
-    if not shards or not (path / shards[0]).is_file():
-        return {}
-    try:
-        return read_safetensors_header(path / shards[0])[1]
-    except CkptkitError:
-        return {}   # the shard's own damage is already a finding of reading it
+    # A shard that is missing or could not be read has no metadata; its damage is already a finding.
+    return dict(reading.metadata.get(shards[0], {})) if shards else {}

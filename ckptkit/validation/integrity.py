@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ckptkit.core.checkpoint import Finding, Severity, StorageRef
+from ckptkit.core.checkpoint import Finding, Severity, StorageRef, contiguous_stride
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 
 if TYPE_CHECKING:
@@ -21,11 +21,22 @@ MAX_JSON_BYTES = 64 << 20
 def check_integrity(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _folder_json(ctx)
     seen: set[int] = set()
+    # (shape, stride) of a contiguous tensor -> its element count: one entry per distinct shape,
+    # so the common case (offset 0, contiguous, one storage each) costs no loop per tensor.
+    contiguous: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
     for key, tensor in ctx.ckpt.tensors():
         storage = tensor.storage
         if id(storage) not in seen:
             seen.add(id(storage))
-            yield from _storage(ctx, key, storage)
+            if storage.stored_nbytes is None or storage.stored_nbytes != storage.numel * storage.dtype.itemsize:
+                yield from _storage(ctx, key, storage)
+        if tensor.storage_offset == 0 and tensor.dtype is storage.dtype:
+            layout = (tensor.shape, tensor.stride)
+            numel = contiguous.get(layout)
+            if numel is None and tensor.stride == contiguous_stride(tensor.shape):
+                numel = contiguous[layout] = tensor.numel
+            if numel is not None and numel <= storage.numel:
+                continue
         if not tensor.fits_storage():
             lo, hi = tensor.element_span()
             yield Finding("integrity.tensor-outside-storage", Severity.ERROR, ctx.where(key),

@@ -30,6 +30,8 @@ def flatten_state_dict(value: Any, prefix: str = "", strict: bool = False) -> di
     """
     if not isinstance(value, dict):
         return None
+    if not prefix and set(map(type, value)) == {str} and set(map(type, value.values())) == {TensorRef}:
+        return dict(value)   # already flat (safetensors, most state dicts): C-level checks and copy
     out: dict[str, TensorRef] = {}
     for k, v in value.items():
         name = f"{prefix}{k}"

@@ -258,3 +258,26 @@ def test_inspect_process_never_imports_torch_or_numpy(samples: dict[str, Path], 
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "MODULES False False False"
+
+
+def test_a_model_of_thousands_of_modules_shows_the_first_and_last_rows_and_json_keeps_all(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "moe.safetensors"
+    save_file({f"layers.{i}.experts.{j}.w": torch.zeros(2) for i in range(300) for j in range(2)}, str(path))
+    text = _invoke(str(path)).stdout
+    shown = [line.split()[0] for line in text.splitlines() if line.startswith("  layers.")]
+    assert len(shown) == 25 and "  ... 275 more modules" in text
+    assert "  (300 modules: --json lists every one, --tensors every tensor)" in text
+    # safetensors stores names sorted: "layers.0", "layers.1", "layers.10", ...
+    assert shown[:3] == ["layers.0", "layers.1", "layers.10"] and shown[-1] == "layers.99"
+    data = json.loads(_invoke(str(path), "--json").stdout)["model"]
+    assert len(data["modules"]) == 300 and len(data["tensor_list"]) == 600
+    assert data["modules"][0] == {"prefix": "layers.0", "tensors": 2, "parameters": 4, "dtypes": "float32"}
+    assert data["tensor_list"][0] == {"name": "layers.0.experts.0.w", "dtype": "float32", "shape": [2],
+                                      "parameters": 2}
+
+
+def test_a_model_of_few_modules_shows_every_row(samples: dict[str, Path]) -> None:
+    text = _invoke(str(samples["checkpoint_step_1000.pt"])).stdout
+    assert "more modules" not in text and "modules: --json" not in text

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckptkit.core.checkpoint import ByteRange, StorageRef, TensorRef
+from ckptkit.core.checkpoint import ByteRange, StorageRef, TensorRef, iter_tensors
 from ckptkit.core.dtypes import dtype_named
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.formats import open_checkpoint
@@ -58,3 +58,15 @@ def test_scalar_value_reads_one_element_tensors_of_each_dtype(tmp_path: Path) ->
     torch.save(values, path)
     tree = open_checkpoint(path).tree
     assert {k: tree[k].scalar_value() for k in values} == {"f32": 3.0, "bf16": 2.5, "i64": -7, "b": True, "one": 4.0}
+
+
+def test_tensor_paths_are_the_same_whether_a_dict_holds_only_tensors_or_also_other_values(tmp_path: Path) -> None:
+    """A dict of tensors only is walked in one step; its paths and order match the general walk."""
+    t = [TensorRef(dtype_named("float32"), (1,), (1,), _storage(tmp_path / "f", 0, 4, 1)) for _ in range(4)]
+    tree = {"model": {"b.w": t[0], "a.w": t[1]}, "opt": {"state": {0: {"m": t[2]}}, "lr": 0.1}, "x": [t[3]],
+            "flat": {"z": t[1]}}
+    assert [(k, id(v)) for k, v in iter_tensors(tree)] == [
+        ("model.b.w", id(t[0])), ("model.a.w", id(t[1])), ("opt.state.0.m", id(t[2])), ("x.0", id(t[3])),
+        ("flat.z", id(t[1]))]
+    assert [k for k, _ in iter_tensors({"b": t[0], "a": t[1]})] == ["b", "a"]
+    assert [k for k, _ in iter_tensors({"b": t[0], 3: t[1]})] == ["b", "3"]

@@ -82,3 +82,21 @@ def test_real_transformers_shards_without_their_config_are_read(tmp_path: Path) 
     alone = open_checkpoint(folder)
     assert (with_config.format, alone.format) == ("save-pretrained", "safetensors-shards")
     assert {n: t.describe() for n, t in alone.model.items()} == {n: t.describe() for n, t in with_config.model.items()}
+
+
+def test_each_shard_header_is_read_once_and_the_first_gives_the_folder_its_metadata(
+        source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ckptkit.formats.safetensors_file as sf
+
+    folder = _shards(source[0], tmp_path / "shards")
+    reads: list[str] = []
+    original = sf.read_header_entries
+
+    def counting(path: Path, base: int = 0):  # type: ignore[no-untyped-def]
+        reads.append(path.name)
+        return original(path, base)
+    monkeypatch.setattr(sf, "read_header_entries", counting)
+    ckpt = open_checkpoint(folder)
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert len(shards) > 1 and sorted(reads) == shards
+    assert ckpt.metadata["ckptkit.source_format"] == "torch-zip"

@@ -55,3 +55,21 @@ def test_a_tensor_reaching_past_its_storage(tmp_path: Path) -> None:
     finding = only(validate_checkpoint(ckpt, siblings=False), "integrity.tensor-outside-storage")
     assert "float32[4] with offset 3 and stride [1] needs storage elements 3..7, but its storage holds 5" \
         in finding.message
+
+
+def test_contiguous_tensors_from_offset_zero_are_still_checked_against_their_storage(tmp_path: Path) -> None:
+    """The common layout takes a short cut (one element count per shape): it must still flag a
+    tensor longer than its storage, once per tensor, beside tensors of the same shape that fit."""
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"\0" * 64)
+    f32 = dtype_named("float32")
+    fits = [StorageRef(str(i), f32, 8, "cpu", lambda: ByteRange(path, 0, 32), stored_nbytes=32) for i in range(3)]
+    short = StorageRef("s", f32, 6, "cpu", lambda: ByteRange(path, 0, 24), stored_nbytes=24)
+    model = {f"ok.{i}": TensorRef(f32, (2, 4), (4, 1), s) for i, s in enumerate(fits)}
+    model["long"] = TensorRef(f32, (2, 4), (4, 1), short)
+    model["ok.again"] = TensorRef(f32, (2, 4), (4, 1), fits[0])
+    ckpt = Checkpoint(path, "torch-zip", "state-dict", 64, dict(model), model=model)
+    finding = only(validate_checkpoint(ckpt, siblings=False), "integrity.tensor-outside-storage")
+    assert finding.where == "x.pt: long"
+    assert "float32[2, 4] with offset 0 and stride [4, 1] needs storage elements 0..8, but its storage holds 6" \
+        in finding.message

@@ -1,6 +1,9 @@
 """Wrapper prefixes and matching model keys across them (ckptkit/views/keys.py)."""
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ckptkit.views.keys import KeyRename, match_keys, module_prefixes, split_known_prefix, strip_known_prefix
 
 
@@ -47,3 +50,27 @@ def test_modules_go_one_level_deeper_while_everything_shares_a_prefix() -> None:
     assert module_prefixes(names) == {"layers.0.weight": "layers.0", "layers.0.bias": "layers.0",
                                       "layers.1.weight": "layers.1"}
     assert set(module_prefixes(["embed.weight", "head.weight"]).values()) == {"embed", "head"}
+
+
+def _modules_level_by_level(names: list[str], max_depth: int = 4) -> dict[str, str]:
+    """The definition module_prefixes follows (it starts deeper where every name shares a prefix)."""
+    depth = 1
+    while depth < max_depth:
+        prefixes = {".".join(k.split(".")[:depth]) for k in names}
+        if len(prefixes) > 1 or all(k.count(".") < depth for k in names):
+            break
+        depth += 1
+    return {k: ".".join(k.split(".")[:depth]) for k in names}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "ab", "", "0", "10"]), min_size=1, max_size=6).map(".".join),
+                max_size=5), st.integers(1, 5))
+def test_modules_are_the_level_by_level_grouping_for_any_names(names: list[str], max_depth: int) -> None:
+    assert module_prefixes(names, max_depth) == _modules_level_by_level(names, max_depth)
+
+
+def test_many_names_under_one_shared_prefix_group_by_their_first_differing_level() -> None:
+    names = [f"model.layers.{i}.experts.{j}.weight" for i in range(3) for j in range(2)]
+    assert module_prefixes(names) == {n: ".".join(n.split(".")[:3]) for n in names}
+    assert set(module_prefixes(["model.embed.weight"]).values()) == {"model.embed.weight"}
