@@ -18,6 +18,7 @@ from ckptkit.formats.zip_directory import ZipDirectory
 
 _LOCAL_MAGIC, _DESCRIPTOR_MAGIC = 0x04034B50, 0x08074B50
 _STREAMED = 0x08
+BLOCK = 8192          # members gathered per numpy call (an index of BLOCK x 46 positions)
 _PAD_TAG, _PAD_BYTE = 0x4246, ord("Z")      # torch's "FB" extra field, filled with "Z"
 
 
@@ -79,9 +80,15 @@ def plain_members(view: memoryview, directory: ZipDirectory) -> PlainMembers:
 
 
 def _records(buf: np.ndarray, at: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The `dtype.itemsize` bytes at each of `at` (all inside `buf`), as records of `dtype`."""
-    block = buf[at[:, None] + np.arange(dtype.itemsize)]
-    return block.view(dtype).reshape(len(at))
+    """The `dtype.itemsize` bytes at each of `at` (all inside `buf`), as records of `dtype`;
+    gathered BLOCK positions at a time, so the index array stays small whatever the count."""
+    out = np.empty(len(at), dtype)
+    raw = out.view(np.uint8).reshape(len(at), dtype.itemsize)
+    width = np.arange(dtype.itemsize, dtype=np.int64)
+    for start in range(0, len(at), BLOCK):
+        part = at[start: start + BLOCK]
+        raw[start: start + len(part)] = buf[part[:, None] + width]
+    return out
 
 
 def _u16(buf: np.ndarray, at: np.ndarray) -> np.ndarray:

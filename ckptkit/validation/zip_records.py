@@ -102,6 +102,10 @@ def zip_members(path: Path, source: FileBytes | None = None, directory: ZipDirec
             out.add(record)
         if problem is not None:
             out.problems.append(f"member {info.filename}: {problem}")
+    view.release()
+    # The headers lie between the records: reading them touched most pages of the file, which
+    # would count in this process's memory until the data pass releases them a window at a time.
+    source.release(0, size)
     return out
 
 
