@@ -69,20 +69,21 @@ def _windows(records: list[Record]) -> Iterator[_Window]:
     sizes: dict[int, int] = {}
     maps: dict[Path, FileBytes] = {}
     window: _Window | None = None
+    path, source, size = None, None, 0        # the open window's
     for r in records:
         if r.source is None:      # a range mapped when read: one map per file, not one per record
             r.source = maps.setdefault(r.path, FileBytes(r.path))
         end = r.offset + r.length
-        if window is not None and r.source is window.records[0].source \
-                and (r.path is window.records[0].path or r.path == window.records[0].path) \
-                and r.offset >= window.start and max(end, window.end) - window.start <= WINDOW_BYTES \
-                and end + _SLACK <= _file_size(r, sizes):
+        if window is not None and r.source is source and (r.path is path or r.path == path) \
+                and r.offset >= window.start and end - window.start <= WINDOW_BYTES and end + _SLACK <= size:
             window.records.append(r)
-            window.end = max(window.end, end)
+            if end > window.end:
+                window.end = end
             continue
         if window is not None:
             yield window
-        alone = (r.length > WINDOW_BYTES or r.offset < 0 or end + _SLACK > _file_size(r, sizes))
+        path, source, size = r.path, r.source, _file_size(r, sizes)
+        alone = r.length > WINDOW_BYTES or r.offset < 0 or end + _SLACK > size
         window = _Window(r, alone)
         if alone:
             yield window

@@ -95,22 +95,30 @@ def _u16(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
     return buf[at].astype(np.int64) | buf[at + 1].astype(np.int64) << 8
 
 
-def _spans(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(member of each byte, position of each byte) for the byte ranges starts[i] + 0..lengths[i]."""
-    owner = np.repeat(np.arange(len(starts)), lengths)
+def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Every byte position of the ranges starts[i] + 0..lengths[i], range after range."""
     first = np.cumsum(lengths) - lengths
-    return owner, np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
+    return np.repeat(starts - first, lengths) + np.arange(int(lengths.sum()))
+
+
+def _mark(out: np.ndarray, bad_bytes: np.ndarray, lengths: np.ndarray) -> None:
+    """Set out[i] where a byte of range i (laid out as `_positions` lays them) is bad."""
+    at = np.flatnonzero(bad_bytes)
+    if at.size:
+        out[np.searchsorted(np.cumsum(lengths), at, side="right")] = True
 
 
 def _same_ascii_names(file: np.ndarray, central: np.ndarray, local_at: np.ndarray, central_at: np.ndarray,
                       lengths: np.ndarray) -> np.ndarray:
     """The local header repeats the central directory's name byte for byte, all ASCII (then the
     name `_member` re-encodes is those very bytes, under either of zip's name encodings)."""
-    owner, local = _spans(local_at, lengths)
-    _, central_bytes = _spans(central_at, lengths)
-    a, b = file[local], central[central_bytes]
-    bad = np.bincount(owner, weights=(a != b) | (a >= 0x80), minlength=len(lengths))
-    return bad == 0
+    differ = np.zeros(len(lengths), bool)
+    for start in range(0, len(lengths), BLOCK):
+        part = slice(start, start + BLOCK)
+        local = file[_positions(local_at[part], lengths[part])]
+        _mark(differ[part], (local != central[_positions(central_at[part], lengths[part])]) | (local >= 0x80),
+              lengths[part])
+    return ~differ
 
 
 def _padding_intact(file: np.ndarray, at: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -118,9 +126,12 @@ def _padding_intact(file: np.ndarray, at: np.ndarray, lengths: np.ndarray) -> np
     fits = lengths >= 4
     tag_at = np.where(fits, at, 0)
     one_field = fits & (_u16(file, tag_at) == _PAD_TAG) & (_u16(file, tag_at + 2) == lengths - 4)
-    owner, fill = _spans(np.where(one_field, at + 4, 0), np.where(one_field, lengths - 4, 0))
-    bad = np.bincount(owner, weights=file[fill] != _PAD_BYTE, minlength=len(lengths))
-    return (lengths == 0) | (one_field & (bad == 0))
+    fill_at, fill = np.where(one_field, at + 4, 0), np.where(one_field, lengths - 4, 0)
+    changed = np.zeros(len(lengths), bool)
+    for start in range(0, len(lengths), BLOCK):
+        part = slice(start, start + BLOCK)
+        _mark(changed[part], file[_positions(fill_at[part], fill[part])] != _PAD_BYTE, fill[part])
+    return (lengths == 0) | (one_field & ~changed)
 
 
 def _descriptor_agrees(file: np.ndarray, at: np.ndarray, crc: np.ndarray, csize: np.ndarray,
