@@ -76,6 +76,12 @@ class StorageRef:
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
 
+    @property
+    def pending_locate(self) -> Callable[[], ByteRange] | None:
+        """How the bytes will be found, while they have not been yet (None once they have): a
+        reader that knows a faster way for many records at once (`--deep`) asks its format."""
+        return self._locate if self._range is None else None
+
     def byte_range(self) -> ByteRange:
         if self._range is None:
             assert self._locate is not None, "a StorageRef needs `locate` or `where`"

@@ -238,6 +238,20 @@ class RecordLocator:
         return found
 
 
+def storage_member(storage: StorageRef) -> tuple[Path, str, FileBytes, Mapping[str, Any]] | None:
+    """The archive file, member name, map and central directory of a storage this module's reader
+    found and has not located yet, in an archive that starts its file; None for any other
+    storage. A pass over every member at once (`validate --deep`) then needs no local-header
+    read per storage, nor a second read of the directory."""
+    locate = storage.pending_locate
+    if not (isinstance(locate, functools.partial) and isinstance(locate.func, RecordLocator)):
+        return None
+    locator: RecordLocator = locate.func
+    if locator.base != 0:
+        return None
+    return locator.path, f"{locator.index.prefix}/data/{locate.args[0]}", locator.source, locator.index.infos
+
+
 def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0,
                   f: BinaryIO | None = None, *, view: memoryview | None = None,
                   source: FileBytes | None = None) -> ByteRange:

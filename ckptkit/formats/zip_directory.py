@@ -65,6 +65,11 @@ class ZipDirectory(Mapping[str, ZipEntry]):
     def __len__(self) -> int:
         return len(self._positions)
 
+    def layout(self) -> tuple[bytes, dict[str, int], int]:
+        """The directory's bytes, where each name's entry starts in them, and where the archive
+        starts in its file: for a reader that checks every entry at once (`--deep`)."""
+        return self._data, self._positions, self._concat
+
 
 def read_directory(source: Any) -> ZipDirectory | None:
     """name -> entry for every member of the archive in the open binary file `source`, or None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import struct
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange
-from ckptkit.formats.zip_directory import read_directory
+from ckptkit.formats.zip_directory import ZipDirectory, read_directory
 
 _LOCAL = struct.Struct("<4s5HLLLHH")
 _DESCRIPTOR_MAGIC = b"PK\x07\x08"
@@ -29,28 +30,83 @@ class ZipRecord:
     crc: int
 
 
+@dataclass
+class ZipMembers:
+    """The members of one archive that check out: name, data offset, size and promised CRC-32 at
+    the same index of each list (lists, not a ZipRecord each: an archive may hold 100,000), all
+    read through `source`; `problems` in plain words, in central-directory order."""
+
+    path: Path
+    source: FileBytes
+    names: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    crcs: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    plain: int = 0      # the first `plain` members checked out all at once (`zip_headers`)
+
+    def record(self, i: int) -> ZipRecord:
+        return ZipRecord(self.names[i], ByteRange(self.path, self.offsets[i], self.sizes[i], self.source),
+                         self.crcs[i])
+
+    def add(self, record: ZipRecord) -> None:
+        self.names.append(record.member)
+        self.offsets.append(record.where.offset)
+        self.sizes.append(record.where.length)
+        self.crcs.append(record.crc)
+
+
 def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
     """(records, problems): one record per member that checks out; problems in plain words."""
+    members = zip_members(path)
+    return [members.record(i) for i in range(len(members.names))], members.problems
+
+
+def zip_members(path: Path, source: FileBytes | None = None, directory: ZipDirectory | None = None) -> ZipMembers:
+    """Every member of the archive at `path` that checks out, read through `source` (default: a
+    map of its own); `directory`: its central directory, as its reader read it already. torch's
+    plain archives are checked all at once (`zip_headers`); a member that does not check out
+    there, and every member of any other archive, is checked by `_member`, which says what is
+    wrong."""
+    source = source if source is not None else FileBytes(path)    # one map for every record and header
+    out = ZipMembers(path, source)
     try:
-        with open(path, "rb") as f:
-            infos: Any = read_directory(f)   # a plain archive (torch's) without zipfile's ZipInfos
+        infos: Any = directory
+        if infos is None:
+            with open(path, "rb") as f:
+                infos = read_directory(f)   # a plain archive (torch's) without zipfile's ZipInfos
         if infos is None:
             with zipfile.ZipFile(path) as zf:
                 infos = {i.filename: i for i in zf.infolist()}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-        return [], [f"zip directory cannot be read: {exc}"]
-    records: list[ZipRecord] = []
-    problems: list[str] = []
-    size = path.stat().st_size
-    source = FileBytes(path)    # one map for every record's bytes and headers
+        out.problems.append(f"zip directory cannot be read: {exc}")
+        return out
     view = source.view()
-    for info in infos.values():
+    names: Iterable[str] = infos
+    if isinstance(infos, ZipDirectory) and len(view):
+        # numpy only here: commands that never check every member (inspect, ls) stay numpy-free.
+        from ckptkit.validation.zip_headers import plain_members
+        plain = plain_members(view, infos)
+        ok = plain.plain
+        flags = ok.tolist()
+        out.names = [n for n, good in zip(plain.names, flags, strict=True) if good]
+        out.offsets, out.sizes, out.crcs = (plain.offsets[ok].tolist(), plain.sizes[ok].tolist(),
+                                            plain.crcs[ok].tolist())
+        out.plain = len(out.names)
+        names = [n for n, good in zip(plain.names, flags, strict=True) if not good]
+    size = len(view)
+    for name in names:
+        info = infos[name]
         record, problem = _member(view, path, size, info, source)
         if record is not None:
-            records.append(record)
+            out.add(record)
         if problem is not None:
-            problems.append(f"member {info.filename}: {problem}")
-    return records, problems
+            out.problems.append(f"member {info.filename}: {problem}")
+    view.release()
+    # The headers lie between the records: reading them touched most pages of the file, which
+    # would count in this process's memory until the data pass releases them a window at a time.
+    source.release(0, size)
+    return out
 
 
 def _member(view: memoryview, path: Path, size: int, info: Any,
