@@ -80,12 +80,17 @@ def _tensor_ref(dtype: DType, storage: Any, offset: Any, size: Any, stride: Any,
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    # `type() is int`: bool is not a count, and no other int subclass can come out of the
+    # unpickler (ints come from opcodes and ckptkit's own functions, classes become stubs).
+    return type(value) is int and value >= 0
 
 
 def _int_tuple(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, (tuple, list)) or not all(_is_count(v) for v in value):
+    if not isinstance(value, (tuple, list)):
         return None
+    for v in value:     # a loop, not all(genexpr): two calls per tensor record fewer
+        if type(v) is not int or v < 0:
+            return None
     return tuple(value)
 
 
