@@ -23,7 +23,7 @@ from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.formats.pickle_members import read_zip_pickles
-from ckptkit.formats.zip_directory import member_fits, read_directory, read_member
+from ckptkit.formats.zip_directory import ZipDirectory, member_fits, read_directory, read_member
 from ckptkit.storage.pickle_writer import dumps_tree
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
@@ -108,6 +108,14 @@ class ArchiveIndex:
     def record_info(self, key: str) -> zipfile.ZipInfo | None:
         return self.infos.get(f"{self.prefix}/data/{key}")
 
+    def record_size(self, key: str) -> int | None:
+        """The stored size of record `key` (None when it is missing), as `record_info(key).file_size`."""
+        name = f"{self.prefix}/data/{key}"
+        if isinstance(self.infos, ZipDirectory):
+            return self.infos.file_size(name)
+        info = self.infos.get(name)
+        return info.file_size if info is not None else None
+
 
 def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
     """The archive's directory and data.pkl bytes, found as every reader finds them (`source`: an
@@ -167,13 +175,13 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
         if not isinstance(stype, StorageType):
             raise CorruptCheckpointError(path, f"storage {key!r} has an unknown storage type")
         key = str(key)
-        if key not in storages:
-            member = index.record_info(key)
-            storages[key] = StorageRef(
+        ref = storages.get(key)
+        if ref is None:
+            ref = storages[key] = StorageRef(
                 key, stype.dtype, int(numel), str(location),
                 locate=partial(locate, key),   # smaller than a lambda: one per storage record
-                stored_nbytes=member.file_size if member is not None else None)
-        return storages[key]
+                stored_nbytes=index.record_size(key))
+        return ref
 
     result = unpickle_or_raise(path, what, lambda: safe_loads(index.data_pkl, persistent_load))
     return result.value, result.globals, storages

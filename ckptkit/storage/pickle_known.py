@@ -72,26 +72,19 @@ def _tensor_ref(dtype: DType, storage: Any, offset: Any, size: Any, stride: Any,
                                 "nested torch.save blob); re-save them with torch.save")
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage record")
-    shape, strides = _int_tuple(size), _int_tuple(stride)
-    if shape is None or strides is None or len(shape) != len(strides) or not _is_count(offset):
+    # Counts are exact ints >= 0 (`type() is int`: bool is not a count, and no other int subclass
+    # can come out of the unpickler). Checked inline: this runs once per tensor record.
+    valid = (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
+             and type(offset) is int and offset >= 0)
+    if valid:
+        for v in (size, stride):
+            for n in v:
+                if type(n) is not int or n < 0:
+                    valid = False
+    if not valid:
         raise pickle.UnpicklingError(f"tensor on storage {storage.key!r} has a damaged shape, stride or "
                                      f"offset ({str(size)[:40]}, {str(stride)[:40]}, {str(offset)[:20]})")
-    return TensorRef(dtype, shape, strides, storage, offset, requires_grad=bool(requires_grad))
-
-
-def _is_count(value: Any) -> bool:
-    # `type() is int`: bool is not a count, and no other int subclass can come out of the
-    # unpickler (ints come from opcodes and ckptkit's own functions, classes become stubs).
-    return type(value) is int and value >= 0
-
-
-def _int_tuple(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, (tuple, list)):
-        return None
-    for v in value:     # a loop, not all(genexpr): two calls per tensor record fewer
-        if type(v) is not int or v < 0:
-            return None
-    return tuple(value)
+    return TensorRef(dtype, tuple(size), tuple(stride), storage, offset, requires_grad=bool(requires_grad))
 
 
 def _rebuild_tensor(storage: StorageRef, offset: int, size: Any, stride: Any, *rest: Any) -> TensorRef:
