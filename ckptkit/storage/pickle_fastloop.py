@@ -76,7 +76,9 @@ def run_in_memory(self: SafeUnpickler, data: bytes | memoryview,  # noqa: C901, 
     stack = self.stack
     append = stack.append
     put = dense.append
-    call, persistent_load, direct = self.call, self.persistent_load, self.direct_calls
+    call, direct = self.call, self.direct_calls
+    # the reader's own callback when there is one (SafeUnpickler.persistent_load only forwards to it)
+    persistent_load = self.persistent_callback or self.persistent_load
     source = self._source
     pos, end, count = 0, len(data), 0
     while True:

@@ -109,7 +109,7 @@ class SafeUnpickler(pickle._Unpickler):
         super().__init__(file, encoding="latin1")
         self.memo = Memo()
         self._source, self._data = file, data
-        self._persistent = persistent_load
+        self.persistent_callback = persistent_load
         self._max_length = max_length if max_length is not None else sys.maxsize
         self._refs: dict[tuple[str, str], str] = {}
         self._calls: dict[tuple[str, str], tuple[str, str]] = {}
@@ -150,9 +150,9 @@ class SafeUnpickler(pickle._Unpickler):
         return self._stub_classes[key]
 
     def persistent_load(self, pid: Any) -> Any:
-        if self._persistent is None:
+        if self.persistent_callback is None:
             raise pickle.UnpicklingError("persistent id in a pickle that should have none")
-        return self._persistent(pid)
+        return self.persistent_callback(pid)
 
     # -- calls ---------------------------------------------------------------------------
     def call(self, target: Any, args: Any, kwargs: Any = None, new_only: bool = False) -> Any:
