@@ -7,7 +7,6 @@ resolved lazily, when somebody asks for the bytes.
 from __future__ import annotations
 
 import errno
-import functools
 import io
 import os
 import struct
@@ -166,7 +165,6 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
     what = f"{index.prefix}/data.pkl"
     storages: dict[str, StorageRef] = {}
     locate = RecordLocator(path, index, base, source)
-    partial = functools.partial
 
     def persistent_load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -178,8 +176,7 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
         ref = storages.get(key)
         if ref is None:
             ref = storages[key] = StorageRef(
-                key, stype.dtype, int(numel), str(location),
-                locate=partial(locate, key),   # smaller than a lambda: one per storage record
+                key, stype.dtype, int(numel), str(location), locate_key=locate,
                 stored_nbytes=index.record_size(key))
         return ref
 

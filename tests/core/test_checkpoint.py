@@ -58,3 +58,19 @@ def test_scalar_value_reads_one_element_tensors_of_each_dtype(tmp_path: Path) ->
     torch.save(values, path)
     tree = open_checkpoint(path).tree
     assert {k: tree[k].scalar_value() for k in values} == {"f32": 3.0, "bf16": 2.5, "i64": -7, "b": True, "one": 4.0}
+
+
+def test_a_storage_located_by_key_asks_the_shared_locator_once_with_its_own_key(tmp_path: Path) -> None:
+    path = tmp_path / "records.bin"
+    path.write_bytes(bytes(range(16)))
+    asked: list[str] = []
+
+    def locate(key: str) -> ByteRange:
+        asked.append(key)
+        return ByteRange(path, 4 * int(key), 4)
+
+    first, third = (StorageRef(k, dtype_named("uint8"), 4, "cpu", locate_key=locate) for k in ("1", "3"))
+    assert bytes(first.read_bytes()) == bytes([4, 5, 6, 7])
+    assert bytes(third.read_bytes()) == bytes([12, 13, 14, 15])
+    assert first.byte_range() == ByteRange(path, 4, 4)
+    assert asked == ["1", "3"]
