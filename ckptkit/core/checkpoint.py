@@ -58,18 +58,21 @@ class StorageRef:
     tensors holds 100,000 of these, and memory should follow the index, not a dict per record.
     """
 
-    __slots__ = ("key", "dtype", "numel", "location", "stored_nbytes", "_locate", "_range")
+    __slots__ = ("key", "dtype", "numel", "location", "stored_nbytes", "_locate", "_locate_key", "_range")
 
     def __init__(self, key: str, dtype: DType, numel: int, location: str,
                  locate: Callable[[], ByteRange] | None = None, stored_nbytes: int | None = None,
-                 where: ByteRange | None = None) -> None:
-        """`locate`: finds the bytes when first asked; `where`: they are known already."""
+                 where: ByteRange | None = None, locate_key: Callable[[str], ByteRange] | None = None) -> None:
+        """`locate`: finds the bytes when first asked; `where`: they are known already;
+        `locate_key`: finds them from this record's key, one locator shared by every record of a
+        file (a closure per record would cost ~130 bytes and two collector-tracked objects each)."""
         self.key = key
         self.dtype = dtype
         self.numel = numel                # elements declared by the pickle / header
         self.location = location          # device it was saved from: "cpu", "cuda:0"
         self.stored_nbytes = stored_nbytes  # bytes actually present in the file, when known
         self._locate = locate
+        self._locate_key = locate_key
         self._range: ByteRange | None = where
 
     @property
@@ -77,15 +80,19 @@ class StorageRef:
         return self.numel * self.dtype.itemsize
 
     @property
-    def pending_locate(self) -> Callable[[], ByteRange] | None:
-        """How the bytes will be found, while they have not been yet (None once they have): a
-        reader that knows a faster way for many records at once (`--deep`) asks its format."""
-        return self._locate if self._range is None else None
+    def pending_locator(self) -> Callable[[str], ByteRange] | None:
+        """The shared locator (`locate_key`) that will find the bytes, while they have not been
+        found yet (None once they have): a reader that knows a faster way for many records at
+        once (`--deep`) asks its format."""
+        return self._locate_key if self._range is None else None
 
     def byte_range(self) -> ByteRange:
         if self._range is None:
-            assert self._locate is not None, "a StorageRef needs `locate` or `where`"
-            self._range = self._locate()
+            if self._locate_key is not None:
+                self._range = self._locate_key(self.key)
+            else:
+                assert self._locate is not None, "a StorageRef needs `locate`, `locate_key` or `where`"
+                self._range = self._locate()
         return self._range
 
     def read_bytes(self, start: int = 0, length: int | None = None) -> memoryview:

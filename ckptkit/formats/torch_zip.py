@@ -7,7 +7,6 @@ resolved lazily, when somebody asks for the bytes.
 from __future__ import annotations
 
 import errno
-import functools
 import io
 import os
 import struct
@@ -23,7 +22,13 @@ from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.formats.pickle_members import MAX_MEMBER_BYTES, read_zip_pickles, refused_member_error
-from ckptkit.formats.zip_directory import member_fits, read_directory, read_member, read_member_as_torch_does
+from ckptkit.formats.zip_directory import (
+    ZipDirectory,
+    member_fits,
+    read_directory,
+    read_member,
+    read_member_as_torch_does,
+)
 from ckptkit.storage.pickle_writer import dumps_tree
 from ckptkit.storage.safe_pickle import StorageType, safe_loads
 
@@ -108,6 +113,14 @@ class ArchiveIndex:
     def record_info(self, key: str) -> zipfile.ZipInfo | None:
         return self.infos.get(f"{self.prefix}/data/{key}")
 
+    def record_size(self, key: str) -> int | None:
+        """The stored size of record `key` (None when it is missing), as `record_info(key).file_size`."""
+        name = f"{self.prefix}/data/{key}"
+        if isinstance(self.infos, ZipDirectory):
+            return self.infos.file_size(name)
+        info = self.infos.get(name)
+        return info.file_size if info is not None else None
+
 
 def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
     """The archive's directory and data.pkl bytes, found as every reader finds them (`source`: an
@@ -159,7 +172,6 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
     what = f"{index.prefix}/data.pkl"
     storages: dict[str, StorageRef] = {}
     locate = RecordLocator(path, index, base, source)
-    partial = functools.partial
 
     def persistent_load(pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -168,13 +180,12 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
         if not isinstance(stype, StorageType):
             raise CorruptCheckpointError(path, f"storage {key!r} has an unknown storage type")
         key = str(key)
-        if key not in storages:
-            member = index.record_info(key)
-            storages[key] = StorageRef(
-                key, stype.dtype, int(numel), str(location),
-                locate=partial(locate, key),   # smaller than a lambda: one per storage record
-                stored_nbytes=member.file_size if member is not None else None)
-        return storages[key]
+        ref = storages.get(key)
+        if ref is None:
+            ref = storages[key] = StorageRef(
+                key, stype.dtype, int(numel), str(location), locate_key=locate,
+                stored_nbytes=index.record_size(key))
+        return ref
 
     result = unpickle_or_raise(path, what, lambda: safe_loads(index.data_pkl, persistent_load))
     return result.value, result.globals, storages
@@ -243,13 +254,10 @@ def storage_member(storage: StorageRef) -> tuple[Path, str, FileBytes, Mapping[s
     found and has not located yet, in an archive that starts its file; None for any other
     storage. A pass over every member at once (`validate --deep`) then needs no local-header
     read per storage, nor a second read of the directory."""
-    locate = storage.pending_locate
-    if not (isinstance(locate, functools.partial) and isinstance(locate.func, RecordLocator)):
+    locator = storage.pending_locator
+    if not isinstance(locator, RecordLocator) or locator.base != 0:
         return None
-    locator: RecordLocator = locate.func
-    if locator.base != 0:
-        return None
-    return locator.path, f"{locator.index.prefix}/data/{locate.args[0]}", locator.source, locator.index.infos
+    return locator.path, f"{locator.index.prefix}/data/{storage.key}", locator.source, locator.index.infos
 
 
 def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0,

@@ -18,6 +18,7 @@ from typing import Any
 
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")      # zipfile.structCentralDir
 _LOCAL = struct.Struct("<4s5HLLLHH")
+_FILE_SIZE, _FILE_SIZE_AT = struct.Struct("<L"), struct.calcsize("<4s4B4HLL")   # after magic..csize: usize
 _CENTRAL_MAGIC, _LOCAL_MAGIC = b"PK\x01\x02", b"PK\x03\x04"
 _UTF8_NAME, _ENCRYPTED = 0x800, 0x1
 _ZIP64 = 0xFFFFFFFF
@@ -55,6 +56,12 @@ class ZipDirectory(Mapping[str, ZipEntry]):
         (_, _, _, version, _, flags, method, time, date, crc, csize, usize, _, _, _, _, _, _,
          offset) = _CENTRAL.unpack_from(self._data, self._positions[name])
         return ZipEntry(name, offset + self._concat, method, csize, usize, crc, flags, version, (time, date))
+
+    def file_size(self, name: str) -> int | None:
+        """The member's uncompressed size (None when absent), without building its ZipEntry:
+        asked once per storage record while data.pkl is decoded."""
+        pos = self._positions.get(name)
+        return None if pos is None else int(_FILE_SIZE.unpack_from(self._data, pos + _FILE_SIZE_AT)[0])
 
     def __contains__(self, name: object) -> bool:
         return name in self._positions

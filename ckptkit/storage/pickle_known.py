@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckptkit.core.checkpoint import StorageRef, TensorRef
-from ckptkit.core.dtypes import DType, dtype_named
+from ckptkit.core.dtypes import dtype_named
 from ckptkit.storage.pickle_limits import PickleLimitError, check_keys
 from ckptkit.storage.pickle_values import (
     _STRUCT_CODES,
@@ -64,34 +64,29 @@ def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode(encoding)
 
 
-def _tensor_ref(dtype: DType, storage: Any, offset: Any, size: Any, stride: Any,
-                requires_grad: Any) -> TensorRef:
-    """A TensorRef from a rebuild call's arguments, refusing values no torch.save writes."""
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                    *_: Any) -> TensorRef:
+    """torch's _rebuild_tensor(_v2)(storage, offset, size, stride[, requires_grad, hooks, ...]):
+    a TensorRef, refusing values no torch.save writes. One function, no helpers: it runs once
+    per tensor record."""
     if isinstance(storage, PickledObject) and storage.qualified_name == "torch.storage._load_from_bytes":
         raise UnsupportedPickle("tensors written with pickle.dump instead of torch.save (each storage is a "
                                 "nested torch.save blob); re-save them with torch.save")
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage record")
-    shape, strides = _int_tuple(size), _int_tuple(stride)
-    if shape is None or strides is None or len(shape) != len(strides) or not _is_count(offset):
+    # Counts are exact ints >= 0 (`type() is int`: bool is not a count, and no other int subclass
+    # can come out of the unpickler).
+    valid = (isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list)) and len(size) == len(stride)
+             and type(offset) is int and offset >= 0)
+    if valid:
+        for v in (size, stride):
+            for n in v:
+                if type(n) is not int or n < 0:
+                    valid = False
+    if not valid:
         raise pickle.UnpicklingError(f"tensor on storage {storage.key!r} has a damaged shape, stride or "
                                      f"offset ({str(size)[:40]}, {str(stride)[:40]}, {str(offset)[:20]})")
-    return TensorRef(dtype, shape, strides, storage, offset, requires_grad=bool(requires_grad))
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _int_tuple(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, (tuple, list)) or not all(_is_count(v) for v in value):
-        return None
-    return tuple(value)
-
-
-def _rebuild_tensor(storage: StorageRef, offset: int, size: Any, stride: Any, *rest: Any) -> TensorRef:
-    dtype = storage.dtype if isinstance(storage, StorageRef) else None
-    return _tensor_ref(dtype, storage, offset, size, stride, rest[0] if rest else False)
+    return TensorRef(storage.dtype, tuple(size), tuple(stride), storage, offset, requires_grad=bool(requires_grad))
 
 
 def _rebuild_tensor_v3(storage: StorageRef, offset: int, size: Any, stride: Any, requires_grad: Any,
@@ -104,7 +99,9 @@ def _rebuild_tensor_v3(storage: StorageRef, offset: int, size: Any, stride: Any,
     if not isinstance(dtype, TorchDtypeValue):
         name = dtype.qualified_name if isinstance(dtype, type) and issubclass(dtype, PickledObject) else dtype
         raise pickle.UnpicklingError(f"tensor of dtype {name} (not a dtype ckptkit knows)")
-    return _tensor_ref(dtype_named(dtype.name), storage, offset, size, stride, requires_grad)
+    ref = _rebuild_tensor(storage, offset, size, stride, requires_grad)
+    ref.dtype = dtype_named(dtype.name)   # the storage's own dtype is bytes: the tensor's is this one
+    return ref
 
 
 def _rebuild_parameter(data: TensorRef, requires_grad: bool = True, *_: Any) -> TensorRef:

@@ -70,3 +70,19 @@ def test_tensor_paths_are_the_same_whether_a_dict_holds_only_tensors_or_also_oth
         ("flat.z", id(t[1]))]
     assert [k for k, _ in iter_tensors({"b": t[0], "a": t[1]})] == ["b", "a"]
     assert [k for k, _ in iter_tensors({"b": t[0], 3: t[1]})] == ["b", "3"]
+
+
+def test_a_storage_located_by_key_asks_the_shared_locator_once_with_its_own_key(tmp_path: Path) -> None:
+    path = tmp_path / "records.bin"
+    path.write_bytes(bytes(range(16)))
+    asked: list[str] = []
+
+    def locate(key: str) -> ByteRange:
+        asked.append(key)
+        return ByteRange(path, 4 * int(key), 4)
+
+    first, third = (StorageRef(k, dtype_named("uint8"), 4, "cpu", locate_key=locate) for k in ("1", "3"))
+    assert bytes(first.read_bytes()) == bytes([4, 5, 6, 7])
+    assert bytes(third.read_bytes()) == bytes([12, 13, 14, 15])
+    assert first.byte_range() == ByteRange(path, 4, 4)
+    assert asked == ["1", "3"]
