@@ -20,6 +20,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
 from ckptkit.core.errors import CkptkitError
+from ckptkit.families.base import optimizer_step
 from ckptkit.formats import open_checkpoint
 from ckptkit.validation.compatibility import check_compatibility
 from ckptkit.validation.completeness import check_completeness
@@ -43,6 +44,16 @@ class ValidationContext:
     deep: bool = False
     reference: Checkpoint | None = None
     progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
+    _steps: dict[int, int | None] = field(default_factory=dict, repr=False)
+
+    def optimizer_step(self, optimizer: Any) -> int | None:
+        """`families.base.optimizer_step`, read once per optimizer per validation: two checks ask,
+        and each reading touches every parameter's one-element `step` tensor (20,000 of them in
+        a mixture-of-experts optimizer). Keyed by identity: the context holds the checkpoint."""
+        key = id(optimizer)
+        if key not in self._steps:
+            self._steps[key] = optimizer_step(optimizer)
+        return self._steps[key]
 
     @property
     def name(self) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import Family, UnrepresentableProgress, counters_tree, family_named, optimizer_step
+from ckptkit.families import Family, UnrepresentableProgress, counters_tree, family_named
 from ckptkit.families.base import position_args
 from ckptkit.validation.position_range import place, position_in_range
 from ckptkit.views import sections as S
@@ -172,7 +172,7 @@ def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
     if found is None or "data_position" in found[1]:
         return      # ckptkit's trainers: data_position against global_step is checked above
     member, tree = found
-    total, updates = p.steps_per_epoch, optimizer_step(tree.get("optimizer_state_dict"))
+    total, updates = p.steps_per_epoch, ctx.optimizer_step(tree.get("optimizer_state_dict"))
     if None in (p.epochs_completed, total, updates) or total <= 0:   # type: ignore[operator]
         return
     done = p.epochs_completed * total + (p.step_in_epoch or 0)   # type: ignore[operator]
