@@ -46,7 +46,7 @@ class ValidationContext:
     progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
     _steps: dict[int, int | None] = field(default_factory=dict, repr=False)
 
-    def optimizer_step(self, optimizer: Any) -> int | None:
+    def read_optimizer_step(self, optimizer: Any) -> int | None:
         """`families.base.optimizer_step`, read once per optimizer per validation: two checks ask,
         and each reading touches every parameter's one-element `step` tensor (20,000 of them in
         a mixture-of-experts optimizer). Keyed by identity: the context holds the checkpoint."""

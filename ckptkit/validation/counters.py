@@ -103,7 +103,7 @@ def _step_budget(ctx: ValidationContext) -> Iterable[Finding]:
 def _optimizer_and_scheduler(ctx: ValidationContext) -> Iterable[Finding]:
     """An optimizer cannot have stepped more often than the trainer counted, nor the scheduler drift."""
     p, opt = ctx.ckpt.progress, ctx.ckpt.optimizer
-    opt_step = ctx.optimizer_step(opt) if S.is_optimizer_state(opt) else None
+    opt_step = ctx.read_optimizer_step(opt) if S.is_optimizer_state(opt) else None
     if opt_step is not None and p.global_step is not None and opt_step > p.global_step:
         # A warning: a run restarted from another run's optimizer (counters reset) is legitimate.
         yield Finding("counters.optimizer-ahead", Severity.WARNING, ctx.section_where("optimizer", "state.*.step"),

@@ -172,7 +172,7 @@ def _training_state(ctx: ValidationContext) -> Iterable[Finding]:
     if found is None or "data_position" in found[1]:
         return      # ckptkit's trainers: data_position against global_step is checked above
     member, tree = found
-    total, updates = p.steps_per_epoch, ctx.optimizer_step(tree.get("optimizer_state_dict"))
+    total, updates = p.steps_per_epoch, ctx.read_optimizer_step(tree.get("optimizer_state_dict"))
     if None in (p.epochs_completed, total, updates) or total <= 0:   # type: ignore[operator]
         return
     done = p.epochs_completed * total + (p.step_in_epoch or 0)   # type: ignore[operator]
