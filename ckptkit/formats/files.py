@@ -70,9 +70,12 @@ def cyclic_gc_paused() -> Iterator[None]:
         if was_enabled:
             # The objects made meanwhile count as new: the collector's first run would scan them
             # all (about a tenth of reading 100,000 safetensors entries). freeze + unfreeze moves
-            # every tracked object to the oldest generation unscanned and resets the counts.
-            gc.freeze()
-            gc.unfreeze()
+            # every tracked object to the oldest generation unscanned and resets the counts. Not
+            # when the program froze objects itself (e.g. before forking workers): unfreeze would
+            # thaw those too.
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
