@@ -135,20 +135,27 @@ def member_fits(info: Any, archive_size: int) -> bool:
             and (not stored or info.file_size <= archive_size))
 
 
+def _local_header(source: Any, offset: int) -> tuple[bytes, int] | None:
+    """The name a member's local header at `offset` gives, and where its data starts; None
+    when no local header is there."""
+    source.seek(offset)
+    header = source.read(_LOCAL.size)
+    if len(header) != _LOCAL.size or header[:4] != _LOCAL_MAGIC:
+        return None
+    name_len, extra_len = _LOCAL.unpack(header)[-2:]
+    return source.read(name_len), offset + _LOCAL.size + name_len + extra_len
+
+
 def read_member(source: Any, entry: ZipEntry) -> bytes | None:
     """A stored member's bytes, its CRC-32 checked; None for anything else (ask zipfile)."""
     if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
         return None
     if not member_fits(entry, source.seek(0, 2)):
         return None
-    source.seek(entry.header_offset)
-    header = source.read(_LOCAL.size)
-    if len(header) != _LOCAL.size or header[:4] != _LOCAL_MAGIC:
+    local = _local_header(source, entry.header_offset)
+    if local is None or local[0] != entry.filename.encode("utf-8" if entry.flag_bits & _UTF8_NAME else "cp437"):
         return None
-    name_len, extra_len = _LOCAL.unpack(header)[-2:]
-    if source.read(name_len) != entry.filename.encode("utf-8" if entry.flag_bits & _UTF8_NAME else "cp437"):
-        return None
-    source.seek(entry.header_offset + _LOCAL.size + name_len + extra_len)
+    source.seek(local[1])
     data: bytes = source.read(entry.file_size)
     if len(data) != entry.file_size or zlib.crc32(data) != entry.CRC:
         return None
@@ -160,15 +167,12 @@ def read_member_as_torch_does(source: Any, info: Any, limit: int) -> bytes | Non
     `zipfile` refuses: the local header's lengths, and no check of the CRC-32 (PyTorch builds
     miniz with MINIZ_DISABLE_ZIP_READER_CRC32_CHECKS), of the flag bits or of the local name.
     Stored or deflated, at most `limit` bytes; None when even that cannot be read."""
-    size = source.seek(0, 2)
-    if not 0 <= info.header_offset < size:
+    if not 0 <= info.header_offset < source.seek(0, 2):
         return None
-    source.seek(info.header_offset)
-    header = source.read(_LOCAL.size)
-    if len(header) != _LOCAL.size or header[:4] != _LOCAL_MAGIC:
+    local = _local_header(source, info.header_offset)
+    if local is None:
         return None
-    name_len, extra_len = _LOCAL.unpack(header)[-2:]
-    source.seek(info.header_offset + _LOCAL.size + name_len + extra_len)
+    source.seek(local[1])
     raw: bytes = source.read(min(info.compress_size, limit))
     if info.compress_type == zipfile.ZIP_STORED:
         return raw
