@@ -12,8 +12,9 @@ import os
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -249,15 +250,39 @@ class RecordLocator:
         return found
 
 
-def storage_member(storage: StorageRef) -> tuple[Path, str, FileBytes, Mapping[str, Any]] | None:
-    """The archive file, member name, map and central directory of a storage this module's reader
-    found and has not located yet, in an archive that starts its file; None for any other
-    storage. A pass over every member at once (`validate --deep`) then needs no local-header
-    read per storage, nor a second read of the directory."""
-    locator = storage.pending_locator
-    if not isinstance(locator, RecordLocator) or locator.base != 0:
-        return None
-    return locator.path, f"{locator.index.prefix}/data/{storage.key}", locator.source, locator.index.infos
+@dataclass
+class PendingMembers:
+    """Storages of one archive that this module's reader found and has not located yet: their
+    positions in the list asked about and their member names, with the archive's file, map and
+    central directory."""
+
+    path: Path
+    source: FileBytes
+    directory: Mapping[str, Any]
+    positions: list[int]
+    names: list[str]
+
+
+def pending_members(storages: Sequence[StorageRef]) -> list[PendingMembers]:
+    """The storages among `storages` that this module's reader found and has not located yet, in
+    archives that start their file, grouped by archive; every other storage is left out. A pass
+    over every member at once (`validate --deep`) then needs no local-header read per storage,
+    nor a second read of the directory. One archive's storages come in a row: the loop does
+    little more than compare each one's locator with the last."""
+    groups: dict[int, tuple[RecordLocator, list[int]]] = {}
+    last: object = None
+    positions: list[int] | None = None
+    for i, locator in enumerate(map(attrgetter("pending_locator"), storages)):
+        if locator is not last:
+            last, positions = locator, None
+            if isinstance(locator, RecordLocator) and locator.base == 0:
+                positions = groups.setdefault(id(locator), (locator, []))[1]
+        if positions is not None:
+            positions.append(i)
+    return [PendingMembers(locator.path, locator.source, locator.index.infos, positions,
+                           list(map(f"{locator.index.prefix}/data/".__add__,
+                                    map(attrgetter("key"), map(storages.__getitem__, positions)))))
+            for locator, positions in groups.values()]
 
 
 def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0,

@@ -13,16 +13,19 @@ from that same pass.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import operator
+from collections import Counter
+from collections.abc import Iterable
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.byte_source import FileBytes
-from ckptkit.core.checkpoint import Finding, Severity, StorageRef, TensorRef, iter_tensors
+from ckptkit.core.checkpoint import Finding, Severity, StorageRef, TensorRef
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats.dcp import TensorInChunksError
-from ckptkit.formats.files import cyclic_gc_paused
-from ckptkit.formats.torch_zip import storage_member
+from ckptkit.formats.torch_zip import pending_members
 from ckptkit.formats.zip_directory import ZipDirectory
 from ckptkit.validation.deep_records import Record
 from ckptkit.validation.zip_records import ZipMembers, ZipRecord, zip_members
@@ -33,8 +36,7 @@ if TYPE_CHECKING:
 def check_deep(ctx: ValidationContext) -> Iterable[Finding]:
     if not ctx.deep:
         return
-    with cyclic_gc_paused():      # 80,000 records, all kept: the collector would only re-scan them
-        records, problems = _plan(ctx)
+    records, problems = _plan(ctx)     # (the collector is paused while checks run: validate_checkpoint)
     yield from problems
     # numpy only here: commands that never read tensor bytes (inspect, ls) stay numpy-free.
     from ckptkit.validation.deep_scan import scan_records
@@ -43,34 +45,55 @@ def check_deep(ctx: ValidationContext) -> Iterable[Finding]:
 
 def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
     """Every record of every file, in file order; zip records carry their promised CRC."""
-    by_storage: dict[int, Record] = {}
     problems: list[Finding] = []
-    # Other tensors (a Lightning callback's best score is +inf by design) are CRC-checked only.
-    checked = ({id(t) for t in ctx.ckpt.model.values()} | {id(t) for _, t in iter_tensors(ctx.ckpt.optimizer)}
-               | {id(c.tensor) for chunks in ctx.ckpt.chunks.values() for c in chunks})   # DCP: app state
-    unreadable: set[int] = set()
+    checked = _value_checked(ctx)
     archives = _Archives()
-    for key, tensor in _record_tensors(ctx):
-        record = by_storage.get(id(tensor.storage))
+    claimed, rest = archives.claim(_record_tensors(ctx), checked)
+    by_storage: dict[int, Record] = {}
+    unreadable: set[int] = set()
+    for key, tensor in rest:
+        storage = tensor.storage
+        record = by_storage.get(id(storage))
         if record is None:
-            if id(tensor.storage) in unreadable:
+            if id(storage) in unreadable:
                 continue
-            record = archives.record(tensor.storage) or _located(ctx, key, tensor.storage, unreadable, problems)
+            record = _located(ctx, key, storage, unreadable, problems)
             if record is None:
                 continue
-            by_storage[id(tensor.storage)] = record
-        record.tensors.append(key)
-        if not record.values_checked and id(tensor) in checked:
-            record.values_checked = True
-    records = list(by_storage.values())
-    located = {(r.path, r.offset): r for r in records if r.crc is None}
-    for path in _zip_files(ctx, records):
+            by_storage[id(storage)] = record
+        record.add(key, id(tensor) in checked)
+    records = [*claimed, *by_storage.values()]
+    located = {(r.path, r.offset): r for r in by_storage.values() if r.crc is None}
+    paths = dict.fromkeys(map(attrgetter("path"), records))
+    zips = _zip_files(ctx, paths)
+    for path in zips:
         members = archives.members(path)
         problems += [_zip_finding(ctx, path, text) for text in members.problems]
         for i in archives.unclaimed(path):
             records += _attach_crc(located, members.record(i))
-    records.sort(key=lambda r: (str(r.path), r.offset))
+    # File order: by offset, then (a stable sort) by file name when there is more than one file.
+    records.sort(key=attrgetter("offset"))
+    if len({str(path) for path in [*paths, *zips]}) > 1:
+        records.sort(key=lambda r: str(r.path))
     return records, problems
+
+
+def _value_checked(ctx: ValidationContext) -> set[int]:
+    """The tensors whose values are checked, by identity: model weights, optimizer state and a DCP
+    folder's app state. Other tensors (a Lightning callback's best score is +inf by design) are
+    CRC-checked only."""
+    ckpt = ctx.ckpt
+    checked = set(map(id, ckpt.model.values()))
+    # The optimizer's tensors: the ids of everything below it are taken, containers and numbers
+    # alike, a level at a time. That is exact for tensors: every object in the set is alive (the
+    # tree holds it), and two live objects never share an id.
+    level: list[Any] = [ckpt.optimizer] if isinstance(ckpt.optimizer, (dict, list, tuple)) else []
+    while level:        # one level of the tree at a time
+        values = list(chain.from_iterable(node.values() if isinstance(node, dict) else node for node in level))
+        checked.update(map(id, values))
+        level = [value for value in values if isinstance(value, (dict, list, tuple))]
+    checked.update(id(c.tensor) for chunks in ckpt.chunks.values() for c in chunks)
+    return checked
 
 
 def _located(ctx: ValidationContext, key: str, storage: StorageRef, unreadable: set[int],
@@ -94,18 +117,15 @@ def _located(ctx: ValidationContext, key: str, storage: StorageRef, unreadable: 
 
 class _Archives:
     """Each zip file's members, read once (`zip_members`) when first needed. A storage that the
-    torch zip reader has not located yet and whose member checked out takes that member's range
-    and CRC straight from here (no local-header read per storage); every other storage is
-    located as its reader locates it, and claims its member by position (`_attach_crc`)."""
+    torch zip reader has not located yet, whose member checked out and which holds one tensor,
+    takes that member's range and CRC straight from here (`claim`: no local-header read per
+    storage, and no Python loop doing much per tensor); every other storage is located as its
+    reader locates it, and claims its member by position (`_attach_crc`)."""
 
     def __init__(self) -> None:
         self._members: dict[Path, ZipMembers] = {}
         self._by_name: dict[Path, dict[str, int]] = {}
         self._claimed: dict[Path, set[int]] = {}
-        self._last: Path | None = None
-        self._last_members = ZipMembers(Path(), FileBytes(Path()))
-        self._last_names: dict[str, int] = {}
-        self._last_claimed: set[int] = set()
 
     def members(self, path: Path, source: FileBytes | None = None, directory: object = None) -> ZipMembers:
         if path not in self._members:
@@ -116,33 +136,43 @@ class _Archives:
             self._claimed[path] = set()
         return self._members[path]
 
-    def record(self, storage: StorageRef) -> Record | None:
-        hint = storage_member(storage)
-        if hint is None:
-            return None
-        path, name, source, directory = hint
-        if path is not self._last:         # one archive's storages come in a row: skip hashing its path
-            self._last, self._last_members = path, self.members(path, source, directory)
-            self._last_names, self._last_claimed = self._by_name[path], self._claimed[path]
-        members = self._last_members
-        i = self._last_names.get(name)
-        if i is None or i >= members.plain:      # only a member that checked out all at once
-            return None
-        self._last_claimed.add(i)
-        return Record(path, members.offsets[i], members.sizes[i], members.source, storage, name, members.crcs[i])
+    def claim(self, pairs: list[tuple[str, TensorRef]],
+              checked: set[int]) -> tuple[list[Record], list[tuple[str, TensorRef]]]:
+        """Records for the tensors whose storage (theirs alone) lies in a member that checked out
+        all at once, made column by column; and the (key, tensor) pairs left for the loop."""
+        storages = list(map(attrgetter("storage"), map(itemgetter(1), pairs)))
+        counts = Counter(map(id, storages))
+        shared = {sid for sid, n in counts.items() if n > 1} if len(counts) < len(storages) else set()
+        records: list[Record] = []
+        taken = bytearray(len(pairs))
+        for group in pending_members(storages):
+            members = self.members(group.path, group.source, group.directory)
+            by_name, plain = self._by_name[group.path], members.plain
+            picked = [(p, i, name) for p, i, name in zip(group.positions, map(by_name.get, group.names),
+                                                          group.names, strict=True)
+                      if i is not None and i < plain and (not shared or id(storages[p]) not in shared)]
+            positions, found, names = (list(column) for column in zip(*picked, strict=True)) if picked else ([], [], [])
+            self._claimed[group.path].update(found)
+            for p in positions:
+                taken[p] = 1
+            mine = list(map(pairs.__getitem__, positions))     # (key, tensor) of each, then column by column
+            records += map(Record, repeat(group.path), map(members.offsets.__getitem__, found),
+                           map(members.sizes.__getitem__, found), repeat(members.source),
+                           map(storages.__getitem__, positions), names, map(members.crcs.__getitem__, found),
+                           map(itemgetter(0), mine), map(checked.__contains__, map(id, map(itemgetter(1), mine))))
+        rest = pairs if not records else list(compress(pairs, map(operator.not_, taken)))
+        return records, rest
 
     def unclaimed(self, path: Path) -> list[int]:
         claimed = self._claimed[path]
         return [i for i in range(len(self._members[path].names)) if i not in claimed]
 
 
-def _record_tensors(ctx: ValidationContext) -> Iterator[tuple[str, TensorRef]]:
+def _record_tensors(ctx: ValidationContext) -> list[tuple[str, TensorRef]]:
     """Every tensor with bytes of its own: the tree's, and each chunk of a chunked (DCP) tensor."""
-    yield from ctx.ckpt.tensors()
-    for fqn, chunks in ctx.ckpt.chunks.items():
-        for chunk in chunks:
-            if chunk.tensor is not None:
-                yield f"{fqn}[chunk at {list(chunk.offsets)}]", chunk.tensor
+    chunks = [(f"{fqn}[chunk at {list(chunk.offsets)}]", chunk.tensor)
+              for fqn, chunked in ctx.ckpt.chunks.items() for chunk in chunked if chunk.tensor is not None]
+    return [*ctx.tensors(), *chunks] if chunks else ctx.tensors()
 
 
 def _attach_crc(located: dict[tuple[Path, int], Record], z: ZipRecord) -> list[Record]:
@@ -154,8 +184,8 @@ def _attach_crc(located: dict[tuple[Path, int], Record], z: ZipRecord) -> list[R
     return [Record.at(z.where, member=z.member, crc=z.crc)]
 
 
-def _zip_files(ctx: ValidationContext, records: list[Record]) -> list[Path]:
-    paths = dict.fromkeys([*ctx.ckpt.files, *(r.path for r in records)])
+def _zip_files(ctx: ValidationContext, record_paths: Iterable[Path]) -> list[Path]:
+    paths = dict.fromkeys([*ctx.ckpt.files, *record_paths])
     return [Path(path) for path in paths if _is_zip(path)]
 
 

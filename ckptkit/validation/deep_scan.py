@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ import numpy as np
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Finding, Severity, mapped_bytes, release_mapped_pages
 from ckptkit.core.errors import CkptkitError
-from ckptkit.validation.deep_records import NON_NEGATIVE_SUFFIXES, Record
+from ckptkit.validation.deep_records import Record
 from ckptkit.validation.value_scan import ValueStats, scan_chunk
 
 if TYPE_CHECKING:
@@ -158,8 +159,7 @@ def _suspect_group(view: memoryview, start: int, name: str, group: list[Record])
     elif name in _F8_MASKS:
         bad = hi > 0
     else:
-        must_be_positive = np.fromiter((any(t.endswith(NON_NEGATIVE_SUFFIXES) for t in r.tensors)
-                                        for r in aligned), bool, len(aligned))
+        must_be_positive = np.fromiter(map(attrgetter("non_negative"), aligned), bool, len(aligned))
         bad = ~np.isfinite(lo) | ~np.isfinite(hi) | (must_be_positive & (lo < 0))
     return suspects | {id(aligned[i]) for i in np.flatnonzero(bad).tolist()}
 
@@ -187,7 +187,7 @@ def _scan_record(ctx: ValidationContext, record: Record, done: int, total: int) 
     """One record streamed on its own, a chunk at a time: its CRC-32 and value counts, and the
     findings they make."""
     dtype = record.storage.dtype if record.storage is not None and record.values_checked else None
-    non_negative = any(t.endswith(NON_NEGATIVE_SUFFIXES) for t in record.tensors)
+    non_negative = record.non_negative
     stats = ValueStats()
     crc = 0
     try:

@@ -24,7 +24,7 @@ def check_integrity(ctx: ValidationContext) -> Iterable[Finding]:
     # (shape, stride) of a contiguous tensor -> its element count: one entry per distinct shape,
     # so the common case (offset 0, contiguous, one storage each) costs no loop per tensor.
     contiguous: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-    for key, tensor in ctx.ckpt.tensors():
+    for key, tensor in ctx.tensors():
         storage = tensor.storage
         if id(storage) not in seen:
             seen.add(id(storage))

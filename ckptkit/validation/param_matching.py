@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ckptkit.core.checkpoint import TensorRef
 
@@ -22,8 +22,10 @@ _DOTTED_BUFFER_SUFFIXES = tuple("." + s for s in BUFFER_SUFFIXES)
 MOMENT_KEYS = ("exp_avg", "momentum_buffer", "square_avg", "sum", "exp_avg_sq")
 
 
-@dataclass(frozen=True)
-class OptimizerParam:
+class OptimizerParam(NamedTuple):
+    """(A tuple: a mixture-of-experts optimizer lists 20,000 of them, and a frozen dataclass
+    costs several times as much to make.)"""
+
     index: Any                       # the id the optimizer stored (int, or a name for named optimizers)
     group: int
     shape: tuple[int, ...] | None    # from its state tensors; None when it has no state yet
@@ -90,8 +92,8 @@ class Pairing:
 
 
 def pair(opt: dict[str, Any], model: dict[str, TensorRef]) -> Pairing:
-    params = optimizer_params(opt)
-    available = Counter(t.shape for _, t in model_parameters(model))
+    params, parameters = optimizer_params(opt), model_parameters(model)
+    available = Counter(t.shape for _, t in parameters)
     unmatched = None
     for i, p in enumerate(params):
         if p.shape is None:
@@ -100,7 +102,7 @@ def pair(opt: dict[str, Any], model: dict[str, TensorRef]) -> Pairing:
             available[p.shape] -= 1
         elif unmatched is None:
             unmatched = (i, p)
-    return Pairing(len(params), len(model_parameters(model)), unmatched)
+    return Pairing(len(params), len(parameters), unmatched)
 
 
 def describe_shape(shape: tuple[int, ...] | None) -> str:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def check_security(ctx: ValidationContext) -> Iterable[Finding]:
     yield from ctx.ckpt.findings
     # C-level passes: a shard folder has 100,000 tensors and (safetensors) never a subclass.
-    subclasses = sorted(set(map(attrgetter("subclass"), map(itemgetter(1), ctx.ckpt.tensors()))) - {None, ""})
+    subclasses = sorted(set(map(attrgetter("subclass"), map(itemgetter(1), ctx.tensors()))) - {None, ""})
     for name in subclasses:
         yield Finding("security.tensor-subclass", Severity.WARNING, ctx.where(),
                       f"tensors are pickled as subclass {name}: torch.load(weights_only=True) refuses "

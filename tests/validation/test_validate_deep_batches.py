@@ -8,6 +8,7 @@ across window boundaries, where a batching mistake would blame a neighbour or mi
 from __future__ import annotations
 
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,52 @@ def test_non_finite_findings_name_exactly_the_tensors_that_hold_them(tmp_path_fa
     found = deep_findings(path)
     assert [where.split(": ")[1] for _, where, _ in found] == expected
     assert all("found 1 NaN and 0 Inf" in message for _, _, message in found)
+
+
+def _planned(path: Path, one_at_a_time: bool) -> tuple[list[Any], list[Any]]:
+    """--deep's plan of `path` as comparable values; `one_at_a_time`: every storage located by
+    its own reader (no storage claimed from the all-members pass)."""
+    from ckptkit.formats import open_checkpoint
+    from ckptkit.validation import ValidationContext, deep
+
+    with pytest.MonkeyPatch.context() as patch:
+        if one_at_a_time:
+            patch.setattr(deep, "pending_members", lambda storages: [])
+        records, problems = deep._plan(ValidationContext(open_checkpoint(path), deep=True))
+    return ([(str(r.path), r.offset, r.length, r.member, r.crc, r.tensors, r.values_checked, r.non_negative,
+              r.storage is None) for r in records],
+            [(f.code, f.where, f.message) for f in problems])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 12), ties=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), max_size=3),
+       optimizer=st.booleans(), extra=st.booleans(), damage=st.one_of(st.none(), st.tuples(st.integers(0, 11),
+                                                                                            st.integers(0, 29))))
+def test_storages_claimed_all_at_once_are_planned_as_when_located_one_by_one(
+        tmp_path_factory: pytest.TempPathFactory, n: int,
+        ties: list[tuple[int, int]], optimizer: bool, extra: bool, damage: tuple[int, int] | None) -> None:
+    """Same records (range, member, CRC, tensors in order, which values are checked) and the same
+    findings, for tied weights, views, optimizer moments, a non-model tensor and a damaged header."""
+    model: dict[str, torch.Tensor] = {f"layer{i}.weight": torch.full((3 + i,), float(i)) for i in range(n)}
+    for a, b in ties:
+        if a < n and b < n and a != b:
+            model[f"layer{b}.weight"] = model[f"layer{a}.weight"]            # tied: one storage
+    base = torch.arange(8.0)
+    model["view.weight"] = base[2:6]                                        # a view into another storage
+    model["full.weight"] = base
+    tree: dict[str, Any] = {"model_state_dict": model}
+    if optimizer:
+        tree["optimizer_state_dict"] = {"state": {i: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2),
+                                                      "exp_avg_sq": torch.ones(2)} for i in range(n)},
+                                        "param_groups": [{"lr": 0.1, "params": list(range(n))}]}
+    if extra:
+        tree["best_score"] = torch.tensor(float("inf"))                     # CRC-checked only
+    path = tmp_path_factory.mktemp("plan") / "ckpt.pt"
+    torch.save(tree, path)
+    if damage is not None:
+        member, byte = damage
+        names = [name for name in zipfile.ZipFile(path).namelist() if "/data/" in name]
+        with zipfile.ZipFile(path) as zf:
+            header = zf.getinfo(names[member % len(names)]).header_offset
+        flip_bit(path, path, header + byte, bit=3)
+    assert _planned(path, False) == _planned(path, True)
