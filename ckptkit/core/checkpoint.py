@@ -80,11 +80,16 @@ class StorageRef:
         return self.numel * self.dtype.itemsize
 
     @property
-    def pending_locator(self) -> Callable[[str], ByteRange] | None:
-        """The shared locator (`locate_key`) that will find the bytes, while they have not been
-        found yet (None once they have): a reader that knows a faster way for many records at
-        once (`--deep`) asks its format."""
-        return self._locate_key if self._range is None else None
+    def shared_locator(self) -> Callable[[str], ByteRange] | None:
+        """The locator shared by every record of its file (`locate_key`) that finds, or found,
+        these bytes: a reader that knows a faster way for many records at once (`--deep`) asks
+        its format."""
+        return self._locate_key
+
+    @property
+    def found(self) -> ByteRange | None:
+        """Where the bytes lie once found (or given to it); None while they have not been."""
+        return self._range
 
     def byte_range(self) -> ByteRange:
         if self._range is None:

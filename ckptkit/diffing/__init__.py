@@ -35,7 +35,7 @@ from ckptkit.diffing.report import (
 )
 from ckptkit.diffing.state import diff_optimizer, diff_section
 from ckptkit.diffing.trees import DiffContext, diff_tensor_maps
-from ckptkit.formats import open_checkpoint
+from ckptkit.formats import cyclic_gc_paused, open_checkpoint
 from ckptkit.views.keys import module_prefixes, strip_known_prefix
 
 __all__ = ["SECTIONS", "Change", "CheckpointDiff", "DiffOptions", "GroupSummary", "TensorDiff", "Tolerance",
@@ -44,8 +44,10 @@ __all__ = ["SECTIONS", "Change", "CheckpointDiff", "DiffOptions", "GroupSummary"
 
 def diff_paths(a: str | os.PathLike[str], b: str | os.PathLike[str], options: DiffOptions = DiffOptions(),
                progress: Callable[[int], None] | None = None) -> CheckpointDiff:
-    """Open both checkpoints (raising CkptkitError when one is unusable) and diff them."""
-    return diff_checkpoints(open_checkpoint(Path(a)), open_checkpoint(Path(b)), options, progress)
+    """Open both checkpoints (raising CkptkitError when one is unusable) and diff them. The cycle
+    collector is paused meanwhile: it would only re-scan both trees as the comparison adds to them."""
+    with cyclic_gc_paused():
+        return diff_checkpoints(open_checkpoint(Path(a)), open_checkpoint(Path(b)), options, progress)
 
 
 def diff_checkpoints(a: Checkpoint, b: Checkpoint, options: DiffOptions = DiffOptions(),

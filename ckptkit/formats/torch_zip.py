@@ -251,38 +251,42 @@ class RecordLocator:
 
 
 @dataclass
-class PendingMembers:
-    """Storages of one archive that this module's reader found and has not located yet: their
-    positions in the list asked about and their member names, with the archive's file, map and
-    central directory."""
+class ArchiveStorages:
+    """Storages of one archive that this module's reader found: their positions in the list
+    asked about, their member names, and the range each was found at already (None while it
+    has not been looked for), with the archive's file, map and central directory."""
 
     path: Path
     source: FileBytes
     directory: Mapping[str, Any]
     positions: list[int]
     names: list[str]
+    found: list[ByteRange | None]
 
 
-def pending_members(storages: Sequence[StorageRef]) -> list[PendingMembers]:
-    """The storages among `storages` that this module's reader found and has not located yet, in
-    archives that start their file, grouped by archive; every other storage is left out. A pass
-    over every member at once (`validate --deep`) then needs no local-header read per storage,
-    nor a second read of the directory. One archive's storages come in a row: the loop does
-    little more than compare each one's locator with the last."""
+def archive_storages(storages: Sequence[StorageRef]) -> list[ArchiveStorages]:
+    """The storages among `storages` that this module's reader found in archives that start their
+    file, grouped by archive; every other storage is left out. A pass over every member at once
+    (`validate --deep`) then needs no local-header read per storage, nor a second read of the
+    directory. One archive's storages come in a row: the loop does little more than compare
+    each one's locator with the last."""
     groups: dict[int, tuple[RecordLocator, list[int]]] = {}
     last: object = None
     positions: list[int] | None = None
-    for i, locator in enumerate(map(attrgetter("pending_locator"), storages)):
+    for i, locator in enumerate(map(attrgetter("shared_locator"), storages)):
         if locator is not last:
             last, positions = locator, None
             if isinstance(locator, RecordLocator) and locator.base == 0:
                 positions = groups.setdefault(id(locator), (locator, []))[1]
         if positions is not None:
             positions.append(i)
-    return [PendingMembers(locator.path, locator.source, locator.index.infos, positions,
-                           list(map(f"{locator.index.prefix}/data/".__add__,
-                                    map(attrgetter("key"), map(storages.__getitem__, positions)))))
-            for locator, positions in groups.values()]
+    out = []
+    for locator, positions in groups.values():
+        mine = list(map(storages.__getitem__, positions))
+        out.append(ArchiveStorages(locator.path, locator.source, locator.index.infos, positions,
+                                   list(map(f"{locator.index.prefix}/data/".__add__, map(attrgetter("key"), mine))),
+                                   list(map(attrgetter("found"), mine))))
+    return out
 
 
 def locate_record(path: Path, info: zipfile.ZipInfo | None, key: str, base: int = 0,

@@ -25,7 +25,7 @@ from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import Finding, Severity, StorageRef, TensorRef
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats.dcp import TensorInChunksError
-from ckptkit.formats.torch_zip import pending_members
+from ckptkit.formats.torch_zip import archive_storages
 from ckptkit.formats.zip_directory import ZipDirectory
 from ckptkit.validation.deep_records import Record
 from ckptkit.validation.zip_records import ZipMembers, ZipRecord, zip_members
@@ -116,11 +116,11 @@ def _located(ctx: ValidationContext, key: str, storage: StorageRef, unreadable: 
 
 
 class _Archives:
-    """Each zip file's members, read once (`zip_members`) when first needed. A storage that the
-    torch zip reader has not located yet, whose member checked out and which holds one tensor,
-    takes that member's range and CRC straight from here (`claim`: no local-header read per
-    storage, and no Python loop doing much per tensor); every other storage is located as its
-    reader locates it, and claims its member by position (`_attach_crc`)."""
+    """Each zip file's members, read once (`zip_members`) when first needed. A storage of the
+    torch zip reader that holds one tensor and lies in a member that checked out takes that
+    member's range and CRC straight from here (`claim`: no local-header read per storage, and
+    no Python loop doing much per tensor); every other storage is located as its reader locates
+    it, and claims its member by position (`_attach_crc`)."""
 
     def __init__(self) -> None:
         self._members: dict[Path, ZipMembers] = {}
@@ -145,22 +145,26 @@ class _Archives:
         shared = {sid for sid, n in counts.items() if n > 1} if len(counts) < len(storages) else set()
         records: list[Record] = []
         taken = bytearray(len(pairs))
-        for group in pending_members(storages):
+        for group in archive_storages(storages):
             members = self.members(group.path, group.source, group.directory)
-            by_name, plain = self._by_name[group.path], members.plain
-            picked = [(p, i, name) for p, i, name in zip(group.positions, map(by_name.get, group.names),
-                                                          group.names, strict=True)
-                      if i is not None and i < plain and (not shared or id(storages[p]) not in shared)]
+            by_name, plain, offsets, sizes = self._by_name[group.path], members.plain, members.offsets, members.sizes
+            # A storage found already (its `step` read by the counters check) is claimed only at
+            # the range it was found at.
+            picked = [(p, i, name) for p, i, name, at in zip(group.positions, map(by_name.get, group.names),
+                                                              group.names, group.found, strict=True)
+                      if i is not None and i < plain and (not shared or id(storages[p]) not in shared)
+                      and (at is None or (at.offset == offsets[i] and at.length == sizes[i]))]
             positions, found, names = (list(column) for column in zip(*picked, strict=True)) if picked else ([], [], [])
             self._claimed[group.path].update(found)
             for p in positions:
                 taken[p] = 1
             mine = list(map(pairs.__getitem__, positions))     # (key, tensor) of each, then column by column
-            records += map(Record, repeat(group.path), map(members.offsets.__getitem__, found),
-                           map(members.sizes.__getitem__, found), repeat(members.source),
+            records += map(Record, repeat(group.path), map(offsets.__getitem__, found),
+                           map(sizes.__getitem__, found), repeat(members.source),
                            map(storages.__getitem__, positions), names, map(members.crcs.__getitem__, found),
                            map(itemgetter(0), mine), map(checked.__contains__, map(id, map(itemgetter(1), mine))))
-        rest = pairs if not records else list(compress(pairs, map(operator.not_, taken)))
+        rest = pairs if not records else [] if len(records) == len(pairs) else list(
+            compress(pairs, map(operator.not_, taken)))
         return records, rest
 
     def unclaimed(self, path: Path) -> list[int]:

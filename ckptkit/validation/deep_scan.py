@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
+from itertools import compress
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,12 +144,15 @@ def _suspect_values(view: memoryview, window: _Window) -> set[int]:
 def _suspect_group(view: memoryview, start: int, name: str, group: list[Record]) -> set[int]:
     itemsize = group[0].storage.dtype.itemsize if group[0].storage is not None else 1
     base = group[0].offset
-    aligned = [r for r in group if (r.offset - base) % itemsize == 0 and r.length >= itemsize]
-    suspects = {id(r) for r in group if (r.offset - base) % itemsize != 0}   # scanned alone instead
+    at = np.fromiter(map(attrgetter("offset"), group), np.int64, len(group)) - base
+    lengths = np.fromiter(map(attrgetter("length"), group), np.int64, len(group))
+    misaligned = at % itemsize != 0
+    suspects = {id(group[i]) for i in np.flatnonzero(misaligned).tolist()}    # scanned alone instead
+    keep = ~misaligned & (lengths >= itemsize)
+    aligned = list(compress(group, keep.tolist()))
     if not aligned:
         return suspects
-    first = np.fromiter(((r.offset - base) // itemsize for r in aligned), np.int64, len(aligned))
-    count = np.fromiter((r.length // itemsize for r in aligned), np.int64, len(aligned))
+    first, count = at[keep] // itemsize, lengths[keep] // itemsize
     bounds = np.empty(2 * len(aligned), np.int64)
     bounds[0::2], bounds[1::2] = first, first + count
     values = _values(view, base - start, int(bounds.max()) + 1, name)

@@ -163,7 +163,7 @@ def _planned(path: Path, one_at_a_time: bool) -> tuple[list[Any], list[Any]]:
 
     with pytest.MonkeyPatch.context() as patch:
         if one_at_a_time:
-            patch.setattr(deep, "pending_members", lambda storages: [])
+            patch.setattr(deep, "archive_storages", lambda storages: [])
         records, problems = deep._plan(ValidationContext(open_checkpoint(path), deep=True))
     return ([(str(r.path), r.offset, r.length, r.member, r.crc, r.tensors, r.values_checked, r.non_negative,
               r.storage is None) for r in records],
