@@ -233,9 +233,12 @@ class TensorRef:
         if self.numel != 1:
             return None
         fmt = _SCALAR_FORMATS.get(self.dtype.name)
-        raw = bytes(self.read_bytes())
-        if fmt is None or len(raw) != self.dtype.itemsize:
+        if fmt is None:
             return None
+        # Its one element is storage element `storage_offset`, whatever the strides (every size
+        # is 1): read straight, as an optimizer's 20,000 `step` tensors are, one after another.
+        itemsize = self.dtype.itemsize
+        raw = bytes(self.storage.read_bytes(self.storage_offset * itemsize, itemsize))
         value: float | int | bool      # what the formats in _SCALAR_FORMATS unpack to
         if self.dtype.name == "bfloat16":     # the high half of a float32
             value = struct.unpack("<f", b"\x00\x00" + raw)[0]

@@ -32,6 +32,7 @@ from ckptkit.validation.hf_folder import check_hf_folder
 from ckptkit.validation.integrity import check_integrity
 from ckptkit.validation.manifest import check_manifest
 from ckptkit.validation.optimizer import check_optimizer
+from ckptkit.validation.param_matching import OptimizerParam, optimizer_params
 from ckptkit.validation.precision import check_mixed_precision
 from ckptkit.validation.rng import check_rng
 from ckptkit.validation.security import check_security
@@ -47,6 +48,16 @@ class ValidationContext:
     progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
     _steps: dict[int, int | None] = field(default_factory=dict, repr=False)
     _tensors: list[tuple[str, TensorRef]] | None = field(default=None, repr=False)
+    _params: dict[int, list[OptimizerParam]] = field(default_factory=dict, repr=False)
+
+    def optimizer_params(self, optimizer: dict[str, Any]) -> list[OptimizerParam]:
+        """`param_matching.optimizer_params`, listed once per optimizer per validation: two checks
+        ask (groups, and the pairing with the model), 20,000 parameters each in a mixture of
+        experts. Keyed by identity, as `read_optimizer_step`."""
+        key = id(optimizer)
+        if key not in self._params:
+            self._params[key] = optimizer_params(optimizer)
+        return self._params[key]
 
     def tensors(self) -> list[tuple[str, TensorRef]]:
         """`ckpt.tensors()`, walked once per validation: several checks look at every tensor, and

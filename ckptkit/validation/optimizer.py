@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ckptkit.core.checkpoint import Finding, Severity, TensorRef
-from ckptkit.validation.param_matching import describe_shape, optimizer_params, pair
+from ckptkit.validation.param_matching import describe_shape, pair
 from ckptkit.views import sections as S
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def check_optimizer(ctx: ValidationContext) -> Iterable[Finding]:
 def _groups(ctx: ValidationContext, opt: dict[str, Any]) -> Iterable[Finding]:
     """Param indices must be disjoint across groups, and every state entry must belong to a group."""
     seen: dict[Any, int] = {}
-    for p in optimizer_params(opt):
+    for p in ctx.optimizer_params(opt):
         if p.index in seen:
             yield Finding("optimizer.param-in-two-groups", Severity.ERROR,
                           ctx.section_where("optimizer", "param_groups"),
@@ -69,7 +69,7 @@ def _learning_rates(ctx: ValidationContext, opt: dict[str, Any]) -> Iterable[Fin
 def against_model(ctx: ValidationContext, opt: dict[str, Any], model: dict[str, TensorRef], model_desc: str,
                   code: str = "optimizer.param-set-mismatch", exact: bool = False) -> Iterable[Finding]:
     """Every optimizer entry must find a parameter of its shape (all of them when `exact`)."""
-    pairing = pair(opt, model)
+    pairing = pair(ctx.optimizer_params(opt), model)
     if pairing.optimizer_count == 0 or (pairing.exact if exact else pairing.agrees):
         return
     count_fits = (pairing.optimizer_count == pairing.model_count if exact

@@ -91,8 +91,9 @@ class Pairing:
         return self.agrees and self.optimizer_count == self.model_count
 
 
-def pair(opt: dict[str, Any], model: dict[str, TensorRef]) -> Pairing:
-    params, parameters = optimizer_params(opt), model_parameters(model)
+def pair(params: list[OptimizerParam], model: dict[str, TensorRef]) -> Pairing:
+    """How the optimizer's parameters (`optimizer_params`) line up with the model's."""
+    parameters = model_parameters(model)
     available = Counter(t.shape for _, t in parameters)
     unmatched = None
     for i, p in enumerate(params):
