@@ -10,8 +10,9 @@ minimum where values must be >= 0, a bool byte above 1, a float8 NaN pattern) is
 again on its own by `_scan_record`, exactly as every record used to be: the findings, their
 counts and their words come from that one place, so batching can make nothing more or less
 suspicious than it is. Records larger than a window, or whose bytes reach the end of the file,
-are streamed on their own. Each window's pages are unmapped once it is done, so memory stays at
-about one window (plus a window of float32 when bf16/fp16 values are widened).
+are streamed on their own. Each window's pages are released once it is done (`FileBytes.release`
+unmaps them a batch of RELEASE_BATCH_BYTES at a time), so memory stays at about two windows (plus
+a window of float32 when bf16/fp16 values are widened).
 """
 from __future__ import annotations
 
