@@ -8,7 +8,7 @@ truncation, bit flips, zip member shuffles/drops, damaged header lengths (zip, s
 frames), a data.pkl replaced by deep nesting, a memo DAG, colliding dict keys, or a huge FRAME,
 a FRAME header inserted at a random spot, a second pickle appended, or zip flag bits / CRC-32
 fields changed (what zipfile refuses and PyTorch reads).
-Every read command (inspect, validate, ls on the folder, diff against the original) runs on it in
+Every read command (inspect, validate, validate --deep, ls on the folder, diff against the original) runs on it in
 a forked child under a time limit (SIGALRM, then SIGKILL) and an address-space limit of 512 MiB
 above the parent's size. The child's audit hook counts code executions: a real `pickle.find_class`,
 os.system, subprocess, exec of code, or the marker file a payload would touch.
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 FIXTURES = ROOT / "tests" / "fixtures"
 MARKER = Path(tempfile.gettempdir()) / "ckptkit-fuzz-EXECUTED"
-COMMANDS = ("inspect", "validate", "ls", "diff")
+COMMANDS = ("inspect", "validate", "deep", "ls", "diff")
 MUTATIONS = ("truncate", "bitflip", "zip_shuffle", "header_length", "deep_nesting", "memo_dag",
              "hash_flood", "huge_frame", "frame_insert", "trailing_pickle", "zip_flags")
 # ("exec" is left out: every import raises it for the module's own code)
@@ -303,7 +303,8 @@ def _run_commands(args: argparse.Namespace, n: int, work: Path, file: Path, unit
     commands = COMMANDS if args.profile == "full" or n % 2 == 0 else COMMANDS[:2]
     for command in commands:
         argv = {"inspect": ["inspect", str(target)], "validate": ["validate", str(target)],
-                "ls": ["ls", str(work)], "diff": ["diff", str(unit), str(target)]}[command]
+                "deep": ["validate", "--deep", str(target)], "ls": ["ls", str(work)],
+                "diff": ["diff", str(unit), str(target)]}[command]
         status = run_child(argv, args.time_limit, mem_limit)
         counts[status] += 1
         if status != "ok":
@@ -342,8 +343,8 @@ def _prewarm(pool: list[tuple[Path, Path]]) -> None:
     for file, unit in pool:
         kinds.setdefault((file.suffix, unit.is_dir()), (file, unit))
     for _, unit in kinds.values():
-        for argv in (["inspect", str(unit)], ["validate", str(unit)], ["ls", str(unit.parent)],
-                     ["diff", str(unit), str(unit)]):
+        for argv in (["inspect", str(unit)], ["validate", str(unit)], ["validate", "--deep", str(unit)],
+                     ["ls", str(unit.parent)], ["diff", str(unit), str(unit)]):
             CliRunner().invoke(main, argv)
 
 

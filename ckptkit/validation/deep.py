@@ -16,7 +16,7 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from collections.abc import Iterable
-from itertools import chain, compress, repeat
+from itertools import chain, compress
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats.dcp import TensorInChunksError
 from ckptkit.formats.torch_zip import archive_storages
 from ckptkit.formats.zip_directory import ZipDirectory
-from ckptkit.validation.deep_records import Record
+from ckptkit.validation.deep_records import ClaimedRecords, Record
 from ckptkit.validation.zip_records import ZipMembers, ZipRecord, zip_members
 
 if TYPE_CHECKING:
@@ -36,15 +36,16 @@ if TYPE_CHECKING:
 def check_deep(ctx: ValidationContext) -> Iterable[Finding]:
     if not ctx.deep:
         return
-    records, problems = _plan(ctx)     # (the collector is paused while checks run: validate_checkpoint)
+    records, claimed, problems = _plan(ctx)   # (the collector is paused while checks run: validate_checkpoint)
     yield from problems
     # numpy only here: commands that never read tensor bytes (inspect, ls) stay numpy-free.
     from ckptkit.validation.deep_scan import scan_records
-    yield from scan_records(ctx, records)
+    yield from scan_records(ctx, records, claimed)
 
 
-def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
-    """Every record of every file, in file order; zip records carry their promised CRC."""
+def _plan(ctx: ValidationContext) -> tuple[list[Record], list[ClaimedRecords], list[Finding]]:
+    """Every record of every file: the storages claimed column by column, and a Record for each
+    other one; zip records carry their promised CRC. `deep_scan` puts them in file order."""
     problems: list[Finding] = []
     checked = _value_checked(ctx)
     archives = _Archives()
@@ -62,20 +63,14 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[Finding]]:
                 continue
             by_storage[id(storage)] = record
         record.add(key, id(tensor) in checked)
-    records = [*claimed, *by_storage.values()]
-    located = {(r.path, r.offset): r for r in by_storage.values() if r.crc is None}
-    paths = dict.fromkeys(map(attrgetter("path"), records))
-    zips = _zip_files(ctx, paths)
-    for path in zips:
+    records = list(by_storage.values())
+    located = {(r.path, r.offset): r for r in records if r.crc is None}
+    for path in _zip_files(ctx, dict.fromkeys([*(block.path for block in claimed), *(r.path for r in records)])):
         members = archives.members(path)
         problems += [_zip_finding(ctx, path, text) for text in members.problems]
         for i in archives.unclaimed(path):
             records += _attach_crc(located, members.record(i))
-    # File order: by offset, then (a stable sort) by file name when there is more than one file.
-    records.sort(key=attrgetter("offset"))
-    if len({str(path) for path in [*paths, *zips]}) > 1:
-        records.sort(key=lambda r: str(r.path))
-    return records, problems
+    return records, claimed, problems
 
 
 def _value_checked(ctx: ValidationContext) -> set[int]:
@@ -137,13 +132,13 @@ class _Archives:
         return self._members[path]
 
     def claim(self, pairs: list[tuple[str, TensorRef]],
-              checked: set[int]) -> tuple[list[Record], list[tuple[str, TensorRef]]]:
-        """Records for the tensors whose storage (theirs alone) lies in a member that checked out
-        all at once, made column by column; and the (key, tensor) pairs left for the loop."""
+              checked: set[int]) -> tuple[list[ClaimedRecords], list[tuple[str, TensorRef]]]:
+        """The tensors whose storage (theirs alone) lies in a member that checked out all at once,
+        as records made column by column; and the (key, tensor) pairs left for the loop."""
         storages = list(map(attrgetter("storage"), map(itemgetter(1), pairs)))
         counts = Counter(map(id, storages))
         shared = {sid for sid, n in counts.items() if n > 1} if len(counts) < len(storages) else set()
-        records: list[Record] = []
+        blocks: list[ClaimedRecords] = []
         taken = bytearray(len(pairs))
         for group in archive_storages(storages):
             members = self.members(group.path, group.source, group.directory)
@@ -154,18 +149,23 @@ class _Archives:
                                                               group.names, group.found, strict=True)
                       if i is not None and i < plain and (not shared or id(storages[p]) not in shared)
                       and (at is None or (at.offset == offsets[i] and at.length == sizes[i]))]
-            positions, found, names = (list(column) for column in zip(*picked, strict=True)) if picked else ([], [], [])
+            if not picked:
+                continue
+            positions, found, names = (list(column) for column in zip(*picked, strict=True))
             self._claimed[group.path].update(found)
             for p in positions:
                 taken[p] = 1
-            mine = list(map(pairs.__getitem__, positions))     # (key, tensor) of each, then column by column
-            records += map(Record, repeat(group.path), map(offsets.__getitem__, found),
-                           map(sizes.__getitem__, found), repeat(members.source),
-                           map(storages.__getitem__, positions), names, map(members.crcs.__getitem__, found),
-                           map(itemgetter(0), mine), map(checked.__contains__, map(id, map(itemgetter(1), mine))))
-        rest = pairs if not records else [] if len(records) == len(pairs) else list(
+            mine = list(map(pairs.__getitem__, positions))     # (key, tensor) of each
+            block = ClaimedRecords(group.path, members.source)
+            block.offsets, block.lengths = list(map(offsets.__getitem__, found)), list(map(sizes.__getitem__, found))
+            block.crcs, block.members = list(map(members.crcs.__getitem__, found)), names
+            block.storages, block.keys = list(map(storages.__getitem__, positions)), list(map(itemgetter(0), mine))
+            block.checked = list(map(checked.__contains__, map(id, map(itemgetter(1), mine))))
+            blocks.append(block)
+        claimed = sum(map(len, blocks))
+        rest = pairs if not claimed else [] if claimed == len(pairs) else list(
             compress(pairs, map(operator.not_, taken)))
-        return records, rest
+        return blocks, rest
 
     def unclaimed(self, path: Path) -> list[int]:
         claimed = self._claimed[path]

@@ -1,7 +1,10 @@
 """`--deep`'s pass over the bytes: many small records checked together, one window at a time.
 
 A checkpoint of 80,000 small storages spent ~30 us a record in Python (a map slice, a CRC call,
-two numpy reductions, findings) whatever its size. Here records are taken a window of at most
+two numpy reductions, findings) whatever its size. Here each file's records are columns (offset,
+length, promised CRC, the dtype its values are checked as), sorted by offset, whether they came
+as Records or as a claimed block (`ClaimedRecords`, whose Records are made only when needed),
+and taken a window of at most
 WINDOW_BYTES of the file at a time: every record's CRC-32 is computed over the window's one
 map, and each dtype's values are reduced per record in one numpy call (`minimum.reduceat` /
 `maximum.reduceat` over the window read as that dtype, one segment per record). A record that
@@ -17,9 +20,10 @@ a window of float32 when bf16/fp16 values are widened).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
-from itertools import compress
-from operator import attrgetter
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import accumulate, chain, repeat
+from operator import attrgetter, methodcaller
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,8 +31,9 @@ import numpy as np
 
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Finding, Severity, mapped_bytes, release_mapped_pages
+from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError
-from ckptkit.validation.deep_records import Record
+from ckptkit.validation.deep_records import NON_NEGATIVE_SUFFIXES, ClaimedRecords, Record
 from ckptkit.validation.value_scan import ValueStats, scan_chunk
 
 if TYPE_CHECKING:
@@ -41,121 +46,188 @@ _FLOATS = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "bfloat16": "<u
 _F8_MASKS = {"float8_e4m3fn": 0x7F, "float8_e5m2": 0x7C}     # as value_scan counts them
 
 
-def scan_records(ctx: ValidationContext, records: list[Record]) -> Iterator[Finding]:
-    """The findings of every record, in record order, as `_scan_record` words them."""
-    total = sum(r.length for r in records)
+def scan_records(ctx: ValidationContext, records: list[Record],
+                 claimed: Sequence[ClaimedRecords] = ()) -> Iterator[Finding]:
+    """The findings of every record, in file order (file name, then offset), as `_scan_record`
+    words them; `claimed`: records made column by column, scanned alike."""
+    files = _files(records, claimed)
+    total = sum(f.total for f in files)
     done = 0
-    for window in _windows(records):
-        if window.alone:
-            record = window.records[0]
-            yield from _scan_record(ctx, record, done, total)
-            release_mapped_pages(record.where)
-        else:
-            yield from _scan_window(ctx, window, done, total)
-        done += sum(r.length for r in window.records)
-        if ctx.progress_callback is not None:
-            ctx.progress_callback(done, total)
+    for f in files:
+        for i, j in f.pieces():
+            if f.alone[i]:
+                record = f.record(i)
+                yield from _scan_record(ctx, record, done, total)
+                release_mapped_pages(record.where)
+            else:
+                yield from _scan_window(ctx, f, i, j, done, total)
+            done += f.bytes_in(i, j)
+            if ctx.progress_callback is not None:
+                ctx.progress_callback(done, total)
     if ctx.progress_callback is not None:
         ctx.progress_callback(total, total)
 
 
-class _Window:
-    """Consecutive records of one file read through one map: `start`..`end` covers them all."""
+class _FileRecords:
+    """One file's records as columns in offset order (a stable sort: Records first, then the
+    claimed blocks), each record's Record made only when it is read on its own."""
 
-    __slots__ = ("records", "start", "end", "alone")
+    def __init__(self, path: Path, records: list[Record], blocks: list[ClaimedRecords], fallback: FileBytes) -> None:
+        self.path, self._records, self._blocks = path, records, blocks
+        self._block_starts = list(accumulate([len(records), *map(len, blocks)]))[:-1]
+        for r in records:
+            if r.source is None:      # a range mapped when read: one map per file, not one per record
+                r.source = fallback
+        sources = [*map(attrgetter("source"), records), *chain.from_iterable(repeat(b.source, len(b)) for b in blocks)]
+        offsets = self._column(map(attrgetter("offset"), records), [b.offsets for b in blocks])
+        order = np.argsort(offsets, kind="stable")
+        self._order = order.tolist()
+        self.offsets = offsets[order]
+        self.lengths = self._column(map(attrgetter("length"), records), [b.lengths for b in blocks])[order]
+        self.crcs = self._column((-1 if r.crc is None else r.crc for r in records), [b.crcs for b in blocks])[order]
+        self.non_negative = np.fromiter(chain(map(attrgetter("non_negative"), records), *(
+            map(methodcaller("endswith", NON_NEGATIVE_SUFFIXES), b.keys) for b in blocks)), bool, len(order))[order]
+        self.kinds, self.kind_dtypes = self._kinds(records, blocks, order)
+        source_codes = {id(source): code for code, source in enumerate(dict.fromkeys(sources))}
+        self.sources = list(dict.fromkeys(sources))
+        self.source_code = np.fromiter(map(source_codes.__getitem__, map(id, sources)), np.int64, len(order))[order]
+        sizes = np.array([_map_size(source) for source in self.sources], np.int64)
+        self.ends = self.offsets + self.lengths
+        self.alone = (self.lengths > WINDOW_BYTES) | (self.offsets < 0) | (self.ends + _SLACK > sizes[self.source_code])
+        self.total = int(self.lengths.sum())
+        self._done_before = np.concatenate([[0], np.cumsum(self.lengths)])
 
-    def __init__(self, record: Record, alone: bool) -> None:
-        self.records, self.start, self.end, self.alone = [record], record.offset, record.offset + record.length, alone
+    @staticmethod
+    def _column(first: Iterable[int], rest: list[list[int]]) -> np.ndarray:
+        return np.fromiter(chain(first, *rest), np.int64)
+
+    @staticmethod
+    def _kinds(records: list[Record], blocks: list[ClaimedRecords],
+               order: np.ndarray) -> tuple[np.ndarray, list[DType]]:
+        """Per record, the dtype its values are checked as (an index into the list), or -1.
+        Told apart by name: a str hashes in C, a DType (a frozen dataclass) in Python."""
+        storages = [r.storage if r.values_checked else None for r in records]
+        for b in blocks:
+            storages += [storage if checked else None for storage, checked in zip(b.storages, b.checked, strict=True)]
+        names = [None if s is None else s.dtype.name for s in storages]
+        known = {name: s.dtype for name, s in zip(names, storages, strict=True) if s is not None}
+        codes: dict[str | None, int] = {name: code for code, name in enumerate(known)}
+        codes[None] = -1
+        kinds = np.fromiter(map(codes.__getitem__, names), np.int64, len(names))
+        return kinds[order], list(known.values())
+
+    def bytes_in(self, i: int, j: int) -> int:
+        return int(self._done_before[j] - self._done_before[i])
+
+    def done_before(self, k: int) -> int:
+        return int(self._done_before[k])
+
+    def record(self, k: int) -> Record:
+        """The Record of the k-th record in offset order."""
+        origin = self._order[k]
+        if origin < len(self._records):
+            return self._records[origin]
+        b = bisect_right(self._block_starts, origin) - 1
+        return self._blocks[b].record(origin - self._block_starts[b])
+
+    def pieces(self) -> Iterator[tuple[int, int]]:
+        """Records i..j-1 read through one map at a time: a record streamed alone, or consecutive
+        records of one map spanning at most WINDOW_BYTES."""
+        n = len(self.offsets)
+        # Where a window must stop: before a record streamed alone, or read through another map.
+        stops = np.flatnonzero(self.alone | np.concatenate([[False], self.source_code[1:] != self.source_code[:-1]]))
+        # How far records 0..k reach (the alone ones left out: each of the others spans at most
+        # WINDOW_BYTES, so reach[k] <= offsets[k] + WINDOW_BYTES, and every window holds its first record).
+        reach = np.maximum.accumulate(np.where(self.alone, 0, self.ends))
+        i = 0
+        while i < n:
+            if self.alone[i]:
+                yield i, i + 1
+                i += 1
+                continue
+            j = int(np.searchsorted(reach, self.offsets[i] + WINDOW_BYTES, side="right"))
+            after = int(np.searchsorted(stops, i, side="right"))
+            if after < len(stops):
+                j = min(j, int(stops[after]))
+            j = max(j, i + 1)
+            yield i, j
+            i = j
 
 
-def _windows(records: list[Record]) -> Iterator[_Window]:
-    sizes: dict[int, int] = {}
-    maps: dict[Path, FileBytes] = {}
-    window: _Window | None = None
-    path, source, size = None, None, 0        # the open window's
+def _files(records: list[Record], claimed: Sequence[ClaimedRecords]) -> list[_FileRecords]:
+    by_path: dict[Path, tuple[list[Record], list[ClaimedRecords]]] = {}
     for r in records:
-        if r.source is None:      # a range mapped when read: one map per file, not one per record
-            r.source = maps.setdefault(r.path, FileBytes(r.path))
-        end = r.offset + r.length
-        if window is not None and r.source is source and (r.path is path or r.path == path) \
-                and r.offset >= window.start and end - window.start <= WINDOW_BYTES and end + _SLACK <= size:
-            window.records.append(r)
-            if end > window.end:
-                window.end = end
-            continue
-        if window is not None:
-            yield window
-        path, source, size = r.path, r.source, _file_size(r, sizes)
-        alone = r.length > WINDOW_BYTES or r.offset < 0 or end + _SLACK > size
-        window = _Window(r, alone)
-        if alone:
-            yield window
-            window = None
-    if window is not None:
-        yield window
+        by_path.setdefault(r.path, ([], []))[0].append(r)
+    for block in claimed:
+        by_path.setdefault(block.path, ([], []))[1].append(block)
+    return [_FileRecords(path, mine, blocks, FileBytes(path))
+            for path, (mine, blocks) in sorted(by_path.items(), key=lambda item: str(item[0]))]
 
 
-def _file_size(record: Record, sizes: dict[int, int]) -> int:
-    """The length of the map the record is read through (0 when it cannot be read: then the
-    record is scanned alone, and `_scan_record` says what is wrong)."""
-    key = id(record.source)
-    if key not in sizes:
-        try:
-            sizes[key] = len(record.where.mapped())
-        except CkptkitError:
-            sizes[key] = 0
-    return sizes[key]
+def _map_size(source: FileBytes) -> int:
+    """The length of the map records are read through (0 when it cannot be read: each record is
+    then streamed alone, and `_scan_record` says what is wrong)."""
+    try:
+        return len(source.view())
+    except CkptkitError:
+        return 0
 
 
-def _scan_window(ctx: ValidationContext, window: _Window, done: int, total: int) -> Iterator[Finding]:
-    first = window.records[0]
-    where = ByteRange(first.path, window.start, window.end + _SLACK - window.start, first.source)
+def _scan_window(ctx: ValidationContext, f: _FileRecords, i: int, j: int, done: int,
+                 total: int) -> Iterator[Finding]:
+    start, end = int(f.offsets[i]), int(f.ends[i:j].max())
+    where = ByteRange(f.path, start, end + _SLACK - start, f.sources[int(f.source_code[i])])
     view = mapped_bytes(where)
     try:
-        suspects = _bad_crcs(view, window) | _suspect_values(view, window)
+        suspects = sorted(_bad_crcs(view, f, i, j) | _suspect_values(view, f, i, j))
     finally:
         view.release()
-    before = done
-    for record in window.records:
-        if id(record) in suspects:
-            yield from _scan_record(ctx, record, before, total)
-        before += record.length
+    for k in suspects:
+        yield from _scan_record(ctx, f.record(k), done + f.bytes_in(i, k), total)
     release_mapped_pages(where)
 
 
-def _bad_crcs(view: memoryview, window: _Window) -> set[int]:
-    start, crc32 = window.start, zlib.crc32
-    return {id(r) for r in window.records
-            if r.crc is not None and crc32(view[r.offset - start: r.offset - start + r.length]) != r.crc}
+def _bad_crcs(view: memoryview, f: _FileRecords, i: int, j: int) -> set[int]:
+    """Records i..j-1 whose bytes do not have the CRC-32 the zip directory promises."""
+    promised = f.crcs[i:j]
+    have = np.flatnonzero(promised >= 0)
+    if not have.size:
+        return set()
+    lo = f.offsets[i:j][have] - f.offsets[i]
+    hi = lo + f.lengths[i:j][have]
+    found = np.fromiter(map(zlib.crc32, map(view.__getitem__, map(slice, lo.tolist(), hi.tolist()))),
+                        np.int64, have.size)
+    return set((have[found != promised[have]] + i).tolist())
 
 
-def _suspect_values(view: memoryview, window: _Window) -> set[int]:
-    """Records whose values could hold a finding, one numpy pass per dtype."""
-    groups: dict[str, list[Record]] = {}
-    for r in window.records:
-        if r.values_checked and r.storage is not None:
-            groups.setdefault(r.storage.dtype.name, []).append(r)
+def _suspect_values(view: memoryview, f: _FileRecords, i: int, j: int) -> set[int]:
+    """Records i..j-1 whose values could hold a finding, one numpy pass per dtype."""
+    kinds = f.kinds[i:j]
     suspects: set[int] = set()
-    for name, group in groups.items():
-        if name in _FLOATS or name in _F8_MASKS or name == "bool":
-            suspects |= _suspect_group(view, window.start, name, group)
+    for code in np.unique(kinds[kinds >= 0]).tolist():
+        dtype = f.kind_dtypes[code]
+        if dtype.name in _FLOATS or dtype.name in _F8_MASKS or dtype.name == "bool":
+            group = np.flatnonzero(kinds == code)
+            found = _suspect_group(view, int(f.offsets[i]), dtype.name, dtype.itemsize, f.offsets[i:j][group],
+                                   f.lengths[i:j][group], f.non_negative[i:j][group])
+            suspects.update((group[found] + i).tolist())
     return suspects
 
 
-def _suspect_group(view: memoryview, start: int, name: str, group: list[Record]) -> set[int]:
-    itemsize = group[0].storage.dtype.itemsize if group[0].storage is not None else 1
-    base = group[0].offset
-    at = np.fromiter(map(attrgetter("offset"), group), np.int64, len(group)) - base
-    lengths = np.fromiter(map(attrgetter("length"), group), np.int64, len(group))
-    misaligned = at % itemsize != 0
-    suspects = {id(group[i]) for i in np.flatnonzero(misaligned).tolist()}    # scanned alone instead
+def _suspect_group(view: memoryview, start: int, name: str, itemsize: int, offsets: np.ndarray,
+                   lengths: np.ndarray, non_negative: np.ndarray) -> np.ndarray:
+    """Which of these records (one dtype, in the window's map from `start`) could hold a finding:
+    their indices in the group."""
+    base = int(offsets[0])
+    at = offsets - base
+    misaligned = at % itemsize != 0                  # scanned alone instead
     keep = ~misaligned & (lengths >= itemsize)
-    aligned = list(compress(group, keep.tolist()))
-    if not aligned:
-        return suspects
-    first, count = at[keep] // itemsize, lengths[keep] // itemsize
-    bounds = np.empty(2 * len(aligned), np.int64)
-    bounds[0::2], bounds[1::2] = first, first + count
+    kept = np.flatnonzero(keep)
+    if not kept.size:
+        return np.flatnonzero(misaligned)
+    bounds = np.empty(2 * kept.size, np.int64)
+    bounds[0::2] = at[kept] // itemsize
+    bounds[1::2] = bounds[0::2] + lengths[kept] // itemsize
     values = _values(view, base - start, int(bounds.max()) + 1, name)
     lo = np.minimum.reduceat(values, bounds)[0::2]
     hi = np.maximum.reduceat(values, bounds)[0::2]
@@ -164,9 +236,8 @@ def _suspect_group(view: memoryview, start: int, name: str, group: list[Record])
     elif name in _F8_MASKS:
         bad = hi > 0
     else:
-        must_be_positive = np.fromiter(map(attrgetter("non_negative"), aligned), bool, len(aligned))
-        bad = ~np.isfinite(lo) | ~np.isfinite(hi) | (must_be_positive & (lo < 0))
-    return suspects | {id(aligned[i]) for i in np.flatnonzero(bad).tolist()}
+        bad = ~np.isfinite(lo) | ~np.isfinite(hi) | (non_negative[kept] & (lo < 0))
+    return np.union1d(np.flatnonzero(misaligned), kept[bad])
 
 
 def _values(view: memoryview, offset: int, count: int, name: str) -> np.ndarray:
