@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from ckptkit.diffing import DiffOptions, diff_paths
@@ -275,3 +277,19 @@ def test_every_real_checkpoint_equals_itself(fixture: str) -> None:
     result = diff_paths(REAL / fixture, REAL / fixture)
     assert result.equal and result.changes == []
     assert result.tensors and all(t.status == IDENTICAL for t in result.tensors)
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.sampled_from([0, 1, 7, 8, 9, V._SMALL_CHUNK - 1, V._SMALL_CHUNK, V._SMALL_CHUNK + 1,
+                             V._SMALL_CHUNK + 13, 3 * V._SMALL_CHUNK]),
+       where=st.floats(0, 1, exclude_max=True), flip=st.booleans())
+def test_chunks_small_and_large_are_equal_exactly_when_every_byte_is(size: int, where: float, flip: bool) -> None:
+    """Chunks up to _SMALL_CHUNK are compared as bytes, larger ones eight bytes at a time with
+    numpy plus a tail: a single flipped bit anywhere, tail included, makes them differ."""
+    a = bytes((i * 37 + 11) % 256 for i in range(size))
+    b = bytearray(a)
+    if flip and size:
+        b[int(where * size)] ^= 0x10
+    assert V._chunk_equal(memoryview(a), memoryview(bytes(b))) is (not (flip and size))
+    if size:
+        assert V._chunk_equal(memoryview(a), memoryview(a[:-1])) is False

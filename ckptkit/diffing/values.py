@@ -58,11 +58,16 @@ def bytes_equal(a: TensorRef, b: TensorRef) -> bool:
     return True
 
 
-def _chunk_equal(x: memoryview, y: memoryview) -> bool:
-    import numpy as np
+_SMALL_CHUNK = 64 << 10
 
+
+def _chunk_equal(x: memoryview, y: memoryview) -> bool:
     if len(x) != len(y):
         return False
+    if len(x) <= _SMALL_CHUNK:      # copied and compared by memcmp: a few us less than numpy's calls
+        return bytes(x) == bytes(y)
+    import numpy as np
+
     # Eight bytes at a time: numpy compares those at memory speed, a memoryview `==` does not.
     bulk = len(x) - len(x) % 8
     if not np.array_equal(np.frombuffer(x[:bulk], "<u8"), np.frombuffer(y[:bulk], "<u8")):
