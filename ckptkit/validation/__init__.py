@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
+from ckptkit.core.checkpoint import Checkpoint, Finding, Severity, TensorRef, iter_tensor_values
 from ckptkit.core.errors import CkptkitError
 from ckptkit.families.base import optimizer_step
-from ckptkit.formats import open_checkpoint
+from ckptkit.formats import cyclic_gc_paused, open_checkpoint
 from ckptkit.validation.compatibility import check_compatibility
 from ckptkit.validation.completeness import check_completeness
 from ckptkit.validation.counters import check_counters
@@ -45,6 +45,27 @@ class ValidationContext:
     reference: Checkpoint | None = None
     progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
     _steps: dict[int, int | None] = field(default_factory=dict, repr=False)
+    _tensors: list[tuple[str, TensorRef]] | None = field(default=None, repr=False)
+    _values: list[TensorRef] | None = field(default=None, repr=False)
+
+    @property
+    def tensor_values(self) -> list[TensorRef]:
+        """Every tensor of the checkpoint, in `ckpt.tensors()` order, listed once per validation
+        without its key path: several checks walk every tensor, and a shard folder of 100,000
+        tensors would make each dotted path again per walk. `tensors[i]` is the pair of the i-th."""
+        if self._values is None:
+            self._values = list(iter_tensor_values(self.ckpt.tree))
+        return self._values
+
+    @property
+    def tensors(self) -> list[tuple[str, TensorRef]]:
+        """`ckpt.tensors()`, listed once, for the checks that name what they find. Listed with
+        the cycle collector paused, as the index was read: 100,000 new pairs would otherwise set
+        off a full collection over every object of the index."""
+        if self._tensors is None:
+            with cyclic_gc_paused():
+                self._tensors = list(self.ckpt.tensors())
+        return self._tensors
 
     def read_optimizer_step(self, optimizer: Any) -> int | None:
         """`families.base.optimizer_step`, read once per optimizer per validation: two checks ask,

@@ -3,6 +3,7 @@ give exactly what checking entry by entry gives: the same tensors, or the same o
 from __future__ import annotations
 
 import json
+import math
 import struct
 import tempfile
 from pathlib import Path
@@ -14,7 +15,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+import ckptkit.formats.safetensors_file as sf
 from ckptkit.cli import main
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.safetensors_file import header_tensor, read_header_entries, read_safetensors_header
@@ -121,3 +124,61 @@ def test_a_shard_cut_short_names_its_last_tensor(tmp_path: Path, cut: int) -> No
     path.write_bytes(path.read_bytes()[:-cut])
     with pytest.raises(CkptkitError, match=r"tensor 'w\.\d+' ends at byte \d+ but the file has \d+: truncated"):
         open_checkpoint(path)
+
+
+# Dims whose values multiply like ints but that json does not read as ints (2.0, true): a header
+# that spells them so must still be refused entry by entry, even beside the same shape in ints.
+dims = st.lists(st.sampled_from([0, 1, 2, 3, -1, 2.0, 1.0, True, False]), max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@example([("F32", [2]), ("F32", [2.0])], "w")        # one shape as ints and as floats
+@example([("U8", [1]), ("U8", [True])], "w")          # json's true equals 1
+@example([("U8", [3]), ("U8", [2])], "untrue")        # plain numbers, a name holding "true"
+@given(st.lists(st.tuples(st.sampled_from(["F32", "U8", "I64"]), dims), min_size=1, max_size=5),
+       st.sampled_from(["w", "true", "false", "x.true_w"]))
+def test_the_column_checks_give_the_entry_by_entry_reading_or_defer_to_it(
+        specs: list[tuple[str, list[object]]], stem: str) -> None:
+    """Offsets follow from each shape's value, so only the spelling of a number can be wrong; the
+    bulk path (told whether the JSON was plain, or not told) returns exactly what entry-by-entry
+    reading returns, or raises so that entry-by-entry reading decides."""
+    header: dict[str, object] = {}
+    end = 0
+    for i, (code, shape) in enumerate(specs):
+        n = int(math.prod(shape)) * {"F32": 4, "U8": 1, "I64": 8}[code]
+        header[f"{stem}.{i}"] = {"dtype": code, "shape": shape, "data_offsets": [end, end + n]}
+        end += max(n, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(Path(tmp) / "m.safetensors", header, bytes(end))
+        try:
+            expected: list[tuple] | None = _entry_by_entry(path)
+        except CorruptCheckpointError:
+            expected = None
+        entries, _, start, size, plain = sf._read_header(path, 0)
+        assert plain == (_ints_only(header) and "true" not in stem and "false" not in stem)
+        for told in {plain, False}:
+            try:
+                got = _described(sf._checked_in_bulk(path, entries, start, size, FileBytes(path), told))
+            except (KeyError, TypeError, ValueError, AttributeError, sf._Damaged):
+                continue        # deferred: the entry-by-entry reading decides
+            assert got == expected
+
+
+def test_a_name_holding_true_is_read_in_bulk_with_every_number_checked(tmp_path: Path) -> None:
+    header = {"untrue.0": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
+              "untrue.1": {"dtype": "U8", "shape": [2.0], "data_offsets": [2, 4]}}
+    path = _write(tmp_path / "m.safetensors", header, bytes(4))
+    assert sf._read_header(path, 0)[4] is False          # not plain: "true" is in the text
+    with pytest.raises(CorruptCheckpointError, match=r"tensor 'untrue\.1': header entry is damaged"):
+        read_safetensors_header(path)
+
+
+def _ints_only(value: object) -> bool:
+    """No float and no bool anywhere in a JSON value."""
+    if isinstance(value, (bool, float)):
+        return False
+    if isinstance(value, dict):
+        return all(map(_ints_only, value.values()))
+    if isinstance(value, list):
+        return all(map(_ints_only, value))
+    return True
