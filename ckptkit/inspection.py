@@ -153,7 +153,8 @@ def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
     numel_of = {shape: math.prod(shape) for shape in set(shapes)}     # C-level columns, one prod per shape
     numels = list(map(numel_of.__getitem__, shapes))
     dtype_names = list(map(attrgetter("dtype.name"), tensors))
-    if len(set(map(id, map(attrgetter("storage"), tensors)))) == len(tensors):    # no shared storage: no ties
+    # No shared storage, no ties (a StorageRef hashes by identity: no id() per tensor).
+    if len(set(map(attrgetter("storage"), tensors))) == len(tensors):
         ties: list[list[str]] = []
         parameters = sum(numels)
         nbytes = sum(map(mul, numels, map(attrgetter("dtype.itemsize"), tensors)))
