@@ -11,7 +11,6 @@ import json
 import math
 import struct
 from collections.abc import Mapping
-from functools import partial
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter, mul, sub
 from pathlib import Path
@@ -47,10 +46,10 @@ class SafetensorsFormat:
 def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors (lazy) and __metadata__ of the safetensors file `path`, or of the one that
     starts at byte `base` of it (DCP's SAFETENSORS serialization appends one to a .distcp file)."""
-    header, metadata, data_start, size, plain = _read_header(path, base)
+    header, metadata, data_start, size = read_header_entries(path, base)
     source = FileBytes(path)    # the file's map, made when a tensor's bytes are first read
     try:
-        return _checked_in_bulk(path, header, data_start, size, source, plain), metadata
+        return _checked_in_bulk(path, header, data_start, size, source), metadata
     except (_Damaged, KeyError, TypeError, ValueError, AttributeError):
         pass    # some entry is damaged: the entry-by-entry reading below names it
     return {name: header_tensor(path, name, info, data_start, size, source) for name, info in header.items()}, metadata
@@ -61,16 +60,11 @@ class _Damaged(Exception):
 
 
 def _checked_in_bulk(path: Path, header: dict[str, Any], data_start: int, size: int,
-                     source: FileBytes, plain: bool = False) -> dict[str, TensorRef]:
+                     source: FileBytes) -> dict[str, TensorRef]:
     """The checks of `header_tensor` on every entry at once, column by column in C-level passes
     (map, set, min), then the tensors built the same way: a shard folder of 100,000 tensors
     spent more time here entry by entry than parsing the JSON. Accepts only what
-    `header_tensor` accepts; anything else raises, and the caller reads entry by entry.
-
-    `plain`: the JSON held no float and no true/false (`_read_header`), so every number in it
-    is an int and a comparison with one raises for anything else (str, None, list): `min` then
-    checks type and sign at once, and shapes can be told apart by value (json's `true` equals
-    1, and 2.0 equals 2, which is why a header that is not plain has its types checked first)."""
+    `header_tensor` accepts; anything else raises, and the caller reads entry by entry."""
     infos = header.values()       # itemgetter of a str key raises for every JSON value but a dict
     dtypes = list(map(BY_SAFETENSORS.__getitem__, map(itemgetter("dtype"), infos)))
     offsets = list(map(itemgetter("data_offsets"), infos))
@@ -78,16 +72,16 @@ def _checked_in_bulk(path: Path, header: dict[str, Any], data_start: int, size: 
         raise _Damaged
     dims = list(map(tuple, map(itemgetter("shape"), infos)))     # as header_tensor's list(): any iterable
     begins, ends = list(map(itemgetter(0), offsets)), list(map(itemgetter(1), offsets))
-    if not plain and set(map(type, chain(chain.from_iterable(dims), begins, ends))) - {int}:
+    # Exact ints (json's true is not 1, nor 2.0 a dimension), without a list of them all: the
+    # shapes below are then told apart by value, one check, numel and stride per distinct shape.
+    if set(map(type, chain(chain.from_iterable(dims), begins, ends))) - {int}:
         raise _Damaged
-    # One check, numel and stride per distinct shape (a model has few): dims all ints, none negative.
     shapes = set(dims)
     if min(chain.from_iterable(shapes), default=0) < 0 or (begins and min(begins) < 0):
         raise _Damaged
     numel_of = {shape: math.prod(shape) for shape in shapes}
     numels = list(map(numel_of.__getitem__, dims))
     nbytes = list(map(mul, numels, map(attrgetter("itemsize"), dtypes)))
-    # ends are ints too: an int minus anything else raises
     if list(map(sub, ends, begins)) != nbytes or (ends and data_start + max(ends) > size):
         raise _Damaged
     # The objects are made by C-level loops (map) calling their constructors, with one stride per
@@ -118,12 +112,6 @@ class _OffsetsLocator:
 def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str], int, int]:
     """(raw header entries, __metadata__, where the data starts, file size): the header alone,
     so that `ckptkit salvage` can take the tensors of a truncated file one by one."""
-    return _read_header(path, base)[:4]
-
-
-def _read_header(path: Path, base: int) -> tuple[dict[str, Any], dict[str, str], int, int, bool]:
-    """`read_header_entries`, and whether the JSON was plain: no number in it is a float (nor
-    NaN/Infinity) and no value is true or false, so every number is an int."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(base)
@@ -134,10 +122,8 @@ def _read_header(path: Path, base: int) -> tuple[dict[str, Any], dict[str, str],
     if len(head) < 8 or base + 8 + n > size or len(raw) < n:
         raise CorruptCheckpointError(path, f"safetensors header says {n} bytes but the file has "
                                      f"{max(0, size - base - 8)} after the length: truncated")
-    floats: list[str] = []
     try:
-        text = raw.decode(json.detect_encoding(raw), "surrogatepass")     # as json.loads(bytes) does
-        header = json.loads(text, parse_float=partial(_float_seen, floats), parse_constant=partial(_float_seen, floats))
+        header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorruptCheckpointError(path, f"safetensors header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -145,15 +131,7 @@ def _read_header(path: Path, base: int) -> tuple[dict[str, Any], dict[str, str],
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError(path, "safetensors __metadata__ is not a JSON object")
-    # true/false are the only spellings of a bool in JSON (a name holding them only costs the plain check)
-    plain = not floats and "true" not in text and "false" not in text
-    return header, {str(k): str(v) for k, v in metadata.items()}, base + 8 + n, size, plain
-
-
-def _float_seen(seen: list[str], text: str) -> float:
-    """json's parse_float/parse_constant: the float it would make, noting that one was made."""
-    seen.append(text)
-    return float(text)
+    return header, {str(k): str(v) for k, v in metadata.items()}, base + 8 + n, size
 
 
 def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int,

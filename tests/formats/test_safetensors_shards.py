@@ -90,12 +90,12 @@ def test_each_shard_header_is_read_once_and_the_first_gives_the_folder_its_metad
 
     folder = _shards(source[0], tmp_path / "shards")
     reads: list[str] = []
-    original = sf._read_header      # what every reading of a header goes through
+    original = sf.read_header_entries
 
     def counting(path: Path, base: int = 0):  # type: ignore[no-untyped-def]
         reads.append(path.name)
         return original(path, base)
-    monkeypatch.setattr(sf, "_read_header", counting)
+    monkeypatch.setattr(sf, "read_header_entries", counting)
     ckpt = open_checkpoint(folder)
     shards = sorted(p.name for p in folder.glob("*.safetensors"))
     assert len(shards) > 1 and sorted(reads) == shards
