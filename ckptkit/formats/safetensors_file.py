@@ -46,10 +46,11 @@ class SafetensorsFormat:
 def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors (lazy) and __metadata__ of the safetensors file `path`, or of the one that
     starts at byte `base` of it (DCP's SAFETENSORS serialization appends one to a .distcp file)."""
-    header, metadata, data_start, size = read_header_entries(path, base)
+    raw, data_start, size = _header_bytes(path, base)
+    header, metadata = _parsed_header(path, raw)
     source = FileBytes(path)    # the file's map, made when a tensor's bytes are first read
     try:
-        return _checked_in_bulk(path, header, data_start, size, source), metadata
+        return _checked_in_bulk(header, data_start, size, _HeaderLocator(path, data_start, raw, source)), metadata
     except (_Damaged, KeyError, TypeError, ValueError, AttributeError):
         pass    # some entry is damaged: the entry-by-entry reading below names it
     return {name: header_tensor(path, name, info, data_start, size, source) for name, info in header.items()}, metadata
@@ -59,8 +60,8 @@ class _Damaged(Exception):
     """Some header entry fails a bulk check (which one: `header_tensor` says)."""
 
 
-def _checked_in_bulk(path: Path, header: dict[str, Any], data_start: int, size: int,
-                     source: FileBytes) -> dict[str, TensorRef]:
+def _checked_in_bulk(header: dict[str, Any], data_start: int, size: int,
+                     locate: _HeaderLocator) -> dict[str, TensorRef]:
     """The checks of `header_tensor` on every entry at once, column by column in C-level passes
     (map, set, min), then the tensors built the same way: a shard folder of 100,000 tensors
     spent more time here entry by entry than parsing the JSON. Accepts only what
@@ -88,30 +89,42 @@ def _checked_in_bulk(path: Path, header: dict[str, Any], data_start: int, size: 
     # distinct shape, and one locator for the file that makes a tensor's byte range when first
     # asked for (most commands never read a tensor's bytes).
     strides = {shape: contiguous_stride(shape) for shape in shapes}
-    locate = _OffsetsLocator(path, data_start, dict(zip(header, offsets, strict=True)), source)
     n = len(dims)
     storages = map(StorageRef, header, dtypes, numels, repeat("cpu", n), repeat(None, n), nbytes, repeat(None, n),
                    repeat(locate, n))
     return dict(zip(header, map(TensorRef, dtypes, dims, map(strides.__getitem__, dims), storages), strict=True))
 
 
-class _OffsetsLocator:
-    """Where each tensor of one safetensors file lies, from the `data_offsets` of its header
-    entry: one for the whole file (`StorageRef`'s `locate_key`), not a closure per tensor."""
+class _HeaderLocator:
+    """Where each tensor of one safetensors file lies: one locator for the whole file
+    (`StorageRef`'s `locate_key`), not a closure per tensor. It keeps the header's bytes (one
+    object) and reads the offsets from them again when a tensor's bytes are first asked for
+    (most commands never ask): 100,000 entries' offsets kept as lists of ints took more memory,
+    and more time to make and to free, than the header they came from. The same bytes give
+    the same offsets, whatever became of the file since."""
 
-    __slots__ = ("path", "data_start", "offsets", "source")
+    __slots__ = ("path", "data_start", "raw", "source", "_header")
 
-    def __init__(self, path: Path, data_start: int, offsets: dict[str, list[int]], source: FileBytes) -> None:
-        self.path, self.data_start, self.offsets, self.source = path, data_start, offsets, source
+    def __init__(self, path: Path, data_start: int, raw: bytes, source: FileBytes) -> None:
+        self.path, self.data_start, self.raw, self.source = path, data_start, raw, source
+        self._header: dict[str, Any] | None = None
 
     def __call__(self, key: str) -> ByteRange:
-        begin, end = self.offsets[key]
+        if self._header is None:
+            self._header = json.loads(self.raw)     # read and checked once already: well-formed
+        begin, end = self._header[key]["data_offsets"]
         return ByteRange(self.path, self.data_start + begin, end - begin, self.source)
 
 
 def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str], int, int]:
     """(raw header entries, __metadata__, where the data starts, file size): the header alone,
     so that `ckptkit salvage` can take the tensors of a truncated file one by one."""
+    raw, data_start, size = _header_bytes(path, base)
+    return (*_parsed_header(path, raw), data_start, size)
+
+
+def _header_bytes(path: Path, base: int) -> tuple[bytes, int, int]:
+    """The JSON header's bytes, where the data starts, and the file's size."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(base)
@@ -122,6 +135,11 @@ def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict
     if len(head) < 8 or base + 8 + n > size or len(raw) < n:
         raise CorruptCheckpointError(path, f"safetensors header says {n} bytes but the file has "
                                      f"{max(0, size - base - 8)} after the length: truncated")
+    return raw, base + 8 + n, size
+
+
+def _parsed_header(path: Path, raw: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    """The header's entries and its __metadata__."""
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -131,7 +149,7 @@ def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError(path, "safetensors __metadata__ is not a JSON object")
-    return header, {str(k): str(v) for k, v in metadata.items()}, base + 8 + n, size
+    return header, {str(k): str(v) for k, v in metadata.items()}
 
 
 def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int,

@@ -153,9 +153,10 @@ def test_the_column_checks_give_the_entry_by_entry_reading_or_defer_to_it(
             expected: list[tuple] | None = _entry_by_entry(path)
         except CorruptCheckpointError:
             expected = None
-        entries, _, start, size = read_header_entries(path)
+        raw, start, size = sf._header_bytes(path, 0)
+        entries, locate = sf._parsed_header(path, raw)[0], sf._HeaderLocator(path, start, raw, FileBytes(path))
         try:
-            got = _described(sf._checked_in_bulk(path, entries, start, size, FileBytes(path)))
+            got = _described(sf._checked_in_bulk(entries, start, size, locate))
         except (KeyError, TypeError, ValueError, AttributeError, sf._Damaged):
             return       # deferred: the entry-by-entry reading decides
         assert got == expected
@@ -167,3 +168,15 @@ def test_a_shape_spelled_in_floats_beside_the_same_shape_in_ints_is_named(tmp_pa
     path = _write(tmp_path / "m.safetensors", header, bytes(4))
     with pytest.raises(CorruptCheckpointError, match=r"tensor 'w\.1': header entry is damaged"):
         read_safetensors_header(path)
+
+
+def test_tensors_are_located_from_the_header_as_it_was_read_even_after_the_file_changes(tmp_path: Path) -> None:
+    """The offsets come from the header bytes read when the file was opened (kept, parsed again
+    when a tensor's bytes are first asked for), as they did when each tensor kept its own."""
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(2), "b": torch.arange(3.0)}, str(path))
+    expected = [(name, offset, length) for name, *_, offset, length in _entry_by_entry(path)]
+    tensors, _ = read_safetensors_header(path)
+    save_file({"b": torch.zeros(50), "a": torch.ones(7), "c": torch.ones(1)}, str(path))    # another header
+    got = [(name, t.storage.byte_range().offset, t.storage.byte_range().length) for name, t in tensors.items()]
+    assert got == expected and [length for *_, length in got] == [8, 12]
