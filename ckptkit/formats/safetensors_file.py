@@ -103,16 +103,20 @@ class _HeaderLocator:
     and more time to make and to free, than the header they came from. The same bytes give
     the same offsets, whatever became of the file since."""
 
-    __slots__ = ("path", "data_start", "raw", "source", "_header")
+    __slots__ = ("path", "data_start", "raw", "source", "_offsets")
 
     def __init__(self, path: Path, data_start: int, raw: bytes, source: FileBytes) -> None:
-        self.path, self.data_start, self.raw, self.source = path, data_start, raw, source
-        self._header: dict[str, Any] | None = None
+        self.path, self.data_start, self.source = path, data_start, source
+        self.raw: bytes | None = raw
+        self._offsets: dict[str, list[int]] = {}
 
     def __call__(self, key: str) -> ByteRange:
-        if self._header is None:
-            self._header = json.loads(self.raw)     # read and checked once already: well-formed
-        begin, end = self._header[key]["data_offsets"]
+        if self.raw is not None:
+            # Read and checked once already (every entry but __metadata__ is a well-formed tensor
+            # entry); from now on only the offsets are kept, not the entries nor the bytes.
+            self._offsets = {k: v["data_offsets"] for k, v in json.loads(self.raw).items() if k != "__metadata__"}
+            self.raw = None
+        begin, end = self._offsets[key]
         return ByteRange(self.path, self.data_start + begin, end - begin, self.source)
 
 
