@@ -180,3 +180,20 @@ def test_tensors_are_located_from_the_header_as_it_was_read_even_after_the_file_
     save_file({"b": torch.zeros(50), "a": torch.ones(7), "c": torch.ones(1)}, str(path))    # another header
     got = [(name, t.storage.byte_range().offset, t.storage.byte_range().length) for name, t in tensors.items()]
     assert got == expected and [length for *_, length in got] == [8, 12]
+
+
+def test_the_model_follows_the_index_whether_or_not_it_lists_a_shards_keys_in_the_shards_order(
+        tmp_path: Path) -> None:
+    """A shard listed in its own order joins the model in one merge; one listed otherwise key by
+    key: either way the model's keys are the index's, shard by shard, each with its own tensor."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    save_file({"a.0": torch.ones(1), "a.1": torch.ones(2)}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({"b.0": torch.ones(3), "b.1": torch.ones(4)}, str(folder / "model-00002-of-00002.safetensors"))
+    weight_map = {"a.0": "model-00001-of-00002.safetensors", "a.1": "model-00001-of-00002.safetensors",
+                  "b.1": "model-00002-of-00002.safetensors", "b.0": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ckpt = open_checkpoint(folder)
+    assert [(k, t.shape) for k, t in ckpt.model.items()] == [("a.0", (1,)), ("a.1", (2,)), ("b.1", (4,)),
+                                                             ("b.0", (3,))]
+    assert not ckpt.findings
