@@ -5,8 +5,8 @@ import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from itertools import groupby
-from operator import attrgetter, itemgetter, mul
+from itertools import accumulate, groupby, repeat
+from operator import attrgetter, itemgetter, mul, ne, sub
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
@@ -15,7 +15,7 @@ from ckptkit.formats import open_checkpoint
 from ckptkit.storage.safe_pickle import PickledObject
 from ckptkit.views import sections as S
 from ckptkit.views.jsonable import summarize, to_jsonable
-from ckptkit.views.keys import module_prefixes
+from ckptkit.views.keys import module_prefix_list
 
 SCHEMA_VERSION = 1
 
@@ -153,7 +153,8 @@ def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
     numel_of = {shape: math.prod(shape) for shape in set(shapes)}     # C-level columns, one prod per shape
     numels = list(map(numel_of.__getitem__, shapes))
     dtype_names = list(map(attrgetter("dtype.name"), tensors))
-    if len(set(map(id, map(attrgetter("storage"), tensors)))) == len(tensors):    # no shared storage: no ties
+    # No shared storage, no ties (a StorageRef hashes by identity: no id() per tensor).
+    if len(set(map(attrgetter("storage"), tensors))) == len(tensors):
         ties: list[list[str]] = []
         parameters = sum(numels)
         nbytes = sum(map(mul, numels, map(attrgetter("dtype.itemsize"), tensors)))
@@ -170,11 +171,26 @@ def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
 
 
 def _module_rows(model: dict[str, TensorRef], numels: list[int], dtype_names: list[str]) -> list[ModuleRow]:
-    """One row per module, in order of first appearance. Tensors of a module mostly follow each
-    other, so runs of one prefix are summed at once (groupby) and runs of a prefix seen before
-    are added to its row."""
+    """One row per module, in order of first appearance."""
+    prefixes = module_prefix_list(list(model))
+    counts = Counter(prefixes)                  # counted in C, in order of first appearance
+    if len(set(dtype_names)) == 1 and sum(map(ne, prefixes, prefixes[1:])) + 1 == len(counts):
+        # Each module's tensors follow each other (one run per module), all of one dtype: a
+        # module's parameters are the running total at its run's end minus the one before it,
+        # with no step per tensor in Python (a mixture of experts has 100,000 tensors).
+        totals = list(accumulate(numels))
+        at_end = list(map(totals.__getitem__, map(sub, accumulate(counts.values()), repeat(1))))
+        params = list(map(sub, at_end, [0, *at_end[:-1]]))
+        return list(map(ModuleRow, counts, counts.values(), params, repeat(dtype_names[0])))
+    return _module_rows_by_runs(prefixes, numels, dtype_names)
+
+
+def _module_rows_by_runs(prefixes: list[str], numels: list[int], dtype_names: list[str]) -> list[ModuleRow]:
+    """`_module_rows` for any order and dtypes. Tensors of a module mostly follow each other, so
+    runs of one prefix are summed at once (groupby) and runs of a prefix seen before are added
+    to its row."""
     groups: dict[str, tuple[int, int, set[str]]] = {}
-    rows = zip(module_prefixes(model).values(), numels, dtype_names, strict=True)
+    rows = zip(prefixes, numels, dtype_names, strict=True)
     for prefix, run in groupby(rows, key=itemgetter(0)):
         members = list(run)
         count, params, dtypes = groups.get(prefix, (0, 0, set()))

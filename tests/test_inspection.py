@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ckptkit.cli.inspect_command import render_inspection
-from ckptkit.core.checkpoint import StorageRef
-from ckptkit.inspection import GroupRow, HistoryRow, ModuleRow, inspect_checkpoint
+from ckptkit.core.checkpoint import StorageRef, TensorRef
+from ckptkit.core.dtypes import dtype_named
+from ckptkit.inspection import GroupRow, HistoryRow, ModuleRow, _module_rows, _module_rows_by_runs, inspect_checkpoint
+from ckptkit.views.keys import module_prefix_list
 from scripts.make_seed_samples import write_samples
 from tests.tensor_trees import layout_dicts
 
@@ -98,3 +101,32 @@ def test_any_layout_dict_is_summarised_rendered_and_dumped_as_json(tree: dict[An
         text = render_inspection(report, show_tensors=True)
         data = json.loads(json.dumps(report.to_json()))
     assert data["family"] == report.family and report.family in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["embed", "layers.0", "layers.1", "layers.10", "head", "x.y.z"]),
+                          st.sampled_from(["weight", "bias", "a.b"]), st.integers(0, 50),
+                          st.sampled_from(["float32", "float32", "bfloat16"])),
+                min_size=1, max_size=30, unique_by=lambda row: (row[0], row[1])), st.booleans())
+def test_module_rows_summed_by_running_totals_are_the_rows_summed_run_by_run(
+        rows: list[tuple[str, str, int, str]], grouped: bool) -> None:
+    """The short cut (each module's tensors together, one dtype) and the general grouping give
+    the same rows, whatever the order and dtypes of the tensors."""
+    if grouped:
+        rows = sorted(rows, key=lambda row: row[0])
+    f32 = dtype_named("float32")
+    model = {f"{module}.{leaf}": TensorRef(dtype_named(dtype), (n,), (1,), StorageRef(module, f32, n, "cpu"))
+             for module, leaf, n, dtype in rows}
+    numels, dtype_names = [row[2] for row in rows], [row[3] for row in rows]
+    rows_by_runs = _module_rows_by_runs(module_prefix_list(list(model)), numels, dtype_names)
+    assert _module_rows(model, numels, dtype_names) == rows_by_runs
+    assert sum(r.tensors for r in rows_by_runs) == len(rows) and sum(r.parameters for r in rows_by_runs) == sum(numels)
+
+
+def test_the_modules_of_a_mixture_of_experts_are_summed_per_expert_layer() -> None:
+    f32 = dtype_named("float32")
+    model = {f"model.layers.{i}.experts.{j}.w": TensorRef(f32, (i + j + 1,), (1,), StorageRef("s", f32, 9, "cpu"))
+             for i in range(3) for j in range(2)}
+    assert _module_rows(model, [t.numel for t in model.values()], ["float32"] * 6) == [
+        ModuleRow("model.layers.0", 2, 3, "float32"), ModuleRow("model.layers.1", 2, 5, "float32"),
+        ModuleRow("model.layers.2", 2, 7, "float32")]

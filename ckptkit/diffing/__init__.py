@@ -44,18 +44,24 @@ __all__ = ["SECTIONS", "Change", "CheckpointDiff", "DiffOptions", "GroupSummary"
 
 def diff_paths(a: str | os.PathLike[str], b: str | os.PathLike[str], options: DiffOptions = DiffOptions(),
                progress: Callable[[int], None] | None = None) -> CheckpointDiff:
-    """Open both checkpoints (raising CkptkitError when one is unusable) and diff them. The cycle
-    collector is paused meanwhile: it would only re-scan both trees as the comparison adds to them."""
-    with cyclic_gc_paused():
-        return diff_checkpoints(open_checkpoint(Path(a)), open_checkpoint(Path(b)), options, progress)
+    """Open both checkpoints (raising CkptkitError when one is unusable) and diff them."""
+    return diff_checkpoints(open_checkpoint(Path(a)), open_checkpoint(Path(b)), options, progress)
 
 
 def diff_checkpoints(a: Checkpoint, b: Checkpoint, options: DiffOptions = DiffOptions(),
                      progress: Callable[[int], None] | None = None) -> CheckpointDiff:
-    """Compare B against A in the chosen sections. `progress` gets the bytes of A compared so far."""
+    """Compare B against A in the chosen sections. `progress` gets the bytes of A compared so far.
+    The cycle collector is paused meanwhile: it would only re-scan both trees as the comparison
+    adds to them."""
     unknown = set(options.sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    with cyclic_gc_paused():
+        return _diff(a, b, options, progress)
+
+
+def _diff(a: Checkpoint, b: Checkpoint, options: DiffOptions,
+          progress: Callable[[int], None] | None) -> CheckpointDiff:
 
     # A tensor saved in chunks (DCP shards) is compared as the whole tensor they make up.
     a, b = with_whole_tensors(a), with_whole_tensors(b)

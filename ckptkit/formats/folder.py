@@ -125,9 +125,10 @@ class FolderReading:
             return {}
         model: dict[str, TensorRef] = {}
         by_shard: dict[str, list[str]] = {}
-        # A shard's keys mostly follow each other in the index: one step per run, not per key.
+        # A shard's keys mostly follow each other in the index: one step per run, not per key
+        # (JSON object keys are strings already).
         for shard, run in groupby(weight_map.items(), key=itemgetter(1)):
-            by_shard.setdefault(str(shard), []).extend(map(str, map(itemgetter(0), run)))
+            by_shard.setdefault(str(shard), []).extend(map(itemgetter(0), run))
         for shard, keys in by_shard.items():
             if not (self.path / shard).is_file():
                 self.add_finding("folder.missing-shard", Severity.ERROR, index,
@@ -138,6 +139,9 @@ class FolderReading:
             if member is None:
                 continue
             tensors = member.model or dict(member.tensors())    # only read here: no copy
+            if keys == list(tensors):     # the index lists the shard's keys in the shard's order: one merge
+                model.update(tensors)
+                continue
             absent = [k for k in keys if k not in tensors]
             if absent:
                 self.add_finding("folder.shard-key-missing", Severity.ERROR, shard,

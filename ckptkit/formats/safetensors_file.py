@@ -11,9 +11,8 @@ import json
 import math
 import struct
 from collections.abc import Mapping
-from functools import partial
 from itertools import chain, repeat
-from operator import add, attrgetter, itemgetter, mul, sub
+from operator import attrgetter, itemgetter, mul, sub
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,10 +46,11 @@ class SafetensorsFormat:
 def read_safetensors_header(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
     """The tensors (lazy) and __metadata__ of the safetensors file `path`, or of the one that
     starts at byte `base` of it (DCP's SAFETENSORS serialization appends one to a .distcp file)."""
-    header, metadata, data_start, size = read_header_entries(path, base)
+    raw, data_start, size = _header_bytes(path, base)
+    header, metadata = _parsed_header(path, raw)
     source = FileBytes(path)    # the file's map, made when a tensor's bytes are first read
     try:
-        return _checked_in_bulk(path, header, data_start, size, source), metadata
+        return _checked_in_bulk(header, data_start, size, _HeaderLocator(path, data_start, raw, source)), metadata
     except (_Damaged, KeyError, TypeError, ValueError, AttributeError):
         pass    # some entry is damaged: the entry-by-entry reading below names it
     return {name: header_tensor(path, name, info, data_start, size, source) for name, info in header.items()}, metadata
@@ -60,41 +60,75 @@ class _Damaged(Exception):
     """Some header entry fails a bulk check (which one: `header_tensor` says)."""
 
 
-def _checked_in_bulk(path: Path, header: dict[str, Any], data_start: int, size: int,
-                     source: FileBytes) -> dict[str, TensorRef]:
+def _checked_in_bulk(header: dict[str, Any], data_start: int, size: int,
+                     locate: _HeaderLocator) -> dict[str, TensorRef]:
     """The checks of `header_tensor` on every entry at once, column by column in C-level passes
     (map, set, min), then the tensors built the same way: a shard folder of 100,000 tensors
     spent more time here entry by entry than parsing the JSON. Accepts only what
     `header_tensor` accepts; anything else raises, and the caller reads entry by entry."""
-    infos = list(header.values())
-    if set(map(type, infos)) - {dict}:
-        raise _Damaged
+    infos = header.values()       # itemgetter of a str key raises for every JSON value but a dict
     dtypes = list(map(BY_SAFETENSORS.__getitem__, map(itemgetter("dtype"), infos)))
-    shapes = list(map(itemgetter("shape"), infos))
     offsets = list(map(itemgetter("data_offsets"), infos))
-    if set(map(type, shapes)) - {list} or set(map(type, offsets)) - {list} or set(map(len, offsets)) - {2}:
+    if set(map(len, offsets)) - {2}:
         raise _Damaged
-    counts = [*chain.from_iterable(shapes), *chain.from_iterable(offsets)]
-    if counts and (set(map(type, counts)) - {int} or min(counts) < 0):    # json's bools are not ints
-        raise _Damaged
-    numels = list(map(math.prod, shapes))
-    nbytes = list(map(mul, numels, map(attrgetter("itemsize"), dtypes)))
+    dims = list(map(tuple, map(itemgetter("shape"), infos)))     # as header_tensor's list(): any iterable
     begins, ends = list(map(itemgetter(0), offsets)), list(map(itemgetter(1), offsets))
+    # Exact ints (json's true is not 1, nor 2.0 a dimension), without a list of them all: the
+    # shapes below are then told apart by value, one check, numel and stride per distinct shape.
+    if set(map(type, chain(chain.from_iterable(dims), begins, ends))) - {int}:
+        raise _Damaged
+    shapes = set(dims)
+    if min(chain.from_iterable(shapes), default=0) < 0 or (begins and min(begins) < 0):
+        raise _Damaged
+    numel_of = {shape: math.prod(shape) for shape in shapes}
+    numels = list(map(numel_of.__getitem__, dims))
+    nbytes = list(map(mul, numels, map(attrgetter("itemsize"), dtypes)))
     if list(map(sub, ends, begins)) != nbytes or (ends and data_start + max(ends) > size):
         raise _Damaged
-    # The objects are made by C-level loops (map) calling their constructors: one stride per
-    # distinct shape, and each byte range made when first asked for (most commands never read
-    # a tensor's bytes).
-    dims = list(map(tuple, shapes))
-    strides = {shape: contiguous_stride(shape) for shape in set(dims)}
-    ranges = map(partial, repeat(ByteRange), repeat(path), map(add, repeat(data_start), begins), nbytes, repeat(source))
-    storages = map(StorageRef, header, dtypes, numels, repeat("cpu"), ranges, nbytes)
+    # The objects are made by C-level loops (map) calling their constructors, with one stride per
+    # distinct shape, and one locator for the file that makes a tensor's byte range when first
+    # asked for (most commands never read a tensor's bytes).
+    strides = {shape: contiguous_stride(shape) for shape in shapes}
+    n = len(dims)
+    storages = map(StorageRef, header, dtypes, numels, repeat("cpu", n), repeat(None, n), nbytes, repeat(None, n),
+                   repeat(locate, n))
     return dict(zip(header, map(TensorRef, dtypes, dims, map(strides.__getitem__, dims), storages), strict=True))
+
+
+class _HeaderLocator:
+    """Where each tensor of one safetensors file lies: one locator for the whole file
+    (`StorageRef`'s `locate_key`), not a closure per tensor. It keeps the header's bytes (one
+    object) and reads the offsets from them again when a tensor's bytes are first asked for
+    (most commands never ask): 100,000 entries' offsets kept as lists of ints took more memory,
+    and more time to make and to free, than the header they came from. The same bytes give
+    the same offsets, whatever became of the file since."""
+
+    __slots__ = ("path", "data_start", "raw", "source", "_offsets")
+
+    def __init__(self, path: Path, data_start: int, raw: bytes, source: FileBytes) -> None:
+        self.path, self.data_start, self.source = path, data_start, source
+        self.raw: bytes | None = raw
+        self._offsets: dict[str, list[int]] = {}
+
+    def __call__(self, key: str) -> ByteRange:
+        if self.raw is not None:
+            # Read and checked once already (every entry but __metadata__ is a well-formed tensor
+            # entry); from now on only the offsets are kept, not the entries nor the bytes.
+            self._offsets = {k: v["data_offsets"] for k, v in json.loads(self.raw).items() if k != "__metadata__"}
+            self.raw = None
+        begin, end = self._offsets[key]
+        return ByteRange(self.path, self.data_start + begin, end - begin, self.source)
 
 
 def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict[str, str], int, int]:
     """(raw header entries, __metadata__, where the data starts, file size): the header alone,
     so that `ckptkit salvage` can take the tensors of a truncated file one by one."""
+    raw, data_start, size = _header_bytes(path, base)
+    return (*_parsed_header(path, raw), data_start, size)
+
+
+def _header_bytes(path: Path, base: int) -> tuple[bytes, int, int]:
+    """The JSON header's bytes, where the data starts, and the file's size."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(base)
@@ -105,6 +139,11 @@ def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict
     if len(head) < 8 or base + 8 + n > size or len(raw) < n:
         raise CorruptCheckpointError(path, f"safetensors header says {n} bytes but the file has "
                                      f"{max(0, size - base - 8)} after the length: truncated")
+    return raw, base + 8 + n, size
+
+
+def _parsed_header(path: Path, raw: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    """The header's entries and its __metadata__."""
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -114,7 +153,7 @@ def read_header_entries(path: Path, base: int = 0) -> tuple[dict[str, Any], dict
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise CorruptCheckpointError(path, "safetensors __metadata__ is not a JSON object")
-    return header, {str(k): str(v) for k, v in metadata.items()}, base + 8 + n, size
+    return header, {str(k): str(v) for k, v in metadata.items()}
 
 
 def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int,

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Checkpoint, Finding, Severity, TensorRef
+from ckptkit.core.checkpoint import Checkpoint, Finding, Severity, TensorRef, iter_tensor_values
 from ckptkit.core.errors import CkptkitError
 from ckptkit.families.base import optimizer_step
-from ckptkit.formats import open_checkpoint
-from ckptkit.formats.files import cyclic_gc_paused
+from ckptkit.formats import cyclic_gc_paused, open_checkpoint
 from ckptkit.validation.compatibility import check_compatibility
 from ckptkit.validation.completeness import check_completeness
 from ckptkit.validation.counters import check_counters
@@ -48,6 +47,7 @@ class ValidationContext:
     progress_callback: Callable[[int, int], None] | None = None   # deep checks: bytes done, total
     _steps: dict[int, int | None] = field(default_factory=dict, repr=False)
     _tensors: list[tuple[str, TensorRef]] | None = field(default=None, repr=False)
+    _values: list[TensorRef] | None = field(default=None, repr=False)
     _params: dict[int, list[OptimizerParam]] = field(default_factory=dict, repr=False)
 
     def optimizer_params(self, optimizer: dict[str, Any]) -> list[OptimizerParam]:
@@ -59,12 +59,23 @@ class ValidationContext:
             self._params[key] = optimizer_params(optimizer)
         return self._params[key]
 
+    @property
+    def tensor_values(self) -> list[TensorRef]:
+        """Every tensor of the checkpoint, in `ckpt.tensors()` order, listed once per validation
+        without its key path: several checks walk every tensor, and a shard folder of 100,000
+        tensors would make each dotted path again per walk. `tensors[i]` is the pair of the i-th."""
+        if self._values is None:
+            self._values = list(iter_tensor_values(self.ckpt.tree))
+        return self._values
+
+    @property
     def tensors(self) -> list[tuple[str, TensorRef]]:
-        """`ckpt.tensors()`, walked once per validation: several checks look at every tensor, and
-        at 80,000 tensors the walk (making each dotted key) costs more than what a check does with
-        them. Checks never change the tree, so the list stays true while the context lives."""
+        """`ckpt.tensors()`, listed once, for the checks that name what they find. Listed with
+        the cycle collector paused, as the index was read: 100,000 new pairs would otherwise set
+        off a full collection over every object of the index."""
         if self._tensors is None:
-            self._tensors = list(self.ckpt.tensors())
+            with cyclic_gc_paused():
+                self._tensors = list(self.ckpt.tensors())
         return self._tensors
 
     def read_optimizer_step(self, optimizer: Any) -> int | None:

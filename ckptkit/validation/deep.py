@@ -176,7 +176,7 @@ def _record_tensors(ctx: ValidationContext) -> list[tuple[str, TensorRef]]:
     """Every tensor with bytes of its own: the tree's, and each chunk of a chunked (DCP) tensor."""
     chunks = [(f"{fqn}[chunk at {list(chunk.offsets)}]", chunk.tensor)
               for fqn, chunked in ctx.ckpt.chunks.items() for chunk in chunked if chunk.tensor is not None]
-    return [*ctx.tensors(), *chunks] if chunks else ctx.tensors()
+    return [*ctx.tensors, *chunks] if chunks else ctx.tensors
 
 
 def _attach_crc(located: dict[tuple[Path, int], Record], z: ZipRecord) -> list[Record]:

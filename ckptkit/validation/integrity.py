@@ -20,26 +20,26 @@ MAX_JSON_BYTES = 64 << 20
 
 def check_integrity(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _folder_json(ctx)
-    seen: set[int] = set()
-    # (shape, stride) of a contiguous tensor -> its element count: one entry per distinct shape,
-    # so the common case (offset 0, contiguous, one storage each) costs no loop per tensor.
-    contiguous: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-    for key, tensor in ctx.tensors():
+    seen: set[StorageRef] = set()      # by identity (a StorageRef has no __eq__): one check per record
+    # shape -> its contiguous stride and element count: one entry per distinct shape, so the
+    # common case (offset 0, contiguous, one storage each) costs no loop per tensor.
+    contiguous: dict[tuple[int, ...], tuple[tuple[int, ...], int]] = {}
+    # The tensors without their key paths: a path is made only for a finding (`ctx.tensors[i]`).
+    for i, tensor in enumerate(ctx.tensor_values):
         storage = tensor.storage
-        if id(storage) not in seen:
-            seen.add(id(storage))
+        if storage not in seen:
+            seen.add(storage)
             if storage.stored_nbytes is None or storage.stored_nbytes != storage.numel * storage.dtype.itemsize:
-                yield from _storage(ctx, key, storage)
+                yield from _storage(ctx, ctx.tensors[i][0], storage)
         if tensor.storage_offset == 0 and tensor.dtype is storage.dtype:
-            layout = (tensor.shape, tensor.stride)
-            numel = contiguous.get(layout)
-            if numel is None and tensor.stride == contiguous_stride(tensor.shape):
-                numel = contiguous[layout] = tensor.numel
-            if numel is not None and numel <= storage.numel:
+            known = contiguous.get(tensor.shape)
+            if known is None:
+                known = contiguous[tensor.shape] = (contiguous_stride(tensor.shape), tensor.numel)
+            if tensor.stride == known[0] and known[1] <= storage.numel:
                 continue
         if not tensor.fits_storage():
             lo, hi = tensor.element_span()
-            yield Finding("integrity.tensor-outside-storage", Severity.ERROR, ctx.where(key),
+            yield Finding("integrity.tensor-outside-storage", Severity.ERROR, ctx.where(ctx.tensors[i][0]),
                           f"{tensor.describe()} with offset {tensor.storage_offset} and stride "
                           f"{list(tensor.stride)} needs storage elements {lo}..{hi}, but its storage holds "
                           f"{storage.numel}: torch.load would fail or read the wrong values")

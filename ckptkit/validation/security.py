@@ -6,7 +6,7 @@ this check passes them on and adds what they mean for loading with torch.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from ckptkit.core.checkpoint import Finding, Severity
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def check_security(ctx: ValidationContext) -> Iterable[Finding]:
     yield from ctx.ckpt.findings
     # C-level passes: a shard folder has 100,000 tensors and (safetensors) never a subclass.
-    subclasses = sorted(set(map(attrgetter("subclass"), map(itemgetter(1), ctx.tensors()))) - {None, ""})
+    subclasses = sorted(set(map(attrgetter("subclass"), ctx.tensor_values)) - {None, ""})
     for name in subclasses:
         yield Finding("security.tensor-subclass", Severity.WARNING, ctx.where(),
                       f"tensors are pickled as subclass {name}: torch.load(weights_only=True) refuses "

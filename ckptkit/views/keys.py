@@ -138,8 +138,13 @@ def module_prefixes(names: Iterable[str], max_depth: int = 4) -> dict[str, str]:
     """{name: its module}, the module being the leading name components, one level deeper
     while every name falls in the same group ("layers.0.w", "layers.1.w" -> "layers.0", "layers.1")."""
     names = list(names)
+    return dict(zip(names, module_prefix_list(names, max_depth), strict=True))
+
+
+def module_prefix_list(names: list[str], max_depth: int = 4) -> list[str]:
+    """`module_prefixes`' modules, one per name in order (`inspect` needs no dict of them)."""
     if not names:
-        return {}
+        return []
     # Every name starts with the common prefix of the smallest and the largest, so each of its
     # dot-ended components is shared by all names: one group at each of those depths. Start
     # there instead of splitting 100,000 names once per shared level.
@@ -148,5 +153,5 @@ def module_prefixes(names: Iterable[str], max_depth: int = 4) -> dict[str, str]:
     while True:     # the prefixes that decide the depth are the ones returned: computed once
         prefixes = [".".join(k.split(".", depth)[:depth]) for k in names]
         if depth >= max_depth or len(set(prefixes)) > 1 or all(k.count(".") < depth for k in names):
-            return dict(zip(names, prefixes, strict=True))
+            return prefixes
         depth += 1

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ckptkit.core.checkpoint import ByteRange, StorageRef, TensorRef, iter_tensors
+from ckptkit.core.checkpoint import ByteRange, StorageRef, TensorRef, iter_tensor_values, iter_tensors
 from ckptkit.core.dtypes import dtype_named
 from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.formats import open_checkpoint
@@ -86,3 +89,46 @@ def test_a_storage_located_by_key_asks_the_shared_locator_once_with_its_own_key(
     assert bytes(third.read_bytes()) == bytes([12, 13, 14, 15])
     assert first.byte_range() == ByteRange(path, 4, 4)
     assert asked == ["1", "3"]
+
+
+def _tensor_trees(tensors: list[TensorRef]) -> st.SearchStrategy[object]:
+    """Trees of dicts (str and int keys, OrderedDicts), lists and tuples holding the given tensors
+    and leaves; some dicts hold only tensors (walked in one step), some only leaves (skipped)."""
+    leaves = st.sampled_from([None, 0, 1.5, "s", True]) | st.sampled_from(tensors)
+    keys = st.sampled_from(["a", "b.c", "w", ""]) | st.integers(0, 3)
+    return st.recursive(leaves, lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(keys, inner, max_size=4), st.dictionaries(keys, inner, max_size=3).map(OrderedDict),
+        st.dictionaries(st.sampled_from(["x", "y.z"]), st.sampled_from(tensors), min_size=1, max_size=3)),
+        max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_the_tensors_without_their_paths_are_the_walks_tensors_in_its_order(data: st.DataObject) -> None:
+    tensors = [TensorRef(dtype_named("float32"), (1,), (1,), _storage(Path("f"), 0, 4, 1)) for _ in range(3)]
+    tree = data.draw(_tensor_trees(tensors))
+    walked = list(iter_tensors(tree))
+    assert [id(t) for t in iter_tensor_values(tree)] == [id(t) for _, t in walked]
+    assert all(isinstance(t, TensorRef) for _, t in walked)
+    assert len(walked) == _count_tensors(tree)
+
+
+def _count_tensors(node: object) -> int:
+    """The tensors of a tree, counted the plain recursive way."""
+    if isinstance(node, TensorRef):
+        return 1
+    if isinstance(node, dict):
+        return sum(_count_tensors(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return sum(_count_tensors(v) for v in node)
+    return 0
+
+
+def test_a_dict_of_names_only_is_skipped_and_its_neighbours_still_walked(tmp_path: Path) -> None:
+    """A shard index's weight_map (100,000 names, no tensor) is passed over in one step."""
+    t = TensorRef(dtype_named("float32"), (1,), (1,), _storage(tmp_path / "f", 0, 4, 1))
+    tree = {"index.json": {"weight_map": {f"w.{i}": "model-1.safetensors" for i in range(5)}, "n": [1, (2, t)]},
+            "shard": {"w.0": t}}
+    assert [k for k, _ in iter_tensors(tree)] == ["index.json.n.1.1", "shard.w.0"]
+    assert list(iter_tensor_values(tree)) == [t, t]

@@ -3,6 +3,7 @@ give exactly what checking entry by entry gives: the same tensors, or the same o
 from __future__ import annotations
 
 import json
+import math
 import struct
 import tempfile
 from pathlib import Path
@@ -14,7 +15,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+import ckptkit.formats.safetensors_file as sf
 from ckptkit.cli import main
+from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.safetensors_file import header_tensor, read_header_entries, read_safetensors_header
@@ -121,3 +124,76 @@ def test_a_shard_cut_short_names_its_last_tensor(tmp_path: Path, cut: int) -> No
     path.write_bytes(path.read_bytes()[:-cut])
     with pytest.raises(CkptkitError, match=r"tensor 'w\.\d+' ends at byte \d+ but the file has \d+: truncated"):
         open_checkpoint(path)
+
+
+# Dims whose values multiply like ints but that json does not read as ints (2.0, true): a header
+# that spells them so must still be refused entry by entry, even beside the same shape in ints.
+dims = st.lists(st.sampled_from([0, 1, 2, 3, -1, 2.0, 1.0, True, False]), max_size=3)
+
+
+@settings(max_examples=400, deadline=None)
+@example([("F32", [2]), ("F32", [2.0])])        # one shape as ints and as floats
+@example([("U8", [1]), ("U8", [True])])          # json's true equals 1
+@example([("U8", [True]), ("U8", [1])])
+@given(st.lists(st.tuples(st.sampled_from(["F32", "U8", "I64"]), dims), min_size=1, max_size=5))
+def test_the_column_checks_give_the_entry_by_entry_reading_or_defer_to_it(
+        specs: list[tuple[str, list[object]]]) -> None:
+    """Offsets follow from each shape's value, so only the spelling of a number can be wrong: the
+    column checks return exactly what entry-by-entry reading returns, or raise so that
+    entry-by-entry reading decides (and names the tensor)."""
+    header: dict[str, object] = {}
+    end = 0
+    for i, (code, shape) in enumerate(specs):
+        n = int(math.prod(shape)) * {"F32": 4, "U8": 1, "I64": 8}[code]
+        header[f"w.{i}"] = {"dtype": code, "shape": shape, "data_offsets": [end, end + n]}
+        end += max(n, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(Path(tmp) / "m.safetensors", header, bytes(end))
+        try:
+            expected: list[tuple] | None = _entry_by_entry(path)
+        except CorruptCheckpointError:
+            expected = None
+        raw, start, size = sf._header_bytes(path, 0)
+        entries, locate = sf._parsed_header(path, raw)[0], sf._HeaderLocator(path, start, raw, FileBytes(path))
+        try:
+            got = _described(sf._checked_in_bulk(entries, start, size, locate))
+        except (KeyError, TypeError, ValueError, AttributeError, sf._Damaged):
+            return       # deferred: the entry-by-entry reading decides
+        assert got == expected
+
+
+def test_a_shape_spelled_in_floats_beside_the_same_shape_in_ints_is_named(tmp_path: Path) -> None:
+    header = {"w.0": {"dtype": "U8", "shape": [2], "data_offsets": [0, 2]},
+              "w.1": {"dtype": "U8", "shape": [2.0], "data_offsets": [2, 4]}}
+    path = _write(tmp_path / "m.safetensors", header, bytes(4))
+    with pytest.raises(CorruptCheckpointError, match=r"tensor 'w\.1': header entry is damaged"):
+        read_safetensors_header(path)
+
+
+def test_tensors_are_located_from_the_header_as_it_was_read_even_after_the_file_changes(tmp_path: Path) -> None:
+    """The offsets come from the header bytes read when the file was opened (kept, parsed again
+    when a tensor's bytes are first asked for), as they did when each tensor kept its own."""
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.ones(2), "b": torch.arange(3.0)}, str(path))
+    expected = [(name, offset, length) for name, *_, offset, length in _entry_by_entry(path)]
+    tensors, _ = read_safetensors_header(path)
+    save_file({"b": torch.zeros(50), "a": torch.ones(7), "c": torch.ones(1)}, str(path))    # another header
+    got = [(name, t.storage.byte_range().offset, t.storage.byte_range().length) for name, t in tensors.items()]
+    assert got == expected and [length for *_, length in got] == [8, 12]
+
+
+def test_the_model_follows_the_index_whether_or_not_it_lists_a_shards_keys_in_the_shards_order(
+        tmp_path: Path) -> None:
+    """A shard listed in its own order joins the model in one merge; one listed otherwise key by
+    key: either way the model's keys are the index's, shard by shard, each with its own tensor."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    save_file({"a.0": torch.ones(1), "a.1": torch.ones(2)}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({"b.0": torch.ones(3), "b.1": torch.ones(4)}, str(folder / "model-00002-of-00002.safetensors"))
+    weight_map = {"a.0": "model-00001-of-00002.safetensors", "a.1": "model-00001-of-00002.safetensors",
+                  "b.1": "model-00002-of-00002.safetensors", "b.0": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    ckpt = open_checkpoint(folder)
+    assert [(k, t.shape) for k, t in ckpt.model.items()] == [("a.0", (1,)), ("a.1", (2,)), ("b.1", (4,)),
+                                                             ("b.0", (3,))]
+    assert not ckpt.findings
