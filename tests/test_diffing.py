@@ -293,3 +293,21 @@ def test_chunks_small_and_large_are_equal_exactly_when_every_byte_is(size: int, 
     assert V._chunk_equal(memoryview(a), memoryview(bytes(b))) is (not (flip and size))
     if size:
         assert V._chunk_equal(memoryview(a), memoryview(a[:-1])) is False
+
+
+def test_a_slice_of_a_larger_storage_is_compared_on_its_own_bytes_only(tmp_path: Path) -> None:
+    """A small contiguous tensor that starts inside its storage (base[2:6]): bytes of the storage
+    outside its span may differ, a byte inside it may not."""
+    base = torch.arange(8.0)
+    other = base.clone()
+    other[7] = 99.0                                   # outside the slice's span
+    a = _save({"s": base[2:6], "keep": base}, tmp_path / "a.pth")
+    b = _save({"s": other[2:6], "keep": other}, tmp_path / "b.pth")
+    result = diff_paths(a, b)
+    by_key = {t.name: t for t in result.tensors}
+    assert by_key["s"].status == IDENTICAL and by_key["keep"].status == CHANGED
+    inside = base.clone()
+    inside[3] = -1.0                                  # inside the slice's span
+    c = _save({"s": inside[2:6], "keep": inside}, tmp_path / "c.pth")
+    changed = {t.name: t for t in diff_paths(a, c).tensors}["s"]
+    assert changed.status == CHANGED and changed.values is not None and changed.values.changed_elements == 1
