@@ -95,7 +95,7 @@ class _FileRecords:
         self.ends = self.offsets + self.lengths
         self.alone = (self.lengths > WINDOW_BYTES) | (self.offsets < 0) | (self.ends + _SLACK > sizes[self.source_code])
         self.total = int(self.lengths.sum())
-        self._done_before = np.concatenate([[0], np.cumsum(self.lengths)])
+        self._bytes_before = np.concatenate([[0], np.cumsum(self.lengths)])
 
     @staticmethod
     def _column(first: Iterable[int], rest: list[list[int]]) -> np.ndarray:
@@ -117,10 +117,7 @@ class _FileRecords:
         return kinds[order], list(known.values())
 
     def bytes_in(self, i: int, j: int) -> int:
-        return int(self._done_before[j] - self._done_before[i])
-
-    def done_before(self, k: int) -> int:
-        return int(self._done_before[k])
+        return int(self._bytes_before[j] - self._bytes_before[i])
 
     def record(self, k: int) -> Record:
         """The Record of the k-th record in offset order."""
