@@ -16,13 +16,13 @@ from __future__ import annotations
 import operator
 from collections import Counter
 from collections.abc import Iterable
-from itertools import chain, compress
+from itertools import compress
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckptkit.core.byte_source import FileBytes
-from ckptkit.core.checkpoint import Finding, Severity, StorageRef, TensorRef
+from ckptkit.core.checkpoint import Finding, Severity, StorageRef, TensorRef, iter_tensor_values
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats.dcp import TensorInChunksError
 from ckptkit.formats.torch_zip import archive_storages
@@ -79,14 +79,7 @@ def _value_checked(ctx: ValidationContext) -> set[int]:
     CRC-checked only."""
     ckpt = ctx.ckpt
     checked = set(map(id, ckpt.model.values()))
-    # The optimizer's tensors: the ids of everything below it are taken, containers and numbers
-    # alike, a level at a time. That is exact for tensors: every object in the set is alive (the
-    # tree holds it), and two live objects never share an id.
-    level: list[Any] = [ckpt.optimizer] if isinstance(ckpt.optimizer, (dict, list, tuple)) else []
-    while level:        # one level of the tree at a time
-        values = list(chain.from_iterable(node.values() if isinstance(node, dict) else node for node in level))
-        checked.update(map(id, values))
-        level = [value for value in values if isinstance(value, (dict, list, tuple))]
+    checked.update(map(id, iter_tensor_values(ckpt.optimizer)))
     checked.update(id(c.tensor) for chunks in ckpt.chunks.values() for c in chunks)
     return checked
 
