@@ -88,8 +88,8 @@ class _FileRecords:
         self.non_negative = np.fromiter(chain(map(attrgetter("non_negative"), records), *(
             map(methodcaller("endswith", NON_NEGATIVE_SUFFIXES), b.keys) for b in blocks)), bool, len(order))[order]
         self.kinds, self.kind_dtypes = self._kinds(records, blocks, order)
-        source_codes = {id(source): code for code, source in enumerate(dict.fromkeys(sources))}
-        self.sources = list(dict.fromkeys(sources))
+        self.sources = list(dict.fromkeys(sources))       # FileBytes hash by identity: each map once
+        source_codes = {id(source): code for code, source in enumerate(self.sources)}
         self.source_code = np.fromiter(map(source_codes.__getitem__, map(id, sources)), np.int64, len(order))[order]
         sizes = np.array([_map_size(source) for source in self.sources], np.int64)
         self.ends = self.offsets + self.lengths
