@@ -154,9 +154,9 @@ def test_the_column_checks_give_the_entry_by_entry_reading_or_defer_to_it(
         except CorruptCheckpointError:
             expected = None
         raw, start, size = sf._header_bytes(path, 0)
-        entries, locate = sf._parsed_header(path, raw)[0], sf._HeaderLocator(path, start, raw, FileBytes(path))
+        entries = sf._parsed_header(path, raw)[0]
         try:
-            got = _described(sf._checked_in_bulk(entries, start, size, locate))
+            got = _described(sf._checked_in_bulk(entries, start, size, path, FileBytes(path)))
         except (KeyError, TypeError, ValueError, AttributeError, sf._Damaged):
             return       # deferred: the entry-by-entry reading decides
         assert got == expected
@@ -171,7 +171,7 @@ def test_a_shape_spelled_in_floats_beside_the_same_shape_in_ints_is_named(tmp_pa
 
 
 def test_tensors_are_located_from_the_header_as_it_was_read_even_after_the_file_changes(tmp_path: Path) -> None:
-    """The offsets come from the header bytes read when the file was opened (kept, parsed again
+    """The offsets come from the header read when the file was opened (kept as arrays, looked up
     when a tensor's bytes are first asked for), as they did when each tensor kept its own."""
     path = tmp_path / "m.safetensors"
     save_file({"a": torch.ones(2), "b": torch.arange(3.0)}, str(path))
