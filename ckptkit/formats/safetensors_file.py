@@ -80,7 +80,7 @@ def _checked_in_bulk(header: dict[str, Any], data_start: int, size: int, path: P
         raise _Damaged
     # Every entry of one shape shares one tuple: a model has a few hundred distinct shapes, not
     # 100,000 (the entry's own tuple is freed). Ints only by now, so equal shapes are the same.
-    shape_of = dict(zip(dims, dims))
+    shape_of = dict(zip(dims, dims, strict=True))
     dims = list(map(shape_of.__getitem__, dims))
     shapes = shape_of.keys()
     if min(chain.from_iterable(shapes), default=0) < 0 or (begins and min(begins) < 0):
@@ -119,7 +119,7 @@ class _HeaderLocator:
 
     def __call__(self, key: str) -> ByteRange:
         if self._position is None:
-            self._position = dict(zip(self.names, range(len(self.names))))
+            self._position = dict(zip(self.names, range(len(self.names)), strict=True))
         i = self._position[key]
         begin = self.begins[i]
         return ByteRange(self.path, self.data_start + begin, self.ends[i] - begin, self.source)
