@@ -50,6 +50,7 @@ class FolderReading:
     findings: list[Finding] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, dict[str, str]] = field(default_factory=dict)   # each member's own (safetensors __metadata__)
+    shards: list[str] = field(default_factory=list)     # a sharded index's files, in the index's order
 
     def where(self, member: str) -> str:
         return f"{self.path.name}/{member}"
@@ -129,7 +130,14 @@ class FolderReading:
         # (JSON object keys are strings already).
         for shard, run in groupby(weight_map.items(), key=itemgetter(1)):
             by_shard.setdefault(str(shard), []).extend(map(itemgetter(0), run))
-        for shard, keys in by_shard.items():
+        # The weight map now lives on as the model's keys, shard by shard: the tree keeps the
+        # index's other fields. Its 100,000 names and file names, and each shard's list once that
+        # shard is read, are freed before the shards' own names pile up (memory is time here:
+        # every page first touched costs a fault).
+        del content["weight_map"], weight_map
+        self.shards = list(by_shard)
+        for shard in self.shards:
+            keys = by_shard.pop(shard)
             if not (self.path / shard).is_file():
                 self.add_finding("folder.missing-shard", Severity.ERROR, index,
                                  f"the index maps {len(keys)} tensors (e.g. {keys[0]!r}) to shard {shard!r}, "
@@ -149,7 +157,7 @@ class FolderReading:
                                  "shard, but it does not hold them")
             model.update(zip(keys, map(tensors.__getitem__, keys), strict=True) if not absent else
                          {k: tensors[k] for k in keys if k in tensors})
-        self.sources["model"] = f"{index} ({len(by_shard)} shards)"
+        self.sources["model"] = f"{index} ({len(self.shards)} shards)"
         return model
 
     def finish(self, fmt: str, family: str, progress: Progress) -> Checkpoint:

@@ -40,8 +40,6 @@ class SafetensorsShardsFormat:
 
 def _first_shard_metadata(reading: FolderReading) -> dict[str, str]:
     """The first shard's __metadata__, as its reading found it (each file is read once)."""
-    index = reading.tree.get(INDEX)
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    shards = sorted({str(s) for s in weight_map.values()}) if isinstance(weight_map, dict) else []
+    shards = sorted(reading.shards)
     # A shard that is missing or could not be read has no metadata; its damage is already a finding.
     return dict(reading.metadata.get(shards[0], {})) if shards else {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,10 @@ def test_sharded_index_assembles_the_model_from_every_shard() -> None:
     ckpt = open_checkpoint(REAL / "hf_sharded")
     assert ckpt.sources["model"] == "model.safetensors.index.json (2 shards)"
     assert sum(t.numel for t in ckpt.model.values()) == 8128
+    # The weight map lives on as the model's keys; the tree keeps the index's other fields only.
+    index = json.loads((REAL / "hf_sharded" / "model.safetensors.index.json").read_text())
+    assert sorted(ckpt.model) == sorted(index["weight_map"])
+    assert ckpt.tree["model.safetensors.index.json"] == {k: v for k, v in index.items() if k != "weight_map"}
     assert ckpt.config["model_type"] == "gpt2"
     assert not ckpt.progress.known
 
