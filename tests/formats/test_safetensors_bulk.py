@@ -197,3 +197,12 @@ def test_the_model_follows_the_index_whether_or_not_it_lists_a_shards_keys_in_th
     assert [(k, t.shape) for k, t in ckpt.model.items()] == [("a.0", (1,)), ("a.1", (2,)), ("b.1", (4,)),
                                                              ("b.0", (3,))]
     assert not ckpt.findings
+
+
+def test_tensors_of_one_shape_share_one_shape_tuple(tmp_path: Path) -> None:
+    """A shard of 10,000 tensors holds a few hundred shapes: one tuple each, not one per tensor."""
+    path = tmp_path / "m.safetensors"
+    save_file({**{f"w.{i}": torch.ones(2, 3) for i in range(5)}, "b": torch.ones(4)}, str(path))
+    tensors, _ = read_safetensors_header(path)
+    assert {k: t.shape for k, t in tensors.items()} == {**{f"w.{i}": (2, 3) for i in range(5)}, "b": (4,)}
+    assert len({id(t.shape) for t in tensors.values()}) == 2
