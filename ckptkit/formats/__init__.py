@@ -8,10 +8,10 @@ imported on first use, so commands given a single file never load them.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ckptkit.core.checkpoint import Checkpoint
 from ckptkit.core.errors import MissingFileError, NotACheckpointError
+from ckptkit.core.paths import named
 from ckptkit.formats.base import Format
 from ckptkit.formats.files import FILE_FORMATS, cyclic_gc_paused, detect_file_format, open_file, read_with
 
@@ -38,7 +38,7 @@ def folder_formats() -> list[Format]:
 
 def detect_format(path: str | os.PathLike[str]) -> Format:
     """The format of the checkpoint at `path`, from its content; raises CkptkitError if none."""
-    path = Path(path)
+    path = named(path)
     if not path.exists():
         raise MissingFileError(path, "no such file or folder")
     if path.is_dir():
@@ -52,5 +52,5 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
 
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint's index safely (no code from the file runs, no tensor bytes are read)."""
-    path = Path(path)
+    path = named(path)
     return read_with(detect_format(path), path)

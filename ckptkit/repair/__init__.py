@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptkit.core.errors import CkptkitError
+from ckptkit.core.paths import named
 from ckptkit.formats import open_checkpoint
 from ckptkit.repair.changes import Change, RepairPlan, RepairResult, apply_changes
 from ckptkit.repair.epoch import carry_out, fix_epoch, training_state_member
@@ -25,7 +26,7 @@ def repair_checkpoint(path: str | os.PathLike[str], fixes: list[str] | None = No
            backup: str | os.PathLike[str] | None = None, keep_backup: bool = True) -> RepairResult:
     """Apply the fixes named by `fixes` (finding codes); with None, plan every applicable fix and
     write nothing. Raises CkptkitError for an unknown code or unusable input (nothing modified)."""
-    path = Path(path)
+    path = named(path)       # "." inside a checkpoint folder: by its name
     unknown = [c for c in fixes or [] if c not in ALL_CODES]
     if unknown:
         raise CkptkitError(path, f"no automatic fix for {', '.join(unknown)}; known: {', '.join(ALL_CODES)}")

@@ -13,6 +13,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Progress
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
+from ckptkit.core.paths import named
 from ckptkit.families import UnrepresentableProgress, family_named, optimizer_step, recognise
 from ckptkit.formats import open_checkpoint
 from ckptkit.formats.dcp import CKPTKIT_TRAINING_STATE
@@ -42,7 +43,7 @@ def fix_epoch(path: str | os.PathLike[str], epoch: int, *, step: int | None = No
     Writes nothing when the checkpoint already says so (running twice == running once) or when
     `dry_run`. Raises CkptkitError (nothing modified) when the family cannot record it.
     """
-    path = Path(path)
+    path = named(path)       # "." inside a checkpoint folder: by its name
     try:
         epochs, within = target_position(epoch, step)
     except ValueError as exc:

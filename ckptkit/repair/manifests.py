@@ -18,6 +18,7 @@ no manifest: it is a copy to restore by hand, never a candidate for resuming.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class ManifestRefresh:
     def covering(cls, path: Path) -> ManifestRefresh | None:
         """The manifest of `path` itself, or of the checkpoint folder `path` belongs to; None
         when no manifest covers it (every checkpoint not written by ckptkit's trainers)."""
-        path = Path(path)
+        path = Path(os.path.abspath(path))      # a manifest names its files from its own folder
         for owner in (path, path.parent):
             if manifest_path(owner).is_file():
                 manifest = read_manifest(owner)

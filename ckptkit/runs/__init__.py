@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, Progress, Severity
 from ckptkit.core.errors import CkptkitError, MissingFileError, NotACheckpointError
+from ckptkit.core.paths import named
 from ckptkit.families import leftover_copy
 from ckptkit.formats import FILE_FORMATS, folder_formats, open_checkpoint
 from ckptkit.formats.base import HEAD_BYTES
@@ -53,7 +54,7 @@ def scan_run(root: str | os.PathLike[str], known: dict[Path, RunEntry] | None = 
     Each checkpoint is opened once; `known` (by path): entries already made from a checkpoint
     the caller opened, which are taken as they are instead of being read again.
     """
-    root = Path(root)
+    root = named(root)
     if not root.exists():
         raise MissingFileError(root, "no such file or folder")
     known = known or {}
@@ -310,7 +311,7 @@ def run_findings_for(path: str | os.PathLike[str], ckpt: Checkpoint | None = Non
     trap compares it with them (`traps.compares_siblings`); otherwise no other file is opened.
     For a run directory itself (not a checkpoint), all of its run-level findings.
     """
-    path = Path(path)
+    path = named(path)
     if not path.exists():
         return []
     is_checkpoint = path.is_file() or _recognised_folder(path)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ckptkit.core.errors import CorruptCheckpointError
+from ckptkit.core.paths import named
 from ckptkit.storage import crc
 from ckptkit.storage.atomic import atomic_write_file, start_writeback
 
@@ -87,7 +88,7 @@ class ChecksumWriter:
 
 
 def manifest_path(checkpoint: Path) -> Path:
-    checkpoint = Path(checkpoint)
+    checkpoint = named(checkpoint)     # "." (a folder checkpoint) or the parent of "a.pth": by its name
     return checkpoint.with_name(checkpoint.name + MANIFEST_SUFFIX)
 
 
