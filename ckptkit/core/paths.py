@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def named(path: str | os.PathLike[str]) -> Path:
-    """`path` as given, or, when its last part names nothing (`.`, `..`), the same place absolute
-    (without following symbolic links: `runs/latest/..` stays what the user typed it to be)."""
+    """`path` as given, or, when its last part names nothing (`.`, `..`), the same place absolute,
+    spelled out as the shell's `cd` does (`runs/latest/..` is `runs`, wherever `latest` links)."""
     p = Path(path)
     return Path(os.path.abspath(p)) if p.name in ("", "..") else p
