@@ -55,7 +55,9 @@ class AccelerateFormat:
             if trees:
                 sections[attr] = next(iter(trees.values())) if len(trees) == 1 else trees
                 reading.sources[attr] = ", ".join(trees)
-        rng = {n: m for n in sorted(names) if RANDOM_STATES.match(n) if (m := reading.open_member(n, "RNG state"))}
+        # accelerate reads them back through accelerate.utils.load, which allows numpy values
+        rng = {n: m for n in sorted(names) if RANDOM_STATES.match(n)
+               if (m := reading.open_member(n, "RNG state", numpy_allowed=True))}
         customs = {n: m for n in sorted(names) if CUSTOM.match(n)
                    if (m := reading.open_member(n, "registered object state"))}
         if rng:

@@ -52,6 +52,11 @@ def checkpoint_from_tree(path: Path, fmt: str, tree: Any, globals_: list[GlobalR
     return ckpt
 
 
+# A file holding numpy values, which plain torch.load refuses since PyTorch 2.6 (a folder member
+# that its library loads with numpy allowed, as transformers does rng_state.pth, drops it).
+NUMPY_VALUES = "compat.numpy-values"
+
+
 def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list[Finding]:
     """One finding per global a pickle named that is not on the known-safe list."""
     findings = []
@@ -68,6 +73,17 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
                 f"the pickle holds an instance of {g.qualified_name}: torch.load(weights_only=True) "
                 f"refuses it, and weights_only=False would import and run module {g.module!r}",
                 f"ckptkit repair {shlex.quote(str(path))} --fix security.pickled-class"))
+    numpy = sorted({g.qualified_name for g in globals_ if g.kind != "dangerous" and g.module.split(".")[0] == "numpy"})
+    if numpy:
+        # torch's weights-only unpickler allows no numpy name by default (checked against torch
+        # 2.13's _get_allowed_globals); torch.load's default became weights_only=True in 2.6.
+        findings.append(Finding(
+            NUMPY_VALUES, Severity.WARNING, where,
+            f"the pickle holds numpy values ({', '.join(numpy)}): since PyTorch 2.6, torch.load(path) "
+            "refuses it ('Weights only load failed', weights_only=True being the default), so a resume "
+            "that calls torch.load without weights_only=False stops there; the values are plain data",
+            "load it inside torch.serialization.safe_globals([...]) with those numpy names, or save "
+            "plain numbers (float(x), int(x)) instead of numpy ones"))
     return findings
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorRef
 from ckptkit.core.errors import CkptkitError
-from ckptkit.formats.base import weights_only_command
+from ckptkit.formats.base import NUMPY_VALUES, weights_only_command
 from ckptkit.formats.files import open_file
 
 # Whole-model weight files, in the order transformers/peft prefer them when several exist.
@@ -60,11 +60,14 @@ class FolderReading:
         self.findings.append(Finding(code, severity, self.where(member) if member else self.path.name,
                                      message, fix))
 
-    def open_member(self, name: str, role: str, classes_expected: bool = False) -> Checkpoint | None:
+    def open_member(self, name: str, role: str, classes_expected: bool = False,
+                    numpy_allowed: bool = False) -> Checkpoint | None:
         """Open one member with the single-file readers; an unreadable member becomes an error finding.
 
         `classes_expected`: the member is known to hold pickled objects of the library that wrote
         it (HF `training_args.bin`), which nothing loads on resume, so their stubs are noted, not warned.
+        `numpy_allowed`: the library that reads it back allows numpy values in torch.load
+        (transformers' `safe_globals` for `rng_state.pth`), so they are no finding.
         """
         try:
             member = open_file(self.path / name)
@@ -78,7 +81,7 @@ class FolderReading:
         self.metadata[name] = member.metadata
         classes = [f for f in member.findings if classes_expected and f.code == "security.pickled-class"]
         for f in member.findings:
-            if f not in classes:
+            if f not in classes and not (numpy_allowed and f.code == NUMPY_VALUES):
                 # A member's weights-only way out converts the whole folder (its model is elsewhere).
                 fix = weights_only_command(self.path) if f.code == "security.dangerous-global" else f.fix
                 self.findings.append(Finding(f.code, f.severity, self.where(f.where), f.message, fix))

@@ -121,7 +121,7 @@ def read_training_state(reading: FolderReading, names: set[str]) -> dict[str, An
     rng_files = sorted(n for n in names if RNG_FILE.match(n))
     rng = {}
     for name in rng_files:
-        member = reading.open_member(name, "RNG state")
+        member = reading.open_member(name, "RNG state", numpy_allowed=True)   # Trainer._load_rng_state: safe_globals()
         if member is not None:
             rng[name] = member.tree
     if rng:
