@@ -67,7 +67,8 @@ class FolderReading:
         `classes_expected`: the member is known to hold pickled objects of the library that wrote
         it (HF `training_args.bin`), which nothing loads on resume, so their stubs are noted, not warned.
         `numpy_allowed`: the library that reads it back allows numpy values in torch.load
-        (transformers' `safe_globals` for `rng_state.pth`), so they are no finding.
+        (transformers' `safe_globals` for `rng_state.pth`), so they are no finding; nor are they in
+        a member nothing reads back (`classes_expected`).
         """
         try:
             member = open_file(self.path / name)
@@ -81,7 +82,7 @@ class FolderReading:
         self.metadata[name] = member.metadata
         classes = [f for f in member.findings if classes_expected and f.code == "security.pickled-class"]
         for f in member.findings:
-            if f not in classes and not (numpy_allowed and f.code == NUMPY_VALUES):
+            if f not in classes and not ((numpy_allowed or classes_expected) and f.code == NUMPY_VALUES):
                 # A member's weights-only way out converts the whole folder (its model is elsewhere).
                 fix = weights_only_command(self.path) if f.code == "security.dangerous-global" else f.fix
                 self.findings.append(Finding(f.code, f.severity, self.where(f.where), f.message, fix))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import io
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,13 @@ def test_a_checkpoint_in_memory_holding_numpy_is_refused_by_torch_too() -> None:
     buffer.seek(0)
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(buffer, weights_only=True)
+
+
+def test_training_args_bin_which_nothing_reads_back_is_no_finding(tmp_path: Path) -> None:
+    """HF Trainer never loads training_args.bin on resume: numpy inside it stops nothing."""
+    folder = tmp_path / "checkpoint-4"
+    shutil.copytree(REAL / "hf_full" / "checkpoint-4", folder)
+    torch.save({"seed": np.int64(42)}, folder / "training_args.bin")
+    assert "compat.numpy-values" not in codes(run(folder))
+    torch.save({"seed": np.int64(42)}, folder / "scheduler.pt")        # the Trainer loads this one
+    assert only(run(folder), "compat.numpy-values").where.endswith("scheduler.pt")
