@@ -82,9 +82,19 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
             f"the pickle holds numpy values ({', '.join(numpy)}): since PyTorch 2.6, torch.load(path) "
             "refuses it ('Weights only load failed', weights_only=True being the default), so a resume "
             "that calls torch.load without weights_only=False stops there; the values are plain data",
-            "load it inside torch.serialization.safe_globals([...]) with those numpy names, or save "
-            "plain numbers (float(x), int(x)) instead of numpy ones"))
+            _numpy_way_out(path, numpy)))
     return findings
+
+
+def _numpy_way_out(path: Path, names: list[str]) -> str:
+    """Numbers alone (numpy scalars and their dtypes) are rewritten as plain ones by `convert`,
+    which torch.load accepts; arrays need numpy allowed where the file is loaded."""
+    allow = "load it inside torch.serialization.safe_globals([...]) with those numpy names"
+    if any(n.rsplit(".", 1)[-1] not in ("scalar", "dtype") for n in names):
+        return f"{allow}, or save plain lists and numbers instead of numpy ones"
+    plain = path.with_name(f"{path.stem}.plain{path.suffix}")
+    return (f"ckptkit convert {shlex.quote(str(path))} {shlex.quote(str(plain))} (the numpy numbers written "
+            f"as plain ones, which torch.load accepts); or {allow}")
 
 
 def weights_only_command(path: Path) -> str:

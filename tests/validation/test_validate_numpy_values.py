@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from ckptkit.cli import main
 from ckptkit.core.checkpoint import Severity
 from tests.validation.helpers import codes, only, run
 
@@ -53,7 +55,23 @@ def test_the_finding_names_the_numpy_globals_and_the_way_out(save: Any) -> None:
     assert finding.message.startswith("the pickle holds numpy values (numpy.")
     assert "multiarray.scalar" in finding.message and "numpy.dtype" in finding.message
     assert "since PyTorch 2.6, torch.load(path) refuses it" in finding.message
-    assert finding.fix.startswith("load it inside torch.serialization.safe_globals([...])")
+    assert finding.fix.startswith(f"ckptkit convert {path} {path.parent / 'ckpt.plain.pt'} (the numpy numbers")
+
+
+def test_the_convert_it_suggests_for_numpy_numbers_gives_a_file_torch_load_accepts(save: Any) -> None:
+    path = save({"model_state_dict": {"w": torch.ones(2)}, "epoch": np.int64(3), "best_val_f1": np.float64(0.9)})
+    command = only(run(path), "compat.numpy-values").fix.split(" (")[0].split()
+    assert command[:2] == ["ckptkit", "convert"]
+    assert CliRunner().invoke(main, command[1:]).exit_code == 0
+    loaded = torch.load(command[3], weights_only=True)
+    assert (loaded["epoch"], loaded["best_val_f1"]) == (3, 0.9) and type(loaded["epoch"]) is int
+    assert torch.equal(loaded["model_state_dict"]["w"], torch.ones(2))
+    assert "compat.numpy-values" not in codes(run(Path(command[3])))
+
+
+def test_numpy_arrays_are_pointed_to_safe_globals_not_to_convert(save: Any) -> None:
+    path = save({"model_state_dict": {"w": torch.ones(2)}, "rng": np.random.RandomState(0).get_state()})
+    assert only(run(path), "compat.numpy-values").fix.startswith("load it inside torch.serialization.safe_globals")
 
 
 def test_enstack_training_state_with_a_numpy_f1_is_refused_by_its_own_torch_load() -> None:
