@@ -28,10 +28,12 @@ WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json"
 
 
 def member_names(path: Path) -> set[str]:
-    """Names of the plain files directly inside `path` (empty when it cannot be listed)."""
+    """Names of the files directly inside `path` (empty when it cannot be listed). A link to a file
+    counts as the file: a Hugging Face hub snapshot's members all link to its `blobs/`, and a
+    link that leads nowhere is no member (its shard is then missing)."""
     try:
         with os.scandir(path) as entries:
-            return {e.name for e in entries if e.is_file(follow_symlinks=False)}
+            return {e.name for e in entries if e.is_file()}
     except OSError:
         return set()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ckptkit.core.checkpoint import Severity
 from ckptkit.formats import detect_format, open_checkpoint
 from ckptkit.storage.safe_pickle import PickledObject
 
@@ -171,3 +172,29 @@ def test_a_chunked_tensor_says_to_read_its_chunks_instead_of_pretending_to_be_wh
     ckpt = open_checkpoint(TWO_RANKS)
     with pytest.raises(UnsupportedFeatureError, match="'model.w' is stored in 2 chunks"):
         ckpt.model["w"].read_bytes()
+
+
+def _hub_snapshot(tmp_path: Path, source: Path) -> Path:
+    """`source` laid out as the Hugging Face hub cache keeps a download: each file a link into blobs/."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "0123abc"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for file in sorted(source.iterdir()):
+        (blobs / f"{file.name}.blob").write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(Path("../../blobs") / f"{file.name}.blob")
+    return snapshot
+
+
+def test_a_hub_snapshot_of_links_reads_as_the_folder_it_links_to(tmp_path: Path) -> None:
+    snapshot = _hub_snapshot(tmp_path, REAL / "hf_sharded")
+    linked, plain = open_checkpoint(snapshot), open_checkpoint(REAL / "hf_sharded")
+    assert (linked.format, linked.sources["model"]) == (plain.format, "model.safetensors.index.json (2 shards)")
+    assert {k: t.shape for k, t in linked.model.items()} == {k: t.shape for k, t in plain.model.items()}
+    assert linked.size_bytes == plain.size_bytes and not linked.findings
+
+
+def test_a_hub_snapshot_link_that_leads_nowhere_is_a_missing_shard(tmp_path: Path) -> None:
+    snapshot = _hub_snapshot(tmp_path, REAL / "hf_sharded")
+    (tmp_path / "blobs" / "model-00002-of-00002.safetensors.blob").unlink()
+    findings = [(f.code, f.severity) for f in open_checkpoint(snapshot).findings]
+    assert ("folder.missing-shard", Severity.ERROR) in findings
