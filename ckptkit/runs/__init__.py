@@ -92,10 +92,12 @@ def _walk(directory: Path, found: list[tuple[Path, bool]], is_root: bool = False
             entries = sorted(it, key=lambda e: e.name)
     except OSError:
         return
+    hub_cache = {"blobs", "refs", "snapshots"} <= {e.name for e in entries if e.is_dir(follow_symlinks=False)}
     for entry in entries:
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
-            if entry.name not in SKIP_DIRS:
+            # A Hugging Face hub cache's blobs are its snapshots' files again, under hashes.
+            if entry.name not in SKIP_DIRS and not (hub_cache and entry.name == "blobs"):
                 _walk(path, found)
         elif not (recognised or partial) and entry.is_file() and _is_checkpoint_file(path):
             found.append((path, False))

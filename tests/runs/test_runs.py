@@ -183,3 +183,20 @@ def test_latest_passes_over_a_checkpoint_whose_bytes_no_longer_match_its_manifes
     assert entry.health.status == "broken" and entry.health.reason.startswith(
         "integrity.manifest-mismatch: checkpoint_step_4.pt: CRC-32")
     assert "run.latest-broken" in [f.code for f in run.findings]
+
+
+def test_a_hub_cache_lists_its_snapshot_once_not_its_blobs_again(tmp_path: Path) -> None:
+    """models--X/{blobs,refs,snapshots}: each snapshot file links to a blob named by its hash."""
+    model = tmp_path / "models--org--tiny"
+    blobs, snapshot = model / "blobs", model / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (model / "refs").mkdir()
+    (model / "refs" / "main").write_text("0123abc")
+    for i, file in enumerate(sorted((REAL / "hf_sharded").iterdir())):
+        (blobs / f"{i:040x}").write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(Path("../../blobs") / f"{i:040x}")
+    assert [(e.path, e.format) for e in scan_run(model).entries] == [(snapshot, "save-pretrained")]
+    (model / "refs" / "main").unlink()
+    (model / "refs").rmdir()         # not a hub cache: the blobs are files like any other
+    assert {e.path.parent.name for e in scan_run(model).entries} == {"blobs", "snapshots"}
