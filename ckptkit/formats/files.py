@@ -79,7 +79,21 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+# Files people mistake for PyTorch checkpoints, by their magic bytes: named in the error so the
+# user knows what they hold (each is read by its own tool, not by torch.load).
+_OTHER_FORMATS = ((b"GGUF", "a GGUF model file of llama.cpp, which holds no PyTorch training state"),
+                  (b"\x89HDF\r\n\x1a\n", "an HDF5 file, as Keras and TensorFlow save, not a PyTorch checkpoint"),
+                  (b"\x7fELF", "an ELF executable, not a checkpoint"),
+                  (b"\x1f\x8b", "a gzip archive: unpack it first, with gunzip or tar -xzf"),
+                  (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive: unpack it first"),
+                  (b"\xfd7zXZ\x00", "an xz archive: unpack it first, with unxz or tar -xJf"),
+                  (b"(\xb5/\xfd", "a zstd archive: unpack it first, with zstd -d"))
+
+
 def _describe_head(head: bytes) -> str:
+    for magic, what in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return what
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:   # a character cut by the end of the head is still text

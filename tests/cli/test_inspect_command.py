@@ -1,6 +1,7 @@
 """`ckptkit inspect` through click's CliRunner and as a real process: output, JSON, exit codes."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -141,13 +142,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, str]]:
         "missing": (tmp / "nope.pt", "no such file or folder"),
         "flipped": (_flipped_pickle(tmp), "flipped/data.pkl is damaged: Bad CRC-32 for file 'flipped/data.pkl'"),
     }
+    # Files taken for checkpoints, named by what they are (their first bytes as their tools write them).
+    for name, head, what in (("model.gguf", b"GGUF\x03\x00\x00\x00", "a GGUF model file of llama.cpp"),
+                             ("model.h5", b"\x89HDF\r\n\x1a\n", "an HDF5 file, as Keras and TensorFlow save"),
+                             ("ckpt.pt.gz", gzip.compress(b"PK\x03\x04"), "a gzip archive: unpack it first")):
+        (tmp / name).write_bytes(head + bytes(64))
+        cases[name] = (tmp / name, f"not a checkpoint ckptkit knows ({what}")
     for keep in (0.05, 0.5, 0.95, 0.999):
         cases[f"truncated-{keep}"] = (_truncated(tmp, keep), truncated)
     return cases
 
 
 BAD_CASES = ["empty", "text", "folder", "missing", "flipped", "truncated-0.05", "truncated-0.5",
-             "truncated-0.95", "truncated-0.999"]
+             "truncated-0.95", "truncated-0.999", "model.gguf", "model.h5", "ckpt.pt.gz"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
