@@ -94,7 +94,7 @@ def _numpy_way_out(path: Path, names: list[str]) -> str:
         return f"{allow}, or save plain lists and numbers instead of numpy ones"
     plain = path.with_name(f"{path.stem}.plain{path.suffix}")
     return (f"ckptkit convert {shlex.quote(str(path))} {shlex.quote(str(plain))} (the numpy numbers written "
-            f"as plain ones, which torch.load accepts); or {allow}")
+            f"as plain ones, which torch.load accepts; then put it in place of the original); or {allow}")
 
 
 def weights_only_command(path: Path) -> str:
