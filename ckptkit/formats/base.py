@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.storage.pickle_limits import PickleLimitError
+from ckptkit.storage.pickle_verdict import weights_only_accepts
 from ckptkit.storage.safe_pickle import PARTIAL_ATTR, GlobalRef, UnpickleResult, UnsupportedPickle
 
 HEAD_BYTES = 64
@@ -55,10 +56,12 @@ def checkpoint_from_tree(path: Path, fmt: str, tree: Any, globals_: list[GlobalR
 # A file holding numpy values, which plain torch.load refuses since PyTorch 2.6 (a folder member
 # that its library loads with numpy allowed, as transformers does rng_state.pth, drops it).
 NUMPY_VALUES = "compat.numpy-values"
+META_TENSORS = "integrity.meta-tensors"
 
 
 def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list[Finding]:
-    """One finding per global a pickle named that is not on the known-safe list."""
+    """What the globals a pickle named mean for loading it: one finding per global that runs code
+    or that torch.load(weights_only=True) refuses, and one each for meta tensors and numpy values."""
     findings = []
     for g in globals_:
         if g.kind == "dangerous":
@@ -67,12 +70,20 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
                 "security.dangerous-global", Severity.ERROR, where,
                 f"the pickle {what} when loaded with torch.load(weights_only=False); ckptkit did not "
                 f"run it. Do not load this file with weights_only=False", weights_only_command(path)))
-        elif g.kind == "class":
+        elif g.kind == "class" and not weights_only_accepts(g.module, g.name):
             findings.append(Finding(
                 "security.pickled-class", Severity.WARNING, where,
                 f"the pickle holds an instance of {g.qualified_name}: torch.load(weights_only=True) "
                 f"refuses it, and weights_only=False would import and run module {g.module!r}",
                 f"ckptkit repair {shlex.quote(str(path))} --fix security.pickled-class"))
+    if any(g.qualified_name == "torch._utils._rebuild_meta_tensor_no_storage" for g in globals_):
+        findings.append(Finding(
+            META_TENSORS, Severity.ERROR, where,
+            "tensors were saved from the meta device: they have a shape but no values (the model was "
+            "saved before its weights were materialized); load_state_dict stops with 'Cannot copy out "
+            "of meta tensor' and nothing in this file can restore them",
+            "save again after the weights exist (to_empty() then init, or load real weights first); "
+            "resume from an earlier checkpoint"))
     numpy = sorted({g.qualified_name for g in globals_ if g.kind != "dangerous" and g.module.split(".")[0] == "numpy"})
     if numpy:
         # torch's weights-only unpickler allows no numpy name by default (checked against torch

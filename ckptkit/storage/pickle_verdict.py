@@ -85,6 +85,22 @@ def _is_library_rebuilder(module: str, name: str) -> bool:
                               ("numpy.random._pickle", "__generator_ctor")}
 
 
+# torch's quantization schemes, which a quantized tensor's pickle names.
+_TORCH_QSCHEMES = frozenset({"per_tensor_affine", "per_tensor_symmetric", "per_channel_affine",
+                             "per_channel_symmetric", "per_channel_affine_float_qparams"})
+
+
+def weights_only_accepts(module: str, name: str) -> bool:
+    """Whether torch.load(weights_only=True) resolves the global `module.name` itself: torch's own
+    tensor rebuilders (meta, sparse, quantized, nested tensors; all but XLA's), the layout lookup
+    sparse tensors use and the quantization schemes (torch 2.13's `_get_allowed_globals`; a test
+    holds this to it). Such a name is no pickled class, though ckptkit shows its tensor as one."""
+    if module == "torch._utils":
+        return name.startswith("_rebuild_") and name != "_rebuild_xla_tensor"
+    return ((module, name) in {("torch._tensor", "_rebuild_from_type_v2"), ("torch.serialization", "_get_layout")}
+            or (module == "torch" and name in _TORCH_QSCHEMES))
+
+
 def is_plain(value: Any, plain_callables: frozenset[Any], depth: int = 0) -> bool:
     """True when `value` is data: no class, function or refused call anywhere inside it (checked
     to a bounded depth and breadth; deeper parts were built by calls judged on their own)."""
