@@ -119,7 +119,10 @@ def build_checkpoint(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef])
     family = recognise(tree)
     if family is None:
         ckpt.family = "pickled-object" if isinstance(tree, PickledObject) else "unknown"
-        if isinstance(tree, PickledObject):
+        module = S.module_state_dict(tree)
+        if module is not None:           # torch.save(model): the model is its state dict
+            ckpt.model, ckpt.sources["model"] = module, f"a pickled {tree.qualified_name}"
+        elif isinstance(tree, PickledObject):
             ckpt.config = S.config_fields(tree)
         return ckpt
     ckpt.family = family.name
@@ -134,7 +137,7 @@ register_tree_interpreter(build_checkpoint)
 def _fill_sections(ckpt: Checkpoint, tree: Tree) -> None:
     used: set[str] = set()
     for model_key in S.MODEL_KEYS:
-        model = S.flatten_state_dict(tree.get(model_key))
+        model = S.flatten_state_dict(tree.get(model_key)) or S.module_state_dict(tree.get(model_key))
         if model is not None:
             ckpt.model, ckpt.sources["model"] = model, model_key
             used.add(model_key)

@@ -75,6 +75,8 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
                 "security.pickled-class", Severity.WARNING, where,
                 f"the pickle holds an instance of {g.qualified_name}: torch.load(weights_only=True) "
                 f"refuses it, and weights_only=False would import and run module {g.module!r}",
+                # a torch.nn module is a model saved whole (torch.save(model)): its weights are the way out
+                weights_only_command(path) if g.module.startswith("torch.nn.") else
                 f"ckptkit repair {shlex.quote(str(path))} --fix security.pickled-class"))
     if any(g.qualified_name == "torch._utils._rebuild_meta_tensor_no_storage" for g in globals_):
         findings.append(Finding(

@@ -41,7 +41,8 @@ def strip_wrapper_prefixes(ckpt: Checkpoint) -> FixPlan:
     """`compat.module-prefix`: model keys saved through DDP or torch.compile carry a wrapper prefix."""
     source = ckpt.sources.get("model")
     holder_path: KeyPath = () if source == "(top level)" else (source,)
-    holder = ckpt.tree if source == "(top level)" else ckpt.tree.get(source) if source else None
+    # a dict's key, or the file itself; not a pickled module's state dict, which is its own objects
+    holder = ckpt.tree if source == "(top level)" else ckpt.tree.get(source) if isinstance(ckpt.tree, dict) else None
     out = FixPlan()
     if not isinstance(holder, dict) or not holder:
         return out
@@ -109,10 +110,20 @@ def plain_config(ckpt: Checkpoint) -> FixPlan:
     """`security.pickled-class`: pickled objects (a config dataclass) become plain dicts of their fields."""
     out = FixPlan()
     if isinstance(ckpt.tree, PickledObject):
-        out.cannot_fix.append(f"the whole file is one pickled {ckpt.tree.qualified_name} object, not a checkpoint "
-                              "holding a config: ckptkit leaves it (its fields show with ckptkit inspect)")
+        if S.module_state_dict(ckpt.tree) is not None:
+            out.cannot_fix.append(f"the file is a whole pickled torch.nn module ({ckpt.tree.qualified_name}, "
+                                  "torch.save(model)), not a config: keep its weights as a state dict with "
+                                  f"{weights_only_command(ckpt.path)}")
+        else:
+            out.cannot_fix.append(f"the whole file is one pickled {ckpt.tree.qualified_name} object, not a checkpoint "
+                                  "holding a config: ckptkit leaves it (its fields show with ckptkit inspect)")
         return out
     for path, obj in _pickled_objects(ckpt.tree, ()):
+        if S.module_state_dict(obj) is not None:
+            out.cannot_fix.append(f"{'.'.join(map(str, path))} is a whole pickled torch.nn module "
+                                  f"({obj.qualified_name}), not a config: keep its weights as a state dict with "
+                                  f"{weights_only_command(ckpt.path)}")
+            continue
         if obj.is_dangerous:
             out.cannot_fix.append(f"{'.'.join(map(str, path)) or '(top level)'} calls {obj.qualified_name}: "
                                   "that is not a config; keep the weights alone with "

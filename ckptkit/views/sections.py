@@ -47,6 +47,33 @@ def flatten_state_dict(value: Any, prefix: str = "", strict: bool = False) -> di
     return out or None
 
 
+def module_state_dict(value: Any) -> dict[str, TensorRef] | None:
+    """The state dict of a whole pickled `torch.nn.Module` (`torch.save(model)`), named as
+    `Module.state_dict()` names it: each module's `_parameters`, then its persistent `_buffers`,
+    then its `_modules`, depth first. None when `value` is no pickled module or holds no tensor."""
+    out: dict[str, TensorRef] = {}
+    if not _collect_module(value, "", out, depth=0):
+        return None
+    return out or None
+
+
+def _collect_module(value: Any, prefix: str, out: dict[str, TensorRef], depth: int) -> bool:
+    fields = value.fields() if isinstance(value, PickledObject) and depth < 100 else None
+    if not isinstance(fields, dict) or not all(isinstance(fields.get(k), dict) for k in ("_parameters", "_modules")):
+        return False
+    buffers = fields.get("_buffers")
+    skip = fields.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset, list)) else ()
+    for name, tensor in [*fields["_parameters"].items(),
+                         *((k, v) for k, v in (buffers.items() if isinstance(buffers, dict) else ()) if k not in skip)]:
+        if isinstance(tensor, TensorRef):
+            out[f"{prefix}{name}"] = tensor
+    for name, child in fields["_modules"].items():
+        if child is not None and not _collect_module(child, f"{prefix}{name}.", out, depth + 1):
+            return False
+    return True
+
+
 def is_optimizer_state(value: Any) -> TypeGuard[dict[str, Any]]:
     return (isinstance(value, dict) and isinstance(value.get("param_groups"), list)
             and isinstance(value.get("state"), dict))
