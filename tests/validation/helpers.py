@@ -11,6 +11,16 @@ from ckptkit.core.checkpoint import Finding
 from ckptkit.validation import ValidationReport, validate_path
 
 
+def loads_weights_only(path: Path) -> bool:
+    """Whether torch.load(weights_only=True) (torch.load's default since 2.6) accepts the file:
+    the ground truth the loading verdicts are held to."""
+    try:
+        torch.load(path, weights_only=True)
+    except Exception:    # torch's UnpicklingError: "Weights only load failed"
+        return False
+    return True
+
+
 def trained_state(in_features: int = 8, hidden: int = 16, steps: int = 2) -> dict[str, Any]:
     """Model, AdamW and StepLR state after `steps` consistent steps."""
     torch.manual_seed(0)

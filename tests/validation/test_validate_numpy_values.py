@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ckptkit.cli import main
 from ckptkit.core.checkpoint import Severity
-from tests.validation.helpers import codes, only, run
+from tests.validation.helpers import codes, loads_weights_only, only, run
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
 
@@ -33,19 +33,11 @@ VALUES: dict[str, Any] = {
 }
 
 
-def _torch_refuses(path: Path) -> bool:
-    try:
-        torch.load(path, weights_only=True)
-    except Exception:    # torch's UnpicklingError: "Weights only load failed"
-        return True
-    return False
-
-
 @pytest.mark.parametrize("what", list(VALUES))
 def test_the_finding_is_there_exactly_when_torch_load_refuses_the_file(save: Any, what: str) -> None:
     path = save({"model_state_dict": {"w": torch.ones(2)}, "epoch": 1, "value": VALUES[what]})
     found = "compat.numpy-values" in codes(run(path))
-    assert found == _torch_refuses(path) == ("numpy" in what)
+    assert found == (not loads_weights_only(path)) == ("numpy" in what)
 
 
 def test_the_finding_names_the_numpy_globals_and_the_way_out(save: Any) -> None:
@@ -78,7 +70,7 @@ def test_enstack_training_state_with_a_numpy_f1_is_refused_by_its_own_torch_load
     """EnStack's load_checkpoint calls torch.load(state_path, map_location=...) with torch's default;
     its best_val_f1 comes from scikit-learn as numpy.float64 (the fixture's, written that way)."""
     folder = REAL / "save_pretrained_training_state" / "last_checkpoint"
-    assert _torch_refuses(folder / "training_state.pth")
+    assert not loads_weights_only(folder / "training_state.pth")
     finding = only(run(folder), "compat.numpy-values")
     assert finding.where.endswith("training_state.pth")
 
@@ -89,7 +81,7 @@ def test_rng_files_their_library_reads_with_numpy_allowed_are_no_finding(folder:
     through accelerate.utils.load, both allowing numpy: the numpy RNG state inside is fine."""
     path = REAL / folder
     rng = sorted(path.glob("rng_state*.pth")) + sorted(path.glob("random_states_*.pkl"))
-    assert rng and all(_torch_refuses(p) for p in rng)        # plain torch.load would refuse them
+    assert rng and all(not loads_weights_only(p) for p in rng)        # plain torch.load would refuse them
     assert "compat.numpy-values" not in codes(run(path))
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ckptkit.core.checkpoint import Severity
-from tests.validation.helpers import codes, only, run
+from tests.validation.helpers import codes, loads_weights_only, only, run
 
 
 class RunsCode:
@@ -65,14 +65,6 @@ def test_a_check_that_trips_over_damaged_values_becomes_one_error_finding(tmp_pa
     assert "the optimizer checks could not run" in malformed[0].message and "TypeError" in malformed[0].message
 
 
-def _loads_weights_only(path: Path) -> bool:
-    try:
-        torch.load(path, weights_only=True)
-    except Exception:
-        return False
-    return True
-
-
 def test_torch_accepts_its_own_rebuilders_and_so_does_the_verdict() -> None:
     """weights_only_accepts agrees with torch's own allow-list on every name of that kind."""
     import torch._utils
@@ -94,14 +86,14 @@ def test_sparse_and_quantized_tensors_load_weights_only_and_get_no_pickled_class
     sparse = save({"model_state_dict": {"s": torch.eye(3).to_sparse()}, "global_step": 1})
     quantized = save({"model_state_dict": {"q": torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8)}})
     for path in (sparse, quantized):
-        assert _loads_weights_only(path)
+        assert loads_weights_only(path)
         assert not [c for c in codes(run(path)) if c.startswith("security.")], path
 
 
 def test_meta_tensors_hold_no_values_and_are_an_error(save: Any) -> None:
     model = torch.nn.Linear(3, 2)
     path = save({"model_state_dict": {k: v.to("meta") for k, v in model.state_dict().items()}, "epoch": 1})
-    assert _loads_weights_only(path)                                    # loads, but with nothing in it
+    assert loads_weights_only(path)                                    # loads, but with nothing in it
     with pytest.raises(RuntimeError, match="meta"):
         model.load_state_dict(torch.load(path, weights_only=True)["model_state_dict"])
     finding = only(run(path), "integrity.meta-tensors")
