@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from ckptkit.cli import main
+from ckptkit.core.errors import CorruptCheckpointError
 from ckptkit.formats import open_checkpoint
 from ckptkit.validating import validate_path
 
@@ -80,3 +82,27 @@ def test_repair_leaves_a_whole_model_alone_and_points_to_its_weights(tmp_path: P
         assert result.exit_code == 0, result.output
         assert "a whole pickled torch.nn module" in result.output and "--weights-only" in result.output
         assert path.read_bytes() == before and not path.with_name(name + ".bak").exists()
+
+
+def test_a_shared_submodule_is_named_under_each_name_as_state_dict_does(tmp_path: Path) -> None:
+    net = torch.nn.Module()
+    shared = torch.nn.Linear(2, 2)
+    net.a, net.b = shared, shared
+    torch.save(net, tmp_path / "tied.pt")
+    ckpt = open_checkpoint(tmp_path / "tied.pt")
+    assert list(ckpt.model) == list(net.state_dict()) == ["a.weight", "a.bias", "b.weight", "b.bias"]
+    assert ckpt.model["a.weight"] is ckpt.model["b.weight"]
+
+
+def test_a_module_shared_a_million_ways_is_refused_before_any_walk(tmp_path: Path) -> None:
+    """A pickle's memo can share one module under 2**20 names in a few kilobytes; the unpickler's
+    tree-size limit refuses it with one line, so the state-dict walk never meets it."""
+    node = torch.nn.Linear(1, 1)
+    for _ in range(20):
+        parent = torch.nn.Module()
+        parent.x, parent.y = node, node
+        node = parent
+    torch.save(node, tmp_path / "dag.pt")
+    assert (tmp_path / "dag.pt").stat().st_size < 200_000
+    with pytest.raises(CorruptCheckpointError, match="tree-size limit"):
+        open_checkpoint(tmp_path / "dag.pt")

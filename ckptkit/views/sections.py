@@ -52,13 +52,15 @@ def module_state_dict(value: Any) -> dict[str, TensorRef] | None:
     `Module.state_dict()` names it: each module's `_parameters`, then its persistent `_buffers`,
     then its `_modules`, depth first. None when `value` is no pickled module or holds no tensor."""
     out: dict[str, TensorRef] = {}
-    if not _collect_module(value, "", out, depth=0):
+    if not _collect_module(value, "", out):
         return None
     return out or None
 
 
-def _collect_module(value: Any, prefix: str, out: dict[str, TensorRef], depth: int) -> bool:
-    fields = value.fields() if isinstance(value, PickledObject) and depth < 100 else None
+def _collect_module(value: Any, prefix: str, out: dict[str, TensorRef]) -> bool:
+    # A shared submodule is walked under each of its names, as state_dict() does; the unpickler's
+    # limits (100 levels, 5,000,000 containers with shared parts counted where used) bound the walk.
+    fields = value.fields() if isinstance(value, PickledObject) else None
     if not isinstance(fields, dict) or not all(isinstance(fields.get(k), dict) for k in ("_parameters", "_modules")):
         return False
     buffers = fields.get("_buffers")
@@ -69,7 +71,7 @@ def _collect_module(value: Any, prefix: str, out: dict[str, TensorRef], depth: i
         if isinstance(tensor, TensorRef):
             out[f"{prefix}{name}"] = tensor
     for name, child in fields["_modules"].items():
-        if child is not None and not _collect_module(child, f"{prefix}{name}.", out, depth + 1):
+        if child is not None and not _collect_module(child, f"{prefix}{name}.", out):
             return False
     return True
 
