@@ -10,6 +10,21 @@ REAL = Path(__file__).parent / "fixtures" / "real"
 HF_FULL = REAL / "hf_full" / "checkpoint-4"
 
 
+def hub_snapshot(model: Path, source: Path, revision: str = "0123abc") -> Path:
+    """`source`'s files laid out as the Hugging Face hub cache keeps a download under `model`
+    (models--org--name/): blobs/ named by a hash, refs/main, and snapshots/REVISION/ whose every
+    file links to its blob. Returns the snapshot folder."""
+    blobs, snapshot = model / "blobs", model / "snapshots" / revision
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (model / "refs").mkdir()
+    (model / "refs" / "main").write_text(revision)
+    for i, file in enumerate(sorted(source.iterdir())):
+        (blobs / f"{i:040x}").write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(Path("../../blobs") / f"{i:040x}")
+    return snapshot
+
+
 def hf_checkpoint(dest: Path, global_step: int, epoch: float, max_steps: int = 2000, **state: Any) -> Path:
     """A copy of a real Trainer checkpoint whose trainer_state.json says `global_step` and `epoch`."""
     shutil.copytree(HF_FULL, dest)

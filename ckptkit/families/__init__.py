@@ -137,7 +137,8 @@ register_tree_interpreter(build_checkpoint)
 def _fill_sections(ckpt: Checkpoint, tree: Tree) -> None:
     used: set[str] = set()
     for model_key in S.MODEL_KEYS:
-        model = S.flatten_state_dict(tree.get(model_key)) or S.module_state_dict(tree.get(model_key))
+        value = tree.get(model_key)
+        model = S.flatten_state_dict(value) or S.module_state_dict(value)
         if model is not None:
             ckpt.model, ckpt.sources["model"] = model, model_key
             used.add(model_key)

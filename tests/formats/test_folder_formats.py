@@ -11,6 +11,7 @@ import torch
 from ckptkit.core.checkpoint import Severity
 from ckptkit.formats import detect_format, open_checkpoint
 from ckptkit.storage.safe_pickle import PickledObject
+from tests.run_builders import hub_snapshot
 
 REAL = Path(__file__).parent.parent / "fixtures" / "real"
 
@@ -174,19 +175,8 @@ def test_a_chunked_tensor_says_to_read_its_chunks_instead_of_pretending_to_be_wh
         ckpt.model["w"].read_bytes()
 
 
-def _hub_snapshot(tmp_path: Path, source: Path) -> Path:
-    """`source` laid out as the Hugging Face hub cache keeps a download: each file a link into blobs/."""
-    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "0123abc"
-    blobs.mkdir()
-    snapshot.mkdir(parents=True)
-    for file in sorted(source.iterdir()):
-        (blobs / f"{file.name}.blob").write_bytes(file.read_bytes())
-        (snapshot / file.name).symlink_to(Path("../../blobs") / f"{file.name}.blob")
-    return snapshot
-
-
 def test_a_hub_snapshot_of_links_reads_as_the_folder_it_links_to(tmp_path: Path) -> None:
-    snapshot = _hub_snapshot(tmp_path, REAL / "hf_sharded")
+    snapshot = hub_snapshot(tmp_path / "models--org--tiny", REAL / "hf_sharded")
     linked, plain = open_checkpoint(snapshot), open_checkpoint(REAL / "hf_sharded")
     assert (linked.format, linked.sources["model"]) == (plain.format, "model.safetensors.index.json (2 shards)")
     assert {k: t.shape for k, t in linked.model.items()} == {k: t.shape for k, t in plain.model.items()}
@@ -194,7 +184,7 @@ def test_a_hub_snapshot_of_links_reads_as_the_folder_it_links_to(tmp_path: Path)
 
 
 def test_a_hub_snapshot_link_that_leads_nowhere_is_a_missing_shard(tmp_path: Path) -> None:
-    snapshot = _hub_snapshot(tmp_path, REAL / "hf_sharded")
-    (tmp_path / "blobs" / "model-00002-of-00002.safetensors.blob").unlink()
+    snapshot = hub_snapshot(tmp_path / "models--org--tiny", REAL / "hf_sharded")
+    (snapshot / "model-00002-of-00002.safetensors").resolve().unlink()     # its blob
     findings = [(f.code, f.severity) for f in open_checkpoint(snapshot).findings]
     assert ("folder.missing-shard", Severity.ERROR) in findings

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ckptkit.runs import run_findings_for, scan_run
 from ckptkit.validating import validate_path
-from tests.run_builders import REAL, experiment_file, hf_checkpoint, seed003_folder
+from tests.run_builders import REAL, experiment_file, hf_checkpoint, hub_snapshot, seed003_folder
 
 
 def rows(run) -> list[tuple[str, str, str]]:
@@ -188,14 +188,7 @@ def test_latest_passes_over_a_checkpoint_whose_bytes_no_longer_match_its_manifes
 def test_a_hub_cache_lists_its_snapshot_once_not_its_blobs_again(tmp_path: Path) -> None:
     """models--X/{blobs,refs,snapshots}: each snapshot file links to a blob named by its hash."""
     model = tmp_path / "models--org--tiny"
-    blobs, snapshot = model / "blobs", model / "snapshots" / "0123abc"
-    blobs.mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    (model / "refs").mkdir()
-    (model / "refs" / "main").write_text("0123abc")
-    for i, file in enumerate(sorted((REAL / "hf_sharded").iterdir())):
-        (blobs / f"{i:040x}").write_bytes(file.read_bytes())
-        (snapshot / file.name).symlink_to(Path("../../blobs") / f"{i:040x}")
+    snapshot = hub_snapshot(model, REAL / "hf_sharded")
     assert [(e.path, e.format) for e in scan_run(model).entries] == [(snapshot, "save-pretrained")]
     (model / "refs" / "main").unlink()
     (model / "refs").rmdir()         # not a hub cache: the blobs are files like any other
