@@ -24,11 +24,14 @@ if TYPE_CHECKING:
 COMPARE_CHUNK_BYTES = 16 << 20
 DECODE_CHUNK_ELEMENTS = 1 << 20
 
-# Element layouts numpy can read directly; quantized storages are compared as their raw integers.
+# Element layouts numpy can read directly. Quantized storages, packed 4-bit floats and bit
+# containers (torch has no arithmetic on them, not even a cast) are compared as raw integers.
 _NUMPY_DTYPES = {
     "float64": "<f8", "float32": "<f4", "float16": "<f2", "complex128": "<c16", "complex64": "<c8",
     "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint64": "<u8", "uint32": "<u4",
     "uint16": "<u2", "uint8": "u1", "bool": "?", "qint8": "i1", "quint8": "u1", "qint32": "<i4",
+    "quint4x2": "u1", "quint2x4": "u1", "float4_e2m1fn_x2": "u1", "bits8": "u1", "bits16": "<u2",
+    "bits1x8": "u1", "bits2x4": "u1", "bits4x2": "u1",
 }
 
 
@@ -138,11 +141,11 @@ def decode(raw: memoryview, dtype: DType) -> np.ndarray:
 
 
 def _decode_with_torch(raw: memoryview, dtype: DType) -> np.ndarray:
-    # float8 has no numpy dtype; torch (imported only here) does.
+    # float8 and complex32 have no numpy dtype; torch (imported only here) does.
     import torch
 
     values = torch.frombuffer(bytearray(raw), dtype=getattr(torch, dtype.name))
-    return values.to(torch.float64).numpy()
+    return values.to(torch.complex128 if values.is_complex() else torch.float64).numpy()
 
 
 def _common_type(xa: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

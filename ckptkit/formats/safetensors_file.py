@@ -25,6 +25,10 @@ from ckptkit.formats.base import checkpoint_from_tree
 from ckptkit.storage.tensor_bytes import write_tensor
 
 MAX_HEADER = 100 * 1024 * 1024   # safetensors' own limit
+# The codes whose shape is torch's (F4's last dimension counts 4-bit values: read entry by entry).
+_UNPACKED = {code: dtype for code, dtype in BY_SAFETENSORS.items() if dtype.packed == 1}
+# safetensors codes with no torch dtype: valid files whose tensors torch cannot load.
+_NO_TORCH_DTYPE = {"F6_E2M3": "6-bit float (MX format)", "F6_E3M2": "6-bit float (MX format)"}
 
 
 class SafetensorsFormat:
@@ -68,7 +72,7 @@ def _checked_in_bulk(header: dict[str, Any], data_start: int, size: int, path: P
     spent more time here entry by entry than parsing the JSON. Accepts only what
     `header_tensor` accepts; anything else raises, and the caller reads entry by entry."""
     infos = header.values()       # itemgetter of a str key raises for every JSON value but a dict
-    dtypes = list(map(BY_SAFETENSORS.__getitem__, map(itemgetter("dtype"), infos)))
+    dtypes = list(map(_UNPACKED.__getitem__, map(itemgetter("dtype"), infos)))
     offsets = list(map(itemgetter("data_offsets"), infos))
     if set(map(len, offsets)) - {2}:
         raise _Damaged
@@ -167,9 +171,23 @@ def header_tensor(path: Path, name: str, info: Any, data_start: int, size: int,
     the file's shared map; None maps it when the bytes are first read)."""
     try:
         code, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        dtype = BY_SAFETENSORS[code]
     except (KeyError, TypeError, ValueError):
-        shape, begin, end, dtype = [], -1, -1, None
+        code, shape, begin, end = None, [], -1, -1
+    dtype = BY_SAFETENSORS.get(code) if isinstance(code, str) else None
+    if dtype is None and isinstance(code, str) and code in _NO_TORCH_DTYPE:
+        raise UnsupportedFeatureError(path, f"tensor {name!r} is {code}, a {_NO_TORCH_DTYPE[code]} torch has "
+                                      f"no dtype for: torch cannot load it")
+    if dtype is None and isinstance(code, str) and set(map(type, [*shape, begin, end])) <= {int}:
+        raise CorruptCheckpointError(path, f"tensor {name!r}: dtype {code[:20]!r} is not a safetensors dtype "
+                                     f"(safetensors refuses the whole file)")
+    if dtype is not None and dtype.packed != 1 and shape and type(shape[-1]) is int:
+        if shape[-1] % dtype.packed:
+            raise UnsupportedFeatureError(path, f"tensor {name!r} is {code} {shape}: torch holds {dtype.packed} "
+                                          f"of its values per {dtype.name} element, so the last dimension must be "
+                                          f"a multiple of {dtype.packed}")
+        shape[-1] //= dtype.packed      # torch's shape: F4 [4, 8] is float4_e2m1fn_x2 [4, 4]
+    elif dtype is not None and dtype.packed != 1:
+        dtype = None        # a 0-d F4 is not a whole byte
     counts = [*shape, begin, end]
     # C-level checks (100,000 tensors in a shard folder): ints (json's bools are not), none negative.
     if dtype is None or not set(map(type, counts)) <= {int} or min(counts) < 0:
@@ -218,7 +236,13 @@ def safetensors_header(tensors: Mapping[str, TensorRef], metadata: Mapping[str, 
         if dtype.safetensors is None:
             raise UnsupportedFeatureError(None, f"tensor {name!r} is {dtype.name}, which safetensors cannot hold")
         nbytes = t.numel * dtype.itemsize
-        entries[name] = {"dtype": dtype.safetensors, "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        shape = list(t.shape)
+        if dtype.packed != 1:      # float4_e2m1fn_x2 [4, 4] is F4 [4, 8]
+            if not shape:
+                raise UnsupportedFeatureError(None, f"tensor {name!r} is a 0-d {dtype.name}, which has no "
+                                              f"{dtype.safetensors} shape in safetensors")
+            shape[-1] *= dtype.packed
+        entries[name] = {"dtype": dtype.safetensors, "shape": shape, "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)

@@ -97,7 +97,8 @@ def _rebuild_tensor_v3(storage: StorageRef, offset: int, size: Any, stride: Any,
     stride are in the tensor's own elements, which is how TensorRef reads them.
     """
     if not isinstance(dtype, TorchDtypeValue):
-        name = dtype.qualified_name if isinstance(dtype, type) and issubclass(dtype, PickledObject) else dtype
+        stub = isinstance(dtype, type) and issubclass(dtype, PickledObject)
+        name = dtype._global.qualified_name if stub else repr(dtype)[:60]
         raise pickle.UnpicklingError(f"tensor of dtype {name} (not a dtype ckptkit knows)")
     ref = _rebuild_tensor(storage, offset, size, stride, requires_grad)
     ref.dtype = dtype_named(dtype.name)   # the storage's own dtype is bytes: the tensor's is this one

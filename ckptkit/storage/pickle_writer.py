@@ -82,14 +82,23 @@ class TreePickler:
             self._global("builtins", type(v).__name__)
             self._tuple([list(v)])
             w(REDUCE)
-        elif isinstance(v, PickledObject):
+        else:
+            self._stand_in(v)
+
+    def _stand_in(self, v: Any) -> None:
+        """What the safe unpickler made of torch's and other pickled objects, as they were."""
+        if isinstance(v, PickledObject):
             self._object(v)
+        elif isinstance(v, StorageRef):
+            self._storage(v)
+        elif isinstance(v, type) and issubclass(v, PickledObject):     # a global named, not called
+            self._global(v._global.module, v._global.name)
         elif isinstance(v, TorchDtypeValue):
             self._global("torch", v.name)
         elif isinstance(v, TorchDeviceValue):
             self._global("torch", "device")
             self._tuple([v.spec])
-            w(REDUCE)
+            self.out.write(REDUCE)
         elif isinstance(v, NumpyArray):
             raise UnsupportedFeatureError(None, f"rewriting a pickled numpy array ({v!r}) is not supported")
         else:
@@ -156,21 +165,15 @@ class TreePickler:
 
     def _rebuild_call(self, t: TensorRef, requires_grad: bool) -> None:
         """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)`, or for the
-        newer dtypes torch keeps on an untyped byte storage (uint16/32/64, float8)
-        `_rebuild_tensor_v3(..., hooks, dtype)`, as torch.save writes them."""
+        newer dtypes torch keeps on an untyped byte storage (uint16/32/64, float8, float4...)
+        `_rebuild_tensor_v3(..., hooks, dtype)`, as torch.save writes them. Such a storage
+        may come typed from another format (a safetensors F8_E4M3 tensor): torch has no class
+        to name for it, so it is written untyped, its size in bytes."""
         s = t.storage
-        v3 = t.dtype is not s.dtype
+        v3 = t.dtype is not s.dtype or s.dtype.storage_class is None
         self._global("torch._utils", "_rebuild_tensor_v3" if v3 else "_rebuild_tensor_v2")
-        self.out.write(MARK + MARK)
-        self.save("storage")
-        if v3:
-            self._global("torch.storage", "UntypedStorage")
-        else:
-            self._global("torch", s.dtype.storage_class)
-        self.save(s.key)
-        self.save(s.location)
-        self.save(s.numel)
-        self.out.write(TUPLE + BINPERSID)
+        self.out.write(MARK)
+        self._storage(s, untyped=v3)
         self.save(t.storage_offset)
         self._tuple(list(t.shape))
         self._tuple(list(t.stride))
@@ -179,6 +182,24 @@ class TreePickler:
         if v3:
             self._global("torch", t.dtype.name)
         self.out.write(TUPLE + REDUCE)
+
+    def _storage(self, s: StorageRef, untyped: bool = False) -> None:
+        """The persistent id of a storage, as torch.save writes it: its typed class and size in
+        elements, or UntypedStorage and its size in bytes (always for a dtype torch has no
+        storage class for). Also a storage on its own, as a quantized tensor's
+        `_rebuild_qtensor(storage, ...)` holds it."""
+        self.storages.setdefault(s.key, s)
+        storage_class = None if untyped else s.dtype.storage_class
+        self.out.write(MARK)
+        self.save("storage")
+        if storage_class is None:
+            self._global("torch.storage", "UntypedStorage")
+        else:
+            self._global("torch", storage_class)
+        self.save(s.key)
+        self.save(s.location)
+        self.save(s.nbytes if storage_class is None else s.numel)
+        self.out.write(TUPLE + BINPERSID)
 
     def _object(self, obj: PickledObject) -> None:
         module, name = obj._global.module, obj._global.name

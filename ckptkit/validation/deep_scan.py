@@ -43,7 +43,6 @@ CHUNK_BYTES = 8 << 20
 WINDOW_BYTES = 8 << 20
 _SLACK = 8     # bytes past a window's last record that stay readable: one element of any dtype
 _FLOATS = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}
-_F8_MASKS = {"float8_e4m3fn": 0x7F, "float8_e5m2": 0x7C}     # as value_scan counts them
 
 
 def scan_records(ctx: ValidationContext, records: list[Record],
@@ -203,18 +202,19 @@ def _suspect_values(view: memoryview, f: _FileRecords, i: int, j: int) -> set[in
     suspects: set[int] = set()
     for code in np.unique(kinds[kinds >= 0]).tolist():
         dtype = f.kind_dtypes[code]
-        if dtype.name in _FLOATS or dtype.name in _F8_MASKS or dtype.name == "bool":
+        if dtype.name in _FLOATS or dtype.nonfinite_byte or dtype.name == "bool":
             group = np.flatnonzero(kinds == code)
-            found = _suspect_group(view, int(f.offsets[i]), dtype.name, dtype.itemsize, f.offsets[i:j][group],
+            found = _suspect_group(view, int(f.offsets[i]), dtype, f.offsets[i:j][group],
                                    f.lengths[i:j][group], f.non_negative[i:j][group])
             suspects.update((group[found] + i).tolist())
     return suspects
 
 
-def _suspect_group(view: memoryview, start: int, name: str, itemsize: int, offsets: np.ndarray,
+def _suspect_group(view: memoryview, start: int, dtype: DType, offsets: np.ndarray,
                    lengths: np.ndarray, non_negative: np.ndarray) -> np.ndarray:
     """Which of these records (one dtype, in the window's map from `start`) could hold a finding:
     their indices in the group."""
+    itemsize = dtype.itemsize
     base = int(offsets[0])
     at = offsets - base
     misaligned = at % itemsize != 0                  # scanned alone instead
@@ -225,25 +225,26 @@ def _suspect_group(view: memoryview, start: int, name: str, itemsize: int, offse
     bounds = np.empty(2 * kept.size, np.int64)
     bounds[0::2] = at[kept] // itemsize
     bounds[1::2] = bounds[0::2] + lengths[kept] // itemsize
-    values = _values(view, base - start, int(bounds.max()) + 1, name)
+    values = _values(view, base - start, int(bounds.max()) + 1, dtype)
     lo = np.minimum.reduceat(values, bounds)[0::2]
     hi = np.maximum.reduceat(values, bounds)[0::2]
-    if name == "bool":
+    if dtype.name == "bool":
         bad = hi > 1
-    elif name in _F8_MASKS:
+    elif dtype.nonfinite_byte:
         bad = hi > 0
     else:
         bad = ~np.isfinite(lo) | ~np.isfinite(hi) | (non_negative[kept] & (lo < 0))
     return np.union1d(np.flatnonzero(misaligned), kept[bad])
 
 
-def _values(view: memoryview, offset: int, count: int, name: str) -> np.ndarray:
+def _values(view: memoryview, offset: int, count: int, dtype: DType) -> np.ndarray:
     """`count` elements from `offset` of the window, as reductions compare them: floats widened
     to float32 or float64, bool as bytes, float8 as 1 where the byte is a NaN/Inf pattern."""
-    if name in _F8_MASKS:
+    name = dtype.name
+    if dtype.nonfinite_byte:
         raw = np.frombuffer(view, np.uint8, count, offset)
-        mask = _F8_MASKS[name]
-        return ((raw & mask) == mask).view(np.uint8)
+        mask, pattern = dtype.nonfinite_byte
+        return ((raw & mask) == pattern).view(np.uint8)
     if name == "bool":
         return np.frombuffer(view, np.uint8, count, offset)
     raw = np.frombuffer(view, _FLOATS[name], count, offset)

@@ -13,8 +13,6 @@ import numpy as np
 from ckptkit.core.dtypes import DType
 
 _NATIVE = {"float64": "<f8", "float32": "<f4"}
-# float8 formats: exponent-all-ones pattern that means NaN (e4m3fn) or Inf/NaN (e5m2).
-_F8_MASKS = {"float8_e4m3fn": 0x7F, "float8_e5m2": 0x7C}
 
 
 @dataclass
@@ -42,11 +40,11 @@ def scan_chunk(chunk: memoryview, dtype: DType, non_negative: bool, stats: Value
         if u8.max() > 1:
             stats.bad_bool += int(np.count_nonzero(u8 > 1))
         return
-    if dtype.name in _F8_MASKS:
+    if dtype.nonfinite_byte:       # float8: the byte patterns that mean NaN (or Inf)
         u8 = np.frombuffer(raw, np.uint8)
-        mask = _F8_MASKS[dtype.name]
+        mask, pattern = dtype.nonfinite_byte
         stats.values += u8.size
-        stats.nan += int(np.count_nonzero((u8 & mask) == mask))
+        stats.nan += int(np.count_nonzero((u8 & mask) == pattern))
         return
     values = _as_float(raw, dtype)
     if values is None:

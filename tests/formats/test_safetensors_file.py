@@ -85,7 +85,7 @@ def test_offsets_that_disagree_with_shape_and_dtype_are_reported(tmp_path: Path)
 @pytest.mark.parametrize("header, problem", [
     ({"w": {"dtype": "F32", "shape": [-1, -4], "data_offsets": [0, 16]}}, "header entry is damaged"),
     ({"w": {"dtype": "F32", "shape": [4], "data_offsets": ["0", "16"]}}, "header entry is damaged"),
-    ({"w": {"dtype": "F99", "shape": [4], "data_offsets": [0, 16]}}, "header entry is damaged"),
+    ({"w": {"dtype": "F99", "shape": [4], "data_offsets": [0, 16]}}, "F99. is not a safetensors dtype"),
     ({"w": "F32"}, "header entry is damaged"),
     ({"__metadata__": ["not", "a", "dict"]}, "__metadata__ is not a JSON object"),
 ])
