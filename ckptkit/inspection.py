@@ -208,9 +208,16 @@ _STATE_KINDS = [({"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}, "Adam/AdamW (amsgr
 
 def optimizer_kind(opt: dict[str, Any]) -> str:
     state_keys: set[str] = set()
+    bnb_dtypes: set[str] = set()
     for entry in (opt.get("state") or {}).values():
-        if isinstance(entry, dict):
-            state_keys |= set(map(str, entry))
+        buffers = S.state_buffers(entry)
+        state_keys |= set(map(str, buffers))
+        if isinstance(buffers.get("state1"), TensorRef):
+            bnb_dtypes.add(buffers["state1"].dtype.name)
+    if bnb_dtypes:      # bitsandbytes: 8-bit state is uint8 codes (tensors under min_8bit_size stay 32-bit)
+        bits = "8-bit" if "uint8" in bnb_dtypes else "32-bit"
+        style = "Adam-style: state1, state2" if "state2" in state_keys else "one buffer: state1"
+        return f"bitsandbytes, {bits} state ({style})"
     groups = [g for g in opt.get("param_groups") or [] if isinstance(g, dict)]
     for keys, kind in _STATE_KINDS:
         if keys <= state_keys:

@@ -7,8 +7,9 @@ on the CPU, and lets each library save its checkpoints in its own way.
 
 Usage (test-only extras; never let pip change torch):
 
-    pip install transformers peft lightning accelerate "torch==2.13.0"
+    pip install transformers peft lightning accelerate bitsandbytes "torch==2.13.0"
     python scripts/make_real_fixtures.py            # wipes and rewrites tests/fixtures/real/
+    python scripts/make_real_fixtures.py hf_lora_bnb bnb_8bit   # (re)writes only these fixtures
 
 It runs in well under a minute on 2 CPU cores. Seeds are fixed, so tensors, counters and file
 lists are reproducible; a few logged values (train_runtime, samples per second) are wall-clock
@@ -59,6 +60,7 @@ def seed_everything(seed: int = SEED) -> None:
 
 def library_versions() -> dict[str, str]:
     import accelerate
+    import bitsandbytes
     import lightning
     import peft
     import safetensors
@@ -73,6 +75,7 @@ def library_versions() -> dict[str, str]:
         "peft": peft.__version__,
         "accelerate": accelerate.__version__,
         "lightning": lightning.__version__,
+        "bitsandbytes": bitsandbytes.__version__,
     }
 
 
@@ -203,6 +206,33 @@ class RunCounters:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.global_step = state["epoch"], state["global_step"]
+
+
+def make_hf_lora_bnb() -> None:
+    """The LlamaRec LLM ranker's optimizer: LoRA through the Trainer with optim="paged_adamw_32bit"
+    (bitsandbytes). On a CPU bitsandbytes runs it unpaged; its state_dict() is the same: per
+    parameter `step` and the buffers state1/state2 nested under `__bnb_optimizer_quant_state__`.
+    Only checkpoint-8 is kept (the fixture is about optimizer.pt)."""
+    run_trainer(tiny_lora_model(), "hf_lora_bnb", optim="paged_adamw_32bit")
+    for other in ("checkpoint-4", "checkpoint-10"):
+        shutil.rmtree(Path("hf_lora_bnb") / other)
+
+
+def make_bnb_8bit() -> None:
+    """bitsandbytes AdamW8bit in a plain torch.save dict: the tensors of at least min_8bit_size
+    elements keep uint8 state (+ qmap/absmax), the smaller ones float32 state."""
+    import bitsandbytes as bnb
+
+    seed_everything()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 4))
+    opt = bnb.optim.AdamW8bit(model.parameters(), lr=1e-3, min_8bit_size=256)
+    for _ in range(2):
+        model(torch.randn(3, 64)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    Path("bnb_8bit").mkdir()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1},
+               Path("bnb_8bit") / "ckpt.pt")
 
 
 def make_accelerate() -> None:
@@ -402,6 +432,8 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `hf_sharded/` | `GPT2LMHeadModel.save_pretrained(max_shard_size="20KB")`: `model.safetensors.index.json` + shards |
 | `hf_lora/checkpoint-{4,8,10}/` | transformers `Trainer` + peft LoRA (r=4 on `c_attn`), same schedule as `hf_full`, fp32 |
 | `hf_lora_bin/` | `PeftModel.save_pretrained(safe_serialization=False)`: `adapter_model.bin` + `adapter_config.json` |
+| `hf_lora_bnb/checkpoint-8/` | as `hf_lora` with `optim="paged_adamw_32bit"` (the LlamaRec LLM ranker's optimizer; bitsandbytes, unpaged on a CPU): `optimizer.pt` holds `state1`/`state2` under `__bnb_optimizer_quant_state__` |
+| `bnb_8bit/ckpt.pt` | `torch.save({"model", "optimizer": bitsandbytes AdamW8bit(min_8bit_size=256).state_dict(), "epoch": 1})` after 2 steps: uint8 state with qmap/absmax for the 64x32 weight, float32 state for the rest |
 | `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
 | `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
@@ -413,12 +445,63 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 """  # noqa: E501 -- a markdown table row cannot be wrapped: each must stay on one line
 
 
-def write_readme(versions: dict[str, str]) -> None:
+def write_readme(versions: dict[str, str], alone: dict[str, str] | None = None) -> None:
+    """The README with the versions of the full run; `alone`: {fixture: versions} of fixtures
+    made on their own later (kept from the README already there when not remade)."""
     lines = [f"- {name} {version}" for name, version in versions.items()]
+    if alone:
+        lines += ["", "Made on their own later (`make_real_fixtures.py NAME...`):", ""]
+        lines += [f"- `{name}`: {made_with}" for name, made_with in sorted(alone.items())]
     Path("README.md").write_text(README_HEAD + "\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _readme_versions() -> tuple[dict[str, str], dict[str, str]]:
+    """The versions the README records: the full run's, and each fixture made on its own."""
+    text = Path("README.md").read_text(encoding="utf-8").split("## Library versions used", 1)[-1]
+    versions: dict[str, str] = {}
+    alone: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("- `"):
+            name, made_with = line[3:].split("`: ", 1)
+            alone[name] = made_with
+        elif line.startswith("- "):
+            name, version = line[2:].split(" ", 1)
+            versions[name] = version
+    return versions, alone
+
+
+MAKERS = {
+    "hf_full": make_hf_full, "hf_full_bin": make_hf_full_bin, "hf_sharded": make_hf_sharded,
+    "hf_lora": make_hf_lora, "hf_lora_bnb": make_hf_lora_bnb, "bnb_8bit": make_bnb_8bit,
+    "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
+    "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
+}
+
+_FOLDERS = {"lightning_counters": ("lightning_accum", "lightning_manual")}   # where a maker's name is not its folder's
+
+
 def main() -> None:
+    chosen = sys.argv[1:]
+    unknown = [name for name in chosen if name not in MAKERS]
+    if unknown:
+        sys.exit(f"unknown fixture(s) {unknown}; known: {', '.join(MAKERS)}")
+    torch.set_num_threads(1)
+    if chosen:              # only these, beside the others already there
+        os.chdir(FIXTURES)
+        versions, alone = _readme_versions()
+        import bitsandbytes
+        import transformers
+
+        made_with = (f"torch {torch.__version__}, transformers {transformers.__version__}, "
+                     f"bitsandbytes {bitsandbytes.__version__}")
+        for name in chosen:
+            for folder in _FOLDERS.get(name, (name,)):
+                shutil.rmtree(folder, ignore_errors=True)
+            print(f"-- {MAKERS[name].__name__}", flush=True)
+            MAKERS[name]()
+            alone[name] = made_with
+        write_readme(versions, alone)
+        return
     versions = library_versions()
     for name, version in versions.items():
         print(f"{name:13s} {version}")
@@ -426,11 +509,7 @@ def main() -> None:
         shutil.rmtree(FIXTURES)
     FIXTURES.mkdir(parents=True)
     os.chdir(FIXTURES)  # every path recorded inside a fixture stays relative
-    torch.set_num_threads(1)
-    for make in (
-        make_hf_full, make_hf_full_bin, make_hf_sharded, make_hf_lora,
-        make_accelerate, make_lightning, make_lightning_counters, make_dcp, make_save_pretrained_training_state,
-    ):
+    for make in MAKERS.values():
         print(f"-- {make.__name__}", flush=True)
         make()
     write_readme(versions)

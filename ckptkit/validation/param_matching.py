@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ckptkit.core.checkpoint import TensorRef
+from ckptkit.views.sections import state_buffers
 
 # Buffers that live in a state dict but are never handed to an optimizer.
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked", "position_ids",
                    "inv_freq", "attn.bias", "attn.masked_bias", "_float_tensor")
 _BUFFER_NAMES = frozenset(BUFFER_SUFFIXES)
 _DOTTED_BUFFER_SUFFIXES = tuple("." + s for s in BUFFER_SUFFIXES)
-MOMENT_KEYS = ("exp_avg", "momentum_buffer", "square_avg", "sum", "exp_avg_sq")
+MOMENT_KEYS = ("exp_avg", "momentum_buffer", "square_avg", "sum", "exp_avg_sq", "state1")    # state1: bitsandbytes
 
 
 class OptimizerParam(NamedTuple):
@@ -48,10 +49,9 @@ def optimizer_params(opt: dict[str, Any]) -> list[OptimizerParam]:
 
 
 def state_shape(entry: Any) -> tuple[int, ...] | None:
-    if not isinstance(entry, dict):
-        return None
+    buffers = state_buffers(entry)
     for key in MOMENT_KEYS:
-        t = entry.get(key)
+        t = buffers.get(key)
         if isinstance(t, TensorRef):
             return t.shape
     return None

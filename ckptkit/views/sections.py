@@ -174,8 +174,25 @@ def optimizer_param_names(opt: Any, model: dict[str, TensorRef]) -> dict[Any, st
 
 def _state_shape(entry: Any) -> tuple[int, ...] | None:
     """The parameter's shape as its state's moment tensors have it (not the scalar `step`)."""
-    if isinstance(entry, dict):
-        for value in entry.values():
-            if isinstance(value, TensorRef) and (value.numel != 1 or value.shape):
-                return tuple(value.shape)
+    for value in state_buffers(entry).values():
+        if isinstance(value, TensorRef) and (value.numel != 1 or value.shape):
+            return tuple(value.shape)
     return None
+
+
+# bitsandbytes optimizers (HF Trainer's paged_adamw_32bit, adamw_bnb_8bit...) keep their buffers
+# as state1 (first moment), state2 (second moment), and for 8-bit state qmap1/absmax1...; since
+# bitsandbytes 0.48 its state_dict() nests them under this key (so that FSDP does not gather
+# them), before that they sat beside `step`.
+BNB_NESTED_STATE = "__bnb_optimizer_quant_state__"
+
+
+def state_buffers(entry: Any) -> dict[Any, Any]:
+    """One parameter's optimizer state by name ({} when it is not a dict), with bitsandbytes'
+    nested buffers lifted beside `step`, as its load_state_dict puts them back."""
+    if not isinstance(entry, dict):
+        return {}
+    nested = entry.get(BNB_NESTED_STATE)
+    if isinstance(nested, dict):
+        return {**{k: v for k, v in entry.items() if k != BNB_NESTED_STATE}, **nested}
+    return entry
