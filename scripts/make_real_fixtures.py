@@ -218,6 +218,13 @@ def make_hf_lora_bnb() -> None:
         shutil.rmtree(Path("hf_lora_bnb") / other)
 
 
+def make_hf_save_only_model() -> None:
+    """TrainingArguments(save_only_model=True): checkpoint-4 holds the model, trainer_state.json
+    and training_args.bin, and no optimizer.pt, scheduler.pt or rng_state.pth."""
+    run_trainer(tiny_gpt2(), "hf_save_only_model", save_only_model=True, num_train_epochs=1)
+    shutil.rmtree(Path("hf_save_only_model") / "checkpoint-5")
+
+
 def make_bnb_8bit() -> None:
     """bitsandbytes AdamW8bit in a plain torch.save dict: the tensors of at least min_8bit_size
     elements keep uint8 state (+ qmap/absmax), the smaller ones float32 state."""
@@ -433,6 +440,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `hf_lora/checkpoint-{4,8,10}/` | transformers `Trainer` + peft LoRA (r=4 on `c_attn`), same schedule as `hf_full`, fp32 |
 | `hf_lora_bin/` | `PeftModel.save_pretrained(safe_serialization=False)`: `adapter_model.bin` + `adapter_config.json` |
 | `hf_lora_bnb/checkpoint-8/` | as `hf_lora` with `optim="paged_adamw_32bit"` (the LlamaRec LLM ranker's optimizer; bitsandbytes, unpaged on a CPU): `optimizer.pt` holds `state1`/`state2` under `__bnb_optimizer_quant_state__` |
+| `hf_save_only_model/checkpoint-4/` | as `hf_full` (1 epoch) with `save_only_model=True`: `model.safetensors`, `config.json`, `trainer_state.json`, `training_args.bin`, no optimizer, scheduler or RNG state |
 | `bnb_8bit/ckpt.pt` | `torch.save({"model", "optimizer": bitsandbytes AdamW8bit(min_8bit_size=256).state_dict(), "epoch": 1})` after 2 steps: uint8 state with qmap/absmax for the 64x32 weight, float32 state for the rest |
 | `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
 | `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
@@ -473,6 +481,7 @@ def _readme_versions() -> tuple[dict[str, str], dict[str, str]]:
 MAKERS = {
     "hf_full": make_hf_full, "hf_full_bin": make_hf_full_bin, "hf_sharded": make_hf_sharded,
     "hf_lora": make_hf_lora, "hf_lora_bnb": make_hf_lora_bnb, "bnb_8bit": make_bnb_8bit,
+    "hf_save_only_model": make_hf_save_only_model,
     "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
     "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
 }

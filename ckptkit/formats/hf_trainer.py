@@ -56,7 +56,7 @@ class HFTrainerFormat:
                                 "adapter_model.*, or a sharded index): a resume cannot load the model")
         state = _trainer_state(reading, names)
         args = _training_args(reading, names)
-        sections = read_training_state(reading, names)
+        sections = read_training_state(reading, names, saved_only_model=bool(args and args.get("save_only_model")))
         adapter = reading.read_json(ADAPTER_CONFIG, "LoRA adapter config") if ADAPTER_CONFIG in names else None
         resume_state = (reading.read_json(EXACT_RESUME_STATE, "ckptkit exact-resume state")
                         if EXACT_RESUME_STATE in names else None)
@@ -75,6 +75,28 @@ class HFTrainerFormat:
         if isinstance(resume_state, dict) and isinstance(resume_state.get("ckptkit"), dict):
             ckpt.extra["ckptkit"] = resume_state["ckptkit"]
         return ckpt
+
+
+def _optimizer_without_scheduler(reading: FolderReading, opt_file: str | None, has_scheduler: bool,
+                                 saved_only_model: bool) -> None:
+    """Trainer._load_optimizer_and_scheduler loads optimizer.pt and scheduler.pt only when both
+    are there: without either, a resume starts both from scratch, silently. (The scheduler the
+    Trainer builds anew starts at step 0: warmup again, and the decay is global_step behind.)"""
+    if opt_file is not None and has_scheduler:
+        return
+    lost = ("a resume starts the optimizer (Adam moments lost) and the learning-rate schedule (warmup again) "
+            "from scratch")
+    if opt_file is None and not has_scheduler:
+        why = ("TrainingArguments(save_only_model=True) saved only the model" if saved_only_model
+               else "no optimizer.pt or scheduler.pt")
+        reading.add_finding("folder.missing-optimizer", Severity.WARNING, "optimizer.pt", f"{why}: {lost}")
+    elif opt_file is None:
+        reading.add_finding("folder.missing-optimizer", Severity.WARNING, "optimizer.pt",
+                            f"no optimizer.pt: the Trainer loads scheduler.pt only together with it, so {lost}")
+    else:
+        reading.add_finding("folder.missing-scheduler", Severity.WARNING, SCHEDULER_FILE,
+                            f"no scheduler.pt: the Trainer loads {opt_file} only together with it, so {lost}, "
+                            f"although {opt_file} is here")
 
 
 def _trainer_state(reading: FolderReading, names: set[str]) -> dict[str, Any] | None:
@@ -102,7 +124,7 @@ def _training_args(reading: FolderReading, names: set[str]) -> dict[str, Any] | 
     return fields if isinstance(fields, dict) else None
 
 
-def read_training_state(reading: FolderReading, names: set[str]) -> dict[str, Any]:
+def read_training_state(reading: FolderReading, names: set[str], saved_only_model: bool = False) -> dict[str, Any]:
     """Optimizer, scheduler, scaler and RNG members -> {section: content}; sources noted on `reading`."""
     sections: dict[str, Any] = {}
     opt_file = next((n for n in OPTIMIZER_FILES if n in names), None)
@@ -110,9 +132,7 @@ def read_training_state(reading: FolderReading, names: set[str]) -> dict[str, An
         member = reading.open_member(opt_file, "optimizer")
         if member is not None:
             sections["optimizer"], reading.sources["optimizer"] = member.tree, opt_file
-    else:
-        reading.add_finding("folder.missing-optimizer", Severity.WARNING, "optimizer.pt",
-                            "no optimizer.pt: a resume starts the optimizer from scratch (Adam moments lost)")
+    _optimizer_without_scheduler(reading, opt_file, SCHEDULER_FILE in names, saved_only_model)
     for attr, name, role in (("scheduler", SCHEDULER_FILE, "scheduler"), ("scaler", SCALER_FILE, "AMP scaler")):
         if name in names:
             member = reading.open_member(name, role)

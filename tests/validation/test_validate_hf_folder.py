@@ -125,3 +125,34 @@ def test_a_damaged_config_json_beside_trainer_state(tmp_path: Path) -> None:
     assert finding.where == "checkpoint-8/config.json"
     assert finding.message.startswith("expected a JSON document, found damaged bytes")
     assert "integrity.damaged-json" not in codes(run(REAL / "hf_full" / "checkpoint-8"))
+
+
+# Trainer._load_optimizer_and_scheduler loads optimizer.pt and scheduler.pt only when both are
+# there (checked with transformers 5.24: resuming hf_full/checkpoint-8 without scheduler.pt loads
+# no optimizer state, and the learning rate ends at 1e-3 instead of 0).
+LOST = "a resume starts the optimizer (Adam moments lost) and the learning-rate schedule (warmup again) from scratch"
+
+
+def test_an_optimizer_without_its_scheduler_is_not_loaded_by_a_resume(tmp_path: Path) -> None:
+    folder = copy_checkpoint("hf_full/checkpoint-8", tmp_path)
+    (folder / "scheduler.pt").unlink()
+    finding = only(run(folder), "folder.missing-scheduler")
+    assert (finding.severity, finding.where) == (Severity.WARNING, "checkpoint-8/scheduler.pt")
+    assert finding.message == (f"no scheduler.pt: the Trainer loads optimizer.pt only together with it, so {LOST}, "
+                               "although optimizer.pt is here")
+
+
+def test_a_scheduler_without_its_optimizer_is_not_loaded_either(tmp_path: Path) -> None:
+    folder = copy_checkpoint("hf_lora/checkpoint-8", tmp_path)
+    (folder / "optimizer.pt").unlink()
+    finding = only(run(folder), "folder.missing-optimizer")
+    assert finding.message == f"no optimizer.pt: the Trainer loads scheduler.pt only together with it, so {LOST}"
+    assert "folder.missing-scheduler" not in codes(run(folder))
+
+
+def test_a_save_only_model_checkpoint_says_why_it_resumes_from_scratch() -> None:
+    report = run(REAL / "hf_save_only_model" / "checkpoint-4")
+    finding = only(report, "folder.missing-optimizer")
+    assert finding.severity is Severity.WARNING
+    assert finding.message == f"TrainingArguments(save_only_model=True) saved only the model: {LOST}"
+    assert "folder.missing-scheduler" not in codes(report)
