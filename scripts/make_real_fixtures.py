@@ -315,6 +315,34 @@ def make_lightning() -> None:
     trainer.fit(TinyClassifier(), loader)
 
 
+def make_lightning_weights_only() -> None:
+    """ModelCheckpoint(save_weights_only=True, save_last=True), 2 epochs of 3 batches: .ckpt files
+    without optimizer_states or lr_schedulers, which Trainer.fit(ckpt_path=...) refuses."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 2)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.Adam(self.parameters(), lr=0.05)
+
+    L.seed_everything(SEED, verbose=False)
+    data = torch.utils.data.TensorDataset(torch.randn(12, 4), torch.randint(0, 2, (12,)))
+    weights = ModelCheckpoint(dirpath="lightning_weights_only", filename="{epoch}-{step}", save_top_k=-1,
+                              save_last=True, save_weights_only=True)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, callbacks=[weights],
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir="lightning_weights_only")
+    trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=4))
+
+
 def make_lightning_counters() -> None:
     """Lightning's step counters where they could drift apart: gradient accumulation and manual optimization.
 
@@ -444,6 +472,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `bnb_8bit/ckpt.pt` | `torch.save({"model", "optimizer": bitsandbytes AdamW8bit(min_8bit_size=256).state_dict(), "epoch": 1})` after 2 steps: uint8 state with qmap/absmax for the 64x32 weight, float32 state for the rest |
 | `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
 | `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
+| `lightning_weights_only/` | Lightning `ModelCheckpoint(save_weights_only=True, save_last=True)`, 2 epochs of 3 batches: `epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt` without `optimizer_states` or `lr_schedulers` (`Trainer.fit(ckpt_path=...)` raises KeyError on them) |
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | EnStack's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
@@ -481,7 +510,7 @@ def _readme_versions() -> tuple[dict[str, str], dict[str, str]]:
 MAKERS = {
     "hf_full": make_hf_full, "hf_full_bin": make_hf_full_bin, "hf_sharded": make_hf_sharded,
     "hf_lora": make_hf_lora, "hf_lora_bnb": make_hf_lora_bnb, "bnb_8bit": make_bnb_8bit,
-    "hf_save_only_model": make_hf_save_only_model,
+    "hf_save_only_model": make_hf_save_only_model, "lightning_weights_only": make_lightning_weights_only,
     "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
     "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
 }
@@ -499,10 +528,11 @@ def main() -> None:
         os.chdir(FIXTURES)
         versions, alone = _readme_versions()
         import bitsandbytes
+        import lightning
         import transformers
 
         made_with = (f"torch {torch.__version__}, transformers {transformers.__version__}, "
-                     f"bitsandbytes {bitsandbytes.__version__}")
+                     f"bitsandbytes {bitsandbytes.__version__}, lightning {lightning.__version__}")
         for name in chosen:
             for folder in _FOLDERS.get(name, (name,)):
                 shutil.rmtree(folder, ignore_errors=True)

@@ -22,9 +22,12 @@ class ResumePrediction:
     global_step: int | None = None       # for step-counted systems: the step it continues from
     restores: list[str] = field(default_factory=list)
     loses: list[str] = field(default_factory=list)
+    refuses: str | None = None           # why its resume stops on this file (it raises), if it does
 
     def describe(self) -> str:
         """One line, e.g. "LlamaRec retriever's --resume_from_checkpoint starts the 6th epoch at batch 0"."""
+        if self.refuses is not None:
+            return f"{self.system}'s {self.how} refuses this file: {self.refuses}"
         if self.start_epoch is not None:
             where = f"starts the {ordinal(self.start_epoch)} epoch at batch {self.start_batch or 0}"
         elif self.global_step is not None:
@@ -39,7 +42,8 @@ class ResumePrediction:
     def to_json(self) -> dict[str, Any]:
         return {"system": self.system, "how": self.how, "start_epoch": self.start_epoch,
                 "start_batch": self.start_batch, "global_step": self.global_step,
-                "restores": list(self.restores), "loses": list(self.loses), "summary": self.describe()}
+                "restores": list(self.restores), "loses": list(self.loses), "refuses": self.refuses,
+                "summary": self.describe()}
 
 
 def ordinal(n: int) -> str:

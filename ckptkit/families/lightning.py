@@ -71,7 +71,22 @@ def record(tree: Tree, epochs: int, step: int) -> CounterValues:
 
 def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
     return ResumePrediction("Lightning", "Trainer.fit(ckpt_path=...)", global_step=p.global_step,
-                            restores=["state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks"])
+                            restores=["state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks"],
+                            refuses=_weights_only(tree))
+
+
+def _weights_only(tree: Tree) -> str | None:
+    """Lightning 2.x `_CheckpointConnector.restore_optimizers_and_schedulers` raises KeyError when
+    'optimizer_states' (then 'lr_schedulers') is missing, as ModelCheckpoint(save_weights_only=True)
+    writes them: such a file loads with load_from_checkpoint, and no fit resumes from it."""
+    missing = next((key for key in ("optimizer_states", "lr_schedulers") if key not in tree), None)
+    if missing is None:
+        return None
+    what = "optimizer" if missing == "optimizer_states" else "learning rate scheduler"
+    return (f"it has no '{missing}' (ModelCheckpoint(save_weights_only=True) writes the model only), and Lightning "
+            f"raises KeyError 'Trying to restore {what} state but checkpoint contains only the model'; "
+            f"load it with YourModule.load_from_checkpoint(path) "
+            f"and start a new fit, or resume from a checkpoint saved without save_weights_only")
 
 
 def left_as_is(tree: Tree) -> list[str]:

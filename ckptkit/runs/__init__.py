@@ -44,7 +44,7 @@ SKIP_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", "node_modules", ".v
 
 # The run model lives in runs/entries.py (the traps read it too); it is part of this package's API.
 __all__ = ["BEST_NAME", "FINAL_NAME", "HF_CHECKPOINT", "HF_TEMP", "RECENT_NAME", "Health", "Run", "RunEntry",
-           "entry_of", "find_checkpoints", "is_whole", "pick_resume", "quick_health", "run_findings_for",
+           "entry_of", "find_checkpoints", "is_whole", "pick_resume", "quick_health", "refused", "run_findings_for",
            "run_folder", "scan_run"]
 
 
@@ -220,6 +220,12 @@ def is_whole(entry: RunEntry) -> bool:
     return entry.health.status != "broken" and not entry.temporary and not entry.backup and entry.progress.known
 
 
+def refused(entry: RunEntry) -> bool:
+    """Its training system's resume raises on it (a Lightning weights-only .ckpt): a whole
+    checkpoint, and none to resume from."""
+    return entry.progress.resume is not None and entry.progress.resume.refuses is not None
+
+
 def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
     """The most advanced whole and consistent checkpoint (entries are ordered by progress); at
     equal progress, one without warnings before one with (a weights-only copy, a missing
@@ -229,7 +235,7 @@ def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
     check it (`ls` itself only compares sizes): a file rolled back to an older copy of the same
     size (a sync client's restore) is marked broken and the next one back is taken instead.
     """
-    whole = sorted((e for e in entries if is_whole(e)),
+    whole = sorted((e for e in entries if is_whole(e) and not refused(e)),
                    key=lambda e: (e.progress.sort_key(), e.health.status == "ok", -e.health.warnings))
     for entry in reversed(whole):
         problems = _manifest_crc_problems(entry.path)

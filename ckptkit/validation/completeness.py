@@ -26,10 +26,13 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
     if not ckpt.model:
         yield from _model_elsewhere(ctx, has_optimizer)
     if not has_optimizer and ckpt.model:
+        refused = ckpt.progress.resume is not None and ckpt.progress.resume.refuses is not None
         if has_counters:
+            then = (ckpt.progress.resume.describe() if refused and ckpt.progress.resume
+                    else "a resume would restart Adam moments / momentum from zero")
             yield Finding("completeness.missing-optimizer", Severity.WARNING, ctx.where(),
                           f"expected optimizer state beside the counters ({ckpt.progress.describe()}), found "
-                          "none: a resume would restart Adam moments / momentum from zero")
+                          f"none: {then}")
         else:
             yield Finding("completeness.weights-only", Severity.INFO, ctx.where(),
                           "holds model weights only (no optimizer, no epoch/step counters): fine for "
