@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Checkpoint, Progress, TensorRef
+from ckptkit.core.checkpoint import Checkpoint, Progress, Severity, TensorRef
 from ckptkit.core.errors import NotACheckpointError
 from ckptkit.formats.folder import FolderReading, member_names
 
@@ -63,6 +63,7 @@ class AccelerateFormat:
         if rng:
             sections["rng"] = {n: m.tree for n, m in rng.items()}
             reading.sources["rng"] = ", ".join(rng)
+        _missing_members(reading, names)
         ckpt = reading.finish(self.name, "accelerate", accelerate_progress(customs, rng, sections))
         ckpt.model = model
         for attr, value in sections.items():
@@ -70,6 +71,69 @@ class AccelerateFormat:
         for name, member in customs.items():
             ckpt.extra[name] = member.tree
         return ckpt
+
+
+def _indices(names: set[str], pattern: re.Pattern[str]) -> set[int]:
+    """The indices of the members `pattern` matches: no suffix is 0, `_1` is 1 (accelerate's naming)."""
+    return {int(m.group(1)[1:]) if m.group(1) else 0 for n in names if (m := pattern.match(n))}
+
+
+_OPTIMIZER = re.compile(r"optimizer(_\d+)?\.bin$")
+_SCHEDULER = re.compile(r"scheduler(_\d+)?\.bin$")
+_MODEL_INDEX = re.compile(r"(?:model|pytorch_model)(_\d+)?\.(?:safetensors|bin)$")
+
+
+def _missing_members(reading: FolderReading, names: set[str]) -> None:
+    """What `Accelerator.load_state` will not find. It loads, for every model, optimizer and
+    scheduler the script prepared (and every registered object), the file of that index with no
+    existence check, so a missing one raises FileNotFoundError (checked with accelerate 1.15:
+    removing optimizer.bin, scheduler.bin, model.safetensors or custom_checkpoint_0.pkl from a
+    save_state folder each stops load_state; a missing random_states_0.pkl is only logged)."""
+    raises = "Accelerator.load_state raises FileNotFoundError for it"
+    models = _indices(names, _MODEL_INDEX)
+    for i in sorted(set(range(max(models, default=0) + 1)) - models):
+        suffix = "" if i == 0 else f"_{i}"
+        reading.add_finding("folder.missing-weights", Severity.ERROR, f"model{suffix}.safetensors",
+                            f"no model{suffix}.safetensors or pytorch_model{suffix}.bin: Accelerator.load_state "
+                            f"raises FileNotFoundError when it loads the model the script prepared")
+    optimizers, schedulers = _indices(names, _OPTIMIZER), _indices(names, _SCHEDULER)
+    for kind, found in (("optimizer", optimizers), ("scheduler", schedulers)):
+        for i in sorted(set(range(max(found, default=-1) + 1)) - found):
+            name = f"{kind}.bin" if i == 0 else f"{kind}_{i}.bin"
+            reading.add_finding(f"folder.missing-{kind}", Severity.ERROR, name,
+                                f"no {name} though {kind}_{max(found)}.bin is here: save_state writes one per "
+                                f"prepared {kind}, so this one was lost; {raises}")
+    if schedulers and not optimizers:
+        reading.add_finding("folder.missing-optimizer", Severity.ERROR, "optimizer.bin",
+                            f"no optimizer.bin though scheduler.bin is here: a scheduler is saved with the optimizer "
+                            f"it drives, so the folder lost it; {raises}")
+    elif not optimizers:
+        reading.add_finding("folder.missing-optimizer", Severity.WARNING, "optimizer.bin",
+                            f"no optimizer.bin: when the training script prepares an optimizer, {raises}")
+    elif not schedulers and _scheduled(reading):
+        reading.add_finding("folder.missing-scheduler", Severity.WARNING, "scheduler.bin",
+                            "no scheduler.bin, though an LR scheduler drove the optimizer (its param groups hold "
+                            "the scheduler's initial_lr): if the script prepares that scheduler, "
+                            "Accelerator.load_state raises FileNotFoundError for it; if it does not, accelerate "
+                            "never saved it and a resume restarts the schedule (warmup, decay) from the beginning")
+    customs = _indices(names, re.compile(r"custom_checkpoint(_\d+)\.pkl$"))
+    for i in sorted(set(range(max(customs, default=-1) + 1)) - customs):
+        reading.add_finding("folder.missing-member", Severity.ERROR, f"custom_checkpoint_{i}.pkl",
+                            f"no custom_checkpoint_{i}.pkl though custom_checkpoint_{max(customs)}.pkl is here: "
+                            f"each object registered with register_for_checkpointing has one, so "
+                            f"Accelerator.load_state raises for it")
+    if not any(RANDOM_STATES.match(n) for n in names):
+        reading.add_finding("folder.missing-rng", Severity.INFO, "random_states_0.pkl",
+                            "no random_states_*.pkl: load_state goes on without it, so a resume will not "
+                            "reproduce the data order and dropout exactly")
+
+
+def _scheduled(reading: FolderReading) -> bool:
+    """Whether an LR scheduler was attached to the optimizer: torch's LRScheduler sets each param
+    group's `initial_lr`, which the optimizer's state_dict keeps."""
+    tree = reading.tree.get("optimizer.bin")
+    groups = tree.get("param_groups") if isinstance(tree, dict) else None
+    return isinstance(groups, list) and any(isinstance(g, dict) and "initial_lr" in g for g in groups)
 
 
 def accelerate_progress(customs: dict[str, Checkpoint], rng: dict[str, Checkpoint],
