@@ -249,12 +249,16 @@ def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
     write_torch_zip then copies them inside the kernel (the read-back compares every byte)."""
     import zipfile
 
+    from ckptkit.formats.zip_directory import crcs_recorded
+
     prefix = ckpt.details.zip_prefix
     if ckpt.format != "torch-zip" or prefix is None:
         return {}
     _, storages = dumps_tree(tree)
     with zipfile.ZipFile(ckpt.path) as zf:
         infos = {i.filename: i for i in zf.infolist()}
+    if not crcs_recorded(infos):
+        return {}       # written without CRC-32s: the writer computes them as it copies
     return {key: infos[f"{prefix}/data/{key}"].CRC for key, s in storages.items()
             if on_disk(s) and s.byte_range().path == ckpt.path and f"{prefix}/data/{key}" in infos}
 

@@ -25,6 +25,7 @@ from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.formats.pickle_members import MAX_MEMBER_BYTES, read_zip_pickles, refused_member_error
 from ckptkit.formats.zip_directory import (
     ZipDirectory,
+    crcs_recorded,
     member_fits,
     read_directory,
     read_member,
@@ -95,9 +96,10 @@ def _plain_archive_index(source: Any) -> ArchiveIndex | None:
     if not pickles:
         return None
     prefix = pickles[0][: -len("data.pkl")]
-    data = read_member(source, infos[pickles[0]])
+    check = crcs_recorded(infos)
+    data = read_member(source, infos[pickles[0]], check)
     order = infos.get(prefix + "byteorder")
-    byteorder = read_member(source, order) if order is not None else b"little"
+    byteorder = read_member(source, order, check) if order is not None else b"little"
     if data is None or byteorder != b"little":
         return None
     return ArchiveIndex(infos, prefix.rstrip("/"), data)
@@ -159,7 +161,11 @@ def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
         except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
                 zlib.error) as exc:   # a flipped method byte makes zipfile inflate stored bytes
             raw = read_member_as_torch_does(source, infos[pickles[0]], MAX_MEMBER_BYTES)
-            raise refused_member_error(path, pickles[0], exc, raw) from None
+            order = infos.get(prefix + "byteorder")
+            byteorder_raw = read_member_as_torch_does(source, order, 16) if order is not None else b"little"
+            if crcs_recorded(infos) or raw is None or len(raw) != infos[pickles[0]].file_size or byteorder_raw is None:
+                raise refused_member_error(path, pickles[0], exc, raw) from None
+            data, byteorder = raw, byteorder_raw.decode("ascii", "replace")   # written without CRC-32s
     if byteorder != "little":
         raise UnsupportedFeatureError(path, f"tensor data is {byteorder}-endian; ckptkit reads little-endian only")
     return ArchiveIndex(infos, prefix.rstrip("/"), data)

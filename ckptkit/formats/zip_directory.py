@@ -146,8 +146,18 @@ def _local_header(source: Any, offset: int) -> tuple[bytes, int] | None:
     return source.read(name_len), offset + _LOCAL.size + name_len + extra_len
 
 
-def read_member(source: Any, entry: ZipEntry) -> bytes | None:
-    """A stored member's bytes, its CRC-32 checked; None for anything else (ask zipfile)."""
+def crcs_recorded(infos: Mapping[str, Any]) -> bool:
+    """Whether the archive's directory holds CRC-32s. torch writes 0 for every member after
+    `torch.serialization.set_crc32_options(False)` (faster saves) and its reader never checks
+    them; a member of real bytes has CRC 0 once in 2**32, so an archive whose every non-empty
+    member says 0 was written without them (one that says 0 among real ones is damaged)."""
+    sized = [info.CRC for info in infos.values() if info.file_size]
+    return not sized or any(sized)
+
+
+def read_member(source: Any, entry: ZipEntry, check_crc: bool = True) -> bytes | None:
+    """A stored member's bytes, its CRC-32 checked (unless the archive has none,
+    `crcs_recorded`); None for anything else (ask zipfile)."""
     if entry.compress_type != zipfile.ZIP_STORED or entry.compress_size != entry.file_size:
         return None
     if not member_fits(entry, source.seek(0, 2)):
@@ -157,7 +167,7 @@ def read_member(source: Any, entry: ZipEntry) -> bytes | None:
         return None
     source.seek(local[1])
     data: bytes = source.read(entry.file_size)
-    if len(data) != entry.file_size or zlib.crc32(data) != entry.CRC:
+    if len(data) != entry.file_size or (check_crc and zlib.crc32(data) != entry.CRC):
         return None
     return data
 

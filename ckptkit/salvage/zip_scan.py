@@ -146,8 +146,15 @@ def _from_header(fd: int, start: int, length: int, crc: int, size: int,
     if start + length > size:
         return f"cut off: its {length} bytes run {start + length - size} past the end of the file"
     if range_crc32(fd, path, start, length) != crc:
-        return "CRC-32 mismatch: its bytes were changed"
+        return _mismatch(crc)
     return ByteRange(path, start, length), crc, start + length
+
+
+def _mismatch(crc: int) -> str:
+    if crc == 0:    # torch.serialization.set_crc32_options(False) writes 0 for every record
+        return ("no CRC-32 recorded (saved with torch.serialization.set_crc32_options(False)): its bytes "
+                "cannot be verified")
+    return "CRC-32 mismatch: its bytes were changed"
 
 
 def _from_descriptor(fd: int, view: _File, start: int, path: Path) -> tuple[ByteRange, int, int] | str:
@@ -166,7 +173,7 @@ def _from_descriptor(fd: int, view: _File, start: int, path: Path) -> tuple[Byte
             at = view.find(DESCRIPTOR_MAGIC, at + 4)
             continue
         if range_crc32(fd, path, start, length) != crc:
-            return "CRC-32 mismatch: its bytes were changed"
+            return _mismatch(crc)
         return ByteRange(path, start, length), crc, end
     return "cut off: the file ends inside it (no data descriptor)"
 

@@ -68,6 +68,12 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[ClaimedRecords], l
     for path in _zip_files(ctx, dict.fromkeys([*(block.path for block in claimed), *(r.path for r in records)])):
         members = archives.members(path)
         problems += [_zip_finding(ctx, path, text) for text in members.problems]
+        if not members.crc_recorded:
+            member = None if path == ctx.ckpt.path else path.name
+            problems.append(Finding("deep.crc-not-recorded", Severity.INFO, ctx.where(None, member),
+                                    "written without CRC-32s (torch.serialization.set_crc32_options(False)), "
+                                    "which torch.load never checks: --deep read every byte and checked the "
+                                    "values, but cannot tell damaged bytes from good ones"))
         for i in archives.unclaimed(path):
             records += _attach_crc(located, members.record(i))
     return records, claimed, problems

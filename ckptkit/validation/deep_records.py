@@ -73,5 +73,6 @@ class ClaimedRecords:
         return len(self.offsets)
 
     def record(self, i: int) -> Record:
+        crc = self.crcs[i]
         return Record(self.path, self.offsets[i], self.lengths[i], self.source, self.storages[i],
-                      self.members[i], self.crcs[i], self.keys[i], self.checked[i])
+                      self.members[i], None if crc < 0 else crc, self.keys[i], self.checked[i])

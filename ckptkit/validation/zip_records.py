@@ -16,7 +16,7 @@ from typing import Any
 
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange
-from ckptkit.formats.zip_directory import ZipDirectory, read_directory
+from ckptkit.formats.zip_directory import ZipDirectory, crcs_recorded, read_directory
 
 _LOCAL = struct.Struct("<4s5HLLLHH")
 _DESCRIPTOR_MAGIC = b"PK\x07\x08"
@@ -27,7 +27,7 @@ _STREAMED = 0x08      # general-purpose flag: CRC and sizes follow the data (tor
 class ZipRecord:
     member: str
     where: ByteRange
-    crc: int
+    crc: int | None     # None: the archive was written without CRC-32s (`crcs_recorded`)
 
 
 @dataclass
@@ -44,16 +44,20 @@ class ZipMembers:
     crcs: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     plain: int = 0      # the first `plain` members checked out all at once (`zip_headers`)
+    # False when torch wrote the archive without CRC-32s (set_crc32_options(False)): every crc is
+    # then -1, nothing to compare, and --deep says it could not check the bytes.
+    crc_recorded: bool = True
 
     def record(self, i: int) -> ZipRecord:
+        crc = self.crcs[i]
         return ZipRecord(self.names[i], ByteRange(self.path, self.offsets[i], self.sizes[i], self.source),
-                         self.crcs[i])
+                         None if crc < 0 else crc)
 
     def add(self, record: ZipRecord) -> None:
         self.names.append(record.member)
         self.offsets.append(record.where.offset)
         self.sizes.append(record.where.length)
-        self.crcs.append(record.crc)
+        self.crcs.append(-1 if record.crc is None else record.crc)
 
 
 def zip_records(path: Path) -> tuple[list[ZipRecord], list[str]]:
@@ -81,6 +85,7 @@ def zip_members(path: Path, source: FileBytes | None = None, directory: ZipDirec
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         out.problems.append(f"zip directory cannot be read: {exc}")
         return out
+    out.crc_recorded = crcs_recorded(infos)
     view = source.view()
     names: Iterable[str] = infos
     if isinstance(infos, ZipDirectory) and len(view):
@@ -103,6 +108,8 @@ def zip_members(path: Path, source: FileBytes | None = None, directory: ZipDirec
         if problem is not None:
             out.problems.append(f"member {info.filename}: {problem}")
     view.release()
+    if not out.crc_recorded:
+        out.crcs = [-1] * len(out.crcs)
     # The headers lie between the records: reading them touched most pages of the file, which
     # would count in this process's memory until the data pass releases them a window at a time.
     source.release(0, size)
