@@ -56,6 +56,9 @@ def checkpoint_from_tree(path: Path, fmt: str, tree: Any, globals_: list[GlobalR
 # A file holding numpy values, which plain torch.load refuses since PyTorch 2.6 (a folder member
 # that its library loads with numpy allowed, as transformers does rng_state.pth, drops it).
 NUMPY_VALUES = "compat.numpy-values"
+# The same for the other data torch's weights-only unpickler refuses: builtins.frozenset, range,
+# slice... (ckptkit decodes them as plain values).
+REFUSED_VALUES = "compat.weights-only-values"
 META_TENSORS = "integrity.meta-tensors"
 
 
@@ -86,6 +89,17 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
             "of meta tensor' and nothing in this file can restore them",
             "save again after the weights exist (to_empty() then init, or load real weights first); "
             "resume from an earlier checkpoint"))
+    refused = sorted({g.qualified_name for g in globals_ if g.kind == "known" and g.module.split(".")[0] != "numpy"
+                      and not weights_only_accepts(g.module, g.name)})
+    if refused:
+        names = ", ".join(n.removeprefix("builtins.") for n in refused)
+        findings.append(Finding(
+            REFUSED_VALUES, Severity.WARNING, where,
+            f"the pickle holds values torch.load(weights_only=True) refuses ({', '.join(refused)}): since "
+            "PyTorch 2.6, torch.load(path) stops with 'Weights only load failed' (weights_only=True being the "
+            "default), so a resume that calls torch.load without weights_only=False stops there; the values "
+            "are plain data",
+            f"load it inside torch.serialization.safe_globals([{names}]), or save lists and tuples instead"))
     numpy = sorted({g.qualified_name for g in globals_ if g.kind != "dangerous" and g.module.split(".")[0] == "numpy"})
     if numpy:
         # torch's weights-only unpickler allows no numpy name by default (checked against torch

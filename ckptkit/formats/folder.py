@@ -18,7 +18,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorRef
 from ckptkit.core.errors import CkptkitError
-from ckptkit.formats.base import NUMPY_VALUES, weights_only_command
+from ckptkit.formats.base import NUMPY_VALUES, REFUSED_VALUES, weights_only_command
 from ckptkit.formats.files import open_file
 
 # Whole-model weight files, in the order transformers/peft prefer them when several exist.
@@ -84,7 +84,8 @@ class FolderReading:
         self.metadata[name] = member.metadata
         classes = [f for f in member.findings if classes_expected and f.code == "security.pickled-class"]
         for f in member.findings:
-            if f not in classes and not ((numpy_allowed or classes_expected) and f.code == NUMPY_VALUES):
+            if f not in classes and not ((numpy_allowed or classes_expected) and f.code == NUMPY_VALUES
+                                         or classes_expected and f.code == REFUSED_VALUES):
                 # A member's weights-only way out converts the whole folder (its model is elsewhere).
                 fix = weights_only_command(self.path) if f.code == "security.dangerous-global" else f.fix
                 self.findings.append(Finding(f.code, f.severity, self.where(f.where), f.message, fix))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ckptkit.core.dtypes import BY_NAME, BY_STORAGE_CLASS
 from ckptkit.storage.pickle_values import PickledObject
 
 # Module roots whose globals can run arbitrary code or touch the system (also when only referenced).
@@ -90,15 +91,29 @@ _TORCH_QSCHEMES = frozenset({"per_tensor_affine", "per_tensor_symmetric", "per_c
                              "per_channel_symmetric", "per_channel_affine_float_qparams"})
 
 
+# The other names torch.load(weights_only=True) resolves by default, of those ckptkit decodes or
+# shows (torch 2.13's _get_allowed_globals): of the builtins only set, bytearray and complex.
+_WEIGHTS_ONLY_NAMES = frozenset({
+    ("torch._tensor", "_rebuild_from_type_v2"), ("torch.serialization", "_get_layout"),
+    ("collections", "OrderedDict"), ("collections", "Counter"), ("_codecs", "encode"),
+    ("builtins", "set"), ("builtins", "bytearray"), ("builtins", "complex"),
+    ("torch", "Size"), ("torch", "Tensor"), ("torch", "device"), ("torch.nn.parameter", "Parameter"),
+    ("torch.storage", "UntypedStorage"), ("torch.storage", "TypedStorage")})
+
+
 def weights_only_accepts(module: str, name: str) -> bool:
     """Whether torch.load(weights_only=True) resolves the global `module.name` itself: torch's own
     tensor rebuilders (meta, sparse, quantized, nested tensors; all but XLA's), the layout lookup
-    sparse tensors use and the quantization schemes (torch 2.13's `_get_allowed_globals`; a test
-    holds this to it). Such a name is no pickled class, though ckptkit shows its tensor as one."""
+    sparse tensors use, the quantization schemes, dtypes and storage classes, and a few containers
+    (torch 2.13's `_get_allowed_globals`; tests hold this to it for every name ckptkit knows).
+    Such a name is no pickled class, though ckptkit shows its tensor as one. It refuses the
+    other builtins a pickle may name (frozenset, range, slice...), which ckptkit decodes as data."""
     if module == "torch._utils":
         return name.startswith("_rebuild_") and name != "_rebuild_xla_tensor"
-    return ((module, name) in {("torch._tensor", "_rebuild_from_type_v2"), ("torch.serialization", "_get_layout")}
-            or (module == "torch" and name in _TORCH_QSCHEMES))
+    if module == "torch" and (name in _TORCH_QSCHEMES or name in BY_NAME or
+                              (name in BY_STORAGE_CLASS and name not in ("TypedStorage", "UntypedStorage"))):
+        return True
+    return (module, name) in _WEIGHTS_ONLY_NAMES
 
 
 def is_plain(value: Any, plain_callables: frozenset[Any], depth: int = 0) -> bool:
