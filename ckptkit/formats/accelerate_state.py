@@ -63,7 +63,8 @@ class AccelerateFormat:
         if rng:
             sections["rng"] = {n: m.tree for n, m in rng.items()}
             reading.sources["rng"] = ", ".join(rng)
-        _missing_members(reading, names)
+        if not _distributed_layout(path, names):
+            _missing_members(reading, names)
         ckpt = reading.finish(self.name, "accelerate", accelerate_progress(customs, rng, sections))
         ckpt.model = model
         for attr, value in sections.items():
@@ -81,6 +82,18 @@ def _indices(names: set[str], pattern: re.Pattern[str]) -> set[int]:
 _OPTIMIZER = re.compile(r"optimizer(_\d+)?\.bin$")
 _SCHEDULER = re.compile(r"scheduler(_\d+)?\.bin$")
 _MODEL_INDEX = re.compile(r"(?:model|pytorch_model)(_\d+)?\.(?:safetensors|bin)$")
+
+
+def _distributed_layout(path: Path, names: set[str]) -> bool:
+    """Saved under FSDP, DeepSpeed or Megatron-LM: accelerate then writes the model (and the
+    optimizer) its own way, as pytorch_model_fsdp*.bin files or as subfolders (pytorch_model_fsdp_0/,
+    optimizer_0/, DeepSpeed's pytorch_model/), so no model.safetensors or optimizer.bin is expected."""
+    if any(n.startswith("pytorch_model_fsdp") for n in names):
+        return True
+    try:
+        return any(entry.is_dir() for entry in path.iterdir())
+    except OSError:
+        return False
 
 
 def _missing_members(reading: FolderReading, names: set[str]) -> None:

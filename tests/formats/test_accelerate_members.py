@@ -73,3 +73,15 @@ def test_a_gap_in_the_numbered_members_is_an_error(tmp_path: Path) -> None:
     messages = [m for _, _, _, m in _findings(folder)]
     assert any(m.startswith("no optimizer.bin though optimizer_1.bin is here: save_state writes one per prepared "
                             "optimizer") for m in messages)
+
+
+@pytest.mark.parametrize("layout", ["pytorch_model/", "pytorch_model_fsdp_0/", "pytorch_model_fsdp.bin"])
+def test_fsdp_and_deepspeed_layouts_expect_no_model_safetensors_or_optimizer_bin(tmp_path: Path, layout: str) -> None:
+    """Under FSDP accelerate writes pytorch_model_fsdp.bin or pytorch_model_fsdp_0/ (and optimizer_0/),
+    under DeepSpeed one pytorch_model/ folder holding model and optimizer (Accelerator.save_state)."""
+    folder = _without(tmp_path, "model.safetensors", "optimizer.bin")
+    if layout.endswith("/"):
+        (folder / layout).mkdir()
+    else:
+        (folder / layout).write_bytes((REAL / "model.safetensors").read_bytes())
+    assert [code for code, *_ in _findings(folder)] == []
