@@ -77,6 +77,19 @@ class HFTrainerFormat:
         return ckpt
 
 
+def _optimizer_elsewhere(path: Path) -> str | None:
+    """Where a distributed Trainer keeps the optimizer instead of optimizer.pt: "deepspeed" for a
+    DeepSpeed checkpoint (its global_step*/ folder), or the FSDP sharded optimizer's folder (the
+    Trainer counts any subfolder named with "optimizer", as _load_optimizer_and_scheduler does)."""
+    try:
+        folders = [e.name for e in path.iterdir() if e.is_dir()]
+    except OSError:
+        return None
+    if any(name.startswith("global_step") for name in folders):
+        return "deepspeed"
+    return next((name for name in sorted(folders) if "optimizer" in name), None)
+
+
 def _optimizer_without_scheduler(reading: FolderReading, opt_file: str | None, has_scheduler: bool,
                                  saved_only_model: bool) -> None:
     """Trainer._load_optimizer_and_scheduler loads optimizer.pt and scheduler.pt only when both
@@ -132,7 +145,9 @@ def read_training_state(reading: FolderReading, names: set[str], saved_only_mode
         member = reading.open_member(opt_file, "optimizer")
         if member is not None:
             sections["optimizer"], reading.sources["optimizer"] = member.tree, opt_file
-    _optimizer_without_scheduler(reading, opt_file, SCHEDULER_FILE in names, saved_only_model)
+    sharded = _optimizer_elsewhere(reading.path)
+    if sharded != "deepspeed":     # DeepSpeed's engine restores its own optimizer and scheduler
+        _optimizer_without_scheduler(reading, opt_file or sharded, SCHEDULER_FILE in names, saved_only_model)
     for attr, name, role in (("scheduler", SCHEDULER_FILE, "scheduler"), ("scaler", SCALER_FILE, "AMP scaler")):
         if name in names:
             member = reading.open_member(name, role)

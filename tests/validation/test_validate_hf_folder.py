@@ -156,3 +156,21 @@ def test_a_save_only_model_checkpoint_says_why_it_resumes_from_scratch() -> None
     assert finding.severity is Severity.WARNING
     assert finding.message == f"TrainingArguments(save_only_model=True) saved only the model: {LOST}"
     assert "folder.missing-scheduler" not in codes(report)
+
+
+def test_a_deepspeed_checkpoint_keeps_its_optimizer_in_global_step_folder(tmp_path: Path) -> None:
+    """Trainer + DeepSpeed writes no optimizer.pt: the engine saves global_stepN/ and restores both."""
+    folder = copy_checkpoint("hf_full/checkpoint-8", tmp_path)
+    (folder / "optimizer.pt").unlink()
+    (folder / "global_step8").mkdir()
+    assert not {"folder.missing-optimizer", "folder.missing-scheduler"} & set(codes(run(folder)))
+
+
+def test_an_fsdp_sharded_optimizer_folder_counts_as_the_optimizer(tmp_path: Path) -> None:
+    folder = copy_checkpoint("hf_full/checkpoint-8", tmp_path)
+    (folder / "optimizer.pt").unlink()
+    (folder / "optimizer_0").mkdir()
+    assert not {"folder.missing-optimizer", "folder.missing-scheduler"} & set(codes(run(folder)))
+    (folder / "scheduler.pt").unlink()
+    finding = only(run(folder), "folder.missing-scheduler")
+    assert "the Trainer loads optimizer_0 only together with it" in finding.message
