@@ -315,13 +315,11 @@ def make_lightning() -> None:
     trainer.fit(TinyClassifier(), loader)
 
 
-def make_lightning_weights_only() -> None:
-    """ModelCheckpoint(save_weights_only=True, save_last=True), 2 epochs of 3 batches: .ckpt files
-    without optimizer_states or lr_schedulers, which Trainer.fit(ckpt_path=...) refuses."""
+def _linear_classifier(optimizer: Any) -> Any:
+    """A LightningModule class: one Linear(4, 2) trained with cross-entropy, `optimizer(params)`."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    class Tiny(L.LightningModule):
+    class Linear(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
             self.net = torch.nn.Linear(4, 2)
@@ -331,8 +329,18 @@ def make_lightning_weights_only() -> None:
             return torch.nn.functional.cross_entropy(self.net(x), y)
 
         def configure_optimizers(self) -> Any:
-            return torch.optim.Adam(self.parameters(), lr=0.05)
+            return optimizer(self.parameters())
 
+    return Linear
+
+
+def make_lightning_weights_only() -> None:
+    """ModelCheckpoint(save_weights_only=True, save_last=True), 2 epochs of 3 batches: .ckpt files
+    without optimizer_states or lr_schedulers, which Trainer.fit(ckpt_path=...) refuses."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    Tiny = _linear_classifier(lambda params: torch.optim.Adam(params, lr=0.05))
     L.seed_everything(SEED, verbose=False)
     data = torch.utils.data.TensorDataset(torch.randn(12, 4), torch.randint(0, 2, (12,)))
     weights = ModelCheckpoint(dirpath="lightning_weights_only", filename="{epoch}-{step}", save_top_k=-1,
@@ -355,19 +363,9 @@ def make_lightning_counters() -> None:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    class Automatic(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(4, 2)
+    Automatic = _linear_classifier(lambda params: torch.optim.SGD(params, lr=0.1))
 
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            x, y = batch
-            return torch.nn.functional.cross_entropy(self.net(x), y)
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    class Manual(Automatic):
+    class Manual(Automatic):  # type: ignore[misc,valid-type]
         def __init__(self) -> None:
             super().__init__()
             self.automatic_optimization = False

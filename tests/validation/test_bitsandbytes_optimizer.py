@@ -35,23 +35,20 @@ def test_the_fixtures_hold_bitsandbytes_nested_state() -> None:
     assert eight[1][BNB_NESTED_STATE]["state1"].dtype == torch.float32
 
 
-def test_a_ranker_checkpoint_with_paged_adamw_32bit_reads_and_validates_like_one_with_adamw() -> None:
-    summary = inspect_checkpoint(RANKER).optimizer
+@pytest.mark.parametrize("path, kind, step", [
+    (RANKER, "bitsandbytes, 32-bit state (Adam-style: state1, state2)", 8),
+    (EIGHT_BIT, "bitsandbytes, 8-bit state (Adam-style: state1, state2)", 2),
+], ids=["ranker paged_adamw_32bit", "AdamW8bit"])
+def test_bitsandbytes_state_is_named_and_validates_clean(path: Path, kind: str, step: int) -> None:
+    summary = inspect_checkpoint(path).optimizer
     assert summary is not None
-    assert (summary.kind, summary.state_entries, summary.step) == \
-        ("bitsandbytes, 32-bit state (Adam-style: state1, state2)", 4, 8)
-    report = run(RANKER, deep=True)
+    assert (summary.kind, summary.state_entries, summary.step) == (kind, 4, step)
+    report = run(path, deep=True)
     assert not report.fails(Severity.WARNING), [(f.code, f.message) for f in report.findings]
-    assert codes(report) == codes(run(REAL / "hf_lora" / "checkpoint-8", deep=True))
 
 
-def test_an_8bit_state_is_named_and_validates_clean() -> None:
-    summary = inspect_checkpoint(EIGHT_BIT).optimizer
-    assert summary is not None
-    assert (summary.kind, summary.state_entries, summary.step) == \
-        ("bitsandbytes, 8-bit state (Adam-style: state1, state2)", 4, 2)
-    report = run(EIGHT_BIT, deep=True)
-    assert not report.fails(Severity.WARNING), [(f.code, f.message) for f in report.findings]
+def test_the_ranker_checkpoint_gets_the_findings_the_same_one_with_adamw_gets() -> None:
+    assert codes(run(RANKER, deep=True)) == codes(run(REAL / "hf_lora" / "checkpoint-8", deep=True))
 
 
 def test_a_ranker_optimizer_for_another_adapter_is_an_error(tmp_path: Path) -> None:
