@@ -20,7 +20,7 @@ from ckptkit.cli import main
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats import open_checkpoint
-from ckptkit.formats.safetensors_file import header_tensor, read_header_entries, read_safetensors_header
+from ckptkit.formats.safetensors_file import entry_tensors, read_header_entries, read_safetensors_header
 
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "I64": torch.int64, "U8": torch.uint8}
 
@@ -38,7 +38,7 @@ def _described(tensors: dict) -> list[tuple]:
 
 def _entry_by_entry(path: Path) -> list[tuple]:
     header, _, start, size = read_header_entries(path)
-    return _described({name: header_tensor(path, name, info, start, size) for name, info in header.items()})
+    return _described(entry_tensors(path, header, start, size, data_len=size - start))
 
 
 offsets = st.lists(st.integers(-2, 48), min_size=0, max_size=3)

@@ -116,3 +116,51 @@ def test_any_json_header_gives_a_reading_or_one_ckptkit_error(header: dict[str, 
         else:
             for _, tensor in ckpt.tensors():
                 assert tensor.fits_storage() and all(d >= 0 for d in tensor.shape)
+
+
+# Headers safetensors' own reader (Metadata::validate) refuses, and some it accepts. ckptkit
+# called the refused ones clean, while `safetensors.torch.load_file` (and so from_pretrained)
+# stops on them. Each verdict is held to load_file itself.
+F32 = "F32"
+LAYOUTS: dict[str, tuple[dict[str, object], int]] = {
+    "contiguous": ({"w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]},
+                    "v": {"dtype": F32, "shape": [1], "data_offsets": [8, 12]}}, 12),
+    "contiguous, header not in offset order": ({"v": {"dtype": F32, "shape": [2], "data_offsets": [8, 16]},
+                                               "w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]}}, 16),
+    "zero-size tensor at the end": ({"w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]},
+                                     "e": {"dtype": F32, "shape": [0], "data_offsets": [8, 8]}}, 8),
+    "no tensors, no data": ({}, 0),
+    "gap": ({"w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]},
+             "v": {"dtype": F32, "shape": [1], "data_offsets": [12, 16]}}, 16),
+    "overlap": ({"w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]},
+                 "v": {"dtype": F32, "shape": [2], "data_offsets": [4, 12]}}, 12),
+    "trailing bytes": ({"w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]}}, 12),
+    "zero-size tensor inside another": ({"w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]},
+                                         "e": {"dtype": F32, "shape": [0], "data_offsets": [4, 4]}}, 8),
+    "data not from byte 0": ({"w": {"dtype": F32, "shape": [2], "data_offsets": [4, 12]}}, 12),
+    "integer metadata": ({"__metadata__": {"format": "pt", "epoch": 3},
+                          "w": {"dtype": F32, "shape": [2], "data_offsets": [0, 8]}}, 8),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUTS))
+def test_a_header_is_refused_exactly_when_safetensors_refuses_it(tmp_path: Path, case: str) -> None:
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from ckptkit.cli import main
+
+    header, data_len = LAYOUTS[case]
+    path = _write(tmp_path / "m.safetensors", header, bytes(data_len))
+    try:
+        load_file(path)
+        refused = False
+    except Exception:
+        refused = True
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert (result.exit_code == 2) == refused, result.output
+    assert refused == (case in ("gap", "overlap", "trailing bytes", "zero-size tensor inside another",
+                                "data not from byte 0", "integer metadata"))
+    if refused:
+        assert "safetensors refuses" in result.output and len(result.output.strip().splitlines()) == 1
+        assert f"ckptkit salvage {path} {tmp_path / 'm.fixed.safetensors'}" in result.output
