@@ -38,6 +38,10 @@ ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = _LOCAL_HEADER = struct.Struct("<4s5HLLLHH")   # public: salvage scans by it
 
 
+class TorchScriptArchiveError(NotACheckpointError):
+    """A torch.jit.save archive: a torch zip layout, but a compiled model, not a checkpoint."""
+
+
 class TorchZipFormat:
     name = "torch-zip"
     description = "torch.save zip archive (torch >= 1.6): .pt/.pth/.bin/.ckpt"
@@ -48,6 +52,8 @@ class TorchZipFormat:
     def read(self, path: Path) -> Checkpoint:
         try:
             tree, globals_, members = read_zip_pickle(path)
+        except TorchScriptArchiveError:
+            raise
         except NotACheckpointError:
             # Not a torch.save layout; torch.load, numpy.load or a script may still unpickle its
             # members, so each pickle member is read and judged (formats/pickle_members.py).
@@ -133,7 +139,7 @@ def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
             return read_archive_index(path, f)
     fast = _plain_archive_index(source)
     if fast is not None:
-        return fast
+        return _versioned(path, fast)
     source.seek(0)
     try:
         zf = zipfile.ZipFile(source)
@@ -168,7 +174,22 @@ def read_archive_index(path: Path, source: Any = None) -> ArchiveIndex:
             data, byteorder = raw, byteorder_raw.decode("ascii", "replace")   # written without CRC-32s
     if byteorder != "little":
         raise UnsupportedFeatureError(path, f"tensor data is {byteorder}-endian; ckptkit reads little-endian only")
-    return ArchiveIndex(infos, prefix.rstrip("/"), data)
+    return _versioned(path, ArchiveIndex(infos, prefix.rstrip("/"), data))
+
+
+def _versioned(path: Path, index: ArchiveIndex) -> ArchiveIndex:
+    """torch's PyTorchStreamReader refuses an archive with no version record ('Expected
+    hasRecord("version") to be true'): torch.save writes `version` (newer torch `.data/version`).
+    A TorchScript archive (torch.jit.save) is no checkpoint: torch.load tells it by constants.pkl."""
+    if f"{index.prefix}/constants.pkl" in index.infos:
+        raise TorchScriptArchiveError(path, "a TorchScript archive (torch.jit.save): a compiled model with its code, "
+                                  "loaded with torch.jit.load, not a torch.save checkpoint; torch.load(weights_only="
+                                  "True) refuses it, and ckptkit does not read it")
+    if not any(f"{index.prefix}/{name}" in index.infos for name in ("version", ".data/version")):
+        raise CorruptCheckpointError(path, f"{index.prefix}/version is missing from the zip archive, and torch.load "
+                                     "refuses an archive without it (its records are readable: `ckptkit salvage` "
+                                     "writes them into a whole one)")
+    return index
 
 
 def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,

@@ -155,3 +155,50 @@ def test_newer_dtypes_written_back_load_in_torch_with_their_dtype_and_sharing(tm
         assert back[key].dtype == original.dtype
         assert torch.equal(back[key].view(torch.uint8), original.contiguous().view(torch.uint8))
     assert back["u16"].untyped_storage().data_ptr() == back["u32"].untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("member", ["version", ".format_version", "byteorder", "data/0", ".data/serialization_id",
+                                    ".storage_alignment"])
+def test_a_missing_member_is_an_error_exactly_when_torch_load_refuses_the_archive(tmp_path: Path, member: str) -> None:
+    """torch's reader requires `version` and each storage record; the others it does without.
+    ckptkit called an archive without `version` clean, though torch.load stops on it."""
+    import json
+    import zipfile
+
+    from click.testing import CliRunner
+
+    from ckptkit.cli import main
+
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "base.pt")
+    with zipfile.ZipFile(tmp_path / "base.pt") as src, zipfile.ZipFile(tmp_path / "x.pt", "w") as out:
+        for name in src.namelist():
+            if name != f"base/{member}":
+                out.writestr(name, src.read(name))
+    try:
+        torch.load(tmp_path / "x.pt", weights_only=True)
+        refused = False
+    except RuntimeError:
+        refused = True
+    assert refused == (member in ("version", "data/0"))
+    result = CliRunner().invoke(main, ["validate", "--json", str(tmp_path / "x.pt")])
+    errors = result.exit_code == 2 or any(f["severity"] == "error" for f in json.loads(result.output)["findings"])
+    assert errors == refused, result.output
+
+
+def test_a_torchscript_archive_is_named_not_called_a_damaged_or_pickled_checkpoint(tmp_path: Path) -> None:
+    """torch.jit.save writes the torch zip layout plus constants.pkl and code/: ckptkit once warned of a
+    pickled class and offered to 'repair' it."""
+    from click.testing import CliRunner
+
+    from ckptkit.cli import main
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), tmp_path / "model.pt")
+    with pytest.raises(RuntimeError, match="TorchScript"):
+        torch.load(tmp_path / "model.pt", weights_only=True)
+    for command in ("inspect", "validate"):
+        result = CliRunner().invoke(main, [command, str(tmp_path / "model.pt")])
+        assert result.exit_code == 2
+        assert result.output.strip() == (f"ckptkit: error: {tmp_path / 'model.pt'}: a TorchScript archive "
+                                         "(torch.jit.save): a compiled model with its code, loaded with "
+                                         "torch.jit.load, not a torch.save checkpoint; torch.load(weights_only=True) "
+                                         "refuses it, and ckptkit does not read it")
