@@ -74,14 +74,10 @@ class AccelerateFormat:
         return ckpt
 
 
-def _indices(names: set[str], pattern: re.Pattern[str]) -> set[int]:
-    """The indices of the members `pattern` matches: no suffix is 0, `_1` is 1 (accelerate's naming)."""
-    return {int(m.group(1)[1:]) if m.group(1) else 0 for n in names if (m := pattern.match(n))}
-
-
-_OPTIMIZER = re.compile(r"optimizer(_\d+)?\.bin$")
-_SCHEDULER = re.compile(r"scheduler(_\d+)?\.bin$")
-_MODEL_INDEX = re.compile(r"(?:model|pytorch_model)(_\d+)?\.(?:safetensors|bin)$")
+def _indices(names: set[str], pattern: re.Pattern[str], group: int = 1) -> set[int]:
+    """The indices of the members `pattern` matches, from its `group`: no suffix is 0, `_1` is 1
+    (accelerate's naming)."""
+    return {int(m.group(group).lstrip("_")) if m.group(group) else 0 for n in names if (m := pattern.match(n))}
 
 
 def _distributed_layout(path: Path, names: set[str]) -> bool:
@@ -103,13 +99,13 @@ def _missing_members(reading: FolderReading, names: set[str]) -> None:
     removing optimizer.bin, scheduler.bin, model.safetensors or custom_checkpoint_0.pkl from a
     save_state folder each stops load_state; a missing random_states_0.pkl is only logged)."""
     raises = "Accelerator.load_state raises FileNotFoundError for it"
-    models = _indices(names, _MODEL_INDEX)
+    models = _indices(names, MODEL, 2)
     for i in sorted(set(range(max(models, default=0) + 1)) - models):
         suffix = "" if i == 0 else f"_{i}"
         reading.add_finding("folder.missing-weights", Severity.ERROR, f"model{suffix}.safetensors",
                             f"no model{suffix}.safetensors or pytorch_model{suffix}.bin: Accelerator.load_state "
                             f"raises FileNotFoundError when it loads the model the script prepared")
-    optimizers, schedulers = _indices(names, _OPTIMIZER), _indices(names, _SCHEDULER)
+    optimizers, schedulers = (_indices(names, pattern) for _, pattern, _ in SECTIONS[:2])
     for kind, found in (("optimizer", optimizers), ("scheduler", schedulers)):
         for i in sorted(set(range(max(found, default=-1) + 1)) - found):
             name = f"{kind}.bin" if i == 0 else f"{kind}_{i}.bin"
@@ -129,7 +125,7 @@ def _missing_members(reading: FolderReading, names: set[str]) -> None:
                             "the scheduler's initial_lr): if the script prepares that scheduler, "
                             "Accelerator.load_state raises FileNotFoundError for it; if it does not, accelerate "
                             "never saved it and a resume restarts the schedule (warmup, decay) from the beginning")
-    customs = _indices(names, re.compile(r"custom_checkpoint(_\d+)\.pkl$"))
+    customs = _indices(names, CUSTOM)
     for i in sorted(set(range(max(customs, default=-1) + 1)) - customs):
         reading.add_finding("folder.missing-member", Severity.ERROR, f"custom_checkpoint_{i}.pkl",
                             f"no custom_checkpoint_{i}.pkl though custom_checkpoint_{max(customs)}.pkl is here: "
