@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ckptkit.core.checkpoint import Checkpoint
-from ckptkit.core.errors import MissingFileError, NotACheckpointError
+from ckptkit.core.errors import CorruptCheckpointError, MissingFileError, NotACheckpointError
 from ckptkit.core.paths import named
 from ckptkit.formats.base import Format
 from ckptkit.formats.files import FILE_FORMATS, cyclic_gc_paused, detect_file_format, open_file, read_with
@@ -45,6 +45,11 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
         for fmt in folder_formats():
             if fmt.sniff(path, b""):
                 return fmt
+        from ckptkit.formats.dcp import unfinished_save
+
+        unfinished = unfinished_save(path)
+        if unfinished is not None:
+            raise CorruptCheckpointError(path, unfinished)
         raise NotACheckpointError(path, "a folder, but no checkpoint format ckptkit knows "
                                   "(use `ckptkit ls` to find checkpoints below it)")
     return detect_file_format(path)

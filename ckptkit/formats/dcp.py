@@ -52,6 +52,18 @@ _EXPECTED_GLOBALS = ("torch.distributed.checkpoint.", "torch.serialization._get_
 Location = tuple[str, int, int, tuple[str, ...]]
 
 
+def unfinished_save(path: Path) -> str | None:
+    """Why a folder of DCP data files without `.metadata` is no checkpoint: DCP's coordinator
+    writes `.metadata` last, after every rank's `.distcp` files, so the save did not finish."""
+    try:
+        if (path / METADATA).exists() or not any(p.suffix == ".distcp" for p in path.iterdir()):
+            return None
+    except OSError:
+        return None
+    return ("DCP data files without .metadata: the save did not finish (torch.distributed.checkpoint writes "
+            ".metadata last, after every rank's data); resume from an earlier checkpoint")
+
+
 class DcpFormat:
     name = "dcp"
     description = "torch.distributed.checkpoint folder (.metadata + *.distcp)"

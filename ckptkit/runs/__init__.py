@@ -194,9 +194,6 @@ def _one_line(finding: Finding) -> str:
 
 def _unreadable_reason(exc: CkptkitError, path: Path) -> str:
     if isinstance(exc, NotACheckpointError) and path.is_dir():
-        if any(p.suffix == ".distcp" for p in path.iterdir()):
-            # DCP's coordinator writes .metadata last, after every rank's data files.
-            return "DCP data files without .metadata: the save did not finish"
         return "not a checkpoint folder ckptkit knows (no trainer_state.json, .metadata, weights + config...)"
     return exc.message
 

@@ -123,3 +123,21 @@ def test_multi_rank_rng_files_and_an_amp_scaler_are_read_as_sections(tmp_path: P
     ckpt = open_checkpoint(folder)
     assert sorted(ckpt.rng) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert ckpt.scaler["scale"] == 65536.0 and ckpt.sources["scaler"] == "scaler.pt"
+
+
+def test_dcp_data_files_without_metadata_are_an_unfinished_save_for_every_command(tmp_path: Path) -> None:
+    """DCP writes .metadata last: validate said only "a folder, but no checkpoint format ckptkit
+    knows", while ls already said the save did not finish."""
+    from click.testing import CliRunner
+
+    from ckptkit.cli import main
+
+    folder = tmp_path / "step_300"
+    folder.mkdir()
+    shutil.copy(REAL / "dcp" / "__0_0.distcp", folder / "__0_0.distcp")
+    for command in ("validate", "inspect"):
+        result = CliRunner().invoke(main, [command, str(folder)])
+        assert result.exit_code == 2
+        assert result.output.strip() == (f"ckptkit: error: {folder}: DCP data files without .metadata: the save did "
+                                         "not finish (torch.distributed.checkpoint writes .metadata last, after every "
+                                         "rank's data); resume from an earlier checkpoint")

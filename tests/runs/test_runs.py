@@ -119,7 +119,9 @@ def test_unreadable_partial_and_foreign_things_are_broken_rows_not_crashes(tmp_p
     assert reasons["truncated.pt"].startswith("zip archive is truncated")
     assert reasons["empty.pth"].startswith("empty file (0 bytes)")
     assert reasons["checkpoint-700"].startswith("not a checkpoint folder ckptkit knows")
-    assert reasons["dcp_partial"] == "DCP data files without .metadata: the save did not finish"
+    assert reasons["dcp_partial"] == ("DCP data files without .metadata: the save did not finish "
+                                      "(torch.distributed.checkpoint writes .metadata last, after every rank's data); "
+                                      "resume from an earlier checkpoint")
     assert run.resume.relative == "checkpoint-500"
 
 
