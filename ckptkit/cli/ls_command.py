@@ -9,7 +9,7 @@ import click
 from ckptkit.cli import EXIT_CLEAN, EXIT_ERROR, EXIT_FINDINGS, main
 from ckptkit.cli.render import emit_json, human_bytes, render_findings, table
 from ckptkit.core.checkpoint import Severity
-from ckptkit.runs import Run, RunEntry, refused, scan_run
+from ckptkit.runs import Run, RunEntry, scan_run
 
 
 @main.command("ls")
@@ -90,12 +90,8 @@ def latest_command(run_dir: Path, as_json: bool) -> None:
                    f"name one, e.g. `ckptkit latest {names[-1]}`", err=True)
         sys.exit(EXIT_ERROR)
     if run.resume is None:
-        broken = sum(e.health.status == "broken" for e in run.entries)
-        refusing = [e for e in run.entries if refused(e)]
-        but = (f", {len(refusing)} that {refusing[0].progress.resume.system} does not resume from"
-               if refusing and refusing[0].progress.resume else "")
-        click.echo(f"ckptkit: no whole and consistent checkpoint below {run_dir} ({len(run.entries)} found, "
-                   f"{broken} broken{but}; see `ckptkit ls {run_dir}`)", err=True)
+        click.echo(f"ckptkit: no whole and consistent checkpoint below {run_dir} ({run.counted()}; "
+                   f"see `ckptkit ls {run_dir}`)", err=True)
         sys.exit(EXIT_FINDINGS)
     if as_json:
         entry = run.resume

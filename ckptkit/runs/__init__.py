@@ -29,6 +29,7 @@ from ckptkit.runs.entries import (
     Health,
     Run,
     RunEntry,
+    refused,
     run_folder,
 )
 from ckptkit.runs.traps import TRAPS, compares_siblings
@@ -215,12 +216,6 @@ def is_whole(entry: RunEntry) -> bool:
     """Safe to resume from: read, no error findings, not a leftover temporary nor a repair's
     backup, progress known."""
     return entry.health.status != "broken" and not entry.temporary and not entry.backup and entry.progress.known
-
-
-def refused(entry: RunEntry) -> bool:
-    """Its training system's resume raises on it (a Lightning weights-only .ckpt): a whole
-    checkpoint, and none to resume from."""
-    return entry.progress.resume is not None and entry.progress.resume.refuses is not None
 
 
 def pick_resume(entries: list[RunEntry]) -> RunEntry | None:

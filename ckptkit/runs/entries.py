@@ -58,6 +58,12 @@ class RunEntry:
                 "backup": self.backup}
 
 
+def refused(entry: RunEntry) -> bool:
+    """Its training system's resume raises on it (a Lightning weights-only .ckpt): a whole
+    checkpoint, and none to resume from."""
+    return entry.progress.resume is not None and entry.progress.resume.refuses is not None
+
+
 @dataclass
 class Run:
     root: Path
@@ -79,6 +85,14 @@ class Run:
         temporary or backup copy. More than one: `latest` must be told which."""
         return [folder for folder, entries in self.groups().items()
                 if any(e.progress.known and not e.temporary and not e.backup for e in entries)]
+
+    def counted(self) -> str:
+        """Why nothing qualifies to resume, in counts: "3 found, 0 broken, 3 that Lightning does
+        not resume from"."""
+        broken = sum(e.health.status == "broken" for e in self.entries)
+        refusing = [e.progress.resume.system for e in self.entries if refused(e) and e.progress.resume]
+        but = f", {len(refusing)} that {refusing[0]} does not resume from" if refusing else ""
+        return f"{len(self.entries)} found, {broken} broken{but}"
 
     def to_json(self) -> dict[str, Any]:
         return {"root": str(self.root), "checkpoints": [e.to_json() for e in self.entries],
