@@ -7,6 +7,7 @@ never at the file name alone: the seeds use names like `checkpoint-recent.pth.fi
 from __future__ import annotations
 
 import pickle
+import pickletools
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,12 @@ NUMPY_VALUES = "compat.numpy-values"
 # slice... (ckptkit decodes them as plain values).
 REFUSED_VALUES = "compat.weights-only-values"
 META_TENSORS = "integrity.meta-tensors"
+# A torch.save pickle whose storages are named by text persistent ids: protocol 0 writes them so.
+TEXT_PERSISTENT_IDS = ("the pickle names its storages in text (pickle protocol 0: torch.save(..., pickle_protocol=0)), "
+                       "which torch.load cannot read either ('saved_id must be a tuple, got str'): no torch loads "
+                       "this file, and ckptkit does not read it")
+# A pickle in opcodes torch's weights-only unpickler cannot read (a protocol other than torch.save's 2).
+REFUSED_PICKLE = "compat.weights-only-pickle"
 
 
 def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list[Finding]:
@@ -113,6 +120,35 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
     return findings
 
 
+# What writes the opcodes torch's weights-only unpickler stops at (pickle_verdict.WEIGHTS_ONLY_OPCODES).
+_PROTOCOL_4 = frozenset({"FRAME", "MEMOIZE", "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES8", "BYTEARRAY8",
+                         "STACK_GLOBAL", "NEWOBJ_EX", "FROZENSET", "ADDITEMS", "NEXT_BUFFER", "READONLY_BUFFER"})
+_PROTOCOL_3 = frozenset({"SHORT_BINBYTES", "BINBYTES"})
+_OPCODE_BYTE = {op.name: op.code.encode("latin-1")[0] for op in pickletools.opcodes}
+
+
+def weights_only_pickle_findings(path: Path, where: str, refused: tuple[str, ...]) -> list[Finding]:
+    """A torch.save file whose pickle torch.load(weights_only=True) stops in: `refused`, the opcodes
+    its weights-only unpickler cannot read, in the order the pickle runs them (it stops at the first)."""
+    if not refused:
+        return []
+    if _PROTOCOL_4 & set(refused):
+        how = "pickle protocol 4 or 5 (torch.save(..., pickle_protocol=4) or higher)"
+    elif _PROTOCOL_3 & set(refused):
+        how = "pickle protocol 3 or higher, which writes a bytes value as BINBYTES"
+    else:
+        how = "pickle protocol 0 or 1 (text opcodes)"
+    target = path.with_name(f"{path.stem}.p2{path.suffix}")
+    return [Finding(
+        REFUSED_PICKLE, Severity.WARNING, where,
+        f"the pickle is written in {how}, whose opcodes torch's weights-only unpickler cannot read "
+        f"({', '.join(refused[:4])}): since PyTorch 2.6, torch.load(path) stops with 'Weights only load failed ... "
+        f"Unsupported operand {_OPCODE_BYTE[refused[0]]}' (weights_only=True being the default), so a resume that "
+        "calls torch.load without weights_only=False stops there",
+        f"ckptkit convert {shlex.quote(str(path))} {shlex.quote(str(target))} (the same content in pickle protocol "
+        "2, as torch.save writes by default, which torch.load reads; then put it in place of the original)")]
+
+
 def _numpy_way_out(path: Path, names: list[str]) -> str:
     """Numbers alone (numpy scalars and their dtypes) are rewritten as plain ones by `convert`,
     which torch.load accepts; arrays need numpy allowed where the file is loaded."""
@@ -153,9 +189,9 @@ def unpickle_or_raise(path: Path, what: str, load: Callable[[], UnpickleResult])
     except (pickle.UnpicklingError, EOFError) as exc:
         raise CorruptCheckpointError(path, f"{what} is damaged: {_first_line(exc) or 'pickle data ends early'}"
                                      f"{_unverified(exc)}") from None
-    except CorruptCheckpointError as exc:
+    except (CorruptCheckpointError, UnsupportedFeatureError) as exc:   # a reader's own verdict, from its callback
         if getattr(exc, PARTIAL_ATTR, None):
-            raise CorruptCheckpointError(exc.path, f"{exc.message}{_unverified(exc)}") from None
+            raise type(exc)(exc.path, f"{exc.message}{_unverified(exc)}") from None
         raise
     except Exception as exc:  # any other exception from the unpickler means the bytes are wrong
         raise CorruptCheckpointError(path, f"{what} is damaged: {type(exc).__name__}: {_first_line(exc)}"

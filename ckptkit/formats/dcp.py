@@ -185,15 +185,16 @@ class DcpLayout:
         file = self.path / loc[0]
         try:
             _refuse_transformed(file, loc, fqn)
-            value, globals_, _ = read_zip_pickle(file, (loc[1], loc[2]))
+            result, _ = read_zip_pickle(file, (loc[1], loc[2]))
         except Exception as exc:   # whatever fails while decoding the item, its bytes are not what DCP writes
             # the reader's own message: for a pickle that stops early it names the calls it saw first
             why = exc.message if isinstance(exc, CkptkitError) else type(exc).__name__
             self.reading.add_finding("dcp.unreadable-item", Severity.ERROR, loc[0],
                                      f"item {fqn!r} at bytes {loc[1]}..{loc[1] + loc[2]} cannot be read ({why})")
             return None
-        self.reading.findings.extend(security_findings(file, f"{self.path.name}/{loc[0]}: {fqn}", globals_))
-        return value
+        # (no weights-only findings: DCP loads such items with torch.load(weights_only=False))
+        self.reading.findings.extend(security_findings(file, f"{self.path.name}/{loc[0]}: {fqn}", result.globals))
+        return result.value
 
     def _check_file(self, loc: Location, fqn: str) -> bool:
         if loc[0] not in self._sizes:
@@ -268,7 +269,7 @@ def stored_chunk(file: Path, loc: Location, fqn: str, key: str, dtype: DType, si
     _refuse_transformed(file, loc, fqn)
     try:
         if _peek(file, start) == ZIP_MAGIC:
-            tensor, _, _ = read_zip_pickle(file, (start, length), source)
+            tensor = read_zip_pickle(file, (start, length), source)[0].value
         else:   # SAFETENSORS serialization: one safetensors file per .distcp, its tensors named by fqn
             tensor = read_safetensors_header(file, start)[0].get(fqn)
     except OSError as exc:

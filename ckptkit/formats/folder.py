@@ -18,7 +18,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorRef
 from ckptkit.core.errors import CkptkitError
-from ckptkit.formats.base import NUMPY_VALUES, REFUSED_VALUES, weights_only_command
+from ckptkit.formats.base import NUMPY_VALUES, REFUSED_PICKLE, REFUSED_VALUES, weights_only_command
 from ckptkit.formats.files import open_file
 
 # Whole-model weight files, in the order transformers/peft prefer them when several exist.
@@ -85,7 +85,7 @@ class FolderReading:
         classes = [f for f in member.findings if classes_expected and f.code == "security.pickled-class"]
         for f in member.findings:
             if f not in classes and not ((numpy_allowed or classes_expected) and f.code == NUMPY_VALUES
-                                         or classes_expected and f.code == REFUSED_VALUES):
+                                         or classes_expected and f.code in (REFUSED_VALUES, REFUSED_PICKLE)):
                 # A member's weights-only way out converts the whole folder (its model is elsewhere).
                 fix = weights_only_command(self.path) if f.code == "security.dangerous-global" else f.fix
                 self.findings.append(Finding(f.code, f.severity, self.where(f.where), f.message, fix))

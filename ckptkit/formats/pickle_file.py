@@ -9,7 +9,7 @@ from pathlib import Path
 from ckptkit.core.checkpoint import Checkpoint
 from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
 from ckptkit.formats.pickle_members import NPY_MAGIC, looks_like_pickle, read_npy
-from ckptkit.formats.torch_legacy import MAGIC_PREFIX
+from ckptkit.formats.torch_legacy import is_legacy_head
 from ckptkit.storage.pickle_values import GlobalRef
 from ckptkit.storage.safe_pickle import PARTIAL_ATTR, safe_loads_from
 
@@ -22,7 +22,7 @@ class PickleFormat:
     description = "plain Python pickle (protocol 0-5), e.g. a .pkl of training state"
 
     def sniff(self, path: Path, head: bytes) -> bool:
-        return not head.startswith(MAGIC_PREFIX) and looks_like_pickle(head)
+        return not is_legacy_head(head) and looks_like_pickle(head)
 
     def read(self, path: Path) -> Checkpoint:
         stream = io.BytesIO(path.read_bytes())

@@ -16,12 +16,31 @@ from typing import Any, BinaryIO
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
-from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
-from ckptkit.storage.safe_pickle import StorageType, UnpickleResult, safe_load_stream
+from ckptkit.formats.base import (
+    TEXT_PERSISTENT_IDS,
+    checkpoint_from_tree,
+    unpickle_or_raise,
+    weights_only_pickle_findings,
+)
+from ckptkit.storage.safe_pickle import StorageType, UnpickleResult, safe_load_stream, safe_loads_from
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 # protocol-2 pickle of MAGIC_NUMBER: PROTO 2, LONG1 10 bytes
 MAGIC_PREFIX = b"\x80\x02\x8a\x0a" + MAGIC_NUMBER.to_bytes(10, "little")
+
+
+def is_legacy_head(head: bytes) -> bool:
+    """Whether a file starts as torch's legacy format does: a pickle of MAGIC_NUMBER, in the protocol
+    torch.save was given (pickle_protocol=0..5; 2 by default). That pickle is under 30 bytes."""
+    if head.startswith(MAGIC_PREFIX):
+        return True
+    if not head or head[0] not in b"\x80L":    # PROTO, or protocol 0-1's text LONG
+        return False
+    try:
+        value = safe_loads_from(io.BytesIO(head)).value
+    except Exception:   # not a whole pickle in the head, so not this one
+        return False
+    return type(value) is int and value == MAGIC_NUMBER
 
 
 class TorchLegacyFormat:
@@ -29,11 +48,12 @@ class TorchLegacyFormat:
     description = "legacy torch.save file (pre-zip; _use_new_zipfile_serialization=False)"
 
     def sniff(self, path: Path, head: bytes) -> bool:
-        return head.startswith(MAGIC_PREFIX)
+        return is_legacy_head(head)
 
     def read(self, path: Path) -> Checkpoint:
-        tree, globals_, records = read_legacy(path)
+        tree, globals_, records, refused = read_legacy(path)
         ckpt = checkpoint_from_tree(path, self.name, tree, globals_)
+        ckpt.findings.extend(weights_only_pickle_findings(path, path.name, refused))
         ckpt.details.storage_records = records
         return ckpt
 
@@ -54,6 +74,8 @@ class _Storages:
 
     def persistent_load(self, pid: Any) -> StorageRef:
         path = self.path
+        if isinstance(pid, str):
+            raise UnsupportedFeatureError(path, TEXT_PERSISTENT_IDS)
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) == 6):
             kind = pid[0] if isinstance(pid, tuple) and pid else pid
             raise UnsupportedFeatureError(path, f"legacy persistent id {str(kind)[:40]!r} (whole pickled "
@@ -70,17 +92,21 @@ class _Storages:
         return self.refs[key]
 
 
-def read_legacy(path: Path) -> tuple[Any, list[Any], int]:
+def read_legacy(path: Path) -> tuple[Any, list[Any], int, tuple[str, ...]]:
+    """The object pickle's tree, the globals of every pickle, the number of storage records, and
+    the opcodes torch's weights-only unpickler stops at, in the order torch.load reads them."""
     storages = _Storages(path)
     with open(path, "rb") as raw:
         f = io.BufferedReader(raw)
         header = _read_header(path, f)
         main = unpickle_or_raise(path, "object pickle", lambda: safe_load_stream(f, storages.persistent_load))
-        keys = unpickle_or_raise(path, "storage key list", lambda: safe_load_stream(f)).value
+        listing = unpickle_or_raise(path, "storage key list", lambda: safe_load_stream(f))
+        keys = listing.value
         if not isinstance(keys, list):
             raise CorruptCheckpointError(path, "storage key list is damaged")
         _walk_records(storages, raw, f.tell(), [str(k) for k in keys])
-    return main.value, [g for h in header for g in h.globals] + main.globals, len(keys)
+    refused = tuple(dict.fromkeys(op for r in (*header, main, listing) for op in r.torch_refuses))
+    return main.value, [g for h in header for g in h.globals] + main.globals, len(keys), refused
 
 
 def _read_header(path: Path, f: io.BufferedIOBase) -> list[UnpickleResult]:

@@ -21,7 +21,12 @@ from typing import Any, BinaryIO, Protocol, cast
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange, Checkpoint, StorageRef
 from ckptkit.core.errors import CorruptCheckpointError, NotACheckpointError, UnsupportedFeatureError
-from ckptkit.formats.base import checkpoint_from_tree, unpickle_or_raise
+from ckptkit.formats.base import (
+    TEXT_PERSISTENT_IDS,
+    checkpoint_from_tree,
+    unpickle_or_raise,
+    weights_only_pickle_findings,
+)
 from ckptkit.formats.pickle_members import MAX_MEMBER_BYTES, read_zip_pickles, refused_member_error
 from ckptkit.formats.zip_directory import (
     ZipDirectory,
@@ -32,7 +37,7 @@ from ckptkit.formats.zip_directory import (
     read_member_as_torch_does,
 )
 from ckptkit.storage.pickle_writer import dumps_tree
-from ckptkit.storage.safe_pickle import StorageType, safe_loads
+from ckptkit.storage.safe_pickle import StorageType, UnpickleResult, safe_loads
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER = _LOCAL_HEADER = struct.Struct("<4s5HLLLHH")   # public: salvage scans by it
@@ -51,14 +56,15 @@ class TorchZipFormat:
 
     def read(self, path: Path) -> Checkpoint:
         try:
-            tree, globals_, members = read_zip_pickle(path)
+            result, members = read_zip_pickle(path)
         except TorchScriptArchiveError:
             raise
         except NotACheckpointError:
             # Not a torch.save layout; torch.load, numpy.load or a script may still unpickle its
             # members, so each pickle member is read and judged (formats/pickle_members.py).
             return _read_other_zip(path)
-        ckpt = checkpoint_from_tree(path, self.name, tree, globals_)
+        ckpt = checkpoint_from_tree(path, self.name, result.value, result.globals)
+        ckpt.findings.extend(weights_only_pickle_findings(path, path.name, result.torch_refuses))
         ckpt.details.zip_prefix = members["zip_prefix"]
         ckpt.details.storage_records = int(members["storage_records"])
         return ckpt
@@ -72,8 +78,8 @@ def _read_other_zip(path: Path) -> Checkpoint:
 
 
 def read_zip_pickle(path: Path, window: tuple[int, int] | None = None,
-                    source: FileBytes | None = None) -> tuple[Any, list[Any], dict[str, str]]:
-    """Decode a torch zip archive's `data.pkl` into a tree with lazy tensor leaves.
+                    source: FileBytes | None = None) -> tuple[UnpickleResult, dict[str, str]]:
+    """Decode a torch zip archive's `data.pkl` into a tree with lazy tensor leaves (the result's value).
 
     `window` (start, length): the archive lies at that place inside `path` instead of being the
     whole file (each item of a DCP `.distcp` file is a complete torch.save archive); its tensors
@@ -85,11 +91,10 @@ def read_zip_pickle(path: Path, window: tuple[int, int] | None = None,
 
 
 def _read_zip_pickle(path: Path, opened: Any, base: int,
-                     source: FileBytes | None) -> tuple[Any, list[Any], dict[str, str]]:
+                     source: FileBytes | None) -> tuple[UnpickleResult, dict[str, str]]:
     index = read_archive_index(path, opened)
-    tree, globals_, storages = decode_data_pkl(path, index, base, source)
-    members = {"zip_prefix": index.prefix, "storage_records": str(len(storages))}
-    return tree, globals_, members
+    result, storages = decode_data_pkl(path, index, base, source)
+    return result, {"zip_prefix": index.prefix, "storage_records": str(len(storages))}
 
 
 def _plain_archive_index(source: Any) -> ArchiveIndex | None:
@@ -193,8 +198,8 @@ def _versioned(path: Path, index: ArchiveIndex) -> ArchiveIndex:
 
 
 def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
-                    source: FileBytes | None = None) -> tuple[Any, list[Any], dict[str, StorageRef]]:
-    """Unpickle `index.data_pkl` into a tree whose storages are located through `index.infos`
+                    source: FileBytes | None = None) -> tuple[UnpickleResult, dict[str, StorageRef]]:
+    """Unpickle `index.data_pkl` into a tree (the result's value) whose storages are located through `index.infos`
     (lazily: a storage whose record is missing fails only when its bytes are asked for) and read
     through `source` (default: a map of `path` of their own, made when first read)."""
     what = f"{index.prefix}/data.pkl"
@@ -202,6 +207,8 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
     locate = RecordLocator(path, index, base, source)
 
     def persistent_load(pid: Any) -> StorageRef:
+        if isinstance(pid, str):
+            raise UnsupportedFeatureError(path, TEXT_PERSISTENT_IDS)
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise CorruptCheckpointError(path, f"unexpected persistent id {ascii(pid)[:80]} in {what}")
         _, stype, key, location, numel = pid
@@ -215,8 +222,7 @@ def decode_data_pkl(path: Path, index: ArchiveIndex, base: int = 0,
                 stored_nbytes=index.record_size(key))
         return ref
 
-    result = unpickle_or_raise(path, what, lambda: safe_loads(index.data_pkl, persistent_load))
-    return result.value, result.globals, storages
+    return unpickle_or_raise(path, what, lambda: safe_loads(index.data_pkl, persistent_load)), storages
 
 
 class FileSlice(io.RawIOBase):

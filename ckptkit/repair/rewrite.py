@@ -127,7 +127,8 @@ class Beside:
 def check_decodes_to(original: Path, data_pkl: bytes, tree: Any, keys: set[str]) -> None:
     """`data_pkl` unpickles (as every ckptkit reader unpickles) to `tree`, naming exactly `keys`."""
     index = ArchiveIndex({}, "archive", data_pkl)
-    decoded, _, storages = decode_data_pkl(original, index)
+    result, storages = decode_data_pkl(original, index)
+    decoded = result.value
     where = first_difference(tree, decoded)
     if where is not None or set(storages) != keys:
         raise WriteVerificationError(original, f"the rewritten index decodes differently "

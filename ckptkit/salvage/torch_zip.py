@@ -84,8 +84,8 @@ def _optimizer_key(ckpt: Checkpoint) -> str | None:
 
 def _decode(path: Path, prefix: str, pkl: FoundRecord) -> tuple[Any, list[Any]]:
     index = ArchiveIndex({}, prefix, bytes(mapped_bytes(pkl.where)))
-    tree, globals_, _ = decode_data_pkl(path, index)
-    return tree, globals_
+    result, _ = decode_data_pkl(path, index)
+    return result.value, result.globals
 
 
 def _check_byteorder(path: Path, scan: ZipScan, prefix: str) -> None:

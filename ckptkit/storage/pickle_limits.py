@@ -123,6 +123,13 @@ class BoundedReader(io.RawIOBase):
     def tell(self) -> int:
         return self._file.tell()
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """(A framed pickle is read again whole for its cross-check: SafeUnpickler.cross_check_frames.)"""
+        return self._file.seek(offset, whence)
+
     def _check(self, n: int) -> None:
         if n is not None and n > self._end - self._file.tell():
             raise PickleLimitError(f"pickle asks for {n:,} bytes but only {self._end - self._file.tell():,} "

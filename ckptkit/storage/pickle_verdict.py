@@ -19,6 +19,7 @@ verdicts:
 """
 from __future__ import annotations
 
+import pickle
 import sys
 from typing import Any
 
@@ -99,6 +100,19 @@ _WEIGHTS_ONLY_NAMES = frozenset({
     ("builtins", "set"), ("builtins", "bytearray"), ("builtins", "complex"),
     ("torch", "Size"), ("torch", "Tensor"), ("torch", "device"), ("torch.nn.parameter", "Parameter"),
     ("torch.storage", "UntypedStorage"), ("torch.storage", "TypedStorage")})
+
+
+# The opcodes torch's weights-only unpickler reads (torch 2.13's `_weights_only_unpickler.Unpickler.load`;
+# tests hold this to it): protocol 2 as torch.save writes it. It stops at any other ('Unsupported
+# operand N'): FRAME, MEMOIZE and SHORT_BINUNICODE of protocol 4-5, SHORT_BINBYTES and BINBYTES of
+# a bytes value in protocol 3, the text opcodes of protocols 0-1, POP_MARK of a recursive tuple.
+WEIGHTS_ONLY_OPCODES = frozenset(op[0] for op in (
+    pickle.GLOBAL, pickle.NEWOBJ, pickle.REDUCE, pickle.BUILD, pickle.APPEND, pickle.APPENDS, pickle.SETITEM,
+    pickle.SETITEMS, pickle.MARK, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3, pickle.NONE,
+    pickle.NEWFALSE, pickle.NEWTRUE, pickle.EMPTY_TUPLE, pickle.EMPTY_LIST, pickle.EMPTY_DICT, pickle.EMPTY_SET,
+    pickle.BININT, pickle.BININT1, pickle.BININT2, pickle.BINFLOAT, pickle.BINUNICODE, pickle.SHORT_BINSTRING,
+    pickle.BINPERSID, pickle.BINGET, pickle.LONG_BINGET, pickle.BINPUT, pickle.LONG_BINPUT, pickle.LONG1,
+    pickle.PROTO, pickle.STOP))
 
 
 def weights_only_accepts(module: str, name: str) -> bool:

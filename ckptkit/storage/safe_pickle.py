@@ -21,6 +21,7 @@ import _compat_pickle
 import gc
 import io
 import pickle
+import pickletools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ from ckptkit.storage.pickle_values import (
 from ckptkit.storage.pickle_verdict import (
     DANGEROUS_MODULES,
     PLAIN_STDLIB_CLASSES,
+    WEIGHTS_ONLY_OPCODES,
     call_verdict,
     is_plain,
     reference_verdict,
@@ -67,6 +69,9 @@ _RANK = {"known": 0, "class": 1, "dangerous": 2}
 class UnpickleResult:
     value: Any
     globals: list[GlobalRef] = field(default_factory=list)
+    # The opcodes torch's weights-only unpickler stops at, by name, in the order the pickle first
+    # runs them (torch stops at the first): what `torch.load(weights_only=True)` cannot read.
+    torch_refuses: tuple[str, ...] = ()
 
     @property
     def dangerous(self) -> list[GlobalRef]:
@@ -115,6 +120,10 @@ class SafeUnpickler(pickle._Unpickler):
         self._max_length = max_length if max_length is not None else sys.maxsize
         self._start = file.tell()
         self.saw_frame = False   # set by pickle_ops.load_frame
+        # Each opcode torch's weights-only unpickler refuses is noted the first time it runs, then
+        # runs bare: this unpickler's own copy of the table, so torch's common opcodes pay nothing.
+        self._dispatch = dict(_TABLE)
+        self.torch_refuses: list[str] = []
         self._refs: dict[tuple[str, str], str] = {}
         self._calls: dict[tuple[str, str], tuple[str, str]] = {}
         self._stub_classes: dict[tuple[str, str], type[PickledObject]] = {}
@@ -226,8 +235,7 @@ class SafeUnpickler(pickle._Unpickler):
             return stop.value
 
     def _handlers(self) -> dict[int, Callable[[SafeUnpickler], None]]:
-        # typeshed types the table's functions as taking the C Unpickler; they take the _Unpickler.
-        return cast("dict[int, Callable[[SafeUnpickler], None]]", self.dispatch)
+        return self._dispatch
 
     def run_framed(self, count: int) -> Any:
         """The opcode loop reading the file itself (a stream, or what follows a FRAME: frames are
@@ -276,6 +284,24 @@ class SafeUnpickler(pickle._Unpickler):
 install_ops(SafeUnpickler.dispatch)
 
 
+def _noting_refused(code: int, handler: Callable[[SafeUnpickler], None]) -> Callable[[SafeUnpickler], None]:
+    name = _OPCODE_NAMES[code]
+
+    def first_run(self: SafeUnpickler) -> None:
+        self.torch_refuses.append(name)
+        self._dispatch[code] = handler
+        handler(self)
+    return first_run
+
+
+_OPCODE_NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
+# typeshed types the table's functions as taking the C Unpickler; they take the _Unpickler.
+_TABLE = cast("dict[int, Callable[[SafeUnpickler], None]]", SafeUnpickler.dispatch)
+for _code, _handler in list(_TABLE.items()):
+    if _code not in WEIGHTS_ONLY_OPCODES:
+        _TABLE[_code] = _noting_refused(_code, _handler)
+
+
 def safe_loads(data: bytes, persistent_load: Callable[[Any], Any] | None = None) -> UnpickleResult:
     """Unpickle `data` without resolving any global from it. Raises pickle/Value/... errors as-is,
     each carrying the verdicts seen before the stop in `PARTIAL_ATTR`."""
@@ -309,7 +335,7 @@ def _load(unpickler: SafeUnpickler) -> UnpickleResult:
             except (AttributeError, TypeError):
                 pass
         raise
-    return UnpickleResult(value, unpickler.verdicts())
+    return UnpickleResult(value, unpickler.verdicts(), tuple(unpickler.torch_refuses))
 
 
 @contextmanager
