@@ -351,6 +351,72 @@ def make_lightning_weights_only() -> None:
     trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=4))
 
 
+def make_lightning_resumed() -> None:
+    """Where Lightning resumes each kind of .ckpt, recorded by resuming it (resumes.json).
+
+    2 epochs of 3 batches with a ModelCheckpoint at every epoch end and one every 2 optimizer
+    steps (mid_epoch/), then `trainer.save_checkpoint("after_fit.ckpt")` once `fit` returned.
+    Each file is then resumed by a fresh Trainer(max_epochs=3): resumes.json records the epoch
+    and batch index of the first batch it trains. sharded.ckpt/ is EMULATED (Lightning runs FSDP
+    on GPUs only): the after-fit checkpoint dict put on disk by the body of Lightning's
+    FSDPStrategy.save_checkpoint for state_dict_type="sharded" (`state_dict` as DCP's "model",
+    each of `optimizer_states` as "optimizer_{i}" in FSDP's parameter-name keyed form, the rest
+    torch.save'd to meta.pt).
+    """
+    import json
+
+    import lightning as L
+    import torch.distributed.checkpoint as dcp
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    Tiny = _linear_classifier(lambda params: torch.optim.Adam(params, lr=0.05))
+
+    class Recording(Tiny):  # type: ignore[misc,valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.trained: list[tuple[int, int]] = []
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            self.trained.append((self.current_epoch, batch_idx))
+            return super().training_step(batch, batch_idx)
+
+    L.seed_everything(SEED, verbose=False)
+    data = torch.utils.data.TensorDataset(torch.randn(12, 4), torch.randint(0, 2, (12,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    folder = Path("lightning_resumed")
+    options: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+                               "enable_model_summary": False, "default_root_dir": str(folder)}
+    callbacks = [ModelCheckpoint(dirpath=folder, filename="{epoch}-{step}", save_top_k=-1),
+                 ModelCheckpoint(dirpath=folder / "mid_epoch", filename="{epoch}-{step}", save_top_k=-1,
+                                 every_n_train_steps=2)]
+    module = Recording()
+    trainer = L.Trainer(max_epochs=2, callbacks=callbacks, **options)
+    trainer.fit(module, loader)
+    trainer.save_checkpoint(folder / "after_fit.ckpt")
+
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint()
+    sharded = folder / "sharded.ckpt"
+    sharded.mkdir()
+    converted = {"model": checkpoint.pop("state_dict")}
+    checkpoint.pop("optimizer_states")
+    converted.update({f"optimizer_{i}": get_optimizer_state_dict(module, optimizer)
+                      for i, optimizer in enumerate(trainer.optimizers)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no process group" warning: single process on purpose
+        dcp.save(converted, checkpoint_id=sharded)
+    torch.save(checkpoint, sharded / "meta.pt")
+
+    resumes = {}
+    for path in sorted(folder.rglob("*.ckpt")):
+        if path.is_file():
+            again = Recording()
+            L.Trainer(max_epochs=3, enable_checkpointing=False, **options).fit(again, loader, ckpt_path=path)
+            epoch, batch = again.trained[0]
+            resumes[path.relative_to(folder).as_posix()] = {"epoch": epoch, "batch": batch}
+    (folder / "resumes.json").write_text(json.dumps(resumes, indent=1) + "\n", encoding="utf-8")
+
+
 def make_lightning_counters() -> None:
     """Lightning's step counters where they could drift apart: gradient accumulation and manual optimization.
 
@@ -471,6 +537,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
 | `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
 | `lightning_weights_only/` | Lightning `ModelCheckpoint(save_weights_only=True, save_last=True)`, 2 epochs of 3 batches: `epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt` without `optimizer_states` or `lr_schedulers` (`Trainer.fit(ckpt_path=...)` raises KeyError on them) |
+| `lightning_resumed/` | Lightning `Trainer(max_epochs=2)`, 3 batches per epoch, a `ModelCheckpoint` at every epoch end and one every 2 steps (`mid_epoch/`), and `trainer.save_checkpoint("after_fit.ckpt")` after `fit` returned; `resumes.json`: the epoch and batch index where a fresh `Trainer(max_epochs=3).fit(ckpt_path=...)` started on each file. `sharded.ckpt/` is EMULATED (Lightning's FSDP needs a GPU): the after-fit dict written as `FSDPStrategy(state_dict_type="sharded")` writes it, DCP (`model`, `optimizer_0` keyed by parameter name) + `meta.pt` |
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | EnStack's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
@@ -510,6 +577,7 @@ MAKERS = {
     "hf_lora": make_hf_lora, "hf_lora_bnb": make_hf_lora_bnb, "bnb_8bit": make_bnb_8bit,
     "hf_save_only_model": make_hf_save_only_model, "lightning_weights_only": make_lightning_weights_only,
     "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
+    "lightning_resumed": make_lightning_resumed,
     "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
 }
 

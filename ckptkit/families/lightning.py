@@ -1,7 +1,11 @@
 """PyTorch Lightning ``.ckpt``: ``epoch`` (0-based epoch being run), ``global_step``, and the fit
-loop's progress under ``loops``. Whether the epoch is finished shows in the batch loop's
-``is_last_batch``: the epoch counters are bumped at different moments for step-triggered and
-epoch-end saves (checked against real Lightning 2.6 checkpoints), ``is_last_batch`` is not.
+loop's progress under ``loops``. Where a fit resumes is read as Lightning 2.x's fit loop reads it
+back (``_FitLoop.reset`` and ``on_run_start``): it starts at epoch ``epoch_progress.current.processed``,
+one further when the save came from inside an epoch (``started`` > ``processed``: a step-triggered
+save) at its last batch (``is_last_batch``). Checked by resuming real Lightning 2.6 checkpoints:
+epoch-end saves, step-triggered ones mid-epoch and at an epoch's last batch, and the file
+``trainer.save_checkpoint`` writes after ``fit`` returns (``epoch`` = epochs run, ``is_last_batch``
+still set: read from ``epoch`` and ``is_last_batch`` alone it looked one epoch further on).
 """
 from __future__ import annotations
 
@@ -31,7 +35,21 @@ def progress(tree: Tree, path: Path) -> Progress:
     p.sources["global_step"] = f"key 'global_step' = {p.global_step}"
     epoch = S.as_int(tree.get("epoch"))
     batch = dig(tree, *_BATCH)
-    if epoch is not None and isinstance(batch, dict):
+    epochs = dig(tree, "loops", "fit_loop", "epoch_progress", "current")
+    processed, started = (S.as_int(dig(epochs, name)) for name in ("processed", "started"))
+    if isinstance(batch, dict) and processed is not None and started is not None:
+        done_in_epoch = S.as_int(dig(batch, "current", "processed")) or 0
+        inside = started > processed     # saved while an epoch ran (a step-triggered save)
+        last = bool(batch.get("is_last_batch"))
+        if inside and not last:
+            p.epochs_completed, p.step_in_epoch, p.epoch_complete = processed, done_in_epoch, done_in_epoch == 0
+        else:
+            p.epochs_completed, p.step_in_epoch, p.epoch_complete = processed + (inside and last), 0, True
+        p.sources["epochs_completed"] = (
+            f"loops.fit_loop.epoch_progress.current.processed = {processed}, started = {started}"
+            + (f", with batch progress ({done_in_epoch} batches, is_last_batch={last})" if inside else
+               " (saved between epochs)") + f"; key 'epoch' = {epoch}")
+    elif epoch is not None and isinstance(batch, dict):
         done_in_epoch = S.as_int(dig(batch, "current", "processed")) or 0
         if batch.get("is_last_batch"):
             p.epochs_completed, p.step_in_epoch, p.epoch_complete = epoch + 1, 0, True

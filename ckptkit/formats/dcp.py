@@ -45,6 +45,10 @@ METADATA = ".metadata"
 # ckptkit's sharded (FSDP) checkpoints keep everything but the shards in this member, written by
 # rank 0 beside DCP's files (`ckptkit.training.sharded`): counters, scheduler, RNG, data position.
 CKPTKIT_TRAINING_STATE = "ckptkit_training_state.pt"
+# Lightning's sharded checkpoints (a `*.ckpt` folder: FSDPStrategy(state_dict_type="sharded"),
+# ModelParallelStrategy, Fabric's FSDP and model-parallel saves) put the modules and optimizers
+# through DCP and everything else, torch.save'd by rank 0, in this member (`_METADATA_FILENAME`).
+LIGHTNING_META = "meta.pt"
 # The names DCP's own metadata pickle refers to; only these are expected there.
 _EXPECTED_GLOBALS = ("torch.distributed.checkpoint.", "torch.serialization._get_layout",
                      "pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.PurePosixPath")
@@ -99,6 +103,11 @@ class DcpFormat:
         if (path / CKPTKIT_TRAINING_STATE).is_file():
             state = reading.open_member(CKPTKIT_TRAINING_STATE, "ckptkit training state (counters, scheduler, "
                                         "RNG, data position)")
+        elif (path / LIGHTNING_META).is_file():
+            meta = reading.open_member(LIGHTNING_META, "Lightning checkpoint state (counters, loops, callbacks, "
+                                       "hyper-parameters)")
+            if meta is not None and isinstance(meta.tree, dict):
+                tree = lightning_checkpoint(meta.tree, tree)
         ckpt = checkpoint_from_tree(path, self.name, tree, [])
         if state is not None and isinstance(state.tree, dict):
             ckpt.tree = {**{k: v for k, v in state.tree.items() if k not in tree}, **tree}
@@ -112,6 +121,27 @@ class DcpFormat:
         if isinstance(storage_meta, PickledObject) and storage_meta.fields().get("save_id"):
             ckpt.details.dcp_save_id = str(storage_meta.fields()["save_id"])
         return ckpt
+
+
+def lightning_checkpoint(meta: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint a Lightning sharded folder loads back as: `meta.pt`'s dict joined by what
+    DCP holds. A Trainer's (`pytorch-lightning_version` in meta.pt) is the .ckpt dict it was cut
+    from: FSDPStrategy saves its `state_dict` as DCP's `model` (ModelParallelStrategy keeps
+    `state_dict`) and each of `optimizer_states` as `optimizer_{i}`, and its load puts them back.
+    Fabric saves the user's own keys, modules and optimizers in DCP and the rest in meta.pt."""
+    if "pytorch-lightning_version" not in meta:
+        return {**meta, **tensors}
+    rest = dict(tensors)
+    rebuilt = dict(meta)
+    model = rest.pop("state_dict", rest.pop("model", None))
+    if model is not None:
+        rebuilt["state_dict"] = model
+    optimizers: list[Any] = []
+    while f"optimizer_{len(optimizers)}" in rest:
+        optimizers.append(rest.pop(f"optimizer_{len(optimizers)}"))
+    if optimizers:
+        rebuilt["optimizer_states"] = optimizers
+    return {**rebuilt, **rest}
 
 
 class DcpLayout:
