@@ -116,12 +116,16 @@ class FolderReading:
                 return self._read_sharded(index)
         for name in WEIGHT_FILES:
             if name in names:
-                member = self.open_member(name, "adapter weights" if "adapter" in name else "model weights")
-                if member is None:
-                    return {}
-                self.sources["model"] = name
-                return dict(member.model) or {k: t for k, t in member.tensors()}
+                return self.read_weights_file(name, "adapter weights" if "adapter" in name else "model weights")
         return {}
+
+    def read_weights_file(self, name: str, role: str) -> dict[str, TensorRef]:
+        """The model's tensors from the weight file `name` (a state dict, or a file of tensors)."""
+        member = self.open_member(name, role)
+        if member is None:
+            return {}
+        self.sources["model"] = name
+        return dict(member.model) or {k: t for k, t in member.tensors()}
 
     def _read_sharded(self, index: str) -> dict[str, TensorRef]:
         content = self.read_json(index, "sharded weights index")
