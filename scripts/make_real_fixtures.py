@@ -457,6 +457,37 @@ def make_lightning_counters() -> None:
         trainer.fit(module(), torch.utils.data.DataLoader(data, batch_size=4))
 
 
+def _fsdp2_rank(rank: int, world_size: int, port: int) -> None:
+    """One rank of make_dtensor (top level: torch.multiprocessing.spawn imports it by name)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    seed_everything()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    name = f"rank{rank}.pt" if world_size > 1 else "one_rank.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1}, Path("dtensor") / name)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def make_dtensor() -> None:
+    """torch.save(model.state_dict()) under FSDP2 (fully_shard on a CPU gloo mesh): DTensors.
+    rank0.pt, rank1.pt: each rank's file of a 2-rank run (Shard(0): the 3-row weight splits 2 + 1);
+    one_rank.pt: a 1-rank run, whose DTensors hold whole tensors."""
+    import torch.multiprocessing as mp
+
+    Path("dtensor").mkdir()
+    for world_size, port in ((2, 29561), (1, 29562)):
+        mp.spawn(_fsdp2_rank, args=(world_size, port), nprocs=world_size)
+
+
 def make_dcp() -> None:
     """torch.distributed.checkpoint.save from one process with no process group."""
     import torch.distributed.checkpoint as dcp
@@ -539,6 +570,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `lightning_weights_only/` | Lightning `ModelCheckpoint(save_weights_only=True, save_last=True)`, 2 epochs of 3 batches: `epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt` without `optimizer_states` or `lr_schedulers` (`Trainer.fit(ckpt_path=...)` raises KeyError on them) |
 | `lightning_resumed/` | Lightning `Trainer(max_epochs=2)`, 3 batches per epoch, a `ModelCheckpoint` at every epoch end and one every 2 steps (`mid_epoch/`), and `trainer.save_checkpoint("after_fit.ckpt")` after `fit` returned; `resumes.json`: the epoch and batch index where a fresh `Trainer(max_epochs=3).fit(ckpt_path=...)` started on each file. `sharded.ckpt/` is EMULATED (Lightning's FSDP needs a GPU): the after-fit dict written as `FSDPStrategy(state_dict_type="sharded")` writes it, DCP (`model`, `optimizer_0` keyed by parameter name) + `meta.pt` |
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
+| `dtensor/` | `torch.save({"model": model.state_dict(), "optimizer": ..., "epoch": 1})` under FSDP2 (`fully_shard` on a CPU gloo mesh, one AdamW step): `rank0.pt`, `rank1.pt` from a 2-rank run (DTensors holding `Shard(0)` parts: the 3-row weight splits 2 + 1), `one_rank.pt` from a 1-rank run |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | EnStack's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
 
@@ -577,7 +609,7 @@ MAKERS = {
     "hf_lora": make_hf_lora, "hf_lora_bnb": make_hf_lora_bnb, "bnb_8bit": make_bnb_8bit,
     "hf_save_only_model": make_hf_save_only_model, "lightning_weights_only": make_lightning_weights_only,
     "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
-    "lightning_resumed": make_lightning_resumed,
+    "lightning_resumed": make_lightning_resumed, "dtensor": make_dtensor,
     "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
 }
 

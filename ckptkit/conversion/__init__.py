@@ -112,6 +112,7 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
     # depending on where its thresholds fall, broke the benchmark's linear growth).
     with cyclic_gc_paused():
         ckpt = with_whole_tensors(open_checkpoint(source))
+        _refuse_rank_shards(ckpt)
         try:
             if target == "safetensors":
                 result = _to_safetensors(ckpt, output, options, to, backup)
@@ -127,6 +128,17 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
             raise
     result.backup = backup
     return result
+
+
+def _refuse_rank_shards(ckpt: Checkpoint) -> None:
+    """A file of DTensor shards (one rank's torch.save under FSDP2 or tensor parallel) would be
+    written as plain tensors of the shards' shapes: a partial model that loads nowhere."""
+    key, shard = next(((k, t) for k, t in ckpt.tensors() if t.is_shard), (None, None))
+    if shard is not None:
+        raise UnsupportedFeatureError(ckpt.path, f"holds one rank's shards of DTensors (e.g. {key!r}: "
+                                      f"{list(shard.shape)} of {list(shard.global_shape or ())}), not a whole "
+                                      "model: gather it first (get_model_state_dict with full_state_dict=True), "
+                                      "or save with torch.distributed.checkpoint and convert that folder")
 
 
 def target_format(output: Path, options: ConvertOptions) -> str:

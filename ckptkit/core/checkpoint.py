@@ -184,6 +184,14 @@ class TensorRef:
     requires_grad: bool = False
     is_parameter: bool = False
     subclass: str | None = None      # qualified name of a tensor subclass, if pickled as one
+    # A DTensor's logical (global) shape: this tensor is the local part of it that the saving
+    # rank held (equal to `shape` when nothing was sharded: one rank, or a replicated tensor).
+    global_shape: tuple[int, ...] | None = None
+
+    @property
+    def is_shard(self) -> bool:
+        """A DTensor's local part that is less than the whole (a sharded placement on >1 rank)."""
+        return self.global_shape is not None and self.global_shape != self.shape
 
     @property
     def numel(self) -> int:

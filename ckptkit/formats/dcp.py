@@ -278,7 +278,7 @@ class ItemTensor(TensorRef):
         tensor = cls.__new__(cls)
         tensor.dtype, tensor.shape, tensor._read = dtype, shape, read
         # TensorRef has slots: fields with defaults have no class-level value to fall back on.
-        tensor.requires_grad, tensor.is_parameter, tensor.subclass = False, False, None
+        tensor.requires_grad, tensor.is_parameter, tensor.subclass, tensor.global_shape = False, False, None, None
         return tensor
 
     def read_item(self) -> None:

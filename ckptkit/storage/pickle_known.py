@@ -112,15 +112,40 @@ def _rebuild_parameter(data: TensorRef, requires_grad: bool = True, *_: Any) -> 
     return data
 
 
+DTENSOR = "torch.distributed.tensor.DTensor"
+
+
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any, *,
                           call: Callable[[Any, tuple[Any, ...]], Any]) -> Any:
     # torch calls func(*args) itself: the unpickler judges that call like any other.
     if not isinstance(args, tuple):
         raise pickle.UnpicklingError("_rebuild_from_type_v2 with arguments that are not a tuple")
+    dtensor = _dtensor(func, new_type, args, state)
+    if dtensor is not None:
+        return dtensor
     value = call(func, args)
     if isinstance(value, TensorRef) and isinstance(new_type, type) and issubclass(new_type, PickledObject):
         value.subclass = new_type._global.qualified_name
     return value
+
+
+def _dtensor(func: Any, new_type: Any, args: tuple[Any, ...], state: Any) -> TensorRef | None:
+    """A DTensor (FSDP2, tensor parallel) as torch.save pickles it: `_rebuild_wrapper_subclass(DTensor,
+    dtype, size, ...)` makes the outer tensor of the logical `size`, then its state sets
+    `_local_tensor` (this rank's part, a plain tensor record) and `_spec` (mesh and placements, kept
+    as stubs). Read as that local tensor, knowing its global shape; None for anything else."""
+    named = [getattr(getattr(x, "_global", None), "qualified_name", None) for x in (func, new_type)]
+    if named != ["torch._utils._rebuild_wrapper_subclass", DTENSOR] or len(args) < 3:
+        return None
+    # torch's object state: a dict, or (dict or None, slots dict) for a class with __slots__ as DTensor
+    parts = state if isinstance(state, tuple) else (state,)
+    fields = {k: v for part in parts if isinstance(part, dict) for k, v in part.items()}
+    local, size = fields.get("_local_tensor"), args[2]
+    if not (isinstance(local, TensorRef) and isinstance(size, tuple)
+            and all(type(n) is int and n >= 0 for n in size) and len(size) == len(local.shape)):
+        return None
+    local.subclass, local.global_shape = DTENSOR, size
+    return local
 
 
 def _ordered_dict(*args: Any) -> OrderedDict[Any, Any]:

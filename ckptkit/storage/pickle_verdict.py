@@ -115,19 +115,34 @@ WEIGHTS_ONLY_OPCODES = frozenset(op[0] for op in (
     pickle.PROTO, pickle.STOP))
 
 
+# What a DTensor's pickle names (FSDP2, tensor parallel). torch.distributed.tensor and
+# device_mesh add them to torch's allowed globals when imported (as any script that made DTensors
+# has): a fresh torch.load(path) refuses them ("torch.distributed.tensor must be imported"), which
+# `compat.dtensor` says instead of a pickled-class warning per class.
+DTENSOR_NAMES = frozenset({
+    ("torch.distributed.tensor", "DTensor"), ("torch.distributed.device_mesh", "DeviceMesh"),
+    ("torch.distributed.tensor._dtensor_spec", "DTensorSpec"), ("torch.distributed.tensor._dtensor_spec", "TensorMeta"),
+    ("torch.distributed.tensor._dtensor_spec", "ShardOrderEntry"),
+    ("torch.distributed.tensor.placement_types", "Shard"), ("torch.distributed.tensor.placement_types", "Replicate"),
+    ("torch.distributed.tensor.placement_types", "Partial"),
+    ("torch.distributed.tensor.placement_types", "_StridedShard"),
+    ("torch.distributed._mesh_layout", "_MeshLayout"), ("torch.distributed._mesh_layout", "_FlatLayout")})
+
+
 def weights_only_accepts(module: str, name: str) -> bool:
     """Whether torch.load(weights_only=True) resolves the global `module.name` itself: torch's own
     tensor rebuilders (meta, sparse, quantized, nested tensors; all but XLA's), the layout lookup
     sparse tensors use, the quantization schemes, dtypes and storage classes, and a few containers
     (torch 2.13's `_get_allowed_globals`; tests hold this to it for every name ckptkit knows).
     Such a name is no pickled class, though ckptkit shows its tensor as one. It refuses the
-    other builtins a pickle may name (frozenset, range, slice...), which ckptkit decodes as data."""
+    other builtins a pickle may name (frozenset, range, slice...), which ckptkit decodes as data.
+    A DTensor's names are accepted once torch.distributed.tensor is imported (`DTENSOR_NAMES`)."""
     if module == "torch._utils":
         return name.startswith("_rebuild_") and name != "_rebuild_xla_tensor"
     if module == "torch" and (name in _TORCH_QSCHEMES or name in BY_NAME or
                               (name in BY_STORAGE_CLASS and name not in ("TypedStorage", "UntypedStorage"))):
         return True
-    return (module, name) in _WEIGHTS_ONLY_NAMES
+    return (module, name) in _WEIGHTS_ONLY_NAMES or (module, name) in DTENSOR_NAMES
 
 
 def is_plain(value: Any, plain_callables: frozenset[Any], depth: int = 0) -> bool:
