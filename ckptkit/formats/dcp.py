@@ -133,7 +133,7 @@ def lightning_checkpoint(meta: dict[str, Any], tensors: dict[str, Any]) -> dict[
         return {**meta, **tensors}
     rest = dict(tensors)
     rebuilt = dict(meta)
-    model = rest.pop("state_dict", rest.pop("model", None))
+    model = rest.pop("state_dict") if "state_dict" in rest else rest.pop("model", None)
     if model is not None:
         rebuilt["state_dict"] = model
     optimizers: list[Any] = []

@@ -79,3 +79,14 @@ def test_a_fabric_sharded_folder_joins_meta_pt_to_what_dcp_holds(tmp_path: Path)
     ckpt = open_checkpoint(folder)
     assert ckpt.tree["step"] == 10 and ckpt.tree["note"] == "fabric"
     assert set(ckpt.model) == {"weight", "bias"}
+
+
+def test_the_rebuilt_dict_keeps_every_key_dcp_holds() -> None:
+    from ckptkit.formats.dcp import lightning_checkpoint
+
+    meta = {"pytorch-lightning_version": "2.6.6", "epoch": 1, "global_step": 6}
+    held = {"state_dict": {"w": 1}, "model": {"x": 2}, "optimizer_0": {"a": 0}, "optimizer_1": {"b": 1}, "ema": 3}
+    rebuilt = lightning_checkpoint(meta, held)
+    assert rebuilt == {**meta, "state_dict": {"w": 1}, "optimizer_states": [{"a": 0}, {"b": 1}], "model": {"x": 2},
+                       "ema": 3}
+    assert lightning_checkpoint(meta, {"model": {"x": 2}})["state_dict"] == {"x": 2}     # FSDPStrategy's key
