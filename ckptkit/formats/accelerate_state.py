@@ -11,12 +11,15 @@ updates; epochs are wherever the user put them (usually a registered object).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Progress, Severity, TensorRef
-from ckptkit.core.errors import NotACheckpointError
-from ckptkit.formats.folder import FolderReading, member_names
+from ckptkit.core.errors import CkptkitError, NotACheckpointError
+from ckptkit.formats.dcp import DcpFormat
+from ckptkit.formats.files import read_with
+from ckptkit.formats.folder import FolderReading, member_names, subfolders
 
 RANDOM_STATES = re.compile(r"random_states_(\d+)\.pkl$")
 CUSTOM = re.compile(r"custom_checkpoint_(\d+)\.pkl$")
@@ -24,6 +27,11 @@ SECTIONS = (("optimizer", re.compile(r"optimizer(_\d+)?\.bin$"), "optimizer"),
             ("scheduler", re.compile(r"scheduler(_\d+)?\.bin$"), "scheduler"),
             ("scaler", re.compile(r"scaler\.pt$"), "AMP scaler"))
 MODEL = re.compile(r"(model|pytorch_model)(_\d+)?\.(safetensors|bin)$")
+# accelerate's save_fsdp_model (also what HF Trainer writes under FSDP): FULL_STATE_DICT
+# pytorch_model_fsdp.bin (pytorch_model_fsdp_1.bin for a second model), SHARDED_STATE_DICT a DCP
+# folder pytorch_model_fsdp_0/ (_1/...) holding {"model": state_dict}.
+FSDP_MODEL = "pytorch_model_fsdp"
+FSDP_MEMBER = re.compile(r"pytorch_model_fsdp(?:_(\d+))?(\.bin)?$")
 
 
 class AccelerateFormat:
@@ -63,6 +71,8 @@ class AccelerateFormat:
         if rng:
             sections["rng"] = {n: m.tree for n, m in rng.items()}
             reading.sources["rng"] = ", ".join(rng)
+        fsdp = read_fsdp_models(reading, names)
+        model.update(fsdp or {})
         if not _distributed_layout(path, names):
             _missing_members(reading, names)
         ckpt = reading.finish(self.name, "accelerate", accelerate_progress(customs, rng, sections))
@@ -72,6 +82,38 @@ class AccelerateFormat:
         for name, member in customs.items():
             ckpt.extra[name] = member.tree
         return ckpt
+
+
+def read_fsdp_models(reading: FolderReading, names: set[str]) -> dict[str, TensorRef] | None:
+    """The models accelerate's save_fsdp_model wrote, model i's keys prefixed `pytorch_model_fsdp_{i}.`
+    past the first (as model_1.safetensors's are `model_1.`); None when there is none."""
+    found = [(m, name) for name in sorted(n for n in names if n.endswith(".bin")) + subfolders(reading.path)
+             if (m := FSDP_MEMBER.match(name)) and (m.group(2) is not None) == (name in names)]
+    if not found:
+        return None
+    model: dict[str, TensorRef] = {}
+    for match, name in sorted(found, key=lambda mn: int(mn[0].group(1) or 0)):
+        index = int(match.group(1) or 0)
+        prefix = f"{FSDP_MODEL}_{index}." if index else ""
+        if name in names:
+            tensors = reading.read_weights_file(name, "model weights (FSDP full state dict)")
+        else:
+            tensors = _read_sharded_fsdp(reading, name)
+            reading.sources["model"] = f"{name}/ (FSDP sharded state dict, torch.distributed.checkpoint)"
+        model.update({prefix + k: t for k, t in tensors.items()})
+    return model
+
+
+def _read_sharded_fsdp(reading: FolderReading, folder: str) -> dict[str, TensorRef]:
+    try:
+        dcp = read_with(DcpFormat(), reading.path / folder)
+    except CkptkitError as exc:
+        reading.add_finding("folder.unreadable-member", Severity.ERROR, folder,
+                            f"FSDP sharded model weights cannot be read: {exc.message}")
+        return {}
+    reading.findings += [replace(f, where=reading.where(f.where)) for f in dcp.findings]
+    saved = dcp.tree.get("model") if isinstance(dcp.tree, dict) else None     # {"model": state_dict}
+    return dict(saved) if isinstance(saved, dict) else dict(dcp.model)
 
 
 def _indices(names: set[str], pattern: re.Pattern[str], group: int = 1) -> set[int]:

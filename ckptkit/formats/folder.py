@@ -38,6 +38,14 @@ def member_names(path: Path) -> set[str]:
         return set()
 
 
+def subfolders(path: Path) -> list[str]:
+    """Names of the folders directly inside `path`, sorted (empty when it cannot be listed)."""
+    try:
+        return sorted(e.name for e in path.iterdir() if e.is_dir())
+    except OSError:
+        return []
+
+
 def has_weights(names: set[str]) -> bool:
     return any(n in names for n in WEIGHT_FILES + WEIGHT_INDEXES)
 

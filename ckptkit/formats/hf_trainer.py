@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Progress, ResumePrediction, Severity
-from ckptkit.core.errors import CkptkitError, NotACheckpointError
-from ckptkit.formats.dcp import DcpFormat
-from ckptkit.formats.files import read_with
-from ckptkit.formats.folder import FolderReading, has_weights, member_names
+from ckptkit.core.errors import NotACheckpointError
+from ckptkit.formats.accelerate_state import read_fsdp_models
+from ckptkit.formats.folder import FolderReading, has_weights, member_names, subfolders
 from ckptkit.views import sections as S
 
 TRAINER_STATE = "trainer_state.json"
@@ -30,7 +28,6 @@ SCHEDULER_FILE = "scheduler.pt"
 SCALER_FILE = "scaler.pt"
 RNG_FILE = re.compile(r"rng_state(_\d+)?\.pth$")
 ADAPTER_CONFIG = "adapter_config.json"
-FSDP_MODEL = "pytorch_model_fsdp"     # accelerate's FSDP_MODEL_NAME
 # Written into the folder by ckptkit.integrations.hf.ExactResume: what an exact resume needs that
 # Trainer does not keep, and which bundled trainer (if any) wrote the folder.
 EXACT_RESUME_STATE = "ckptkit_resume.json"
@@ -85,37 +82,17 @@ class HFTrainerFormat:
         return ckpt
 
 
-def _subfolders(path: Path) -> list[str]:
-    try:
-        return sorted(e.name for e in path.iterdir() if e.is_dir())
-    except OSError:
-        return []
-
-
 def _weights_elsewhere(reading: FolderReading, names: set[str]) -> dict[str, Any] | None:
     """The model of a Trainer run under FSDP or DeepSpeed, which may write no model.safetensors,
     as `Trainer._load_from_checkpoint` and `deepspeed_load_checkpoint` find it; None when there
-    is none. FSDP (accelerate's `save_fsdp_model`): FULL_STATE_DICT `pytorch_model_fsdp.bin`, or
-    SHARDED_STATE_DICT a DCP folder `pytorch_model_fsdp_0/` of {"model": ...} (the Trainer takes
-    any subfolder whose name holds "pytorch_model_fsdp"). DeepSpeed (ZeRO-3 without
+    is none. FSDP: what accelerate's `save_fsdp_model` writes (`read_fsdp_models`; the Trainer
+    takes any subfolder whose name holds "pytorch_model_fsdp"). DeepSpeed (ZeRO-3 without
     `stage3_gather_16bit_weights_on_model_save`): only its `global_stepN/` folder, which ckptkit
     does not read; said so."""
-    if f"{FSDP_MODEL}.bin" in names:
-        return reading.read_weights_file(f"{FSDP_MODEL}.bin", "model weights (FSDP full state dict)")
-    folders = _subfolders(reading.path)
-    sharded = next((name for name in folders if FSDP_MODEL in name), None)
-    if sharded is not None:
-        try:
-            dcp = read_with(DcpFormat(), reading.path / sharded)
-        except CkptkitError as exc:
-            reading.add_finding("folder.unreadable-member", Severity.ERROR, sharded,
-                                f"FSDP sharded model weights cannot be read: {exc.message}")
-            return {}
-        reading.findings += [replace(f, where=reading.where(f.where)) for f in dcp.findings]
-        reading.sources["model"] = f"{sharded}/ (FSDP sharded state dict, torch.distributed.checkpoint)"
-        saved = dcp.tree.get("model") if isinstance(dcp.tree, dict) else None     # {"model": state_dict}
-        return dict(saved) if isinstance(saved, dict) else dict(dcp.model)
-    deepspeed = next((name for name in folders if name.startswith("global_step")), None)
+    fsdp = read_fsdp_models(reading, names)
+    if fsdp is not None:
+        return fsdp
+    deepspeed = next((name for name in subfolders(reading.path) if name.startswith("global_step")), None)
     if deepspeed is not None:
         reading.add_finding("folder.weights-in-deepspeed", Severity.INFO, deepspeed,
                             "no model.safetensors: the model's weights are in DeepSpeed's own checkpoint "
@@ -130,7 +107,7 @@ def _optimizer_elsewhere(path: Path) -> str | None:
     """Where a distributed Trainer keeps the optimizer instead of optimizer.pt: "deepspeed" for a
     DeepSpeed checkpoint (its global_step*/ folder), or the FSDP sharded optimizer's folder (the
     Trainer counts any subfolder named with "optimizer", as _load_optimizer_and_scheduler does)."""
-    folders = _subfolders(path)
+    folders = subfolders(path)
     if any(name.startswith("global_step") for name in folders):
         return "deepspeed"
     return next((name for name in sorted(folders) if "optimizer" in name), None)

@@ -80,7 +80,11 @@ def test_fsdp_and_deepspeed_layouts_expect_no_model_safetensors_or_optimizer_bin
     """Under FSDP accelerate writes pytorch_model_fsdp.bin or pytorch_model_fsdp_0/ (and optimizer_0/),
     under DeepSpeed one pytorch_model/ folder holding model and optimizer (Accelerator.save_state)."""
     folder = _without(tmp_path, "model.safetensors", "optimizer.bin")
-    if layout.endswith("/"):
+    if layout == "pytorch_model_fsdp_0/":     # save_fsdp_model, SHARDED_STATE_DICT: {"model": ...} through DCP
+        import torch.distributed.checkpoint as dcp
+        from safetensors.torch import load_file
+        dcp.save({"model": load_file(REAL / "model.safetensors")}, checkpoint_id=folder / layout, no_dist=True)
+    elif layout.endswith("/"):
         (folder / layout).mkdir()
     else:
         (folder / layout).write_bytes((REAL / "model.safetensors").read_bytes())

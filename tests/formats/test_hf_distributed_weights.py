@@ -3,6 +3,7 @@ model.safetensors, where `Trainer._load_from_checkpoint` (and DeepSpeed's engine
 FSDP SHARDED_STATE_DICT writes only accelerate's `pytorch_model_fsdp_0/` DCP folder, FULL_STATE_DICT
 `pytorch_model_fsdp.bin`, and DeepSpeed ZeRO-3 (without gathering) only `global_stepN/`.
 ckptkit called all three "no model or adapter weights", an error on a healthy checkpoint.
+An accelerate save_state folder under FSDP showed no model at all.
 """
 from __future__ import annotations
 
@@ -70,3 +71,20 @@ def test_a_damaged_fsdp_folder_is_named(tmp_path: Path) -> None:
     (folder / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"\x80\x04garbage")
     finding = only(run(folder), "folder.unreadable-member")
     assert finding.where == "checkpoint-8/pytorch_model_fsdp_0" and "FSDP sharded model weights" in finding.message
+
+
+ACCELERATE = Path(__file__).parents[1] / "fixtures" / "real" / "accelerate"
+
+
+def test_an_accelerate_folder_saved_under_fsdp_has_its_model_read(tmp_path: Path) -> None:
+    """Accelerator.save_state under FSDP: save_fsdp_model instead of model.safetensors (the
+    folder is exempt from the missing-member errors: its model was simply not shown)."""
+    folder = shutil.copytree(ACCELERATE, tmp_path / "state")
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    dcp.save({"model": weights}, storage_writer=dcp.FileSystemWriter(folder / "pytorch_model_fsdp_0"), no_dist=True)
+    torch.save(weights, folder / "pytorch_model_fsdp_1.bin")       # a second model, FULL_STATE_DICT
+    ckpt = open_checkpoint(folder)
+    assert list(ckpt.model) == [*weights, *(f"pytorch_model_fsdp_1.{k}" for k in weights)]
+    assert all(torch.equal(ckpt.model[k].to_torch(), v) for k, v in weights.items())
+    assert not [f for f in run(folder).findings if f.severity.value == "error"]
