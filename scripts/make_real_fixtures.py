@@ -355,9 +355,10 @@ def make_lightning_resumed() -> None:
     """Where Lightning resumes each kind of .ckpt, recorded by resuming it (resumes.json).
 
     2 epochs of 3 batches with a ModelCheckpoint at every epoch end and one every 2 optimizer
-    steps (mid_epoch/), then `trainer.save_checkpoint("after_fit.ckpt")` once `fit` returned.
-    Each file is then resumed by a fresh Trainer(max_epochs=3): resumes.json records the epoch
-    and batch index of the first batch it trains. sharded.ckpt/ is EMULATED (Lightning runs FSDP
+    steps (mid_epoch/), then `trainer.save_checkpoint("after_fit.ckpt")` once `fit` returned; and
+    max_steps/after_fit.ckpt from a run of max_steps=4. Each file is then resumed by a fresh
+    Trainer(max_epochs=3) (max_steps=12 for the latter): resumes.json records the epoch and batch
+    index of the first batch it trains. sharded.ckpt/ is EMULATED (Lightning runs FSDP
     on GPUs only): the after-fit checkpoint dict put on disk by the body of Lightning's
     FSDPStrategy.save_checkpoint for state_dict_type="sharded" (`state_dict` as DCP's "model",
     each of `optimizer_states` as "optimizer_{i}" in FSDP's parameter-name keyed form, the rest
@@ -407,11 +408,19 @@ def make_lightning_resumed() -> None:
         dcp.save(converted, checkpoint_id=sharded)
     torch.save(checkpoint, sharded / "meta.pt")
 
+    # A run stopped by max_steps inside its second epoch (4 steps of 3-batch epochs), saved after fit
+    # and resumed with more steps, as step-budgeted fine-tunes are.
+    L.seed_everything(SEED, verbose=False)
+    stepped = L.Trainer(max_steps=4, enable_checkpointing=False, **options)
+    stepped.fit(Recording(), loader)
+    stepped.save_checkpoint(folder / "max_steps" / "after_fit.ckpt")
+
     resumes = {}
     for path in sorted(folder.rglob("*.ckpt")):
         if path.is_file():
             again = Recording()
-            L.Trainer(max_epochs=3, enable_checkpointing=False, **options).fit(again, loader, ckpt_path=path)
+            budget = {"max_steps": 12} if "max_steps" in path.parts else {"max_epochs": 3}
+            L.Trainer(enable_checkpointing=False, **budget, **options).fit(again, loader, ckpt_path=path)
             epoch, batch = again.trained[0]
             resumes[path.relative_to(folder).as_posix()] = {"epoch": epoch, "batch": batch}
     (folder / "resumes.json").write_text(json.dumps(resumes, indent=1) + "\n", encoding="utf-8")
@@ -568,7 +577,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `accelerate/` | `Accelerator(cpu=True, gradient_accumulation_steps=2).save_state()` mid-epoch, after 3 optimizer steps (6 of 8 micro-batches): model, AdamW, StepLR, RNG, and a registered object (`custom_checkpoint_0.pkl`, `{"epoch": 0, "global_step": 3}`) |
 | `lightning/` | Lightning `Trainer(max_epochs=2, logger=False)`, 3 batches per epoch, two `ModelCheckpoint`s: every epoch end + `save_last=True` (`epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt`) and every 2 steps (`mid_epoch/epoch=0-step=2.ckpt`, `mid_epoch/epoch=1-step=4.ckpt`, `mid_epoch/epoch=1-step=6.ckpt`). The callback states inside hold absolute paths of the machine that ran the script |
 | `lightning_weights_only/` | Lightning `ModelCheckpoint(save_weights_only=True, save_last=True)`, 2 epochs of 3 batches: `epoch=0-step=3.ckpt`, `epoch=1-step=6.ckpt`, `last.ckpt` without `optimizer_states` or `lr_schedulers` (`Trainer.fit(ckpt_path=...)` raises KeyError on them) |
-| `lightning_resumed/` | Lightning `Trainer(max_epochs=2)`, 3 batches per epoch, a `ModelCheckpoint` at every epoch end and one every 2 steps (`mid_epoch/`), and `trainer.save_checkpoint("after_fit.ckpt")` after `fit` returned; `resumes.json`: the epoch and batch index where a fresh `Trainer(max_epochs=3).fit(ckpt_path=...)` started on each file. `sharded.ckpt/` is EMULATED (Lightning's FSDP needs a GPU): the after-fit dict written as `FSDPStrategy(state_dict_type="sharded")` writes it, DCP (`model`, `optimizer_0` keyed by parameter name) + `meta.pt` |
+| `lightning_resumed/` | Lightning `Trainer(max_epochs=2)`, 3 batches per epoch, a `ModelCheckpoint` at every epoch end and one every 2 steps (`mid_epoch/`), and `trainer.save_checkpoint("after_fit.ckpt")` after `fit` returned; `max_steps/after_fit.ckpt` the same after a `Trainer(max_steps=4)` run (stopped after the first batch of the second epoch); `resumes.json`: the epoch and batch index where a fresh `Trainer(max_epochs=3).fit(ckpt_path=...)` (`max_steps=12` for `max_steps/`) started on each file. `sharded.ckpt/` is EMULATED (Lightning's FSDP needs a GPU): the after-fit dict written as `FSDPStrategy(state_dict_type="sharded")` writes it, DCP (`model`, `optimizer_0` keyed by parameter name) + `meta.pt` |
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dtensor/` | `torch.save({"model": model.state_dict(), "optimizer": ..., "epoch": 1})` under FSDP2 (`fully_shard` on a CPU gloo mesh, one AdamW step): `rank0.pt`, `rank1.pt` from a 2-rank run (DTensors holding `Shard(0)` parts: the 3-row weight splits 2 + 1), `one_rank.pt` from a 1-rank run |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |

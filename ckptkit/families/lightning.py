@@ -2,7 +2,9 @@
 loop's progress under ``loops``. Where a fit resumes is read as Lightning 2.x's fit loop reads it
 back (``_FitLoop.reset`` and ``on_run_start``): it starts at epoch ``epoch_progress.current.processed``,
 one further when the save came from inside an epoch (``started`` > ``processed``: a step-triggered
-save) at its last batch (``is_last_batch``). Checked by resuming real Lightning 2.6 checkpoints:
+save) at its last batch (``is_last_batch``); a run stopped by ``max_steps`` inside an epoch counts
+that epoch as processed and goes on counting batches from the ones it ran (a resume with more
+steps starts the next epoch at that batch index). Checked by resuming real Lightning 2.6 checkpoints:
 epoch-end saves, step-triggered ones mid-epoch and at an epoch's last batch, and the file
 ``trainer.save_checkpoint`` writes after ``fit`` returns (``epoch`` = epochs run, ``is_last_batch``
 still set: read from ``epoch`` and ``is_last_batch`` alone it looked one epoch further on).
@@ -19,6 +21,7 @@ from ckptkit.views import sections as S
 
 _BATCH = ("loops", "fit_loop", "epoch_loop.batch_progress")
 MISMATCH = "counters.epoch-step-mismatch"
+STOPPED_INSIDE = "counters.max-steps-epoch-counted"
 # Lightning 2.x: where the fit loop counts optimizer steps (trainer.global_step reads one of them).
 STEP_COUNTERS = {
     "automatic": ("epoch_loop.automatic_optimization.optim_progress", "optimizer", "step", "total", "completed"),
@@ -41,14 +44,15 @@ def progress(tree: Tree, path: Path) -> Progress:
         done_in_epoch = S.as_int(dig(batch, "current", "processed")) or 0
         inside = started > processed     # saved while an epoch ran (a step-triggered save)
         last = bool(batch.get("is_last_batch"))
-        if inside and not last:
-            p.epochs_completed, p.step_in_epoch, p.epoch_complete = processed, done_in_epoch, done_in_epoch == 0
-        else:
+        if last or (not inside and not done_in_epoch):
             p.epochs_completed, p.step_in_epoch, p.epoch_complete = processed + (inside and last), 0, True
-        p.sources["epochs_completed"] = (
-            f"loops.fit_loop.epoch_progress.current.processed = {processed}, started = {started}"
-            + (f", with batch progress ({done_in_epoch} batches, is_last_batch={last})" if inside else
-               " (saved between epochs)") + f"; key 'epoch' = {epoch}")
+        else:   # inside an epoch; or stopped by max_steps there, which the loops count as processed
+            p.epochs_completed, p.step_in_epoch, p.epoch_complete = processed, done_in_epoch, done_in_epoch == 0
+        how = (f", with batch progress ({done_in_epoch} batches, is_last_batch={last})" if inside else
+               f", batch progress {done_in_epoch} (a max_steps stop, which Lightning counts on from)"
+               if done_in_epoch and not last else " (saved between epochs)")
+        p.sources["epochs_completed"] = (f"loops.fit_loop.epoch_progress.current.processed = {processed}, "
+                                         f"started = {started}{how}; key 'epoch' = {epoch}")
     elif epoch is not None and isinstance(batch, dict):
         done_in_epoch = S.as_int(dig(batch, "current", "processed")) or 0
         if batch.get("is_last_batch"):
@@ -126,6 +130,27 @@ def traps(tree: Tree, path: Path, p: Progress) -> Iterator[TrapHit]:
                       f"{epoch}", _epoch_fix(fit, completed))
     if step is not None:
         yield from _step_traps(tree, fit, step)
+    yield from _stopped_inside_an_epoch(fit)
+
+
+def _stopped_inside_an_epoch(fit: Any) -> Iterator[TrapHit]:
+    """A fit that max_steps stopped inside an epoch: the loops count that epoch as processed
+    (started = processed) while its batch loop shows the batches it ran (not the last). Resumed
+    with a larger max_steps, Lightning 2.6 starts the next epoch with its batch count at that
+    number: checked on a real run, the rest of the stopped epoch is never trained and the next
+    epoch trains that many batches fewer (its batch indices start there, its data at the start)."""
+    current = dig(fit, "epoch_progress", "current")
+    batch = dig(fit, "epoch_loop.batch_progress")
+    processed, started = S.as_int(dig(current, "processed")), S.as_int(dig(current, "started"))
+    done = S.as_int(dig(batch, "current", "processed")) or 0
+    if (processed and started == processed and done and isinstance(batch, dict)
+            and not batch.get("is_last_batch")):
+        yield TrapHit(STOPPED_INSIDE, Severity.WARNING, "loops",
+                      f"training stopped {done} batch{'es' if done > 1 else ''} into epoch {processed} (max_steps), "
+                      f"but Lightning's loops count that epoch as processed (epoch_progress.current.processed = "
+                      f"{processed}): a resume with a larger max_steps starts epoch {processed + 1} as if {done} "
+                      f"batch{'es' if done > 1 else ''} of it were done, so the rest of epoch {processed} is never "
+                      f"trained and epoch {processed + 1} trains {done} batch{'es' if done > 1 else ''} fewer")
 
 
 def _step_traps(tree: Tree, fit: Any, step: int) -> Iterator[TrapHit]:

@@ -90,3 +90,18 @@ def test_the_rebuilt_dict_keeps_every_key_dcp_holds() -> None:
     assert rebuilt == {**meta, "state_dict": {"w": 1}, "optimizer_states": [{"a": 0}, {"b": 1}], "model": {"x": 2},
                        "ema": 3}
     assert lightning_checkpoint(meta, {"model": {"x": 2}})["state_dict"] == {"x": 2}     # FSDPStrategy's key
+
+
+LIGHTNING_FILES = sorted(p for p in (FIXTURE.parent).glob("lightning*/**/*.ckpt") if p.is_file())
+
+
+@pytest.mark.parametrize("path", LIGHTNING_FILES, ids=lambda p: str(p.relative_to(FIXTURE.parent)))
+def test_only_the_max_steps_stop_is_said_to_skip_the_rest_of_its_epoch(path: Path) -> None:
+    found = [f for f in run(path).findings if f.code == "counters.max-steps-epoch-counted"]
+    if "max_steps" not in path.parts:
+        assert found == []
+        return
+    assert len(found) == 1 and found[0].severity.value == "warning"
+    assert found[0].message.startswith("training stopped 1 batch into epoch 2 (max_steps)")
+    # the resume it describes is the one recorded: epoch index 2 (epoch 3), batch index 1
+    assert RESUMES["max_steps/after_fit.ckpt"] == {"epoch": 2, "batch": 1}
