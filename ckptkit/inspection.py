@@ -12,6 +12,7 @@ from typing import Any
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
 from ckptkit.families import optimizer_step
 from ckptkit.formats import open_checkpoint
+from ckptkit.storage.pickle_known import DTENSOR
 from ckptkit.storage.safe_pickle import PickledObject
 from ckptkit.views import sections as S
 from ckptkit.views.jsonable import summarize, to_jsonable
@@ -47,6 +48,9 @@ class ModelSummary:
     # Names that are one tensor (same storage, offset, shape and strides: tied weights, e.g. an
     # embedding and an LM head). Parameters and bytes count each once.
     ties: list[list[str]] = field(default_factory=list)
+    # When the tensors are one rank's shards of DTensors (FSDP2, tensor parallel): the parameters
+    # of the whole tensors they are parts of (`parameters` counts the shards).
+    global_parameters: int | None = None
     # The tensors `tensor_list` describes: its rows are made when asked for (`--tensors`, `--json`),
     # not for every inspect (100,000 rows cost more than the rest of the summary).
     model: dict[str, TensorRef] = field(default_factory=dict, repr=False, compare=False)
@@ -59,7 +63,8 @@ class ModelSummary:
         return {"source": self.source, "tensors": self.tensors, "parameters": self.parameters, "bytes": self.bytes,
                 "dtypes": self.dtypes, "modules": [asdict(m) for m in self.modules],
                 "tensor_list": [{"name": n, "dtype": t.dtype.name, "shape": list(t.shape), "parameters": t.numel}
-                                for n, t in self.model.items()], "ties": self.ties}
+                                for n, t in self.model.items()], "ties": self.ties,
+                "global_parameters": self.global_parameters}
 
 
 @dataclass
@@ -165,9 +170,13 @@ def model_summary(model: dict[str, TensorRef], source: str) -> ModelSummary:
         unique = [model[names[0]] for names in same.values()]
         ties = [n for n in same.values() if len(n) > 1]
         parameters, nbytes = sum(t.numel for t in unique), sum(t.nbytes for t in unique)
+    # (a C-level look first: a shard folder's 100,000 tensors are never DTensors)
+    dtensors = DTENSOR in set(map(attrgetter("subclass"), tensors))
+    whole = (sum(math.prod(t.global_shape or t.shape) for t in tensors)
+             if dtensors and any(t.is_shard for t in tensors) else None)
     return ModelSummary(source=source, tensors=len(tensors), parameters=parameters, bytes=nbytes,
                         dtypes=dict(Counter(dtype_names)), modules=_module_rows(model, numels, dtype_names),
-                        ties=ties, model=model)
+                        ties=ties, model=model, global_parameters=whole)
 
 
 def _module_rows(model: dict[str, TensorRef], numels: list[int], dtype_names: list[str]) -> list[ModuleRow]:

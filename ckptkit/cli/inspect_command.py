@@ -88,6 +88,9 @@ def _model(r: Inspection, show_tensors: bool) -> list[str]:
            f"  {m.tensors} tensors, {number(m.parameters)} parameters, {human_bytes(m.bytes)}, {dtypes}",
            _module_table(m.modules, show_tensors)]
     out += [f"  tied (one storage, counted once): {' = '.join(names)}" for names in m.ties]
+    if m.global_parameters is not None:
+        out.append(f"  one rank's shards of DTensors (FSDP2 or tensor parallel): {number(m.parameters)} of the whole "
+                   f"tensors' {number(m.global_parameters)} parameters")
     if show_tensors:
         out += ["", table([(t.name, t.dtype, "x".join(map(str, t.shape)) or "scalar", number(t.parameters))
                            for t in m.tensor_list], ["tensor", "dtype", "shape", "elements"])]

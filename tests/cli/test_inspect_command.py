@@ -93,7 +93,7 @@ def test_json_output_has_the_documented_schema(samples: dict[str, Path]) -> None
     assert list(data["progress"]) == PROGRESS_KEYS
     assert data["progress"]["summary"] == "in epoch 1 (boundary unknown), global step 1000/2000"
     assert list(data["model"]) == ["source", "tensors", "parameters", "bytes", "dtypes", "modules", "tensor_list",
-                                   "ties"]
+                                   "ties", "global_parameters"]
     assert list(data["optimizer"]) == ["source", "kind", "groups", "state_entries", "step"]
     assert data["optimizer"]["groups"][0] == {"index": 0, "params": 4, "lr": 0.001, "weight_decay": 0.01,
                                               "betas": [0.9, 0.999], "momentum": None}

@@ -97,3 +97,15 @@ def test_convert_refuses_a_ranks_shards_and_writes_whole_dtensors_as_plain_tenso
     original = torch.load(FIXTURE / "one_rank.pt", weights_only=True)["model"]
     converted = torch.load(tmp_path / "one.pt", weights_only=True)["model"]
     assert all(torch.equal(converted[k], v.to_local()) for k, v in original.items())
+
+
+def test_inspect_says_a_ranks_parameters_are_part_of_the_whole() -> None:
+    whole = sum(t.numel() for t in torch.load(FIXTURE / "rank0.pt", weights_only=True)["model"].values())
+    done = subprocess.run([sys.executable, "-m", "ckptkit", "inspect", str(FIXTURE / "rank0.pt")],
+                          capture_output=True, text=True)
+    assert whole == 67
+    assert f"one rank's shards of DTensors (FSDP2 or tensor parallel): 38 of the whole tensors' {whole} parameters" \
+        in done.stdout
+    one = subprocess.run([sys.executable, "-m", "ckptkit", "inspect", "--json", str(FIXTURE / "one_rank.pt")],
+                         capture_output=True, text=True)
+    assert '"global_parameters": null' in one.stdout
