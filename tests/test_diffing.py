@@ -311,3 +311,25 @@ def test_a_slice_of_a_larger_storage_is_compared_on_its_own_bytes_only(tmp_path:
     c = _save({"s": inside[2:6], "keep": inside}, tmp_path / "c.pth")
     changed = {t.name: t for t in diff_paths(a, c).tensors}["s"]
     assert changed.status == CHANGED and changed.values is not None and changed.values.changed_elements == 1
+
+
+def test_an_optimizer_keyed_by_parameter_name_is_compared_by_position_with_one_keyed_by_index(tmp_path: Path) -> None:
+    """FSDP's and get_optimizer_state_dict's form names the parameters; Optimizer.state_dict()
+    numbers them. The same state was 4 only-in-A and 4 only-in-B entries; torch's own
+    load_state_dict matches the two by position, and so does the diff now."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    torch.save({"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, opt)}, tmp_path / "a.pt")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "b.pt")
+    for first, second, named in (("a.pt", "b.pt", "A"), ("b.pt", "a.pt", "B")):
+        report = diff_paths(tmp_path / first, tmp_path / second, DiffOptions())
+        optimizer = [t for t in report.tensors if t.section == "optimizer"]
+        assert len(optimizer) == 12 and {t.status for t in optimizer} == {IDENTICAL}
+        assert [(c.key, c.note.split(" keys")[0]) for c in report.changes] == [("param_groups.params", named)]
+        labels = {t.label for t in optimizer if t.name.endswith("exp_avg")}
+        assert labels == {"0.weight", "0.bias", "1.weight", "1.bias"}

@@ -35,12 +35,22 @@ def diff_optimizer(ctx: DiffContext, a: Any, b: Any, model_a: dict[str, TensorRe
     if not (S.is_optimizer_state(a) and S.is_optimizer_state(b)):
         diff_section(ctx, "optimizer", a, b)
         return
-    _diff_param_groups(ctx, a["param_groups"], b["param_groups"])
-    names = S.optimizer_param_names(a, model_a) or S.optimizer_param_names(b, model_b)
+    to_b = _position_map(a, b)
+    _diff_param_groups(ctx, a["param_groups"], b["param_groups"], params=to_b is None)
+    # (compared by position, the state is keyed by B's ids: B's names first)
+    names = (S.optimizer_param_names(b, model_b) or S.optimizer_param_names(a, model_a) if to_b is not None else
+             S.optimizer_param_names(a, model_a) or S.optimizer_param_names(b, model_b))
     state_a = a["state"] if isinstance(a["state"], dict) else {}
     state_b = b["state"] if isinstance(b["state"], dict) else {}
+    if to_b is not None:
+        named = "A" if isinstance(next(iter(to_b)), str) else "B"
+        ctx.changes.append(Change("optimizer", "param_groups.params", "changed", f"{len(to_b)} parameters",
+                                  f"{len(to_b)} parameters", f"{named} keys its optimizer state by parameter name "
+                                  "(FSDP, get_optimizer_state_dict), the other by index: compared position by "
+                                  "position"))
+        state_a = {to_b.get(k, k): v for k, v in state_a.items()}
     for index in list(state_a) + [i for i in state_b if i not in state_a]:
-        label = names.get(index)
+        label = names.get(index) or (index if isinstance(index, str) else None)
         key = f"state.{index}"
         if index not in state_b or index not in state_a:
             in_a = index in state_a
@@ -72,16 +82,34 @@ def _diff_param_state(ctx: DiffContext, key: str, a: Any, b: Any, label: str | N
             diff_tree(ctx, "optimizer", sub, va, vb)
 
 
-def _diff_param_groups(ctx: DiffContext, a: Any, b: Any) -> None:
+def _position_map(a: dict[str, Any], b: dict[str, Any]) -> dict[Any, Any] | None:
+    """A's parameter ids -> B's, position by position, when one optimizer names its parameters
+    (FSDP's optim_state_dict, get_optimizer_state_dict: {"state": {"fc.weight": ...}}) and the
+    other numbers them (Optimizer.state_dict()); torch's load_state_dict matches them by position
+    too. None when both use one form or their parameter lists differ in length."""
+    ids = []
+    for opt in (a, b):
+        groups = opt["param_groups"] if isinstance(opt["param_groups"], list) else []
+        ids.append([p for g in groups if isinstance(g, dict) and isinstance(g.get("params"), list)
+                    for p in g["params"]])
+    kinds = {frozenset(map(type, side)) for side in ids}
+    if len(ids[0]) != len(ids[1]) or not ids[0] or kinds != {frozenset({str}), frozenset({int})}:
+        return None
+    return dict(zip(ids[0], ids[1], strict=True))
+
+
+def _diff_param_groups(ctx: DiffContext, a: Any, b: Any, params: bool = True) -> None:
+    """`params`: compare the groups' parameter id lists too (not when they are told apart by form)."""
     if not (isinstance(a, list) and isinstance(b, list)):
         diff_tree(ctx, "optimizer", "param_groups", a, b)
         return
+    skip = _META_GROUP_KEYS if params else _META_GROUP_KEYS | {"params"}
     for i in range(max(len(a), len(b))):
         key = f"param_groups.{i}"
         if i >= len(b) or i >= len(a):
             only_in(ctx, "optimizer", key, a[i] if i < len(a) else b[i], in_a=i < len(a))
         elif isinstance(a[i], dict) and isinstance(b[i], dict):
-            diff_dicts(ctx, "optimizer", key, a[i], b[i], skip=_META_GROUP_KEYS)
+            diff_dicts(ctx, "optimizer", key, a[i], b[i], skip=skip)
         else:
             diff_tree(ctx, "optimizer", key, a[i], b[i])
 
