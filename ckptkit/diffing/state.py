@@ -2,7 +2,8 @@
 
 Optimizer state is keyed by parameter index; the indices are matched across A and B as they
 are (the same model saves the same order) and named after A's model keys by order and shape
-(`sections.optimizer_param_names`), so a change reads "state.3.exp_avg (fc2.weight)".
+(`sections.optimizer_param_names`), so a change reads "state.3.exp_avg (fc2.weight)". State keyed
+by parameter name on one side (FSDP's form) and by index on the other is paired by position.
 """
 from __future__ import annotations
 
