@@ -126,12 +126,7 @@ def _distributed_layout(path: Path, names: set[str]) -> bool:
     """Saved under FSDP, DeepSpeed or Megatron-LM: accelerate then writes the model (and the
     optimizer) its own way, as pytorch_model_fsdp*.bin files or as subfolders (pytorch_model_fsdp_0/,
     optimizer_0/, DeepSpeed's pytorch_model/), so no model.safetensors or optimizer.bin is expected."""
-    if any(n.startswith("pytorch_model_fsdp") for n in names):
-        return True
-    try:
-        return any(entry.is_dir() for entry in path.iterdir())
-    except OSError:
-        return False
+    return any(n.startswith(FSDP_MODEL) for n in names) or bool(subfolders(path))
 
 
 def _missing_members(reading: FolderReading, names: set[str]) -> None:

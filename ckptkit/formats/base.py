@@ -7,7 +7,6 @@ never at the file name alone: the seeds use names like `checkpoint-recent.pth.fi
 from __future__ import annotations
 
 import pickle
-import pickletools
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 from ckptkit.core.checkpoint import Checkpoint, Finding, Severity
 from ckptkit.core.errors import CorruptCheckpointError, UnsupportedFeatureError
 from ckptkit.storage.pickle_limits import PickleLimitError
-from ckptkit.storage.pickle_verdict import weights_only_accepts
+from ckptkit.storage.pickle_verdict import OPCODE_NAMES, weights_only_accepts
 from ckptkit.storage.safe_pickle import PARTIAL_ATTR, GlobalRef, UnpickleResult, UnsupportedPickle
 
 HEAD_BYTES = 64
@@ -124,7 +123,6 @@ def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list
 _PROTOCOL_4 = frozenset({"FRAME", "MEMOIZE", "SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES8", "BYTEARRAY8",
                          "STACK_GLOBAL", "NEWOBJ_EX", "FROZENSET", "ADDITEMS", "NEXT_BUFFER", "READONLY_BUFFER"})
 _PROTOCOL_3 = frozenset({"SHORT_BINBYTES", "BINBYTES"})
-_OPCODE_BYTE = {op.name: op.code.encode("latin-1")[0] for op in pickletools.opcodes}
 
 
 def weights_only_pickle_findings(path: Path, where: str, refused: tuple[str, ...]) -> list[Finding]:
@@ -132,6 +130,7 @@ def weights_only_pickle_findings(path: Path, where: str, refused: tuple[str, ...
     its weights-only unpickler cannot read, in the order the pickle runs them (it stops at the first)."""
     if not refused:
         return []
+    operand = next(code for code, name in OPCODE_NAMES.items() if name == refused[0])
     if _PROTOCOL_4 & set(refused):
         how = "pickle protocol 4 or 5 (torch.save(..., pickle_protocol=4) or higher)"
     elif _PROTOCOL_3 & set(refused):
@@ -143,7 +142,7 @@ def weights_only_pickle_findings(path: Path, where: str, refused: tuple[str, ...
         REFUSED_PICKLE, Severity.WARNING, where,
         f"the pickle is written in {how}, whose opcodes torch's weights-only unpickler cannot read "
         f"({', '.join(refused[:4])}): since PyTorch 2.6, torch.load(path) stops with 'Weights only load failed ... "
-        f"Unsupported operand {_OPCODE_BYTE[refused[0]]}' (weights_only=True being the default), so a resume that "
+        f"Unsupported operand {operand}' (weights_only=True being the default), so a resume that "
         "calls torch.load without weights_only=False stops there",
         f"ckptkit convert {shlex.quote(str(path))} {shlex.quote(str(target))} (the same content in pickle protocol "
         "2, as torch.save writes by default, which torch.load reads; then put it in place of the original)")]

@@ -110,7 +110,7 @@ def _optimizer_elsewhere(path: Path) -> str | None:
     folders = subfolders(path)
     if any(name.startswith("global_step") for name in folders):
         return "deepspeed"
-    return next((name for name in sorted(folders) if "optimizer" in name), None)
+    return next((name for name in folders if "optimizer" in name), None)
 
 
 def _optimizer_without_scheduler(reading: FolderReading, opt_file: str | None, has_scheduler: bool,

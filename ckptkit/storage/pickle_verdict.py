@@ -20,6 +20,7 @@ verdicts:
 from __future__ import annotations
 
 import pickle
+import pickletools
 import sys
 from typing import Any
 
@@ -113,6 +114,8 @@ WEIGHTS_ONLY_OPCODES = frozenset(op[0] for op in (
     pickle.BININT, pickle.BININT1, pickle.BININT2, pickle.BINFLOAT, pickle.BINUNICODE, pickle.SHORT_BINSTRING,
     pickle.BINPERSID, pickle.BINGET, pickle.LONG_BINGET, pickle.BINPUT, pickle.LONG_BINPUT, pickle.LONG1,
     pickle.PROTO, pickle.STOP))
+# Each opcode by its byte, as pickletools names it (the names findings give, FRAME, MEMOIZE...).
+OPCODE_NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
 
 
 # What a DTensor's pickle names (FSDP2, tensor parallel). torch.distributed.tensor and

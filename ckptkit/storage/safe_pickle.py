@@ -21,7 +21,6 @@ import _compat_pickle
 import gc
 import io
 import pickle
-import pickletools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,6 +45,7 @@ from ckptkit.storage.pickle_values import (
 )
 from ckptkit.storage.pickle_verdict import (
     DANGEROUS_MODULES,
+    OPCODE_NAMES,
     PLAIN_STDLIB_CLASSES,
     WEIGHTS_ONLY_OPCODES,
     call_verdict,
@@ -285,7 +285,7 @@ install_ops(SafeUnpickler.dispatch)
 
 
 def _noting_refused(code: int, handler: Callable[[SafeUnpickler], None]) -> Callable[[SafeUnpickler], None]:
-    name = _OPCODE_NAMES[code]
+    name = OPCODE_NAMES[code]
 
     def first_run(self: SafeUnpickler) -> None:
         self.torch_refuses.append(name)
@@ -294,7 +294,6 @@ def _noting_refused(code: int, handler: Callable[[SafeUnpickler], None]) -> Call
     return first_run
 
 
-_OPCODE_NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
 # typeshed types the table's functions as taking the C Unpickler; they take the _Unpickler.
 _TABLE = cast("dict[int, Callable[[SafeUnpickler], None]]", SafeUnpickler.dispatch)
 for _code, _handler in list(_TABLE.items()):

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 def check_security(ctx: ValidationContext) -> Iterable[Finding]:
     yield from ctx.ckpt.findings
     # C-level passes: a shard folder has 100,000 tensors and (safetensors) never a subclass.
-    subclasses = sorted(set(map(attrgetter("subclass"), ctx.tensor_values)) - {None, "", DTENSOR})
-    if any(t.subclass == DTENSOR for t in ctx.tensor_values):
+    subclasses = set(map(attrgetter("subclass"), ctx.tensor_values))
+    if DTENSOR in subclasses:
         yield from _dtensor_findings(ctx)
-    for name in subclasses:
+    for name in sorted(subclasses - {None, "", DTENSOR}):
         yield Finding("security.tensor-subclass", Severity.WARNING, ctx.where(),
                       f"tensors are pickled as subclass {name}: torch.load(weights_only=True) refuses "
                       "it unless the class is allow-listed, and weights_only=False would import its module",
