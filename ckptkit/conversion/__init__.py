@@ -261,7 +261,7 @@ def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
     write_torch_zip then copies them inside the kernel (the read-back compares every byte)."""
     import zipfile
 
-    from ckptkit.formats.zip_directory import crcs_recorded
+    from ckptkit.formats.zip_directory import storage_crcs_recorded
 
     prefix = ckpt.details.zip_prefix
     if ckpt.format != "torch-zip" or prefix is None:
@@ -269,8 +269,8 @@ def _record_crcs(ckpt: Checkpoint, tree: Any) -> dict[str, int]:
     _, storages = dumps_tree(tree)
     with zipfile.ZipFile(ckpt.path) as zf:
         infos = {i.filename: i for i in zf.infolist()}
-    if not crcs_recorded(infos):
-        return {}       # written without CRC-32s: the writer computes them as it copies
+    if not storage_crcs_recorded(infos):
+        return {}       # written without CRC-32s (or under skip_data): the writer computes them as it copies
     return {key: infos[f"{prefix}/data/{key}"].CRC for key, s in storages.items()
             if on_disk(s) and s.byte_range().path == ckpt.path and f"{prefix}/data/{key}" in infos}
 

@@ -313,11 +313,16 @@ class FormatDetails:
     dcp_version: str | None = None       # DCP: the version its .metadata records
     dcp_tensors: int | None = None       # DCP: entries with tensor chunks
     dcp_save_id: str | None = None       # DCP: the save id its storage_meta records, when any
+    # torch zip saved under torch.serialization.skip_data(): the tensor bytes are left to a later
+    # pass to write, and their records carry no CRC-32 (`zip_directory.skip_data_archive`)
+    skip_data: bool = False
 
     def shown(self) -> dict[str, str]:
         """As `inspect` lists them under "Format metadata" (names kept from before they were typed)."""
         named = {"zip_prefix": self.zip_prefix, "storage_records": self.storage_records,
                  "dcp_version": self.dcp_version, "tensors": self.dcp_tensors, "save_id": self.dcp_save_id}
+        if self.skip_data:
+            named["tensor_bytes"] = "left to a later pass (torch.serialization.skip_data), without CRC-32s"
         return {k: str(v) for k, v in named.items() if v is not None}
 
 

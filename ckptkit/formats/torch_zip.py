@@ -35,6 +35,7 @@ from ckptkit.formats.zip_directory import (
     read_directory,
     read_member,
     read_member_as_torch_does,
+    skip_data_archive,
 )
 from ckptkit.storage.pickle_writer import dumps_tree
 from ckptkit.storage.safe_pickle import StorageType, UnpickleResult, safe_loads
@@ -67,6 +68,7 @@ class TorchZipFormat:
         ckpt.findings.extend(weights_only_pickle_findings(path, path.name, result.torch_refuses))
         ckpt.details.zip_prefix = members["zip_prefix"]
         ckpt.details.storage_records = int(members["storage_records"])
+        ckpt.details.skip_data = "skip_data" in members
         return ckpt
 
 
@@ -94,7 +96,10 @@ def _read_zip_pickle(path: Path, opened: Any, base: int,
                      source: FileBytes | None) -> tuple[UnpickleResult, dict[str, str]]:
     index = read_archive_index(path, opened)
     result, storages = decode_data_pkl(path, index, base, source)
-    return result, {"zip_prefix": index.prefix, "storage_records": str(len(storages))}
+    details = {"zip_prefix": index.prefix, "storage_records": str(len(storages))}
+    if skip_data_archive(index.infos):
+        details["skip_data"] = "yes"
+    return result, details
 
 
 def _plain_archive_index(source: Any) -> ArchiveIndex | None:

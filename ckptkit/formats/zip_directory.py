@@ -163,6 +163,36 @@ def crcs_recorded(infos: Mapping[str, Any]) -> bool:
     return not sized
 
 
+def is_storage_record(name: str) -> bool:
+    """`<archive>/data/<key>`: a torch archive's storage record (not `.data/serialization_id`)."""
+    parts = name.split("/")
+    return len(parts) == 3 and parts[1] == "data"
+
+
+def skip_data_archive(infos: Mapping[str, Any]) -> bool:
+    """Whether torch.save wrote the archive under `torch.serialization.skip_data()`: it reserves
+    each storage record's bytes for a later pass to fill in (zeros until then) and writes CRC 0
+    for every one of them, while its other records (data.pkl, version, ...) carry real ones;
+    torch.load never checks them. A storage record saying 0 among storage records with a CRC is
+    damaged instead. Stops at the first storage record with a CRC (torch writes them right after
+    data.pkl and byteorder), so a plain archive of 80,000 records is not walked."""
+    sized = False
+    for name in infos:
+        if is_storage_record(name):
+            info = infos[name]
+            if info.file_size:
+                if info.CRC:
+                    return False
+                sized = True
+    return sized and crcs_recorded(infos)
+
+
+def storage_crcs_recorded(infos: Mapping[str, Any]) -> bool:
+    """Whether the directory's CRC-32s of the storage records are the bytes' own: not when the
+    archive was written without CRC-32s, nor under skip_data (a writer then computes them)."""
+    return crcs_recorded(infos) and not skip_data_archive(infos)
+
+
 def read_member(source: Any, entry: ZipEntry, check_crc: bool = True) -> bytes | None:
     """A stored member's bytes, its CRC-32 checked (unless the archive has none,
     `crcs_recorded`); None for anything else (ask zipfile)."""

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from ckptkit.core.checkpoint import Checkpoint, StorageRef
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError, WriteVerificationError
 from ckptkit.formats.torch_zip import ArchiveIndex, RecordLocator, decode_data_pkl, read_archive_index, write_torch_zip
-from ckptkit.formats.zip_directory import crcs_recorded
+from ckptkit.formats.zip_directory import storage_crcs_recorded
 from ckptkit.repair.changes import first_difference
 from ckptkit.repair.manifests import ManifestRefresh
 from ckptkit.storage.atomic import atomic_write_file, start_writeback
@@ -212,9 +212,9 @@ def original_crcs(ckpt: Checkpoint, storages: dict[str, StorageRef]) -> dict[str
     if ckpt.format == "torch-zip" and prefix is not None:
         with zipfile.ZipFile(ckpt.path) as zf:
             infos = {i.filename: i for i in zf.infolist()}
-        if crcs_recorded(infos):
+        if storage_crcs_recorded(infos):
             return {key: infos[f"{prefix}/data/{key}"].CRC for key in storages}
-    return {key: record_crc(s) for key, s in storages.items()}     # (or written without CRC-32s)
+    return {key: record_crc(s) for key, s in storages.items()}     # (or written without them: computed)
 
 
 def record_crc(storage: StorageRef) -> int:

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckptkit.core.byte_source import FileBytes
-from ckptkit.core.checkpoint import Finding, Severity, StorageRef, TensorRef, iter_tensor_values
+from ckptkit.core.checkpoint import ByteRange, Finding, Severity, StorageRef, TensorRef, iter_tensor_values
 from ckptkit.core.errors import CkptkitError, UnsupportedFeatureError
 from ckptkit.formats.dcp import TensorInChunksError
 from ckptkit.formats.torch_zip import archive_storages
-from ckptkit.formats.zip_directory import ZipDirectory
+from ckptkit.formats.zip_directory import ZipDirectory, is_storage_record
 from ckptkit.validation.deep_records import ClaimedRecords, Record
 from ckptkit.validation.zip_records import ZipMembers, ZipRecord, zip_members
 
@@ -74,9 +74,57 @@ def _plan(ctx: ValidationContext) -> tuple[list[Record], list[ClaimedRecords], l
                                     "written without CRC-32s (torch.serialization.set_crc32_options(False)), "
                                     "which torch.load never checks: --deep read every byte and checked the "
                                     "values, but cannot tell damaged bytes from good ones"))
+        elif members.skip_data:
+            problems += _skip_data_findings(ctx, path, members)
         for i in archives.unclaimed(path):
             records += _attach_crc(located, members.record(i))
     return records, claimed, problems
+
+
+def _skip_data_findings(ctx: ValidationContext, path: Path, members: ZipMembers) -> list[Finding]:
+    """An archive torch.save wrote under `torch.serialization.skip_data()`: its storage records
+    carry no CRC-32, and each holds zeros until a later pass writes its bytes. A record of only
+    zeros is one that pass did not write (or a tensor that is all zeros: told apart only when
+    every record is)."""
+    from ckptkit.validation.deep_scan import all_zero  # numpy, as the scan itself
+
+    member = None if path == ctx.ckpt.path else path.name
+    where = ctx.where(None, member)
+    stored = [i for i, name in enumerate(members.names) if is_storage_record(name) and members.sizes[i]]
+    zeros = [i for i in stored
+             if all_zero(ByteRange(path, members.offsets[i], members.sizes[i], members.source))]
+    if zeros and len(zeros) == len(stored):
+        return [Finding("deep.bytes-never-written", Severity.ERROR, where,
+                        f"saved under torch.serialization.skip_data(), which leaves every tensor's bytes to a "
+                        f"later pass, and that pass never ran: all {len(stored):,} storage records hold only zeros, "
+                        "which torch.load returns as all-zero tensors without a word; save the checkpoint again "
+                        "from the training process")]
+    found = [Finding("deep.crc-not-recorded", Severity.INFO, where,
+                     "saved under torch.serialization.skip_data(): its tensor bytes were written by a later pass, "
+                     "without CRC-32s, which torch.load never checks: --deep read every byte and checked the "
+                     "values, but cannot tell damaged bytes from good ones")]
+    if zeros:
+        found.append(Finding("deep.zero-records", Severity.INFO, where,
+                             f"{len(zeros):,} of the {len(stored):,} storage records hold only zeros "
+                             f"({_record_names(ctx, path, [members.names[i] for i in zeros])}): the skip_data "
+                             "save's later pass did not write them, or these tensors are all zeros (a bias at "
+                             "initialisation)"))
+    return found
+
+
+def _record_names(ctx: ValidationContext, path: Path, names: list[str], shown: int = 3) -> str:
+    """The first few of these storage records as the user knows them: a tensor's key in a file read
+    alone, the member's name in an archive of a folder."""
+    keys = [name.rsplit("/", 1)[1] for name in names[:shown]]
+    if path == ctx.ckpt.path:
+        first: dict[str, str] = {}
+        for key, tensor in ctx.tensors:
+            first.setdefault(tensor.storage.key, key)
+        keys = [first.get(k, n) for k, n in zip(keys, names, strict=False)]
+    else:
+        keys = names[:shown]
+    more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
+    return ", ".join(map(repr, keys)) + more
 
 
 def _value_checked(ctx: ValidationContext) -> set[int]:

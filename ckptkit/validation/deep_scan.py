@@ -160,6 +160,21 @@ def _files(records: list[Record], claimed: Sequence[ClaimedRecords]) -> list[_Fi
             for path, (mine, blocks) in sorted(by_path.items(), key=lambda item: str(item[0]))]
 
 
+def all_zero(where: ByteRange) -> bool:
+    """Whether every byte of `where` is 0 (what torch.save under skip_data() leaves in a storage
+    record until a later pass fills it in), read CHUNK_BYTES at a time, stopping at the first
+    other byte; pages are released as it goes."""
+    view = mapped_bytes(where)
+    try:
+        for start in range(0, len(view), CHUNK_BYTES):
+            if np.frombuffer(view[start: start + CHUNK_BYTES], np.uint8).any():
+                return False
+        return True
+    finally:
+        view.release()
+        release_mapped_pages(where)
+
+
 def _map_size(source: FileBytes) -> int:
     """The length of the map records are read through (0 when it cannot be read: each record is
     then streamed alone, and `_scan_record` says what is wrong)."""

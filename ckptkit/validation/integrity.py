@@ -20,6 +20,11 @@ MAX_JSON_BYTES = 64 << 20
 
 def check_integrity(ctx: ValidationContext) -> Iterable[Finding]:
     yield from _folder_json(ctx)
+    if ctx.ckpt.details.skip_data and not ctx.deep:     # --deep says whether the bytes were written
+        yield Finding("integrity.skip-data", Severity.INFO, ctx.where(None),
+                      "saved under torch.serialization.skip_data(): torch.save left every tensor's bytes to a "
+                      "later pass to write (zeros until then), without CRC-32s; `ckptkit validate --deep` reads "
+                      "them and says whether that pass ran")
     seen: set[StorageRef] = set()      # by identity (a StorageRef has no __eq__): one check per record
     # shape -> its contiguous stride and element count: one entry per distinct shape, so the
     # common case (offset 0, contiguous, one storage each) costs no loop per tensor.

@@ -16,7 +16,13 @@ from typing import Any
 
 from ckptkit.core.byte_source import FileBytes
 from ckptkit.core.checkpoint import ByteRange
-from ckptkit.formats.zip_directory import ZipDirectory, crcs_recorded, read_directory
+from ckptkit.formats.zip_directory import (
+    ZipDirectory,
+    crcs_recorded,
+    is_storage_record,
+    read_directory,
+    skip_data_archive,
+)
 
 _LOCAL = struct.Struct("<4s5HLLLHH")
 _DESCRIPTOR_MAGIC = b"PK\x07\x08"
@@ -47,6 +53,9 @@ class ZipMembers:
     # False when torch wrote the archive without CRC-32s (set_crc32_options(False)): every crc is
     # then -1, nothing to compare, and --deep says it could not check the bytes.
     crc_recorded: bool = True
+    # True when torch.save wrote it under skip_data(): the storage records' crcs are then -1 (their
+    # directory says 0, the bytes being left to a later pass) and --deep checks they were written.
+    skip_data: bool = False
 
     def record(self, i: int) -> ZipRecord:
         crc = self.crcs[i]
@@ -110,6 +119,9 @@ def zip_members(path: Path, source: FileBytes | None = None, directory: ZipDirec
     view.release()
     if not out.crc_recorded:
         out.crcs = [-1] * len(out.crcs)
+    elif skip_data_archive(infos):
+        out.skip_data = True
+        out.crcs = [-1 if is_storage_record(name) else crc for name, crc in zip(out.names, out.crcs, strict=True)]
     # The headers lie between the records: reading them touched most pages of the file, which
     # would count in this process's memory until the data pass releases them a window at a time.
     source.release(0, size)
