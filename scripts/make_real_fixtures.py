@@ -497,6 +497,46 @@ def make_dtensor() -> None:
         mp.spawn(_fsdp2_rank, args=(world_size, port), nprocs=world_size)
 
 
+def _dcp_hf_rank(rank: int, world_size: int, port: int) -> None:
+    """One rank of make_dcp_hf (top level: torch.multiprocessing.spawn imports it by name)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    seed_everything()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    if rank == 0:
+        torch.save(model.state_dict(), Path("dcp_hf") / "whole.pt")
+    fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
+    state = get_model_state_dict(model)
+    mapping = {fqn: 1 for fqn in state}
+    dcp.save(state, storage_writer=HuggingFaceStorageWriter(path="dcp_hf/ranks", fqn_to_index_mapping=mapping,
+                                                            save_distributed=True))
+    dcp.save(state, storage_writer=HuggingFaceStorageWriter(path="dcp_hf/consolidated", fqn_to_index_mapping=mapping,
+                                                            save_distributed=True, enable_consolidation=True))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def make_dcp_hf() -> None:
+    """torch.distributed.checkpoint's HuggingFaceStorageWriter under FSDP2 (fully_shard on a CPU
+    gloo mesh, 2 ranks): ranks/ holds each rank's shard-0000R-model-00001-of-00001.safetensors with
+    its DCP_SHARDING_INFO; consolidated/ the same plus the whole tensors DCP consolidates (an
+    index + model-00001-of-00001.safetensors, the rank files under sharded/); whole.pt: the
+    model's state dict before sharding, which the rank files' chunks make up."""
+    import torch.multiprocessing as mp
+
+    Path("dcp_hf").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mp.spawn(_dcp_hf_rank, args=(2, 29563), nprocs=2)
+
+
 def make_dcp() -> None:
     """torch.distributed.checkpoint.save from one process with no process group."""
     import torch.distributed.checkpoint as dcp
@@ -580,6 +620,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `lightning_resumed/` | Lightning `Trainer(max_epochs=2)`, 3 batches per epoch, a `ModelCheckpoint` at every epoch end and one every 2 steps (`mid_epoch/`), and `trainer.save_checkpoint("after_fit.ckpt")` after `fit` returned; `max_steps/after_fit.ckpt` the same after a `Trainer(max_steps=4)` run (stopped after the first batch of the second epoch); `resumes.json`: the epoch and batch index where a fresh `Trainer(max_epochs=3).fit(ckpt_path=...)` (`max_steps=12` for `max_steps/`) started on each file. `sharded.ckpt/` is EMULATED (Lightning's FSDP needs a GPU): the after-fit dict written as `FSDPStrategy(state_dict_type="sharded")` writes it, DCP (`model`, `optimizer_0` keyed by parameter name) + `meta.pt` |
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dtensor/` | `torch.save({"model": model.state_dict(), "optimizer": ..., "epoch": 1})` under FSDP2 (`fully_shard` on a CPU gloo mesh, one AdamW step): `rank0.pt`, `rank1.pt` from a 2-rank run (DTensors holding `Shard(0)` parts: the 3-row weight splits 2 + 1), `one_rank.pt` from a 1-rank run |
+| `dcp_hf/` | torch.distributed.checkpoint's `HuggingFaceStorageWriter(save_distributed=True)` under FSDP2 (`fully_shard` on a CPU gloo mesh, 2 ranks, `Linear(4, 8)` + `Linear(8, 3)`): `ranks/shard-0000{1,2}-model-00001-of-00001.safetensors` (each rank's `Shard(0)` parts, placed by `DCP_SHARDING_INFO`: the 3-row weight splits 2 + 1); `consolidated/` the same with `enable_consolidation=True` (whole tensors in `model-00001-of-00001.safetensors` + index, the rank files under `sharded/`); `whole.pt`: the state dict before sharding |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | EnStack's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
 
@@ -618,7 +659,7 @@ MAKERS = {
     "hf_lora": make_hf_lora, "hf_lora_bnb": make_hf_lora_bnb, "bnb_8bit": make_bnb_8bit,
     "hf_save_only_model": make_hf_save_only_model, "lightning_weights_only": make_lightning_weights_only,
     "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
-    "lightning_resumed": make_lightning_resumed, "dtensor": make_dtensor,
+    "lightning_resumed": make_lightning_resumed, "dtensor": make_dtensor, "dcp_hf": make_dcp_hf,
     "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
 }
 

@@ -133,6 +133,13 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
 def _refuse_rank_shards(ckpt: Checkpoint) -> None:
     """A file of DTensor shards (one rank's torch.save under FSDP2 or tensor parallel) would be
     written as plain tensors of the shards' shapes: a partial model that loads nowhere."""
+    if ckpt.format == "safetensors":
+        from ckptkit.formats.dcp_safetensors import convert_folder_command, rank_part
+
+        why = rank_part(ckpt.path, ckpt.metadata, dict(ckpt.tensors()))
+        if why is not None:
+            raise UnsupportedFeatureError(ckpt.path, f"holds {why}; convert its folder, which assembles the whole "
+                                          f"tensors: {convert_folder_command(ckpt.path)}")
     key, shard = next(((k, t) for k, t in ckpt.tensors() if t.is_shard), (None, None))
     if shard is not None:
         raise UnsupportedFeatureError(ckpt.path, f"holds one rank's shards of DTensors (e.g. {key!r}: "

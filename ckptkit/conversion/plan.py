@@ -49,7 +49,8 @@ class TensorPlan:
 def with_whole_tensors(ckpt: Checkpoint) -> Checkpoint:
     """`ckpt` with every tensor saved in several chunks (DCP shards) replaced by one whole tensor
     assembled from them as it is written; tensors saved whole are kept as they are."""
-    split = {fqn: chunks for fqn, chunks in ckpt.chunks.items() if len(chunks) > 1}
+    # (one chunk at an offset past 0 is a part too: a DCP Hugging Face save missing a rank's file)
+    split = {fqn: chunks for fqn, chunks in ckpt.chunks.items() if len(chunks) != 1 or any(chunks[0].offsets)}
     if not split:
         return ckpt
     memo: dict[int, TensorRef] = {}

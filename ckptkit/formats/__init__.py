@@ -27,12 +27,13 @@ def folder_formats() -> list[Format]:
     if not _FOLDER_FORMATS:   # start-up: a command given one file never loads them
         from ckptkit.formats.accelerate_state import AccelerateFormat
         from ckptkit.formats.dcp import DcpFormat
+        from ckptkit.formats.dcp_safetensors import DcpSafetensorsFormat
         from ckptkit.formats.hf_trainer import HFTrainerFormat
         from ckptkit.formats.safetensors_shards import SafetensorsShardsFormat
         from ckptkit.formats.save_pretrained import SavePretrainedFormat
 
         _FOLDER_FORMATS.extend([DcpFormat(), HFTrainerFormat(), AccelerateFormat(), SavePretrainedFormat(),
-                                SafetensorsShardsFormat()])
+                                SafetensorsShardsFormat(), DcpSafetensorsFormat()])
     return _FOLDER_FORMATS
 
 

@@ -185,14 +185,7 @@ class DcpLayout:
             tensor = ItemTensor.deferred(dtype, sizes, functools.partial(self._stored, fqn, key, dtype, sizes, loc))
             chunks.append(TensorChunk(offsets, sizes, loc[0], loc[1], loc[2], tensor))
         self.chunks[fqn] = chunks
-        if len(chunks) == 1 and chunks[0].sizes == shape and chunks[0].tensor is not None:
-            return chunks[0].tensor
-        count = len(chunks)
-
-        def split() -> ByteRange:
-            raise TensorInChunksError(self.path, f"tensor {fqn!r} is stored in {count} chunks; read them "
-                                          "one by one (Checkpoint.chunks) or assemble them first")
-        return make_tensor(dtype.name, shape, StorageRef(fqn, dtype, _numel(shape), "cpu", locate=split))
+        return chunked_tensor(self.path, fqn, dtype, shape, chunks)
 
     def _stored(self, fqn: str, key: str, dtype: DType, sizes: tuple[int, ...], loc: Location) -> TensorRef:
         """The chunk as its item stores it. An item that cannot be read leaves a chunk whose bytes
@@ -243,6 +236,20 @@ class DcpLayout:
                                      f"item {fqn!r} ends at byte {loc[1] + loc[2]} but the file has {size}: truncated")
             return False
         return True
+
+
+def chunked_tensor(path: Path, fqn: str, dtype: DType, shape: tuple[int, ...], chunks: list[TensorChunk]) -> TensorRef:
+    """The tensor `fqn` of global `shape` saved as `chunks`: the one chunk's own tensor when it is
+    the whole; otherwise a tensor whose bytes are found only chunk by chunk (`Checkpoint.chunks`;
+    `convert` assembles them)."""
+    if len(chunks) == 1 and chunks[0].sizes == shape and chunks[0].tensor is not None:
+        return chunks[0].tensor
+    count = len(chunks)
+
+    def split() -> ByteRange:
+        raise TensorInChunksError(path, f"tensor {fqn!r} is stored in {count} chunks; read them "
+                                  "one by one (Checkpoint.chunks) or assemble them first")
+    return make_tensor(dtype.name, shape, StorageRef(fqn, dtype, _numel(shape), "cpu", locate=split))
 
 
 class _FromItem:

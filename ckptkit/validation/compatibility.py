@@ -29,6 +29,7 @@ REPAIRABLE = frozenset({"module", "compile"})
 
 
 def check_compatibility(ctx: ValidationContext) -> Iterable[Finding]:
+    yield from _dcp_rank_file(ctx)
     model = ctx.ckpt.model
     if ctx.reference is None:
         yield from _lone_wrapper_prefix(ctx, model)
@@ -48,6 +49,20 @@ def check_compatibility(ctx: ValidationContext) -> Iterable[Finding]:
     if S.is_optimizer_state(opt):
         yield from against_model(ctx, opt, ref, f"the reference {ctx.reference.path.name}",
                                  code="compat.optimizer-param-set")
+
+
+def _dcp_rank_file(ctx: ValidationContext) -> Iterable[Finding]:
+    """A safetensors file that is one rank's part of a DCP Hugging Face save, read alone."""
+    ckpt = ctx.ckpt
+    if ckpt.format != "safetensors" or not ckpt.metadata:
+        return
+    from ckptkit.formats.dcp_safetensors import convert_folder_command, rank_part
+
+    why = rank_part(ckpt.path, ckpt.metadata, ckpt.model or dict(ckpt.tensors()))
+    if why is not None:
+        yield Finding("compat.dcp-rank-file", Severity.WARNING, ctx.where(), why,
+                      f"{convert_folder_command(ckpt.path)} (the whole tensors, assembled from every rank file of "
+                      "the folder)")
 
 
 def code_for(wrapper: Wrapper) -> str:
