@@ -115,6 +115,11 @@ def read_zip_pickles(path: Path, zf: zipfile.ZipFile) -> tuple[dict[str, Any], l
         tree[info.filename] = value
         globals_.extend(found)
     if not tree:
+        if any(i.filename.count("/") == 1 and i.filename.endswith("/archive_format") for i in infos):
+            raise NotACheckpointError(path, "a torch.export program archive (torch.export.save, .pt2): a traced "
+                                      "program with its weights, loaded with torch.export.load, not a torch.save "
+                                      "checkpoint; ckptkit does not read it (its state dict: "
+                                      "torch.export.load(path).state_dict)")
         raise NotACheckpointError(path, "a zip archive, but not a torch.save checkpoint (no <name>/data.pkl) "
                                   "and no pickle or .npy member")
     return tree, globals_

@@ -202,3 +202,25 @@ def test_a_torchscript_archive_is_named_not_called_a_damaged_or_pickled_checkpoi
                                          "(torch.jit.save): a compiled model with its code, loaded with "
                                          "torch.jit.load, not a torch.save checkpoint; torch.load(weights_only=True) "
                                          "refuses it, and ckptkit does not read it")
+
+def test_a_torch_export_archive_is_named(tmp_path: Path) -> None:
+    """torch.export.save writes a zip of weights, JSON and an `archive_format` record saying pt2, with
+    no data.pkl: ckptkit said only 'a zip archive, but not a torch.save checkpoint'."""
+    from click.testing import CliRunner
+
+    from ckptkit.cli import main
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    torch.export.save(torch.export.export(model, (torch.randn(2, 4),)), tmp_path / "model.pt2")
+    assert set(torch.export.load(tmp_path / "model.pt2").state_dict) == {"0.weight", "0.bias"}
+    before = (tmp_path / "model.pt2").read_bytes()
+    for command in ("inspect", "validate", "convert"):
+        args = [command, str(tmp_path / "model.pt2")] + ([str(tmp_path / "x.pt")] if command == "convert" else [])
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2
+        assert result.output.strip() == (f"ckptkit: error: {tmp_path / 'model.pt2'}: a torch.export program archive "
+                                         "(torch.export.save, .pt2): a traced program with its weights, loaded with "
+                                         "torch.export.load, not a torch.save checkpoint; ckptkit does not read it "
+                                         "(its state dict: torch.export.load(path).state_dict)")
+    assert (tmp_path / "model.pt2").read_bytes() == before and not (tmp_path / "x.pt").exists()
+
