@@ -31,6 +31,7 @@ MODEL = re.compile(r"(model|pytorch_model)(_\d+)?\.(safetensors|bin)$")
 # pytorch_model_fsdp.bin (pytorch_model_fsdp_1.bin for a second model), SHARDED_STATE_DICT a DCP
 # folder pytorch_model_fsdp_0/ (_1/...) holding {"model": state_dict}.
 FSDP_MODEL = "pytorch_model_fsdp"
+FSDP_OPTIMIZER = "optimizer_0"     # save_fsdp_optimizer's DCP folder (SHARDED_STATE_DICT) of the first optimizer
 FSDP_MEMBER = re.compile(r"pytorch_model_fsdp(?:_(\d+))?(\.bin)?$")
 
 
@@ -73,6 +74,10 @@ class AccelerateFormat:
             reading.sources["rng"] = ", ".join(rng)
         fsdp = read_fsdp_models(reading, names)
         model.update(fsdp or {})
+        if "optimizer" not in sections and FSDP_OPTIMIZER in subfolders(path):
+            optimizer = read_fsdp_optimizer(reading, FSDP_OPTIMIZER)
+            if optimizer is not None:
+                sections["optimizer"] = optimizer
         if not _distributed_layout(path, names):
             _missing_members(reading, names)
         ckpt = reading.finish(self.name, "accelerate", accelerate_progress(customs, rng, sections))
@@ -105,15 +110,37 @@ def read_fsdp_models(reading: FolderReading, names: set[str]) -> dict[str, Tenso
 
 
 def _read_sharded_fsdp(reading: FolderReading, folder: str) -> dict[str, TensorRef]:
+    dcp = _dcp_member(reading, folder, "FSDP sharded model weights")
+    if dcp is None:
+        return {}
+    saved = dcp.tree.get("model") if isinstance(dcp.tree, dict) else None     # {"model": state_dict}
+    return dict(saved) if isinstance(saved, dict) else dict(dcp.model)
+
+
+def read_fsdp_optimizer(reading: FolderReading, folder: str) -> Any:
+    """The optimizer state accelerate's save_fsdp_optimizer wrote with SHARDED_STATE_DICT (also
+    what HF Trainer writes under FSDP): the DCP folder `optimizer_{i}/` holding {"optimizer":
+    state}, keyed by parameter name as get_optimizer_state_dict makes it; None when it cannot be
+    read (said) or holds none."""
+    dcp = _dcp_member(reading, folder, "FSDP sharded optimizer state")
+    if dcp is None:
+        return None
+    saved = dcp.tree.get("optimizer") if isinstance(dcp.tree, dict) else None
+    if saved is not None:
+        reading.sources["optimizer"] = f"{folder}/ (FSDP sharded optimizer state, torch.distributed.checkpoint)"
+    return saved
+
+
+def _dcp_member(reading: FolderReading, folder: str, role: str) -> Checkpoint | None:
+    """A DCP folder inside the folder being read, its findings carried over; None (an error finding)
+    when it cannot be read."""
     try:
         dcp = read_with(DcpFormat(), reading.path / folder)
     except CkptkitError as exc:
-        reading.add_finding("folder.unreadable-member", Severity.ERROR, folder,
-                            f"FSDP sharded model weights cannot be read: {exc.message}")
-        return {}
+        reading.add_finding("folder.unreadable-member", Severity.ERROR, folder, f"{role} cannot be read: {exc.message}")
+        return None
     reading.findings += [replace(f, where=reading.where(f.where)) for f in dcp.findings]
-    saved = dcp.tree.get("model") if isinstance(dcp.tree, dict) else None     # {"model": state_dict}
-    return dict(saved) if isinstance(saved, dict) else dict(dcp.model)
+    return dcp
 
 
 def _indices(names: set[str], pattern: re.Pattern[str], group: int = 1) -> set[int]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ckptkit.core.checkpoint import Checkpoint, Progress, ResumePrediction, Severity
 from ckptkit.core.errors import NotACheckpointError
-from ckptkit.formats.accelerate_state import read_fsdp_models
+from ckptkit.formats.accelerate_state import read_fsdp_models, read_fsdp_optimizer
 from ckptkit.formats.folder import FolderReading, has_weights, member_names, subfolders
 from ckptkit.views import sections as S
 
@@ -169,6 +169,10 @@ def read_training_state(reading: FolderReading, names: set[str], saved_only_mode
         if member is not None:
             sections["optimizer"], reading.sources["optimizer"] = member.tree, opt_file
     sharded = _optimizer_elsewhere(reading.path)
+    if opt_file is None and sharded is not None and sharded != "deepspeed":
+        optimizer = read_fsdp_optimizer(reading, sharded)
+        if optimizer is not None:
+            sections["optimizer"] = optimizer
     if sharded != "deepspeed":     # DeepSpeed's engine restores its own optimizer and scheduler
         _optimizer_without_scheduler(reading, opt_file or sharded, SCHEDULER_FILE in names, saved_only_model)
     for attr, name, role in (("scheduler", SCHEDULER_FILE, "scheduler"), ("scaler", SCALER_FILE, "AMP scaler")):

@@ -8,7 +8,9 @@ An accelerate save_state folder under FSDP showed no model at all.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -88,3 +90,73 @@ def test_an_accelerate_folder_saved_under_fsdp_has_its_model_read(tmp_path: Path
     assert list(ckpt.model) == [*weights, *(f"pytorch_model_fsdp_1.{k}" for k in weights)]
     assert all(torch.equal(ckpt.model[k].to_torch(), v) for k, v in weights.items())
     assert not [f for f in run(folder).findings if f.severity.value == "error"]
+
+
+def _fsdp_trainer_folder(tmp_path: Path, config_change: dict[str, int] | None = None) -> tuple[Path, dict[str, Any]]:
+    """checkpoint-8 as the Trainer writes it under FSDP with SHARDED_STATE_DICT: save_fsdp_model's
+    pytorch_model_fsdp_0/ and save_fsdp_optimizer's optimizer_0/ ({"optimizer": state keyed by
+    parameter name, from get_optimizer_state_dict}), and no model.safetensors or optimizer.pt. The
+    optimizer is the one optimizer.pt holds, in the Trainer's two parameter groups (decay first);
+    `config_change`: its state is that of a model of another size instead."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    folder, weights = trainer_folder(tmp_path)
+    config = AutoConfig.from_pretrained(folder)
+    for key, value in (config_change or {}).items():
+        setattr(config, key, value)
+    model = AutoModelForCausalLM.from_config(config)
+    saved = torch.load(folder / "optimizer.pt", weights_only=True)
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "layernorm", "rmsnorm"]))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for n, p in named if n in decay]},
+                                   {"params": [p for n, p in named if n not in decay]}])
+    if config_change:
+        model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+        optimizer.step()
+    else:
+        model.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(saved)
+    (folder / "optimizer.pt").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")      # "no process group": one process on purpose
+        state = get_optimizer_state_dict(model, optimizer)
+        dcp.save({"model": weights}, storage_writer=dcp.FileSystemWriter(folder / "pytorch_model_fsdp_0"), no_dist=True)
+        dcp.save({"optimizer": state}, storage_writer=dcp.FileSystemWriter(folder / "optimizer_0"), no_dist=True)
+    return folder, state
+
+
+def test_the_fsdp_sharded_optimizer_of_a_trainer_folder_is_read_and_checked(tmp_path: Path) -> None:
+    """The optimizer was not read (no optimizer.pt), so nothing checked it against the model."""
+    folder, state = _fsdp_trainer_folder(tmp_path)
+    ckpt = open_checkpoint(folder)
+    assert ckpt.sources["optimizer"].startswith("optimizer_0/")
+    assert list(ckpt.optimizer["state"]) == list(state["state"]) and len(state["state"]) == 28
+    key = "transformer.h.0.attn.c_attn.weight"
+    assert torch.equal(ckpt.optimizer["state"][key]["exp_avg"].to_torch(), state["state"][key]["exp_avg"])
+    assert [len(g["params"]) for g in ckpt.optimizer["param_groups"]] == [10, 18]
+    report = run(folder, deep=True)
+    assert not [f for f in report.findings if f.severity.value in ("error", "warning")], report.findings
+
+
+def test_an_fsdp_optimizer_of_another_model_is_an_error(tmp_path: Path) -> None:
+    folder, _ = _fsdp_trainer_folder(tmp_path, {"n_embd": 64})
+    finding = only(run(folder), "optimizer.param-set-mismatch")
+    assert finding.severity.value == "error"
+
+
+def test_an_accelerate_folder_saved_under_fsdp_has_its_optimizer_read(tmp_path: Path) -> None:
+    """save_fsdp_optimizer keys the state by parameter name (get_optimizer_state_dict)."""
+    folder = shutil.copytree(ACCELERATE, tmp_path / "state")
+    names = list(load_file(folder / "model.safetensors"))     # the parameters, in model.parameters() order
+    saved = torch.load(folder / "optimizer.bin", weights_only=True)
+    state = {"state": {names[i]: entry for i, entry in saved["state"].items()},
+             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+    (folder / "optimizer.bin").unlink()
+    dcp.save({"optimizer": state}, storage_writer=dcp.FileSystemWriter(folder / "optimizer_0"), no_dist=True)
+    ckpt = open_checkpoint(folder)
+    assert ckpt.sources["optimizer"].startswith("optimizer_0/")
+    assert ckpt.optimizer["param_groups"][0]["params"] == state["param_groups"][0]["params"]
+    assert torch.equal(ckpt.optimizer["state"][names[0]]["exp_avg"].to_torch(), saved["state"][0]["exp_avg"])
+    assert not [f for f in run(folder).findings if f.severity.value in ("error", "warning")]
