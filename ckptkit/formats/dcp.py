@@ -108,6 +108,14 @@ class DcpFormat:
                                        "hyper-parameters)")
             if meta is not None and isinstance(meta.tree, dict):
                 tree = lightning_checkpoint(meta.tree, tree)
+        elif _lightning_without_meta(path, tree):
+            reading.add_finding("folder.missing-member", Severity.ERROR, LIGHTNING_META,
+                                "a Lightning sharded checkpoint (DCP's model and optimizer_N, as FSDPStrategy and "
+                                f"ModelParallelStrategy save them) without its {LIGHTNING_META}, which rank 0 writes "
+                                "after the shards: the save stopped before it, or the file was not copied. Lightning "
+                                "refuses the folder ('does not point to a valid checkpoint'), and the epoch, step, "
+                                "loops, LR schedulers and callbacks it held are lost; resume from an earlier "
+                                "checkpoint")
         ckpt = checkpoint_from_tree(path, self.name, tree, [])
         if state is not None and isinstance(state.tree, dict):
             ckpt.tree = {**{k: v for k, v in state.tree.items() if k not in tree}, **tree}
@@ -121,6 +129,15 @@ class DcpFormat:
         if isinstance(storage_meta, PickledObject) and storage_meta.fields().get("save_id"):
             ckpt.details.dcp_save_id = str(storage_meta.fields()["save_id"])
         return ckpt
+
+
+def _lightning_without_meta(path: Path, tree: dict[str, Any]) -> bool:
+    """What the Lightning Trainer's sharded save put through DCP, `{"model": ..., "optimizer_0": ...}`
+    (`FSDPStrategy.save_checkpoint`), with no meta.pt beside it: told by those keys, or by a `.ckpt`
+    name when only the model is there (save_weights_only; accelerate's FSDP model folder is also
+    `{"model"}` alone, but named pytorch_model_fsdp_N)."""
+    optimizers = {f"optimizer_{i}" for i in range(len(tree) - 1)}
+    return "model" in tree and set(tree) - {"model"} == optimizers and (bool(optimizers) or path.suffix == ".ckpt")
 
 
 def lightning_checkpoint(meta: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch.distributed.checkpoint as dcp
 
 from ckptkit.formats import open_checkpoint
 from ckptkit.runs import scan_run
-from tests.validation.helpers import run
+from tests.validation.helpers import codes, only, run
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "real" / "lightning_resumed"
 RESUMES = json.loads((FIXTURE / "resumes.json").read_text(encoding="utf-8"))
@@ -67,6 +67,32 @@ def test_ls_picks_the_sharded_folder_by_its_progress(tmp_path: Path) -> None:
     sharded = next(e for e in found.entries if e.path.name == "epoch=1-step=6.ckpt")
     assert (sharded.format, sharded.family, sharded.progress.global_step) == ("dcp", "lightning", 6)
     assert found.resume is not None and found.resume.path.name == "epoch=1-step=6.ckpt"
+
+
+def test_a_sharded_folder_without_its_meta_pt_is_an_error(tmp_path: Path) -> None:
+    """FSDPStrategy.save_checkpoint writes meta.pt on rank 0 after the DCP shards; without it
+    Lightning's load_checkpoint raises ValueError ('does not point to a valid checkpoint'), and
+    ckptkit called the folder clean."""
+    runs = tmp_path / "checkpoints"
+    runs.mkdir()
+    folder = shutil.copytree(FIXTURE / "sharded.ckpt", runs / "epoch=1-step=6.ckpt")
+    (folder / "meta.pt").unlink()
+    finding = only(run(folder), "folder.missing-member")
+    assert finding.severity.value == "error" and finding.where == "epoch=1-step=6.ckpt/meta.pt"
+    assert "Lightning refuses the folder ('does not point to a valid checkpoint')" in finding.message
+    shutil.copy(FIXTURE / "mid_epoch" / "epoch=1-step=4.ckpt", runs / "epoch=1-step=4.ckpt")
+    found = scan_run(runs)
+    assert found.resume is not None and found.resume.path.name == "epoch=1-step=4.ckpt"
+
+
+def test_a_weights_only_sharded_folder_without_meta_pt_is_told_by_its_name(tmp_path: Path) -> None:
+    """save_weights_only puts only {"model"} through DCP: a `.ckpt` folder of it alone lacks meta.pt,
+    while accelerate's FSDP model folder (pytorch_model_fsdp_0/, the same {"model"}) is whole."""
+    model = torch.nn.Linear(4, 2)
+    for name in ("last.ckpt", "pytorch_model_fsdp_0"):
+        dcp.save({"model": model.state_dict()}, checkpoint_id=tmp_path / name, no_dist=True)
+    assert only(run(tmp_path / "last.ckpt"), "folder.missing-member").severity.value == "error"
+    assert "folder.missing-member" not in codes(run(tmp_path / "pytorch_model_fsdp_0"))
 
 
 def test_a_fabric_sharded_folder_joins_meta_pt_to_what_dcp_holds(tmp_path: Path) -> None:
