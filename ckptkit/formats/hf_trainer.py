@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ TRAINING_ARGS = "training_args.bin"
 OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
 SCHEDULER_FILE = "scheduler.pt"
 SCALER_FILE = "scaler.pt"
+DEEPSPEED_LATEST = "latest"     # DeepSpeed's save_checkpoint: the tag (global_stepN) load_checkpoint resumes
 RNG_FILE = re.compile(r"rng_state(_\d+)?\.pth$")
 ADAPTER_CONFIG = "adapter_config.json"
 # Written into the folder by ckptkit.integrations.hf.ExactResume: what an exact resume needs that
@@ -113,6 +115,36 @@ def _optimizer_elsewhere(path: Path) -> str | None:
     return next((name for name in folders if "optimizer" in name), None)
 
 
+def _deepspeed_tag(reading: FolderReading) -> None:
+    """The Trainer resumes a DeepSpeed checkpoint through `deepspeed_load_checkpoint`, whose
+    engine.load_checkpoint(folder) (tag None) reads the tag to load from the folder's `latest`
+    file, written by DeepSpeed's save_checkpoint beside its global_stepN/: without it the engine
+    returns no path and the Trainer raises "[deepspeed] failed to resume from checkpoint"; a tag
+    naming a folder that is not there fails to load too."""
+    folders = sorted((name for name in subfolders(reading.path) if name.startswith("global_step")),
+                     key=lambda name: (len(name), name))      # global_step8 before global_step10
+    latest = reading.path / DEEPSPEED_LATEST
+    if not latest.is_file():
+        reading.add_finding("folder.missing-member", Severity.ERROR, DEEPSPEED_LATEST,
+                            f"no '{DEEPSPEED_LATEST}' file beside DeepSpeed's {', '.join(folders)}/: DeepSpeed's "
+                            "load_checkpoint reads the tag to resume from there, finds none and loads nothing, and "
+                            "the Trainer stops with '[deepspeed] failed to resume from checkpoint'",
+                            f"echo {folders[-1]} > {shlex.quote(str(latest))} (the tag of the folder to resume)")
+        return
+    try:
+        tag = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reading.add_finding("folder.unreadable-member", Severity.ERROR, DEEPSPEED_LATEST,
+                            f"DeepSpeed's '{DEEPSPEED_LATEST}' file cannot be read ({exc}): the resume fails")
+        return
+    if tag not in folders:
+        reading.add_finding("folder.missing-member", Severity.ERROR, DEEPSPEED_LATEST,
+                            f"DeepSpeed's '{DEEPSPEED_LATEST}' file names the tag {tag[:60]!r}, but this folder holds "
+                            f"{', '.join(folders)}/: DeepSpeed's load_checkpoint looks for {tag[:60]}/ and the resume "
+                            "fails", f"echo {folders[-1]} > {shlex.quote(str(latest))} (the tag of the folder to "
+                            "resume)")
+
+
 def _optimizer_without_scheduler(reading: FolderReading, opt_file: str | None, has_scheduler: bool,
                                  saved_only_model: bool) -> None:
     """Trainer._load_optimizer_and_scheduler loads optimizer.pt and scheduler.pt only when both
@@ -163,18 +195,9 @@ def _training_args(reading: FolderReading, names: set[str]) -> dict[str, Any] | 
 def read_training_state(reading: FolderReading, names: set[str], saved_only_model: bool = False) -> dict[str, Any]:
     """Optimizer, scheduler, scaler and RNG members -> {section: content}; sources noted on `reading`."""
     sections: dict[str, Any] = {}
-    opt_file = next((n for n in OPTIMIZER_FILES if n in names), None)
-    if opt_file is not None:
-        member = reading.open_member(opt_file, "optimizer")
-        if member is not None:
-            sections["optimizer"], reading.sources["optimizer"] = member.tree, opt_file
-    sharded = _optimizer_elsewhere(reading.path)
-    if opt_file is None and sharded is not None and sharded != "deepspeed":
-        optimizer = read_fsdp_optimizer(reading, sharded)
-        if optimizer is not None:
-            sections["optimizer"] = optimizer
-    if sharded != "deepspeed":     # DeepSpeed's engine restores its own optimizer and scheduler
-        _optimizer_without_scheduler(reading, opt_file or sharded, SCHEDULER_FILE in names, saved_only_model)
+    optimizer = _read_optimizer(reading, names, saved_only_model)
+    if optimizer is not None:
+        sections["optimizer"] = optimizer
     for attr, name, role in (("scheduler", SCHEDULER_FILE, "scheduler"), ("scaler", SCALER_FILE, "AMP scaler")):
         if name in names:
             member = reading.open_member(name, role)
@@ -193,6 +216,26 @@ def read_training_state(reading: FolderReading, names: set[str], saved_only_mode
         reading.add_finding("folder.missing-rng", Severity.INFO, "rng_state.pth",
                             "no rng_state.pth: a resume will not reproduce the data order and dropout exactly")
     return sections
+
+
+def _read_optimizer(reading: FolderReading, names: set[str], saved_only_model: bool) -> Any:
+    """optimizer.pt (or FSDP's optimizer.bin), else FSDP's sharded optimizer folder; DeepSpeed's
+    own checkpoint is named, not read (its `latest` tag is checked). Whether the Trainer will load
+    it, which takes scheduler.pt beside it, is said on `reading`."""
+    optimizer = None
+    opt_file = next((n for n in OPTIMIZER_FILES if n in names), None)
+    if opt_file is not None:
+        member = reading.open_member(opt_file, "optimizer")
+        if member is not None:
+            optimizer, reading.sources["optimizer"] = member.tree, opt_file
+    sharded = _optimizer_elsewhere(reading.path)
+    if sharded == "deepspeed":
+        _deepspeed_tag(reading)     # DeepSpeed's engine restores its own optimizer and scheduler
+    else:
+        if opt_file is None and sharded is not None:
+            optimizer = read_fsdp_optimizer(reading, sharded)
+        _optimizer_without_scheduler(reading, opt_file or sharded, SCHEDULER_FILE in names, saved_only_model)
+    return optimizer
 
 
 def _fill_trainer_state(ckpt: Checkpoint, state: dict[str, Any]) -> None:

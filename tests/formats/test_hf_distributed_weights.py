@@ -54,10 +54,29 @@ def test_deepspeed_weights_are_said_to_be_in_its_folder(tmp_path: Path) -> None:
     folder, _ = trainer_folder(tmp_path)
     (folder / "global_step8").mkdir()
     torch.save({"module": {}}, folder / "global_step8" / "mp_rank_00_model_states.pt")
+    (folder / "latest").write_text("global_step8")      # DeepSpeed's save_checkpoint writes the tag there
     report = run(folder)
-    assert "folder.missing-weights" not in codes(report)
+    assert "folder.missing-weights" not in codes(report) and "folder.missing-member" not in codes(report)
     finding = only(report, "folder.weights-in-deepspeed")
     assert finding.severity.value == "info" and finding.where == "checkpoint-8/global_step8"
+
+
+def test_a_deepspeed_checkpoint_resumes_the_tag_its_latest_file_names(tmp_path: Path) -> None:
+    """deepspeed_load_checkpoint calls engine.load_checkpoint(folder) with no tag: DeepSpeed reads it
+    from `latest`, and without that file loads nothing, so the Trainer raises '[deepspeed] failed to
+    resume from checkpoint'; a tag naming a folder that is not there fails to load as well."""
+    folder, _ = trainer_folder(tmp_path)
+    for step in (8, 10):
+        (folder / f"global_step{step}").mkdir()
+    finding = only(run(folder), "folder.missing-member")
+    assert finding.severity.value == "error" and finding.where == "checkpoint-8/latest"
+    assert "no 'latest' file beside DeepSpeed's global_step8, global_step10/" in finding.message
+    assert finding.fix == f"echo global_step10 > {folder / 'latest'} (the tag of the folder to resume)"
+    (folder / "latest").write_text("global_step6\n")
+    finding = only(run(folder), "folder.missing-member")
+    assert "names the tag 'global_step6', but this folder holds global_step8, global_step10/" in finding.message
+    (folder / "latest").write_text("global_step10\n")
+    assert "folder.missing-member" not in codes(run(folder))
 
 
 def test_a_folder_with_no_weights_anywhere_is_still_an_error(tmp_path: Path) -> None:
