@@ -150,4 +150,8 @@ def _agree(path: Path, tensors: dict[str, TensorRef], dtypes: dict[str, DType]) 
 def convert_folder_command(path: Path) -> str:
     """The command that assembles a rank file's folder into one file of whole tensors."""
     folder = path.parent
-    return f"ckptkit convert {shlex.quote(str(folder))} {shlex.quote(str(folder.with_suffix('.safetensors')))}"
+    if folder.name in ("", ".."):       # the file named from inside its folder: write beside the folder
+        target = folder / ".." / f"{folder.resolve().name}.safetensors"
+    else:
+        target = folder.parent / f"{folder.name}.safetensors"
+    return f"ckptkit convert {shlex.quote(str(folder))} {shlex.quote(str(target))}"

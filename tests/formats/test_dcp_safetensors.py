@@ -92,6 +92,17 @@ def test_a_rank_file_alone_is_said_to_be_part_of_a_model(path: Path, tmp_path: P
     assert code == 2 and "one rank's part" in out and not (tmp_path / "x.safetensors").exists()
 
 
+def test_a_rank_file_named_from_inside_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fix writes beside the folder, never into it (a whole-tensor file there would join the ranks)."""
+    folder = shutil.copytree(RANKS, tmp_path / "ranks.v2")
+    monkeypatch.chdir(folder)
+    finding = only(run(Path(RANK1.name)), "compat.dcp-rank-file")
+    assert finding.fix is not None and finding.fix.startswith("ckptkit convert . ../ranks.v2.safetensors")
+    code, out = _cli("convert", ".", "../ranks.v2.safetensors")
+    assert code == 0, out
+    assert set(load_file(tmp_path / "ranks.v2.safetensors")) == set(_whole())
+
+
 def test_a_one_rank_save_is_whole(tmp_path: Path) -> None:
     """Alone in its folder, rank 0's file (offsets 0) is what a one-rank save writes: no finding."""
     shutil.copy(RANK0, tmp_path / RANK0.name)
