@@ -86,7 +86,9 @@ def latest_command(run_dir: Path, as_json: bool) -> None:
     run = scan_run(run_dir)
     if run.resume is None and len(run.runs()) > 1:
         names = [str(folder) for folder in run.runs()]
-        click.echo(f"ckptkit: {run_dir} holds {len(names)} runs ({', '.join(names)}): their counters do not compare; "
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more: `ckptkit ls {run_dir}` lists them"
+                                         if len(names) > 5 else "")
+        click.echo(f"ckptkit: {run_dir} holds {len(names)} runs ({listed}): their counters do not compare; "
                    f"name one, e.g. `ckptkit latest {names[-1]}`", err=True)
         sys.exit(EXIT_ERROR)
     if run.resume is None:

@@ -306,6 +306,18 @@ def test_progress_counters_nested_one_level_down_are_found(tmp_path: Path, nest:
 
 # --- runs ----------------------------------------------------------------------------------------
 
+def test_latest_over_many_runs_names_five_and_counts_the_rest(tmp_path: Path) -> None:
+    """A parent of hundreds of runs (/tmp, a home folder) got every one of them on one line."""
+    for i in range(8):
+        experiment_file(tmp_path / f"run{i}" / "checkpoints", "checkpoint_step_500.pt", 500, 0)
+    result = CliRunner().invoke(cli, ["latest", str(tmp_path)])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert line.count("\n") == 0 and "holds 8 runs (" in line
+    assert f" and 3 more: `ckptkit ls {tmp_path}` lists them): their counters do not compare" in line
+    assert sum(f"run{i}" in line.split("): their")[0] for i in range(8)) == 5
+
+
 def test_a_folder_of_two_runs_is_grouped_and_latest_refuses_naming_them(tmp_path: Path) -> None:
     llamarec_file(tmp_path / "llamarec" / "models", "checkpoint-recent.pth", 3)
     experiment_file(tmp_path / "lm" / "checkpoints", "checkpoint_step_500.pt", 500, 0)
