@@ -537,6 +537,35 @@ def make_dcp_hf() -> None:
         mp.spawn(_dcp_hf_rank, args=(2, 29563), nprocs=2)
 
 
+def make_skip_data() -> None:
+    """torch.save under torch.serialization.skip_data(): skeleton.pt as it is written (storage
+    records of zeros, CRC 0), filled.pt the same with every tensor's bytes written afterwards
+    where torch.load under FakeTensorMode places them (`_checkpoint_offset`)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    seed_everything()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1}
+    folder = Path("skip_data")
+    folder.mkdir()
+    for name in ("skeleton.pt", "filled.pt"):
+        with torch.serialization.skip_data():
+            torch.save(state, folder / name)
+    with FakeTensorMode():
+        fake = torch.load(folder / "filled.pt", weights_only=True)
+    with open(folder / "filled.pt", "r+b") as f:
+        for section in ("model", "optimizer"):
+            pairs = (list(zip(fake[section].values(), state[section].values(), strict=True)) if section == "model" else
+                     [(fs[k], rs[k]) for i, fs in fake[section]["state"].items()
+                      for rs in [state[section]["state"][i]] for k in fs])
+            for fake_tensor, tensor in pairs:
+                f.seek(fake_tensor.untyped_storage()._checkpoint_offset)
+                f.write(tensor.contiguous().numpy().tobytes())
+
+
 def make_dcp() -> None:
     """torch.distributed.checkpoint.save from one process with no process group."""
     import torch.distributed.checkpoint as dcp
@@ -621,6 +650,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dtensor/` | `torch.save({"model": model.state_dict(), "optimizer": ..., "epoch": 1})` under FSDP2 (`fully_shard` on a CPU gloo mesh, one AdamW step): `rank0.pt`, `rank1.pt` from a 2-rank run (DTensors holding `Shard(0)` parts: the 3-row weight splits 2 + 1), `one_rank.pt` from a 1-rank run |
 | `dcp_hf/` | torch.distributed.checkpoint's `HuggingFaceStorageWriter(save_distributed=True)` under FSDP2 (`fully_shard` on a CPU gloo mesh, 2 ranks, `Linear(4, 8)` + `Linear(8, 3)`): `ranks/shard-0000{1,2}-model-00001-of-00001.safetensors` (each rank's `Shard(0)` parts, placed by `DCP_SHARDING_INFO`: the 3-row weight splits 2 + 1); `consolidated/` the same with `enable_consolidation=True` (whole tensors in `model-00001-of-00001.safetensors` + index, the rank files under `sharded/`); `whole.pt`: the state dict before sharding |
+| `skip_data/` | `torch.save({"model", "optimizer": AdamW after one step, "epoch": 1})` under `torch.serialization.skip_data()`: `skeleton.pt` as written (every storage record zeros, CRC 0; data.pkl and the rest with real CRC-32s), `filled.pt` the same with each tensor's bytes written afterwards at the offset `torch.load` under `FakeTensorMode` gives its storage (`_checkpoint_offset`): it loads equal to the state saved |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | EnStack's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
 
@@ -660,6 +690,7 @@ MAKERS = {
     "hf_save_only_model": make_hf_save_only_model, "lightning_weights_only": make_lightning_weights_only,
     "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
     "lightning_resumed": make_lightning_resumed, "dtensor": make_dtensor, "dcp_hf": make_dcp_hf,
+    "skip_data": make_skip_data,
     "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
 }
 

@@ -195,3 +195,20 @@ def test_deep_names_exactly_the_records_no_pass_wrote(tmp_path_factory: Any, fil
         assert found["deep.zero-records"]["message"].startswith(f"{len(left)} of the 10 storage records")
         shown = ", ".join(f"'model.w{i}'" for i in left[:3])
         assert shown in found["deep.zero-records"]["message"]
+
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "real" / "skip_data"
+
+
+def test_the_fixture_files_get_their_verdicts() -> None:
+    """tests/fixtures/real/skip_data (scripts/make_real_fixtures.py): the skeleton as torch.save
+    leaves it, and the same file filled in place; ckptkit reads the bytes torch.load returns."""
+    skeleton = torch.load(FIXTURE / "skeleton.pt", weights_only=True)
+    filled = torch.load(FIXTURE / "filled.pt", weights_only=True)
+    assert not skeleton["model"]["0.weight"].any() and filled["model"]["0.weight"].all()
+    ckpt = open_checkpoint(FIXTURE / "filled.pt")
+    assert torch.equal(ckpt.model["0.weight"].to_torch(), filled["model"]["0.weight"])
+    assert ("deep.bytes-never-written", "error") in _codes(FIXTURE / "skeleton.pt", "--deep")
+    assert ("deep.crc-not-recorded", "info") in _codes(FIXTURE / "filled.pt", "--deep")
+    for name in ("skeleton.pt", "filled.pt"):
+        assert not [c for c, s in _codes(FIXTURE / name) if s in ("error", "warning")]
