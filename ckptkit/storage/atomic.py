@@ -128,6 +128,10 @@ def atomic_write_file(
     ``verify(tmp_path)`` is called on the complete, fsynced temporary file; raising rejects the
     write (the temporary file is deleted, the target is untouched, the exception propagates).
     ``backup``: where to keep the old target (hard link, else a durable copy); must not exist.
+    A ``target`` that is a symbolic link (Lightning's ``save_last="link"`` makes ``last.ckpt`` one,
+    a Hugging Face hub snapshot's files link to shared blobs) is replaced by the new file and the
+    file it pointed to is left as it was; the backup holds that file's bytes, not the link, which
+    would dangle once the file is rotated away.
     """
     target = Path(target)
     _check_backup_free(backup)
@@ -246,9 +250,10 @@ def _copy_mode(source: Path, dest: Path) -> None:
 
 
 def _keep_file_backup(target: Path, backup: Path) -> None:
-    """A hard link costs nothing and survives the replace; copy where links are not allowed."""
+    """A hard link costs nothing and survives the replace; copy where links are not allowed. A
+    link's backup is of the file it points to (os.link would link the link itself here)."""
     try:
-        os.link(target, backup)
+        os.link(os.path.realpath(target), backup)
     except OSError as exc:
         if exc.errno == errno.EEXIST:
             raise

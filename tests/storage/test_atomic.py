@@ -86,6 +86,24 @@ def test_the_backup_keeps_the_old_bytes_and_the_target_gets_the_new(tmp_path: Pa
     assert target.read_bytes() == b"new"
 
 
+def test_a_symlinked_targets_backup_holds_the_bytes_not_the_link(tmp_path: Path) -> None:
+    """Lightning's save_last="link" makes last.ckpt a link to the newest file: rewriting last.ckpt
+    kept the link itself as the backup, which dangles once save_top_k rotates the file away. The
+    file the link points to (a hub blob shared by snapshots, say) is never written."""
+    real = tmp_path / "epoch=2-step=9.ckpt"
+    real.write_bytes(b"old")
+    link = tmp_path / "last.ckpt"
+    link.symlink_to(real.name)
+    backup = default_backup_path(link)
+    atomic_write_file(link, _writer(b"new"), backup=backup)
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert real.read_bytes() == b"old"
+    assert not backup.is_symlink() and backup.read_bytes() == b"old"
+    real.unlink()                           # rotated away: the backup still holds the old bytes
+    assert backup.read_bytes() == b"old"
+    assert _names(tmp_path) == ["last.ckpt", "last.ckpt.bak"]
+
+
 def test_the_backup_is_a_copy_when_hard_links_are_refused(tmp_path: Path, monkeypatch) -> None:
     def no_links(src, dst):
         raise PermissionError(1, "Operation not permitted")
