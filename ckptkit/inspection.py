@@ -137,6 +137,11 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
 
 
 def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
+    findings = list(ckpt.findings)
+    if ckpt.format == "safetensors" and ckpt.metadata:     # one rank's part of a sharded save: say so here too
+        from ckptkit.formats.dcp_safetensors import rank_file_findings
+
+        findings += rank_file_findings(ckpt, ckpt.path.name)
     return Inspection(
         path=str(ckpt.path), format=ckpt.format, family=ckpt.family, size_bytes=ckpt.size_bytes,
         progress=ckpt.progress,
@@ -146,7 +151,7 @@ def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
         rng=_rng_entries(ckpt.rng), metrics=dict(ckpt.metrics),
         histories=[_history_row(k, v) for k, v in ckpt.histories.items()],
         config=ckpt.config, other_keys={k: summarize(v) for k, v in ckpt.extra.items()},
-        metadata={**ckpt.metadata, **ckpt.details.shown()}, findings=list(ckpt.findings), members=list(ckpt.members),
+        metadata={**ckpt.metadata, **ckpt.details.shown()}, findings=findings, members=list(ckpt.members),
         chunks=dict(ckpt.chunks))
 
 

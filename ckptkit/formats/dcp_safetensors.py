@@ -21,7 +21,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ckptkit.core.checkpoint import Checkpoint, MemberFile, Progress, Severity, TensorChunk, TensorRef
+from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, Severity, TensorChunk, TensorRef
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats.base import checkpoint_from_tree
@@ -77,6 +77,21 @@ def rank_part(path: Path, metadata: dict[str, str], tensors: dict[str, Any]) -> 
             f"{SHARDING_KEY} in its metadata): {where}, and its folder holds {len(others)} other rank "
             f"file{'s' if len(others) != 1 else ''}. Read "
             "alone (safetensors' load_file), its tensors are slices that load_state_dict refuses")
+
+
+RANK_FILE_CODE = "compat.dcp-rank-file"
+
+
+def rank_file_findings(ckpt: Checkpoint, where: str) -> list[Finding]:
+    """A single safetensors file that is one rank's part of a DCP Hugging Face save: the warning
+    `validate` and `inspect` both give, with the command that assembles its folder."""
+    if ckpt.format != "safetensors" or SHARDING_KEY not in ckpt.metadata:
+        return []
+    why = rank_part(ckpt.path, ckpt.metadata, ckpt.model or dict(ckpt.tensors()))
+    if why is None:
+        return []
+    return [Finding(RANK_FILE_CODE, Severity.WARNING, where, why, f"{convert_folder_command(ckpt.path)} (the whole "
+                    "tensors, assembled from every rank file of the folder)")]
 
 
 class DcpSafetensorsFormat:

@@ -53,16 +53,10 @@ def check_compatibility(ctx: ValidationContext) -> Iterable[Finding]:
 
 def _dcp_rank_file(ctx: ValidationContext) -> Iterable[Finding]:
     """A safetensors file that is one rank's part of a DCP Hugging Face save, read alone."""
-    ckpt = ctx.ckpt
-    if ckpt.format != "safetensors" or not ckpt.metadata:
-        return
-    from ckptkit.formats.dcp_safetensors import convert_folder_command, rank_part
+    if ctx.ckpt.format == "safetensors" and ctx.ckpt.metadata:
+        from ckptkit.formats.dcp_safetensors import rank_file_findings
 
-    why = rank_part(ckpt.path, ckpt.metadata, ckpt.model or dict(ckpt.tensors()))
-    if why is not None:
-        yield Finding("compat.dcp-rank-file", Severity.WARNING, ctx.where(), why,
-                      f"{convert_folder_command(ckpt.path)} (the whole tensors, assembled from every rank file of "
-                      "the folder)")
+        yield from rank_file_findings(ctx.ckpt, ctx.where())
 
 
 def code_for(wrapper: Wrapper) -> str:

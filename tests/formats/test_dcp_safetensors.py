@@ -90,6 +90,9 @@ def test_a_rank_file_alone_is_said_to_be_part_of_a_model(path: Path, tmp_path: P
     assert finding.fix is not None and finding.fix.startswith(f"ckptkit convert {RANKS} {RANKS}.safetensors")
     code, out = _cli("convert", path, tmp_path / "x.safetensors")
     assert code == 2 and "one rank's part" in out and not (tmp_path / "x.safetensors").exists()
+    code, out = _cli("inspect", "--json", path)          # inspect says it too, where its counts are shown
+    assert code == 0 and [(f["code"], f["message"]) for f in json.loads(out)["findings"]] == [
+        ("compat.dcp-rank-file", finding.message)]
 
 
 def test_a_rank_file_named_from_inside_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
