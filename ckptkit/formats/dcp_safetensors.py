@@ -27,9 +27,9 @@ from ckptkit.core.errors import CkptkitError, CorruptCheckpointError
 from ckptkit.formats.base import checkpoint_from_tree
 from ckptkit.formats.dcp import chunked_tensor
 from ckptkit.formats.folder import FolderReading, member_names
+from ckptkit.formats.safetensors_file import DCP_SHARDING_KEY as SHARDING_KEY
 from ckptkit.formats.safetensors_file import read_header_entries, read_safetensors_header
 
-SHARDING_KEY = "DCP_SHARDING_INFO"        # torch/distributed/checkpoint/_hf_utils.py: CUSTOM_METADATA_KEY
 OFFSETS_KEY = "saved_offsets"
 RANK_FILE = re.compile(r"shard-(\d+)-model-\d+-of-\d+\.safetensors")
 ROLE = "DCP data (one rank's tensors)"

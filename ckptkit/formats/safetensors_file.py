@@ -28,6 +28,10 @@ from ckptkit.storage.tensor_bytes import write_tensor
 MAX_HEADER = 100 * 1024 * 1024   # safetensors' own limit
 # The codes whose shape is torch's (F4's last dimension counts 4-bit values: read entry by entry).
 _UNPACKED = {code: dtype for code, dtype in BY_SAFETENSORS.items() if dtype.packed == 1}
+# The __metadata__ key in which torch.distributed.checkpoint's Hugging Face storage records where a
+# rank's tensors start in the whole ones (read by ckptkit.formats.dcp_safetensors; checked here so
+# that an ordinary file's readers never import that module).
+DCP_SHARDING_KEY = "DCP_SHARDING_INFO"        # torch/distributed/checkpoint/_hf_utils.py: CUSTOM_METADATA_KEY
 # safetensors codes with no torch dtype: valid files whose tensors torch cannot load.
 _NO_TORCH_DTYPE = {"F6_E2M3": "6-bit float (MX format)", "F6_E3M2": "6-bit float (MX format)"}
 

@@ -115,14 +115,12 @@ def _skip_data_findings(ctx: ValidationContext, path: Path, members: ZipMembers)
 def _record_names(ctx: ValidationContext, path: Path, names: list[str], shown: int = 3) -> str:
     """The first few of these storage records as the user knows them: a tensor's key in a file read
     alone, the member's name in an archive of a folder."""
-    keys = [name.rsplit("/", 1)[1] for name in names[:shown]]
+    keys = names[:shown]
     if path == ctx.ckpt.path:
         first: dict[str, str] = {}
         for key, tensor in ctx.tensors:
             first.setdefault(tensor.storage.key, key)
-        keys = [first.get(k, n) for k, n in zip(keys, names, strict=False)]
-    else:
-        keys = names[:shown]
+        keys = [first.get(name.rsplit("/", 1)[1], name) for name in keys]
     more = f" and {len(names) - shown:,} more" if len(names) > shown else ""
     return ", ".join(map(repr, keys)) + more
 
