@@ -1,13 +1,14 @@
 """Regenerate tests/fixtures/real/: small checkpoints written by the real training libraries.
 
-ckptkit must read what transformers, peft, accelerate, Lightning and torch.distributed.checkpoint
-actually write, not what we believe they write. This script builds tiny randomly initialised
-models from configs (nothing is downloaded), trains them for a few steps on synthetic token data
-on the CPU, and lets each library save its checkpoints in its own way.
+ckptkit must read what transformers, peft, accelerate, Lightning, timm and
+torch.distributed.checkpoint actually write, not what we believe they write. This script builds
+tiny randomly initialised models from configs (nothing is downloaded), trains them for a few
+steps on synthetic data on the CPU, and lets each library save its checkpoints in its own way.
 
 Usage (test-only extras; never let pip change torch):
 
     pip install transformers peft lightning accelerate bitsandbytes "torch==2.13.0"
+    pip install --no-deps timm torchvision      # the torchvision built for that torch
     python scripts/make_real_fixtures.py            # wipes and rewrites tests/fixtures/real/
     python scripts/make_real_fixtures.py hf_lora_bnb bnb_8bit   # (re)writes only these fixtures
 
@@ -26,6 +27,7 @@ import os
 import random
 import shutil
 import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,12 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+# timm imports torchvision (and Lightning does once it is installed). On these CPU machines the
+# only torchvision wheel for this torch is a CUDA build whose compiled operators do not load, and
+# its `_meta_registrations` raises at import; nothing here calls those operators (timm's
+# CheckpointSaver and resume_checkpoint never do), so that one module is left out.
+sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "real"
@@ -76,6 +84,7 @@ def library_versions() -> dict[str, str]:
         "accelerate": accelerate.__version__,
         "lightning": lightning.__version__,
         "bitsandbytes": bitsandbytes.__version__,
+        "timm": _import_timm().__version__,
     }
 
 
@@ -566,6 +575,74 @@ def make_skip_data() -> None:
                 f.write(tensor.contiguous().numpy().tobytes())
 
 
+def _import_timm() -> Any:
+    import timm
+
+    return timm
+
+
+def _timm_run(folder: Path, epochs: int, updates: int, crash_at_save: bool = False) -> None:
+    """timm train.py's loop with timm's own CheckpointSaver: 4 optimizer updates per epoch, a
+    recovery file every 3 (--recovery-interval 3), --checkpoint-hist 2, a model EMA and the
+    pickled args, eval loss as the metric. `epochs` whole epochs, then `updates` of the next;
+    `crash_at_save`: the next epoch's end dies between CheckpointSaver._save and its os.replace."""
+    import argparse
+
+    _import_timm()
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    seed_everything()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ema = ModelEmaV3(model, decay=0.9)
+    args = argparse.Namespace(model="tiny_mlp", epochs=epochs + 1, recovery_interval=3, checkpoint_hist=2, lr=0.1)
+    folder.mkdir(parents=True)
+    saver = CheckpointSaver(model, optimizer, args=args, model_ema=ema, checkpoint_dir=str(folder),
+                            recovery_dir=str(folder), decreasing=True, max_history=2)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for epoch in range(epochs + 1):
+        for update_idx in range(4 if epoch < epochs else updates):
+            batch = slice(4 * update_idx, 4 * update_idx + 4)
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            ema.update(model, step=epoch * 4 + update_idx)
+            if (update_idx + 1) % 3 == 0:
+                saver.save_recovery(epoch, batch_idx=update_idx)
+        with torch.no_grad():
+            metric = torch.nn.functional.cross_entropy(model(x), y).item()
+        if epoch < epochs:
+            saver.save_checkpoint(epoch, metric=metric)
+        elif crash_at_save:
+            saver._save(os.path.join(saver.checkpoint_dir, "tmp" + saver.extension), epoch, metric)
+
+
+def make_timm() -> None:
+    """timm train.py's checkpoints, written by timm's CheckpointSaver (see _timm_run).
+
+    timm/run/: 3 whole epochs (last, checkpoint-E for the best 2, model_best, recovery-1-2 and
+    recovery-2-2). timm/crashed/: 2 whole epochs and 4 updates of the 3rd, whose end-of-epoch
+    save died before os.replace: tmp.pth.tar (whole) beside last.pth.tar of the 2nd and
+    recovery-2-2. resumes.json: the 0-based epoch timm's own resume_checkpoint returns for each
+    file (train.py's start_epoch), with a fresh model and optimizer.
+    """
+    import json
+
+    _import_timm()
+    from timm.models._helpers import resume_checkpoint
+
+    folder = Path("timm")
+    _timm_run(folder / "run", epochs=3, updates=0)
+    _timm_run(folder / "crashed", epochs=2, updates=4, crash_at_save=True)
+    resumes = {}
+    for path in sorted(folder.rglob("*.pth.tar")):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        resumes[path.relative_to(folder).as_posix()] = resume_checkpoint(model, str(path), optimizer=optimizer,
+                                                                         log_info=False)
+    (folder / "resumes.json").write_text(json.dumps(resumes, indent=1) + "\n", encoding="utf-8")
+
+
 def make_dcp() -> None:
     """torch.distributed.checkpoint.save from one process with no process group."""
     import torch.distributed.checkpoint as dcp
@@ -650,6 +727,7 @@ are described in `docs/formats-real.md` and pinned by `tests/test_real_fixtures.
 | `lightning_accum/`, `lightning_manual/` | Lightning `Trainer(max_epochs=2)`, 5 batches per epoch, a `ModelCheckpoint` at every epoch end + `save_last=True` and one after every optimizer step (`every_step/`). `lightning_accum/`: `accumulate_grad_batches=2` (3 optimizer steps per epoch: the odd last batch steps alone). `lightning_manual/`: manual optimization stepping on every second batch (2 steps per epoch). `global_step` equals the loops' optimizer-step counter in every file |
 | `dtensor/` | `torch.save({"model": model.state_dict(), "optimizer": ..., "epoch": 1})` under FSDP2 (`fully_shard` on a CPU gloo mesh, one AdamW step): `rank0.pt`, `rank1.pt` from a 2-rank run (DTensors holding `Shard(0)` parts: the 3-row weight splits 2 + 1), `one_rank.pt` from a 1-rank run |
 | `dcp_hf/` | torch.distributed.checkpoint's `HuggingFaceStorageWriter(save_distributed=True)` under FSDP2 (`fully_shard` on a CPU gloo mesh, 2 ranks, `Linear(4, 8)` + `Linear(8, 3)`): `ranks/shard-0000{1,2}-model-00001-of-00001.safetensors` (each rank's `Shard(0)` parts, placed by `DCP_SHARDING_INFO`: the 3-row weight splits 2 + 1); `consolidated/` the same with `enable_consolidation=True` (whole tensors in `model-00001-of-00001.safetensors` + index, the rank files under `sharded/`); `whole.pt`: the state dict before sharding |
+| `timm/` | timm's `CheckpointSaver` driven as timm's `train.py` drives it (a `Linear(4, 8)` + `Linear(8, 3)` MLP, SGD, `ModelEmaV3`, the pickled `args` Namespace, eval loss as the metric, 4 updates per epoch, `--recovery-interval 3`, `--checkpoint-hist 2`): `run/` 3 whole epochs (`last`, `checkpoint-{1,2}`, `model_best`, `recovery-{1,2}-2`); `crashed/` 2 whole epochs and 4 updates of the 3rd, whose end-of-epoch save died between `_save` and `os.replace` (`tmp.pth.tar`, whole). `resumes.json`: the 0-based epoch timm's own `resume_checkpoint` returns for each file |
 | `skip_data/` | `torch.save({"model", "optimizer": AdamW after one step, "epoch": 1})` under `torch.serialization.skip_data()`: `skeleton.pt` as written (every storage record zeros, CRC 0; data.pkl and the rest with real CRC-32s), `filled.pt` the same with each tensor's bytes written afterwards at the offset `torch.load` under `FakeTensorMode` gives its storage (`_checkpoint_offset`): it loads equal to the state saved |
 | `dcp/` | `torch.distributed.checkpoint.save` in one process without a process group: `{"model", "optim" (FQN-keyed, from get_state_dict), "step": 3, "extra": {...}}` -> `.metadata` + `__0_0.distcp` |
 | `save_pretrained_training_state/last_checkpoint/` | EnStack's layout: RoBERTa sequence classifier `save_pretrained` + `torch.save` of `training_state.pth` (epoch=1, step=4 of total_batches=6, i.e. mid-epoch; best_val_f1 as numpy.float64) |
@@ -690,7 +768,7 @@ MAKERS = {
     "hf_save_only_model": make_hf_save_only_model, "lightning_weights_only": make_lightning_weights_only,
     "accelerate": make_accelerate, "lightning": make_lightning, "lightning_counters": make_lightning_counters,
     "lightning_resumed": make_lightning_resumed, "dtensor": make_dtensor, "dcp_hf": make_dcp_hf,
-    "skip_data": make_skip_data,
+    "skip_data": make_skip_data, "timm": make_timm,
     "dcp": make_dcp, "save_pretrained_training_state": make_save_pretrained_training_state,
 }
 
@@ -712,6 +790,8 @@ def main() -> None:
 
         made_with = (f"torch {torch.__version__}, transformers {transformers.__version__}, "
                      f"bitsandbytes {bitsandbytes.__version__}, lightning {lightning.__version__}")
+        if "timm" in chosen:
+            made_with += f", timm {_import_timm().__version__}"
         for name in chosen:
             for folder in _FOLDERS.get(name, (name,)):
                 shutil.rmtree(folder, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Layout families of single-file checkpoints: one module per training system's layout.
 
-Each module (`llamarec`, `fashion`, `enstack`, `experiment`, `lightning`, `nanogpt`,
+Each module (`llamarec`, `fashion`, `enstack`, `experiment`, `lightning`, `nanogpt`, `timm`,
 `generic`) is the one home of its system's conventions (see ``base.Family`` and
 docs/families.md): recognition, counters -> `Progress`, the inverse `fix-epoch` writes, file
 and folder names, traps, and what the system's own resume does. Sections (model, optimizer,
@@ -32,16 +32,18 @@ from ckptkit.families.generic import stored as generic_stored
 from ckptkit.families.lightning import LIGHTNING
 from ckptkit.families.llamarec import LLAMAREC
 from ckptkit.families.nanogpt import NANOGPT
+from ckptkit.families.timm import TIMM
 from ckptkit.formats.base import register_tree_interpreter, security_findings
 from ckptkit.storage.safe_pickle import GlobalRef, PickledObject
 from ckptkit.views import sections as S
 
 __all__ = ["FAMILIES", "GENERIC", "RETRIEVAL_NAME", "CounterValues", "Family", "FamilyNames", "KeyPath",
            "TrapHit", "Tree", "UnrepresentableProgress", "build_checkpoint", "dig", "family_named",
-           "counters_tree", "interpret", "system_folder", "leftover_copy", "optimizer_step", "recognise"]
+           "counters_tree", "interpret", "system_folder", "leftover_copy", "between_saves", "optimizer_step",
+           "recognise"]
 
 # Order matters: the first family whose `matches` accepts a tree wins.
-FAMILIES: list[Family] = [LIGHTNING, NANOGPT, EXPERIMENT, FASHION, ENSTACK, LLAMAREC]
+FAMILIES: list[Family] = [LIGHTNING, NANOGPT, TIMM, EXPERIMENT, FASHION, ENSTACK, LLAMAREC]
 
 
 def recognise(tree: Any) -> Family | None:
@@ -75,8 +77,15 @@ def leftover_copy(name: str) -> tuple[str, str, str] | None:
         for kind, pattern in (("temporary", family.names.temporary), ("backup", family.names.backup)):
             m = pattern.match(name) if pattern is not None else None
             if m:
-                return kind, family.description.split(" ")[0], m.group("name")
+                copy_of = family.names.copy_of
+                return kind, family.system, copy_of(m) if copy_of else m.group("name")
     return None
+
+
+def between_saves(name: str) -> bool:
+    """Whether `name` is a family's save made between two saves of its recent file (timm's
+    recovery-E-U.pth.tar), which may be further than that file without it being stale."""
+    return any(f.names.between is not None and f.names.between.match(name) for f in FAMILIES)
 
 
 def system_folder(ckpt: Checkpoint) -> bool:
@@ -106,7 +115,9 @@ def build_checkpoint(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef])
     """A Checkpoint for a single-file format's decoded tree: family, sections, progress, findings."""
     ckpt = Checkpoint(path=path, format=fmt, family="unknown", size_bytes=path.stat().st_size,
                       tree=tree, files=[path])
-    ckpt.findings.extend(security_findings(path, path.name, globals_))
+    family = recognise(tree)
+    allowed = (family.system, family.safe_globals) if family is not None and family.safe_globals else None
+    ckpt.findings.extend(security_findings(path, path.name, globals_, allowed))
     bare = None if has_nested_counters(tree) else S.flatten_state_dict(tree, strict=True)
     if bare is not None:
         ckpt.family, ckpt.model = "state-dict", bare
@@ -116,7 +127,6 @@ def build_checkpoint(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef])
         ckpt.family, ckpt.optimizer = "optimizer-state", tree
         ckpt.sources["optimizer"] = "(top level)"
         return ckpt
-    family = recognise(tree)
     if family is None:
         ckpt.family = "pickled-object" if isinstance(tree, PickledObject) else "unknown"
         module = S.module_state_dict(tree)
@@ -126,7 +136,7 @@ def build_checkpoint(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef])
             ckpt.config = S.config_fields(tree)
         return ckpt
     ckpt.family = family.name
-    _fill_sections(ckpt, tree)
+    _fill_sections(ckpt, tree, family)
     ckpt.progress = interpret(family, tree, path)
     return ckpt
 
@@ -134,8 +144,8 @@ def build_checkpoint(path: Path, fmt: str, tree: Any, globals_: list[GlobalRef])
 register_tree_interpreter(build_checkpoint)
 
 
-def _fill_sections(ckpt: Checkpoint, tree: Tree) -> None:
-    used: set[str] = set()
+def _fill_sections(ckpt: Checkpoint, tree: Tree, family: Family) -> None:
+    used = {path[0] for path in family.counter_keys if len(path) == 1}    # its counters are no metrics
     for model_key in S.MODEL_KEYS:
         value = tree.get(model_key)
         model = S.flatten_state_dict(value) or S.module_state_dict(value)

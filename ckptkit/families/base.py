@@ -47,6 +47,13 @@ class FamilyNames:
     final: tuple[str, ...] = ()
     temporary: re.Pattern[str] | None = None   # a save in progress (never resume from it)
     backup: re.Pattern[str] | None = None      # the previous copy kept during a swap
+    # Saves made between two saves of the recent file (timm's recovery-E-U.pth.tar every
+    # --recovery-interval updates): further than it without making it stale; their name records
+    # where inside the epoch they were made, which fix-epoch cannot change.
+    between: re.Pattern[str] | None = None
+    # The name a temporary or backup copy stands for: the patterns' `name` group, or this of
+    # their match where no part of the copy's name says it (timm's tmp.pth.tar becomes last.pth.tar).
+    copy_of: Callable[[re.Match[str]], str] | None = None
     state_file: str | None = None   # the member holding the counters in the system's checkpoint folder
 
 
@@ -75,6 +82,15 @@ class Family:
     left_as_is: Callable[[Tree], list[str]] | None = None
     # Why the system is known to train with fp16 AMP (its scripts), in words; None: not known.
     amp_evidence: str | None = None
+    # Classes its own resume lets torch.load(weights_only=True) load (torch.serialization.safe_globals).
+    safe_globals: tuple[str, ...] = ()
+    # Its resume sets the LR schedule from the stored epoch, so no scheduler state is saved or needed.
+    schedule_from_epoch: bool = False
+
+    @property
+    def system(self) -> str:
+        """The system's name as its users say it: the description's first word ("timm")."""
+        return self.description.split(" ")[0]
 
     def stored(self, tree: Tree) -> dict[str, Any]:
         """The family's counters as stored, dotted key -> value (only those present)."""

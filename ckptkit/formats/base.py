@@ -66,13 +66,25 @@ TEXT_PERSISTENT_IDS = ("the pickle names its storages in text (pickle protocol 0
                        "this file, and ckptkit does not read it")
 # A pickle in opcodes torch's weights-only unpickler cannot read (a protocol other than torch.save's 2).
 REFUSED_PICKLE = "compat.weights-only-pickle"
+# A pickled class that the training system's own resume allows (timm's argparse.Namespace).
+ALLOWED_CLASS = "compat.pickled-class-allowed"
 
 
-def security_findings(path: Path, where: str, globals_: list[GlobalRef]) -> list[Finding]:
+def security_findings(path: Path, where: str, globals_: list[GlobalRef],
+                      allowed: tuple[str, tuple[str, ...]] | None = None) -> list[Finding]:
     """What the globals a pickle named mean for loading it: one finding per global that runs code
-    or that torch.load(weights_only=True) refuses, and one each for meta tensors and numpy values."""
+    or that torch.load(weights_only=True) refuses, and one each for meta tensors and numpy values.
+    `allowed`: (training system, the classes its own resume lets torch.load(weights_only=True) load
+    through torch.serialization.safe_globals), whose instances are then no warning."""
     findings = []
     for g in globals_:
+        if allowed is not None and g.kind == "class" and g.qualified_name in allowed[1]:
+            findings.append(Finding(
+                ALLOWED_CLASS, Severity.INFO, where,
+                f"the pickle holds an instance of {g.qualified_name}, which {allowed[0]}'s own resume lets "
+                f"torch.load(weights_only=True) load (torch.serialization.safe_globals): it loads there, while a "
+                f"plain torch.load(path) elsewhere refuses it"))
+            continue
         if g.kind == "dangerous":
             what = (f"would call {g.call}" if g.call else f"names {g.qualified_name}, which can run code")
             findings.append(Finding(

@@ -88,6 +88,12 @@ def _read_back(ckpt: Checkpoint, family: str, epochs: int, within: int) -> Progr
     fam = family_named(family)
     after = fam.progress(ckpt.tree, ckpt.path) if fam else Progress()
     if found is None or found.name != family or (after.epochs_completed, after.step_in_epoch or 0) != (epochs, within):
+        between = fam.names.between if fam else None
+        if between is not None and between.match(ckpt.path.name):
+            raise UnsupportedFeatureError(
+                ckpt.path, f"{fam.system if fam else family} layout: the name {ckpt.path.name} records where inside "
+                f"its epoch this save was made, so the file would still read as '{after.describe()}'; ckptkit "
+                "never renames: copy it under another name and fix the copy")
         raise CkptkitError(ckpt.path, f"internal error: the {family} counters written would read back as "
                            f"'{after.describe()}'; nothing was written")
     return after

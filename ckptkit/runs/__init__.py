@@ -221,14 +221,16 @@ def is_whole(entry: RunEntry) -> bool:
 def pick_resume(entries: list[RunEntry]) -> RunEntry | None:
     """The most advanced whole and consistent checkpoint (entries are ordered by progress); at
     equal progress, one without warnings before one with (a weights-only copy, a missing
-    optimizer: `completeness.*`).
+    optimizer: `completeness.*`), then the one named as the newest (timm's last.pth.tar before
+    its copy model_best.pth.tar).
 
     The one picked is also checked against its ckptkit manifest's CRC-32s, as the resume will
     check it (`ls` itself only compares sizes): a file rolled back to an older copy of the same
     size (a sync client's restore) is marked broken and the next one back is taken instead.
     """
     whole = sorted((e for e in entries if is_whole(e) and not refused(e)),
-                   key=lambda e: (e.progress.sort_key(), e.health.status == "ok", -e.health.warnings))
+                   key=lambda e: (e.progress.sort_key(), e.health.status == "ok", -e.health.warnings,
+                                  bool(RECENT_NAME.search(e.path.name))))
     for entry in reversed(whole):
         problems = _manifest_crc_problems(entry.path)
         if not problems:

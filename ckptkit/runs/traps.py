@@ -11,14 +11,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ckptkit.core.checkpoint import Finding, Severity
-from ckptkit.families import leftover_copy
+from ckptkit.families import between_saves, leftover_copy
 from ckptkit.runs.entries import BEST_NAME, FINAL_NAME, HF_CHECKPOINT, HF_TEMP, RECENT_NAME, TEMP_MARKER, Run, RunEntry
 
 Trap = Callable[[Run], Iterator[tuple[list[Path], Finding]]]
 
 
-def _ahead_of(entry: RunEntry, run: Run) -> RunEntry | None:
-    """The most advanced readable checkpoint beside `entry` (same folder) strictly further than it.
+def _ahead_of(entry: RunEntry, run: Run, between: bool = True) -> RunEntry | None:
+    """The most advanced readable checkpoint beside `entry` (same folder) strictly further than it;
+    `between=False` leaves out a system's saves made between two of its recent file's (timm's
+    recovery files).
 
     Only siblings are compared: a directory may hold several runs, whose counters mean nothing
     to each other; the checkpoints of one run are saved into one folder.
@@ -27,7 +29,8 @@ def _ahead_of(entry: RunEntry, run: Run) -> RunEntry | None:
         return None
     key = entry.progress.sort_key()
     ahead = [e for e in run.entries if e.path.parent == entry.path.parent and e.progress.known
-             and not e.temporary and not e.backup and e.health.status != "broken" and e.progress.sort_key() > key]
+             and not e.temporary and not e.backup and e.health.status != "broken" and e.progress.sort_key() > key
+             and (between or not between_saves(e.path.name))]
     return ahead[-1] if ahead else None
 
 
@@ -35,12 +38,13 @@ def _latest_fix(run: Run) -> str:
     return f"ckptkit latest {shlex.quote(str(run.root))}"
 
 
-def _named_but_behind(run: Run, name: re.Pattern[str], skip_temporary: bool) -> Iterator[tuple[RunEntry, RunEntry]]:
+def _named_but_behind(run: Run, name: re.Pattern[str], skip_temporary: bool,
+                      between: bool = True) -> Iterator[tuple[RunEntry, RunEntry]]:
     """Checkpoints whose file name matches `name` while a sibling got further, with that sibling."""
     for entry in run.entries:
         if not name.search(entry.path.name) or entry.backup or (skip_temporary and entry.temporary):
             continue
-        later = _ahead_of(entry, run)
+        later = _ahead_of(entry, run, between)
         if later is not None:
             yield entry, later
 
@@ -59,8 +63,9 @@ def best_behind_latest(run: Run) -> Iterator[tuple[list[Path], Finding]]:
 def stale_recent(run: Run) -> Iterator[tuple[list[Path], Finding]]:
     """EnStack: a 'last'/'recent' checkpoint older than another one (overwritten, or rolled back).
     A final file (`checkpoint-recent.pth.final`) is the end of the run it finished: a run
-    extended past it is newer, not the final file stale."""
-    for entry, later in _named_but_behind(run, RECENT_NAME, skip_temporary=True):
+    extended past it is newer, not the final file stale, nor is timm's last.pth.tar when a recovery
+    file saved since is further."""
+    for entry, later in _named_but_behind(run, RECENT_NAME, skip_temporary=True, between=False):
         if FINAL_NAME.search(entry.path.name) or entry.backup:
             continue
         yield [entry.path], Finding(

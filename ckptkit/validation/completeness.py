@@ -38,7 +38,8 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
                           "holds model weights only (no optimizer, no epoch/step counters): fine for "
                           "inference or fine-tuning; resuming training from it would restart at epoch 0 "
                           "with a fresh optimizer")
-    if has_optimizer and ckpt.scheduler is None:
+    family = family_named(ckpt.family)
+    if has_optimizer and ckpt.scheduler is None and not (family is not None and family.schedule_from_epoch):
         yield Finding("completeness.missing-scheduler", Severity.INFO, ctx.where(),
                       "no scheduler state saved: if the run used a learning-rate scheduler, a resume "
                       "restarts its schedule (warmup, decay) from the beginning")

@@ -27,7 +27,12 @@ def check_rng(ctx: ValidationContext) -> Iterable[Finding]:
     found = counters_tree(ckpt)
     if found is not None and (not ckpt.path.is_dir() or system_folder(ckpt)):
         p = ckpt.progress
-        if p.epoch_complete is False and ckpt.rng is None and "data_position" not in _keys(found[1]):
+        # Unless the system's own resume does not continue inside this epoch (timm's recovery files
+        # start the next one: its trap says what that loses).
+        next_epoch = (p.resume is not None and p.resume.start_epoch is not None and p.epochs_completed is not None
+                      and p.resume.start_epoch > p.epochs_completed + 1)
+        if (p.epoch_complete is False and ckpt.rng is None and "data_position" not in _keys(found[1])
+                and not next_epoch):
             yield Finding("rng.mid-epoch-not-exact", Severity.WARNING, ctx.where(member=found[0]),
                           f"mid-epoch checkpoint ({p.describe()}) with no RNG state and no data-loader "
                           "state: resume will not be exact; the resumed epoch is reshuffled with a fresh "

@@ -130,6 +130,8 @@ TREES = {
     "lightning": {"epoch": 1, "global_step": 6, "pytorch-lightning_version": "2.6.6", "loops": {"fit_loop": {
         "epoch_loop.batch_progress": {"current": {"processed": 3}, "is_last_batch": True}}}},
     "lightning-without-loops": {"epoch": 1, "global_step": 6, "pytorch-lightning_version": "2.6.6"},
+    "timm": {"epoch": 3, "arch": "resnet50", "version": 2, "state_dict": {}},
+    "timm-version-1": {"epoch": 3, "arch": "resnet50", "version": 1, "state_dict": {}},
     "generic": {"epoch": 3, "weights": {}},
 }
 
