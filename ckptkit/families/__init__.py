@@ -1,7 +1,7 @@
 """Layout families of single-file checkpoints: one module per training system's layout.
 
 Each module (`llamarec`, `fashion`, `enstack`, `experiment`, `lightning`, `nanogpt`, `timm`,
-`generic`) is the one home of its system's conventions (see ``base.Family`` and
+`vision_refs`, `generic`) is the one home of its system's conventions (see ``base.Family`` and
 docs/families.md): recognition, counters -> `Progress`, the inverse `fix-epoch` writes, file
 and folder names, traps, and what the system's own resume does. Sections (model, optimizer,
 ...) are found the same way for all of them (`ckptkit.views.sections`).
@@ -33,6 +33,7 @@ from ckptkit.families.lightning import LIGHTNING
 from ckptkit.families.llamarec import LLAMAREC
 from ckptkit.families.nanogpt import NANOGPT
 from ckptkit.families.timm import TIMM
+from ckptkit.families.vision_refs import VISION_REFS
 from ckptkit.formats.base import register_tree_interpreter, security_findings
 from ckptkit.storage.safe_pickle import GlobalRef, PickledObject
 from ckptkit.views import sections as S
@@ -43,7 +44,7 @@ __all__ = ["FAMILIES", "GENERIC", "RETRIEVAL_NAME", "CounterValues", "Family", "
            "recognise"]
 
 # Order matters: the first family whose `matches` accepts a tree wins.
-FAMILIES: list[Family] = [LIGHTNING, NANOGPT, TIMM, EXPERIMENT, FASHION, ENSTACK, LLAMAREC]
+FAMILIES: list[Family] = [LIGHTNING, NANOGPT, TIMM, VISION_REFS, EXPERIMENT, FASHION, ENSTACK, LLAMAREC]
 
 
 def recognise(tree: Any) -> Family | None:

@@ -132,6 +132,7 @@ TREES = {
     "lightning-without-loops": {"epoch": 1, "global_step": 6, "pytorch-lightning_version": "2.6.6"},
     "timm": {"epoch": 3, "arch": "resnet50", "version": 2, "state_dict": {}},
     "timm-version-1": {"epoch": 3, "arch": "resnet50", "version": 1, "state_dict": {}},
+    "vision-refs": {"model": {}, "optimizer": {}, "epoch": 3, "args": {"start_epoch": 0, "epochs": 90}},
     "generic": {"epoch": 3, "weights": {}},
 }
 
