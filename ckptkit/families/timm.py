@@ -124,7 +124,7 @@ TIMM = Family(
     "timm", "timm train.py .pth.tar (epoch = 0-based index of the last epoch trained, arch, version 2)",
     matches, progress, record,
     names=FamilyNames(recent=("last.pth.tar",), best=("model_best.pth.tar",), temporary=TEMPORARY, between=RECOVERY,
-                      copy_of=lambda m: "recovery-{epoch}-{update}.pth.tar" if m["recovery"] else "last.pth.tar"),
+                      copy_of=lambda m: "a recovery-E-U.pth.tar" if m["recovery"] else "last.pth.tar"),
     resume=resume, traps=traps, counter_keys=(("epoch",), ("version",)),
     safe_globals=("argparse.Namespace",), schedule_from_epoch=True,
 )

@@ -130,3 +130,13 @@ def test_fix_epoch_refuses_what_a_recovery_files_name_would_contradict(tmp_path:
     assert done.returncode == 2 and "internal error" not in done.stderr
     assert "the name recovery-2-2.pth.tar records where inside its epoch" in done.stderr
     assert "copy it under another name" in done.stderr and path.read_bytes() == before
+
+
+def test_a_recovery_save_left_in_recovery_tmp_is_a_temporary_too(tmp_path: Path) -> None:
+    shutil.copy(FIXTURE / "crashed" / "recovery-1-2.pth.tar", tmp_path / "recovery-1-2.pth.tar")
+    shutil.copy(FIXTURE / "crashed" / "recovery-2-2.pth.tar", tmp_path / "recovery_tmp.pth.tar")
+    run = scan_run(tmp_path)
+    picked = pick_resume(run.entries)
+    assert picked is not None and picked.path.name == "recovery-1-2.pth.tar"
+    leftover = next(f for f in run.findings if f.code == "run.temporary-leftover")
+    assert leftover.where == "recovery_tmp.pth.tar" and "moves it to a recovery-E-U.pth.tar" in leftover.message
