@@ -1,7 +1,7 @@
 """Any other dict with a model and training state: counters read by their usual names, at the top
 level or one level down (``{"trainer": {"global_step", "epoch"}}``, torchtitan-style
-``{"train_state": {"step"}}``). What ``epoch`` means is not known, so it is read as epochs
-completed and said so.
+``{"train_state": {"step"}}``, MMEngine's ``{"meta": {"epoch", "iter"}}``). What ``epoch`` means
+is not known, so it is read as epochs completed and said so.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ckptkit.core.errors import CkptkitError
 from ckptkit.families.base import CounterValues, Family, KeyPath, Tree, whole_epochs_only
 from ckptkit.views import sections as S
 
-STEP_KEYS = ("global_step", "iter_num", "iteration", "step")
+# MMEngine's Runner stores iterations done as {"meta": {"epoch", "iter"}} (runner.py save_checkpoint).
+STEP_KEYS = ("global_step", "iter_num", "iteration", "iter", "step")
 # Sub-dicts that trainers use to group their counters.
 NESTED = ("trainer", "train_state", "training_state", "state", "progress", "meta", "metadata")
 

@@ -17,7 +17,7 @@ SCALER_KEYS = ("scaler_state_dict", "scaler", "grad_scaler", "amp_scaler", "amp"
 RNG_KEYS = ("rng_state", "rng_states", "random_state", "rng")
 CONFIG_KEYS = ("config", "hyper_parameters", "hparams", "model_args", "args", "training_args", "cfg")
 # Progress counters are reported through Progress, not as metrics.
-COUNTER_KEYS = frozenset({"epoch", "global_step", "step", "iter_num", "iteration", "total_batches",
+COUNTER_KEYS = frozenset({"epoch", "global_step", "step", "iter_num", "iteration", "iter", "total_batches",
                           "steps_per_epoch", "max_steps", "micro_step"})
 
 

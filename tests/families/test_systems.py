@@ -304,6 +304,28 @@ def test_progress_counters_nested_one_level_down_are_found(tmp_path: Path, nest:
     assert p.sources["global_step"] == f"key '{nest}.{key}' = 7"
 
 
+def _mmengine_checkpoint(path: Path, epoch: int, iters: int) -> None:
+    """As MMEngine's Runner.save_checkpoint writes it (runner.py at 2543429): meta holds the epoch
+    and the iterations done (an iteration-based loop's epoch stays 0), beside the message hub."""
+    model, opt = _model_and_optimizer()
+    meta = {"epoch": epoch, "iter": iters, "cfg": "model = dict(type='Linear')\n", "seed": 42,
+            "experiment_name": "exp", "time": "20251027_120000", "mmengine_version": "0.10.7"}
+    hub = {"log_scalars": {}, "runtime_info": {"epoch": epoch, "iter": iters - 1}, "resumed_keys": {"iter": True}}
+    torch.save({"meta": meta, "state_dict": model.state_dict(), "message_hub": hub, "optimizer": opt.state_dict(),
+                "param_schedulers": [{"last_step": iters, "by_epoch": False}]}, path)
+
+
+def test_mmengine_iteration_checkpoints_are_ordered_by_meta_iter(tmp_path: Path) -> None:
+    """iter_9000.pth and iter_10000.pth both hold epoch 0: by name, latest took the older one."""
+    for iters in (9000, 10000):
+        _mmengine_checkpoint(tmp_path / f"iter_{iters}.pth", 0, iters)
+    p = open_checkpoint(tmp_path / "iter_10000.pth").progress
+    assert p.global_step == 10000 and p.sources["global_step"] == "key 'meta.iter' = 10000"
+    assert p.stored == {"meta.iter": 10000, "meta.epoch": 0}
+    result = CliRunner().invoke(cli, ["latest", str(tmp_path)])
+    assert result.exit_code == 0 and Path(result.output.strip()).name == "iter_10000.pth"
+
+
 # --- runs ----------------------------------------------------------------------------------------
 
 def test_latest_over_many_runs_names_five_and_counts_the_rest(tmp_path: Path) -> None:
