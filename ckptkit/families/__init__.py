@@ -1,7 +1,7 @@
 """Layout families of single-file checkpoints: one module per training system's layout.
 
 Each module (`llamarec`, `fashion`, `enstack`, `experiment`, `lightning`, `nanogpt`, `timm`,
-`vision_refs`, `generic`) is the one home of its system's conventions (see ``base.Family`` and
+`vision_refs`, `ultralytics`, `generic`) is the one home of its system's conventions (see ``base.Family`` and
 docs/families.md): recognition, counters -> `Progress`, the inverse `fix-epoch` writes, file
 and folder names, traps, and what the system's own resume does. Sections (model, optimizer,
 ...) are found the same way for all of them (`ckptkit.views.sections`).
@@ -33,6 +33,7 @@ from ckptkit.families.lightning import LIGHTNING
 from ckptkit.families.llamarec import LLAMAREC
 from ckptkit.families.nanogpt import NANOGPT
 from ckptkit.families.timm import TIMM
+from ckptkit.families.ultralytics import ULTRALYTICS
 from ckptkit.families.vision_refs import VISION_REFS
 from ckptkit.formats.base import register_tree_interpreter, security_findings
 from ckptkit.storage.safe_pickle import GlobalRef, PickledObject
@@ -44,7 +45,8 @@ __all__ = ["FAMILIES", "GENERIC", "RETRIEVAL_NAME", "CounterValues", "Family", "
            "recognise"]
 
 # Order matters: the first family whose `matches` accepts a tree wins.
-FAMILIES: list[Family] = [LIGHTNING, NANOGPT, TIMM, VISION_REFS, EXPERIMENT, FASHION, ENSTACK, LLAMAREC]
+FAMILIES: list[Family] = [LIGHTNING, NANOGPT, TIMM, VISION_REFS, ULTRALYTICS, EXPERIMENT, FASHION, ENSTACK,
+                           LLAMAREC]
 
 
 def recognise(tree: Any) -> Family | None:
@@ -147,7 +149,7 @@ register_tree_interpreter(build_checkpoint)
 
 def _fill_sections(ckpt: Checkpoint, tree: Tree, family: Family) -> None:
     used = {path[0] for path in family.counter_keys if len(path) == 1}    # its counters are no metrics
-    for model_key in S.MODEL_KEYS:
+    for model_key in (*family.model_keys, *S.MODEL_KEYS):
         value = tree.get(model_key)
         model = S.flatten_state_dict(value) or S.module_state_dict(value)
         if model is not None:

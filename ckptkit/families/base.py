@@ -82,6 +82,8 @@ class Family:
     left_as_is: Callable[[Tree], list[str]] | None = None
     # Why the system is known to train with fp16 AMP (its scripts), in words; None: not known.
     amp_evidence: str | None = None
+    # Keys holding its model, tried before the usual names (Ultralytics keeps it in 'ema').
+    model_keys: tuple[str, ...] = ()
     # Classes its own resume lets torch.load(weights_only=True) load (torch.serialization.safe_globals).
     safe_globals: tuple[str, ...] = ()
     # Its resume sets the LR schedule from the stored epoch, so no scheduler state is saved or needed.

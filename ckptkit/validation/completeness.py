@@ -27,7 +27,11 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
         yield from _model_elsewhere(ctx, has_optimizer)
     if not has_optimizer and ckpt.model:
         refused = ckpt.progress.resume is not None and ckpt.progress.resume.refuses is not None
-        if has_counters:
+        if ckpt.progress.training_finished:
+            yield Finding("completeness.weights-only", Severity.INFO, ctx.where(),
+                          f"training finished ({ckpt.progress.describe()}) and only the model was kept, no optimizer "
+                          "state: fine for inference or fine-tuning; nothing is left to resume")
+        elif has_counters:
             then = (ckpt.progress.resume.describe() if refused and ckpt.progress.resume
                     else "a resume would restart Adam moments / momentum from zero")
             yield Finding("completeness.missing-optimizer", Severity.WARNING, ctx.where(),
