@@ -30,7 +30,7 @@ def check_completeness(ctx: ValidationContext) -> Iterable[Finding]:
         if ckpt.progress.training_finished:
             yield Finding("completeness.weights-only", Severity.INFO, ctx.where(),
                           f"training finished ({ckpt.progress.describe()}) and only the model was kept, no optimizer "
-                          "state: fine for inference or fine-tuning; nothing is left to resume")
+                          "state: fine for inference or fine-tuning; training it further starts a fresh optimizer")
         elif has_counters:
             then = (ckpt.progress.resume.describe() if refused and ckpt.progress.resume
                     else "a resume would restart Adam moments / momentum from zero")
