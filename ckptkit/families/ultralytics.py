@@ -14,6 +14,11 @@
   ``best_fitness`` become None and ``epoch`` -1; ``train_results`` (results.csv, whose ``epoch``
   column counts from 1) still says how many epochs ran.
 - Loaded with ``weights_only=False`` (its ``torch_load``): the pickled modules are its own.
+
+YOLOv5's own repository (ultralytics/yolov5 ``train.py``, ``utils/torch_utils.py``
+``smart_resume``) writes the same layout with ``opt`` (``vars(opt)``) for ``train_args`` and the
+training model itself in ``model`` beside ``ema``; ``smart_resume`` also starts at ``epoch + 1``
+but refuses only a finished file (``start_epoch > 0``): past the planned epochs it fine-tunes on.
 """
 from __future__ import annotations
 
@@ -25,15 +30,26 @@ from ckptkit.views import sections as S
 
 SYSTEM = "Ultralytics YOLO"
 HOW = "train(resume=True)"
+YOLOV5, YOLOV5_HOW = "YOLOv5 train.py", "--resume"
+
+
+def _args(tree: Tree) -> dict[str, object] | None:
+    """The run's arguments: the ultralytics package's 'train_args', YOLOv5's 'opt'."""
+    args = tree.get("train_args", tree.get("opt"))
+    return args if isinstance(args, dict) else None
 
 
 def matches(tree: Tree) -> bool:
-    return "epoch" in tree and "ema" in tree and "model" in tree and isinstance(tree.get("train_args"), dict)
+    return "epoch" in tree and "ema" in tree and "model" in tree and _args(tree) is not None
+
+
+def _yolov5(tree: Tree) -> bool:
+    return "train_args" not in tree
 
 
 def _planned_epochs(tree: Tree) -> int | None:
-    args = tree.get("train_args")
-    return S.as_int(args.get("epochs")) if isinstance(args, dict) else None
+    args = _args(tree)
+    return S.as_int(args.get("epochs")) if args is not None else None
 
 
 def _epochs_run(tree: Tree) -> int | None:
@@ -83,8 +99,14 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
     epoch = S.as_int(tree.get("epoch"))
     start = (epoch if epoch is not None else -1) + 1
     planned = _planned_epochs(tree)
-    restores: list[str] = [k for k in ("ema", "optimizer", "scaler", "best_fitness", "updates")
+    restores: list[str] = [k for k in ("model", "ema", "optimizer", "scaler", "best_fitness", "updates")
                            if tree.get(k) is not None]
+    if _yolov5(tree):
+        prediction = ResumePrediction(YOLOV5, YOLOV5_HOW, start_epoch=start + 1, start_batch=0, restores=restores)
+        if start <= 0:
+            prediction.refuses = ("its smart_resume asserts a start epoch above 0: 'training to N epochs is finished, "
+                                  "nothing to resume'; start a new training from these weights instead")
+        return prediction
     prediction = ResumePrediction(SYSTEM, HOW, start_epoch=start + 1, start_batch=0, restores=restores)
     if start <= 0 or (planned is not None and start >= planned):
         total = f"{planned} epochs" if planned is not None else "its epochs"
@@ -93,10 +115,11 @@ def resume(tree: Tree, path: Path, p: Progress) -> ResumePrediction:
     return prediction
 
 
+# 'model' first: YOLOv5's training model, and the package's model once stripped; else the package's 'ema'.
 ULTRALYTICS = Family(
-    "ultralytics", "Ultralytics YOLO .pt (epoch = 0-based index of the last epoch trained, -1 once finished; the "
-    "model in 'ema')",
+    "ultralytics", "Ultralytics YOLO / YOLOv5 .pt (epoch = 0-based index of the last epoch trained, -1 once "
+    "finished; the model in 'model' or 'ema')",
     matches, progress, record,
     names=FamilyNames(recent=("last.pt",), best=("best.pt",)),
-    resume=resume, counter_keys=(("epoch",), ("updates",)), model_keys=("ema", "model"), schedule_from_epoch=True,
+    resume=resume, counter_keys=(("epoch",), ("updates",)), model_keys=("model", "ema"), schedule_from_epoch=True,
 )

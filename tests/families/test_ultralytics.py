@@ -138,3 +138,31 @@ def test_fix_epoch_writes_the_index_its_resume_adds_one_to(tmp_path: Path, yolo_
     with torch.serialization.safe_globals([DetectionModel]):
         assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 2
     assert open_checkpoint(tmp_path / "last.pt").progress.epochs_completed == 3
+
+
+def _save_yolov5(path: Path, epoch: int, planned: int = 300) -> None:
+    """YOLOv5's train.py at the end of the 0-based epoch `epoch`: the training model and its EMA."""
+    model, optimizer = _trained(epoch + 1)
+    torch.save({"epoch": epoch, "best_fitness": 0.2, "model": copy.deepcopy(model).half(),
+                "ema": copy.deepcopy(model).half(), "updates": (epoch + 1) * 8, "optimizer": optimizer,
+                "opt": {"weights": "yolov5s.pt", "epochs": planned, "batch_size": 16},
+                "git": {"remote": None}, "date": "2026-12-02T12:00:00"}, path)
+
+
+def test_a_yolov5_last_pt_resumes_at_epoch_plus_one_from_its_training_model(tmp_path: Path, yolo_names: None) -> None:
+    _save_yolov5(tmp_path / "last.pt", epoch=9)
+    ckpt = open_checkpoint(tmp_path / "last.pt")
+    assert (ckpt.family, ckpt.sources["model"], ckpt.progress.epochs_completed) == ("ultralytics", "model", 10)
+    resume = ckpt.progress.resume
+    assert resume is not None and resume.refuses is None
+    assert (resume.system, resume.how, resume.start_epoch) == ("YOLOv5 train.py", "--resume", 11)
+
+
+def test_yolov5_fine_tunes_past_its_planned_epochs_but_refuses_a_stripped_file(
+        tmp_path: Path, yolo_names: None) -> None:
+    _save_yolov5(tmp_path / "last.pt", epoch=299)      # smart_resume: "has been trained for 299 epochs. Fine-tuning"
+    resume = open_checkpoint(tmp_path / "last.pt").progress.resume
+    assert resume is not None and resume.refuses is None and resume.start_epoch == 301
+    _strip_optimizer(tmp_path / "last.pt")
+    resume = open_checkpoint(tmp_path / "last.pt").progress.resume
+    assert resume is not None and "nothing to resume" in (resume.refuses or "")
