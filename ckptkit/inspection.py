@@ -12,7 +12,7 @@ from typing import Any
 from ckptkit.core.checkpoint import Checkpoint, Finding, MemberFile, Progress, TensorChunk, TensorRef
 from ckptkit.families import optimizer_step
 from ckptkit.formats import open_checkpoint
-from ckptkit.formats.safetensors_file import DCP_SHARDING_KEY
+from ckptkit.formats.safetensors_file import may_be_dcp_rank_file
 from ckptkit.storage.pickle_known import DTENSOR
 from ckptkit.storage.safe_pickle import PickledObject
 from ckptkit.views import sections as S
@@ -139,7 +139,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> Inspection:
 
 def summarize_checkpoint(ckpt: Checkpoint) -> Inspection:
     findings = list(ckpt.findings)
-    if ckpt.format == "safetensors" and DCP_SHARDING_KEY in ckpt.metadata:    # one rank's part: say so here too
+    if may_be_dcp_rank_file(ckpt.format, ckpt.metadata):    # one rank's part: say so here too
         from ckptkit.formats.dcp_safetensors import rank_file_findings
 
         findings += rank_file_findings(ckpt, ckpt.path.name)

@@ -72,6 +72,7 @@ def library_versions() -> dict[str, str]:
     import lightning
     import peft
     import safetensors
+    import timm
     import transformers
 
     return {
@@ -84,7 +85,7 @@ def library_versions() -> dict[str, str]:
         "accelerate": accelerate.__version__,
         "lightning": lightning.__version__,
         "bitsandbytes": bitsandbytes.__version__,
-        "timm": _import_timm().__version__,
+        "timm": timm.__version__,
     }
 
 
@@ -575,12 +576,6 @@ def make_skip_data() -> None:
                 f.write(tensor.contiguous().numpy().tobytes())
 
 
-def _import_timm() -> Any:
-    import timm
-
-    return timm
-
-
 def _timm_run(folder: Path, epochs: int, updates: int, crash_at_save: bool = False) -> None:
     """timm train.py's loop with timm's own CheckpointSaver: 4 optimizer updates per epoch, a
     recovery file every 3 (--recovery-interval 3), --checkpoint-hist 2, a model EMA and the
@@ -588,7 +583,6 @@ def _timm_run(folder: Path, epochs: int, updates: int, crash_at_save: bool = Fal
     `crash_at_save`: the next epoch's end dies between CheckpointSaver._save and its os.replace."""
     import argparse
 
-    _import_timm()
     from timm.utils import CheckpointSaver, ModelEmaV3
 
     seed_everything()
@@ -628,7 +622,6 @@ def make_timm() -> None:
     """
     import json
 
-    _import_timm()
     from timm.models._helpers import resume_checkpoint
 
     folder = Path("timm")
@@ -791,7 +784,9 @@ def main() -> None:
         made_with = (f"torch {torch.__version__}, transformers {transformers.__version__}, "
                      f"bitsandbytes {bitsandbytes.__version__}, lightning {lightning.__version__}")
         if "timm" in chosen:
-            made_with += f", timm {_import_timm().__version__}"
+            import timm
+
+            made_with += f", timm {timm.__version__}"
         for name in chosen:
             for folder in _FOLDERS.get(name, (name,)):
                 shutil.rmtree(folder, ignore_errors=True)

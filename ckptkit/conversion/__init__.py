@@ -48,7 +48,7 @@ from ckptkit.core.checkpoint import Checkpoint, TensorRef, iter_tensors
 from ckptkit.core.dtypes import DType
 from ckptkit.core.errors import CkptkitError, MissingFileError, UnsupportedFeatureError
 from ckptkit.formats import cyclic_gc_paused, open_checkpoint
-from ckptkit.formats.safetensors_file import DCP_SHARDING_KEY, write_safetensors
+from ckptkit.formats.safetensors_file import may_be_dcp_rank_file, write_safetensors
 from ckptkit.formats.torch_zip import write_torch_zip
 from ckptkit.storage.atomic import atomic_write_dir, atomic_write_file, default_backup_path
 from ckptkit.storage.pickle_writer import dumps_tree
@@ -133,7 +133,7 @@ def convert_checkpoint(source: str | os.PathLike[str], output: str | os.PathLike
 def _refuse_rank_shards(ckpt: Checkpoint) -> None:
     """A file of DTensor shards (one rank's torch.save under FSDP2 or tensor parallel) would be
     written as plain tensors of the shards' shapes: a partial model that loads nowhere."""
-    if ckpt.format == "safetensors" and DCP_SHARDING_KEY in ckpt.metadata:
+    if may_be_dcp_rank_file(ckpt.format, ckpt.metadata):
         from ckptkit.formats.dcp_safetensors import convert_folder_command, rank_part
 
         why = rank_part(ckpt.path, ckpt.metadata, dict(ckpt.tensors()))

@@ -28,7 +28,7 @@ from ckptkit.formats.base import checkpoint_from_tree
 from ckptkit.formats.dcp import chunked_tensor
 from ckptkit.formats.folder import FolderReading, member_names
 from ckptkit.formats.safetensors_file import DCP_SHARDING_KEY as SHARDING_KEY
-from ckptkit.formats.safetensors_file import read_header_entries, read_safetensors_header
+from ckptkit.formats.safetensors_file import may_be_dcp_rank_file, read_header_entries, read_safetensors_header
 
 OFFSETS_KEY = "saved_offsets"
 RANK_FILE = re.compile(r"shard-(\d+)-model-\d+-of-\d+\.safetensors")
@@ -85,7 +85,7 @@ RANK_FILE_CODE = "compat.dcp-rank-file"
 def rank_file_findings(ckpt: Checkpoint, where: str) -> list[Finding]:
     """A single safetensors file that is one rank's part of a DCP Hugging Face save: the warning
     `validate` and `inspect` both give, with the command that assembles its folder."""
-    if ckpt.format != "safetensors" or SHARDING_KEY not in ckpt.metadata:
+    if not may_be_dcp_rank_file(ckpt.format, ckpt.metadata):
         return []
     why = rank_part(ckpt.path, ckpt.metadata, ckpt.model or dict(ckpt.tensors()))
     if why is None:

@@ -32,8 +32,15 @@ _UNPACKED = {code: dtype for code, dtype in BY_SAFETENSORS.items() if dtype.pack
 # rank's tensors start in the whole ones (read by ckptkit.formats.dcp_safetensors; checked here so
 # that an ordinary file's readers never import that module).
 DCP_SHARDING_KEY = "DCP_SHARDING_INFO"        # torch/distributed/checkpoint/_hf_utils.py: CUSTOM_METADATA_KEY
+
 # safetensors codes with no torch dtype: valid files whose tensors torch cannot load.
 _NO_TORCH_DTYPE = {"F6_E2M3": "6-bit float (MX format)", "F6_E3M2": "6-bit float (MX format)"}
+
+
+def may_be_dcp_rank_file(fmt: str, metadata: Mapping[str, str]) -> bool:
+    """Whether a checkpoint of format `fmt` may be one rank's part of a DCP Hugging Face save: the
+    cheap test that decides whether ckptkit.formats.dcp_safetensors needs importing at all."""
+    return fmt == "safetensors" and DCP_SHARDING_KEY in metadata
 
 
 class SafetensorsFormat:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ckptkit.core.checkpoint import Finding, Severity, TensorRef
-from ckptkit.formats.safetensors_file import DCP_SHARDING_KEY
+from ckptkit.formats.safetensors_file import may_be_dcp_rank_file
 from ckptkit.validation.optimizer import against_model
 from ckptkit.validation.param_matching import describe_shape
 from ckptkit.views import sections as S
@@ -54,7 +54,7 @@ def check_compatibility(ctx: ValidationContext) -> Iterable[Finding]:
 
 def _dcp_rank_file(ctx: ValidationContext) -> Iterable[Finding]:
     """A safetensors file that is one rank's part of a DCP Hugging Face save, read alone."""
-    if ctx.ckpt.format == "safetensors" and DCP_SHARDING_KEY in ctx.ckpt.metadata:
+    if may_be_dcp_rank_file(ctx.ckpt.format, ctx.ckpt.metadata):
         from ckptkit.formats.dcp_safetensors import rank_file_findings
 
         yield from rank_file_findings(ctx.ckpt, ctx.where())
